@@ -1,0 +1,616 @@
+//! The config data model: what `kinfra.toml` (or YAML, or JSON) holds, after parsing and
+//! before anything runs. Field names are the public contract.
+
+use super::types::{ByteSize, CommandSpec, Dur, OneOrMany, PortSpec, SignalName, StatusRange};
+use crate::secret::Secret;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// The whole configuration of one runtime.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Project name and state dir.
+    pub project: ProjectConfig,
+    /// Environment given to every service (a service's own `env` wins).
+    pub env: BTreeMap<String, String>,
+    /// The dashboard listener.
+    pub dashboard: DashboardConfig,
+    /// The reverse proxy.
+    pub proxy: ProxyConfig,
+    /// Local processes to supervise, by name.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// External resources (containers, cloud resources), by name.
+    pub resources: BTreeMap<String, ResourceConfig>,
+    /// Proxy routes, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// The message bus.
+    pub bus: BusConfig,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// Automatic HTTPS; absent means no ACME.
+    pub acme: Option<AcmeConfig>,
+    /// Directory that relative paths in this config are resolved against (the config file's
+    /// directory, or the working directory). Not part of the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where this config came from, for messages (`kinfra.toml`, `<embedded default>`,
+    /// `<builder>`). Not part of the file.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// `[project]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectConfig {
+    /// Project name: shown in the dashboard, used in NATS subjects and container labels.
+    pub name: String,
+    /// Where kinfra keeps its state (db/, logs/, control socket, token, certs/). Relative
+    /// paths are resolved against the config file's directory.
+    pub state_dir: PathBuf,
+    /// How long a graceful shutdown may take in all before what is left is killed.
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for ProjectConfig {
+    fn default() -> Self {
+        Self {
+            name: "kinfra".into(),
+            state_dir: PathBuf::from(".kinfra"),
+            shutdown_timeout: Dur::from_secs(30),
+        }
+    }
+}
+
+/// `[dashboard]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve the dashboard at all.
+    pub enabled: bool,
+    /// Listen address, `host:port`. Port 0 picks a free port.
+    pub listen: String,
+    /// Token for state-changing requests; generated into the state dir when absent.
+    pub token: Option<Secret>,
+    /// Extra `Host` header values accepted (loopback names are always accepted).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9000".into(),
+            token: None,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Run the proxy at all.
+    pub enabled: bool,
+    /// Plain HTTP listen address.
+    pub http: Option<String>,
+    /// HTTPS listen address.
+    pub https: Option<String>,
+    /// Redirect plain HTTP to HTTPS (except ACME challenges).
+    pub redirect_https: bool,
+    /// Directory with page templates overriding the embedded ones.
+    pub pages_dir: Option<PathBuf>,
+    /// Largest request body accepted.
+    pub max_body_size: ByteSize,
+    /// Time allowed to connect to an upstream.
+    pub connect_timeout: Dur,
+    /// Time allowed between reads from an upstream.
+    pub read_timeout: Dur,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            http: Some("127.0.0.1:9100".into()),
+            https: None,
+            redirect_https: false,
+            pages_dir: None,
+            max_body_size: ByteSize(64 * 1024 * 1024),
+            connect_timeout: Dur::from_secs(5),
+            read_timeout: Dur::from_secs(60),
+        }
+    }
+}
+
+/// When a service is restarted after its process exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never: an exit is final (`completed` for code 0, `failed` otherwise).
+    No,
+    /// Only after a non-zero exit or a signal.
+    #[default]
+    OnFailure,
+    /// After any exit.
+    Always,
+    /// After any exit, unless a user stopped it (survives kinfra restarts as stopped).
+    UnlessStopped,
+}
+
+/// What a dependent waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependCondition {
+    /// The dependency's process was spawned.
+    #[default]
+    Started,
+    /// The dependency's readiness probe passed (or it is running, when it has none).
+    Healthy,
+    /// The dependency exited with code 0 (one-shot tasks such as migrations).
+    CompletedSuccessfully,
+}
+
+/// `depends_on`: `{ db = "healthy" }` or `["db", "cache"]` (meaning `started`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct DependsOn(pub BTreeMap<String, DependCondition>);
+
+impl<'de> Deserialize<'de> for DependsOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DependsOn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a table of service = condition (started, healthy, completed_successfully) or a list of service names",
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<DependsOn, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    map.insert(name, DependCondition::Started);
+                }
+                Ok(DependsOn(map))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<DependsOn, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some((name, cond)) = access.next_entry::<String, DependCondition>()? {
+                    map.insert(name, cond);
+                }
+                Ok(DependsOn(map))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Exponential backoff between restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    /// Delay before the second restart in a row; the first restart is immediate when this
+    /// is `0s`, and after `initial` otherwise.
+    pub initial: Dur,
+    /// Multiplier per further restart.
+    pub factor: f64,
+    /// Largest delay.
+    pub max: Dur,
+    /// Random spread, as a fraction of the delay (0.1 = ±10 %).
+    pub jitter: f64,
+    /// A process that stays up this long resets the backoff.
+    pub reset_after: Dur,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Dur::from_millis(250),
+            factor: 2.0,
+            max: Dur::from_secs(30),
+            jitter: 0.1,
+            reset_after: Dur::from_secs(30),
+        }
+    }
+}
+
+/// The crash-loop guard: `max_failures` exits within `window` means `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrashLoopConfig {
+    /// Failures that trip the guard (0 turns the guard off).
+    pub max_failures: u32,
+    /// Window the failures are counted in.
+    pub window: Dur,
+}
+
+impl Default for CrashLoopConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window: Dur::from_secs(60),
+        }
+    }
+}
+
+/// `tcp = true` (the service's port) or `tcp = 5432`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TcpTarget {
+    /// `true`: the service's own port.
+    OwnPort(bool),
+    /// A port on 127.0.0.1.
+    Port(u16),
+}
+
+/// A readiness (`health`) or liveness probe. Exactly one of `http`, `tcp`, `exec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// A path on the service's port (`/healthz`) or a full `http://` URL.
+    pub http: Option<String>,
+    /// A TCP connect.
+    pub tcp: Option<TcpTarget>,
+    /// A command that exits 0 when healthy.
+    pub exec: Option<CommandSpec>,
+    /// Accepted HTTP status codes.
+    pub status: StatusRange,
+    /// Text the HTTP body must contain.
+    pub body: Option<String>,
+    /// Wait this long after spawn before the first probe.
+    pub initial_delay: Dur,
+    /// Time between probes.
+    pub interval: Dur,
+    /// Time one probe may take.
+    pub timeout: Dur,
+    /// Passes in a row that make it healthy.
+    pub success_threshold: u32,
+    /// Failures in a row that make it unhealthy.
+    pub failure_threshold: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            http: None,
+            tcp: None,
+            exec: None,
+            status: StatusRange::default(),
+            body: None,
+            initial_delay: Dur::from_secs(0),
+            interval: Dur::from_secs(2),
+            timeout: Dur::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// `watch = { paths, ignore, debounce }`: restart on file changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Files or directories to watch, relative to the service's working directory.
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns to ignore (the state dir, `target/`, `node_modules/` and `.git/` always
+    /// are).
+    pub ignore: Vec<String>,
+    /// Quiet time after the last change before restarting.
+    pub debounce: Dur,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            ignore: Vec::new(),
+            debounce: Dur::from_millis(300),
+        }
+    }
+}
+
+/// Log capture settings of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Rotate the log file when it reaches this size.
+    pub max_size: ByteSize,
+    /// Rotated files kept.
+    pub keep: u32,
+    /// Lines kept in memory for the dashboard.
+    pub ring: usize,
+    /// Longest line kept whole; longer lines are split.
+    pub max_line: ByteSize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            max_size: ByteSize(10 * 1024 * 1024),
+            keep: 5,
+            ring: 1000,
+            max_line: ByteSize(16 * 1024),
+        }
+    }
+}
+
+/// `[services.NAME]`: one supervised local process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// What to run.
+    pub command: CommandSpec,
+    /// Extra arguments appended to the command.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment (on top of the global `env`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the config file's directory.
+    #[serde(default, alias = "cwd")]
+    pub working_dir: Option<PathBuf>,
+    /// The port the service listens on; given to it as `$PORT`.
+    #[serde(default)]
+    pub port: Option<PortSpec>,
+    /// Services or resources this one waits for.
+    #[serde(default)]
+    pub depends_on: DependsOn,
+    /// When to restart.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Delays between restarts.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// The crash-loop guard.
+    #[serde(default)]
+    pub crash_loop: CrashLoopConfig,
+    /// Readiness probe.
+    #[serde(default)]
+    pub health: Option<ProbeConfig>,
+    /// Liveness probe: restarts the service when it fails.
+    #[serde(default)]
+    pub liveness: Option<ProbeConfig>,
+    /// Restart on file changes.
+    #[serde(default)]
+    pub watch: Option<WatchConfig>,
+    /// Signal sent first on stop.
+    #[serde(default)]
+    pub stop_signal: SignalName,
+    /// Time between the stop signal and SIGKILL.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Dur,
+    /// Log capture.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Start in maintenance mode.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Do not start this service with the runtime; it can be started by hand.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+fn default_stop_grace() -> Dur {
+    Dur::from_secs(10)
+}
+
+impl ServiceConfig {
+    /// A service running `command` with every other setting at its default.
+    pub fn new(command: impl Into<CommandSpec>) -> Self {
+        Self {
+            command: command.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            port: None,
+            depends_on: DependsOn::default(),
+            restart: RestartPolicy::default(),
+            backoff: BackoffConfig::default(),
+            crash_loop: CrashLoopConfig::default(),
+            health: None,
+            liveness: None,
+            watch: None,
+            stop_signal: SignalName::default(),
+            stop_grace: default_stop_grace(),
+            log: LogConfig::default(),
+            maintenance: false,
+            disabled: false,
+        }
+    }
+}
+
+/// Which adapter template a resource uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Template {
+    /// PostgreSQL container.
+    Postgres,
+    /// Redis container.
+    Redis,
+    /// NATS container.
+    Nats,
+    /// MongoDB container.
+    Mongodb,
+    /// MySQL container.
+    Mysql,
+    /// Any image.
+    Docker,
+}
+
+/// `[resources.NAME]`: an external resource managed through an adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// The template.
+    pub template: Template,
+    /// Image, overriding the template's.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Command, overriding the image's.
+    #[serde(default)]
+    pub command: Option<CommandSpec>,
+    /// Port inside the container.
+    #[serde(default)]
+    pub container_port: Option<u16>,
+    /// Host port on 127.0.0.1.
+    #[serde(default)]
+    pub port: Option<PortSpec>,
+    /// Environment inside the container.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Named volumes: volume name -> path in the container.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, String>,
+    /// Readiness probe.
+    #[serde(default)]
+    pub health: Option<ProbeConfig>,
+    /// What it waits for.
+    #[serde(default)]
+    pub depends_on: DependsOn,
+    /// When to restart.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Enable JetStream (nats template).
+    #[serde(default)]
+    pub jetstream: bool,
+}
+
+/// `[[routes]]`: one proxy route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host to match (exact, or `*.example.com`); any host when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix.
+    #[serde(default = "default_route_path")]
+    pub path: String,
+    /// Remove the prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Target service or resource.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Or fixed upstream URL(s), load-balanced.
+    #[serde(default)]
+    pub upstream: Option<OneOrMany>,
+}
+
+fn default_route_path() -> String {
+    "/".into()
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Connect to the bus at all.
+    pub enabled: bool,
+    /// NATS server URL(s); absent means a managed local nats-server, else in-process.
+    pub url: Option<String>,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+    /// Token.
+    pub token: Option<Secret>,
+    /// NKey seed file.
+    pub nkey_file: Option<PathBuf>,
+    /// Credentials file.
+    pub credentials: Option<PathBuf>,
+    /// CA certificate for TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// Client key.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            user: None,
+            password: None,
+            token: None,
+            nkey_file: None,
+            credentials: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Run the store at all.
+    pub enabled: bool,
+    /// `surrealkv://path`, `mem://`, `ws://host:port` or `wss://...`; absent means surrealkv
+    /// under the state dir.
+    pub url: Option<String>,
+    /// Sync every commit to disk.
+    pub sync: bool,
+    /// Remote user.
+    pub user: Option<String>,
+    /// Remote password.
+    pub password: Option<Secret>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            sync: true,
+            user: None,
+            password: None,
+        }
+    }
+}
+
+/// Which ACME challenge to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ChallengeKind {
+    /// HTTP-01, answered by the proxy's HTTP listener.
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// TLS-ALPN-01, answered by the TLS listener.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// `[acme]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// Contact email.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Directory URL.
+    #[serde(default = "default_acme_directory")]
+    pub directory: String,
+    /// Domains on the certificate.
+    pub domains: Vec<String>,
+    /// Challenge type.
+    #[serde(default)]
+    pub challenge: ChallengeKind,
+    /// Extra roots trusted for the ACME server's own TLS.
+    #[serde(default)]
+    pub ca_roots: Vec<PathBuf>,
+    /// Also write PEM files under the state dir.
+    #[serde(default)]
+    pub export_pem: bool,
+}
+
+fn default_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}

@@ -1,0 +1,63 @@
+//! The control-socket protocol between the CLI and a running runtime: one JSON object per
+//! line in each direction over the Unix socket `<state_dir>/control.sock`.
+
+use crate::status::{ServiceLogLine, StatusReport};
+use crate::view::Action;
+use serde::{Deserialize, Serialize};
+
+/// File name of the control socket inside the state dir.
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// A request from the CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Answered with [`ControlResponse::Status`].
+    Status,
+    /// Answered with `Log` lines, then `End` (or, with `follow`, lines until the client goes).
+    Logs {
+        /// One service, or all when `None`.
+        service: Option<String>,
+        /// How many past lines to send first.
+        lines: usize,
+        /// Keep streaming new lines.
+        follow: bool,
+    },
+    /// Restart, stop or start one service. Answered with `Ok` or `Error`.
+    Action {
+        /// What to do.
+        action: Action,
+        /// To which service.
+        service: String,
+    },
+    /// Graceful shutdown of the whole runtime. Answered with `Ok` at once.
+    Shutdown,
+}
+
+/// A response line from the runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlResponse {
+    /// The status report.
+    Status {
+        /// The report, as `/__status__` has it.
+        report: StatusReport,
+    },
+    /// One log line.
+    Log {
+        /// The line.
+        line: ServiceLogLine,
+    },
+    /// The request was carried out.
+    Ok {
+        /// What happened, for people.
+        message: String,
+    },
+    /// The request failed.
+    Error {
+        /// Why, for people.
+        error: String,
+    },
+    /// No more lines follow.
+    End,
+}

@@ -1,0 +1,18 @@
+//! kinfra's shared vocabulary: config model, events, states, status shapes and the traits
+//! through which the subsystems meet.
+//!
+//! This crate depends on nothing heavy (no pingora, surrealdb, axum, bollard, async-nats), so
+//! every other crate can use it without pulling those in.
+
+pub mod config;
+pub mod control;
+pub mod event;
+pub mod secret;
+pub mod state;
+pub mod status;
+pub mod view;
+
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use event::{Event, EventKind, EventSender};
+pub use secret::Secret;
+pub use state::{Health, ServiceState};

@@ -1,0 +1,190 @@
+//! The status report shapes: `/__status__`, `runtime status --json`, and log lines.
+
+use crate::event::ExitInfo;
+use crate::state::{Health, ServiceState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A line kinfra wrote about the service (spawn, exit, probe).
+    System,
+}
+
+impl LogStream {
+    /// The contract name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::System => "system",
+        }
+    }
+}
+
+/// One captured line of output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 with milliseconds, UTC, taken when the line was read.
+    pub timestamp: String,
+    /// `info`, `warn`, `error` or `debug`, guessed from the line (stderr defaults to `warn`
+    /// only when the line itself says so; otherwise `info`).
+    pub level: String,
+    /// Where the line came from.
+    pub stream: LogStream,
+    /// The line, without its trailing newline.
+    pub message: String,
+}
+
+/// Everything the status API says about one resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// `process`, `docker`, ...
+    pub kind: String,
+    /// Lifecycle state.
+    pub state: ServiceState,
+    /// Readiness.
+    pub health: Health,
+    /// Human-readable status message.
+    pub status_message: String,
+    /// Port the resource listens on, when it has one.
+    pub port: Option<u16>,
+    /// PID of the main process, when alive.
+    pub pid: Option<u32>,
+    /// Seconds since the current process started, when alive.
+    pub uptime_s: Option<u64>,
+    /// The same, for people (`5m 32s`).
+    pub uptime: Option<String>,
+    /// Restarts since kinfra started managing it.
+    pub restarts: u32,
+    /// How the previous process ended.
+    pub last_exit: Option<ExitInfo>,
+    /// The last few log lines.
+    pub logs: Vec<LogLine>,
+}
+
+/// Counts over all resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Number of resources.
+    pub total: usize,
+    /// In state `running`.
+    pub running: usize,
+    /// In `pending` or `starting`.
+    pub starting: usize,
+    /// In `failed` or `backoff`.
+    pub error: usize,
+}
+
+/// The whole `/__status__` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Project name.
+    pub project: String,
+    /// When the report was made, RFC 3339 UTC.
+    pub timestamp: String,
+    /// Counts.
+    pub stats: Stats,
+    /// One entry per service and resource, by name.
+    pub services: BTreeMap<String, ServiceStatus>,
+}
+
+impl StatusReport {
+    /// Builds a report, computing the stats from the services.
+    pub fn new(project: impl Into<String>, services: BTreeMap<String, ServiceStatus>) -> Self {
+        let mut stats = Stats {
+            total: services.len(),
+            ..Stats::default()
+        };
+        for s in services.values() {
+            match s.state {
+                ServiceState::Running => stats.running += 1,
+                ServiceState::Pending | ServiceState::Starting => stats.starting += 1,
+                state if state.is_error() => stats.error += 1,
+                _ => {}
+            }
+        }
+        Self {
+            project: project.into(),
+            timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            stats,
+            services,
+        }
+    }
+}
+
+/// Formats seconds for people: `45s`, `5m 32s`, `2h 3m`, `3d 4h`.
+pub fn format_uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_formats() {
+        assert_eq!(format_uptime(0), "0s");
+        assert_eq!(format_uptime(332), "5m 32s");
+        assert_eq!(format_uptime(7380), "2h 3m");
+        assert_eq!(format_uptime(273_600), "3d 4h");
+    }
+
+    #[test]
+    fn stats_count_states() {
+        let mk = |state| ServiceStatus {
+            kind: "process".into(),
+            state,
+            health: Health::Unknown,
+            status_message: String::new(),
+            port: None,
+            pid: None,
+            uptime_s: None,
+            uptime: None,
+            restarts: 0,
+            last_exit: None,
+            logs: vec![],
+        };
+        let services = BTreeMap::from([
+            ("a".to_string(), mk(ServiceState::Running)),
+            ("b".to_string(), mk(ServiceState::Backoff)),
+            ("c".to_string(), mk(ServiceState::Starting)),
+            ("d".to_string(), mk(ServiceState::Stopped)),
+        ]);
+        let r = StatusReport::new("demo", services);
+        assert_eq!(
+            r.stats,
+            Stats {
+                total: 4,
+                running: 1,
+                starting: 1,
+                error: 1
+            }
+        );
+    }
+}
+
+/// A log line with the name of the resource that wrote it, as streamed to followers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceLogLine {
+    /// Resource name.
+    pub service: String,
+    /// The line.
+    #[serde(flatten)]
+    pub line: LogLine,
+}

@@ -1,0 +1,94 @@
+//! The trait through which the dashboard, the control socket and the bus read runtime state
+//! and act on it, without knowing how the runtime is put together.
+
+use crate::event::Event;
+use crate::status::{LogLine, ServiceLogLine, StatusReport};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::broadcast;
+
+/// A boxed, sendable future (keeps [`RuntimeControl`] object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A per-service action a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Stop, then start again.
+    Restart,
+    /// Stop and keep stopped (no restart policy applies).
+    Stop,
+    /// Start a stopped or failed service (clears the crash-loop guard).
+    Start,
+}
+
+impl Action {
+    /// The contract name, as in `/__action__/{action}/{service}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Stop => "stop",
+            Self::Start => "start",
+        }
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = ActionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "restart" => Ok(Self::Restart),
+            "stop" => Ok(Self::Stop),
+            "start" => Ok(Self::Start),
+            other => Err(ActionError::UnknownAction(other.to_owned())),
+        }
+    }
+}
+
+/// Why an action or a query was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ActionError {
+    /// No service or resource has this name.
+    #[error("unknown service `{0}`")]
+    UnknownService(String),
+    /// No action has this name.
+    #[error("unknown action `{0}` (expected restart, stop or start)")]
+    UnknownAction(String),
+    /// The action makes no sense in the current state.
+    #[error("cannot {action} `{service}`: {reason}")]
+    NotAvailable {
+        /// The action asked for.
+        action: String,
+        /// The service.
+        service: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The runtime is shutting down and takes no more actions.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+}
+
+/// Read and act on a running runtime. Implemented by the facade's `Runtime`; used by the
+/// dashboard, the control socket and the bus, so none of them depends on the others.
+pub trait RuntimeControl: Send + Sync + 'static {
+    /// A snapshot of every resource.
+    fn status(&self) -> StatusReport;
+    /// The last `lines` log lines of a service (all services, interleaved by time, for `None`).
+    fn logs(&self, service: Option<&str>, lines: usize) -> Result<Vec<ServiceLogLine>, ActionError>;
+    /// Every event from now on.
+    fn subscribe_events(&self) -> broadcast::Receiver<Event>;
+    /// Every captured log line from now on.
+    fn subscribe_logs(&self) -> broadcast::Receiver<ServiceLogLine>;
+    /// Restart, stop or start one service; resolves when the action has been carried out.
+    fn act(&self, action: Action, service: &str) -> BoxFuture<'_, Result<(), ActionError>>;
+    /// Asks the whole runtime to shut down gracefully; returns at once.
+    fn request_shutdown(&self, reason: &str);
+}
+
+/// Keeps only the message text of log lines; handy for tests and plain output.
+pub fn messages(lines: &[LogLine]) -> Vec<&str> {
+    lines.iter().map(|l| l.message.as_str()).collect()
+}
