@@ -1,1 +1,27 @@
-//! kinfra
+//! kinfra as a library: one call, [`start`], boots the supervisor, the dashboard and the
+//! control socket in this process and returns a [`Runtime`] handle.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = kinfra::start(kinfra::Config::from_file("kinfra.toml")?).await?;
+//! println!("dashboard on {:?}", rt.dashboard_addr());
+//! rt.restart("api").await?;
+//! rt.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod control;
+pub mod embedded;
+mod lock;
+mod runtime;
+
+pub use kinfra_core::config::{
+    self, CommandSpec, DependCondition, Dur, PortSpec, ProbeConfig, RestartPolicy, ServiceConfig,
+};
+pub use kinfra_core::control::{ControlRequest, ControlResponse};
+pub use kinfra_core::event::{Event, EventKind, EventSender, ExitInfo};
+pub use kinfra_core::state::{Health, ServiceState};
+pub use kinfra_core::status::{LogLine, LogStream, ServiceLogLine, ServiceStatus, StatusReport};
+pub use kinfra_core::view::{Action, ActionError, RuntimeControl};
+pub use kinfra_core::{Config, ConfigError, ConfigErrors};
+pub use runtime::{Runtime, RuntimeOptions, ShutdownError, StartError, start, start_with};

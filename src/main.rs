@@ -1,1 +1,18 @@
-fn main() {}
+//! The `kinfra` command: parses arguments, maps errors to exit codes (0 ok, 1 runtime failure,
+//! 2 usage or config error) and runs the chosen command.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // The embedded default config runs demo programs built into this binary through
+    // `${KINFRA_BIN}`. Set it before any thread exists (set_var is only sound then).
+    if std::env::var_os("KINFRA_BIN").is_none() {
+        if let Ok(exe) = std::env::current_exe() {
+            // SAFETY: no other thread has been started yet.
+            unsafe { std::env::set_var("KINFRA_BIN", exe) };
+        }
+    }
+    cli::main()
+}

@@ -1,1 +1,6 @@
-//! tests
+//! kinfra's integration tests: one binary, run against the real `kinfra` executable, real
+//! processes and real sockets.
+
+mod cli;
+mod config_check;
+mod support;

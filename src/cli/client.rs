@@ -1,0 +1,195 @@
+//! Commands that talk to a running runtime over its control socket: down, status, logs,
+//! restart, stop, start.
+
+use super::output::{ColorChoice, Prefixer, status_table};
+use super::{ConfigArg, InputError, NotRunning, load};
+use anyhow::Context;
+use kinfra::{Action, ControlRequest, ControlResponse};
+use kinfra_core::control::SOCKET_FILE;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+
+/// An open control connection.
+struct Connection {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+async fn connect(state_dir: &Path) -> anyhow::Result<Connection> {
+    let path: PathBuf = state_dir.join(SOCKET_FILE);
+    let not_running = || {
+        NotRunning(format!(
+            "no kinfra runtime is running here (no control socket at {}); start one with `kinfra runtime up`",
+            path.display()
+        ))
+    };
+    if !path.exists() {
+        return Err(not_running().into());
+    }
+    let stream = match tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(&path)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            return Err(not_running().into());
+        }
+        Ok(Err(e)) => {
+            return Err(e).with_context(|| format!("cannot connect to {}", path.display()));
+        }
+        Err(_) => anyhow::bail!("timed out connecting to {}", path.display()),
+    };
+    let (read, write) = stream.into_split();
+    Ok(Connection {
+        lines: BufReader::new(read).lines(),
+        write,
+    })
+}
+
+impl Connection {
+    async fn send(&mut self, request: &ControlRequest) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        self.write
+            .write_all(&line)
+            .await
+            .context("the runtime closed the control connection")
+    }
+
+    /// The next response; `None` at the end of the stream.
+    async fn next(&mut self) -> anyhow::Result<Option<ControlResponse>> {
+        match self.lines.next_line().await? {
+            None => Ok(None),
+            Some(line) => Ok(Some(serde_json::from_str(&line).with_context(|| {
+                format!("unexpected reply from the runtime: {line}")
+            })?)),
+        }
+    }
+
+    async fn next_within(&mut self, limit: Duration) -> anyhow::Result<Option<ControlResponse>> {
+        tokio::time::timeout(limit, self.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("the runtime did not answer within {limit:?}"))?
+    }
+}
+
+/// `kinfra runtime down`
+pub async fn down(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let state_dir = load::state_dir(arg)?;
+    let mut conn = connect(&state_dir).await?;
+    conn.send(&ControlRequest::Shutdown).await?;
+    match conn.next_within(Duration::from_secs(10)).await? {
+        Some(ControlResponse::Ok { .. }) => {}
+        Some(ControlResponse::Error { error }) => anyhow::bail!("the runtime refused: {error}"),
+        other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+    }
+    println!("Stopping the runtime in {} ...", state_dir.display());
+    // The runtime keeps the connection open until it has stopped.
+    let wait = Duration::from_secs(120);
+    match tokio::time::timeout(wait, async { while let Ok(Some(_)) = conn.next().await {} }).await
+    {
+        Ok(()) => {
+            println!("Stopped.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => anyhow::bail!("the runtime did not stop within {wait:?}"),
+    }
+}
+
+/// `kinfra runtime status [--json]`
+pub async fn status(arg: &ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
+    let state_dir = load::state_dir(arg)?;
+    let mut conn = connect(&state_dir).await?;
+    conn.send(&ControlRequest::Status).await?;
+    match conn.next_within(Duration::from_secs(10)).await? {
+        Some(ControlResponse::Status { report }) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status_table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ControlResponse::Error { error }) => anyhow::bail!("{error}"),
+        other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+    }
+}
+
+/// `kinfra runtime logs [SERVICE] [-f] [-n N]`
+pub async fn logs(
+    arg: &ConfigArg,
+    service: Option<String>,
+    lines: usize,
+    follow: bool,
+    color: ColorChoice,
+) -> anyhow::Result<ExitCode> {
+    let state_dir = load::state_dir(arg)?;
+    let mut conn = connect(&state_dir).await?;
+    conn.send(&ControlRequest::Logs {
+        service: service.clone(),
+        lines,
+        follow,
+    })
+    .await?;
+    let mut prefixer: Option<Prefixer> = None;
+    let color = color.enabled();
+    loop {
+        let next = if follow {
+            tokio::select! {
+                next = conn.next() => next?,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
+        } else {
+            conn.next_within(Duration::from_secs(30)).await?
+        };
+        match next {
+            Some(ControlResponse::Log { line }) => {
+                let p = prefixer.get_or_insert_with(|| {
+                    Prefixer::new(color, service.as_deref().or(Some(line.service.as_str())))
+                });
+                println!("{}", p.log_line(&line));
+            }
+            Some(ControlResponse::Error { error }) if error.starts_with("unknown service") => {
+                return Err(InputError(error).into());
+            }
+            Some(ControlResponse::Error { error }) => eprintln!("warning: {error}"),
+            Some(ControlResponse::End) | None => return Ok(ExitCode::SUCCESS),
+            Some(other) => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+        }
+    }
+}
+
+/// `kinfra runtime restart|stop|start SERVICE`
+pub async fn action(arg: &ConfigArg, action: Action, service: &str) -> anyhow::Result<ExitCode> {
+    let state_dir = load::state_dir(arg)?;
+    let mut conn = connect(&state_dir).await?;
+    conn.send(&ControlRequest::Action {
+        action,
+        service: service.to_owned(),
+    })
+    .await?;
+    // Stopping waits for the service's grace period; allow for it.
+    match conn.next_within(Duration::from_secs(120)).await? {
+        Some(ControlResponse::Ok { .. }) => {
+            let done = match action {
+                Action::Restart => "restarted",
+                Action::Stop => "stopped",
+                Action::Start => "started",
+            };
+            println!("{service}: {done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ControlResponse::Error { error }) if error.starts_with("unknown service") => {
+            Err(InputError(error).into())
+        }
+        Some(ControlResponse::Error { error }) => anyhow::bail!("{error}"),
+        other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+    }
+}

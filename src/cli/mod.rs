@@ -1,0 +1,214 @@
+//! Argument parsing and dispatch for the `kinfra` command.
+
+mod client;
+mod config_cmd;
+mod demo;
+mod load;
+mod output;
+mod up;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// kinfra: your services, a database, a message bus, an HTTPS proxy and a live dashboard,
+/// in one process.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kinfra",
+    version,
+    about,
+    long_about = "kinfra runs your local processes and containers under one supervisor, with an \
+embedded database, a NATS bus, a reverse proxy with automatic HTTPS and a live web dashboard, \
+all in one process.\n\nStart with `kinfra runtime up` in a directory with a kinfra.toml (without \
+one, a built-in demo runs). Check a config with `kinfra config check`.",
+    after_help = "Exit codes: 0 success, 1 runtime failure, 2 usage or config error.\n\
+Logging: set KINFRA_LOG (e.g. KINFRA_LOG=debug) for kinfra's own log level."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run, inspect and control a runtime.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Small programs the built-in demo config runs (not needed for your own config).
+    #[command(subcommand, hide = true)]
+    Demo(demo::DemoCommand),
+}
+
+/// Which config file to use.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArg {
+    /// Config file (TOML, YAML or JSON by extension). Default: kinfra.toml (or .yaml, .yml,
+    /// .json) in the working directory; without one, the built-in demo config.
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RuntimeCommand {
+    /// Start the runtime in the foreground: services, dashboard, control socket. Streams the
+    /// services' logs; Ctrl-C or SIGTERM stops everything gracefully (a second Ctrl-C forces).
+    Up {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Colour the log prefixes: auto (when stdout is a terminal), always, never.
+        #[arg(long, default_value = "auto", value_name = "WHEN")]
+        color: output::ColorChoice,
+        /// Do not stream service logs; print only state changes.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Stop a runtime started in another terminal, and wait until it has stopped.
+    Down {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show every service: state, health, PID, port, uptime, restarts.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the same JSON as GET /__status__.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the recent logs of one service, or of all; -f keeps following.
+    Logs {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Service name; all services when absent.
+        service: Option<String>,
+        /// Keep printing new lines until Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many past lines to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 100, value_name = "N")]
+        lines: usize,
+        /// Colour the prefixes: auto, always, never.
+        #[arg(long, default_value = "auto", value_name = "WHEN")]
+        color: output::ColorChoice,
+    },
+    /// Restart one service.
+    Restart {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Service name.
+        service: String,
+    },
+    /// Stop one service; it stays stopped until `kinfra runtime start`.
+    Stop {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Service name.
+        service: String,
+    },
+    /// Start a stopped or failed service.
+    Start {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Service name.
+        service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file and report every problem with its file, line, column and key.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also print the config as kinfra understood it (secrets masked), in TOML.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+/// An error caused by the user's input (bad config, unknown service): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// The runtime is not running: exit code 1 with a plain message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotRunning(pub String);
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<InputError>().is_some()
+        || error.downcast_ref::<kinfra::ConfigErrors>().is_some()
+        || error
+            .downcast_ref::<kinfra::StartError>()
+            .is_some_and(kinfra::StartError::is_config_error)
+    {
+        2
+    } else {
+        1
+    }
+}
+
+/// Parses arguments, runs the command, and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kinfra")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for stray blocking tasks (a follower stuck on stdin, say).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Runtime(RuntimeCommand::Up {
+            config,
+            color,
+            quiet,
+        }) => up::run(&config, color, quiet).await,
+        Command::Runtime(RuntimeCommand::Down { config }) => client::down(&config).await,
+        Command::Runtime(RuntimeCommand::Status { config, json }) => {
+            client::status(&config, json).await
+        }
+        Command::Runtime(RuntimeCommand::Logs {
+            config,
+            service,
+            follow,
+            lines,
+            color,
+        }) => client::logs(&config, service, lines, follow, color).await,
+        Command::Runtime(RuntimeCommand::Restart { config, service }) => {
+            client::action(&config, kinfra::Action::Restart, &service).await
+        }
+        Command::Runtime(RuntimeCommand::Stop { config, service }) => {
+            client::action(&config, kinfra::Action::Stop, &service).await
+        }
+        Command::Runtime(RuntimeCommand::Start { config, service }) => {
+            client::action(&config, kinfra::Action::Start, &service).await
+        }
+        Command::Config(ConfigCommand::Check { config, print }) => {
+            config_cmd::check(&config, print)
+        }
+        Command::Demo(cmd) => demo::run(cmd).await,
+    }
+}

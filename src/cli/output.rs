@@ -1,0 +1,142 @@
+//! Terminal output: colour choice, per-service colour prefixes, and the status table.
+
+use kinfra::{LogStream, ServiceLogLine, StatusReport};
+use std::io::IsTerminal;
+
+/// When to colour output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// When stdout is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorChoice {
+    /// Resolves `auto` against the terminal and `NO_COLOR`.
+    pub fn enabled(self) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+}
+
+const PALETTE: &[&str] = &["36", "33", "32", "35", "34", "96", "93", "92", "95", "94"];
+
+/// Prints `name | message` prefixes, one stable colour per service.
+#[derive(Debug, Clone)]
+pub struct Prefixer {
+    color: bool,
+    width: usize,
+}
+
+impl Prefixer {
+    /// A prefixer padding names to the longest of `names`.
+    pub fn new<'a>(color: bool, names: impl IntoIterator<Item = &'a str>) -> Self {
+        let width = names.into_iter().map(str::len).max().unwrap_or(6).max(6);
+        Self { color, width }
+    }
+
+    fn colour_of(name: &str) -> &'static str {
+        let hash = name
+            .bytes()
+            .fold(5381u32, |h, b| h.wrapping_mul(33).wrapping_add(u32::from(b)));
+        PALETTE[hash as usize % PALETTE.len()]
+    }
+
+    /// `name | ` in the service's colour.
+    pub fn prefix(&self, name: &str) -> String {
+        let padded = format!("{name:<width$}", width = self.width);
+        if self.color {
+            format!("\x1b[{}m{padded} |\x1b[0m ", Self::colour_of(name))
+        } else {
+            format!("{padded} | ")
+        }
+    }
+
+    /// One log line, prefixed; stderr and system lines are marked.
+    pub fn log_line(&self, line: &ServiceLogLine) -> String {
+        let message = &line.line.message;
+        let body = match (line.line.stream, self.color) {
+            (LogStream::System, true) => format!("\x1b[2m{message}\x1b[0m"),
+            (LogStream::Stderr, true) if line.line.level == "error" => {
+                format!("\x1b[31m{message}\x1b[0m")
+            }
+            _ => message.clone(),
+        };
+        format!("{}{body}", self.prefix(&line.service))
+    }
+
+    /// A line from kinfra itself.
+    pub fn kinfra_line(&self, message: &str) -> String {
+        if self.color {
+            format!("\x1b[1m{:<width$} |\x1b[0m {message}", "kinfra", width = self.width)
+        } else {
+            format!("{:<width$} | {message}", "kinfra", width = self.width)
+        }
+    }
+}
+
+/// The status table for people.
+pub fn status_table(report: &StatusReport) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "KIND".into(),
+        "STATE".into(),
+        "HEALTH".into(),
+        "PID".into(),
+        "PORT".into(),
+        "UPTIME".into(),
+        "RESTARTS".into(),
+        "MESSAGE".into(),
+    ]];
+    for (name, s) in &report.services {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        rows.push([
+            name.clone(),
+            s.kind.clone(),
+            s.state.to_string(),
+            s.health.to_string(),
+            opt(s.pid.map(|p| p.to_string())),
+            opt(s.port.map(|p| p.to_string())),
+            opt(s.uptime.clone()),
+            s.restarts.to_string(),
+            s.status_message.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 9];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!(
+        "project {} — {} services: {} running, {} starting, {} errors\n",
+        report.project,
+        report.stats.total,
+        report.stats.running,
+        report.stats.starting,
+        report.stats.error
+    );
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths.iter())
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i == row.len() - 1 {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,170 @@
+//! `kinfra runtime up`: run the runtime in the foreground until Ctrl-C, SIGTERM or
+//! `kinfra runtime down`.
+
+use super::ConfigArg;
+use super::load::{self, ConfigSource};
+use super::output::{ColorChoice, Prefixer};
+use kinfra::{Event, EventKind, EventSender, RuntimeOptions, ServiceLogLine};
+use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::broadcast;
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KINFRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .try_init();
+}
+
+/// Runs the runtime in the foreground.
+pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let (config, source) = load::load(arg)?;
+    let color = color.enabled();
+    let prefixer = Prefixer::new(color, config.services.keys().map(String::as_str));
+    if source == ConfigSource::Embedded {
+        println!(
+            "{}",
+            prefixer.kinfra_line(
+                "No kinfra.toml in this directory: running the built-in demo config."
+            )
+        );
+        println!(
+            "{}",
+            prefixer.kinfra_line(
+                "Write a kinfra.toml to run your own services (see the README's quick start), and check it with `kinfra config check`."
+            )
+        );
+    }
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    // Subscribe before starting, so the first events and log lines are not missed.
+    let events = EventSender::new(4096);
+    let event_rx = events.subscribe();
+    let runtime = kinfra::start_with(
+        config,
+        RuntimeOptions {
+            events: Some(events),
+        },
+    )
+    .await?;
+    let log_rx = runtime.logs();
+    // Lines written before we subscribed are in the ring; print them first.
+    for line in runtime.recent_logs(None, 1000).unwrap_or_default() {
+        if !quiet {
+            println!("{}", prefixer.log_line(&line));
+        }
+    }
+
+    let project = &runtime.config().project.name;
+    println!("{}", prefixer.kinfra_line(&format!("kinfra {} — project `{project}`", env!("CARGO_PKG_VERSION"))));
+    match runtime.dashboard_addr() {
+        Some(addr) => println!(
+            "{}",
+            prefixer.kinfra_line(&format!("dashboard   http://{addr}/kinfra   (status JSON: http://{addr}/__status__)"))
+        ),
+        None => println!("{}", prefixer.kinfra_line("dashboard   disabled")),
+    }
+    match runtime.proxy_addr() {
+        Some(addr) => println!("{}", prefixer.kinfra_line(&format!("proxy       http://{addr}/"))),
+        None => println!(
+            "{}",
+            prefixer.kinfra_line("proxy       not available in this build yet")
+        ),
+    }
+    println!(
+        "{}",
+        prefixer.kinfra_line(&format!(
+            "control     {}   (kinfra runtime status | logs | restart | down)",
+            runtime.control_socket().display()
+        ))
+    );
+    println!("{}", prefixer.kinfra_line("Press Ctrl-C to stop."));
+
+    let printer = tokio::spawn(print_stream(prefixer.clone(), event_rx, log_rx, quiet));
+
+    let reason = tokio::select! {
+        _ = sigint.recv() => "Ctrl-C".to_string(),
+        _ = sigterm.recv() => "SIGTERM".to_string(),
+        reason = runtime.shutdown_requested() => reason,
+    };
+    println!(
+        "{}",
+        prefixer.kinfra_line(&format!("{reason}: stopping gracefully (Ctrl-C again to force) ..."))
+    );
+    // A second Ctrl-C (or SIGTERM) forces: exit at once. Children die with us through their
+    // parent-death signal; anything that escaped is found and stopped by the next `up`.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigint.recv() => {},
+            _ = sigterm.recv() => {},
+        }
+        eprintln!("kinfra: forced exit");
+        std::process::exit(130);
+    });
+    let result = runtime.shutdown_because(&reason).await;
+    printer.abort();
+    match result {
+        Ok(()) => {
+            println!("{}", prefixer.kinfra_line("Stopped."));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Prints service logs and state changes until aborted.
+async fn print_stream(
+    prefixer: Prefixer,
+    mut events: broadcast::Receiver<Event>,
+    mut logs: broadcast::Receiver<ServiceLogLine>,
+    quiet: bool,
+) {
+    loop {
+        tokio::select! {
+            line = logs.recv(), if !quiet => match line {
+                Ok(line) => println!("{}", prefixer.log_line(&line)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    println!("{}", prefixer.kinfra_line(&format!("({n} log lines not shown: output too fast; see `kinfra runtime logs`)")));
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            event = events.recv() => match event {
+                Ok(event) => {
+                    if let Some(text) = describe(&event.kind) {
+                        println!("{}", prefixer.kinfra_line(&text));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+fn describe(kind: &EventKind) -> Option<String> {
+    match kind {
+        EventKind::StateChanged {
+            service,
+            to,
+            message,
+            ..
+        } => Some(format!("{service}: {to} — {message}")),
+        EventKind::HealthChanged {
+            service, health, ..
+        } => Some(format!("{service}: {health}")),
+        EventKind::CrashLoop { service, failures } => Some(format!(
+            "{service}: crash loop ({failures} failures); not restarting until `kinfra runtime start {service}`"
+        )),
+        EventKind::PortAssigned { service, port } => Some(format!("{service}: port {port}")),
+        _ => None,
+    }
+}
