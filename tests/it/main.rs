@@ -3,4 +3,5 @@
 
 mod cli;
 mod config_check;
+mod library;
 mod support;

@@ -1,0 +1,127 @@
+//! `kinfra::start` used as a library: readiness, events, actions, failed startup cleanup,
+//! bounded shutdown.
+
+use crate::support::{alive, pids_tagged, unique_tag, wait_for};
+use kinfra::{Config, EventKind, EventSender, RuntimeOptions, ServiceConfig, ServiceState};
+use std::time::Duration;
+
+fn config(dir: &std::path::Path, tag: &str, dashboard: &str) -> Config {
+    let toml = format!(
+        r#"
+[project]
+name = "lib"
+state_dir = "{state}"
+shutdown_timeout = "20s"
+
+[env]
+KINFRA_TEST_TAG = "{tag}"
+
+[dashboard]
+listen = "{dashboard}"
+
+[services.sleeper]
+command = "echo up; exec sleep 1000"
+"#,
+        state = dir.join("state").display()
+    );
+    Config::parse(&toml, kinfra::config::Format::Toml, "test.toml", dir, &[]).expect("valid config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_events_restart_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = unique_tag("lib");
+    let events = EventSender::new(1024);
+    let mut rx = events.subscribe();
+    let rt = kinfra::start_with(
+        config(dir.path(), &tag, "127.0.0.1:0"),
+        RuntimeOptions {
+            events: Some(events),
+        },
+    )
+    .await
+    .expect("runtime starts");
+    assert!(rt.dashboard_addr().is_some_and(|a| a.port() != 0));
+    assert!(rt.control_socket().exists());
+
+    // Events arrive numbered without gaps, and the service reaches running.
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("running event in time")
+            .expect("event");
+        seqs.push(ev.seq);
+        if let EventKind::StateChanged { service, to, .. } = &ev.kind {
+            if service == "sleeper" && *to == ServiceState::Running {
+                break;
+            }
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seqs:?}");
+    let pid = rt.status().await.services["sleeper"].pid.expect("pid");
+
+    rt.restart("sleeper").await.expect("restart");
+    let new_pid = wait_for(Duration::from_secs(20), "new pid", || {
+        running_pid(&rt).filter(|p| *p != pid)
+    });
+    assert!(!alive(pid));
+    assert!(rt.restart("nope").await.is_err());
+
+    rt.shutdown().await.expect("clean shutdown");
+    assert!(!alive(new_pid));
+    assert!(pids_tagged(&tag).is_empty());
+    assert!(!dir.path().join("state/control.sock").exists());
+}
+
+/// Blocking peek at the running PID (the status snapshot never waits on the supervisor).
+fn running_pid(rt: &kinfra::Runtime) -> Option<u32> {
+    let report = rt.control().status();
+    let s = &report.services["sleeper"];
+    (s.state == ServiceState::Running).then_some(s.pid).flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_start_leaves_nothing_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = unique_tag("half");
+    // Hold the dashboard port so startup fails after the state dir was locked.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").to_string();
+    let err = kinfra::start(config(dir.path(), &tag, &taken))
+        .await
+        .expect_err("start must fail on a taken dashboard port");
+    assert!(err.to_string().contains(&taken), "{err}");
+    assert!(!err.is_config_error());
+    assert!(pids_tagged(&tag).is_empty(), "a service was left running");
+    // The lock was released: a second start on the same state dir works.
+    drop(blocker);
+    let rt = kinfra::start(config(dir.path(), &tag, "127.0.0.1:0"))
+        .await
+        .expect("start after failure");
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_config_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = unique_tag("builder");
+    let config = Config::builder()
+        .project("built")
+        .state_dir(dir.path().join("state"))
+        .dashboard_listen("127.0.0.1:0")
+        .service(
+            "one",
+            ServiceConfig::new("exec sleep 1000").env("KINFRA_TEST_TAG", &tag),
+        )
+        .build()
+        .expect("builder config is valid");
+    let rt = kinfra::start(config).await.expect("start");
+    wait_for(Duration::from_secs(20), "one running", || {
+        (pids_tagged(&tag).len() == 1).then_some(())
+    });
+    assert_eq!(rt.status().await.project, "built");
+    rt.shutdown().await.expect("shutdown");
+    assert!(pids_tagged(&tag).is_empty());
+}
