@@ -248,7 +248,10 @@ mod tests {
                 port: 1,
             });
         }
-        let seqs: Vec<u64> = (0..10).filter_map(|_| rx.try_recv().ok()).map(|e| e.seq).collect();
+        let seqs: Vec<u64> = (0..10)
+            .filter_map(|_| rx.try_recv().ok())
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
         assert_eq!(tx.next_seq(), 11);
     }

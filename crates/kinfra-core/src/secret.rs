@@ -79,7 +79,13 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for name in ["API_TOKEN", "db_password", "SECRET", "aws_access_key_id", "GH_CREDENTIALS"] {
+        for name in [
+            "API_TOKEN",
+            "db_password",
+            "SECRET",
+            "aws_access_key_id",
+            "GH_CREDENTIALS",
+        ] {
             assert!(is_secret_name(name), "{name}");
         }
         for name in ["PORT", "LOG_LEVEL", "PATH"] {
@@ -89,6 +95,9 @@ mod tests {
 
     #[test]
     fn redacts_values() {
-        assert_eq!(redact("token=abcd1234 ok", &["abcd1234", "x"]), "token=*** ok");
+        assert_eq!(
+            redact("token=abcd1234 ok", &["abcd1234", "x"]),
+            "token=*** ok"
+        );
     }
 }

@@ -77,7 +77,8 @@ pub trait RuntimeControl: Send + Sync + 'static {
     /// A snapshot of every resource.
     fn status(&self) -> StatusReport;
     /// The last `lines` log lines of a service (all services, interleaved by time, for `None`).
-    fn logs(&self, service: Option<&str>, lines: usize) -> Result<Vec<ServiceLogLine>, ActionError>;
+    fn logs(&self, service: Option<&str>, lines: usize)
+    -> Result<Vec<ServiceLogLine>, ActionError>;
     /// Every event from now on.
     fn subscribe_events(&self) -> broadcast::Receiver<Event>;
     /// Every captured log line from now on.

@@ -2,13 +2,44 @@
 //!
 //! `kinfra.toml`, `kinfra.yaml` and `kinfra.json` share one schema ([`model`]). Errors name the
 //! file, line, column and key.
+//!
+//! Loading runs in steps:
+//!
+//! 1. the text is parsed into a generic tree plus a source map (key path -> line and column);
+//! 2. `KINFRA_A__B=value` environment variables override keys of the tree;
+//! 3. the tree is deserialized into [`Config`]; each schema error (unknown key, wrong type,
+//!    bad duration, ...) is reported at its key, and loading goes on past it to find more;
+//! 4. semantic checks run ([`Config::validate`]): dependencies and cycles, routes, ports,
+//!    listen addresses, probes, `${...}` references, names.
+//!
+//! Keys are named by dotted paths with list indexes in brackets: `services.api.port`,
+//! `routes[0].service`, `services.api.args[1]`; a map key with characters other than
+//! `[A-Za-z0-9_-]` is quoted: `services.api.env."A.B"`.
+//!
+//! `${...}` references ([`interpolate`]) are resolved later, when a service is spawned;
+//! loading only checks that they are well formed and name services and resources that exist.
 
+pub mod interpolate;
 pub mod model;
 pub mod types;
 
+mod builder;
+mod json_tree;
+mod overrides;
+mod source;
+mod toml_tree;
+mod validate;
+mod yaml_tree;
+
+#[cfg(test)]
+mod tests;
+
+pub use builder::ConfigBuilder;
 pub use model::*;
 pub use types::*;
 
+use serde_json::Value;
+use source::{Anchor, Seg, SourceMap, SyntaxError, is_below, join_key, path_of};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +131,10 @@ impl Config {
     }
 
     /// Like [`Config::from_file`], with the environment given explicitly.
-    pub fn from_file_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    pub fn from_file_with_env(
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigErrors> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             origin: origin.clone(),
@@ -111,7 +145,13 @@ impl Config {
         })?;
         let base_dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         Self::parse(&text, Format::from_path(path), &origin, &base_dir, env)
@@ -119,7 +159,7 @@ impl Config {
 
     /// Parses config text in the given format, applies `KINFRA_*` overrides from `env`, and
     /// validates. `origin` names the source in messages; relative paths resolve against
-    /// `base_dir`.
+    /// `base_dir`. Reports every problem found, not only the first.
     pub fn parse(
         text: &str,
         format: Format,
@@ -127,17 +167,66 @@ impl Config {
         base_dir: &Path,
         env: &[(String, String)],
     ) -> Result<Config, ConfigErrors> {
-        let _ = (format, env);
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            origin: origin.to_owned(),
-            line: None,
-            column: None,
-            key: None,
-            message: e.to_string(),
-        })?;
-        config.base_dir = base_dir.to_path_buf();
-        config.origin = origin.to_owned();
-        Ok(config)
+        let parsed = match format {
+            Format::Toml => toml_tree::parse(text),
+            Format::Yaml => yaml_tree::parse(text),
+            Format::Json => json_tree::parse(text),
+        };
+        let (mut tree, mut map) = parsed.map_err(|e| syntax_error(origin, e))?;
+        if !tree.is_object() {
+            return Err(syntax_error(
+                origin,
+                SyntaxError {
+                    pos: map.locate("", Anchor::Value).pos,
+                    message: "the top level must be a table of sections (project, services, \
+                              routes, ...)"
+                        .into(),
+                },
+            )
+            .into());
+        }
+        let mut errors = overrides::apply(&mut tree, &mut map, env);
+        match deserialize(tree, &map, origin) {
+            Ok(mut config) => {
+                config.base_dir = base_dir.to_path_buf();
+                config.origin = origin.to_owned();
+                errors.extend(
+                    validate::check(&config)
+                        .into_iter()
+                        .map(|i| located(origin, &map, Some(&i.key), i.anchor, i.message)),
+                );
+                if errors.is_empty() {
+                    return Ok(config);
+                }
+            }
+            Err(more) => errors.extend(more),
+        }
+        Err(ConfigErrors(errors))
+    }
+
+    /// Checks an in-memory config (built in code, or changed after loading): the same
+    /// semantic checks loading runs. Errors carry keys but no line numbers.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let origin = if self.origin.is_empty() {
+            "<builder>"
+        } else {
+            self.origin.as_str()
+        };
+        let errors: Vec<ConfigError> = validate::check(self)
+            .into_iter()
+            .map(|i| ConfigError {
+                origin: origin.to_owned(),
+                line: None,
+                column: None,
+                key: Some(i.key).filter(|k| !k.is_empty()),
+                message: i.message,
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// The state dir, resolved against the config's base dir.
@@ -148,4 +237,253 @@ impl Config {
             self.base_dir.join(&self.project.state_dir)
         }
     }
+}
+
+fn syntax_error(origin: &str, e: SyntaxError) -> ConfigError {
+    ConfigError {
+        origin: origin.to_owned(),
+        line: e.pos.map(|p| p.line),
+        column: e.pos.map(|p| p.column),
+        key: None,
+        message: e.message,
+    }
+}
+
+/// An error at `key`, located through the source map (an overridden key names its variable).
+fn located(
+    origin: &str,
+    map: &SourceMap,
+    key: Option<&str>,
+    anchor: Anchor,
+    message: String,
+) -> ConfigError {
+    let at = key.map(|k| {
+        // `cwd` is another name for `working_dir`.
+        match k.strip_suffix(".working_dir") {
+            Some(parent) if map.get(k).is_none() => {
+                let alias = join_key(parent, "cwd");
+                if map.get(&alias).is_some() {
+                    return map.locate(&alias, anchor);
+                }
+                map.locate(k, anchor)
+            }
+            _ => map.locate(k, anchor),
+        }
+    });
+    let at = at.unwrap_or_default();
+    ConfigError {
+        origin: at.origin.unwrap_or_else(|| origin.to_owned()),
+        line: at.pos.map(|p| p.line),
+        column: at.pos.map(|p| p.column),
+        key: key.filter(|k| !k.is_empty()).map(str::to_owned),
+        message,
+    }
+}
+
+/// Deserialization gives up after this many errors.
+const MAX_SCHEMA_ERRORS: usize = 50;
+
+/// Deserializes the tree, reporting each schema error at its key. After an error the
+/// offending part of the tree is dropped and deserialization runs again, so one pass reports
+/// every independent problem.
+fn deserialize(mut tree: Value, map: &SourceMap, origin: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..MAX_SCHEMA_ERRORS {
+        let err = match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => return Err(errors),
+            Err(e) => e,
+        };
+        let segs: Vec<Seg> = err
+            .path()
+            .iter()
+            .map(|s| match s {
+                serde_path_to_error::Segment::Seq { index } => Seg::Index(*index),
+                serde_path_to_error::Segment::Map { key } => Seg::Key(key.clone()),
+                serde_path_to_error::Segment::Enum { variant } => Seg::Key(variant.clone()),
+                serde_path_to_error::Segment::Unknown => Seg::Key("?".into()),
+            })
+            .collect();
+        let path = path_of(&segs);
+        let raw = err.into_inner().to_string();
+        if let Some(field) = between_backticks(raw.strip_prefix("missing field ")) {
+            let missing = join_key(&path, field);
+            let caused_by_removal = removed
+                .iter()
+                .any(|r| *r == missing || is_below(r, &missing));
+            if !caused_by_removal {
+                let key = Some(path.as_str()).filter(|p| !p.is_empty());
+                errors.push(located(
+                    origin,
+                    map,
+                    key,
+                    Anchor::Key,
+                    format!("missing required key `{field}`"),
+                ));
+            }
+        } else if raw.starts_with("unknown field ") {
+            let parent = segs
+                .split_last()
+                .map(|(_, rest)| path_of(rest))
+                .unwrap_or_default();
+            errors.push(located(
+                origin,
+                map,
+                Some(&path),
+                Anchor::Key,
+                unknown_key_message(&raw, &parent),
+            ));
+        } else {
+            let key = Some(path.as_str()).filter(|p| !p.is_empty());
+            errors.push(located(origin, map, key, Anchor::Value, humanize(&raw)));
+        }
+        // Drop what failed and try again. A list item is dropped with its whole list, so that
+        // the indexes of later errors still match the file.
+        let mut target = segs;
+        while matches!(target.last(), Some(Seg::Index(_))) {
+            target.pop();
+        }
+        if target.is_empty() || !remove(&mut tree, &target) {
+            break;
+        }
+        removed.push(path_of(&target));
+    }
+    if errors.is_empty() {
+        errors.push(ConfigError {
+            origin: origin.to_owned(),
+            line: None,
+            column: None,
+            key: None,
+            message: "the config does not match the schema".into(),
+        });
+    }
+    Err(errors)
+}
+
+/// Removes the node at `segs`; false when there is none.
+fn remove(tree: &mut Value, segs: &[Seg]) -> bool {
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for seg in parents {
+        let next = match (seg, node) {
+            (Seg::Key(k), Value::Object(o)) => o.get_mut(k),
+            (Seg::Index(i), Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Seg::Key(k), Value::Object(o)) => o.remove(k).is_some(),
+        _ => false,
+    }
+}
+
+/// The text between the first pair of backticks.
+fn between_backticks(text: Option<&str>) -> Option<&str> {
+    let rest = text?.strip_prefix('`')?;
+    rest.split_once('`').map(|(inside, _)| inside)
+}
+
+/// Every backtick-quoted word after the first.
+fn quoted_words(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).skip(1).collect()
+}
+
+/// Edit distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn did_you_mean(word: &str, choices: &[&str]) -> String {
+    let best = choices
+        .iter()
+        .map(|c| (distance(word, c), *c))
+        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
+        .min();
+    match best {
+        Some((_, c)) => format!(" (did you mean `{c}`?)"),
+        None => String::new(),
+    }
+}
+
+/// `unknown field `x`, expected one of `a`, `b`` -> a sentence naming where and what fits.
+fn unknown_key_message(raw: &str, parent: &str) -> String {
+    let name = between_backticks(raw.strip_prefix("unknown field ")).unwrap_or("?");
+    let place = if parent.is_empty() {
+        "at the top level".to_owned()
+    } else {
+        format!("in {parent}")
+    };
+    let expected = quoted_words(raw);
+    if expected.is_empty() {
+        return format!("unknown key `{name}` {place}; it takes no keys");
+    }
+    format!(
+        "unknown key `{name}` {place}; expected one of: {}{}",
+        expected.join(", "),
+        did_you_mean(name, &expected)
+    )
+}
+
+/// Rewrites serde's wording where it speaks Rust rather than config.
+fn humanize(raw: &str) -> String {
+    if let Some(value) = between_backticks(raw.strip_prefix("unknown variant ")) {
+        let expected = quoted_words(raw);
+        return format!(
+            "unknown value `{value}`; expected one of: {}{}",
+            expected.join(", "),
+            did_you_mean(value, &expected)
+        );
+    }
+    if raw.contains("untagged enum TcpTarget") {
+        return "expected `true` (the service's port) or a port number".into();
+    }
+    let rust_types = [
+        ("expected u16", "expected an integer from 0 to 65535"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected f64", "expected a number"),
+        ("expected a map", "expected a table"),
+        ("expected a sequence", "expected a list"),
+    ];
+    let mut text = raw.to_owned();
+    if let Some(rest) = text.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.rsplit_once(", expected ") {
+            text = format!("wrong type: expected {expected}, found {found}");
+        }
+    }
+    if let Some(at) = text.find("expected struct ") {
+        let name_start = at + "expected struct ".len();
+        let name_end = text[name_start..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(text.len(), |i| name_start + i);
+        text.replace_range(at..name_end, "expected a table");
+    }
+    for (from, to) in rust_types {
+        if let Some(at) = text.find(from) {
+            let end = at + from.len();
+            if !text[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                text.replace_range(at..end, to);
+            }
+        }
+    }
+    text
 }

@@ -474,7 +474,9 @@ impl StatusRange {
 }
 
 fn parse_status_range(s: &str) -> Result<StatusRange, String> {
-    let bad = || format!("invalid status `{s}`: expected a code such as 200 or a range such as \"200-299\"");
+    let bad = || {
+        format!("invalid status `{s}`: expected a code such as 200 or a range such as \"200-299\"")
+    };
     let code = |t: &str| -> Result<u16, String> {
         match t.trim().parse::<u16>() {
             Ok(c) if (100..=599).contains(&c) => Ok(c),
@@ -537,7 +539,11 @@ mod tests {
             ("1h", 3_600_000),
         ];
         for (text, ms) in ok {
-            assert_eq!(parse_duration(text).map(|d| d.as_millis()), Ok(ms), "{text}");
+            assert_eq!(
+                parse_duration(text).map(|d| d.as_millis()),
+                Ok(ms),
+                "{text}"
+            );
         }
         for bad in ["", "2", "fast", "2 parsecs", "-1s", "s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

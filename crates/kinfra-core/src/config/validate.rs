@@ -1,0 +1,649 @@
+//! Semantic checks on a deserialized config: everything the schema alone cannot say.
+//!
+//! Every check runs and every problem is reported. A `healthy` dependency on something
+//! without a readiness probe is allowed: it means "running" (see [`DependCondition`]).
+
+use super::interpolate::{Reference, references_with_default};
+use super::model::{
+    Config, DependCondition, DependsOn, ProbeConfig, RestartPolicy, ServiceConfig, TcpTarget,
+};
+use super::source::{Anchor, join_index, join_key};
+use super::types::{CommandSpec, PortSpec};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+/// One problem, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Issue {
+    pub key: String,
+    pub anchor: Anchor,
+    pub message: String,
+}
+
+/// Longest service or resource name (a DNS label).
+const MAX_NAME: usize = 63;
+
+/// Where a string with `${...}` references sits, which decides what `${PORT}` means.
+#[derive(Clone, Copy)]
+enum RefScope<'a> {
+    /// In a service's settings: `${PORT}` is its port.
+    Service { name: &'a str, has_port: bool },
+    /// In the global `env`: `${PORT}` is the port of each service it is given to.
+    Global,
+    /// In a route: there is no own port.
+    Route,
+}
+
+struct Checker<'a> {
+    config: &'a Config,
+    issues: Vec<Issue>,
+}
+
+/// Runs every check.
+pub(crate) fn check(config: &Config) -> Vec<Issue> {
+    let mut c = Checker {
+        config,
+        issues: Vec::new(),
+    };
+    c.project();
+    c.listeners();
+    c.global_env();
+    for (name, svc) in &config.services {
+        c.service(name, svc);
+    }
+    c.resources();
+    c.cycles();
+    c.routes();
+    c.ports();
+    c.acme();
+    c.issues
+}
+
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a name must not be empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return Some(format!(
+            "name `{name}` is longer than {MAX_NAME} characters"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Some(format!(
+            "name `{name}` contains `{bad}`; use letters, digits, `_` and `-`"
+        ));
+    }
+    None
+}
+
+impl Checker<'_> {
+    fn issue(&mut self, key: String, anchor: Anchor, message: impl Into<String>) {
+        self.issues.push(Issue {
+            key,
+            anchor,
+            message: message.into(),
+        });
+    }
+
+    fn project(&mut self) {
+        if self.config.project.name.trim().is_empty() {
+            self.issue(
+                "project.name".into(),
+                Anchor::Value,
+                "the project name must not be empty",
+            );
+        }
+    }
+
+    fn listeners(&mut self) {
+        let d = &self.config.dashboard;
+        let p = &self.config.proxy;
+        let listeners = [
+            ("dashboard.listen", Some(&d.listen)),
+            ("proxy.http", p.http.as_ref()),
+            ("proxy.https", p.https.as_ref()),
+        ];
+        for (key, addr) in listeners {
+            if let Some(addr) = addr {
+                if addr.parse::<SocketAddr>().is_err() {
+                    self.issue(
+                        key.into(),
+                        Anchor::Value,
+                        format!(
+                            "invalid listen address `{addr}`: expected IP:port such as \
+                             127.0.0.1:9000 or [::1]:9000 (port 0 picks a free port)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn global_env(&mut self) {
+        for (k, v) in &self.config.env {
+            let key = join_key("env", k);
+            self.refs(&key, v, RefScope::Global);
+        }
+    }
+
+    fn refs(&mut self, key: &str, text: &str, scope: RefScope<'_>) {
+        let refs = match references_with_default(text) {
+            Ok(refs) => refs,
+            Err(e) => {
+                self.issue(key.into(), Anchor::Value, e.to_string());
+                return;
+            }
+        };
+        for (reference, has_default) in refs {
+            match reference {
+                Reference::Port => match scope {
+                    RefScope::Service {
+                        name,
+                        has_port: false,
+                    } if !has_default => self.issue(
+                        key.into(),
+                        Anchor::Value,
+                        format!(
+                            "`${{PORT}}` is used, but service `{name}` has no `port` \
+                             (add `port = \"auto\"`)"
+                        ),
+                    ),
+                    RefScope::Route if !has_default => self.issue(
+                        key.into(),
+                        Anchor::Value,
+                        "`${PORT}` means the port of the service it is in; a route has none \
+                         (write `${services.NAME.port}`)",
+                    ),
+                    _ => {}
+                },
+                Reference::ServicePort(name) => {
+                    let message = match self.config.services.get(&name) {
+                        Some(svc) if svc.port.is_some() => None,
+                        Some(_) => Some(format!(
+                            "`${{services.{name}.port}}` names service `{name}`, which has no \
+                             `port`"
+                        )),
+                        None if self.config.resources.contains_key(&name) => Some(format!(
+                            "`{name}` is a resource; write `${{resources.{name}.port}}`"
+                        )),
+                        None => Some(format!(
+                            "`${{services.{name}.port}}` names an unknown service `{name}`"
+                        )),
+                    };
+                    if let Some(message) = message {
+                        self.issue(key.into(), Anchor::Value, message);
+                    }
+                }
+                Reference::ResourceField(name, field) => {
+                    if !self.config.resources.contains_key(&name) {
+                        let hint = if self.config.services.contains_key(&name) {
+                            format!(" (`{name}` is a service: write `${{services.{name}.port}}`)")
+                        } else {
+                            String::new()
+                        };
+                        self.issue(
+                            key.into(),
+                            Anchor::Value,
+                            format!(
+                                "`${{resources.{name}.{field}}}` names an unknown resource \
+                                 `{name}`{hint}"
+                            ),
+                        );
+                    }
+                }
+                Reference::Env(..) => {}
+            }
+        }
+    }
+
+    fn command_refs(&mut self, key: &str, command: &CommandSpec, scope: RefScope<'_>) {
+        match command {
+            CommandSpec::Shell(s) => self.refs(key, s, scope),
+            CommandSpec::Argv(argv) => {
+                for (i, arg) in argv.iter().enumerate() {
+                    self.refs(&join_index(key, i), arg, scope);
+                }
+            }
+        }
+    }
+
+    fn service(&mut self, name: &str, svc: &ServiceConfig) {
+        let base = join_key("services", name);
+        if let Some(problem) = name_problem(name) {
+            self.issue(
+                base.clone(),
+                Anchor::Key,
+                format!("invalid service name: {problem}"),
+            );
+        }
+        let scope = RefScope::Service {
+            name,
+            has_port: svc.port.is_some(),
+        };
+        let command_key = join_key(&base, "command");
+        if svc.command.is_empty() {
+            self.issue(command_key.clone(), Anchor::Value, "the command is empty");
+        }
+        self.command_refs(&command_key, &svc.command, scope);
+        for (i, arg) in svc.args.iter().enumerate() {
+            self.refs(&join_index(&join_key(&base, "args"), i), arg, scope);
+        }
+        for (k, v) in &svc.env {
+            self.refs(&join_key(&join_key(&base, "env"), k), v, scope);
+        }
+        if let Some(dir) = &svc.working_dir {
+            let key = join_key(&base, "working_dir");
+            match dir.to_str() {
+                Some(text) => self.refs(&key, text, scope),
+                None => self.issue(key, Anchor::Value, "the working directory is not UTF-8"),
+            }
+        }
+        for (field, probe) in [("health", &svc.health), ("liveness", &svc.liveness)] {
+            if let Some(probe) = probe {
+                self.probe(
+                    &join_key(&base, field),
+                    probe,
+                    Some(svc.port.is_some()),
+                    scope,
+                );
+            }
+        }
+        let backoff = &svc.backoff;
+        if !(backoff.factor >= 1.0) {
+            self.issue(
+                join_key(&join_key(&base, "backoff"), "factor"),
+                Anchor::Value,
+                format!("backoff factor {} must be at least 1", backoff.factor),
+            );
+        }
+        if !(0.0..=1.0).contains(&backoff.jitter) {
+            self.issue(
+                join_key(&join_key(&base, "backoff"), "jitter"),
+                Anchor::Value,
+                format!("backoff jitter {} must be between 0 and 1", backoff.jitter),
+            );
+        }
+        self.depends_on(&base, &svc.depends_on);
+    }
+
+    fn resources(&mut self) {
+        for (name, res) in &self.config.resources {
+            let base = join_key("resources", name);
+            if let Some(problem) = name_problem(name) {
+                self.issue(
+                    base.clone(),
+                    Anchor::Key,
+                    format!("invalid resource name: {problem}"),
+                );
+            }
+            if self.config.services.contains_key(name) {
+                self.issue(
+                    base.clone(),
+                    Anchor::Key,
+                    format!("`{name}` is both a service and a resource; rename one of them"),
+                );
+            }
+            if let Some(command) = &res.command {
+                if command.is_empty() {
+                    self.issue(
+                        join_key(&base, "command"),
+                        Anchor::Value,
+                        "the command is empty",
+                    );
+                }
+            }
+            if res.container_port == Some(0) {
+                self.issue(
+                    join_key(&base, "container_port"),
+                    Anchor::Value,
+                    "invalid port `0`: expected 1-65535",
+                );
+            }
+            if let Some(probe) = &res.health {
+                // A resource's probe runs against whatever port its adapter publishes.
+                self.probe(&join_key(&base, "health"), probe, None, RefScope::Global);
+            }
+            self.depends_on(&base, &res.depends_on);
+        }
+    }
+
+    /// `has_port`: whether the owner has a port (`None` when that is the adapter's affair).
+    fn probe(
+        &mut self,
+        key: &str,
+        probe: &ProbeConfig,
+        has_port: Option<bool>,
+        scope: RefScope<'_>,
+    ) {
+        let kinds: Vec<&str> = [
+            ("http", probe.http.is_some()),
+            ("tcp", probe.tcp.is_some()),
+            ("exec", probe.exec.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        match kinds.as_slice() {
+            [] => self.issue(
+                key.into(),
+                Anchor::Key,
+                "a probe needs one of `http`, `tcp` or `exec`",
+            ),
+            [_] => {}
+            many => self.issue(
+                key.into(),
+                Anchor::Key,
+                format!(
+                    "a probe takes exactly one of `http`, `tcp` or `exec`, this one has {}",
+                    many.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            ),
+        }
+        if let Some(http) = &probe.http {
+            let hkey = join_key(key, "http");
+            if http.starts_with('/') {
+                if has_port == Some(false) {
+                    self.issue(
+                        hkey.clone(),
+                        Anchor::Value,
+                        format!(
+                            "`http = \"{http}\"` probes the service's own port, but the \
+                             service has no `port`"
+                        ),
+                    );
+                }
+            } else if !(http.starts_with("http://") || http.starts_with("https://")) {
+                self.issue(
+                    hkey.clone(),
+                    Anchor::Value,
+                    format!(
+                        "invalid probe `{http}`: expected a path such as /healthz or an http:// URL"
+                    ),
+                );
+            }
+            self.refs(&hkey, http, scope);
+        }
+        match probe.tcp {
+            Some(TcpTarget::OwnPort(true)) if has_port == Some(false) => self.issue(
+                join_key(key, "tcp"),
+                Anchor::Value,
+                "`tcp = true` probes the service's own port, but the service has no `port`",
+            ),
+            Some(TcpTarget::OwnPort(false)) => self.issue(
+                join_key(key, "tcp"),
+                Anchor::Value,
+                "`tcp = false` is not a probe: write `tcp = true` or a port number",
+            ),
+            Some(TcpTarget::Port(0)) => self.issue(
+                join_key(key, "tcp"),
+                Anchor::Value,
+                "invalid port `0`: expected 1-65535",
+            ),
+            _ => {}
+        }
+        if let Some(exec) = &probe.exec {
+            let ekey = join_key(key, "exec");
+            if exec.is_empty() {
+                self.issue(ekey.clone(), Anchor::Value, "the command is empty");
+            }
+            self.command_refs(&ekey, exec, scope);
+        }
+        for (field, value) in [
+            ("success_threshold", probe.success_threshold),
+            ("failure_threshold", probe.failure_threshold),
+        ] {
+            if value == 0 {
+                self.issue(
+                    join_key(key, field),
+                    Anchor::Value,
+                    format!("`{field}` must be at least 1"),
+                );
+            }
+        }
+    }
+
+    /// The restart policy of a service or resource, when it exists.
+    fn restart_of(&self, name: &str) -> Option<RestartPolicy> {
+        match self.config.services.get(name) {
+            Some(svc) => Some(svc.restart),
+            None => self.config.resources.get(name).map(|r| r.restart),
+        }
+    }
+
+    fn depends_on(&mut self, base: &str, deps: &DependsOn) {
+        let dkey = join_key(base, "depends_on");
+        for (dep, cond) in &deps.0 {
+            let key = join_key(&dkey, dep);
+            match self.restart_of(dep) {
+                None => self.issue(
+                    key,
+                    Anchor::Key,
+                    format!("depends on `{dep}`, which is neither a service nor a resource"),
+                ),
+                Some(policy @ (RestartPolicy::Always | RestartPolicy::UnlessStopped))
+                    if *cond == DependCondition::CompletedSuccessfully =>
+                {
+                    let policy = match policy {
+                        RestartPolicy::Always => "always",
+                        _ => "unless-stopped",
+                    };
+                    self.issue(
+                        key,
+                        Anchor::Key,
+                        format!(
+                            "waits for `{dep}` to complete successfully, but `{dep}` has \
+                             restart = \"{policy}\" and so never completes"
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn node_base(&self, name: &str) -> String {
+        if self.config.services.contains_key(name) {
+            join_key("services", name)
+        } else {
+            join_key("resources", name)
+        }
+    }
+
+    fn cycles(&mut self) {
+        // Services win over resources of the same name (that clash is reported on its own).
+        let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let known =
+            |n: &str| self.config.services.contains_key(n) || self.config.resources.contains_key(n);
+        for (name, res) in &self.config.resources {
+            graph.insert(
+                name,
+                res.depends_on
+                    .0
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|d| known(d))
+                    .collect(),
+            );
+        }
+        for (name, svc) in &self.config.services {
+            graph.insert(
+                name,
+                svc.depends_on
+                    .0
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|d| known(d))
+                    .collect(),
+            );
+        }
+        let mut state: HashMap<&str, u8> = HashMap::new(); // 1 = on the stack, 2 = done
+        let mut seen: HashSet<Vec<&str>> = HashSet::new();
+        let mut found: Vec<Vec<&str>> = Vec::new();
+        for &start in graph.keys() {
+            if state.contains_key(start) {
+                continue;
+            }
+            // Iterative depth-first search: (node, index of the next edge to follow).
+            let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
+            state.insert(start, 1);
+            while let Some(top) = stack.last_mut() {
+                let (node, index) = *top;
+                top.1 += 1;
+                let edges = graph.get(node).map(Vec::as_slice).unwrap_or(&[]);
+                if let Some(&dep) = edges.get(index) {
+                    match state.get(dep) {
+                        None => {
+                            state.insert(dep, 1);
+                            stack.push((dep, 0));
+                        }
+                        Some(1) => {
+                            let from = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                            let mut cycle: Vec<&str> =
+                                stack[from..].iter().map(|(n, _)| *n).collect();
+                            let min = cycle
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, n)| **n)
+                                .map_or(0, |(i, _)| i);
+                            cycle.rotate_left(min);
+                            if seen.insert(cycle.clone()) {
+                                found.push(cycle);
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                } else {
+                    state.insert(node, 2);
+                    stack.pop();
+                }
+            }
+        }
+        for cycle in found {
+            let first = cycle[0];
+            let second = cycle.get(1).copied().unwrap_or(first);
+            let mut text: Vec<&str> = cycle.clone();
+            text.push(first);
+            let key = join_key(&join_key(&self.node_base(first), "depends_on"), second);
+            self.issue(
+                key,
+                Anchor::Key,
+                format!("dependency cycle: {}", text.join(" -> ")),
+            );
+        }
+    }
+
+    fn routes(&mut self) {
+        for (i, route) in self.config.routes.iter().enumerate() {
+            let base = join_index("routes", i);
+            if !route.path.starts_with('/') {
+                self.issue(
+                    join_key(&base, "path"),
+                    Anchor::Value,
+                    format!("route path `{}` must start with `/`", route.path),
+                );
+            }
+            match (&route.service, &route.upstream) {
+                (Some(_), Some(_)) => self.issue(
+                    base.clone(),
+                    Anchor::Value,
+                    "a route takes `service` or `upstream`, not both",
+                ),
+                (None, None) => self.issue(
+                    base.clone(),
+                    Anchor::Value,
+                    "a route needs a `service` or an `upstream`",
+                ),
+                _ => {}
+            }
+            if let Some(service) = &route.service {
+                if !self.config.services.contains_key(service)
+                    && !self.config.resources.contains_key(service)
+                {
+                    self.issue(
+                        join_key(&base, "service"),
+                        Anchor::Value,
+                        format!("route to unknown service `{service}`"),
+                    );
+                }
+            }
+            if let Some(upstream) = &route.upstream {
+                let ukey = join_key(&base, "upstream");
+                match upstream.0.as_slice() {
+                    [] => self.issue(ukey, Anchor::Value, "the upstream list is empty"),
+                    [one] => self.refs(&ukey, one, RefScope::Route),
+                    many => {
+                        for (j, url) in many.iter().enumerate() {
+                            self.refs(&join_index(&ukey, j), url, RefScope::Route);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn ports(&mut self) {
+        let listen_port = |addr: Option<&String>| {
+            addr.and_then(|a| a.parse::<SocketAddr>().ok())
+                .map(|a| a.port())
+        };
+        let mut claims: Vec<(String, u16)> = Vec::new();
+        let (d, p) = (&self.config.dashboard, &self.config.proxy);
+        if d.enabled {
+            claims
+                .extend(listen_port(Some(&d.listen)).map(|port| ("dashboard.listen".into(), port)));
+        }
+        if p.enabled {
+            claims.extend(listen_port(p.http.as_ref()).map(|port| ("proxy.http".into(), port)));
+            claims.extend(listen_port(p.https.as_ref()).map(|port| ("proxy.https".into(), port)));
+        }
+        for (name, svc) in &self.config.services {
+            if let Some(PortSpec::Fixed(port)) = svc.port {
+                claims.push((join_key(&join_key("services", name), "port"), port));
+            }
+        }
+        for (name, res) in &self.config.resources {
+            if let Some(PortSpec::Fixed(port)) = res.port {
+                claims.push((join_key(&join_key("resources", name), "port"), port));
+            }
+        }
+        let mut first: HashMap<u16, String> = HashMap::new();
+        for (key, port) in claims {
+            if port == 0 {
+                continue;
+            }
+            match first.get(&port) {
+                Some(owner) => {
+                    let message = format!("port {port} is also used by {owner}");
+                    self.issue(key, Anchor::Value, message);
+                }
+                None => {
+                    first.insert(port, key);
+                }
+            }
+        }
+    }
+
+    fn acme(&mut self) {
+        let Some(acme) = &self.config.acme else {
+            return;
+        };
+        if acme.domains.is_empty() {
+            self.issue(
+                "acme.domains".into(),
+                Anchor::Value,
+                "ACME needs at least one domain",
+            );
+        }
+        for (i, domain) in acme.domains.iter().enumerate() {
+            if domain.trim().is_empty() {
+                self.issue(join_index("acme.domains", i), Anchor::Value, "empty domain");
+            }
+        }
+    }
+}
