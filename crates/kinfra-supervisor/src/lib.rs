@@ -1,1 +1,722 @@
-//! placeholder
+//! kinfra's process supervisor: spawn, dependency order, restart policy with backoff and a
+//! crash-loop guard, health probes, log capture, persistent ports and file watch.
+//!
+//! One actor task per service owns its state ([`actor`]); [`Supervisor`] is a cheap handle
+//! that sends commands in and reads state out of `watch` snapshots, so status never waits on
+//! an actor and the supervisor never waits on a consumer of its events.
+//!
+//! Files in the state dir: `logs/NAME.log` (JSON lines, rotated by size), `ports.json`
+//! (persisted `"auto"` ports), `pids.json` (live processes, for cleanup after a SIGKILL of
+//! kinfra), `supervisor.lock` (one supervisor per state dir).
+//!
+//! Children inherit kinfra's environment, then the global `env`, the service's `env`, `PORT`,
+//! `KINFRA_SERVICE` and `KINFRA_SUPERVISOR_TAG` (which marks every process a service started,
+//! including those that leave its process group, so a stop finds them all).
+//!
+//! `PR_SET_CHILD_SUBREAPER` is deliberately not set: kinfra is meant to be embedded in other
+//! programs, and a subreaper would have to reap orphans it cannot tell apart from the host
+//! program's own children. Escaped descendants are found by the tag and by process-tree walks
+//! instead.
+
+mod actor;
+pub mod backoff;
+pub mod graph;
+pub mod interp;
+pub mod logs;
+pub mod pids;
+pub mod ports;
+pub mod probe;
+pub mod procfs;
+pub mod spawn;
+pub mod watch;
+
+use actor::{Actor, Command, Shared, Snapshot};
+use kinfra_core::config::{PortSpec, ServiceConfig};
+use kinfra_core::event::{EventKind, EventSender};
+use kinfra_core::status::{LogLine, ServiceLogLine, ServiceStatus, format_uptime};
+use kinfra_core::view::{Action, ActionError};
+use logs::LogSink;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use ports::{PortHolder, PortInUse};
+
+/// Log lines kept for followers that fall behind.
+const LOG_BROADCAST: usize = 4096;
+/// Log lines shown in status.
+const STATUS_LOG_LINES: usize = 20;
+
+/// What a supervisor needs besides the services.
+#[derive(Debug, Clone)]
+pub struct SupervisorOptions {
+    /// Project name (for messages).
+    pub project: String,
+    /// State dir: logs under `logs/`, `ports.json`, `pids.json`.
+    pub state_dir: PathBuf,
+    /// Relative working directories resolve against this.
+    pub base_dir: PathBuf,
+    /// Environment given to every service (a service's own `env` wins).
+    pub global_env: BTreeMap<String, String>,
+    /// Where lifecycle events go.
+    pub events: EventSender,
+}
+
+impl SupervisorOptions {
+    /// Options with an empty global environment and a fresh event channel; `base_dir` is the
+    /// state dir's parent.
+    pub fn new(project: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        let base_dir = state_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self {
+            project: project.into(),
+            state_dir,
+            base_dir,
+            global_env: BTreeMap::new(),
+            events: EventSender::new(1024),
+        }
+    }
+}
+
+/// Why the supervisor could not start or apply a config.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The state dir cannot be created or written.
+    #[error("the state dir {} is not usable: {source}", path.display())]
+    StateDir {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another supervisor holds the state dir.
+    #[error("another kinfra instance is running with the state dir {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// A fixed port is held by another process.
+    #[error("service `{service}`: {source}")]
+    PortInUse {
+        /// The service.
+        service: String,
+        /// The port and its holder.
+        #[source]
+        source: PortInUse,
+    },
+    /// An auto port could not be allocated or saved.
+    #[error("service `{service}`: cannot allocate a port: {source}")]
+    PortAllocation {
+        /// The service.
+        service: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// `depends_on` forms a cycle.
+    #[error("dependency cycle: {}", .0.join(" -> "))]
+    DependencyCycle(Vec<String>),
+    /// A service config cannot be run.
+    #[error("service `{service}`: {message}")]
+    InvalidService {
+        /// The service.
+        service: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The process-spawning thread could not be started.
+    #[error("cannot start the spawner thread: {0}")]
+    Spawner(#[source] io::Error),
+    /// The supervisor is shutting down.
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+}
+
+/// What [`Supervisor::apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadSummary {
+    /// Services started because they are new.
+    pub added: Vec<String>,
+    /// Services stopped because they are gone.
+    pub removed: Vec<String>,
+    /// Services restarted because their config changed.
+    pub changed: Vec<String>,
+    /// Services left running as they were.
+    pub unchanged: Vec<String>,
+}
+
+struct ServiceHandle {
+    cmds: mpsc::Sender<Command>,
+    snap: tokio::sync::watch::Receiver<Snapshot>,
+    sink: LogSink,
+    cfg: ServiceConfig,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    services: RwLock<BTreeMap<String, ServiceHandle>>,
+    apply_lock: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+    _lock: File,
+}
+
+/// A handle to a running supervisor. Cheap to clone. When the last handle is dropped, every
+/// service is stopped (each with its own grace period).
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("project", &self.inner.shared.project)
+            .field("state_dir", &self.inner.shared.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn state_err(path: &Path) -> impl FnOnce(io::Error) -> SupervisorError + '_ {
+    move |source| SupervisorError::StateDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match l.read() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    match l.write() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Supervisor {
+    /// Starts every enabled service in dependency order (independent ones in parallel) and
+    /// returns once all have been launched into their actor tasks; it does not wait for them
+    /// to be healthy. Before that, it kills whatever a previous instance with this state dir
+    /// left behind.
+    pub async fn start(
+        services: &BTreeMap<String, ServiceConfig>,
+        opts: SupervisorOptions,
+    ) -> Result<Supervisor, SupervisorError> {
+        let state_dir = opts.state_dir.clone();
+        std::fs::create_dir_all(&state_dir).map_err(state_err(&state_dir))?;
+        let log_dir = actor::log_dir(&state_dir);
+        std::fs::create_dir_all(&log_dir).map_err(state_err(&log_dir))?;
+        let lock_path = state_dir.join("supervisor.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(state_err(&lock_path))?;
+        // SAFETY: flock on a valid fd owned by `lock`.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(SupervisorError::AlreadyRunning(state_dir));
+        }
+        spawn::init().map_err(SupervisorError::Spawner)?;
+        let tag_prefix = pids::tag_prefix(&state_dir);
+        let pids_path = state_dir.join("pids.json");
+        let killed = pids::kill_leftovers(&pids_path, &tag_prefix).map_err(state_err(&pids_path))?;
+        if killed > 0 {
+            info!(killed, "Killed processes left by a previous run.");
+            // Let them die, so their ports are free again.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !pids::tagged(&tag_prefix).is_empty() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let pids = pids::PidRegistry::new(&pids_path);
+        pids.set("", Vec::new());
+        let ports_path = state_dir.join("ports.json");
+        let ports = ports::PortStore::load(&ports_path).map_err(state_err(&ports_path))?;
+        let (log_tx, _) = broadcast::channel(LOG_BROADCAST);
+        let (world, _) = tokio::sync::watch::channel(0u64);
+        let base_dir = std::fs::canonicalize(&opts.base_dir).unwrap_or(opts.base_dir);
+        let shared = Arc::new(Shared {
+            project: opts.project,
+            state_dir,
+            base_dir,
+            global_env: opts.global_env,
+            events: opts.events,
+            ports,
+            pids,
+            tag_prefix,
+            log_dir,
+            log_tx,
+            snapshots: RwLock::new(BTreeMap::new()),
+            port_map: RwLock::new(BTreeMap::new()),
+            world,
+        });
+        let sup = Supervisor {
+            inner: Arc::new(Inner {
+                shared,
+                services: RwLock::new(BTreeMap::new()),
+                apply_lock: tokio::sync::Mutex::new(()),
+                shutting_down: AtomicBool::new(false),
+                _lock: lock,
+            }),
+        };
+        sup.apply_inner(services, true).await?;
+        Ok(sup)
+    }
+
+    /// The status of every service, from snapshots (never waits on an actor).
+    pub fn status(&self) -> BTreeMap<String, ServiceStatus> {
+        let services = read(&self.inner.services);
+        services
+            .iter()
+            .map(|(name, h)| {
+                let s = h.snap.borrow().clone();
+                let uptime_s = s.started_at.map(|t| t.elapsed().as_secs());
+                (
+                    name.clone(),
+                    ServiceStatus {
+                        kind: "process".into(),
+                        state: s.state,
+                        health: s.health,
+                        status_message: s.message,
+                        port: s.port.or_else(|| self.inner.shared.port_of(name)),
+                        pid: s.pid,
+                        uptime_s,
+                        uptime: uptime_s.map(format_uptime),
+                        restarts: s.restarts,
+                        last_exit: s.last_exit,
+                        logs: h.sink.tail(STATUS_LOG_LINES),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The last `lines` log lines of one service, or of all services interleaved by time.
+    pub fn logs(
+        &self,
+        service: Option<&str>,
+        lines: usize,
+    ) -> Result<Vec<ServiceLogLine>, ActionError> {
+        let services = read(&self.inner.services);
+        let wrap = |name: &str, l: Vec<LogLine>| {
+            l.into_iter()
+                .map(|line| ServiceLogLine {
+                    service: name.to_owned(),
+                    line,
+                })
+                .collect::<Vec<_>>()
+        };
+        match service {
+            Some(name) => {
+                let h = services
+                    .get(name)
+                    .ok_or_else(|| ActionError::UnknownService(name.to_owned()))?;
+                Ok(wrap(name, h.sink.tail(lines)))
+            }
+            None => {
+                let mut all: Vec<ServiceLogLine> = services
+                    .iter()
+                    .flat_map(|(name, h)| wrap(name, h.sink.tail(lines)))
+                    .collect();
+                all.sort_by(|a, b| a.line.timestamp.cmp(&b.line.timestamp));
+                let skip = all.len().saturating_sub(lines);
+                Ok(all.split_off(skip))
+            }
+        }
+    }
+
+    /// Every captured log line from now on.
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<ServiceLogLine> {
+        self.inner.shared.log_tx.subscribe()
+    }
+
+    /// Restarts, stops or starts one service. Resolves when done: for `stop`, when its
+    /// processes are gone; for `start` and `restart`, when the new process is spawned.
+    pub async fn act(&self, action: Action, service: &str) -> Result<(), ActionError> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(ActionError::ShuttingDown);
+        }
+        let cmds = {
+            let services = read(&self.inner.services);
+            services
+                .get(service)
+                .map(|h| h.cmds.clone())
+                .ok_or_else(|| ActionError::UnknownService(service.to_owned()))?
+        };
+        let not_available = |reason: String| ActionError::NotAvailable {
+            action: action.as_str().to_owned(),
+            service: service.to_owned(),
+            reason,
+        };
+        let gone = || not_available("the service is being removed".into());
+        match action {
+            Action::Stop => {
+                let (tx, rx) = oneshot::channel();
+                cmds.send(Command::Stop(tx)).await.map_err(|_| gone())?;
+                rx.await.map_err(|_| gone())
+            }
+            Action::Start | Action::Restart => {
+                let (tx, rx) = oneshot::channel();
+                let cmd = if action == Action::Start {
+                    Command::Start(tx)
+                } else {
+                    Command::Restart(tx)
+                };
+                cmds.send(cmd).await.map_err(|_| gone())?;
+                rx.await.map_err(|_| gone())?.map_err(not_available)
+            }
+        }
+    }
+
+    /// The port of a service (auto ports once allocated).
+    pub fn port_of(&self, service: &str) -> Option<u16> {
+        self.inner.shared.port_of(service)
+    }
+
+    /// The events this supervisor emits on.
+    pub fn events(&self) -> &EventSender {
+        &self.inner.shared.events
+    }
+
+    /// The state dir.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.shared.state_dir
+    }
+
+    /// Applies a new set of services (a reload): added ones start, removed ones stop, changed
+    /// ones restart (stopped in reverse and started in dependency order), unchanged ones are
+    /// not touched. An invalid set is rejected before anything changes.
+    pub async fn apply(
+        &self,
+        services: &BTreeMap<String, ServiceConfig>,
+    ) -> Result<ReloadSummary, SupervisorError> {
+        match self.apply_inner(services, false).await {
+            Ok(summary) => Ok(summary),
+            Err(e) => {
+                self.inner.shared.events.emit(EventKind::ConfigRejected {
+                    error: e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn validate(services: &BTreeMap<String, ServiceConfig>) -> Result<Vec<String>, SupervisorError> {
+        for (name, cfg) in services {
+            if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+                return Err(SupervisorError::InvalidService {
+                    service: name.clone(),
+                    message: "a service name must be non-empty, without `/` or spaces".into(),
+                });
+            }
+            if cfg.command.is_empty() {
+                return Err(SupervisorError::InvalidService {
+                    service: name.clone(),
+                    message: "the command is empty".into(),
+                });
+            }
+            if cfg.depends_on.0.contains_key(name) {
+                return Err(SupervisorError::DependencyCycle(vec![name.clone(), name.clone()]));
+            }
+        }
+        graph::topo_order(services).map_err(SupervisorError::DependencyCycle)
+    }
+
+    /// Resolves the ports of `names`: fixed ones must be free (unless `skip_check`), auto ones
+    /// are allocated and persisted.
+    fn resolve_ports(
+        &self,
+        services: &BTreeMap<String, ServiceConfig>,
+        names: &[String],
+        skip_check: &[String],
+    ) -> Result<BTreeMap<String, u16>, SupervisorError> {
+        let shared = &self.inner.shared;
+        let mut out = BTreeMap::new();
+        for name in names {
+            let Some(cfg) = services.get(name) else { continue };
+            let Some(spec) = cfg.port else { continue };
+            match spec {
+                PortSpec::Fixed(p) => {
+                    if !skip_check.contains(name)
+                        && !cfg.disabled
+                        && let Err(source) = ports::check_free(p)
+                    {
+                        return Err(SupervisorError::PortInUse {
+                            service: name.clone(),
+                            source,
+                        });
+                    }
+                    out.insert(name.clone(), p);
+                }
+                PortSpec::Auto => {
+                    if let Some(p) = shared.port_of(name) {
+                        out.insert(name.clone(), p);
+                        continue;
+                    }
+                    match shared.ports.resolve(name, PortSpec::Auto) {
+                        Ok((p, new)) => {
+                            if new {
+                                shared.events.emit(EventKind::PortAssigned {
+                                    service: name.clone(),
+                                    port: p,
+                                });
+                            }
+                            out.insert(name.clone(), p);
+                        }
+                        Err(ports::PortError::InUse(source)) => {
+                            return Err(SupervisorError::PortInUse {
+                                service: name.clone(),
+                                source,
+                            });
+                        }
+                        Err(ports::PortError::Io(source)) => {
+                            return Err(SupervisorError::PortAllocation {
+                                service: name.clone(),
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_inner(
+        &self,
+        services: &BTreeMap<String, ServiceConfig>,
+        initial: bool,
+    ) -> Result<ReloadSummary, SupervisorError> {
+        let _guard = self.inner.apply_lock.lock().await;
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        let order = Self::validate(services)?;
+        let shared = self.inner.shared.clone();
+        let current: BTreeMap<String, ServiceConfig> = read(&self.inner.services)
+            .iter()
+            .map(|(k, h)| (k.clone(), h.cfg.clone()))
+            .collect();
+        let mut summary = ReloadSummary::default();
+        for name in &order {
+            match current.get(name) {
+                None => summary.added.push(name.clone()),
+                Some(old) if old != &services[name] => summary.changed.push(name.clone()),
+                Some(_) => summary.unchanged.push(name.clone()),
+            }
+        }
+        let old_order = graph::topo_order(&current).unwrap_or_else(|_| current.keys().cloned().collect());
+        summary.removed = old_order
+            .iter()
+            .rev()
+            .filter(|n| !services.contains_key(*n))
+            .cloned()
+            .collect();
+
+        // Ports first: nothing is touched when one is taken. A changed service keeping its
+        // fixed port holds it itself right now.
+        let keeps_port: Vec<String> = summary
+            .changed
+            .iter()
+            .filter(|n| current.get(*n).map(|c| c.port) == services.get(*n).map(|c| c.port))
+            .cloned()
+            .collect();
+        let mut to_resolve = summary.added.clone();
+        to_resolve.extend(summary.changed.iter().cloned());
+        let new_ports = self.resolve_ports(services, &to_resolve, &keeps_port)?;
+
+        // Removed: reverse dependency order.
+        for name in &summary.removed {
+            let handle = write(&self.inner.services).remove(name);
+            write(&shared.snapshots).remove(name);
+            write(&shared.port_map).remove(name);
+            if let Some(h) = handle {
+                let grace = h.cfg.stop_grace.0;
+                let (tx, rx) = oneshot::channel();
+                if h.cmds.send(Command::Shutdown(grace, tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+                let _ = h.task.await;
+            }
+        }
+        {
+            let mut pm = write(&shared.port_map);
+            for name in &to_resolve {
+                pm.remove(name);
+            }
+            pm.extend(new_ports);
+        }
+        // Changed: stop in reverse order, then reconfigure in dependency order.
+        for name in summary.changed.iter().rev() {
+            let cmds = read(&self.inner.services).get(name).map(|h| h.cmds.clone());
+            if let Some(cmds) = cmds {
+                let (tx, rx) = oneshot::channel();
+                if cmds.send(Command::Halt(tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
+        }
+        // Register every new snapshot before any actor runs, so dependency checks see them.
+        let mut starting = Vec::new();
+        for name in &summary.added {
+            let cfg = services[name].clone();
+            let sink = LogSink::new(name, &shared.log_dir, cfg.log, shared.log_tx.clone())
+                .map_err(state_err(&shared.log_dir))?;
+            let (snap_tx, snap_rx) =
+                tokio::sync::watch::channel(Snapshot::pending(shared.port_of(name)));
+            let (cmd_tx, cmd_rx) = mpsc::channel(16);
+            write(&shared.snapshots).insert(name.clone(), snap_rx.clone());
+            starting.push((name.clone(), cfg, sink, snap_tx, snap_rx, cmd_tx, cmd_rx));
+        }
+        for name in &summary.changed {
+            let cmds = {
+                let mut services_w = write(&self.inner.services);
+                services_w.get_mut(name).map(|h| {
+                    h.cfg = services[name].clone();
+                    h.cmds.clone()
+                })
+            };
+            if let Some(cmds) = cmds {
+                let (tx, rx) = oneshot::channel();
+                if cmds
+                    .send(Command::Reconfigure(Box::new(services[name].clone()), tx))
+                    .await
+                    .is_ok()
+                {
+                    let _ = rx.await;
+                }
+            }
+        }
+        for (name, cfg, sink, snap_tx, snap_rx, cmd_tx, cmd_rx) in starting {
+            let actor = Actor::new(
+                name.clone(),
+                Arc::new(cfg.clone()),
+                shared.clone(),
+                sink.clone(),
+                snap_tx,
+                cmd_rx,
+            );
+            let task = tokio::spawn(actor.run());
+            write(&self.inner.services).insert(
+                name,
+                ServiceHandle {
+                    cmds: cmd_tx,
+                    snap: snap_rx,
+                    sink,
+                    cfg,
+                    task,
+                },
+            );
+        }
+        if !initial {
+            shared.events.emit(EventKind::ConfigReloaded {
+                added: summary.added.clone(),
+                removed: summary.removed.clone(),
+                changed: summary.changed.clone(),
+            });
+        }
+        info!(
+            added = summary.added.len(),
+            removed = summary.removed.len(),
+            changed = summary.changed.len(),
+            "Services applied."
+        );
+        Ok(summary)
+    }
+
+    /// Stops every service in reverse dependency order (a service stops after everything that
+    /// depends on it), within `timeout` in all; then SIGKILLs whatever is left and reaps it.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let _guard = self.inner.apply_lock.lock().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let handles: BTreeMap<String, ServiceHandle> =
+            std::mem::take(&mut *write(&self.inner.services));
+        let configs: BTreeMap<String, ServiceConfig> = handles
+            .iter()
+            .map(|(k, h)| (k.clone(), h.cfg.clone()))
+            .collect();
+        let dependents = graph::dependents(&configs);
+        let mut done_tx = BTreeMap::new();
+        let mut done_rx = BTreeMap::new();
+        for name in handles.keys() {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            done_tx.insert(name.clone(), tx);
+            done_rx.insert(name.clone(), rx);
+        }
+        let mut stoppers = Vec::new();
+        let mut tasks = Vec::new();
+        for (name, h) in handles {
+            let waits: Vec<tokio::sync::watch::Receiver<bool>> = dependents
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter_map(|d| done_rx.get(d).cloned())
+                .collect();
+            let done = done_tx.remove(&name);
+            let grace = h.cfg.stop_grace.0;
+            let cmds = h.cmds.clone();
+            tasks.push(h.task);
+            stoppers.push(tokio::spawn(async move {
+                for mut w in waits {
+                    let _ = w.wait_for(|v| *v).await;
+                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let (tx, rx) = oneshot::channel();
+                if cmds.send(Command::Shutdown(grace.min(left), tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+                if let Some(done) = done {
+                    let _ = done.send(true);
+                }
+            }));
+        }
+        let all = async {
+            for s in stoppers.iter_mut() {
+                let _ = s.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, all).await.is_err() {
+            warn!("Shutdown timed out; killing what is left.");
+        }
+        for s in &stoppers {
+            s.abort();
+        }
+        self.kill_everything();
+        // Actors reap their children as soon as they die.
+        let reap_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        for t in tasks.iter_mut() {
+            if tokio::time::timeout_at(reap_deadline, &mut *t).await.is_err() {
+                t.abort();
+            }
+        }
+        self.inner.shared.pids.set("", Vec::new());
+    }
+
+    /// SIGKILLs every process of every service (by record and by tag).
+    fn kill_everything(&self) {
+        let shared = &self.inner.shared;
+        for (_, r) in shared.pids.all() {
+            if spawn::signal_exact(r.pid, r.start_time, libc::SIGKILL) && r.pgid == r.pid {
+                spawn::signal_group(r.pgid, libc::SIGKILL);
+            }
+        }
+        pids::kill_tagged(&shared.tag_prefix, libc::SIGKILL);
+    }
+}

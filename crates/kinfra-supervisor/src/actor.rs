@@ -1,0 +1,1078 @@
+//! One actor task per service: it owns the service's state, its child process, probes, backoff
+//! and file watch. Commands come in over an mpsc channel; state goes out as events (emitted,
+//! never awaited) and as a `watch` snapshot that status reads without asking the actor.
+
+use crate::backoff::{self, CrashGuard};
+use crate::interp;
+use crate::logs::LogSink;
+use crate::pids::{self, PidRecord, TAG_VAR};
+use crate::ports::{self, PortError, PortStore};
+use crate::probe::{self, ProbeEvent, ProbeKind};
+use crate::procfs::{self, ProcStat};
+use crate::spawn::{self, SpawnSpec};
+use crate::watch::FileWatch;
+use kinfra_core::config::{CommandSpec, DependCondition, PortSpec, RestartPolicy, ServiceConfig};
+use kinfra_core::event::{EventKind, EventSender, ExitInfo};
+use kinfra_core::secret::{is_secret_name, redact};
+use kinfra_core::state::{Health, ServiceState};
+use kinfra_core::status::{LogStream, ServiceLogLine};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// How often the process tree of a running child is walked to record its descendants.
+const TREE_SCAN_EVERY: Duration = Duration::from_secs(3);
+
+/// What every actor shares: options, state files, the registry of snapshots.
+pub(crate) struct Shared {
+    pub project: String,
+    pub state_dir: PathBuf,
+    pub base_dir: PathBuf,
+    pub global_env: BTreeMap<String, String>,
+    pub events: EventSender,
+    pub ports: PortStore,
+    pub pids: pids::PidRegistry,
+    pub tag_prefix: String,
+    pub log_dir: PathBuf,
+    pub log_tx: broadcast::Sender<ServiceLogLine>,
+    /// Snapshots of every service, for dependency checks.
+    pub snapshots: RwLock<BTreeMap<String, watch::Receiver<Snapshot>>>,
+    /// The port each service gets (resolved when it is added or changed).
+    pub port_map: RwLock<BTreeMap<String, u16>>,
+    /// Bumped on every snapshot change, so waiting actors re-check their dependencies.
+    pub world: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn tag_of(&self, service: &str) -> String {
+        format!("{}{service}/", self.tag_prefix)
+    }
+
+    fn snapshot_of(&self, service: &str) -> Option<Snapshot> {
+        let map = match self.snapshots.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.get(service).map(|rx| rx.borrow().clone())
+    }
+
+    pub fn port_of(&self, service: &str) -> Option<u16> {
+        let map = match self.port_map.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.get(service).copied()
+    }
+}
+
+/// What status shows about a service, published by its actor.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Snapshot {
+    pub state: ServiceState,
+    pub health: Health,
+    pub message: String,
+    pub port: Option<u16>,
+    pub pid: Option<u32>,
+    pub started_at: Option<Instant>,
+    pub restarts: u32,
+    pub last_exit: Option<ExitInfo>,
+    /// A process was spawned at least once since the last (re)configuration.
+    pub spawned: bool,
+}
+
+impl Snapshot {
+    pub fn pending(port: Option<u16>) -> Self {
+        Self {
+            state: ServiceState::Pending,
+            health: Health::Unknown,
+            message: "Waiting to start".into(),
+            port,
+            pid: None,
+            started_at: None,
+            restarts: 0,
+            last_exit: None,
+            spawned: false,
+        }
+    }
+}
+
+/// A request to an actor.
+pub(crate) enum Command {
+    /// Manual start (ignores dependency conditions, clears the crash-loop guard).
+    Start(oneshot::Sender<Result<(), String>>),
+    /// Manual stop; replies when the process is gone.
+    Stop(oneshot::Sender<()>),
+    /// Manual restart; replies when the new process is spawned.
+    Restart(oneshot::Sender<Result<(), String>>),
+    /// Stop before a reconfiguration (no restart policy applies).
+    Halt(oneshot::Sender<()>),
+    /// Take a new config, then start when dependencies hold.
+    Reconfigure(Box<ServiceConfig>, oneshot::Sender<()>),
+    /// Stop within at most this grace, then end the actor.
+    Shutdown(Duration, oneshot::Sender<()>),
+}
+
+struct Child {
+    pid: i32,
+    start_time: u64,
+    started: Instant,
+    exit: oneshot::Receiver<ExitInfo>,
+    probes: Vec<JoinHandle<()>>,
+    /// Descendants seen while it ran.
+    descendants: Vec<ProcStat>,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        for p in &self.probes {
+            p.abort();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Waiting for dependencies, then spawning.
+    WaitDeps,
+    /// A child runs (or should).
+    Active,
+    /// Waiting for a restart delay to pass.
+    Backoff(tokio::time::Instant),
+    /// Nothing to do until a command comes.
+    Idle,
+}
+
+pub(crate) struct Actor {
+    name: String,
+    cfg: Arc<ServiceConfig>,
+    shared: Arc<Shared>,
+    sink: LogSink,
+    snap: watch::Sender<Snapshot>,
+    cmds: mpsc::Receiver<Command>,
+    child: Option<Child>,
+    mode: Mode,
+    generation: u64,
+    attempt: u32,
+    guard: CrashGuard,
+    probe_tx: mpsc::Sender<ProbeEvent>,
+    probe_rx: mpsc::Receiver<ProbeEvent>,
+    world: watch::Receiver<u64>,
+    watcher: Option<FileWatch>,
+    watch_rx: Option<mpsc::Receiver<Vec<PathBuf>>>,
+}
+
+async fn wait_child(child: &mut Option<Child>) -> ExitInfo {
+    match child {
+        Some(c) => (&mut c.exit).await.unwrap_or(ExitInfo {
+            code: None,
+            signal: None,
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_backoff(mode: Mode) {
+    match mode {
+        Mode::Backoff(at) => tokio::time::sleep_until(at).await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn recv_watch(rx: &mut Option<mpsc::Receiver<Vec<PathBuf>>>) -> Option<Vec<PathBuf>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tree_tick(active: bool) {
+    if active {
+        tokio::time::sleep(TREE_SCAN_EVERY).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Describes an exit for people.
+pub(crate) fn describe_exit(exit: &ExitInfo) -> String {
+    match (exit.code, exit.signal) {
+        (Some(127), _) => "Exited with code 127 (command not found)".into(),
+        (Some(126), _) => "Exited with code 126 (command not executable)".into(),
+        (Some(code), _) => format!("Exited with code {code}"),
+        (None, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {sig}"));
+            format!("Killed by {name}")
+        }
+        (None, None) => "Exited".into(),
+    }
+}
+
+fn fmt_delay(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+impl Actor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        cfg: Arc<ServiceConfig>,
+        shared: Arc<Shared>,
+        sink: LogSink,
+        snap: watch::Sender<Snapshot>,
+        cmds: mpsc::Receiver<Command>,
+    ) -> Self {
+        let (probe_tx, probe_rx) = mpsc::channel(16);
+        let world = shared.world.subscribe();
+        let guard = CrashGuard::new(cfg.crash_loop);
+        let mode = if cfg.disabled || cfg.maintenance {
+            Mode::Idle
+        } else {
+            Mode::WaitDeps
+        };
+        Self {
+            name,
+            cfg,
+            shared,
+            sink,
+            snap,
+            cmds,
+            child: None,
+            mode,
+            generation: 0,
+            attempt: 0,
+            guard,
+            probe_tx,
+            probe_rx,
+            world,
+            watcher: None,
+            watch_rx: None,
+        }
+    }
+
+    /// Runs until a `Shutdown` command or until every command sender is gone.
+    pub async fn run(mut self) {
+        self.apply_mode_entry();
+        self.setup_watch();
+        if self.mode == Mode::WaitDeps {
+            self.check_deps().await;
+        }
+        loop {
+            let waiting = self.mode == Mode::WaitDeps;
+            let tree = self.child.is_some();
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Command::Shutdown(grace, reply)) => {
+                        self.stop_child(grace).await;
+                        self.set_state(ServiceState::Stopped, "Stopped".into());
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(cmd) => self.handle(cmd).await,
+                    None => {
+                        let grace = self.cfg.stop_grace.0;
+                        self.stop_child(grace).await;
+                        break;
+                    }
+                },
+                exit = wait_child(&mut self.child) => self.on_exit(exit).await,
+                _ = wait_backoff(self.mode) => {
+                    self.mode = Mode::Active;
+                    let _ = self.spawn_child().await;
+                }
+                changed = self.world.changed(), if waiting => {
+                    if changed.is_ok() {
+                        self.check_deps().await;
+                    }
+                }
+                Some(ev) = self.probe_rx.recv() => self.on_probe(ev).await,
+                Some(paths) = recv_watch(&mut self.watch_rx) => self.on_files_changed(paths).await,
+                _ = tree_tick(tree) => self.scan_tree(),
+            }
+        }
+        debug!(service = %self.name, "Actor ended.");
+    }
+
+    fn apply_mode_entry(&mut self) {
+        if self.cfg.maintenance {
+            self.set_state(ServiceState::Maintenance, "In maintenance".into());
+        } else if self.cfg.disabled {
+            self.set_state(ServiceState::Stopped, "Disabled; start it by hand".into());
+        }
+    }
+
+    fn setup_watch(&mut self) {
+        self.watcher = None;
+        self.watch_rx = None;
+        let Some(wcfg) = self.cfg.watch.clone() else {
+            return;
+        };
+        if wcfg.paths.is_empty() {
+            return;
+        }
+        let cwd = self.working_dir();
+        match FileWatch::start(&wcfg, &cwd, &self.shared.state_dir) {
+            Ok((w, rx)) => {
+                self.watcher = Some(w);
+                self.watch_rx = Some(rx);
+            }
+            Err(error) => {
+                warn!(service = %self.name, %error, "Cannot watch files.");
+                self.sink
+                    .system_warn(format!("Cannot watch files for changes: {error}"));
+            }
+        }
+    }
+
+    // ----- state publishing -----
+
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.snap.send_modify(f);
+        self.shared.world.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn state(&self) -> ServiceState {
+        self.snap.borrow().state
+    }
+
+    fn set_state(&self, to: ServiceState, message: String) {
+        let from = self.state();
+        let same_msg = self.snap.borrow().message == message;
+        if from == to && same_msg {
+            return;
+        }
+        self.update(|s| {
+            s.state = to;
+            s.message = message.clone();
+        });
+        if from != to {
+            info!(service = %self.name, %from, %to, %message, "State changed.");
+            self.shared.events.emit(EventKind::StateChanged {
+                service: self.name.clone(),
+                from,
+                to,
+                message,
+            });
+        }
+    }
+
+    fn set_health(&self, health: Health, message: String) {
+        if self.snap.borrow().health == health {
+            return;
+        }
+        self.update(|s| s.health = health);
+        self.shared.events.emit(EventKind::HealthChanged {
+            service: self.name.clone(),
+            health,
+            message,
+        });
+    }
+
+    // ----- commands -----
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Start(reply) => {
+                if self.child.is_some() {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                self.guard.reset();
+                self.attempt = 0;
+                self.mode = Mode::Active;
+                let r = self.spawn_child().await;
+                let _ = reply.send(r);
+            }
+            Command::Stop(reply) => {
+                let grace = self.cfg.stop_grace.0;
+                self.stop_child(grace).await;
+                self.mode = Mode::Idle;
+                self.attempt = 0;
+                self.set_state(ServiceState::Stopped, "Stopped by user".into());
+                let _ = reply.send(());
+            }
+            Command::Restart(reply) => {
+                let grace = self.cfg.stop_grace.0;
+                self.stop_child(grace).await;
+                self.guard.reset();
+                self.attempt = 0;
+                self.mode = Mode::Active;
+                self.update(|s| s.restarts += 1);
+                let r = self.spawn_child().await;
+                let _ = reply.send(r);
+            }
+            Command::Halt(reply) => {
+                let grace = self.cfg.stop_grace.0;
+                self.stop_child(grace).await;
+                self.mode = Mode::Idle;
+                self.set_state(ServiceState::Stopped, "Stopped for a config change".into());
+                let _ = reply.send(());
+            }
+            Command::Reconfigure(cfg, reply) => {
+                let grace = self.cfg.stop_grace.0;
+                self.stop_child(grace).await;
+                self.cfg = Arc::new(*cfg);
+                self.guard = CrashGuard::new(self.cfg.crash_loop);
+                self.attempt = 0;
+                let port = self.shared.port_of(&self.name);
+                self.update(|s| {
+                    s.spawned = false;
+                    s.port = port;
+                    s.health = Health::Unknown;
+                });
+                self.setup_watch();
+                if self.cfg.disabled || self.cfg.maintenance {
+                    self.mode = Mode::Idle;
+                    self.apply_mode_entry();
+                } else {
+                    self.mode = Mode::WaitDeps;
+                    self.set_state(ServiceState::Pending, "Waiting to start".into());
+                }
+                let _ = reply.send(());
+                if self.mode == Mode::WaitDeps {
+                    self.check_deps().await;
+                }
+            }
+            Command::Shutdown(..) => {}
+        }
+    }
+
+    // ----- dependencies -----
+
+    /// Spawns when every dependency condition holds; otherwise says what it waits for.
+    async fn check_deps(&mut self) {
+        let mut waiting: Vec<String> = Vec::new();
+        for (dep, cond) in &self.cfg.depends_on.0 {
+            let Some(s) = self.shared.snapshot_of(dep) else {
+                // Not a service of this supervisor (an external resource): not gated here.
+                continue;
+            };
+            let ok = match cond {
+                DependCondition::Started => {
+                    s.spawned
+                        && matches!(
+                            s.state,
+                            ServiceState::Starting
+                                | ServiceState::Running
+                                | ServiceState::Completed
+                                | ServiceState::Backoff
+                        )
+                }
+                DependCondition::Healthy => s.state == ServiceState::Running,
+                DependCondition::CompletedSuccessfully => s.state == ServiceState::Completed,
+            };
+            if !ok {
+                let what = match cond {
+                    DependCondition::Started => "to start",
+                    DependCondition::Healthy => "to be healthy",
+                    DependCondition::CompletedSuccessfully => "to complete successfully",
+                };
+                let note = match s.state {
+                    ServiceState::Failed | ServiceState::Stopped => format!(" ({} is {})", dep, s.state),
+                    _ => String::new(),
+                };
+                waiting.push(format!("{dep} {what}{note}"));
+            }
+        }
+        if waiting.is_empty() {
+            self.mode = Mode::Active;
+            let _ = self.spawn_child().await;
+        } else {
+            self.set_state(
+                ServiceState::Pending,
+                format!("Waiting for {}", waiting.join(", ")),
+            );
+        }
+    }
+
+    // ----- spawning -----
+
+    fn working_dir(&self) -> PathBuf {
+        match &self.cfg.working_dir {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => self.shared.base_dir.join(dir),
+            None => self.shared.base_dir.clone(),
+        }
+    }
+
+    fn lookup(&self, port: Option<u16>, name: &str) -> Result<Option<String>, String> {
+        if name == "PORT" {
+            return Ok(port.map(|p| p.to_string()));
+        }
+        if let Some(other) = interp::service_port_ref(name) {
+            return match self.shared.port_of(other) {
+                Some(p) => Ok(Some(p.to_string())),
+                None => Err(format!(
+                    "`${{{name}}}`: service `{other}` has no port (or does not exist)"
+                )),
+            };
+        }
+        if let Some(v) = self.cfg.env.get(name) {
+            return Ok(Some(v.clone()));
+        }
+        if let Some(v) = self.shared.global_env.get(name) {
+            return Ok(Some(v.clone()));
+        }
+        Ok(std::env::var(name).ok())
+    }
+
+    fn interpolate(&self, port: Option<u16>, text: &str) -> Result<String, String> {
+        interp::interpolate(text, &|n| self.lookup(port, n))
+    }
+
+    fn build_env(&self, port: Option<u16>) -> Result<Vec<(String, String)>, String> {
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        env.remove(TAG_VAR);
+        for (k, v) in &self.shared.global_env {
+            env.insert(k.clone(), self.interpolate(port, v)?);
+        }
+        for (k, v) in &self.cfg.env {
+            env.insert(k.clone(), self.interpolate(port, v)?);
+        }
+        if let Some(p) = port {
+            env.insert("PORT".into(), p.to_string());
+        }
+        env.insert("KINFRA_SERVICE".into(), self.name.clone());
+        env.insert(TAG_VAR.into(), self.shared.tag_of(&self.name));
+        Ok(env.into_iter().collect())
+    }
+
+    fn build_argv(&self, port: Option<u16>) -> Result<(String, Vec<String>), String> {
+        if self.cfg.command.is_empty() {
+            return Err("the command is empty".into());
+        }
+        let args: Vec<String> = self
+            .cfg
+            .args
+            .iter()
+            .map(|a| self.interpolate(port, a))
+            .collect::<Result<_, _>>()?;
+        match &self.cfg.command {
+            CommandSpec::Shell(s) => {
+                let mut script = self.interpolate(port, s)?;
+                for a in &args {
+                    script.push(' ');
+                    script.push_str(&shell_quote(a));
+                }
+                Ok(("/bin/sh".into(), vec!["-c".into(), script]))
+            }
+            CommandSpec::Argv(v) => {
+                let mut all: Vec<String> = v
+                    .iter()
+                    .map(|a| self.interpolate(port, a))
+                    .collect::<Result<_, _>>()?;
+                all.extend(args);
+                let program = all.remove(0);
+                Ok((program, all))
+            }
+        }
+    }
+
+    fn secret_values(&self, env: &[(String, String)]) -> Vec<String> {
+        env.iter()
+            .filter(|(k, _)| is_secret_name(k))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Resolves the port right before a spawn; a stale process of ours holding it is killed.
+    async fn ensure_port(&self) -> Result<Option<u16>, String> {
+        let Some(spec) = self.cfg.port else {
+            return Ok(None);
+        };
+        let port = match spec {
+            PortSpec::Fixed(p) => p,
+            PortSpec::Auto => match self.shared.port_of(&self.name) {
+                Some(p) => p,
+                None => {
+                    let (p, _) = self
+                        .shared
+                        .ports
+                        .resolve(&self.name, PortSpec::Auto)
+                        .map_err(|e| e.to_string())?;
+                    p
+                }
+            },
+        };
+        for _ in 0..50 {
+            match ports::check_free(port) {
+                Ok(()) => return Ok(Some(port)),
+                Err(in_use) => {
+                    let ours = in_use.holder.as_ref().is_some_and(|h| {
+                        procfs::environ_has(h.pid, TAG_VAR, &self.shared.tag_prefix)
+                    });
+                    match (&in_use.holder, ours) {
+                        (Some(h), true) => {
+                            warn!(service = %self.name, pid = h.pid, port, "Killing a stale process of ours that holds the port.");
+                            // SAFETY: kill has no memory-safety preconditions.
+                            unsafe { libc::kill(h.pid, libc::SIGKILL) };
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        (None, _) => {
+                            // Maybe a process of ours still closing it; give it a moment.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        (Some(_), false) => return Err(PortError::InUse(in_use).to_string()),
+                    }
+                }
+            }
+        }
+        Err(format!("port {port} is still in use"))
+    }
+
+    fn fail(&mut self, message: String) {
+        self.mode = Mode::Idle;
+        self.sink.system_warn(message.clone());
+        warn!(service = %self.name, %message, "Service failed.");
+        self.set_state(ServiceState::Failed, message);
+    }
+
+    /// Spawns a new process. On error the service is `failed` with the reason.
+    async fn spawn_child(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        match self.try_spawn().await {
+            Ok(()) => Ok(()),
+            Err(message) => {
+                self.fail(message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    async fn try_spawn(&mut self) -> Result<(), String> {
+        let port = self.ensure_port().await?;
+        let cwd = self.working_dir();
+        if !cwd.is_dir() {
+            return Err(format!(
+                "Working directory {} does not exist",
+                cwd.display()
+            ));
+        }
+        let env = self.build_env(port)?;
+        let (program, args) = self.build_argv(port)?;
+        let secrets = self.secret_values(&env);
+        let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let shown = redact(&self.cfg.command.display(), &secret_refs);
+        let spec = SpawnSpec {
+            program: program.clone(),
+            args,
+            env: env.clone(),
+            cwd: cwd.clone(),
+        };
+        let spawned = spawn::spawn(spec).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("Command not found: {program}"),
+            std::io::ErrorKind::PermissionDenied => {
+                format!("Command not executable: {program}")
+            }
+            _ => format!("Cannot start `{shown}`: {e}"),
+        })?;
+        let pid = spawned.pid;
+        self.generation += 1;
+        let generation = self.generation;
+        let max_line = usize::try_from(self.cfg.log.max_line.0).unwrap_or(usize::MAX);
+        if let Some(fd) = spawned.stdout {
+            self.sink.capture(fd, LogStream::Stdout, max_line);
+        }
+        if let Some(fd) = spawned.stderr {
+            self.sink.capture(fd, LogStream::Stderr, max_line);
+        }
+        let (exit_tx, exit_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let exit = spawn::wait_exit(pid).await;
+            let _ = exit_tx.send(exit);
+        });
+        self.shared.pids.set(
+            &self.name,
+            vec![PidRecord {
+                pid,
+                start_time: spawned.start_time,
+                pgid: pid,
+            }],
+        );
+        let mut probes = Vec::new();
+        let mut has_readiness = false;
+        for (kind, cfg) in [
+            (ProbeKind::Readiness, self.cfg.health.as_ref()),
+            (ProbeKind::Liveness, self.cfg.liveness.as_ref()),
+        ] {
+            let Some(cfg) = cfg else { continue };
+            match probe::resolve(cfg, port, &env, &cwd) {
+                Ok(target) => {
+                    has_readiness |= kind == ProbeKind::Readiness;
+                    probes.push(probe::start_loop(
+                        cfg,
+                        target,
+                        kind,
+                        generation,
+                        self.probe_tx.clone(),
+                    ));
+                }
+                Err(error) => {
+                    warn!(service = %self.name, %error, "Probe not usable.");
+                    self.sink.system_warn(format!("Probe not usable: {error}"));
+                }
+            }
+        }
+        self.child = Some(Child {
+            pid,
+            start_time: spawned.start_time,
+            started: Instant::now(),
+            exit: exit_rx,
+            probes,
+            descendants: Vec::new(),
+        });
+        let now = Instant::now();
+        self.update(|s| {
+            s.pid = Some(pid as u32);
+            s.started_at = Some(now);
+            s.port = port;
+            s.spawned = true;
+            s.health = Health::Unknown;
+        });
+        info!(service = %self.name, pid, command = %shown, "Process started.");
+        self.sink.system(format!("Started pid {pid}: {shown}"));
+        self.shared.events.emit(EventKind::ProcessStarted {
+            service: self.name.clone(),
+            pid: pid as u32,
+        });
+        if has_readiness {
+            self.set_state(
+                ServiceState::Starting,
+                "Starting (waiting for the readiness probe)".into(),
+            );
+        } else {
+            self.set_state(ServiceState::Running, "Service is running".into());
+        }
+        Ok(())
+    }
+
+    // ----- exits and restarts -----
+
+    async fn on_exit(&mut self, exit: ExitInfo) {
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        let uptime = child.started.elapsed();
+        self.kill_leftovers_fast(&child);
+        drop(child);
+        self.after_exit(exit, uptime, None).await;
+    }
+
+    /// Decides what follows an exit the service did not ask for (or a liveness failure).
+    async fn after_exit(&mut self, exit: ExitInfo, uptime: Duration, reason: Option<String>) {
+        self.shared.pids.set(&self.name, Vec::new());
+        let pid = self.snap.borrow().pid.unwrap_or(0);
+        self.update(|s| {
+            s.pid = None;
+            s.started_at = None;
+            s.last_exit = Some(exit);
+            s.health = Health::Unknown;
+        });
+        let what = reason.unwrap_or_else(|| describe_exit(&exit));
+        self.shared.events.emit(EventKind::ProcessExited {
+            service: self.name.clone(),
+            pid,
+            exit,
+        });
+        self.sink.system(format!("{what} (pid {pid})"));
+        let restart = match self.cfg.restart {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        };
+        if !restart {
+            self.mode = Mode::Idle;
+            if exit.success() {
+                self.set_state(ServiceState::Completed, "Completed successfully".into());
+            } else {
+                self.set_state(ServiceState::Failed, what);
+            }
+            return;
+        }
+        let now = Instant::now();
+        if uptime >= self.cfg.backoff.reset_after.0 {
+            self.attempt = 0;
+        }
+        if self.guard.record(now) {
+            let failures = self.guard.count();
+            let window = kinfra_core::config::format_duration(self.cfg.crash_loop.window.0);
+            let message =
+                format!("Crash loop: {failures} failures in {window}; start it by hand");
+            self.mode = Mode::Idle;
+            warn!(service = %self.name, failures, "Crash loop; giving up.");
+            self.sink.system_warn(message.clone());
+            self.shared.events.emit(EventKind::CrashLoop {
+                service: self.name.clone(),
+                failures,
+            });
+            self.set_state(ServiceState::Failed, message);
+            return;
+        }
+        let delay = backoff::delay(&self.cfg.backoff, self.attempt, fastrand::f64());
+        self.attempt = self.attempt.saturating_add(1);
+        self.update(|s| s.restarts += 1);
+        self.shared.events.emit(EventKind::RestartScheduled {
+            service: self.name.clone(),
+            delay_ms: delay.as_millis() as u64,
+            attempt: self.attempt,
+        });
+        if delay.is_zero() {
+            self.mode = Mode::Active;
+            let _ = self.spawn_child().await;
+        } else {
+            self.mode = Mode::Backoff(tokio::time::Instant::now() + delay);
+            self.set_state(
+                ServiceState::Backoff,
+                format!("{what}, restarting in {}", fmt_delay(delay)),
+            );
+        }
+    }
+
+    async fn on_probe(&mut self, ev: ProbeEvent) {
+        if ev.generation != self.generation || self.child.is_none() {
+            return;
+        }
+        match ev.kind {
+            ProbeKind::Readiness => {
+                if ev.healthy {
+                    self.set_health(Health::Healthy, ev.message);
+                    self.set_state(ServiceState::Running, "Service is running".into());
+                } else {
+                    self.sink
+                        .system_warn(format!("Readiness probe failing: {}", ev.message));
+                    self.set_health(Health::Unhealthy, ev.message.clone());
+                    let state = self.state();
+                    self.set_state(state, format!("Readiness probe failing: {}", ev.message));
+                }
+            }
+            ProbeKind::Liveness => {
+                if ev.healthy {
+                    return;
+                }
+                let reason = format!("Liveness probe failed: {}", ev.message);
+                warn!(service = %self.name, message = %ev.message, "Liveness probe failed; restarting.");
+                let grace = self.cfg.stop_grace.0;
+                let (exit, uptime) = match self.stop_process(grace).await {
+                    Some(r) => r,
+                    None => return,
+                };
+                self.after_exit(exit, uptime, Some(reason)).await;
+            }
+        }
+    }
+
+    async fn on_files_changed(&mut self, paths: Vec<PathBuf>) {
+        if self.child.is_none() && !matches!(self.mode, Mode::Backoff(_)) {
+            return;
+        }
+        let shown: Vec<String> = paths
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        info!(service = %self.name, files = ?shown, "Files changed; restarting.");
+        self.sink
+            .system(format!("Files changed ({}); restarting", shown.join(", ")));
+        let grace = self.cfg.stop_grace.0;
+        self.stop_child(grace).await;
+        self.attempt = 0;
+        self.mode = Mode::Active;
+        self.update(|s| s.restarts += 1);
+        let _ = self.spawn_child().await;
+    }
+
+    // ----- stopping -----
+
+    fn scan_tree(&mut self) {
+        let Some(child) = &mut self.child else {
+            return;
+        };
+        let procs = procfs::all();
+        let found = procfs::descendants(&procs, child.pid);
+        let mut added = Vec::new();
+        for p in found {
+            if !child.descendants.iter().any(|d| d.pid == p.pid && d.start_time == p.start_time) {
+                child.descendants.push(p);
+                added.push(PidRecord {
+                    pid: p.pid,
+                    start_time: p.start_time,
+                    pgid: p.pgid,
+                });
+            }
+        }
+        child.descendants.retain(|d| procfs::is_same_alive(d.pid, d.start_time));
+        if !added.is_empty() {
+            self.shared.pids.add(&self.name, &added);
+        }
+    }
+
+    /// Every live process that belongs to the child: its group, its descendants (now and
+    /// recorded earlier), and whatever carries this service's tag.
+    fn members(&self, child: &Child, with_tag: bool) -> Vec<ProcStat> {
+        let procs = procfs::all();
+        let mut out: Vec<ProcStat> = procs
+            .iter()
+            .filter(|p| p.pgid == child.pid && !p.is_zombie())
+            .copied()
+            .collect();
+        for p in procfs::descendants(&procs, child.pid)
+            .into_iter()
+            .chain(child.descendants.iter().copied())
+        {
+            if !p.is_zombie()
+                && procfs::is_same_alive(p.pid, p.start_time)
+                && !out.iter().any(|o| o.pid == p.pid)
+            {
+                out.push(p);
+            }
+        }
+        if with_tag {
+            let tag = self.shared.tag_of(&self.name);
+            for p in procs.iter() {
+                if !p.is_zombie()
+                    && !out.iter().any(|o| o.pid == p.pid)
+                    && procfs::environ_has(p.pid, TAG_VAR, &tag)
+                {
+                    out.push(*p);
+                }
+            }
+        }
+        let me = std::process::id() as i32;
+        out.retain(|p| p.pid != me);
+        out
+    }
+
+    /// After the main process exited by itself: SIGKILL what it left in its group and the
+    /// descendants recorded while it ran, so a restart starts clean.
+    fn kill_leftovers_fast(&self, child: &Child) {
+        spawn::signal_group(child.pid, libc::SIGKILL);
+        for d in &child.descendants {
+            spawn::signal_exact(d.pid, d.start_time, libc::SIGKILL);
+        }
+    }
+
+    /// Stops the child (if any) without deciding what follows: stop signal to the group and
+    /// every descendant, grace, then SIGKILL. Returns the exit and the uptime.
+    async fn stop_process(&mut self, grace: Duration) -> Option<(ExitInfo, Duration)> {
+        let mut child = self.child.take()?;
+        for p in child.probes.drain(..) {
+            p.abort();
+        }
+        let pid = child.pid;
+        let uptime = child.started.elapsed();
+        self.set_state(ServiceState::Stopping, "Stopping".into());
+        let sig = self.cfg.stop_signal.0;
+        let victims = self.members(&child, true);
+        let deadline = tokio::time::Instant::now() + grace;
+        let already_gone = !procfs::is_same_alive(pid, child.start_time);
+        if !already_gone {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, sig) };
+        }
+        spawn::signal_group(pid, sig);
+        for v in &victims {
+            if v.pgid != pid {
+                spawn::signal_exact(v.pid, v.start_time, sig);
+            }
+        }
+        let exit = match tokio::time::timeout_at(deadline, &mut child.exit).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                info!(service = %self.name, pid, "Grace period over; sending SIGKILL.");
+                self.sink.system(format!(
+                    "Did not stop within {}; killing",
+                    fmt_delay(grace)
+                ));
+                spawn::signal_group(pid, libc::SIGKILL);
+                for v in &victims {
+                    spawn::signal_exact(v.pid, v.start_time, libc::SIGKILL);
+                }
+                tokio::time::timeout(Duration::from_secs(5), &mut child.exit)
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            }
+        };
+        let exit = exit.unwrap_or(ExitInfo {
+            code: None,
+            signal: Some(libc::SIGKILL),
+        });
+        // The rest of the group and the descendants get the rest of the grace period.
+        loop {
+            let left = self.members(&child, false);
+            if left.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                for p in &left {
+                    spawn::signal_exact(p.pid, p.start_time, libc::SIGKILL);
+                }
+                spawn::signal_group(pid, libc::SIGKILL);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A last sweep by tag catches whatever forked away in the meantime.
+        for _ in 0..20 {
+            let left = self.members(&child, true);
+            if left.is_empty() {
+                break;
+            }
+            for p in &left {
+                spawn::signal_exact(p.pid, p.start_time, libc::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.shared.pids.set(&self.name, Vec::new());
+        self.update(|s| {
+            s.pid = None;
+            s.started_at = None;
+            s.last_exit = Some(exit);
+            s.health = Health::Unknown;
+        });
+        self.shared.events.emit(EventKind::ProcessExited {
+            service: self.name.clone(),
+            pid: pid as u32,
+            exit,
+        });
+        self.sink
+            .system(format!("Stopped pid {pid} ({})", describe_exit(&exit)));
+        Some((exit, uptime))
+    }
+
+    /// Stops the child (if any); the caller decides the next state.
+    async fn stop_child(&mut self, grace: Duration) {
+        if matches!(self.mode, Mode::Backoff(_)) {
+            self.mode = Mode::Idle;
+        }
+        self.stop_process(grace).await;
+    }
+}
+
+/// Where a service's log files are.
+pub(crate) fn log_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("logs")
+}

@@ -1,0 +1,254 @@
+//! Reading `/proc`: process identity (PID plus start time), parent links, process groups,
+//! the kinfra tag in a process's environment, and which process holds a listening port.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+/// The fields of `/proc/PID/stat` the supervisor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// The process ID.
+    pub pid: i32,
+    /// One-letter state (`R`, `S`, `Z`, ...).
+    pub state: char,
+    /// Parent PID.
+    pub ppid: i32,
+    /// Process group ID.
+    pub pgid: i32,
+    /// Session ID.
+    pub sid: i32,
+    /// Start time after boot in clock ticks (field 22): with the PID, it names a process
+    /// uniquely, so a reused PID is never mistaken for ours.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// True when the process has exited and only waits to be reaped.
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+/// Parses the text of `/proc/PID/stat`. The command name is in parentheses and may itself
+/// contain spaces and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid: i32 = text.get(..open)?.trim().parse().ok()?;
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    let field = |n: usize| rest.get(n - 3).copied();
+    Some(ProcStat {
+        pid,
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        pgid: field(5)?.parse().ok()?,
+        sid: field(6)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+    })
+}
+
+/// Reads `/proc/PID/stat`; `None` when the process is gone.
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// True when `pid` still names the process that had `start_time`, and it has not exited.
+pub fn is_same_alive(pid: i32, start_time: u64) -> bool {
+    stat(pid).is_some_and(|s| s.start_time == start_time && !s.is_zombie())
+}
+
+/// Every process visible in `/proc`.
+pub fn all() -> Vec<ProcStat> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter_map(stat)
+        .collect()
+}
+
+/// All descendants (children, grandchildren, ...) of `root` among `procs`.
+pub fn descendants(procs: &[ProcStat], root: i32) -> Vec<ProcStat> {
+    let mut children: BTreeMap<i32, Vec<&ProcStat>> = BTreeMap::new();
+    for p in procs {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        if let Some(kids) = children.get(&pid) {
+            for k in kids {
+                if k.pid != root && seen.insert(k.pid) {
+                    out.push(**k);
+                    stack.push(k.pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// True when the process's environment has `NAME=VALUE` with VALUE starting with `prefix`.
+pub fn environ_has(pid: i32, name: &str, prefix: &str) -> bool {
+    let Ok(bytes) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let mut needle = Vec::with_capacity(name.len() + 1 + prefix.len());
+    needle.extend_from_slice(name.as_bytes());
+    needle.push(b'=');
+    needle.extend_from_slice(prefix.as_bytes());
+    bytes.split(|b| *b == 0).any(|entry| entry.starts_with(&needle))
+}
+
+/// The command line of a process, for messages (`None` when unreadable).
+pub fn cmdline(pid: i32) -> Option<String> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let parts: Vec<String> = bytes
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    if parts.is_empty() {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        return Some(format!("[{}]", comm.trim()));
+    }
+    Some(parts.join(" "))
+}
+
+/// Socket inodes listening (TCP state 0A) on `port`, from `/proc/net/tcp` and `tcp6`.
+pub fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(file) {
+            out.extend(parse_net_tcp_listeners(&text, port));
+        }
+    }
+    out
+}
+
+/// Parses the text of `/proc/net/tcp{,6}`, returning the inodes of sockets listening on `port`.
+pub fn parse_net_tcp_listeners(text: &str, port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 10 {
+            continue;
+        }
+        let Some((_, port_hex)) = cols[1].rsplit_once(':') else {
+            continue;
+        };
+        if u16::from_str_radix(port_hex, 16) != Ok(port) || cols[3] != "0A" {
+            continue;
+        }
+        if let Ok(inode) = cols[9].parse::<u64>()
+            && inode != 0
+        {
+            out.push(inode);
+        }
+    }
+    out
+}
+
+/// The PID of a process holding one of the socket `inodes`, found through `/proc/*/fd`.
+pub fn socket_holder(inodes: &[u64]) -> Option<i32> {
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: BTreeSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let dir = fs::read_dir("/proc").ok()?;
+    for entry in dir.filter_map(|e| e.ok()) {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(|e| e.ok()) {
+            if let Ok(target) = fs::read_link(fd.path())
+                && let Some(t) = target.to_str()
+                && wanted.contains(t)
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// Clock ticks per second, for turning start times into durations.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 { v as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let text = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let s = parse_stat(text);
+        assert_eq!(
+            s,
+            Some(ProcStat {
+                pid: 4242,
+                state: 'S',
+                ppid: 1,
+                pgid: 4242,
+                sid: 4242,
+                start_time: 987654
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id() as i32;
+        let s = stat(me);
+        assert!(s.is_some_and(|s| s.pid == me && s.start_time > 0));
+        let st = stat(me).map(|s| s.start_time).unwrap_or(0);
+        assert!(is_same_alive(me, st));
+        assert!(!is_same_alive(me, st + 1));
+    }
+
+    #[test]
+    fn finds_descendants() {
+        let p = |pid, ppid| ProcStat {
+            pid,
+            state: 'S',
+            ppid,
+            pgid: pid,
+            sid: pid,
+            start_time: 1,
+        };
+        let procs = vec![p(10, 1), p(11, 10), p(12, 11), p(13, 1), p(14, 12)];
+        let mut d: Vec<i32> = descendants(&procs, 10).iter().map(|p| p.pid).collect();
+        d.sort();
+        assert_eq!(d, vec![11, 12, 14]);
+    }
+
+    #[test]
+    fn parses_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F90 0100007F:C000 01 00000000:00000000 00:00000000 00000000     0        0 555 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(parse_net_tcp_listeners(text, 8080), vec![12345]);
+        assert!(parse_net_tcp_listeners(text, 8081).is_empty());
+    }
+
+    #[test]
+    fn finds_the_holder_of_a_listening_port() {
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            return;
+        };
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        let holder = socket_holder(&listening_inodes(port));
+        assert_eq!(holder, Some(std::process::id() as i32));
+    }
+}

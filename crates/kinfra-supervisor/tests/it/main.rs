@@ -1,0 +1,3 @@
+//! Integration tests of the supervisor against real processes.
+
+fn main() {}
