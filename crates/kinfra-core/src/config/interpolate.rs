@@ -216,6 +216,7 @@ pub fn interpolate(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -290,6 +290,7 @@ impl JsonParser<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::source::{Anchor, Pos};
     use super::*;

@@ -32,6 +32,7 @@ mod validate;
 mod yaml_tree;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 pub use builder::ConfigBuilder;
@@ -292,7 +293,10 @@ fn deserialize(mut tree: Value, map: &SourceMap, origin: &str) -> Result<Config,
     for _ in 0..MAX_SCHEMA_ERRORS {
         let err = match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
             Ok(config) if errors.is_empty() => return Ok(config),
-            Ok(_) => return Err(errors),
+            Ok(_) => {
+                sort_by_position(&mut errors);
+                return Err(errors);
+            }
             Err(e) => e,
         };
         let segs: Vec<Seg> = err
@@ -358,7 +362,13 @@ fn deserialize(mut tree: Value, map: &SourceMap, origin: &str) -> Result<Config,
             message: "the config does not match the schema".into(),
         });
     }
+    sort_by_position(&mut errors);
     Err(errors)
+}
+
+/// Orders errors as they appear in the file; those from elsewhere (the environment) last.
+fn sort_by_position(errors: &mut [ConfigError]) {
+    errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
 }
 
 /// Removes the node at `segs`; false when there is none.

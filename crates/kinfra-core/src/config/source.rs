@@ -274,6 +274,7 @@ pub(crate) fn is_below(path: &str, ancestor: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

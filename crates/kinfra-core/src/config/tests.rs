@@ -1,1 +1,1008 @@
-//! Tests of the whole loading pipeline.
+//! Tests of the whole loading pipeline: parse, override, deserialize, validate.
+
+use super::*;
+use std::time::Duration;
+
+fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn origin_for(format: Format) -> &'static str {
+    match format {
+        Format::Toml => "kinfra.toml",
+        Format::Yaml => "kinfra.yaml",
+        Format::Json => "kinfra.json",
+    }
+}
+
+fn load(format: Format, text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    Config::parse(
+        text,
+        format,
+        origin_for(format),
+        Path::new("/srv/app"),
+        &env_of(env),
+    )
+}
+
+fn errors(format: Format, text: &str) -> Vec<ConfigError> {
+    match load(format, text, &[]) {
+        Ok(config) => panic!("expected errors, the config loaded: {config:?}\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// One expected error: line, key, a fragment of the message.
+type Want = (Option<usize>, Option<&'static str>, &'static str);
+
+fn check_case(format: Format, text: &str, want: &[Want]) {
+    let got = errors(format, text);
+    let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "wrong number of errors for\n{text}\ngot:\n{}",
+        shown.join("\n")
+    );
+    for (e, (line, key, fragment)) in got.iter().zip(want) {
+        assert_eq!(e.origin, origin_for(format), "{e}");
+        assert_eq!(e.line, *line, "line of {e}\nin\n{text}");
+        assert_eq!(e.key.as_deref(), *key, "key of {e}");
+        assert!(e.message.contains(fragment), "`{fragment}` not in {e}");
+        if line.is_some() {
+            assert!(e.column.is_some(), "no column in {e}");
+        }
+    }
+}
+
+const API: &str = "[services.api]\ncommand = \"serve\"\nport = 8080\n";
+
+#[test]
+fn invalid_toml_files() {
+    let cases: Vec<(String, Vec<Want>)> = vec![
+        // Unknown top-level key, with a suggestion.
+        (
+            "[project]\nname = \"x\"\n\nprojet = 1\n".into(),
+            vec![(
+                Some(4),
+                Some("project.projet"),
+                "unknown key `projet` in project; expected one of: name, state_dir",
+            )],
+        ),
+        (
+            "projekt = 1\n".into(),
+            vec![(
+                Some(1),
+                Some("projekt"),
+                "unknown key `projekt` at the top level; expected one of: project, env, dashboard",
+            )],
+        ),
+        // Unknown nested key: points at the key, lists what fits, suggests the near one.
+        (
+            format!("{API}health = {{ http = \"/\", intervl = \"2s\" }}\n"),
+            vec![(
+                Some(4),
+                Some("services.api.health.intervl"),
+                "unknown key `intervl` in services.api.health; expected one of: http, tcp, exec, \
+                 status, body, initial_delay, interval, timeout, success_threshold, \
+                 failure_threshold (did you mean `interval`?)",
+            )],
+        ),
+        // Wrong type.
+        (
+            "[services.api]\ncommand = 5\n".into(),
+            vec![(
+                Some(2),
+                Some("services.api.command"),
+                "wrong type: expected a shell command string or a list of arguments, found integer `5`",
+            )],
+        ),
+        (
+            "[dashboard]\nenabled = \"yes\"\n".into(),
+            vec![(Some(2), Some("dashboard.enabled"), "wrong type: expected a boolean")],
+        ),
+        // Bad duration, in a table of its own.
+        (
+            format!("{API}\n[services.api.health]\nhttp = \"/\"\ninterval = \"fast\"\n"),
+            vec![(
+                Some(7),
+                Some("services.api.health.interval"),
+                "invalid duration `fast`: expected a number at `fast`",
+            )],
+        ),
+        // Bad port.
+        (
+            "[services.api]\ncommand = \"x\"\nport = 70000\n".into(),
+            vec![(
+                Some(3),
+                Some("services.api.port"),
+                "invalid port `70000`: expected 1-65535 or \"auto\"",
+            )],
+        ),
+        // Bad signal; unknown restart policy.
+        (
+            format!("{API}stop_signal = \"SIGFOO\"\nrestart = \"sometimes\"\n"),
+            vec![
+                (Some(4), Some("services.api.stop_signal"), "unknown signal `SIGFOO`"),
+                (
+                    Some(5),
+                    Some("services.api.restart"),
+                    "unknown value `sometimes`; expected one of: no, on-failure, always, unless-stopped",
+                ),
+            ],
+        ),
+        // Missing command: at the service's key.
+        (
+            "\n[services.api]\nport = 1\n".into(),
+            vec![(Some(2), Some("services.api"), "missing required key `command`")],
+        ),
+        // Cycle of 2 and of 3, each reported once, in full.
+        (
+            "[services.a]\ncommand = \"x\"\ndepends_on = [\"b\"]\n\
+             [services.b]\ncommand = \"x\"\ndepends_on = { a = \"healthy\" }\n"
+                .into(),
+            vec![(
+                Some(3),
+                Some("services.a.depends_on.b"),
+                "dependency cycle: a -> b -> a",
+            )],
+        ),
+        (
+            "[services.c]\ncommand = \"x\"\ndepends_on = [\"a\"]\n\
+             [services.b]\ncommand = \"x\"\ndepends_on = [\"c\"]\n\
+             [services.a]\ncommand = \"x\"\ndepends_on = [\"b\"]\n"
+                .into(),
+            vec![(
+                Some(9),
+                Some("services.a.depends_on.b"),
+                "dependency cycle: a -> b -> c -> a",
+            )],
+        ),
+        // A cycle through a resource, and a self-dependency.
+        (
+            "[services.api]\ncommand = \"x\"\ndepends_on = { db = \"started\" }\n\
+             [resources.db]\ntemplate = \"postgres\"\ndepends_on = [\"api\"]\n\
+             [services.loner]\ncommand = \"x\"\ndepends_on = [\"loner\"]\n"
+                .into(),
+            vec![
+                (
+                    Some(3),
+                    Some("services.api.depends_on.db"),
+                    "dependency cycle: api -> db -> api",
+                ),
+                (
+                    Some(9),
+                    Some("services.loner.depends_on.loner"),
+                    "dependency cycle: loner -> loner",
+                ),
+            ],
+        ),
+        // depends_on an unknown name.
+        (
+            format!("{API}depends_on = {{ cache = \"healthy\" }}\n"),
+            vec![(
+                Some(4),
+                Some("services.api.depends_on.cache"),
+                "depends on `cache`, which is neither a service nor a resource",
+            )],
+        ),
+        // Routes: unknown service, both targets, neither, path without `/`.
+        (
+            format!(
+                "{API}[[routes]]\npath = \"/a\"\nservice = \"nope\"\n\
+                 [[routes]]\npath = \"/b\"\nservice = \"api\"\nupstream = \"http://127.0.0.1:1\"\n\
+                 [[routes]]\npath = \"/c\"\n\
+                 [[routes]]\npath = \"d\"\nservice = \"api\"\n"
+            ),
+            vec![
+                (Some(6), Some("routes[0].service"), "route to unknown service `nope`"),
+                (Some(7), Some("routes[1]"), "a route takes `service` or `upstream`, not both"),
+                (Some(11), Some("routes[2]"), "a route needs a `service` or an `upstream`"),
+                (Some(14), Some("routes[3].path"), "route path `d` must start with `/`"),
+            ],
+        ),
+        // Duplicate fixed ports, naming both places; port 0 and "auto" never clash.
+        (
+            "[dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nhttp = \"127.0.0.1:8080\"\n\
+             [services.api]\ncommand = \"x\"\nport = 8080\n\
+             [services.web]\ncommand = \"x\"\nport = \"auto\"\n\
+             [resources.db]\ntemplate = \"postgres\"\nport = 8080\n"
+                .into(),
+            vec![
+                (Some(7), Some("services.api.port"), "port 8080 is also used by proxy.http"),
+                (Some(13), Some("resources.db.port"), "port 8080 is also used by proxy.http"),
+            ],
+        ),
+        // Bad listen addresses.
+        (
+            "[dashboard]\nlisten = \"localhost:9000\"\n[proxy]\nhttps = \"0.0.0.0\"\n".into(),
+            vec![
+                (
+                    Some(2),
+                    Some("dashboard.listen"),
+                    "invalid listen address `localhost:9000`",
+                ),
+                (Some(4), Some("proxy.https"), "invalid listen address `0.0.0.0`"),
+            ],
+        ),
+        // Probes: two kinds, no kind, own port missing, zero thresholds.
+        (
+            format!("{API}health = {{ http = \"/\", tcp = 5432 }}\nliveness = {{ interval = \"1s\" }}\n"),
+            vec![
+                (
+                    Some(4),
+                    Some("services.api.health"),
+                    "a probe takes exactly one of `http`, `tcp` or `exec`, this one has `http` and `tcp`",
+                ),
+                (
+                    Some(5),
+                    Some("services.api.liveness"),
+                    "a probe needs one of `http`, `tcp` or `exec`",
+                ),
+            ],
+        ),
+        (
+            "[services.w]\ncommand = \"x\"\nhealth = { tcp = true }\n\
+             liveness = { http = \"/up\", failure_threshold = 0 }\n"
+                .into(),
+            vec![
+                (
+                    Some(3),
+                    Some("services.w.health.tcp"),
+                    "`tcp = true` probes the service's own port, but the service has no `port`",
+                ),
+                (
+                    Some(4),
+                    Some("services.w.liveness.http"),
+                    "probes the service's own port, but the service has no `port`",
+                ),
+                (
+                    Some(4),
+                    Some("services.w.liveness.failure_threshold"),
+                    "`failure_threshold` must be at least 1",
+                ),
+            ],
+        ),
+        // Interpolation: unknown service, service without a port, bad syntax, ${PORT} without
+        // a port. Unknown environment variables are fine.
+        (
+            "[services.web]\ncommand = \"x\"\n\
+             [services.api]\ncommand = \"serve --db ${services.nope.port}\"\n\
+             args = [\"--web\", \"${services.web.port}\"]\n\
+             env = { A = \"${UNSET_VAR}\", B = \"${oops\", C = \"${PORT}\", D = \"${PORT:-80}\" }\n"
+                .into(),
+            vec![
+                (
+                    Some(4),
+                    Some("services.api.command"),
+                    "`${services.nope.port}` names an unknown service `nope`",
+                ),
+                (
+                    Some(5),
+                    Some("services.api.args[1]"),
+                    "names service `web`, which has no `port`",
+                ),
+                (Some(6), Some("services.api.env.B"), "unterminated `${`"),
+                (
+                    Some(6),
+                    Some("services.api.env.C"),
+                    "`${PORT}` is used, but service `api` has no `port`",
+                ),
+            ],
+        ),
+        (
+            format!(
+                "{API}[resources.db]\ntemplate = \"redis\"\n[[routes]]\npath = \"/\"\n\
+                 upstream = [\"http://127.0.0.1:${{services.api.port}}\", \"http://${{resources.cache.url}}\"]\n"
+            ),
+            vec![(
+                Some(8),
+                Some("routes[0].upstream[1]"),
+                "`${resources.cache.url}` names an unknown resource `cache`",
+            )],
+        ),
+        // Names.
+        (
+            "[services.\"bad name\"]\ncommand = \"x\"\n[services.\"\"]\ncommand = \"y\"\n".into(),
+            vec![
+                (Some(3), Some("services.\"\""), "a name must not be empty"),
+                (
+                    Some(1),
+                    Some("services.\"bad name\""),
+                    "name `bad name` contains ` `",
+                ),
+            ],
+        ),
+        (
+            format!("{API}[resources.api]\ntemplate = \"redis\"\n"),
+            vec![(
+                Some(4),
+                Some("resources.api"),
+                "`api` is both a service and a resource",
+            )],
+        ),
+        // Empty command.
+        (
+            "[services.api]\ncommand = \"  \"\n[services.b]\ncommand = []\n".into(),
+            vec![
+                (Some(2), Some("services.api.command"), "the command is empty"),
+                (Some(4), Some("services.b.command"), "the command is empty"),
+            ],
+        ),
+        // ACME without domains.
+        (
+            "[acme]\nemail = \"a@example.com\"\ndomains = []\n".into(),
+            vec![(Some(3), Some("acme.domains"), "ACME needs at least one domain")],
+        ),
+        (
+            "[acme]\nemail = \"a@example.com\"\n".into(),
+            vec![(Some(1), Some("acme"), "missing required key `domains`")],
+        ),
+        // Backoff.
+        (
+            format!("{API}backoff = {{ factor = 0.5, jitter = 2 }}\n"),
+            vec![
+                (
+                    Some(4),
+                    Some("services.api.backoff.factor"),
+                    "backoff factor 0.5 must be at least 1",
+                ),
+                (
+                    Some(4),
+                    Some("services.api.backoff.jitter"),
+                    "backoff jitter 2 must be between 0 and 1",
+                ),
+            ],
+        ),
+        // Waiting for completion of something that never completes.
+        (
+            "[services.migrate]\ncommand = \"x\"\nrestart = \"always\"\n\
+             [services.api]\ncommand = \"x\"\ndepends_on = { migrate = \"completed_successfully\" }\n"
+                .into(),
+            vec![(
+                Some(6),
+                Some("services.api.depends_on.migrate"),
+                "has restart = \"always\" and so never completes",
+            )],
+        ),
+        // Syntax error.
+        (
+            "[services.api]\ncommand = \"x\nport = 1\n".into(),
+            vec![(Some(2), None, "invalid TOML")],
+        ),
+    ];
+    for (text, want) in &cases {
+        check_case(Format::Toml, text, want);
+    }
+}
+
+#[test]
+fn name_too_long_has_its_key() {
+    let name = "s".repeat(64);
+    let text = format!("[services.{name}]\ncommand = \"x\"\n");
+    let errs = errors(Format::Toml, &text);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].key, Some(format!("services.{name}")));
+}
+
+#[test]
+fn healthy_without_a_probe_is_allowed() {
+    let text = "[services.db]\ncommand = \"x\"\n[services.api]\ncommand = \"y\"\n\
+                depends_on = { db = \"healthy\" }\n";
+    let config = load(Format::Toml, text, &[]).unwrap();
+    assert_eq!(
+        config.services["api"].depends_on.0.get("db"),
+        Some(&DependCondition::Healthy)
+    );
+}
+
+#[test]
+fn schema_errors_are_all_reported() {
+    let text = "bogus = 1\n\
+                [services.api]\ncommand = 5\nport = \"x\"\n\
+                [services.web]\ncommand = \"ok\"\nhealth = { http = \"/\", interval = \"soon\" }\n\
+                [resources.db]\nport = 5432\n";
+    let got: Vec<(Option<usize>, Option<String>)> = errors(Format::Toml, text)
+        .into_iter()
+        .map(|e| (e.line, e.key))
+        .collect();
+    let want = vec![
+        (Some(1), Some("bogus".to_owned())),
+        // A wrong command is reported once, not again as missing.
+        (Some(3), Some("services.api.command".to_owned())),
+        (Some(4), Some("services.api.port".to_owned())),
+        (Some(7), Some("services.web.health.interval".to_owned())),
+        (Some(8), Some("resources.db".to_owned())),
+    ];
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "{got:?}");
+}
+
+#[test]
+fn invalid_yaml_files() {
+    let cases: Vec<(&str, Vec<Want>)> = vec![
+        (
+            "project:\n  name: demo\nservices:\n  api:\n    command: serve\n    prot: 8080\n",
+            vec![(
+                Some(6),
+                Some("services.api.prot"),
+                "unknown key `prot` in services.api",
+            )],
+        ),
+        (
+            "services:\n  api:\n    command: serve\n    port: 8080\n    health:\n      http: /\n      timeout: quick\n",
+            vec![(
+                Some(7),
+                Some("services.api.health.timeout"),
+                "invalid duration `quick`",
+            )],
+        ),
+        (
+            "services:\n  a:\n    command: x\n    depends_on: [b]\n  b:\n    command: x\n    depends_on:\n      a: healthy\n",
+            vec![(
+                Some(4),
+                Some("services.a.depends_on.b"),
+                "dependency cycle: a -> b -> a",
+            )],
+        ),
+        (
+            "services:\n  api:\n    command: x\n    restart: no\n    port: \"8080\"\nroutes:\n  - path: /\n    service: apx\n",
+            vec![(
+                Some(8),
+                Some("routes[0].service"),
+                "route to unknown service `apx`",
+            )],
+        ),
+        (
+            "services:\n  api:\n    command: [x\n",
+            vec![(Some(4), None, "invalid YAML")],
+        ),
+        (
+            "base: &b\n  command: x\nservices:\n  api: *b\n",
+            vec![(Some(4), None, "aliases")],
+        ),
+        (
+            "- a\n- b\n",
+            vec![(Some(1), None, "the top level must be a table")],
+        ),
+    ];
+    for (text, want) in &cases {
+        check_case(Format::Yaml, text, want);
+    }
+}
+
+#[test]
+fn invalid_json_files() {
+    let cases: Vec<(&str, Vec<Want>)> = vec![
+        (
+            "{\n  \"dashboard\": {\"listen\": \"127.0.0.1:9000\", \"tokn\": \"x\"}\n}",
+            vec![(
+                Some(2),
+                Some("dashboard.tokn"),
+                "unknown key `tokn` in dashboard",
+            )],
+        ),
+        (
+            "{\"services\": {\n  \"api\": {\"command\": \"x\",\n    \"port\": [80]}}}",
+            vec![(Some(3), Some("services.api.port"), "wrong type")],
+        ),
+        (
+            "{\"dashboard\": {\"listen\": \"127.0.0.1:7000\"},\n \"services\": {\"api\": {\"command\": \"x\", \"port\": 7000}},\n \"proxy\": {\"http\": null}}",
+            vec![(
+                Some(2),
+                Some("services.api.port"),
+                "port 7000 is also used by dashboard.listen",
+            )],
+        ),
+        (
+            "{\"services\": {\"api\": {\"command\": \"x\",\n \"health\": {\"http\": \"/\", \"exec\": \"true\"}, \"port\": 1}}}",
+            vec![(
+                Some(2),
+                Some("services.api.health"),
+                "this one has `http` and `exec`",
+            )],
+        ),
+        (
+            "{\"services\": {\n\"api\": {\"command\": \"x\",}}}",
+            vec![(
+                Some(2),
+                None,
+                "invalid JSON: expected a key in double quotes",
+            )],
+        ),
+    ];
+    for (text, want) in &cases {
+        check_case(Format::Json, text, want);
+    }
+}
+
+#[test]
+fn columns_are_exact() {
+    let e = &errors(
+        Format::Toml,
+        "[services.api]\ncommand = \"x\"\nport = 1\nhealth = { http = \"/\", interval = \"fast\" }\n",
+    )[0];
+    assert_eq!((e.line, e.column), (Some(4), Some(35)));
+    assert_eq!(
+        e.to_string(),
+        "kinfra.toml:4:35: services.api.health.interval: invalid duration `fast`: expected a \
+         number at `fast`"
+    );
+    // Columns count characters, not bytes.
+    let e = &errors(
+        Format::Toml,
+        "[project]\nname = \"ünïcødé\"\nstat_dir = 1\n",
+    )[0];
+    assert_eq!((e.line, e.column), (Some(3), Some(1)));
+    let e = &errors(Format::Toml, "env = { \"ü\" = \"x\", B = 5 }\n")[0];
+    assert_eq!(
+        (e.line, e.column, e.key.as_deref()),
+        (Some(1), Some(24), Some("env.B"))
+    );
+    let e = &errors(
+        Format::Yaml,
+        "services:\n  api:\n    command: x\n    port: nope\n",
+    )[0];
+    assert_eq!((e.line, e.column), (Some(4), Some(11)));
+}
+
+const RICH_TOML: &str = r#"
+env = { RUST_LOG = "info" }
+
+[project]
+name = "demo"
+state_dir = "state"
+shutdown_timeout = "45s"
+
+[dashboard]
+listen = "127.0.0.1:9001"
+token = "s3cret-token"
+allowed_hosts = ["demo.local"]
+
+[proxy]
+http = "127.0.0.1:9101"
+https = "127.0.0.1:9443"
+max_body_size = "1MiB"
+
+[services.api]
+command = "python3 -m http.server ${PORT}"
+args = ["--bind", "127.0.0.1"]
+port = "auto"
+env = { LOG_LEVEL = "debug", DB = "${resources.db.url}" }
+depends_on = { db = "healthy", migrate = "completed_successfully" }
+restart = "always"
+backoff = { initial = "0s", factor = 1.5, jitter = 0.0 }
+crash_loop = { max_failures = 3, window = "1m30s" }
+health = { http = "/healthz", interval = "2s", timeout = "1s", failure_threshold = 3, status = "200-299" }
+watch = { paths = ["src"], debounce = "300ms" }
+stop_signal = "SIGINT"
+stop_grace = "5s"
+log = { max_size = "1MiB", keep = 2 }
+
+[services.migrate]
+command = ["sh", "-c", "echo migrate"]
+restart = "no"
+cwd = "db"
+
+[resources.db]
+template = "postgres"
+port = 5433
+volumes = { pgdata = "/var/lib/postgresql/data" }
+health = { tcp = 5433 }
+
+[[routes]]
+path = "/api"
+service = "api"
+strip_prefix = true
+
+[[routes]]
+host = "*.example.com"
+upstream = ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]
+
+[bus]
+url = "nats://127.0.0.1:4222"
+
+[store]
+url = "mem://"
+sync = false
+
+[acme]
+email = "ops@example.com"
+domains = ["example.com"]
+challenge = "tls-alpn-01"
+"#;
+
+const RICH_YAML: &str = r#"
+env:
+  RUST_LOG: info
+project:
+  name: demo
+  state_dir: state
+  shutdown_timeout: 45s
+dashboard:
+  listen: 127.0.0.1:9001
+  token: s3cret-token
+  allowed_hosts: [demo.local]
+proxy:
+  http: 127.0.0.1:9101
+  https: "127.0.0.1:9443"
+  max_body_size: 1MiB
+services:
+  api:
+    command: python3 -m http.server ${PORT}
+    args: ["--bind", 127.0.0.1]
+    port: auto
+    env:
+      LOG_LEVEL: debug
+      DB: ${resources.db.url}
+    depends_on:
+      db: healthy
+      migrate: completed_successfully
+    restart: always
+    backoff: {initial: 0s, factor: 1.5, jitter: 0.0}
+    crash_loop: {max_failures: 3, window: 1m30s}
+    health:
+      http: /healthz
+      interval: 2s
+      timeout: 1s
+      failure_threshold: 3
+      status: 200-299
+    watch:
+      paths:
+        - src
+      debounce: 300ms
+    stop_signal: SIGINT
+    stop_grace: 5s
+    log: {max_size: 1MiB, keep: 2}
+  migrate:
+    command: [sh, -c, echo migrate]
+    restart: no
+    cwd: db
+resources:
+  db:
+    template: postgres
+    port: 5433
+    volumes: {pgdata: /var/lib/postgresql/data}
+    health: {tcp: 5433}
+routes:
+  - path: /api
+    service: api
+    strip_prefix: true
+  - host: "*.example.com"
+    upstream:
+      - http://127.0.0.1:7001
+      - http://127.0.0.1:7002
+bus:
+  url: nats://127.0.0.1:4222
+store:
+  url: "mem://"
+  sync: false
+acme:
+  email: ops@example.com
+  domains: [example.com]
+  challenge: tls-alpn-01
+"#;
+
+const RICH_JSON: &str = r#"{
+  "env": {"RUST_LOG": "info"},
+  "project": {"name": "demo", "state_dir": "state", "shutdown_timeout": "45s"},
+  "dashboard": {"listen": "127.0.0.1:9001", "token": "s3cret-token", "allowed_hosts": ["demo.local"]},
+  "proxy": {"http": "127.0.0.1:9101", "https": "127.0.0.1:9443", "max_body_size": "1MiB"},
+  "services": {
+    "api": {
+      "command": "python3 -m http.server ${PORT}",
+      "args": ["--bind", "127.0.0.1"],
+      "port": "auto",
+      "env": {"LOG_LEVEL": "debug", "DB": "${resources.db.url}"},
+      "depends_on": {"db": "healthy", "migrate": "completed_successfully"},
+      "restart": "always",
+      "backoff": {"initial": "0s", "factor": 1.5, "jitter": 0},
+      "crash_loop": {"max_failures": 3, "window": "1m30s"},
+      "health": {"http": "/healthz", "interval": "2s", "timeout": "1s", "failure_threshold": 3, "status": "200-299"},
+      "watch": {"paths": ["src"], "debounce": "300ms"},
+      "stop_signal": "SIGINT",
+      "stop_grace": "5s",
+      "log": {"max_size": "1MiB", "keep": 2}
+    },
+    "migrate": {"command": ["sh", "-c", "echo migrate"], "restart": "no", "cwd": "db"}
+  },
+  "resources": {
+    "db": {"template": "postgres", "port": 5433, "volumes": {"pgdata": "/var/lib/postgresql/data"}, "health": {"tcp": 5433}}
+  },
+  "routes": [
+    {"path": "/api", "service": "api", "strip_prefix": true},
+    {"host": "*.example.com", "upstream": ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]}
+  ],
+  "bus": {"url": "nats://127.0.0.1:4222"},
+  "store": {"url": "mem://", "sync": false},
+  "acme": {"email": "ops@example.com", "domains": ["example.com"], "challenge": "tls-alpn-01"}
+}"#;
+
+#[test]
+fn one_config_in_three_formats() {
+    let mut toml = load(Format::Toml, RICH_TOML, &[]).unwrap();
+    let mut yaml = load(Format::Yaml, RICH_YAML, &[]).unwrap();
+    let json = load(Format::Json, RICH_JSON, &[]).unwrap();
+    assert_eq!(toml.origin, "kinfra.toml");
+    assert_eq!(json.base_dir, PathBuf::from("/srv/app"));
+    toml.origin = json.origin.clone();
+    yaml.origin = json.origin.clone();
+    assert_eq!(toml, json);
+    assert_eq!(yaml, json);
+
+    // And the values are the ones written, not defaults.
+    let api = &json.services["api"];
+    assert_eq!(api.port, Some(PortSpec::Auto));
+    assert_eq!(api.restart, RestartPolicy::Always);
+    assert_eq!(api.backoff.factor, 1.5);
+    assert_eq!(api.backoff.initial, Dur::from_secs(0));
+    assert_eq!(api.crash_loop.window, Dur::from_secs(90));
+    assert_eq!(api.stop_signal, SignalName(2));
+    assert_eq!(api.log.max_size, ByteSize(1024 * 1024));
+    let health = api.health.as_ref().unwrap();
+    assert_eq!(health.http.as_deref(), Some("/healthz"));
+    assert_eq!(health.status, StatusRange { min: 200, max: 299 });
+    assert_eq!(
+        api.depends_on.0.get("migrate"),
+        Some(&DependCondition::CompletedSuccessfully)
+    );
+    let migrate = &json.services["migrate"];
+    assert_eq!(
+        migrate.command,
+        CommandSpec::Argv(vec!["sh".into(), "-c".into(), "echo migrate".into()])
+    );
+    assert_eq!(migrate.restart, RestartPolicy::No);
+    assert_eq!(migrate.working_dir, Some(PathBuf::from("db")));
+    assert_eq!(
+        json.resources["db"].health.as_ref().unwrap().tcp,
+        Some(TcpTarget::Port(5433))
+    );
+    assert_eq!(json.routes[1].upstream.as_ref().unwrap().0.len(), 2);
+    assert_eq!(json.project.shutdown_timeout.0, Duration::from_secs(45));
+    assert_eq!(
+        json.dashboard.token.as_ref().unwrap().expose(),
+        "s3cret-token"
+    );
+    assert_eq!(
+        json.acme.as_ref().unwrap().challenge,
+        ChallengeKind::TlsAlpn01
+    );
+    assert!(!json.store.sync);
+    assert_eq!(json.state_dir(), PathBuf::from("/srv/app/state"));
+}
+
+#[test]
+fn env_overrides_are_typed() {
+    let config = load(
+        Format::Toml,
+        RICH_TOML,
+        &[
+            ("KINFRA_DASHBOARD__LISTEN", "127.0.0.1:9999"),
+            ("KINFRA_SERVICES__API__PORT", "8080"),
+            ("KINFRA_PROJECT__STATE_DIR", "/tmp/x"),
+            ("KINFRA_PROJECT__NAME", "42"),
+            ("KINFRA_SERVICES__API__BACKOFF__FACTOR", "3"),
+            ("KINFRA_SERVICES__API__HEALTH__FAILURE_THRESHOLD", "7"),
+            ("KINFRA_SERVICES__API__ENV__LOG_LEVEL", "trace"),
+            ("KINFRA_STORE__SYNC", "true"),
+            ("KINFRA_ROUTES__0__PATH", "/v2"),
+            ("KINFRA_DASHBOARD_TOKEN", "not-an-override"),
+            ("KINFRA_LOG", "debug"),
+            ("KINFRA_BIN", "/usr/bin/kinfra"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.dashboard.listen, "127.0.0.1:9999");
+    assert_eq!(
+        config.dashboard.token.as_ref().unwrap().expose(),
+        "s3cret-token"
+    );
+    let api = &config.services["api"];
+    assert_eq!(api.port, Some(PortSpec::Fixed(8080)));
+    assert_eq!(api.backoff.factor, 3.0);
+    assert_eq!(api.health.as_ref().unwrap().failure_threshold, 7);
+    assert_eq!(api.env["LOG_LEVEL"], "trace");
+    assert_eq!(config.project.name, "42");
+    assert_eq!(config.state_dir(), PathBuf::from("/tmp/x"));
+    assert!(config.store.sync);
+    assert_eq!(config.routes[0].path, "/v2");
+}
+
+#[test]
+fn env_override_errors_name_the_variable() {
+    let err = load(
+        Format::Toml,
+        API,
+        &[("KINFRA_SERVICES__API__PORT", "99999")],
+    )
+    .unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert_eq!(
+        err.0[0].to_string(),
+        "KINFRA_SERVICES__API__PORT: services.api.port: invalid port `99999`: expected 1-65535 or \"auto\""
+    );
+    assert_eq!(err.0[0].line, None);
+
+    // A new service from the environment alone lacks its command.
+    let err = load(
+        Format::Toml,
+        API,
+        &[("KINFRA_SERVICES__WORKER__PORT", "7000")],
+    )
+    .unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert_eq!(err.0[0].origin, "KINFRA_SERVICES__WORKER__PORT");
+    assert_eq!(err.0[0].key.as_deref(), Some("services.worker"));
+    assert!(err.0[0].message.contains("missing required key `command`"));
+
+    // Semantic errors on overridden values name the variable too; the file's own
+    // errors keep their lines.
+    let text = format!("{API}[services.web]\ncommand = \"y\"\nport = 8080\n");
+    let err = load(
+        Format::Toml,
+        &text,
+        &[
+            ("KINFRA_DASHBOARD__LISTEN", "nowhere"),
+            ("KINFRA_SERVICES__API__HELTH__HTTP", "/"),
+        ],
+    )
+    .unwrap_err();
+    let got: Vec<(String, Option<usize>, Option<String>)> = err
+        .0
+        .iter()
+        .map(|e| (e.origin.clone(), e.line, e.key.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(
+            "KINFRA_SERVICES__API__HELTH__HTTP".to_owned(),
+            None,
+            Some("services.api.helth".to_owned())
+        )],
+        "{err}"
+    );
+    let err = load(
+        Format::Toml,
+        &text,
+        &[("KINFRA_DASHBOARD__LISTEN", "nowhere")],
+    )
+    .unwrap_err();
+    let got: Vec<(String, Option<usize>, Option<String>)> = err
+        .0
+        .iter()
+        .map(|e| (e.origin.clone(), e.line, e.key.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "KINFRA_DASHBOARD__LISTEN".to_owned(),
+                None,
+                Some("dashboard.listen".to_owned())
+            ),
+            (
+                "kinfra.toml".to_owned(),
+                Some(6),
+                Some("services.web.port".to_owned())
+            ),
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn builder_builds_and_validates() {
+    let config = Config::builder()
+        .project("demo")
+        .service(
+            "api",
+            ServiceConfig::new("python3 -m http.server ${PORT}")
+                .port(PortSpec::Auto)
+                .env("LOG_LEVEL", "info")
+                .depends_on("db", DependCondition::Healthy)
+                .restart(RestartPolicy::Always)
+                .health(ProbeConfig::http("/healthz"))
+                .working_dir("app"),
+        )
+        .resource("db", ResourceConfig::new(Template::Postgres))
+        .route("/api", "api")
+        .state_dir("/tmp/kinfra-test")
+        .dashboard_listen("127.0.0.1:0")
+        .proxy_http(None)
+        .build()
+        .unwrap();
+    assert_eq!(config.project.name, "demo");
+    assert_eq!(config.origin, "<builder>");
+    assert_eq!(config.proxy.http, None);
+    assert_eq!(config.dashboard.listen, "127.0.0.1:0");
+    assert_eq!(config.state_dir(), PathBuf::from("/tmp/kinfra-test"));
+    let api = &config.services["api"];
+    assert_eq!(api.port, Some(PortSpec::Auto));
+    assert_eq!(api.env["LOG_LEVEL"], "info");
+    assert_eq!(api.restart, RestartPolicy::Always);
+    assert_eq!(api.working_dir, Some(PathBuf::from("app")));
+    assert_eq!(
+        api.health.as_ref().unwrap().http.as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(config.routes[0].path, "/api");
+    assert_eq!(config.routes[0].service.as_deref(), Some("api"));
+    assert_eq!(ProbeConfig::tcp().tcp, Some(TcpTarget::OwnPort(true)));
+    assert_eq!(
+        ProbeConfig::exec("pg_isready").exec,
+        Some(CommandSpec::Shell("pg_isready".into()))
+    );
+
+    let err = Config::builder()
+        .service(
+            "api",
+            ServiceConfig::new("serve ${PORT}").health(ProbeConfig::tcp()),
+        )
+        .route("/x", "nope")
+        .build()
+        .unwrap_err();
+    let got: Vec<(&str, Option<usize>, Option<&str>)> = err
+        .0
+        .iter()
+        .map(|e| (e.origin.as_str(), e.line, e.key.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("<builder>", None, Some("services.api.command")),
+            ("<builder>", None, Some("services.api.health.tcp")),
+            ("<builder>", None, Some("routes[0].service")),
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_uses_the_configs_origin() {
+    let mut config = load(Format::Toml, API, &[]).unwrap();
+    assert_eq!(config.validate(), Ok(()));
+    config.services.get_mut("api").unwrap().port = Some(PortSpec::Fixed(9000));
+    let err = config.validate().unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert_eq!(
+        err.0[0].to_string(),
+        "kinfra.toml: services.api.port: port 9000 is also used by dashboard.listen"
+    );
+}
+
+#[test]
+fn from_file_picks_format_origin_and_base_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kinfra.yaml");
+    std::fs::write(&path, "project:\n  name: filed\n").unwrap();
+    let config = Config::from_file_with_env(&path, &[]).unwrap();
+    assert_eq!(config.project.name, "filed");
+    assert_eq!(config.origin, path.display().to_string());
+    assert_eq!(config.state_dir(), dir.path().join(".kinfra"));
+
+    let bad = dir.path().join("kinfra.json");
+    std::fs::write(&bad, "{\"project\": {\"nam\": 1}}").unwrap();
+    let err = Config::from_file_with_env(&bad, &[]).unwrap_err();
+    assert_eq!(err.0[0].origin, bad.display().to_string());
+    assert_eq!((err.0[0].line, err.0[0].column), (Some(1), Some(14)));
+
+    let missing = Config::from_file_with_env(&dir.path().join("nope.toml"), &[]).unwrap_err();
+    assert!(missing.0[0].message.starts_with("cannot read the file"));
+}
+
+#[test]
+fn an_empty_file_is_the_default_config() {
+    for format in [Format::Toml, Format::Yaml] {
+        let config = load(format, "", &[]).unwrap();
+        let want = Config {
+            base_dir: PathBuf::from("/srv/app"),
+            origin: origin_for(format).into(),
+            ..Config::default()
+        };
+        assert_eq!(config, want);
+    }
+}

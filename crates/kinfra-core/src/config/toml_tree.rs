@@ -81,6 +81,7 @@ fn spanned(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::source::{Anchor, Pos};
     use super::*;

@@ -252,7 +252,7 @@ impl Checker<'_> {
             }
         }
         let backoff = &svc.backoff;
-        if !(backoff.factor >= 1.0) {
+        if backoff.factor.is_nan() || backoff.factor < 1.0 {
             self.issue(
                 join_key(&join_key(&base, "backoff"), "factor"),
                 Anchor::Value,

@@ -208,6 +208,7 @@ fn is_float(text: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::source::Anchor;
     use super::*;
