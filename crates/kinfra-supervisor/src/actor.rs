@@ -675,7 +675,15 @@ impl Actor {
         let (program, args) = self.build_argv(port)?;
         let secrets = self.secret_values(&env);
         let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let shown = redact(&self.cfg.command.display(), &secret_refs);
+        let full = match &self.cfg.command {
+            CommandSpec::Shell(_) => args.last().cloned().unwrap_or_default(),
+            CommandSpec::Argv(_) => {
+                let mut all = vec![program.clone()];
+                all.extend(args.iter().cloned());
+                all.join(" ")
+            }
+        };
+        let shown = redact(&full, &secret_refs);
         let spec = SpawnSpec {
             program: program.clone(),
             args,

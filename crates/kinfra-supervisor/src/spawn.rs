@@ -245,13 +245,14 @@ pub fn signal_exact(pid: i32, start_time: u64, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
-/// True when some process is still in group `pgid` (zombies count as gone only after reaping).
+/// True when a live (not zombie) process is still in group `pgid`.
 pub fn group_alive(pgid: i32) -> bool {
     if pgid <= 1 {
         return false;
     }
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    procfs::all()
+        .iter()
+        .any(|p| p.pgid == pgid && !p.is_zombie())
 }
 
 #[cfg(test)]

@@ -1,3 +1,11 @@
-//! Integration tests of the supervisor against real processes.
+//! Integration tests of the supervisor against real processes (sh and python3 scripts).
 
-fn main() {}
+mod basic;
+mod deps;
+mod logs;
+mod ports;
+mod probes;
+mod reload;
+mod restart;
+mod stop;
+mod support;
