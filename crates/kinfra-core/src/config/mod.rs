@@ -10,7 +10,8 @@
 //! 3. the tree is deserialized into [`Config`]; each schema error (unknown key, wrong type,
 //!    bad duration, ...) is reported at its key, and loading goes on past it to find more;
 //! 4. semantic checks run ([`Config::validate`]): dependencies and cycles, routes, ports,
-//!    listen addresses, probes, `${...}` references, names.
+//!    listen addresses, probes, `${...}` references, names. They run once the schema errors
+//!    are gone (on a config with holes they would report echoes of those errors).
 //!
 //! Keys are named by dotted paths with list indexes in brackets: `services.api.port`,
 //! `routes[0].service`, `services.api.args[1]`; a map key with characters other than

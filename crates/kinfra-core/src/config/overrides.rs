@@ -9,11 +9,13 @@
 //!
 //! The value is typed by the value already at that path (a string stays a string), else by
 //! the schema's default there, else guessed: integer, `true`/`false`, float, JSON when it
-//! starts with `[` or `{`, else string.
+//! starts with `[` or `{`, else string Values of `env` and `volumes` tables and of
+//! secret-looking keys (`token`, `password`, ...) are always strings.
 
 use super::ConfigError;
 use super::model::{Config, ResourceConfig, RouteConfig, ServiceConfig, Template};
 use super::source::{SourceMap, join_index, join_key};
+use crate::secret::is_secret_name;
 use serde_json::{Map, Value};
 
 const PREFIX: &str = "KINFRA_";
@@ -85,8 +87,11 @@ fn apply_one(
                     if last {
                         let existing = obj.get(&key).filter(|v| !v.is_null()).cloned();
                         keys.push(key.clone());
-                        // `env` and `volumes` tables hold strings.
-                        let hint = if matches!(parent_key.as_str(), "env" | "volumes") {
+                        // `env` and `volumes` tables hold strings, and so do secrets
+                        // (which must never be echoed in a type error).
+                        let hint = if matches!(parent_key.as_str(), "env" | "volumes")
+                            || is_secret_name(&key)
+                        {
                             Some(Value::String(String::new()))
                         } else {
                             existing.or_else(|| schema.default_at(&keys))
@@ -305,6 +310,7 @@ mod tests {
                 ("KINFRA_SERVICES__WEB__PORT", "3000"),
                 ("KINFRA_PROJECT__NAME", "123"),
                 ("KINFRA_PROXY__ENABLED", "false"),
+                ("KINFRA_BUS__TOKEN", "12345"),
                 ("KINFRA_SERVICES__API__BACKOFF__FACTOR", "1.5"),
                 ("KINFRA_SERVICES__API__ARGS", "[\"-v\", \"--x\"]"),
                 ("KINFRA_ROUTES__0__PATH", "/b"),
@@ -323,6 +329,7 @@ mod tests {
         // The schema says the name is a string.
         assert_eq!(tree["project"]["name"], "123");
         assert_eq!(tree["proxy"]["enabled"], false);
+        assert_eq!(tree["bus"]["token"], "12345");
         assert_eq!(tree["services"]["api"]["backoff"]["factor"], 1.5);
         assert_eq!(tree["services"]["api"]["args"], json!(["-v", "--x"]));
         assert_eq!(tree["routes"][0]["path"], "/b");

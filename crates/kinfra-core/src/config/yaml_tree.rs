@@ -8,6 +8,9 @@ use super::source::{Pos, SourceMap, SyntaxError, join_index, join_key};
 use saphyr_parser::{Event, Parser, ScalarStyle, Span, StrInput};
 use serde_json::{Map, Number, Value};
 
+/// Nesting deeper than this is rejected (a config is never this deep; it guards the stack).
+const MAX_DEPTH: usize = 128;
+
 /// Parses a YAML document. An empty document is an empty map.
 pub(crate) fn parse(text: &str) -> Result<(Value, SourceMap), SyntaxError> {
     let mut b = Builder {
@@ -73,7 +76,7 @@ impl<'a> Builder<'a> {
                     if matches!(ev, Event::DocumentEnd) {
                         value = Some(Value::Object(Map::new()));
                     } else {
-                        value = Some(self.node(ev, span, "")?);
+                        value = Some(self.node(ev, span, "", 0)?);
                     }
                 }
                 _ => return Err(err(&span, "invalid YAML: unexpected content")),
@@ -82,10 +85,26 @@ impl<'a> Builder<'a> {
         Ok(value.unwrap_or_else(|| Value::Object(Map::new())))
     }
 
-    fn node(&mut self, ev: Event<'a>, span: Span, path: &str) -> Result<Value, SyntaxError> {
+    fn node(
+        &mut self,
+        ev: Event<'a>,
+        span: Span,
+        path: &str,
+        depth: usize,
+    ) -> Result<Value, SyntaxError> {
+        if depth > MAX_DEPTH {
+            return Err(err(&span, "nested too deeply"));
+        }
         self.map.set_value(path, pos(&span));
         match ev {
-            Event::Scalar(text, style, _, _) => Ok(scalar(&text, style)),
+            Event::Scalar(text, style, _, tag) => {
+                // `!!str 123` is the string "123"; other tags are ignored.
+                if tag.is_some_and(|t| t.is_yaml_core_schema() && t.suffix == "str") {
+                    Ok(Value::String(text.into_owned()))
+                } else {
+                    Ok(scalar(&text, style))
+                }
+            }
             Event::Alias(_) => Err(err(
                 &span,
                 "YAML aliases (`*name`) are not supported in kinfra config; write the value out",
@@ -98,7 +117,7 @@ impl<'a> Builder<'a> {
                         break;
                     }
                     let child = join_index(path, items.len());
-                    items.push(self.node(ev, span, &child)?);
+                    items.push(self.node(ev, span, &child, depth + 1)?);
                 }
                 Ok(Value::Array(items))
             }
@@ -131,7 +150,7 @@ impl<'a> Builder<'a> {
                     let child = join_key(path, &key);
                     self.map.set_key(&child, pos(&span));
                     let (ev, vspan) = self.next()?;
-                    let value = self.node(ev, vspan, &child)?;
+                    let value = self.node(ev, vspan, &child, depth + 1)?;
                     out.insert(key, value);
                 }
                 Ok(Value::Object(out))
@@ -215,7 +234,7 @@ mod tests {
 
     #[test]
     fn typing_follows_the_core_schema() {
-        let text = "a: 1\nb: \"1\"\nc: no\nd: true\ne: 1.5\nf: ~\ng: 0x10\nh: 2s\ni: -3\nj: 1e3\nk: '.5'\n";
+        let text = "a: 1\nb: \"1\"\nc: no\nd: true\ne: 1.5\nf: ~\ng: 0x10\nh: 2s\ni: -3\nj: 1e3\nk: '.5'\nl: !!str 8080\n";
         let (v, _) = parse(text).unwrap();
         assert_eq!(v["a"], 1);
         assert_eq!(v["b"], "1");
@@ -228,6 +247,7 @@ mod tests {
         assert_eq!(v["i"], -3);
         assert_eq!(v["j"], 1000.0);
         assert_eq!(v["k"], ".5");
+        assert_eq!(v["l"], "8080");
     }
 
     #[test]
