@@ -304,6 +304,21 @@ fn invalid_toml_files() {
                 "`${resources.cache.url}` names an unknown resource `cache`",
             )],
         ),
+        // `cwd` (another name for `working_dir`) and probe commands are checked too.
+        (
+            format!(
+                "{API}cwd = \"/srv/${{services.gone.port}}\"\n\
+                 health = {{ exec = [\"check\", \"${{resources.db.port\"] }}\n"
+            ),
+            vec![
+                (
+                    Some(4),
+                    Some("services.api.working_dir"),
+                    "names an unknown service `gone`",
+                ),
+                (Some(5), Some("services.api.health.exec[1]"), "unterminated `${`"),
+            ],
+        ),
         // Names.
         (
             "[services.\"bad name\"]\ncommand = \"x\"\n[services.\"\"]\ncommand = \"y\"\n".into(),
