@@ -869,15 +869,17 @@ impl Actor {
                     self.set_health(Health::Healthy, ev.message);
                     self.set_state(ServiceState::Running, "Service is running".into());
                 } else {
-                    self.sink
-                        .system_warn(format!("Readiness probe failing: {}", ev.message));
+                    if ev.changed {
+                        self.sink
+                            .system_warn(format!("Readiness probe failing: {}", ev.message));
+                    }
                     self.set_health(Health::Unhealthy, ev.message.clone());
                     let state = self.state();
                     self.set_state(state, format!("Readiness probe failing: {}", ev.message));
                 }
             }
             ProbeKind::Liveness => {
-                if ev.healthy {
+                if ev.healthy || !ev.changed {
                     return;
                 }
                 let reason = format!("Liveness probe failed: {}", ev.message);

@@ -356,6 +356,8 @@ pub struct ProbeEvent {
     pub healthy: bool,
     /// The last probe's note or error.
     pub message: String,
+    /// False when only the message changed (still failing, for another reason).
+    pub changed: bool,
 }
 
 /// Runs a probe loop until the returned handle is aborted, sending verdict changes.
@@ -374,6 +376,7 @@ pub fn start_loop(
     tokio::spawn(async move {
         tokio::time::sleep(initial_delay).await;
         let mut verdict: Option<bool> = None;
+        let mut last_message = String::new();
         let (mut oks, mut fails) = (0u32, 0u32);
         loop {
             let result = probe_once(&target, timeout).await;
@@ -394,15 +397,19 @@ pub fn start_loop(
             } else {
                 verdict
             };
-            if new != verdict
+            let changed = new != verdict;
+            let new_reason = new == Some(false) && message != last_message;
+            if (changed || new_reason)
                 && let Some(healthy) = new
             {
                 verdict = new;
+                last_message = message.clone();
                 let ev = ProbeEvent {
                     generation,
                     kind,
                     healthy,
                     message,
+                    changed,
                 };
                 if tx.send(ev).await.is_err() {
                     return;

@@ -1,1 +1,170 @@
-//! logs tests.
+//! Log capture: last line before exit, lines without newline, long lines, floods with
+//! rotation and no loss, followers.
+
+use crate::support::*;
+use kinfra_core::config::{ByteSize, RestartPolicy};
+use kinfra_core::state::ServiceState;
+use std::collections::BTreeSet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_line_before_exit_is_captured_even_without_newline() {
+    let p = Project::new();
+    let mut a = sh("echo first; printf 'last-without-newline'");
+    a.restart = RestartPolicy::No;
+    let mut b = sh("for i in $(seq 1 500); do echo line $i; done; echo goodbye >&2; exit 3");
+    b.restart = RestartPolicy::No;
+    let s = p.start(&services(vec![("a", a), ("b", b)])).await;
+    expect_state(&s, "a", ServiceState::Completed, SECS(5)).await;
+    expect_state(&s, "b", ServiceState::Failed, SECS(5)).await;
+    assert!(
+        wait_for(SECS(5), || {
+            let m = messages(&s, "a");
+            let i1 = m.iter().position(|x| x == "first");
+            let i2 = m.iter().position(|x| x == "last-without-newline");
+            i1.is_some() && i2 > i1
+        })
+        .await,
+        "{:?}",
+        messages(&s, "a")
+    );
+    // stdout and stderr are separate pipes: wait for the end of both.
+    assert!(
+        wait_for(SECS(5), || {
+            let m = messages(&s, "b");
+            m.contains(&"goodbye".to_string()) && m.contains(&"line 500".to_string())
+        })
+        .await
+    );
+    let m = messages(&s, "b");
+    let lines: Vec<&String> = m.iter().filter(|x| x.starts_with("line ")).collect();
+    assert_eq!(lines.len(), 500);
+    assert_eq!(lines.last().map(|s| s.as_str()), Some("line 500"));
+    s.shutdown(SECS(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lines_are_split() {
+    let p = Project::new();
+    let mut svc = sh("python3 -c \"print('x' * 5000); print('short')\"");
+    svc.restart = RestartPolicy::No;
+    svc.log.max_line = ByteSize(1024);
+    let s = p.start(&services(vec![("long", svc)])).await;
+    expect_state(&s, "long", ServiceState::Completed, SECS(5)).await;
+    assert!(wait_for(SECS(5), || messages(&s, "long").contains(&"short".to_string())).await);
+    let xs: Vec<usize> = messages(&s, "long")
+        .iter()
+        .filter(|m| m.starts_with('x'))
+        .map(|m| m.len())
+        .collect();
+    assert_eq!(xs, vec![1024, 1024, 1024, 1024, 904]);
+    s.shutdown(SECS(5)).await;
+}
+
+fn read_all_log_files(dir: &std::path::Path, name: &str, keep: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in (1..=keep).rev() {
+        if let Ok(t) = std::fs::read_to_string(dir.join(format!("{name}.log.{n}"))) {
+            out.extend(t.lines().map(str::to_owned));
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string(dir.join(format!("{name}.log"))) {
+        out.extend(t.lines().map(str::to_owned));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_rotates_without_losing_lines_and_supervisor_stays_responsive() {
+    let p = Project::new();
+    const N: usize = 60_000;
+    let mut flood = sh(&format!(
+        "python3 -c \"import sys\nfor i in range({N}): sys.stdout.write('flood %06d %s\\n' % (i, 'y' * 40))\nsys.stdout.write('END')\""
+    ));
+    flood.restart = RestartPolicy::No;
+    flood.log.max_size = ByteSize(256 * 1024);
+    flood.log.keep = 40;
+    flood.log.ring = 500;
+    let s = p.start(&services(vec![("flood", flood), ("calm", sh("exec sleep 30"))])).await;
+    let mut follower = s.subscribe_logs();
+    // Status answers at once while the flood runs.
+    let t0 = std::time::Instant::now();
+    for _ in 0..50 {
+        let _ = s.status();
+    }
+    assert!(t0.elapsed() < std::time::Duration::from_millis(500));
+    expect_state(&s, "calm", ServiceState::Running, SECS(5)).await;
+    assert!(
+        wait_for(SECS(30), || messages(&s, "flood").last().map(|m| m == "END").unwrap_or(false)
+            || messages(&s, "flood").iter().rev().take(3).any(|m| m == "END"))
+        .await,
+        "END never arrived"
+    );
+    // Ring is bounded.
+    assert!(s.logs(Some("flood"), 100_000).unwrap_or_default().len() <= 500);
+    // Files hold every line once, in order.
+    let log_dir = p.state_dir().join("logs");
+    assert!(log_dir.join("flood.log.1").exists(), "no rotation happened");
+    let lines = read_all_log_files(&log_dir, "flood", 40);
+    let mut seen = BTreeSet::new();
+    let mut last = None;
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        let msg = v["message"].as_str().unwrap_or("");
+        if let Some(rest) = msg.strip_prefix("flood ") {
+            let n: usize = rest[..6].parse().unwrap_or(usize::MAX);
+            assert!(last.is_none_or(|l| n == l + 1), "out of order at {n} after {last:?}");
+            last = Some(n);
+            seen.insert(n);
+        }
+    }
+    assert_eq!(seen.len(), N, "lines lost");
+    assert!(lines.iter().any(|l| l.contains("\"message\":\"END\"")));
+    for f in std::fs::read_dir(&log_dir).map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>()).unwrap_or_default() {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        assert!(len <= 256 * 1024, "{:?} is {len} bytes", f.path());
+    }
+    // Followers got lines too.
+    let (mut got, mut lagged) = (0, false);
+    loop {
+        match follower.try_recv() {
+            Ok(l) => got += usize::from(l.service == "flood"),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+            Err(_) => break,
+        }
+    }
+    assert!(got > 0 && lagged, "got {got}, lagged {lagged}");
+    s.shutdown(SECS(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_services_logs_interleave_and_follow() {
+    let p = Project::new();
+    let s = p.start(&services(vec![])).await;
+    let mut follower = s.subscribe_logs();
+    s.apply(&services(vec![
+        ("one", sh("echo from-one; exec sleep 30")),
+        ("two", sh("echo from-two; exec sleep 30")),
+    ]))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_for(SECS(5), || {
+            let all: Vec<String> = s.logs(None, 100).unwrap_or_default().into_iter().map(|l| format!("{}:{}", l.service, l.line.message)).collect();
+            all.contains(&"one:from-one".to_string()) && all.contains(&"two:from-two".to_string())
+        })
+        .await
+    );
+    let mut followed = Vec::new();
+    while let Ok(Ok(l)) = tokio::time::timeout(SECS(1), follower.recv()).await {
+        followed.push(format!("{}:{}", l.service, l.line.message));
+        if followed.contains(&"one:from-one".to_string()) && followed.contains(&"two:from-two".to_string()) {
+            break;
+        }
+    }
+    assert!(followed.contains(&"one:from-one".to_string()), "{followed:?}");
+    let all = s.logs(None, 100).unwrap_or_default();
+    assert!(all.windows(2).all(|w| w[0].line.timestamp <= w[1].line.timestamp));
+    assert_eq!(s.logs(None, 1).unwrap_or_default().len(), 1);
+    assert!(s.logs(Some("nope"), 1).is_err());
+    s.shutdown(SECS(5)).await;
+}

@@ -1,1 +1,48 @@
-//! ports tests.
+//! Ports: auto ports persisted across runs, fixed ports held by foreign processes.
+
+use crate::support::*;
+use kinfra_core::config::PortSpec;
+use kinfra_core::state::ServiceState;
+use kinfra_supervisor::SupervisorError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_is_kept_across_two_runs() {
+    let p = Project::new();
+    let mut svc = sh("echo port=$PORT; exec sleep 30");
+    svc.port = Some(PortSpec::Auto);
+    let list = services(vec![("api", svc)]);
+    let s = p.start(&list).await;
+    let port = s.port_of("api").unwrap_or(0);
+    assert!(port > 0);
+    assert!(wait_for(SECS(5), || messages(&s, "api").contains(&format!("port={port}"))).await);
+    s.shutdown(SECS(5)).await;
+    drop(s);
+    let saved = std::fs::read_to_string(p.state_dir().join("ports.json")).unwrap_or_default();
+    assert!(saved.contains(&port.to_string()), "{saved}");
+
+    let s2 = p.start(&list).await;
+    assert_eq!(s2.port_of("api"), Some(port));
+    expect_state(&s2, "api", ServiceState::Running, SECS(5)).await;
+    assert_eq!(status_of(&s2, "api").port, Some(port));
+    s2.shutdown(SECS(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_port_held_by_a_foreign_process_names_the_holder() {
+    let p = Project::new();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = holder.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut svc = sh("exec sleep 30");
+    svc.port = Some(PortSpec::Fixed(port));
+    let err = kinfra_supervisor::Supervisor::start(&services(vec![("web", svc)]), p.opts())
+        .await
+        .err();
+    let Some(SupervisorError::PortInUse { service, source }) = err else {
+        panic!("expected PortInUse, got {err:?}");
+    };
+    assert_eq!(service, "web");
+    assert_eq!(source.holder.as_ref().map(|h| h.pid), Some(std::process::id() as i32));
+    let msg = source.to_string();
+    assert!(msg.starts_with(&format!("port {port} is already in use by pid {}", std::process::id())), "{msg}");
+    drop(holder);
+}
