@@ -71,6 +71,7 @@ impl StateLock {
 }
 
 /// The PID written in the lock file of `dir`, when a live runtime holds it.
+#[cfg(test)]
 pub fn holder_pid(dir: &Path) -> Option<u32> {
     let file = File::open(dir.join(LOCK_FILE)).ok()?;
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
