@@ -3,7 +3,6 @@
 //! never awaited) and as a `watch` snapshot that status reads without asking the actor.
 
 use crate::backoff::{self, CrashGuard};
-use crate::interp;
 use crate::logs::LogSink;
 use crate::pids::{self, PidRecord, TAG_VAR};
 use crate::ports::{self, PortError, PortStore};
@@ -11,6 +10,7 @@ use crate::probe::{self, ProbeEvent, ProbeKind};
 use crate::procfs::{self, ProcStat};
 use crate::spawn::{self, SpawnSpec};
 use crate::watch::FileWatch;
+use kinfra_core::config::interpolate::interpolate;
 use kinfra_core::config::{CommandSpec, DependCondition, PortSpec, RestartPolicy, ServiceConfig};
 use kinfra_core::event::{EventKind, EventSender, ExitInfo};
 use kinfra_core::secret::{is_secret_name, redact};
@@ -489,7 +489,9 @@ impl Actor {
                     DependCondition::CompletedSuccessfully => "to complete successfully",
                 };
                 let note = match s.state {
-                    ServiceState::Failed | ServiceState::Stopped => format!(" ({} is {})", dep, s.state),
+                    ServiceState::Failed | ServiceState::Stopped => {
+                        format!(" ({} is {})", dep, s.state)
+                    }
                     _ => String::new(),
                 };
                 waiting.push(format!("{dep} {what}{note}"));
@@ -516,29 +518,52 @@ impl Actor {
         }
     }
 
-    fn lookup(&self, port: Option<u16>, name: &str) -> Result<Option<String>, String> {
+    fn lookup(&self, port: Option<u16>, name: &str) -> Option<String> {
         if name == "PORT" {
-            return Ok(port.map(|p| p.to_string()));
+            return port.map(|p| p.to_string());
         }
-        if let Some(other) = interp::service_port_ref(name) {
-            return match self.shared.port_of(other) {
-                Some(p) => Ok(Some(p.to_string())),
-                None => Err(format!(
-                    "`${{{name}}}`: service `{other}` has no port (or does not exist)"
-                )),
-            };
+        if let Some(other) = name
+            .strip_prefix("services.")
+            .and_then(|r| r.strip_suffix(".port"))
+        {
+            return self.shared.port_of(other).map(|p| p.to_string());
         }
-        if let Some(v) = self.cfg.env.get(name) {
-            return Ok(Some(v.clone()));
+        if name.contains('.') {
+            // `resources.NAME.FIELD`: not known to the supervisor.
+            return None;
         }
-        if let Some(v) = self.shared.global_env.get(name) {
-            return Ok(Some(v.clone()));
-        }
-        Ok(std::env::var(name).ok())
+        self.cfg
+            .env
+            .get(name)
+            .or_else(|| self.shared.global_env.get(name))
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
     }
 
     fn interpolate(&self, port: Option<u16>, text: &str) -> Result<String, String> {
-        interp::interpolate(text, &|n| self.lookup(port, n))
+        interpolate(text, &|n| self.lookup(port, n)).map_err(|e| e.to_string())
+    }
+
+    /// The probe with `${...}` references in its command or URL resolved.
+    fn interpolate_probe(
+        &self,
+        cfg: &kinfra_core::config::ProbeConfig,
+        port: Option<u16>,
+    ) -> Result<kinfra_core::config::ProbeConfig, String> {
+        let mut out = cfg.clone();
+        if let Some(http) = &cfg.http {
+            out.http = Some(self.interpolate(port, http)?);
+        }
+        out.exec = match &cfg.exec {
+            Some(CommandSpec::Shell(s)) => Some(CommandSpec::Shell(self.interpolate(port, s)?)),
+            Some(CommandSpec::Argv(v)) => Some(CommandSpec::Argv(
+                v.iter()
+                    .map(|a| self.interpolate(port, a))
+                    .collect::<Result<_, _>>()?,
+            )),
+            None => None,
+        };
+        Ok(out)
     }
 
     fn build_env(&self, port: Option<u16>) -> Result<Vec<(String, String)>, String> {
@@ -727,7 +752,10 @@ impl Actor {
             (ProbeKind::Liveness, self.cfg.liveness.as_ref()),
         ] {
             let Some(cfg) = cfg else { continue };
-            match probe::resolve(cfg, port, &env, &cwd) {
+            let resolved = self
+                .interpolate_probe(cfg, port)
+                .and_then(|cfg| probe::resolve(&cfg, port, &env, &cwd));
+            match resolved {
                 Ok(target) => {
                     has_readiness |= kind == ProbeKind::Readiness;
                     probes.push(probe::start_loop(
@@ -827,8 +855,7 @@ impl Actor {
         if self.guard.record(now) {
             let failures = self.guard.count();
             let window = kinfra_core::config::format_duration(self.cfg.crash_loop.window.0);
-            let message =
-                format!("Crash loop: {failures} failures in {window}; start it by hand");
+            let message = format!("Crash loop: {failures} failures in {window}; start it by hand");
             self.mode = Mode::Idle;
             warn!(service = %self.name, failures, "Crash loop; giving up.");
             self.sink.system_warn(message.clone());
@@ -924,7 +951,11 @@ impl Actor {
         let found = procfs::descendants(&procs, child.pid);
         let mut added = Vec::new();
         for p in found {
-            if !child.descendants.iter().any(|d| d.pid == p.pid && d.start_time == p.start_time) {
+            if !child
+                .descendants
+                .iter()
+                .any(|d| d.pid == p.pid && d.start_time == p.start_time)
+            {
                 child.descendants.push(p);
                 added.push(PidRecord {
                     pid: p.pid,
@@ -933,7 +964,9 @@ impl Actor {
                 });
             }
         }
-        child.descendants.retain(|d| procfs::is_same_alive(d.pid, d.start_time));
+        child
+            .descendants
+            .retain(|d| procfs::is_same_alive(d.pid, d.start_time));
         if !added.is_empty() {
             self.shared.pids.add(&self.name, &added);
         }
@@ -1012,10 +1045,8 @@ impl Actor {
             Ok(r) => r.ok(),
             Err(_) => {
                 info!(service = %self.name, pid, "Grace period over; sending SIGKILL.");
-                self.sink.system(format!(
-                    "Did not stop within {}; killing",
-                    fmt_delay(grace)
-                ));
+                self.sink
+                    .system(format!("Did not stop within {}; killing", fmt_delay(grace)));
                 spawn::signal_group(pid, libc::SIGKILL);
                 for v in &victims {
                     spawn::signal_exact(v.pid, v.start_time, libc::SIGKILL);

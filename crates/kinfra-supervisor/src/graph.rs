@@ -66,7 +66,9 @@ mod tests {
     fn svc(deps: &[&str]) -> ServiceConfig {
         let mut c = ServiceConfig::new("true");
         for d in deps {
-            c.depends_on.0.insert(d.to_string(), DependCondition::Started);
+            c.depends_on
+                .0
+                .insert(d.to_string(), DependCondition::Started);
         }
         c
     }
@@ -84,7 +86,10 @@ mod tests {
         assert_eq!(order.len(), 4);
         assert!(pos("db") < pos("cache") && pos("cache") < pos("api") && pos("api") < pos("web"));
         let deps = dependents(&s);
-        assert_eq!(deps.get("db").cloned().unwrap_or_default(), vec!["api", "cache"]);
+        assert_eq!(
+            deps.get("db").cloned().unwrap_or_default(),
+            vec!["api", "cache"]
+        );
     }
 
     #[test]

@@ -21,7 +21,6 @@
 mod actor;
 pub mod backoff;
 pub mod graph;
-pub mod interp;
 pub mod logs;
 pub mod pids;
 pub mod ports;
@@ -235,7 +234,8 @@ impl Supervisor {
         spawn::init().map_err(SupervisorError::Spawner)?;
         let tag_prefix = pids::tag_prefix(&state_dir);
         let pids_path = state_dir.join("pids.json");
-        let killed = pids::kill_leftovers(&pids_path, &tag_prefix).map_err(state_err(&pids_path))?;
+        let killed =
+            pids::kill_leftovers(&pids_path, &tag_prefix).map_err(state_err(&pids_path))?;
         if killed > 0 {
             info!(killed, "Killed processes left by a previous run.");
             // Let them die, so their ports are free again.
@@ -417,7 +417,9 @@ impl Supervisor {
         }
     }
 
-    fn validate(services: &BTreeMap<String, ServiceConfig>) -> Result<Vec<String>, SupervisorError> {
+    fn validate(
+        services: &BTreeMap<String, ServiceConfig>,
+    ) -> Result<Vec<String>, SupervisorError> {
         for (name, cfg) in services {
             if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
                 return Err(SupervisorError::InvalidService {
@@ -432,7 +434,10 @@ impl Supervisor {
                 });
             }
             if cfg.depends_on.0.contains_key(name) {
-                return Err(SupervisorError::DependencyCycle(vec![name.clone(), name.clone()]));
+                return Err(SupervisorError::DependencyCycle(vec![
+                    name.clone(),
+                    name.clone(),
+                ]));
             }
         }
         graph::topo_order(services).map_err(SupervisorError::DependencyCycle)
@@ -449,7 +454,9 @@ impl Supervisor {
         let shared = &self.inner.shared;
         let mut out = BTreeMap::new();
         for name in names {
-            let Some(cfg) = services.get(name) else { continue };
+            let Some(cfg) = services.get(name) else {
+                continue;
+            };
             let Some(spec) = cfg.port else { continue };
             match spec {
                 PortSpec::Fixed(p) => {
@@ -521,7 +528,8 @@ impl Supervisor {
                 Some(_) => summary.unchanged.push(name.clone()),
             }
         }
-        let old_order = graph::topo_order(&current).unwrap_or_else(|_| current.keys().cloned().collect());
+        let old_order =
+            graph::topo_order(&current).unwrap_or_else(|_| current.keys().cloned().collect());
         summary.removed = old_order
             .iter()
             .rev()
@@ -679,7 +687,11 @@ impl Supervisor {
                 }
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let (tx, rx) = oneshot::channel();
-                if cmds.send(Command::Shutdown(grace.min(left), tx)).await.is_ok() {
+                if cmds
+                    .send(Command::Shutdown(grace.min(left), tx))
+                    .await
+                    .is_ok()
+                {
                     let _ = rx.await;
                 }
                 if let Some(done) = done {
@@ -702,7 +714,10 @@ impl Supervisor {
         // Actors reap their children as soon as they die.
         let reap_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         for t in tasks.iter_mut() {
-            if tokio::time::timeout_at(reap_deadline, &mut *t).await.is_err() {
+            if tokio::time::timeout_at(reap_deadline, &mut *t)
+                .await
+                .is_err()
+            {
                 t.abort();
             }
         }

@@ -176,9 +176,13 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("ports.json");
         let store = PortStore::load(&path)?;
-        let (p1, new1) = store.resolve("api", PortSpec::Auto).map_err(io::Error::other)?;
+        let (p1, new1) = store
+            .resolve("api", PortSpec::Auto)
+            .map_err(io::Error::other)?;
         assert!(new1);
-        let (p1b, new1b) = store.resolve("api", PortSpec::Auto).map_err(io::Error::other)?;
+        let (p1b, new1b) = store
+            .resolve("api", PortSpec::Auto)
+            .map_err(io::Error::other)?;
         assert_eq!((p1, false), (p1b, new1b));
         let again = PortStore::load(&path)?;
         assert_eq!(again.get("api"), Some(p1));
@@ -193,7 +197,10 @@ mod tests {
         let holder = err.as_ref().and_then(|e| e.holder.clone());
         assert_eq!(holder.map(|h| h.pid), Some(std::process::id() as i32));
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains(&format!("port {port} is already in use by pid")), "{msg}");
+        assert!(
+            msg.contains(&format!("port {port} is already in use by pid")),
+            "{msg}"
+        );
         drop(l);
         assert!(check_free(port).is_ok());
         Ok(())

@@ -132,7 +132,10 @@ pub fn resolve(
 pub async fn probe_once(target: &ProbeTarget, timeout: Duration) -> Result<String, String> {
     match tokio::time::timeout(timeout, run(target, timeout)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}", humantime::format_duration(timeout))),
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }
 
@@ -195,7 +198,9 @@ async fn http_get(
     if let Some(want) = want_body
         && !body.contains(want)
     {
-        return Err(format!("HTTP {code}, but the body does not contain `{want}`"));
+        return Err(format!(
+            "HTTP {code}, but the body does not contain `{want}`"
+        ));
     }
     Ok(format!("HTTP {code}"))
 }
@@ -217,8 +222,7 @@ fn response_complete(buf: &[u8]) -> bool {
         return false;
     };
     let head = String::from_utf8_lossy(&buf[..end]);
-    if let Some(len) = header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
-    {
+    if let Some(len) = header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
         return buf.len() >= end + len;
     }
     if header_value(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -238,7 +242,10 @@ pub fn parse_response(buf: &[u8]) -> Result<(u16, String), String> {
         return Err(if buf.is_empty() {
             "empty response".to_string()
         } else {
-            format!("not an HTTP response: `{}`", status_line.chars().take(60).collect::<String>())
+            format!(
+                "not an HTTP response: `{}`",
+                status_line.chars().take(60).collect::<String>()
+            )
         });
     }
     let code: u16 = parts
@@ -258,10 +265,7 @@ pub fn parse_response(buf: &[u8]) -> Result<(u16, String), String> {
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&raw[..nl]);
         let size_hex = size_text.split(';').next().unwrap_or("").trim();
         let Ok(size) = usize::from_str_radix(size_hex, 16) else {

@@ -102,7 +102,9 @@ pub fn environ_has(pid: i32, name: &str, prefix: &str) -> bool {
     needle.extend_from_slice(name.as_bytes());
     needle.push(b'=');
     needle.extend_from_slice(prefix.as_bytes());
-    bytes.split(|b| *b == 0).any(|entry| entry.starts_with(&needle))
+    bytes
+        .split(|b| *b == 0)
+        .any(|entry| entry.starts_with(&needle))
 }
 
 /// The command line of a process, for messages (`None` when unreadable).
@@ -162,7 +164,11 @@ pub fn socket_holder(inodes: &[u64]) -> Option<i32> {
     let wanted: BTreeSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     let dir = fs::read_dir("/proc").ok()?;
     for entry in dir.filter_map(|e| e.ok()) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")) else {

@@ -113,7 +113,14 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
     // (prctl, getppid, raise); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // kinfra died between fork and prctl: the death signal will never come.
@@ -182,8 +189,8 @@ pub async fn wait_exit(pid: i32) -> ExitInfo {
         unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
             .map_err(|e| io::Error::other(e.to_string()))
     });
-    match registered {
-        Ok(afd) => loop {
+    if let Ok(afd) = registered {
+        loop {
             match try_reap(pid) {
                 Ok(Some(exit)) => return exit,
                 Ok(None) => {}
@@ -200,8 +207,7 @@ pub async fn wait_exit(pid: i32) -> ExitInfo {
                 }
                 Err(_) => break,
             }
-        },
-        Err(_) => {}
+        }
     }
     // Fallback: a blocking waitpid on a blocking-pool thread.
     let res = tokio::task::spawn_blocking(move || {

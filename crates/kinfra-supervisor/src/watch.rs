@@ -29,7 +29,11 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         match p.first() {
             None => t.is_empty(),
             Some('*') if p.get(1) == Some(&'*') => {
-                let rest = if p.get(2) == Some(&'/') { &p[3..] } else { &p[2..] };
+                let rest = if p.get(2) == Some(&'/') {
+                    &p[3..]
+                } else {
+                    &p[2..]
+                };
                 (0..=t.len()).any(|i| go(rest, &t[i..]))
             }
             Some('*') => {
@@ -108,20 +112,19 @@ impl FileWatch {
     ) -> Result<(FileWatch, mpsc::Receiver<Vec<PathBuf>>), String> {
         let rules = IgnoreRules::new(cwd, state_dir, &cfg.ignore);
         let (raw_tx, mut raw_rx) = mpsc::channel::<PathBuf>(1024);
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                let Ok(event) = res else { return };
-                if matches!(event.kind, notify::EventKind::Access(_)) {
-                    return;
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            for path in event.paths {
+                if !rules.ignored(&path) {
+                    // A full channel means a restart is coming anyway.
+                    let _ = raw_tx.try_send(path);
                 }
-                for path in event.paths {
-                    if !rules.ignored(&path) {
-                        // A full channel means a restart is coming anyway.
-                        let _ = raw_tx.try_send(path);
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
+            }
+        })
+        .map_err(|e| e.to_string())?;
         for p in &cfg.paths {
             let full = if p.is_absolute() {
                 p.clone()

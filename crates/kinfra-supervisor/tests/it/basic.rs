@@ -1,9 +1,9 @@
 //! Spawn, status, logs, stop, start, environment and working directory.
 
 use crate::support::*;
+use kinfra_core::EventKind;
 use kinfra_core::state::ServiceState;
 use kinfra_core::view::{Action, ActionError};
-use kinfra_core::EventKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawns_reports_status_and_stops() {
@@ -35,7 +35,9 @@ async fn spawns_reports_status_and_stops() {
     let file = std::fs::read_to_string(p.state_dir().join("logs/web.log")).unwrap_or_default();
     assert!(file.contains("\"message\":\"hello from web\""), "{file}");
 
-    sup.act(Action::Stop, "web").await.unwrap_or_else(|e| panic!("stop: {e}"));
+    sup.act(Action::Stop, "web")
+        .await
+        .unwrap_or_else(|e| panic!("stop: {e}"));
     assert!(!alive(pid), "stop resolved but the process lives");
     let st = status_of(&sup, "web");
     assert_eq!(st.state, ServiceState::Stopped);
@@ -48,11 +50,15 @@ async fn spawns_reports_status_and_stops() {
     assert!(kinds.contains(&"process_exited"), "{kinds:?}");
     assert!(kinds.contains(&"state_changed"), "{kinds:?}");
 
-    sup.act(Action::Start, "web").await.unwrap_or_else(|e| panic!("start: {e}"));
+    sup.act(Action::Start, "web")
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
     expect_state(&sup, "web", ServiceState::Running, SECS(5)).await;
     let pid2 = status_of(&sup, "web").pid.unwrap_or(0) as i32;
     assert!(pid2 > 0 && pid2 != pid);
-    sup.act(Action::Restart, "web").await.unwrap_or_else(|e| panic!("restart: {e}"));
+    sup.act(Action::Restart, "web")
+        .await
+        .unwrap_or_else(|e| panic!("restart: {e}"));
     let st = status_of(&sup, "web");
     assert_ne!(st.pid.map(|p| p as i32), Some(pid2));
     assert_eq!(st.restarts, 1);
@@ -64,20 +70,22 @@ async fn spawns_reports_status_and_stops() {
     );
     sup.shutdown(SECS(5)).await;
     let _ = events.try_recv();
-    let _ = EventKind::RuntimeStarted { project: String::new() };
+    let _ = EventKind::RuntimeStarted {
+        project: String::new(),
+    };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_port_and_working_dir_reach_the_child() {
     let p = Project::new();
     std::fs::create_dir_all(p.path().join("sub")).unwrap_or_else(|e| panic!("{e}"));
-    let mut svc = sh(
-        "echo cwd=$(pwd) port=$PORT g=$G s=$S p2=${PORT}; exec sleep 30 # ${API_TOKEN}",
-    );
+    let mut svc =
+        sh("echo cwd=$(pwd) port=$PORT g=$G s=$S p2=${PORT}; exec sleep 30 # ${API_TOKEN}");
     svc.working_dir = Some("sub".into());
     svc.port = Some(kinfra_core::config::PortSpec::Auto);
     svc.env.insert("S".into(), "svc".into());
-    svc.env.insert("API_TOKEN".into(), "supersecretvalue".into());
+    svc.env
+        .insert("API_TOKEN".into(), "supersecretvalue".into());
     let mut opts = p.opts();
     opts.global_env.insert("G".into(), "global".into());
     opts.global_env.insert("S".into(), "overridden".into());
@@ -86,9 +94,17 @@ async fn env_port_and_working_dir_reach_the_child() {
         .unwrap_or_else(|e| panic!("{e}"));
     let port = sup.port_of("app").unwrap_or(0);
     assert!(port > 0);
-    let want_prefix = format!("cwd={}/sub port={port} g=global s=svc", std::fs::canonicalize(p.path()).unwrap_or_default().display());
+    let want_prefix = format!(
+        "cwd={}/sub port={port} g=global s=svc",
+        std::fs::canonicalize(p.path())
+            .unwrap_or_default()
+            .display()
+    );
     assert!(
-        wait_for(SECS(5), || messages(&sup, "app").iter().any(|m| m.starts_with(&want_prefix) && m.ends_with(&format!("p2={port}")))).await,
+        wait_for(SECS(5), || messages(&sup, "app").iter().any(|m| m
+            .starts_with(&want_prefix)
+            && m.ends_with(&format!("p2={port}"))))
+        .await,
         "{:?} (want {want_prefix})",
         messages(&sup, "app")
     );
@@ -105,14 +121,18 @@ async fn bad_command_and_bad_dir_fail_clearly_and_others_keep_running() {
     let p = Project::new();
     let mut bad_dir = sh("exec sleep 30");
     bad_dir.working_dir = Some("does/not/exist".into());
-    let mut missing = kinfra_core::config::ServiceConfig::new(kinfra_core::config::CommandSpec::Argv(vec![
-        "no-such-program-kinfra".into(),
-    ]));
+    let mut missing =
+        kinfra_core::config::ServiceConfig::new(kinfra_core::config::CommandSpec::Argv(vec![
+            "no-such-program-kinfra".into(),
+        ]));
     missing.restart = kinfra_core::config::RestartPolicy::Always;
     let mut shell_missing = sh("no-such-program-kinfra");
     shell_missing.restart = kinfra_core::config::RestartPolicy::No;
+    let mut unknown_var = sh("echo ${KINFRA_IT_SURELY_UNSET}");
+    unknown_var.restart = kinfra_core::config::RestartPolicy::Always;
     let sup = p
         .start(&services(vec![
+            ("unknownvar", unknown_var),
             ("baddir", bad_dir),
             ("missing", missing),
             ("shmissing", shell_missing),
@@ -123,8 +143,18 @@ async fn bad_command_and_bad_dir_fail_clearly_and_others_keep_running() {
     expect_state(&sup, "missing", ServiceState::Failed, SECS(5)).await;
     expect_state(&sup, "shmissing", ServiceState::Failed, SECS(5)).await;
     expect_state(&sup, "good", ServiceState::Running, SECS(5)).await;
+    expect_state(&sup, "unknownvar", ServiceState::Failed, SECS(5)).await;
     let msg = |n| status_of(&sup, n).status_message;
-    assert!(msg("baddir").contains("does not exist"), "{}", msg("baddir"));
+    assert!(
+        msg("unknownvar").starts_with("unknown variable `KINFRA_IT_SURELY_UNSET`"),
+        "{}",
+        msg("unknownvar")
+    );
+    assert!(
+        msg("baddir").contains("does not exist"),
+        "{}",
+        msg("baddir")
+    );
     assert_eq!(msg("missing"), "Command not found: no-such-program-kinfra");
     assert!(msg("shmissing").contains("127"), "{}", msg("shmissing"));
     sup.shutdown(SECS(5)).await;

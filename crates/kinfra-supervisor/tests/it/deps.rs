@@ -1,12 +1,16 @@
 //! Dependency conditions, start order, parallel starts and reverse stop order.
 
 use crate::support::*;
+use kinfra_core::EventKind;
 use kinfra_core::config::{DependCondition, Dur, ProbeConfig, RestartPolicy};
 use kinfra_core::state::ServiceState;
-use kinfra_core::EventKind;
 use std::time::Duration;
 
-fn dep(mut c: kinfra_core::config::ServiceConfig, on: &str, cond: DependCondition) -> kinfra_core::config::ServiceConfig {
+fn dep(
+    mut c: kinfra_core::config::ServiceConfig,
+    on: &str,
+    cond: DependCondition,
+) -> kinfra_core::config::ServiceConfig {
     c.depends_on.0.insert(on.to_string(), cond);
     c
 }
@@ -20,31 +24,53 @@ async fn healthy_dependency_gates_the_dependent() {
         interval: Dur::from_millis(50),
         ..ProbeConfig::default()
     });
-    let api = dep(sh("test -f db-ready && echo db was ready; exec sleep 30"), "db", DependCondition::Healthy);
+    let api = dep(
+        sh("test -f db-ready && echo db was ready; exec sleep 30"),
+        "db",
+        DependCondition::Healthy,
+    );
     let s = p.start(&services(vec![])).await;
     let mut rx = s.events().subscribe();
-    s.apply(&services(vec![("db", db), ("api", api)])).await.unwrap_or_else(|e| panic!("{e}"));
+    s.apply(&services(vec![("db", db), ("api", api)]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // While db starts, api waits and says why.
     assert!(
-        wait_for(SECS(5), || status_of(&s, "api").status_message == "Waiting for db to be healthy").await,
+        wait_for(SECS(5), || status_of(&s, "api").status_message
+            == "Waiting for db to be healthy")
+        .await,
         "{:#?}",
         status_of(&s, "api")
     );
     assert_eq!(state_of(&s, "api"), ServiceState::Pending);
     expect_state(&s, "api", ServiceState::Running, SECS(10)).await;
-    assert!(wait_for(SECS(5), || messages(&s, "api").contains(&"db was ready".to_string())).await);
+    assert!(
+        wait_for(SECS(5), || messages(&s, "api")
+            .contains(&"db was ready".to_string()))
+        .await
+    );
     // Order of events: db running, then api spawned.
     let mut order = Vec::new();
     while let Ok(e) = rx.try_recv() {
         match e.kind {
-            EventKind::StateChanged { service, to: ServiceState::Running, .. } => order.push(format!("{service} running")),
+            EventKind::StateChanged {
+                service,
+                to: ServiceState::Running,
+                ..
+            } => order.push(format!("{service} running")),
             EventKind::ProcessStarted { service, .. } => order.push(format!("{service} started")),
             _ => {}
         }
     }
     let pos = |x: &str| order.iter().position(|o| o == x).unwrap_or(usize::MAX);
-    assert!(pos("db started") < pos("db running") && pos("db running") < pos("api started"), "{order:?}");
-    assert_eq!(status_of(&s, "db").health, kinfra_core::state::Health::Healthy);
+    assert!(
+        pos("db started") < pos("db running") && pos("db running") < pos("api started"),
+        "{order:?}"
+    );
+    assert_eq!(
+        status_of(&s, "db").health,
+        kinfra_core::state::Health::Healthy
+    );
     s.shutdown(SECS(5)).await;
 }
 
@@ -53,16 +79,33 @@ async fn completed_successfully_waits_for_a_one_shot_task() {
     let p = Project::new();
     let mut migrate = sh("sleep 0.2; echo migrated > marker; exit 0");
     migrate.restart = RestartPolicy::No;
-    let app = dep(sh("cat marker; exec sleep 30"), "migrate", DependCondition::CompletedSuccessfully);
+    let app = dep(
+        sh("cat marker; exec sleep 30"),
+        "migrate",
+        DependCondition::CompletedSuccessfully,
+    );
     let mut broken = sh("exit 4");
     broken.restart = RestartPolicy::No;
-    let app2 = dep(sh("exec sleep 30"), "broken", DependCondition::CompletedSuccessfully);
+    let app2 = dep(
+        sh("exec sleep 30"),
+        "broken",
+        DependCondition::CompletedSuccessfully,
+    );
     let s = p
-        .start(&services(vec![("migrate", migrate), ("app", app), ("broken", broken), ("app2", app2)]))
+        .start(&services(vec![
+            ("migrate", migrate),
+            ("app", app),
+            ("broken", broken),
+            ("app2", app2),
+        ]))
         .await;
     expect_state(&s, "migrate", ServiceState::Completed, SECS(5)).await;
     expect_state(&s, "app", ServiceState::Running, SECS(5)).await;
-    assert!(wait_for(SECS(5), || messages(&s, "app").contains(&"migrated".to_string())).await);
+    assert!(
+        wait_for(SECS(5), || messages(&s, "app")
+            .contains(&"migrated".to_string()))
+        .await
+    );
     expect_state(&s, "broken", ServiceState::Failed, SECS(5)).await;
     assert!(
         wait_for(SECS(5), || status_of(&s, "app2").status_message
@@ -85,7 +128,9 @@ async fn started_condition_and_parallel_independent_starts() {
     let c = sh("exec sleep 30");
     let d = dep(sh("exec sleep 30"), "a", DependCondition::Started);
     let t0 = std::time::Instant::now();
-    s.apply(&services(vec![("a", a), ("b", b), ("c", c), ("d", d)])).await.unwrap_or_else(|e| panic!("{e}"));
+    s.apply(&services(vec![("a", a), ("b", b), ("c", c), ("d", d)]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     for n in ["a", "b", "c", "d"] {
         expect_state(&s, n, ServiceState::Running, SECS(5)).await;
     }
@@ -113,12 +158,17 @@ async fn shutdown_stops_in_reverse_dependency_order() {
     let db = script("db");
     let api = dep(script("api"), "db", DependCondition::Started);
     let web = dep(script("web"), "api", DependCondition::Started);
-    let s = p.start(&services(vec![("db", db), ("api", api), ("web", web)])).await;
+    let s = p
+        .start(&services(vec![("db", db), ("api", api), ("web", web)]))
+        .await;
     for n in ["db", "api", "web"] {
         expect_state(&s, n, ServiceState::Running, SECS(5)).await;
         assert!(wait_for(SECS(5), || messages(&s, n).contains(&"up".to_string())).await);
     }
-    let pids: Vec<i32> = ["db", "api", "web"].iter().map(|n| status_of(&s, n).pid.unwrap_or(0) as i32).collect();
+    let pids: Vec<i32> = ["db", "api", "web"]
+        .iter()
+        .map(|n| status_of(&s, n).pid.unwrap_or(0) as i32)
+        .collect();
     s.shutdown(SECS(10)).await;
     let order = std::fs::read_to_string(p.path().join("order")).unwrap_or_default();
     assert_eq!(order.lines().collect::<Vec<_>>(), vec!["web", "api", "db"]);
@@ -131,7 +181,9 @@ async fn dependency_cycle_is_rejected() {
     let p = Project::new();
     let a = dep(sh("exec sleep 30"), "b", DependCondition::Started);
     let b = dep(sh("exec sleep 30"), "a", DependCondition::Started);
-    let err = kinfra_supervisor::Supervisor::start(&services(vec![("a", a), ("b", b)]), p.opts()).await.err();
+    let err = kinfra_supervisor::Supervisor::start(&services(vec![("a", a), ("b", b)]), p.opts())
+        .await
+        .err();
     let msg = err.map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.starts_with("dependency cycle: "), "{msg}");
 }

@@ -50,7 +50,11 @@ async fn long_lines_are_split() {
     svc.log.max_line = ByteSize(1024);
     let s = p.start(&services(vec![("long", svc)])).await;
     expect_state(&s, "long", ServiceState::Completed, SECS(5)).await;
-    assert!(wait_for(SECS(5), || messages(&s, "long").contains(&"short".to_string())).await);
+    assert!(
+        wait_for(SECS(5), || messages(&s, "long")
+            .contains(&"short".to_string()))
+        .await
+    );
     let xs: Vec<usize> = messages(&s, "long")
         .iter()
         .filter(|m| m.starts_with('x'))
@@ -84,7 +88,12 @@ async fn flood_rotates_without_losing_lines_and_supervisor_stays_responsive() {
     flood.log.max_size = ByteSize(256 * 1024);
     flood.log.keep = 40;
     flood.log.ring = 500;
-    let s = p.start(&services(vec![("flood", flood), ("calm", sh("exec sleep 30"))])).await;
+    let s = p
+        .start(&services(vec![
+            ("flood", flood),
+            ("calm", sh("exec sleep 30")),
+        ]))
+        .await;
     let mut follower = s.subscribe_logs();
     // Status answers at once while the flood runs.
     let t0 = std::time::Instant::now();
@@ -94,8 +103,15 @@ async fn flood_rotates_without_losing_lines_and_supervisor_stays_responsive() {
     assert!(t0.elapsed() < std::time::Duration::from_millis(500));
     expect_state(&s, "calm", ServiceState::Running, SECS(5)).await;
     assert!(
-        wait_for(SECS(30), || messages(&s, "flood").last().map(|m| m == "END").unwrap_or(false)
-            || messages(&s, "flood").iter().rev().take(3).any(|m| m == "END"))
+        wait_for(SECS(30), || messages(&s, "flood")
+            .last()
+            .map(|m| m == "END")
+            .unwrap_or(false)
+            || messages(&s, "flood")
+                .iter()
+                .rev()
+                .take(3)
+                .any(|m| m == "END"))
         .await,
         "END never arrived"
     );
@@ -112,14 +128,20 @@ async fn flood_rotates_without_losing_lines_and_supervisor_stays_responsive() {
         let msg = v["message"].as_str().unwrap_or("");
         if let Some(rest) = msg.strip_prefix("flood ") {
             let n: usize = rest[..6].parse().unwrap_or(usize::MAX);
-            assert!(last.is_none_or(|l| n == l + 1), "out of order at {n} after {last:?}");
+            assert!(
+                last.is_none_or(|l| n == l + 1),
+                "out of order at {n} after {last:?}"
+            );
             last = Some(n);
             seen.insert(n);
         }
     }
     assert_eq!(seen.len(), N, "lines lost");
     assert!(lines.iter().any(|l| l.contains("\"message\":\"END\"")));
-    for f in std::fs::read_dir(&log_dir).map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>()).unwrap_or_default() {
+    for f in std::fs::read_dir(&log_dir)
+        .map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         assert!(len <= 256 * 1024, "{:?} is {len} bytes", f.path());
     }
@@ -149,7 +171,12 @@ async fn all_services_logs_interleave_and_follow() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         wait_for(SECS(5), || {
-            let all: Vec<String> = s.logs(None, 100).unwrap_or_default().into_iter().map(|l| format!("{}:{}", l.service, l.line.message)).collect();
+            let all: Vec<String> = s
+                .logs(None, 100)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| format!("{}:{}", l.service, l.line.message))
+                .collect();
             all.contains(&"one:from-one".to_string()) && all.contains(&"two:from-two".to_string())
         })
         .await
@@ -157,13 +184,21 @@ async fn all_services_logs_interleave_and_follow() {
     let mut followed = Vec::new();
     while let Ok(Ok(l)) = tokio::time::timeout(SECS(1), follower.recv()).await {
         followed.push(format!("{}:{}", l.service, l.line.message));
-        if followed.contains(&"one:from-one".to_string()) && followed.contains(&"two:from-two".to_string()) {
+        if followed.contains(&"one:from-one".to_string())
+            && followed.contains(&"two:from-two".to_string())
+        {
             break;
         }
     }
-    assert!(followed.contains(&"one:from-one".to_string()), "{followed:?}");
+    assert!(
+        followed.contains(&"one:from-one".to_string()),
+        "{followed:?}"
+    );
     let all = s.logs(None, 100).unwrap_or_default();
-    assert!(all.windows(2).all(|w| w[0].line.timestamp <= w[1].line.timestamp));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].line.timestamp <= w[1].line.timestamp)
+    );
     assert_eq!(s.logs(None, 1).unwrap_or_default().len(), 1);
     assert!(s.logs(Some("nope"), 1).is_err());
     s.shutdown(SECS(5)).await;

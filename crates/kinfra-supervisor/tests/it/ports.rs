@@ -14,7 +14,11 @@ async fn auto_port_is_kept_across_two_runs() {
     let s = p.start(&list).await;
     let port = s.port_of("api").unwrap_or(0);
     assert!(port > 0);
-    assert!(wait_for(SECS(5), || messages(&s, "api").contains(&format!("port={port}"))).await);
+    assert!(
+        wait_for(SECS(5), || messages(&s, "api")
+            .contains(&format!("port={port}")))
+        .await
+    );
     s.shutdown(SECS(5)).await;
     drop(s);
     let saved = std::fs::read_to_string(p.state_dir().join("ports.json")).unwrap_or_default();
@@ -41,8 +45,17 @@ async fn fixed_port_held_by_a_foreign_process_names_the_holder() {
         panic!("expected PortInUse, got {err:?}");
     };
     assert_eq!(service, "web");
-    assert_eq!(source.holder.as_ref().map(|h| h.pid), Some(std::process::id() as i32));
+    assert_eq!(
+        source.holder.as_ref().map(|h| h.pid),
+        Some(std::process::id() as i32)
+    );
     let msg = source.to_string();
-    assert!(msg.starts_with(&format!("port {port} is already in use by pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "port {port} is already in use by pid {}",
+            std::process::id()
+        )),
+        "{msg}"
+    );
     drop(holder);
 }

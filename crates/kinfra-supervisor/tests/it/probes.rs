@@ -43,7 +43,10 @@ async fn http_probe_checks_status_and_body() {
     expect_state(&s, "web", ServiceState::Starting, SECS(5)).await;
     // 503 keeps it starting, and the reason is shown after failure_threshold.
     assert!(
-        wait_for(SECS(10), || status_of(&s, "web").status_message.contains("HTTP 503")).await,
+        wait_for(SECS(10), || status_of(&s, "web")
+            .status_message
+            .contains("HTTP 503"))
+        .await,
         "{:#?}",
         status_of(&s, "web")
     );
@@ -85,7 +88,10 @@ async fn http_probe_body_mismatch_and_full_url() {
     s.apply(&list).await.unwrap_or_else(|e| panic!("{e}"));
     expect_state(&s, "right", ServiceState::Running, SECS(10)).await;
     assert!(
-        wait_for(SECS(10), || status_of(&s, "wrong").status_message.contains("does not contain `banana`")).await,
+        wait_for(SECS(10), || status_of(&s, "wrong")
+            .status_message
+            .contains("does not contain `banana`"))
+        .await,
         "{:#?}",
         status_of(&s, "wrong")
     );
@@ -111,7 +117,9 @@ async fn tcp_and_exec_probes() {
     let s = p.start(&services(vec![("tcp", tcp), ("exec", exec)])).await;
     expect_state(&s, "tcp", ServiceState::Running, SECS(10)).await;
     assert!(
-        wait_for(SECS(5), || status_of(&s, "exec").health == Health::Unhealthy).await
+        wait_for(SECS(5), || status_of(&s, "exec").health
+            == Health::Unhealthy)
+        .await
     );
     assert_eq!(state_of(&s, "exec"), ServiceState::Starting);
     std::fs::write(p.path().join("exec-ready"), "").unwrap_or_else(|e| panic!("{e}"));
@@ -124,16 +132,24 @@ async fn hanging_probe_times_out_and_others_keep_working() {
     let p = Project::new();
     let mut hang = sh("exec sleep 30");
     hang.health = Some(ProbeConfig {
-        exec: Some("echo $$ >> probe.pids; exec sleep 30".into()),
+        exec: Some("echo $$$$ >> probe.pids; exec sleep 30".into()),
         timeout: Dur::from_millis(200),
         interval: Dur::from_millis(50),
         failure_threshold: 2,
         ..ProbeConfig::default()
     });
-    let s = p.start(&services(vec![("hang", hang), ("other", sh("exec sleep 30"))])).await;
+    let s = p
+        .start(&services(vec![
+            ("hang", hang),
+            ("other", sh("exec sleep 30")),
+        ]))
+        .await;
     expect_state(&s, "other", ServiceState::Running, SECS(5)).await;
     assert!(
-        wait_for(SECS(5), || status_of(&s, "hang").status_message.contains("timed out after 200ms")).await,
+        wait_for(SECS(5), || status_of(&s, "hang")
+            .status_message
+            .contains("timed out after 200ms"))
+        .await,
         "{:#?}",
         status_of(&s, "hang")
     );
@@ -144,7 +160,10 @@ async fn hanging_probe_times_out_and_others_keep_working() {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     assert!(pids.len() >= 2);
-    assert!(wait_for(SECS(2), || !alive(pids[0])).await, "probe process not killed");
+    assert!(
+        wait_for(SECS(2), || !alive(pids[0])).await,
+        "probe process not killed"
+    );
     s.shutdown(SECS(5)).await;
 }
 
@@ -170,6 +189,10 @@ async fn failing_liveness_probe_restarts_the_service() {
         "{:#?}",
         status_of(&s, "live")
     );
-    assert!(messages(&s, "live").iter().any(|m| m.starts_with("Liveness probe failed")));
+    assert!(
+        messages(&s, "live")
+            .iter()
+            .any(|m| m.starts_with("Liveness probe failed"))
+    );
     s.shutdown(SECS(5)).await;
 }

@@ -2,9 +2,9 @@
 //! file-watch restarts.
 
 use crate::support::*;
+use kinfra_core::EventKind;
 use kinfra_core::config::{DependCondition, Dur, WatchConfig};
 use kinfra_core::state::ServiceState;
-use kinfra_core::EventKind;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,8 +41,20 @@ async fn apply_starts_added_stops_removed_restarts_changed_only() {
     assert!(!alive(c1.unwrap_or(0) as i32), "removed service still runs");
     let mut reloaded = false;
     while let Ok(e) = rx.try_recv() {
-        if let EventKind::ConfigReloaded { added, removed, changed } = e.kind {
-            assert_eq!((added, removed, changed), (vec!["d".to_string()], vec!["c".to_string()], vec!["b".to_string()]));
+        if let EventKind::ConfigReloaded {
+            added,
+            removed,
+            changed,
+        } = e.kind
+        {
+            assert_eq!(
+                (added, removed, changed),
+                (
+                    vec!["d".to_string()],
+                    vec!["c".to_string()],
+                    vec!["b".to_string()]
+                )
+            );
             reloaded = true;
         }
     }
@@ -94,7 +106,10 @@ async fn file_changes_restart_the_service_debounced_and_ignored_paths_do_not() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        wait_for(SECS(5), || status_of(&s, "w").pid.is_some_and(|p| Some(p) != pid1)).await,
+        wait_for(SECS(5), || status_of(&s, "w")
+            .pid
+            .is_some_and(|p| Some(p) != pid1))
+        .await,
         "not restarted"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;

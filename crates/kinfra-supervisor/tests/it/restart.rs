@@ -1,10 +1,10 @@
 //! Restart policies, backoff timing, fast restart and the crash-loop guard.
 
 use crate::support::*;
+use kinfra_core::EventKind;
 use kinfra_core::config::{CrashLoopConfig, Dur, RestartPolicy};
 use kinfra_core::state::ServiceState;
 use kinfra_core::view::Action;
-use kinfra_core::EventKind;
 use std::time::{Duration, Instant};
 
 /// A script that counts its runs in `count` and exits with `code` until run `until`, then
@@ -37,7 +37,10 @@ async fn policy_no_completes_or_fails_without_restart() {
     assert_eq!(bad_st.status_message, "Exited with code 3");
     assert_eq!(bad_st.last_exit.and_then(|e| e.code), Some(3));
     assert_eq!(bad_st.restarts, 0);
-    assert_eq!(status_of(&sup, "ok").status_message, "Completed successfully");
+    assert_eq!(
+        status_of(&sup, "ok").status_message,
+        "Completed successfully"
+    );
     // Still not restarted a little later.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(status_of(&sup, "bad").state, ServiceState::Failed);
@@ -50,10 +53,17 @@ async fn on_failure_restarts_failures_only() {
     let mut svc = sh(&counting(1, 3));
     svc.restart = RestartPolicy::OnFailure;
     let sup = p.start(&services(vec![("svc", svc)])).await;
-    assert!(wait_for(SECS(10), || runs(&p) >= 3).await, "runs: {}", runs(&p));
+    assert!(
+        wait_for(SECS(10), || runs(&p) >= 3).await,
+        "runs: {}",
+        runs(&p)
+    );
     expect_state(&sup, "svc", ServiceState::Running, SECS(5)).await;
     assert_eq!(status_of(&sup, "svc").restarts, 2);
-    assert_eq!(status_of(&sup, "svc").last_exit.and_then(|e| e.code), Some(1));
+    assert_eq!(
+        status_of(&sup, "svc").last_exit.and_then(|e| e.code),
+        Some(1)
+    );
 
     let p2 = Project::new();
     let mut zero = sh("exit 0");
@@ -71,7 +81,11 @@ async fn always_restarts_clean_exits_and_unless_stopped_respects_stop() {
     let mut svc = sh(&counting(0, 3));
     svc.restart = RestartPolicy::Always;
     let sup = p.start(&services(vec![("svc", svc)])).await;
-    assert!(wait_for(SECS(10), || runs(&p) >= 3).await, "runs: {}", runs(&p));
+    assert!(
+        wait_for(SECS(10), || runs(&p) >= 3).await,
+        "runs: {}",
+        runs(&p)
+    );
     expect_state(&sup, "svc", ServiceState::Running, SECS(5)).await;
     assert_eq!(status_of(&sup, "svc").restarts, 2);
     sup.shutdown(SECS(5)).await;
@@ -86,13 +100,21 @@ async fn always_restarts_clean_exits_and_unless_stopped_respects_stop() {
     // SAFETY: kill on a pid we just read.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(
-        wait_for(SECS(5), || status_of(&sup, "svc").pid.is_some_and(|p| p as i32 != pid)).await,
+        wait_for(SECS(5), || status_of(&sup, "svc")
+            .pid
+            .is_some_and(|p| p as i32 != pid))
+        .await,
         "not restarted: {:#?}",
         status_of(&sup, "svc")
     );
-    assert_eq!(status_of(&sup, "svc").last_exit.and_then(|e| e.signal), Some(libc::SIGKILL));
+    assert_eq!(
+        status_of(&sup, "svc").last_exit.and_then(|e| e.signal),
+        Some(libc::SIGKILL)
+    );
     // Stopped by the user: stays stopped.
-    sup.act(Action::Stop, "svc").await.unwrap_or_else(|e| panic!("{e}"));
+    sup.act(Action::Stop, "svc")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(state_of(&sup, "svc"), ServiceState::Stopped);
     assert_eq!(status_of(&sup, "svc").pid, None);
@@ -149,12 +171,16 @@ async fn backoff_delays_grow_and_are_honoured() {
             .unwrap_or_else(|e| panic!("{e}"));
         s
     };
-    let Some(mut rx) = rx_holder else { panic!("no receiver") };
+    let Some(mut rx) = rx_holder else {
+        panic!("no receiver")
+    };
     let mut delays = Vec::new();
     let mut gaps = Vec::new();
     let mut exited_at = None;
     while delays.len() < 4 {
-        let Ok(Ok(e)) = tokio::time::timeout(SECS(5), rx.recv()).await else { break };
+        let Ok(Ok(e)) = tokio::time::timeout(SECS(5), rx.recv()).await else {
+            break;
+        };
         match e.kind {
             EventKind::RestartScheduled { delay_ms, .. } => delays.push(delay_ms),
             EventKind::ProcessExited { .. } => exited_at = Some(Instant::now()),
@@ -168,10 +194,15 @@ async fn backoff_delays_grow_and_are_honoured() {
     }
     assert_eq!(delays, vec![100, 200, 300, 300]);
     assert!(
-        gaps.iter().zip([100u64, 200, 300]).all(|(g, d)| *g >= Duration::from_millis(d - 5)),
+        gaps.iter()
+            .zip([100u64, 200, 300])
+            .all(|(g, d)| *g >= Duration::from_millis(d - 5)),
         "gaps {gaps:?}"
     );
-    assert!(gaps.iter().all(|g| *g < Duration::from_millis(1000)), "gaps {gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(1000)),
+        "gaps {gaps:?}"
+    );
     sup.shutdown(SECS(5)).await;
 }
 
@@ -184,11 +215,18 @@ async fn backoff_resets_after_a_stable_run() {
     svc.backoff.reset_after = Dur::from_millis(200);
     let s = p.start(&services(vec![])).await;
     let mut rx = s.events().subscribe();
-    s.apply(&services(vec![("r", svc)])).await.unwrap_or_else(|e| panic!("{e}"));
+    s.apply(&services(vec![("r", svc)]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut attempts = Vec::new();
     while attempts.len() < 3 {
-        let Ok(Ok(e)) = tokio::time::timeout(SECS(5), rx.recv()).await else { break };
-        if let EventKind::RestartScheduled { attempt, delay_ms, .. } = e.kind {
+        let Ok(Ok(e)) = tokio::time::timeout(SECS(5), rx.recv()).await else {
+            break;
+        };
+        if let EventKind::RestartScheduled {
+            attempt, delay_ms, ..
+        } = e.kind
+        {
             attempts.push((attempt, delay_ms));
         }
     }
@@ -207,10 +245,15 @@ async fn crash_loop_guard_fails_the_service_until_a_manual_start() {
     };
     let s = p.start(&services(vec![])).await;
     let mut rx = s.events().subscribe();
-    s.apply(&services(vec![("loop", svc)])).await.unwrap_or_else(|e| panic!("{e}"));
+    s.apply(&services(vec![("loop", svc)]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     expect_state(&s, "loop", ServiceState::Failed, SECS(10)).await;
     let st = status_of(&s, "loop");
-    assert_eq!(st.status_message, "Crash loop: 4 failures in 10s; start it by hand");
+    assert_eq!(
+        st.status_message,
+        "Crash loop: 4 failures in 10s; start it by hand"
+    );
     assert_eq!(st.restarts, 3);
     let mut crash_events = 0;
     let mut started = 0;
@@ -226,9 +269,15 @@ async fn crash_loop_guard_fails_the_service_until_a_manual_start() {
     }
     assert_eq!((crash_events, started), (1, 4));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(state_of(&s, "loop"), ServiceState::Failed, "restarted after the guard tripped");
+    assert_eq!(
+        state_of(&s, "loop"),
+        ServiceState::Failed,
+        "restarted after the guard tripped"
+    );
     // A manual start clears the guard: it runs (and loops) again.
-    s.act(Action::Start, "loop").await.unwrap_or_else(|e| panic!("{e}"));
+    s.act(Action::Start, "loop")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     expect_state(&s, "loop", ServiceState::Failed, SECS(10)).await;
     assert_eq!(status_of(&s, "loop").restarts, 6);
     s.shutdown(SECS(5)).await;
@@ -253,7 +302,9 @@ async fn backoff_timing_with_paused_clock() {
     svc.crash_loop.max_failures = 0;
     let s = p.start(&services(vec![])).await;
     let mut rx = s.events().subscribe();
-    s.apply(&services(vec![("p", svc)])).await.unwrap_or_else(|e| panic!("{e}"));
+    s.apply(&services(vec![("p", svc)]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut gaps = Vec::new();
     let mut exited_at = None;
     while gaps.len() < 4 {
@@ -269,6 +320,8 @@ async fn backoff_timing_with_paused_clock() {
         }
     }
     assert_eq!(gaps, vec![10, 30, 60, 60]);
-    s.act(Action::Stop, "p").await.unwrap_or_else(|e| panic!("{e}"));
+    s.act(Action::Stop, "p")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     s.shutdown(SECS(5)).await;
 }

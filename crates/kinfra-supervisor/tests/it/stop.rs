@@ -13,16 +13,35 @@ async fn stop_kills_a_process_ignoring_sigterm_after_grace() {
     let mut svc = sh("trap '' TERM; echo ready; while true; do sleep 0.1; done");
     svc.stop_grace = Dur::from_millis(300);
     let s = p.start(&services(vec![("stubborn", svc)])).await;
-    assert!(wait_for(SECS(5), || messages(&s, "stubborn").contains(&"ready".to_string())).await);
+    assert!(
+        wait_for(SECS(5), || messages(&s, "stubborn")
+            .contains(&"ready".to_string()))
+        .await
+    );
     let pid = status_of(&s, "stubborn").pid.unwrap_or(0) as i32;
     let t0 = Instant::now();
-    s.act(Action::Stop, "stubborn").await.unwrap_or_else(|e| panic!("{e}"));
+    s.act(Action::Stop, "stubborn")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(3), "took {took:?}");
-    assert!(kinfra_supervisor::procfs::stat(pid).is_none(), "main process not gone or not reaped");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    assert!(
+        kinfra_supervisor::procfs::stat(pid).is_none(),
+        "main process not gone or not reaped"
+    );
     assert!(!kinfra_supervisor::spawn::group_alive(pid));
-    assert_eq!(status_of(&s, "stubborn").last_exit.and_then(|e| e.signal), Some(libc::SIGKILL));
-    assert!(messages(&s, "stubborn").iter().any(|m| m.starts_with("Did not stop within 300ms")));
+    assert_eq!(
+        status_of(&s, "stubborn").last_exit.and_then(|e| e.signal),
+        Some(libc::SIGKILL)
+    );
+    assert!(
+        messages(&s, "stubborn")
+            .iter()
+            .any(|m| m.starts_with("Did not stop within 300ms"))
+    );
     s.shutdown(SECS(5)).await;
 }
 
@@ -46,21 +65,30 @@ print("forked", flush=True)
 time.sleep(60)
 "#,
     );
-    let setsid = sh("setsid sh -c 'echo $$ > setsid.pid; exec sleep 60' & \
-         setsid env -i /bin/sh -c 'echo $$ > clean.pid; exec sleep 60' & \
+    let setsid = sh("setsid sh -c 'echo $$$$ > setsid.pid; exec sleep 60' & \
+         setsid env -i /bin/sh -c 'echo $$$$ > clean.pid; exec sleep 60' & \
          exec sleep 60");
     let py = sh("exec python3 double_fork.py");
-    let s = p.start(&services(vec![("escaper", setsid), ("py", py)])).await;
+    let s = p
+        .start(&services(vec![("escaper", setsid), ("py", py)]))
+        .await;
     let files = ["setsid.pid", "clean.pid", "py.pid"].map(|f| p.path().join(f));
-    assert!(wait_for(SECS(10), || files.iter().all(|f| read_pid(f).is_some())).await, "pid files missing");
+    assert!(
+        wait_for(SECS(10), || files.iter().all(|f| read_pid(f).is_some())).await,
+        "pid files missing"
+    );
     let pids: Vec<i32> = files.iter().filter_map(|f| read_pid(f)).collect();
     assert!(wait_for(SECS(5), || pids.iter().all(|p| alive(*p))).await);
     // They really left the group.
     let main_pid = status_of(&s, "escaper").pid.unwrap_or(0) as i32;
     let escaped_pgid = kinfra_supervisor::procfs::stat(pids[0]).map(|s| s.pgid);
     assert_ne!(escaped_pgid, Some(main_pid));
-    s.act(Action::Stop, "escaper").await.unwrap_or_else(|e| panic!("{e}"));
-    s.act(Action::Stop, "py").await.unwrap_or_else(|e| panic!("{e}"));
+    s.act(Action::Stop, "escaper")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.act(Action::Stop, "py")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         wait_for(SECS(2), || pids.iter().all(|p| !alive(*p))).await,
         "survivors: {:?}",
@@ -73,14 +101,22 @@ time.sleep(60)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_stop_signal_is_sent_first() {
     let p = Project::new();
-    let mut svc = sh("trap 'echo got INT; exit 0' INT; trap '' TERM; echo up; while true; do sleep 0.05; done");
+    let mut svc = sh(
+        "trap 'echo got INT; exit 0' INT; trap '' TERM; echo up; while true; do sleep 0.05; done",
+    );
     svc.stop_signal = SignalName(libc::SIGINT);
     let s = p.start(&services(vec![("i", svc)])).await;
     assert!(wait_for(SECS(5), || messages(&s, "i").contains(&"up".to_string())).await);
     let t0 = Instant::now();
-    s.act(Action::Stop, "i").await.unwrap_or_else(|e| panic!("{e}"));
+    s.act(Action::Stop, "i")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(t0.elapsed() < Duration::from_secs(1));
-    assert!(wait_for(SECS(2), || messages(&s, "i").contains(&"got INT".to_string())).await);
+    assert!(
+        wait_for(SECS(2), || messages(&s, "i")
+            .contains(&"got INT".to_string()))
+        .await
+    );
     assert_eq!(status_of(&s, "i").last_exit.and_then(|e| e.code), Some(0));
     s.shutdown(SECS(5)).await;
 }
@@ -91,13 +127,18 @@ async fn custom_stop_signal_is_sent_first() {
 async fn leftovers_of_a_previous_instance_are_killed_at_start() {
     let p = Project::new();
     let opts = p.opts();
-    let svc = sh("setsid sh -c 'echo $$ > escaped.pid; exec sleep 60' & exec sleep 60");
+    let svc = sh("setsid sh -c 'echo $$$$ > escaped.pid; exec sleep 60' & exec sleep 60");
     let list = services(vec![("old", svc)]);
     let list2 = list.clone();
     let main_pid = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
         let (sup, pid) = rt.block_on(async move {
-            let sup = kinfra_supervisor::Supervisor::start(&list2, opts).await.ok()?;
+            let sup = kinfra_supervisor::Supervisor::start(&list2, opts)
+                .await
+                .ok()?;
             let ok = wait_for(SECS(5), || {
                 sup.status().get("old").and_then(|s| s.pid).is_some()
             })
@@ -117,13 +158,19 @@ async fn leftovers_of_a_previous_instance_are_killed_at_start() {
     let escaped_file = p.path().join("escaped.pid");
     assert!(wait_for(SECS(5), || read_pid(&escaped_file).is_some()).await);
     let escaped = read_pid(&escaped_file).unwrap_or(0);
-    assert!(alive(main_pid) && alive(escaped), "leftovers should exist before the second start");
+    assert!(
+        alive(main_pid) && alive(escaped),
+        "leftovers should exist before the second start"
+    );
     let pids_json = std::fs::read_to_string(p.state_dir().join("pids.json")).unwrap_or_default();
     assert!(pids_json.contains(&main_pid.to_string()), "{pids_json}");
 
     let s = p.start(&list).await;
     assert!(!alive(main_pid), "old main process survived");
-    assert!(wait_for(SECS(2), || !alive(escaped)).await, "old escaped process survived");
+    assert!(
+        wait_for(SECS(2), || !alive(escaped)).await,
+        "old escaped process survived"
+    );
     expect_state(&s, "old", ServiceState::Running, SECS(5)).await;
     assert_ne!(status_of(&s, "old").pid.map(|p| p as i32), Some(main_pid));
     s.shutdown(SECS(5)).await;
@@ -139,7 +186,9 @@ async fn child_instance_helper() {
     let dir = std::path::PathBuf::from(dir);
     let mut opts = kinfra_supervisor::SupervisorOptions::new("child", dir.join(".kinfra"));
     opts.base_dir = dir.clone();
-    let svc = sh("setsid sh -c 'echo $$ > escaped.pid; exec sleep 60' & echo $$ > main.pid; exec sleep 60");
+    let svc = sh(
+        "setsid sh -c 'echo $$$$ > escaped.pid; exec sleep 60' & echo $$$$ > main.pid; exec sleep 60",
+    );
     let _s = kinfra_supervisor::Supervisor::start(&services(vec![("svc", svc)]), opts)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -149,9 +198,16 @@ async fn child_instance_helper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_kinfra_leaves_no_survivors() {
     let p = Project::new();
-    let Ok(exe) = std::env::current_exe() else { panic!("no current exe") };
+    let Ok(exe) = std::env::current_exe() else {
+        panic!("no current exe")
+    };
     let mut child = std::process::Command::new(exe)
-        .args(["--ignored", "--exact", "stop::child_instance_helper", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "stop::child_instance_helper",
+            "--nocapture",
+        ])
         .env("KINFRA_IT_CHILD_DIR", p.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -159,7 +215,10 @@ async fn sigkill_of_kinfra_leaves_no_survivors() {
         .unwrap_or_else(|e| panic!("{e}"));
     let main_file = p.path().join("main.pid");
     let escaped_file = p.path().join("escaped.pid");
-    let ok = wait_for(SECS(20), || read_pid(&main_file).is_some() && read_pid(&escaped_file).is_some()).await;
+    let ok = wait_for(SECS(20), || {
+        read_pid(&main_file).is_some() && read_pid(&escaped_file).is_some()
+    })
+    .await;
     if !ok {
         let _ = child.kill();
         let _ = child.wait();
@@ -172,9 +231,15 @@ async fn sigkill_of_kinfra_leaves_no_survivors() {
     let _ = child.kill();
     let _ = child.wait();
     // Its direct child dies with it (parent-death signal).
-    assert!(wait_for(SECS(3), || !alive(main)).await, "the service outlived kinfra");
+    assert!(
+        wait_for(SECS(3), || !alive(main)).await,
+        "the service outlived kinfra"
+    );
     // What escaped the group is found and killed by the next start.
     let s = p.start(&services(vec![])).await;
-    assert!(wait_for(SECS(3), || !alive(escaped)).await, "the escaped process survived the next start");
+    assert!(
+        wait_for(SECS(3), || !alive(escaped)).await,
+        "the escaped process survived the next start"
+    );
     s.shutdown(SECS(5)).await;
 }

@@ -94,7 +94,11 @@ pub fn state_of(sup: &Supervisor, name: &str) -> ServiceState {
 /// Waits for a state, panicking with the full status when it does not come.
 pub async fn expect_state(sup: &Supervisor, name: &str, state: ServiceState, timeout: Duration) {
     let ok = wait_for(timeout, || state_of(sup, name) == state).await;
-    assert!(ok, "{name} never reached {state}: {:#?}", status_of(sup, name));
+    assert!(
+        ok,
+        "{name} never reached {state}: {:#?}",
+        status_of(sup, name)
+    );
 }
 
 /// The messages of a service's log lines.
