@@ -246,7 +246,7 @@ async fn stream_logs(
             return;
         }
     };
-    let last_seen = backlog.last().cloned();
+    let mut join = kinfra_core::status::BacklogJoin::new(&backlog);
     for line in backlog {
         if !send(write, &ControlResponse::Log { line }).await {
             return;
@@ -256,9 +256,6 @@ async fn stream_logs(
         send(write, &ControlResponse::End).await;
         return;
     }
-    // Lines that arrived between subscribing and reading the backlog are in both; skip the
-    // live copies up to the last backlog line.
-    let mut skipping = last_seen.is_some();
     loop {
         let line = tokio::select! {
             _ = stopped.changed() => break,
@@ -266,21 +263,8 @@ async fn stream_logs(
         };
         match line {
             Ok(line) => {
-                if service.as_deref().is_some_and(|s| s != line.service) {
+                if service.as_deref().is_some_and(|s| s != line.service) || join.is_replay(&line) {
                     continue;
-                }
-                if skipping {
-                    if Some(&line) == last_seen.as_ref() {
-                        skipping = false;
-                        continue;
-                    }
-                    if last_seen
-                        .as_ref()
-                        .is_some_and(|seen| line.line.timestamp <= seen.line.timestamp)
-                    {
-                        continue;
-                    }
-                    skipping = false;
                 }
                 if !send(write, &ControlResponse::Log { line }).await {
                     return;

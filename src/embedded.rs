@@ -12,5 +12,11 @@ pub const DEFAULT_CONFIG_ORIGIN: &str = "<embedded default config>";
 /// Parses the embedded default config, with `base_dir` as the directory its relative paths
 /// (the state dir) resolve against, and `KINFRA_*` overrides from `env`.
 pub fn default_config(base_dir: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
-    Config::parse(DEFAULT_CONFIG, Format::Toml, DEFAULT_CONFIG_ORIGIN, base_dir, env)
+    Config::parse(
+        DEFAULT_CONFIG,
+        Format::Toml,
+        DEFAULT_CONFIG_ORIGIN,
+        base_dir,
+        env,
+    )
 }

@@ -2,11 +2,11 @@
 
 use crate::control::{ControlServer, ControlServerError};
 use crate::lock::{LockError, StateLock};
+use kinfra_core::ConfigErrors;
 use kinfra_core::config::Config;
 use kinfra_core::event::{Event, EventKind, EventSender};
 use kinfra_core::status::{ServiceLogLine, StatusReport};
 use kinfra_core::view::{Action, ActionError, BoxFuture, RuntimeControl};
-use kinfra_core::ConfigErrors;
 use kinfra_dashboard::{DashboardError, DashboardServer};
 use kinfra_supervisor::{Supervisor, SupervisorError, SupervisorOptions};
 use std::net::SocketAddr;

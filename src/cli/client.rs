@@ -30,22 +30,22 @@ async fn connect(state_dir: &Path) -> anyhow::Result<Connection> {
     if !path.exists() {
         return Err(not_running().into());
     }
-    let stream = match tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(&path)).await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-            ) =>
-        {
-            return Err(not_running().into());
-        }
-        Ok(Err(e)) => {
-            return Err(e).with_context(|| format!("cannot connect to {}", path.display()));
-        }
-        Err(_) => anyhow::bail!("timed out connecting to {}", path.display()),
-    };
+    let stream =
+        match tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(&path)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                return Err(not_running().into());
+            }
+            Ok(Err(e)) => {
+                return Err(e).with_context(|| format!("cannot connect to {}", path.display()));
+            }
+            Err(_) => anyhow::bail!("timed out connecting to {}", path.display()),
+        };
     let (read, write) = stream.into_split();
     Ok(Connection {
         lines: BufReader::new(read).lines(),
@@ -67,9 +67,11 @@ impl Connection {
     async fn next(&mut self) -> anyhow::Result<Option<ControlResponse>> {
         match self.lines.next_line().await? {
             None => Ok(None),
-            Some(line) => Ok(Some(serde_json::from_str(&line).with_context(|| {
-                format!("unexpected reply from the runtime: {line}")
-            })?)),
+            Some(line) => {
+                Ok(Some(serde_json::from_str(&line).with_context(|| {
+                    format!("unexpected reply from the runtime: {line}")
+                })?))
+            }
         }
     }
 
@@ -93,8 +95,7 @@ pub async fn down(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     println!("Stopping the runtime in {} ...", state_dir.display());
     // The runtime keeps the connection open until it has stopped.
     let wait = Duration::from_secs(120);
-    match tokio::time::timeout(wait, async { while let Ok(Some(_)) = conn.next().await {} }).await
-    {
+    match tokio::time::timeout(wait, async { while let Ok(Some(_)) = conn.next().await {} }).await {
         Ok(()) => {
             println!("Stopped.");
             Ok(ExitCode::SUCCESS)

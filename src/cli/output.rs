@@ -42,9 +42,9 @@ impl Prefixer {
     }
 
     fn colour_of(name: &str) -> &'static str {
-        let hash = name
-            .bytes()
-            .fold(5381u32, |h, b| h.wrapping_mul(33).wrapping_add(u32::from(b)));
+        let hash = name.bytes().fold(5381u32, |h, b| {
+            h.wrapping_mul(33).wrapping_add(u32::from(b))
+        });
         PALETTE[hash as usize % PALETTE.len()]
     }
 
@@ -74,7 +74,11 @@ impl Prefixer {
     /// A line from kinfra itself.
     pub fn kinfra_line(&self, message: &str) -> String {
         if self.color {
-            format!("\x1b[1m{:<width$} |\x1b[0m {message}", "kinfra", width = self.width)
+            format!(
+                "\x1b[1m{:<width$} |\x1b[0m {message}",
+                "kinfra",
+                width = self.width
+            )
         } else {
             format!("{:<width$} | {message}", "kinfra", width = self.width)
         }

@@ -5,16 +5,21 @@ use super::ConfigArg;
 use super::load::{self, ConfigSource};
 use super::output::{ColorChoice, Prefixer};
 use kinfra::{Event, EventKind, EventSender, RuntimeOptions, ServiceLogLine};
+use kinfra_core::status::BacklogJoin;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast;
 
-fn init_tracing() {
+/// kinfra's own diagnostics go to stderr. State changes are already printed as `kinfra |`
+/// lines, so the default level is `warn`; `KINFRA_LOG=info` (or `debug`) shows more.
+fn init_tracing(color: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KINFRA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color && std::io::stderr().is_terminal())
         .with_target(false)
         .compact()
         .try_init();
@@ -22,16 +27,15 @@ fn init_tracing() {
 
 /// Runs the runtime in the foreground.
 pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Result<ExitCode> {
-    init_tracing();
-    let (config, source) = load::load(arg)?;
     let color = color.enabled();
+    init_tracing(color);
+    let (config, source) = load::load(arg)?;
     let prefixer = Prefixer::new(color, config.services.keys().map(String::as_str));
     if source == ConfigSource::Embedded {
         println!(
             "{}",
-            prefixer.kinfra_line(
-                "No kinfra.toml in this directory: running the built-in demo config."
-            )
+            prefixer
+                .kinfra_line("No kinfra.toml in this directory: running the built-in demo config.")
         );
         println!(
             "{}",
@@ -53,25 +57,39 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
         },
     )
     .await?;
+    // Lines written before we subscribed are in the ring: print them first, then the live
+    // stream without the lines both have.
     let log_rx = runtime.logs();
-    // Lines written before we subscribed are in the ring; print them first.
-    for line in runtime.recent_logs(None, 1000).unwrap_or_default() {
-        if !quiet {
-            println!("{}", prefixer.log_line(&line));
+    let backlog = runtime.recent_logs(None, 1000).unwrap_or_default();
+    let join = BacklogJoin::new(&backlog);
+    if !quiet {
+        for line in &backlog {
+            println!("{}", prefixer.log_line(line));
         }
     }
 
     let project = &runtime.config().project.name;
-    println!("{}", prefixer.kinfra_line(&format!("kinfra {} — project `{project}`", env!("CARGO_PKG_VERSION"))));
+    println!(
+        "{}",
+        prefixer.kinfra_line(&format!(
+            "kinfra {} — project `{project}`",
+            env!("CARGO_PKG_VERSION")
+        ))
+    );
     match runtime.dashboard_addr() {
         Some(addr) => println!(
             "{}",
-            prefixer.kinfra_line(&format!("dashboard   http://{addr}/kinfra   (status JSON: http://{addr}/__status__)"))
+            prefixer.kinfra_line(&format!(
+                "dashboard   http://{addr}/kinfra   (status JSON: http://{addr}/__status__)"
+            ))
         ),
         None => println!("{}", prefixer.kinfra_line("dashboard   disabled")),
     }
     match runtime.proxy_addr() {
-        Some(addr) => println!("{}", prefixer.kinfra_line(&format!("proxy       http://{addr}/"))),
+        Some(addr) => println!(
+            "{}",
+            prefixer.kinfra_line(&format!("proxy       http://{addr}/"))
+        ),
         None => println!(
             "{}",
             prefixer.kinfra_line("proxy       not available in this build yet")
@@ -86,7 +104,13 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
     );
     println!("{}", prefixer.kinfra_line("Press Ctrl-C to stop."));
 
-    let printer = tokio::spawn(print_stream(prefixer.clone(), event_rx, log_rx, quiet));
+    let printer = tokio::spawn(print_stream(
+        prefixer.clone(),
+        event_rx,
+        log_rx,
+        join,
+        quiet,
+    ));
 
     let reason = tokio::select! {
         _ = sigint.recv() => "Ctrl-C".to_string(),
@@ -95,7 +119,9 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
     };
     println!(
         "{}",
-        prefixer.kinfra_line(&format!("{reason}: stopping gracefully (Ctrl-C again to force) ..."))
+        prefixer.kinfra_line(&format!(
+            "{reason}: stopping gracefully (Ctrl-C again to force) ..."
+        ))
     );
     // A second Ctrl-C (or SIGTERM) forces: exit at once. Children die with us through their
     // parent-death signal; anything that escaped is found and stopped by the next `up`.
@@ -126,11 +152,13 @@ async fn print_stream(
     prefixer: Prefixer,
     mut events: broadcast::Receiver<Event>,
     mut logs: broadcast::Receiver<ServiceLogLine>,
+    mut join: BacklogJoin,
     quiet: bool,
 ) {
     loop {
         tokio::select! {
             line = logs.recv(), if !quiet => match line {
+                Ok(line) if join.is_replay(&line) => {}
                 Ok(line) => println!("{}", prefixer.log_line(&line)),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     println!("{}", prefixer.kinfra_line(&format!("({n} log lines not shown: output too fast; see `kinfra runtime logs`)")));

@@ -78,7 +78,11 @@ fn up_status_logs_restart_down() {
     // Logs reach `runtime logs` and the foreground output, prefixed by service name.
     let out = p.run(&["runtime", "logs", "worker", "-n", "50"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("worker says hello"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("worker says hello"),
+        "{}",
+        stdout(&out)
+    );
     up.wait_for_line(Duration::from_secs(10), "worker says hello");
     assert!(
         up.lines()
@@ -92,7 +96,10 @@ fn up_status_logs_restart_down() {
     let new_pid = wait_for(Duration::from_secs(20), "worker restarted", || {
         running_pid(&p, "worker").filter(|pid| *pid != worker_pid)
     });
-    assert!(!alive(worker_pid as u32), "old worker process survived a restart");
+    assert!(
+        !alive(worker_pid as u32),
+        "old worker process survived a restart"
+    );
     assert!(alive(new_pid as u32));
 
     // Stop and start.
@@ -125,7 +132,11 @@ fn up_status_logs_restart_down() {
     // With nothing running, client commands say so and exit 1.
     let out = p.run(&["runtime", "status"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no kinfra runtime is running"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no kinfra runtime is running"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -133,9 +144,11 @@ fn sigterm_shuts_down_gracefully_leaving_nothing() {
     let tag = unique_tag("term");
     let p = Project::with_config(&two_service_config(&tag));
     let mut up = p.up(&[], &[]);
-    wait_for(Duration::from_secs(20), "both services and the grandchild", || {
-        (pids_tagged(&tag).len() >= 3).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "both services and the grandchild",
+        || (pids_tagged(&tag).len() >= 3).then_some(()),
+    );
     up.signal(libc::SIGTERM);
     let status = up.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}");

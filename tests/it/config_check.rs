@@ -112,7 +112,10 @@ fn bad_configs_exit_2_with_location() {
         );
         let err = stderr(&out);
         for fragment in *fragments {
-            assert!(err.contains(fragment), "{name}: {fragment:?} not in:\n{err}");
+            assert!(
+                err.contains(fragment),
+                "{name}: {fragment:?} not in:\n{err}"
+            );
         }
     }
 }
@@ -130,7 +133,11 @@ fn no_config_checks_the_embedded_default() {
     let p = Project::new();
     let out = p.run(&["config", "check"]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    assert!(stdout(&out).contains("built-in default"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("built-in default"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

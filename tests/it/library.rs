@@ -79,7 +79,9 @@ async fn start_events_restart_shutdown() {
 fn running_pid(rt: &kinfra::Runtime) -> Option<u32> {
     let report = rt.control().status();
     let s = &report.services["sleeper"];
-    (s.state == ServiceState::Running).then_some(s.pid).flatten()
+    (s.state == ServiceState::Running)
+        .then_some(s.pid)
+        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

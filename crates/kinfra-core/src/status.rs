@@ -29,7 +29,7 @@ impl LogStream {
 }
 
 /// One captured line of output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LogLine {
     /// RFC 3339 with milliseconds, UTC, taken when the line was read.
     pub timestamp: String,
@@ -180,11 +180,68 @@ mod tests {
 }
 
 /// A log line with the name of the resource that wrote it, as streamed to followers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceLogLine {
     /// Resource name.
     pub service: String,
     /// The line.
     #[serde(flatten)]
     pub line: LogLine,
+}
+
+/// Joins a backlog of log lines with a live stream subscribed before the backlog was read:
+/// live lines that are also in the backlog are replays and are skipped, so the reader sees
+/// every line exactly once.
+#[derive(Debug, Default)]
+pub struct BacklogJoin {
+    backlog: std::collections::HashSet<ServiceLogLine>,
+}
+
+impl BacklogJoin {
+    /// Remembers the backlog that was (or is about to be) shown.
+    pub fn new(backlog: &[ServiceLogLine]) -> Self {
+        Self {
+            backlog: backlog.iter().cloned().collect(),
+        }
+    }
+
+    /// True when this live line was already shown as part of the backlog. The first live line
+    /// that is new ends the overlap: nothing after it is a replay.
+    pub fn is_replay(&mut self, line: &ServiceLogLine) -> bool {
+        if self.backlog.is_empty() {
+            return false;
+        }
+        if self.backlog.contains(line) {
+            return true;
+        }
+        self.backlog.clear();
+        false
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+
+    fn line(n: u32) -> ServiceLogLine {
+        ServiceLogLine {
+            service: "a".into(),
+            line: LogLine {
+                timestamp: "2026-11-21T20:00:00.000Z".into(),
+                level: "info".into(),
+                stream: LogStream::Stdout,
+                message: format!("line {n}"),
+            },
+        }
+    }
+
+    #[test]
+    fn overlap_is_skipped_once() {
+        let backlog = vec![line(1), line(2), line(3)];
+        let mut join = BacklogJoin::new(&backlog);
+        let live = [line(2), line(3), line(4), line(2)];
+        let shown: Vec<bool> = live.iter().map(|l| !join.is_replay(l)).collect();
+        // 2 and 3 were in the backlog; 4 is new; a later "line 2" is a new line.
+        assert_eq!(shown, vec![false, false, true, true]);
+    }
 }

@@ -55,11 +55,7 @@ async fn healthz() -> &'static str {
 
 async fn status(State(control): State<Arc<dyn RuntimeControl>>) -> Response {
     let report = control.status();
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(report),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "no-store")], Json(report)).into_response()
 }
 
 async fn page() -> Response {
@@ -87,12 +83,13 @@ impl DashboardServer {
     /// Binds the listen address, without serving yet (so a taken port is found before
     /// anything else starts).
     pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, DashboardError> {
-        let addr: SocketAddr = listen.parse().map_err(|e: std::net::AddrParseError| {
-            DashboardError::BadAddress {
-                addr: listen.to_owned(),
-                reason: e.to_string(),
-            }
-        })?;
+        let addr: SocketAddr =
+            listen
+                .parse()
+                .map_err(|e: std::net::AddrParseError| DashboardError::BadAddress {
+                    addr: listen.to_owned(),
+                    reason: e.to_string(),
+                })?;
         tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| DashboardError::Bind { addr, source })
@@ -103,10 +100,12 @@ impl DashboardServer {
         listener: tokio::net::TcpListener,
         control: Arc<dyn RuntimeControl>,
     ) -> Result<DashboardServer, DashboardError> {
-        let addr = listener.local_addr().map_err(|source| DashboardError::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| DashboardError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(control);
         let task = tokio::spawn(async move {

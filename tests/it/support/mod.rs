@@ -108,8 +108,14 @@ impl Project {
         let mut child = cmd.spawn().expect("spawn kinfra runtime up");
         let output = Arc::new(Mutex::new(Vec::<String>::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -228,15 +234,15 @@ pub fn pids_tagged(tag: &str) -> Vec<u32> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-                if env
-                    .split(|b| *b == 0)
-                    .any(|kv| kv == needle.as_bytes())
-                    && alive(pid)
-                {
+                if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && alive(pid) {
                     out.push(pid);
                 }
             }
@@ -247,7 +253,11 @@ pub fn pids_tagged(tag: &str) -> Vec<u32> {
 
 /// A unique tag for a test's processes.
 pub fn unique_tag(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos())
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )
 }
 
 /// A blocking HTTP/1.1 GET on 127.0.0.1; returns (status, body).
