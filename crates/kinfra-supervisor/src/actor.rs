@@ -36,6 +36,7 @@ pub(crate) struct Shared {
     pub events: EventSender,
     pub ports: PortStore,
     pub pids: pids::PidRegistry,
+    pub user_stopped: crate::stopped::StoppedSet,
     pub tag_prefix: String,
     pub log_dir: PathBuf,
     pub log_tx: broadcast::Sender<ServiceLogLine>,
@@ -163,6 +164,8 @@ pub(crate) struct Actor {
     world: watch::Receiver<u64>,
     watcher: Option<FileWatch>,
     watch_rx: Option<mpsc::Receiver<Vec<PathBuf>>>,
+    /// Values of secret-named variables of the current child, masked in probe messages.
+    secrets: Vec<String>,
 }
 
 async fn wait_child(child: &mut Option<Child>) -> ExitInfo {
@@ -246,7 +249,9 @@ impl Actor {
         let (probe_tx, probe_rx) = mpsc::channel(16);
         let world = shared.world.subscribe();
         let guard = CrashGuard::new(cfg.crash_loop);
-        let mode = if cfg.disabled || cfg.maintenance {
+        let kept_stopped =
+            cfg.restart == RestartPolicy::UnlessStopped && shared.user_stopped.contains(&name);
+        let mode = if cfg.disabled || cfg.maintenance || kept_stopped {
             Mode::Idle
         } else {
             Mode::WaitDeps
@@ -268,6 +273,7 @@ impl Actor {
             world,
             watcher: None,
             watch_rx: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -319,6 +325,11 @@ impl Actor {
             self.set_state(ServiceState::Maintenance, "In maintenance".into());
         } else if self.cfg.disabled {
             self.set_state(ServiceState::Stopped, "Disabled; start it by hand".into());
+        } else if self.mode == Mode::Idle && self.shared.user_stopped.contains(&self.name) {
+            self.set_state(
+                ServiceState::Stopped,
+                "Stopped by user (unless-stopped); start it by hand".into(),
+            );
         }
     }
 
@@ -401,10 +412,12 @@ impl Actor {
                 self.guard.reset();
                 self.attempt = 0;
                 self.mode = Mode::Active;
+                self.shared.user_stopped.set(&self.name, false);
                 let r = self.spawn_child().await;
                 let _ = reply.send(r);
             }
             Command::Stop(reply) => {
+                self.shared.user_stopped.set(&self.name, true);
                 let grace = self.cfg.stop_grace.0;
                 self.stop_child(grace).await;
                 self.mode = Mode::Idle;
@@ -418,6 +431,7 @@ impl Actor {
                 self.guard.reset();
                 self.attempt = 0;
                 self.mode = Mode::Active;
+                self.shared.user_stopped.set(&self.name, false);
                 self.update(|s| s.restarts += 1);
                 let r = self.spawn_child().await;
                 let _ = reply.send(r);
@@ -442,7 +456,9 @@ impl Actor {
                     s.health = Health::Unknown;
                 });
                 self.setup_watch();
-                if self.cfg.disabled || self.cfg.maintenance {
+                let kept_stopped = self.cfg.restart == RestartPolicy::UnlessStopped
+                    && self.shared.user_stopped.contains(&self.name);
+                if self.cfg.disabled || self.cfg.maintenance || kept_stopped {
                     self.mode = Mode::Idle;
                     self.apply_mode_entry();
                 } else {
@@ -698,8 +714,8 @@ impl Actor {
         }
         let env = self.build_env(port)?;
         let (program, args) = self.build_argv(port)?;
-        let secrets = self.secret_values(&env);
-        let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        self.secrets = self.secret_values(&env);
+        let secret_refs: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
         let full = match &self.cfg.command {
             CommandSpec::Shell(_) => args.last().cloned().unwrap_or_default(),
             CommandSpec::Argv(_) => {
@@ -886,10 +902,12 @@ impl Actor {
         }
     }
 
-    async fn on_probe(&mut self, ev: ProbeEvent) {
+    async fn on_probe(&mut self, mut ev: ProbeEvent) {
         if ev.generation != self.generation || self.child.is_none() {
             return;
         }
+        let secret_refs: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        ev.message = redact(&ev.message, &secret_refs);
         match ev.kind {
             ProbeKind::Readiness => {
                 if ev.healthy {

@@ -7,7 +7,8 @@
 //!
 //! Files in the state dir: `logs/NAME.log` (JSON lines, rotated by size), `ports.json`
 //! (persisted `"auto"` ports), `pids.json` (live processes, for cleanup after a SIGKILL of
-//! kinfra), `supervisor.lock` (one supervisor per state dir).
+//! kinfra), `stopped.json` (services a user stopped, kept stopped across restarts under
+//! `unless-stopped`), `supervisor.lock` (one supervisor per state dir).
 //!
 //! Children inherit kinfra's environment, then the global `env`, the service's `env`, `PORT`,
 //! `KINFRA_SERVICE` and `KINFRA_SUPERVISOR_TAG` (which marks every process a service started,
@@ -27,6 +28,7 @@ pub mod ports;
 pub mod probe;
 pub mod procfs;
 pub mod spawn;
+pub mod stopped;
 pub mod watch;
 
 use actor::{Actor, Command, Shared, Snapshot};
@@ -248,6 +250,7 @@ impl Supervisor {
         pids.set("", Vec::new());
         let ports_path = state_dir.join("ports.json");
         let ports = ports::PortStore::load(&ports_path).map_err(state_err(&ports_path))?;
+        let user_stopped = stopped::StoppedSet::load(&state_dir.join("stopped.json"));
         let (log_tx, _) = broadcast::channel(LOG_BROADCAST);
         let (world, _) = tokio::sync::watch::channel(0u64);
         let base_dir = std::fs::canonicalize(&opts.base_dir).unwrap_or(opts.base_dir);
@@ -259,6 +262,7 @@ impl Supervisor {
             events: opts.events,
             ports,
             pids,
+            user_stopped,
             tag_prefix,
             log_dir,
             log_tx,

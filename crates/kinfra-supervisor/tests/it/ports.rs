@@ -59,3 +59,48 @@ async fn fixed_port_held_by_a_foreign_process_names_the_holder() {
     );
     drop(holder);
 }
+
+/// A process of ours from a previous run (it carries this state dir's tag) holding a fixed
+/// port is killed, and the service gets its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_port_held_by_a_stale_process_of_ours_is_reclaimed() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.state_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let port = kinfra_supervisor::ports::free_port().unwrap_or_else(|e| panic!("{e}"));
+    let tag = format!(
+        "{}web/",
+        kinfra_supervisor::pids::tag_prefix(&p.state_dir())
+    );
+    let mut stale = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .env("KINFRA_SUPERVISOR_TAG", &tag)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stale_pid = stale.id() as i32;
+    assert!(
+        wait_for(SECS(5), || kinfra_supervisor::ports::check_free(port)
+            .is_err())
+        .await,
+        "the stale server never listened"
+    );
+    let mut svc = sh("echo port=$PORT; exec python3 -m http.server --bind 127.0.0.1 $PORT");
+    svc.port = Some(PortSpec::Fixed(port));
+    let s = p.start(&services(vec![("web", svc)])).await;
+    let _ = stale.wait();
+    assert!(!alive(stale_pid));
+    expect_state(&s, "web", ServiceState::Running, SECS(5)).await;
+    assert!(
+        wait_for(SECS(5), || messages(&s, "web")
+            .contains(&format!("port={port}")))
+        .await
+    );
+    s.shutdown(SECS(5)).await;
+}

@@ -325,3 +325,44 @@ async fn backoff_timing_with_paused_clock() {
         .unwrap_or_else(|e| panic!("{e}"));
     s.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unless_stopped_stays_stopped_across_runs_until_started() {
+    let p = Project::new();
+    let mut keep = sh("exec sleep 30");
+    keep.restart = RestartPolicy::UnlessStopped;
+    let mut always = sh("exec sleep 30");
+    always.restart = RestartPolicy::Always;
+    let list = services(vec![("keep", keep), ("always", always)]);
+    let s = p.start(&list).await;
+    expect_state(&s, "keep", ServiceState::Running, SECS(5)).await;
+    s.act(Action::Stop, "keep")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.act(Action::Stop, "always")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.shutdown(SECS(5)).await;
+    drop(s);
+
+    let s = p.start(&list).await;
+    expect_state(&s, "always", ServiceState::Running, SECS(5)).await;
+    let st = status_of(&s, "keep");
+    assert_eq!(st.state, ServiceState::Stopped);
+    assert_eq!(st.pid, None);
+    assert!(
+        st.status_message.contains("unless-stopped"),
+        "{}",
+        st.status_message
+    );
+    s.act(Action::Start, "keep")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    expect_state(&s, "keep", ServiceState::Running, SECS(5)).await;
+    s.shutdown(SECS(5)).await;
+    drop(s);
+    // Started by hand: runs again on the next start.
+    let s = p.start(&list).await;
+    expect_state(&s, "keep", ServiceState::Running, SECS(5)).await;
+    s.shutdown(SECS(5)).await;
+}
