@@ -173,7 +173,21 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // A config with several problems: one `error:` line each.
+            let config_errors = error.downcast_ref::<kinfra::ConfigErrors>().or_else(|| {
+                match error.downcast_ref::<kinfra::StartError>() {
+                    Some(kinfra::StartError::Config(errors)) => Some(errors),
+                    _ => None,
+                }
+            });
+            match config_errors {
+                Some(errors) => {
+                    for e in &errors.0 {
+                        eprintln!("error: {e}");
+                    }
+                }
+                None => eprintln!("error: {error:#}"),
+            }
             ExitCode::from(exit_code(&error))
         }
     }

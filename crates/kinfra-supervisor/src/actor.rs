@@ -583,7 +583,10 @@ impl Actor {
     }
 
     fn build_env(&self, port: Option<u16>) -> Result<Vec<(String, String)>, String> {
-        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        // Variables that are not valid UTF-8 cannot be represented here and are skipped.
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
         env.remove(TAG_VAR);
         for (k, v) in &self.shared.global_env {
             env.insert(k.clone(), self.interpolate(port, v)?);

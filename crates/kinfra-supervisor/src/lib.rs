@@ -34,6 +34,7 @@ pub mod watch;
 use actor::{Actor, Command, Shared, Snapshot};
 use kinfra_core::config::{PortSpec, ServiceConfig};
 use kinfra_core::event::{EventKind, EventSender};
+use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::{LogLine, ServiceLogLine, ServiceStatus, format_uptime};
 use kinfra_core::view::{Action, ActionError};
 use logs::LogSink;
@@ -166,6 +167,7 @@ struct ServiceHandle {
 
 struct Inner {
     shared: Arc<Shared>,
+    externals: RwLock<BTreeMap<String, tokio::sync::watch::Sender<Snapshot>>>,
     services: RwLock<BTreeMap<String, ServiceHandle>>,
     apply_lock: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
@@ -217,6 +219,18 @@ impl Supervisor {
     pub async fn start(
         services: &BTreeMap<String, ServiceConfig>,
         opts: SupervisorOptions,
+    ) -> Result<Supervisor, SupervisorError> {
+        Self::start_with_external(services, opts, &[]).await
+    }
+
+    /// Like [`Supervisor::start`], with the names of things managed elsewhere (containers,
+    /// cloud resources) that services may depend on. Each starts `pending`; dependents wait
+    /// until [`Supervisor::set_external`] reports a state that meets their condition. A
+    /// `depends_on` name that is neither a service nor listed here does not gate anything.
+    pub async fn start_with_external(
+        services: &BTreeMap<String, ServiceConfig>,
+        opts: SupervisorOptions,
+        external: &[String],
     ) -> Result<Supervisor, SupervisorError> {
         let state_dir = opts.state_dir.clone();
         std::fs::create_dir_all(&state_dir).map_err(state_err(&state_dir))?;
@@ -270,9 +284,19 @@ impl Supervisor {
             port_map: RwLock::new(BTreeMap::new()),
             world,
         });
+        let mut externals = BTreeMap::new();
+        for name in external {
+            if services.contains_key(name) {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::watch::channel(Snapshot::pending(None));
+            write(&shared.snapshots).insert(name.clone(), rx);
+            externals.insert(name.clone(), tx);
+        }
         let sup = Supervisor {
             inner: Arc::new(Inner {
                 shared,
+                externals: RwLock::new(externals),
                 services: RwLock::new(BTreeMap::new()),
                 apply_lock: tokio::sync::Mutex::new(()),
                 shutting_down: AtomicBool::new(false),
@@ -386,6 +410,30 @@ impl Supervisor {
                 rx.await.map_err(|_| gone())?.map_err(not_available)
             }
         }
+    }
+
+    /// Reports the state of something managed elsewhere (see
+    /// [`Supervisor::start_with_external`]), so services depending on it can start. For a
+    /// `healthy` condition, report `running`; for `completed_successfully`, `completed`.
+    pub fn set_external(&self, name: &str, state: ServiceState, health: Health) {
+        let shared = &self.inner.shared;
+        if read(&self.inner.services).contains_key(name) {
+            return;
+        }
+        let mut externals = write(&self.inner.externals);
+        let tx = externals.entry(name.to_owned()).or_insert_with(|| {
+            let (tx, rx) = tokio::sync::watch::channel(Snapshot::pending(None));
+            write(&shared.snapshots).insert(name.to_owned(), rx);
+            tx
+        });
+        tx.send_modify(|s| {
+            s.state = state;
+            s.health = health;
+            s.message = state.as_str().to_owned();
+            s.spawned |= state.is_active() || state == ServiceState::Completed;
+        });
+        drop(externals);
+        shared.world.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// The port of a service (auto ports once allocated).

@@ -187,3 +187,39 @@ async fn dependency_cycle_is_rejected() {
     let msg = err.map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.starts_with("dependency cycle: "), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_dependencies_gate_until_reported() {
+    let p = Project::new();
+    let api = dep(sh("exec sleep 30"), "pg", DependCondition::Healthy);
+    let free = dep(sh("exec sleep 30"), "unlisted", DependCondition::Healthy);
+    let s = kinfra_supervisor::Supervisor::start_with_external(
+        &services(vec![("api", api), ("free", free)]),
+        p.opts(),
+        &["pg".to_string()],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    expect_state(&s, "free", ServiceState::Running, SECS(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(state_of(&s, "api"), ServiceState::Pending);
+    assert_eq!(
+        status_of(&s, "api").status_message,
+        "Waiting for pg to be healthy"
+    );
+    s.set_external(
+        "pg",
+        ServiceState::Starting,
+        kinfra_core::state::Health::Unknown,
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state_of(&s, "api"), ServiceState::Pending);
+    s.set_external(
+        "pg",
+        ServiceState::Running,
+        kinfra_core::state::Health::Healthy,
+    );
+    expect_state(&s, "api", ServiceState::Running, SECS(5)).await;
+    assert!(!s.status().contains_key("pg"));
+    s.shutdown(SECS(5)).await;
+}
