@@ -200,6 +200,13 @@ async fn handle(
                 stream_logs(&mut write, &*control, service, lines, follow, &mut stopped).await;
                 return;
             }
+            ControlRequest::Reload => {
+                let response = match control.reload().await {
+                    Ok(message) => ControlResponse::Ok { message },
+                    Err(error) => ControlResponse::Error { error },
+                };
+                send(&mut write, &response).await
+            }
             ControlRequest::Shutdown => {
                 let sent = send(
                     &mut write,

@@ -24,4 +24,7 @@ pub use kinfra_core::state::{Health, ServiceState};
 pub use kinfra_core::status::{LogLine, LogStream, ServiceLogLine, ServiceStatus, StatusReport};
 pub use kinfra_core::view::{Action, ActionError, RuntimeControl};
 pub use kinfra_core::{Config, ConfigError, ConfigErrors};
-pub use runtime::{Runtime, RuntimeOptions, ShutdownError, StartError, start, start_with};
+pub use kinfra_supervisor::ReloadSummary;
+pub use runtime::{
+    ReloadError, Runtime, RuntimeOptions, ShutdownError, StartError, start, start_with,
+};

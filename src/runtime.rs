@@ -4,11 +4,13 @@ use crate::control::{ControlServer, ControlServerError};
 use crate::lock::{LockError, StateLock};
 use kinfra_core::ConfigErrors;
 use kinfra_core::config::Config;
+use kinfra_core::config::ServiceConfig;
 use kinfra_core::event::{Event, EventKind, EventSender};
 use kinfra_core::status::{ServiceLogLine, StatusReport};
 use kinfra_core::view::{Action, ActionError, BoxFuture, RuntimeControl};
 use kinfra_dashboard::{DashboardError, DashboardServer};
-use kinfra_supervisor::{Supervisor, SupervisorError, SupervisorOptions};
+use kinfra_supervisor::{ReloadSummary, Supervisor, SupervisorError, SupervisorOptions};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -67,6 +69,70 @@ pub struct RuntimeOptions {
     /// Use this event channel (subscribe to it before starting to see every event, including
     /// the first ones). A new one is made when absent.
     pub events: Option<EventSender>,
+    /// The file the config was read from: `kinfra runtime reload` and SIGHUP re-read it.
+    /// Without it, only [`Runtime::reload`] with a new `Config` can change the services.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Why a reload was rejected. The running services were left as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// There is no file to re-read (the config was built in code or is the built-in default).
+    #[error("there is no config file to reload from (the runtime was started from {0})")]
+    NoFile(String),
+    /// The new config is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The supervisor refused the new set of services.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The runtime is shutting down.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+}
+
+/// Sections that cannot change while the runtime runs; a reload that changes them applies
+/// the services and says a restart is needed for the rest.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.project != new.project {
+        out.push("[project]");
+    }
+    if old.dashboard != new.dashboard {
+        out.push("[dashboard]");
+    }
+    if old.proxy != new.proxy || old.routes != new.routes {
+        out.push("[proxy] and [[routes]]");
+    }
+    if old.bus != new.bus {
+        out.push("[bus]");
+    }
+    if old.store != new.store {
+        out.push("[store]");
+    }
+    if old.acme != new.acme {
+        out.push("[acme]");
+    }
+    if old.resources != new.resources {
+        out.push("[resources]");
+    }
+    out
+}
+
+/// The services as the supervisor runs them: the global `[env]` merged under each service's
+/// own `env`, so a change to `[env]` restarts exactly the services it reaches.
+fn effective_services(config: &Config) -> BTreeMap<String, ServiceConfig> {
+    config
+        .services
+        .iter()
+        .map(|(name, service)| {
+            let mut service = service.clone();
+            let mut env = config.env.clone();
+            env.extend(std::mem::take(&mut service.env));
+            service.env = env;
+            (name.clone(), service)
+        })
+        .collect()
 }
 
 /// The part of the runtime shared with the dashboard and the control socket.
@@ -76,6 +142,81 @@ struct RuntimeCore {
     supervisor: Supervisor,
     shutdown_requested: watch::Sender<Option<String>>,
     shutting_down: AtomicBool,
+    /// The config now in force (changes on reload).
+    current: std::sync::Mutex<Config>,
+    config_file: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl RuntimeCore {
+    fn current_config(&self) -> Config {
+        match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    async fn apply(&self, new: Config) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ReloadError::ShuttingDown);
+        }
+        if let Err(errors) = new.validate() {
+            self.events.emit(EventKind::ConfigRejected {
+                error: errors.to_string(),
+            });
+            return Err(errors.into());
+        }
+        let old = self.current_config();
+        let summary = self.supervisor.apply(&effective_services(&new)).await?;
+        let needs_restart = restart_only_changes(&old, &new);
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                sections = %needs_restart.join(", "),
+                "Config changes that only apply after a restart of kinfra."
+            );
+        }
+        match self.current.lock() {
+            Ok(mut c) => *c = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        Ok(summary)
+    }
+
+    async fn reload_file(&self) -> Result<ReloadSummary, ReloadError> {
+        let Some(path) = &self.config_file else {
+            return Err(ReloadError::NoFile(self.current_config().origin));
+        };
+        let config = match Config::from_file(path) {
+            Ok(config) => config,
+            Err(errors) => {
+                self.events.emit(EventKind::ConfigRejected {
+                    error: errors.to_string(),
+                });
+                return Err(errors.into());
+            }
+        };
+        self.apply(config).await
+    }
+}
+
+/// One line for people about what a reload did.
+fn describe_reload(summary: &ReloadSummary) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    format!(
+        "reloaded: added {}; removed {}; restarted {}; unchanged {}",
+        list(&summary.added),
+        list(&summary.removed),
+        list(&summary.changed),
+        summary.unchanged.len()
+    )
 }
 
 impl RuntimeControl for RuntimeCore {
@@ -106,6 +247,15 @@ impl RuntimeControl for RuntimeCore {
                 return Err(ActionError::ShuttingDown);
             }
             self.supervisor.act(action, &service).await
+        })
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            self.reload_file()
+                .await
+                .map(|summary| describe_reload(&summary))
+                .map_err(|e| e.to_string())
         })
     }
 
@@ -165,12 +315,13 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
     let control_listener = ControlServer::bind(&state_dir)?;
 
     let supervisor = Supervisor::start(
-        &config.services,
+        &effective_services(&config),
         SupervisorOptions {
             project: config.project.name.clone(),
             state_dir: state_dir.clone(),
             base_dir: config.base_dir.clone(),
-            global_env: config.env.clone(),
+            // Merged into each service by `effective_services`, so reloads see it.
+            global_env: BTreeMap::new(),
             events: events.clone(),
         },
     )
@@ -183,6 +334,9 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         supervisor,
         shutdown_requested,
         shutting_down: AtomicBool::new(false),
+        current: std::sync::Mutex::new(config.clone()),
+        config_file: options.config_file.clone(),
+        reloading: tokio::sync::Mutex::new(()),
     });
     let control_view: Arc<dyn RuntimeControl> = core.clone();
     let dashboard = match dashboard_listener {
@@ -275,9 +429,21 @@ impl Runtime {
         self.core.act(Action::Start, service).await
     }
 
-    /// The config the runtime runs.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The config the runtime runs now (it changes on reload).
+    pub fn config(&self) -> Config {
+        self.core.current_config()
+    }
+
+    /// Applies a new config as a diff from the running one: added services start, removed
+    /// ones stop, changed ones restart in dependency order, unchanged ones are not touched.
+    /// An invalid config is rejected (with a `ConfigRejected` event) and nothing changes.
+    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        self.core.apply(config).await
+    }
+
+    /// Re-reads the config file the runtime was started from and applies it.
+    pub async fn reload_from_file(&self) -> Result<ReloadSummary, ReloadError> {
+        self.core.reload_file().await
     }
 
     /// The state dir in use.

@@ -194,3 +194,27 @@ pub async fn action(arg: &ConfigArg, action: Action, service: &str) -> anyhow::R
         other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
     }
 }
+
+/// `kinfra runtime reload`
+pub async fn reload(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
+    // Check the file here first: a broken edit is the user's input error (exit 2), and the
+    // running runtime is not bothered with it.
+    let (_, source) = load::load(arg)?;
+    if source == load::ConfigSource::Embedded {
+        return Err(InputError(
+            "there is no kinfra.toml here to reload (the runtime runs the built-in default)".into(),
+        )
+        .into());
+    }
+    let state_dir = load::state_dir(arg)?;
+    let mut conn = connect(&state_dir).await?;
+    conn.send(&ControlRequest::Reload).await?;
+    match conn.next_within(Duration::from_secs(300)).await? {
+        Some(ControlResponse::Ok { message }) => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ControlResponse::Error { error }) => anyhow::bail!("reload rejected: {error}"),
+        other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+    }
+}

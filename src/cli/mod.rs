@@ -95,6 +95,13 @@ enum RuntimeCommand {
         #[arg(long, default_value = "auto", value_name = "WHEN")]
         color: output::ColorChoice,
     },
+    /// Re-read the config file and apply it: new services start, removed ones stop, changed
+    /// ones restart, the rest are not touched. An invalid file is rejected and nothing
+    /// changes. `kill -HUP <pid of runtime up>` does the same.
+    Reload {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Restart one service.
     Restart {
         #[command(flatten)]
@@ -211,6 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lines,
             color,
         }) => client::logs(&config, service, lines, follow, color).await,
+        Command::Runtime(RuntimeCommand::Reload { config }) => client::reload(&config).await,
         Command::Runtime(RuntimeCommand::Restart { config, service }) => {
             client::action(&config, kinfra::Action::Restart, &service).await
         }

@@ -50,10 +50,15 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
     // Subscribe before starting, so the first events and log lines are not missed.
     let events = EventSender::new(4096);
     let event_rx = events.subscribe();
+    let config_file = match &source {
+        ConfigSource::File(path) => Some(std::path::absolute(path)?),
+        ConfigSource::Embedded => None,
+    };
     let runtime = kinfra::start_with(
         config,
         RuntimeOptions {
             events: Some(events),
+            config_file,
         },
     )
     .await?;
@@ -68,7 +73,7 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
         }
     }
 
-    let project = &runtime.config().project.name;
+    let project = runtime.config().project.name;
     println!(
         "{}",
         prefixer.kinfra_line(&format!(
@@ -112,10 +117,25 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
         quiet,
     ));
 
-    let reason = tokio::select! {
-        _ = sigint.recv() => "Ctrl-C".to_string(),
-        _ = sigterm.recv() => "SIGTERM".to_string(),
-        reason = runtime.shutdown_requested() => reason,
+    let mut sighup = signal(SignalKind::hangup())?;
+    let reason = loop {
+        tokio::select! {
+            _ = sigint.recv() => break "Ctrl-C".to_string(),
+            _ = sigterm.recv() => break "SIGTERM".to_string(),
+            reason = runtime.shutdown_requested() => break reason,
+            _ = sighup.recv() => {
+                let text = match runtime.reload_from_file().await {
+                    Ok(summary) => format!(
+                        "SIGHUP: config reloaded (added {}, removed {}, restarted {})",
+                        summary.added.len(), summary.removed.len(), summary.changed.len()
+                    ),
+                    Err(error) => format!("SIGHUP: reload rejected, nothing changed:\n{error}"),
+                };
+                for line in text.lines() {
+                    println!("{}", prefixer.kinfra_line(line));
+                }
+            }
+        }
     };
     println!(
         "{}",
@@ -193,6 +213,17 @@ fn describe(kind: &EventKind) -> Option<String> {
             "{service}: crash loop ({failures} failures); not restarting until `kinfra runtime start {service}`"
         )),
         EventKind::PortAssigned { service, port } => Some(format!("{service}: port {port}")),
+        EventKind::ConfigReloaded {
+            added,
+            removed,
+            changed,
+        } => Some(format!(
+            "config reloaded: added [{}], removed [{}], restarted [{}]",
+            added.join(", "),
+            removed.join(", "),
+            changed.join(", ")
+        )),
+        EventKind::ConfigRejected { error } => Some(format!("config rejected: {error}")),
         _ => None,
     }
 }

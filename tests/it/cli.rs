@@ -205,3 +205,107 @@ fn embedded_default_runs_the_demo() {
     let status = up.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
 }
+
+fn pid_of(p: &Project, service: &str) -> Option<u64> {
+    status_json(p)["services"][service]["pid"].as_u64()
+}
+
+#[test]
+fn reload_applies_a_diff_and_rejects_bad_edits() {
+    let tag = unique_tag("reload");
+    let base = |services: &str| {
+        format!(
+            "[project]\nname = \"rl\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n[dashboard]\nlisten = \"127.0.0.1:0\"\n{services}"
+        )
+    };
+    let p = Project::with_config(&base(
+        "[services.keep]\ncommand = \"exec sleep 1000\"\n\
+         [services.change]\ncommand = \"exec sleep 1000\"\n\
+         [services.gone]\ncommand = \"exec sleep 1000\"\n",
+    ));
+    let mut up = p.up(&[], &[]);
+    for s in ["keep", "change", "gone"] {
+        wait_for(Duration::from_secs(20), s, || running_pid(&p, s));
+    }
+    let keep = pid_of(&p, "keep").expect("keep pid");
+    let change = pid_of(&p, "change").expect("change pid");
+    let gone = pid_of(&p, "gone").expect("gone pid");
+
+    // A broken edit is refused by the CLI with exit 2, and nothing changes.
+    p.write(
+        "kinfra.toml",
+        &base("[services.keep]\ncommand = \"exec sleep 1000\"\nport = \"many\"\n"),
+    );
+    let out = p.run(&["runtime", "reload"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("kinfra.toml:"), "{}", stderr(&out));
+    // The same broken edit through SIGHUP is rejected by the runtime with the error.
+    up.signal(libc::SIGHUP);
+    up.wait_for_line(Duration::from_secs(10), "reload rejected");
+    assert_eq!(pid_of(&p, "gone"), Some(gone));
+
+    p.write(
+        "kinfra.toml",
+        &base(
+            "[services.keep]\ncommand = \"exec sleep 1000\"\n\
+             [services.change]\ncommand = \"exec sleep 1001\"\n\
+             [services.new]\ncommand = \"exec sleep 1000\"\n",
+        ),
+    );
+    let out = p.run(&["runtime", "reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("added new"), "{}", stdout(&out));
+    let new = wait_for(Duration::from_secs(20), "new running", || {
+        running_pid(&p, "new")
+    });
+    let changed = wait_for(Duration::from_secs(20), "change restarted", || {
+        running_pid(&p, "change").filter(|pid| *pid != change)
+    });
+    assert!(status_json(&p)["services"]["gone"].is_null());
+    assert!(!alive(gone as u32), "a removed service kept running");
+    assert!(
+        !alive(change as u32),
+        "the old process of a changed service kept running"
+    );
+    assert_eq!(
+        pid_of(&p, "keep"),
+        Some(keep),
+        "an unchanged service was touched"
+    );
+    assert!(alive(new as u32) && alive(changed as u32));
+    up.wait_for_line(Duration::from_secs(5), "config reloaded");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}
+
+#[test]
+fn second_ctrl_c_forces_exit_and_children_die() {
+    let tag = unique_tag("force");
+    // The service ignores SIGTERM and has a long grace period, so a graceful stop would hang.
+    let p = Project::with_config(&format!(
+        "[env]\nKINFRA_TEST_TAG = \"{tag}\"\n[dashboard]\nlisten = \"127.0.0.1:0\"\n\
+         [services.stubborn]\ncommand = \"trap '' TERM; echo ready; while true; do sleep 0.1; done\"\n\
+         stop_grace = \"60s\"\n"
+    ));
+    let mut up = p.up(&[], &[]);
+    up.wait_for_line(Duration::from_secs(20), "stubborn | ready");
+    // The control socket is private to its owner.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(p.path().join(".kinfra/control.sock"))
+            .expect("socket")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+    up.signal(libc::SIGINT);
+    up.wait_for_line(Duration::from_secs(10), "Ctrl-C: stopping gracefully");
+    up.wait_for_line(Duration::from_secs(10), "stubborn: stopping");
+    up.signal(libc::SIGINT);
+    let status = up.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    wait_for(
+        Duration::from_secs(5),
+        "the stubborn service to die with kinfra",
+        || pids_tagged(&tag).is_empty().then_some(()),
+    );
+}

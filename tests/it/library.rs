@@ -37,6 +37,7 @@ async fn start_events_restart_shutdown() {
         config(dir.path(), &tag, "127.0.0.1:0"),
         RuntimeOptions {
             events: Some(events),
+            ..RuntimeOptions::default()
         },
     )
     .await

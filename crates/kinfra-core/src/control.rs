@@ -32,6 +32,8 @@ pub enum ControlRequest {
     },
     /// Graceful shutdown of the whole runtime. Answered with `Ok` at once.
     Shutdown,
+    /// Re-read and apply the config file. Answered with `Ok` (a summary) or `Error`.
+    Reload,
 }
 
 /// A response line from the runtime.

@@ -87,6 +87,14 @@ pub trait RuntimeControl: Send + Sync + 'static {
     fn act(&self, action: Action, service: &str) -> BoxFuture<'_, Result<(), ActionError>>;
     /// Asks the whole runtime to shut down gracefully; returns at once.
     fn request_shutdown(&self, reason: &str);
+
+    /// Re-reads the config from where it came from and applies it as a diff: added services
+    /// start, removed ones stop, changed ones restart, unchanged ones are not touched. An
+    /// invalid config is rejected and the running set is left as it was. Resolves with a
+    /// summary for people, or the error.
+    fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async { Err("this runtime cannot reload its config".to_owned()) })
+    }
 }
 
 /// Keeps only the message text of log lines; handy for tests and plain output.
