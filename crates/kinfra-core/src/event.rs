@@ -123,6 +123,15 @@ pub enum EventKind {
         /// The error, as shown to a person.
         error: String,
     },
+    /// The message bus connection changed state.
+    BusStateChanged {
+        /// `connecting`, `connected`, `reconnecting`, `in_process` or `closed`.
+        state: String,
+        /// Where the bus comes from: `external`, `managed` or `in_process`.
+        backend: String,
+        /// What happened, for people (never holds credentials).
+        message: String,
+    },
 }
 
 impl EventKind {
@@ -140,7 +149,8 @@ impl EventKind {
             Self::RuntimeStarted { .. }
             | Self::RuntimeStopping { .. }
             | Self::ConfigReloaded { .. }
-            | Self::ConfigRejected { .. } => "runtime",
+            | Self::ConfigRejected { .. }
+            | Self::BusStateChanged { .. } => "runtime",
         }
     }
 
@@ -158,6 +168,7 @@ impl EventKind {
             Self::PortAssigned { .. } => "port_assigned",
             Self::ConfigReloaded { .. } => "config_reloaded",
             Self::ConfigRejected { .. } => "config_rejected",
+            Self::BusStateChanged { .. } => "bus_state_changed",
         }
     }
 }

@@ -111,7 +111,26 @@ pub struct ProxyConfig {
     pub connect_timeout: Dur,
     /// Time allowed between reads from an upstream.
     pub read_timeout: Dur,
+    /// How long an idle upstream keep-alive connection is kept in the pool.
+    pub idle_timeout: Dur,
+    /// Serve the maintenance page for every route (the dashboard paths still answer).
+    pub maintenance: bool,
+    /// Path prefixes that always go to the dashboard, whatever the routes say.
+    pub reserved_paths: Vec<String>,
+    /// Worker threads of the proxy; absent means one per CPU.
+    pub threads: Option<usize>,
 }
+
+/// The paths the proxy sends to the dashboard by default.
+pub const DEFAULT_RESERVED_PATHS: [&str; 7] = [
+    "/kinfra",
+    "/__status__",
+    "/__events__",
+    "/__action__/",
+    "/__logs__/",
+    "/metrics",
+    "/healthz",
+];
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -124,6 +143,10 @@ impl Default for ProxyConfig {
             max_body_size: ByteSize(64 * 1024 * 1024),
             connect_timeout: Dur::from_secs(5),
             read_timeout: Dur::from_secs(60),
+            idle_timeout: Dur::from_secs(60),
+            maintenance: false,
+            reserved_paths: DEFAULT_RESERVED_PATHS.iter().map(|p| (*p).to_owned()).collect(),
+            threads: None,
         }
     }
 }
@@ -528,6 +551,18 @@ pub struct BusConfig {
     pub tls_cert: Option<PathBuf>,
     /// Client key.
     pub tls_key: Option<PathBuf>,
+    /// With no `url`: start and supervise a local `nats-server` (found on PATH, or at
+    /// `nats_server`). When false, or when none is found, the bus runs in-process.
+    pub managed: bool,
+    /// Path of the `nats-server` binary for the managed server; absent means search PATH.
+    pub nats_server: Option<PathBuf>,
+    /// Loopback port of the managed server; absent means the port used last time, else a
+    /// free one.
+    pub port: Option<u16>,
+    /// Events kept while the server is unreachable; the oldest are dropped beyond this.
+    pub buffer: usize,
+    /// Longest wait between two reconnect attempts.
+    pub reconnect_max_delay: Dur,
 }
 
 impl Default for BusConfig {
@@ -543,6 +578,11 @@ impl Default for BusConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            managed: true,
+            nats_server: None,
+            port: None,
+            buffer: 1024,
+            reconnect_max_delay: Dur::from_secs(2),
         }
     }
 }
