@@ -4,4 +4,5 @@
 mod cli;
 mod config_check;
 mod library;
+mod scenarios;
 mod support;
