@@ -669,9 +669,13 @@ impl Actor {
                     match (&in_use.holder, ours) {
                         (Some(h), true) => {
                             warn!(service = %self.name, pid = h.pid, port, "Killing a stale process of ours that holds the port.");
-                            // SAFETY: kill has no memory-safety preconditions.
-                            unsafe { libc::kill(h.pid, libc::SIGKILL) };
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let start = procfs::stat(h.pid).map_or(0, |s| s.start_time);
+                            spawn::signal_exact(h.pid, start, libc::SIGKILL);
+                            // It holds its sockets until it is a zombie.
+                            let until = Instant::now() + Duration::from_secs(2);
+                            while procfs::is_same_alive(h.pid, start) && Instant::now() < until {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                         }
                         (None, _) => {
                             // Maybe a process of ours still closing it; give it a moment.

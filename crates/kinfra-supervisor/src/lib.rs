@@ -243,20 +243,37 @@ impl Supervisor {
             .write(true)
             .open(&lock_path)
             .map_err(state_err(&lock_path))?;
-        // SAFETY: flock on a valid fd owned by `lock`.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(SupervisorError::AlreadyRunning(state_dir));
+        // A child forked (by any thread of this process) in the instant before the previous
+        // holder closed the lock shares it until its exec; give such a holder a moment.
+        let lock_deadline = std::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            // SAFETY: flock on a valid fd owned by `lock`.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= lock_deadline {
+                return Err(SupervisorError::AlreadyRunning(state_dir));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         spawn::init().map_err(SupervisorError::Spawner)?;
         let tag_prefix = pids::tag_prefix(&state_dir);
         let pids_path = state_dir.join("pids.json");
         let killed =
             pids::kill_leftovers(&pids_path, &tag_prefix).map_err(state_err(&pids_path))?;
-        if killed > 0 {
-            info!(killed, "Killed processes left by a previous run.");
-            // Let them die, so their ports are free again.
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while !pids::tagged(&tag_prefix).is_empty() && std::time::Instant::now() < deadline {
+        if !killed.is_empty() {
+            info!(
+                killed = killed.len(),
+                "Killed processes left by a previous run."
+            );
+            // Let them finish dying (a dying process holds its sockets until it is a zombie),
+            // so their ports are free again.
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while killed
+                .iter()
+                .any(|(pid, start)| procfs::is_same_alive(*pid, *start))
+                && std::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -116,10 +116,10 @@ impl PidRegistry {
 
 /// Kills (SIGKILL) what a previous instance with this state dir left: the processes in
 /// `pids.json` that are still the same processes, their groups, and every process carrying
-/// the tag. Returns how many processes were signalled.
-pub fn kill_leftovers(pids_file: &Path, tag_prefix: &str) -> io::Result<usize> {
+/// the tag. Returns the processes signalled, as (pid, start time).
+pub fn kill_leftovers(pids_file: &Path, tag_prefix: &str) -> io::Result<Vec<(i32, u64)>> {
     let me = std::process::id() as i32;
-    let mut killed = 0;
+    let mut killed = Vec::new();
     match std::fs::read(pids_file) {
         Ok(bytes) => {
             let records: BTreeMap<String, Vec<PidRecord>> =
@@ -131,7 +131,7 @@ pub fn kill_leftovers(pids_file: &Path, tag_prefix: &str) -> io::Result<usize> {
                     }
                     if spawn::signal_exact(r.pid, r.start_time, libc::SIGKILL) {
                         info!(service = %service, pid = r.pid, "Killed a process left by a previous run.");
-                        killed += 1;
+                        killed.push((r.pid, r.start_time));
                         if r.pgid == r.pid {
                             spawn::signal_group(r.pgid, libc::SIGKILL);
                         }
@@ -142,7 +142,15 @@ pub fn kill_leftovers(pids_file: &Path, tag_prefix: &str) -> io::Result<usize> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    killed += kill_tagged(tag_prefix, libc::SIGKILL);
+    for p in tagged(tag_prefix) {
+        if spawn::signal_exact(p.pid, p.start_time, libc::SIGKILL) {
+            info!(
+                pid = p.pid,
+                "Killed a tagged process left by a previous run."
+            );
+            killed.push((p.pid, p.start_time));
+        }
+    }
     Ok(killed)
 }
 

@@ -291,52 +291,79 @@ async fn exec(
     let Some((program, args)) = argv.split_first() else {
         return Err("empty command".into());
     };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    let pid = child.id().map(|p| p as i32);
-    // The group is killed when the probe times out (this future is dropped) as well as after a
-    // normal exit (grandchildren left behind).
-    struct KillGroup(Option<i32>);
+    // Spawned like a service (own group, parent-death signal), so a probe never outlives
+    // kinfra either.
+    let spawned = crate::spawn::spawn(crate::spawn::SpawnSpec {
+        program: program.clone(),
+        args: args.to_vec(),
+        env: env.to_vec(),
+        cwd: cwd.to_path_buf(),
+    })
+    .await
+    .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    let pid = spawned.pid;
+    // The group is killed when the probe times out (this future is dropped) as well as after
+    // a normal exit (grandchildren left behind). The exit is reaped by its own task either way.
+    struct KillGroup(i32);
     impl Drop for KillGroup {
         fn drop(&mut self) {
-            if let Some(pgid) = self.0 {
-                crate::spawn::signal_group(pgid, libc::SIGKILL);
-            }
+            crate::spawn::signal_group(self.0, libc::SIGKILL);
         }
     }
     let _guard = KillGroup(pid);
-    let out = tokio::time::timeout(timeout, child.wait_with_output())
+    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = exit_tx.send(crate::spawn::wait_exit(pid).await);
+    });
+    let stdout = spawned.stdout.map(|fd| tokio::spawn(read_output(fd)));
+    let stderr = spawned.stderr.map(|fd| tokio::spawn(read_output(fd)));
+    let exit = tokio::time::timeout(timeout, exit_rx)
         .await
         .map_err(|_| format!("timed out after {}", humantime::format_duration(timeout)))?
-        .map_err(|e| format!("waiting for `{program}` failed: {e}"))?;
-    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
-        &out.stderr
-    } else {
-        &out.stdout
-    })
-    .trim()
-    .chars()
-    .take(200)
-    .collect::<String>();
-    if out.status.success() {
+        .map_err(|_| format!("waiting for `{program}` failed"))?;
+    crate::spawn::signal_group(pid, libc::SIGKILL);
+    let collect = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
+        match h {
+            Some(h) => tokio::time::timeout(Duration::from_millis(200), h)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    };
+    let (out, err) = (collect(stdout).await, collect(stderr).await);
+    let text = String::from_utf8_lossy(if out.is_empty() { &err } else { &out })
+        .trim()
+        .chars()
+        .take(200)
+        .collect::<String>();
+    if exit.success() {
         Ok(text)
     } else {
-        Err(match out.status.code() {
+        Err(match exit.code {
             Some(code) if text.is_empty() => format!("exited with code {code}"),
             Some(code) => format!("exited with code {code}: {text}"),
             None => "killed by a signal".to_string(),
         })
+    }
+}
+
+/// Reads a probe's output to EOF, keeping the first 4 KiB.
+async fn read_output(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = 4096usize.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
     }
 }
 

@@ -11,9 +11,20 @@ async fn auto_port_is_kept_across_two_runs() {
     let mut svc = sh("echo port=$PORT; exec sleep 30");
     svc.port = Some(PortSpec::Auto);
     let list = services(vec![("api", svc)]);
-    let s = p.start(&list).await;
+    let opts = p.opts();
+    let mut events = opts.events.subscribe();
+    let s = kinfra_supervisor::Supervisor::start(&list, opts)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let port = s.port_of("api").unwrap_or(0);
     assert!(port > 0);
+    let mut assigned = None;
+    while let Ok(e) = events.try_recv() {
+        if let kinfra_core::EventKind::PortAssigned { service, port } = e.kind {
+            assigned = Some((service, port));
+        }
+    }
+    assert_eq!(assigned, Some(("api".to_string(), port)));
     assert!(
         wait_for(SECS(5), || messages(&s, "api")
             .contains(&format!("port={port}")))

@@ -196,3 +196,24 @@ async fn failing_liveness_probe_restarts_the_service() {
     );
     s.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_probe_output_is_reported_and_failing_code_shown() {
+    let p = Project::new();
+    let mut svc = sh("exec sleep 30");
+    svc.health = Some(fast(ProbeConfig {
+        exec: Some("echo not ready: $${REASON}; exit 3".into()),
+        failure_threshold: 1,
+        ..ProbeConfig::default()
+    }));
+    svc.env.insert("REASON".into(), "warming up".into());
+    let s = p.start(&services(vec![("e", svc)])).await;
+    assert!(
+        wait_for(SECS(5), || status_of(&s, "e").status_message
+            == "Readiness probe failing: exited with code 3: not ready: warming up")
+        .await,
+        "{:#?}",
+        status_of(&s, "e")
+    );
+    s.shutdown(SECS(5)).await;
+}

@@ -243,3 +243,40 @@ async fn sigkill_of_kinfra_leaves_no_survivors() {
     );
     s.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_by_its_timeout() {
+    let p = Project::new();
+    let mut stubborn = sh("trap '' TERM; echo up; while true; do sleep 0.1; done");
+    stubborn.stop_grace = Dur::from_secs(30);
+    let s = p
+        .start(&services(vec![
+            ("stubborn", stubborn),
+            ("plain", sh("exec sleep 30")),
+        ]))
+        .await;
+    assert!(
+        wait_for(SECS(5), || messages(&s, "stubborn")
+            .contains(&"up".to_string()))
+        .await
+    );
+    expect_state(&s, "plain", ServiceState::Running, SECS(5)).await;
+    let pids: Vec<i32> = ["stubborn", "plain"]
+        .iter()
+        .filter_map(|n| status_of(&s, n).pid.map(|p| p as i32))
+        .collect();
+    assert_eq!(pids.len(), 2);
+    let t0 = Instant::now();
+    s.shutdown(Duration::from_millis(500)).await;
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    for pid in pids {
+        assert!(
+            kinfra_supervisor::procfs::stat(pid).is_none(),
+            "{pid} survived or was not reaped"
+        );
+    }
+    assert!(s.act(Action::Start, "plain").await.is_err());
+    let pids_json = std::fs::read_to_string(p.state_dir().join("pids.json")).unwrap_or_default();
+    assert_eq!(pids_json.trim(), "{}");
+}
