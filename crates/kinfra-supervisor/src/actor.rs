@@ -125,6 +125,8 @@ struct Child {
     probes: Vec<JoinHandle<()>>,
     /// Descendants seen while it ran.
     descendants: Vec<ProcStat>,
+    /// When the process tree is walked next.
+    next_scan: tokio::time::Instant,
 }
 
 impl Drop for Child {
@@ -192,9 +194,9 @@ async fn recv_watch(rx: &mut Option<mpsc::Receiver<Vec<PathBuf>>>) -> Option<Vec
     }
 }
 
-async fn tree_tick(active: bool) {
-    if active {
-        tokio::time::sleep(TREE_SCAN_EVERY).await;
+async fn tree_tick(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     } else {
         std::future::pending::<()>().await;
     }
@@ -286,7 +288,7 @@ impl Actor {
         }
         loop {
             let waiting = self.mode == Mode::WaitDeps;
-            let tree = self.child.is_some();
+            let tree = self.child.as_ref().map(|c| c.next_scan);
             tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
                     Some(Command::Shutdown(grace, reply)) => {
@@ -802,6 +804,8 @@ impl Actor {
             exit: exit_rx,
             probes,
             descendants: Vec::new(),
+            // An early first walk catches what a service forks at startup.
+            next_scan: tokio::time::Instant::now() + Duration::from_millis(500),
         });
         let now = Instant::now();
         self.update(|s| {
@@ -840,34 +844,42 @@ impl Actor {
         self.after_exit(exit, uptime, None).await;
     }
 
-    /// Decides what follows an exit the service did not ask for (or a liveness failure).
-    async fn after_exit(&mut self, exit: ExitInfo, uptime: Duration, reason: Option<String>) {
-        self.shared.pids.set(&self.name, Vec::new());
-        let pid = self.snap.borrow().pid.unwrap_or(0);
-        self.update(|s| {
-            s.pid = None;
-            s.started_at = None;
-            s.last_exit = Some(exit);
-            s.health = Health::Unknown;
-        });
-        let what = reason.unwrap_or_else(|| describe_exit(&exit));
-        self.shared.events.emit(EventKind::ProcessExited {
-            service: self.name.clone(),
-            pid,
-            exit,
-        });
-        self.sink.system(format!("{what} (pid {pid})"));
+    /// Decides what follows an exit the service did not ask for, or a liveness failure
+    /// (`liveness` holds the reason; the process was already stopped and reported then).
+    async fn after_exit(&mut self, exit: ExitInfo, uptime: Duration, liveness: Option<String>) {
+        let failure = liveness.is_some() || !exit.success();
+        let what = match liveness {
+            Some(reason) => reason,
+            None => {
+                self.shared.pids.set(&self.name, Vec::new());
+                let pid = self.snap.borrow().pid.unwrap_or(0);
+                self.update(|s| {
+                    s.pid = None;
+                    s.started_at = None;
+                    s.last_exit = Some(exit);
+                    s.health = Health::Unknown;
+                });
+                self.shared.events.emit(EventKind::ProcessExited {
+                    service: self.name.clone(),
+                    pid,
+                    exit,
+                });
+                let what = describe_exit(&exit);
+                self.sink.system(format!("{what} (pid {pid})"));
+                what
+            }
+        };
         let restart = match self.cfg.restart {
             RestartPolicy::No => false,
-            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::OnFailure => failure,
             RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
         };
         if !restart {
             self.mode = Mode::Idle;
-            if exit.success() {
-                self.set_state(ServiceState::Completed, "Completed successfully".into());
-            } else {
+            if failure {
                 self.set_state(ServiceState::Failed, what);
+            } else {
+                self.set_state(ServiceState::Completed, "Completed successfully".into());
             }
             return;
         }
@@ -936,6 +948,7 @@ impl Actor {
                 }
                 let reason = format!("Liveness probe failed: {}", ev.message);
                 warn!(service = %self.name, message = %ev.message, "Liveness probe failed; restarting.");
+                self.sink.system_warn(reason.clone());
                 let grace = self.cfg.stop_grace.0;
                 let (exit, uptime) = match self.stop_process(grace).await {
                     Some(r) => r,
@@ -947,9 +960,15 @@ impl Actor {
     }
 
     async fn on_files_changed(&mut self, paths: Vec<PathBuf>) {
-        if self.child.is_none() && !matches!(self.mode, Mode::Backoff(_)) {
+        // A crashed or finished service runs again after an edit (the edit may be the fix);
+        // one stopped on purpose, in maintenance or waiting for dependencies does not.
+        if matches!(
+            self.state(),
+            ServiceState::Stopped | ServiceState::Maintenance | ServiceState::Pending
+        ) {
             return;
         }
+        self.guard.reset();
         let shown: Vec<String> = paths
             .iter()
             .take(3)
@@ -972,6 +991,7 @@ impl Actor {
         let Some(child) = &mut self.child else {
             return;
         };
+        child.next_scan = tokio::time::Instant::now() + TREE_SCAN_EVERY;
         let procs = procfs::all();
         let found = procfs::descendants(&procs, child.pid);
         let mut added = Vec::new();

@@ -170,7 +170,8 @@ async fn hanging_probe_times_out_and_others_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_liveness_probe_restarts_the_service() {
     let p = Project::new();
-    let mut svc = sh("exec sleep 30");
+    // It exits 0 on SIGTERM: a liveness failure still counts as a failure for on-failure.
+    let mut svc = sh("trap 'exit 0' TERM; while true; do sleep 0.05; done");
     svc.liveness = Some(fast(ProbeConfig {
         exec: Some("test ! -f dead".into()),
         failure_threshold: 2,

@@ -117,3 +117,33 @@ async fn file_changes_restart_the_service_debounced_and_ignored_paths_do_not() {
     expect_state(&s, "w", ServiceState::Running, SECS(5)).await;
     s.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_reruns_a_failed_service_but_not_a_stopped_one() {
+    let p = Project::new();
+    p.write("app/fixed", "no");
+    let watch = WatchConfig {
+        paths: vec!["app".into()],
+        ignore: vec![],
+        debounce: Dur::from_millis(100),
+    };
+    let mut crashy = sh("grep -q yes app/fixed || exit 1; exec sleep 30");
+    crashy.restart = kinfra_core::config::RestartPolicy::No;
+    crashy.watch = Some(watch.clone());
+    let mut stopped = sh("exec sleep 30");
+    stopped.watch = Some(watch);
+    let s = p
+        .start(&services(vec![("crashy", crashy), ("stopped", stopped)]))
+        .await;
+    expect_state(&s, "crashy", ServiceState::Failed, SECS(5)).await;
+    expect_state(&s, "stopped", ServiceState::Running, SECS(5)).await;
+    s.act(kinfra_core::view::Action::Stop, "stopped")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.write("app/fixed", "yes");
+    expect_state(&s, "crashy", ServiceState::Running, SECS(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state_of(&s, "stopped"), ServiceState::Stopped);
+    s.shutdown(SECS(5)).await;
+}
