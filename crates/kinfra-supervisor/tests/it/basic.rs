@@ -159,3 +159,29 @@ async fn bad_command_and_bad_dir_fail_clearly_and_others_keep_running() {
     assert!(msg("shmissing").contains("127"), "{}", msg("shmissing"));
     sup.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_state_dir_and_second_instance_are_errors() {
+    let p = Project::new();
+    let file = p.write("not-a-dir", "x");
+    let mut opts = p.opts();
+    opts.state_dir = file.join("state");
+    let err = kinfra_supervisor::Supervisor::start(&services(vec![]), opts)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.starts_with("the state dir"), "{err}");
+    assert!(err.contains("not-a-dir/state"), "{err}");
+
+    let first = p.start(&services(vec![])).await;
+    let second = kinfra_supervisor::Supervisor::start(&services(vec![]), p.opts()).await;
+    assert!(
+        matches!(
+            second,
+            Err(kinfra_supervisor::SupervisorError::AlreadyRunning(_))
+        ),
+        "{second:?}"
+    );
+    first.shutdown(SECS(5)).await;
+}

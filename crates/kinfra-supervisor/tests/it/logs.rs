@@ -203,3 +203,25 @@ async fn all_services_logs_interleave_and_follow() {
     assert!(s.logs(Some("nope"), 1).is_err());
     s.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_flood_does_not_block_stop_or_status() {
+    let p = Project::new();
+    let mut svc = sh("exec yes 'endless flood line'");
+    svc.log.max_size = ByteSize(64 * 1024);
+    svc.log.keep = 1;
+    svc.log.ring = 100;
+    let s = p.start(&services(vec![("yes", svc)])).await;
+    assert!(wait_for(SECS(5), || p.state_dir().join("logs/yes.log.1").exists()).await);
+    let t0 = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(state_of(&s, "yes"), ServiceState::Running);
+    }
+    s.act(kinfra_core::view::Action::Stop, "yes")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(3));
+    assert!(s.logs(Some("yes"), 1_000_000).unwrap_or_default().len() <= 100);
+    assert!(!p.state_dir().join("logs/yes.log.2").exists());
+    s.shutdown(SECS(5)).await;
+}

@@ -127,9 +127,16 @@ async fn custom_stop_signal_is_sent_first() {
 async fn leftovers_of_a_previous_instance_are_killed_at_start() {
     let p = Project::new();
     let opts = p.opts();
-    let svc = sh("setsid sh -c 'echo $$$$ > escaped.pid; exec sleep 60' & exec sleep 60");
+    // One escapee keeps the tag; one clears its environment and is known only from the
+    // process-tree walk recorded in pids.json.
+    let svc = sh("setsid sh -c 'echo $$$$ > escaped.pid; exec sleep 60' & \
+         setsid env -i /bin/sh -c 'echo $$$$ > clean.pid; exec sleep 60' & \
+         exec sleep 60");
     let list = services(vec![("old", svc)]);
     let list2 = list.clone();
+    let clean_file = p.path().join("clean.pid");
+    let clean_file2 = clean_file.clone();
+    let pids_path = p.state_dir().join("pids.json");
     let main_pid = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -144,7 +151,12 @@ async fn leftovers_of_a_previous_instance_are_killed_at_start() {
             })
             .await;
             let pid = sup.status().get("old").and_then(|s| s.pid)?;
-            ok.then_some((sup, pid))
+            let recorded = wait_for(SECS(5), || {
+                let json = std::fs::read_to_string(&pids_path).unwrap_or_default();
+                read_pid(&clean_file2).is_some_and(|c| json.contains(&format!(":{c},")))
+            })
+            .await;
+            (ok && recorded).then_some((sup, pid))
         })?;
         // The runtime goes away without any shutdown: actors vanish, processes stay.
         drop(rt);
@@ -165,8 +177,11 @@ async fn leftovers_of_a_previous_instance_are_killed_at_start() {
     let pids_json = std::fs::read_to_string(p.state_dir().join("pids.json")).unwrap_or_default();
     assert!(pids_json.contains(&main_pid.to_string()), "{pids_json}");
 
+    let clean = read_pid(&clean_file).unwrap_or(0);
+    assert!(alive(clean));
     let s = p.start(&list).await;
     assert!(!alive(main_pid), "old main process survived");
+    assert!(!alive(clean), "old env-cleared escapee survived");
     assert!(
         wait_for(SECS(2), || !alive(escaped)).await,
         "old escaped process survived"
