@@ -500,6 +500,38 @@ mod tests {
         ));
     }
 
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn loop_honours_initial_delay_and_thresholds() -> std::io::Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let cfg = ProbeConfig {
+            tcp: Some(TcpTarget::Port(port)),
+            initial_delay: kinfra_core::config::Dur::from_secs(5),
+            interval: kinfra_core::config::Dur::from_secs(1),
+            success_threshold: 3,
+            failure_threshold: 2,
+            ..ProbeConfig::default()
+        };
+        let target =
+            resolve(&cfg, None, &[], std::path::Path::new("/")).map_err(std::io::Error::other)?;
+        let (tx, mut rx) = mpsc::channel(8);
+        let t0 = tokio::time::Instant::now();
+        let handle = start_loop(&cfg, target, ProbeKind::Readiness, 7, tx);
+        let ev = rx.recv().await.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        assert!(ev.healthy && ev.changed && ev.generation == 7);
+        // 5 s initial delay, then passes at 5, 6 and 7 s.
+        assert_eq!(t0.elapsed().as_secs(), 7);
+        drop(listener);
+        let t1 = tokio::time::Instant::now();
+        let ev = rx.recv().await.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        assert!(!ev.healthy && ev.changed);
+        assert!(ev.message.contains("cannot connect"), "{}", ev.message);
+        // Failures at +1 s and +2 s.
+        assert_eq!(t1.elapsed().as_secs(), 2);
+        handle.abort();
+        Ok(())
+    }
+
     #[tokio::test]
     async fn exec_probe_times_out_and_kills() {
         let target = ProbeTarget::Exec {

@@ -368,3 +368,34 @@ async fn unless_stopped_stays_stopped_across_runs_until_started() {
     expect_state(&s, "keep", ServiceState::Running, SECS(5)).await;
     s.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_state_says_when_it_restarts() {
+    let p = Project::new();
+    let mut svc = sh("exit 1");
+    svc.backoff.initial = Dur::from_secs(20);
+    svc.backoff.jitter = 0.0;
+    let s = p.start(&services(vec![("slow", svc)])).await;
+    expect_state(&s, "slow", ServiceState::Backoff, SECS(5)).await;
+    let st = status_of(&s, "slow");
+    assert_eq!(st.status_message, "Exited with code 1, restarting in 20.0s");
+    assert_eq!(st.pid, None);
+    // Stop during backoff cancels the restart; start runs it at once.
+    s.act(Action::Stop, "slow")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state_of(&s, "slow"), ServiceState::Stopped);
+    s.act(Action::Start, "slow")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_for(SECS(5), || {
+            let st = status_of(&s, "slow");
+            st.state == ServiceState::Backoff && st.restarts == 2
+        })
+        .await,
+        "{:#?}",
+        status_of(&s, "slow")
+    );
+    s.shutdown(SECS(5)).await;
+}
