@@ -145,7 +145,10 @@ impl Default for ProxyConfig {
             read_timeout: Dur::from_secs(60),
             idle_timeout: Dur::from_secs(60),
             maintenance: false,
-            reserved_paths: DEFAULT_RESERVED_PATHS.iter().map(|p| (*p).to_owned()).collect(),
+            reserved_paths: DEFAULT_RESERVED_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
             threads: None,
         }
     }

@@ -120,6 +120,22 @@ impl Checker<'_> {
                 }
             }
         }
+        for (i, path) in p.reserved_paths.iter().enumerate() {
+            if !path.starts_with('/') {
+                self.issue(
+                    join_index("proxy.reserved_paths", i),
+                    Anchor::Value,
+                    format!("reserved path `{path}` must start with `/`"),
+                );
+            }
+        }
+        if p.threads == Some(0) {
+            self.issue(
+                "proxy.threads".into(),
+                Anchor::Value,
+                "proxy.threads must be at least 1 (leave it out for one per CPU)",
+            );
+        }
     }
 
     fn global_env(&mut self) {

@@ -1,0 +1,691 @@
+//! The request path: pingora's `ProxyHttp` hooks. Routing reads one snapshot per request (no
+//! lock); pages are answered here; everything else is forwarded with the usual proxy headers.
+
+use crate::access::{AccessEntry, AccessLog};
+use crate::acme::{CHALLENGE_PREFIX, ChallengeStore};
+use crate::pages::{Page, Templates, wants_json};
+use crate::routes::normalize_host;
+use crate::state::{Decision, RouteState};
+use crate::upstream::{Backend, Pool};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::ErrorType;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// The header of the proxy's own readiness probe (answered only with the right token).
+pub(crate) const PROBE_HEADER: &str = "x-kinfra-proxy-probe";
+
+/// Longest path kept in an access log line.
+const MAX_LOGGED_PATH: usize = 256;
+
+/// Settings read on the request path.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_body: u64,
+    /// Redirect plain HTTP to HTTPS on this port.
+    pub redirect_https_port: Option<u16>,
+}
+
+/// Counts requests being handled, so a graceful shutdown can wait for them.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    /// Requests being handled now.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no request is being handled.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by each request's context; the count drops when the request is done (or dropped).
+#[derive(Debug)]
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Everything the hooks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub routes: RouteState,
+    pub templates: Templates,
+    pub settings: Settings,
+    pub inflight: Arc<InFlight>,
+    pub access: AccessLog,
+    pub challenges: Arc<ChallengeStore>,
+    pub probe_token: String,
+}
+
+/// The pingora application.
+pub(crate) struct Edge {
+    pub shared: Arc<Shared>,
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    _inflight: InFlightGuard,
+    started: Instant,
+    tls: bool,
+    pool: Option<Arc<Pool>>,
+    service: Option<Arc<str>>,
+    dashboard: bool,
+    backend: Option<Arc<Backend>>,
+    /// A backend that refused a connection; the retry goes elsewhere.
+    exclude: Option<SocketAddr>,
+    connect_failures: u8,
+    body_bytes: u64,
+    upgrade: bool,
+    /// Status of a response the proxy wrote itself.
+    own_status: Option<u16>,
+    probe: bool,
+}
+
+fn request_host(req: &RequestHeader) -> Option<String> {
+    if let Some(host) = req.uri.host() {
+        return Some(normalize_host(host));
+    }
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(normalize_host)
+        .filter(|h| !h.is_empty())
+}
+
+/// The `Host` as the client sent it (with port), for `X-Forwarded-Host`.
+fn original_host(req: &RequestHeader) -> Option<String> {
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
+}
+
+fn is_tls(digest: Option<&Digest>) -> bool {
+    digest.is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// Removes the fields named in `Connection` (and the standard hop-by-hop fields) from a
+/// response; keeps `Connection`/`Upgrade` on a `101 Switching Protocols`.
+fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
+        .collect();
+    for name in nominated {
+        resp.remove_header(&name);
+    }
+    resp.remove_header("keep-alive");
+    resp.remove_header("proxy-connection");
+    resp.remove_header(&header::PROXY_AUTHENTICATE);
+    if !switching {
+        resp.remove_header(&header::CONNECTION);
+        resp.remove_header(&header::UPGRADE);
+    }
+}
+
+fn append_via(existing: Option<&http::HeaderValue>, version: http::Version) -> String {
+    let me = match version {
+        http::Version::HTTP_2 => "2 kinfra",
+        http::Version::HTTP_10 => "1.0 kinfra",
+        _ => "1.1 kinfra",
+    };
+    match existing.and_then(|v| v.to_str().ok()) {
+        Some(v) if !v.is_empty() => format!("{v}, {me}"),
+        _ => me.to_owned(),
+    }
+}
+
+impl Edge {
+    /// Writes a page (HTML, or JSON when asked) as the whole response.
+    async fn respond_page(&self, session: &mut Session, page: &Page, ctx: &mut Ctx) -> Result<()> {
+        let json = wants_json(
+            session
+                .req_header()
+                .headers
+                .get(header::ACCEPT)
+                .map(|v| v.as_bytes()),
+        );
+        let body = if json {
+            page.to_json()
+        } else {
+            self.shared.templates.render(page)
+        };
+        let mut resp = ResponseHeader::build(page.status, Some(6))?;
+        resp.insert_header(
+            header::CONTENT_TYPE,
+            if json {
+                "application/json"
+            } else {
+                "text/html; charset=utf-8"
+            },
+        )?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if matches!(page.status, 502..=504 | 429) {
+            resp.insert_header(header::RETRY_AFTER, page.retry_after.to_string())?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header("x-kinfra-page", page.code)?;
+        ctx.own_status = Some(page.status);
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a short plain response (probe, redirect, ACME).
+    async fn respond_plain(
+        &self,
+        session: &mut Session,
+        status: u16,
+        headers: &[(http::HeaderName, String)],
+        body: &str,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        for (name, value) in headers {
+            resp.insert_header(name.clone(), value.as_str())?;
+        }
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        ctx.own_status = Some(status);
+        let head = session.req_header().method == http::Method::HEAD || body.is_empty();
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn page_for_error(&self, ctx: &Ctx, code: u16, e: &Error) -> Page {
+        match code {
+            413 => Page::plain(
+                413,
+                "body_too_large",
+                "The request is too large",
+                "The request body is larger than this server accepts.",
+            ),
+            400 => Page::plain(
+                400,
+                "bad_request",
+                "The request could not be understood",
+                "The request was malformed.",
+            ),
+            502..=504 => {
+                let who = if ctx.dashboard {
+                    Some("The kinfra dashboard")
+                } else {
+                    ctx.service.as_deref()
+                };
+                Page::unreachable(who, code, friendly_error(e))
+            }
+            _ => Page::plain(
+                code,
+                "proxy_error",
+                "Something went wrong",
+                "The proxy could not handle this request.",
+            ),
+        }
+    }
+}
+
+/// A short reason for people, without internals.
+fn friendly_error(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectRefused => "The connection was refused.",
+        ErrorType::ConnectTimedout => "Connecting timed out.",
+        ErrorType::ConnectNoRoute => "There is no route to it.",
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
+            "The secure connection to it failed."
+        }
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => "It did not answer in time.",
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            "The connection to it was closed unexpectedly."
+        }
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => {
+            "It sent a response that is not valid HTTP."
+        }
+        _ => "It could not be reached.",
+    }
+}
+
+/// The status for a final error: connect failures are 503 (the service is not there), time-outs
+/// 504, other upstream failures 502; 0 when the client is gone.
+fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectTimedout
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::SocketError
+        | ErrorType::BindError => 503,
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => match e.esource() {
+            ErrorSource::Downstream => 0,
+            _ => 502,
+        },
+        etype => match e.esource() {
+            ErrorSource::Upstream => match etype {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+                _ => 502,
+            },
+            ErrorSource::Downstream => match etype {
+                ErrorType::WriteError
+                | ErrorType::ReadError
+                | ErrorType::ConnectionClosed
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            _inflight: self.shared.inflight.enter(),
+            started: Instant::now(),
+            tls: false,
+            pool: None,
+            service: None,
+            dashboard: false,
+            backend: None,
+            exclude: None,
+            connect_failures: 0,
+            body_bytes: 0,
+            upgrade: false,
+            own_status: None,
+            probe: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let shared = &*self.shared;
+        let req = session.req_header();
+        if let Some(token) = req.headers.get(PROBE_HEADER) {
+            if token.as_bytes() == shared.probe_token.as_bytes() {
+                ctx.probe = true;
+                self.respond_plain(session, 204, &[], "", ctx).await?;
+                return Ok(true);
+            }
+        }
+        ctx.tls = is_tls(session.digest());
+        ctx.upgrade = session.is_upgrade_req();
+        let req = session.req_header();
+        let host = request_host(req);
+        let path = req.uri.path();
+
+        if !ctx.tls && path.starts_with(CHALLENGE_PREFIX) && !shared.challenges.is_empty() {
+            let token = &path[CHALLENGE_PREFIX.len()..];
+            if let Some(answer) = shared.challenges.get(token) {
+                let ct = [(header::CONTENT_TYPE, "text/plain".to_owned())];
+                self.respond_plain(session, 200, &ct, &answer, ctx).await?;
+                return Ok(true);
+            }
+        }
+
+        if let (false, Some(port), Some(h)) = (ctx.tls, shared.settings.redirect_https_port, &host)
+        {
+            if !path.starts_with(CHALLENGE_PREFIX) {
+                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location = if port == 443 {
+                    format!("https://{h}{pq}")
+                } else {
+                    format!("https://{h}:{port}{pq}")
+                };
+                let loc = [(header::LOCATION, location)];
+                self.respond_plain(session, 308, &loc, "", ctx).await?;
+                return Ok(true);
+            }
+        }
+
+        let declared = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > shared.settings.max_body) {
+            let page = Page::plain(
+                413,
+                "body_too_large",
+                "The request is too large",
+                "The request body is larger than this server accepts.",
+            );
+            session.set_keepalive(None);
+            self.respond_page(session, &page, ctx).await?;
+            return Ok(true);
+        }
+
+        let snapshot = shared.routes.load();
+        match snapshot.decide(host.as_deref(), path) {
+            Decision::Page(page) => {
+                self.respond_page(session, &page, ctx).await?;
+                Ok(true)
+            }
+            Decision::Proxy {
+                pool,
+                service,
+                new_path,
+                dashboard,
+            } => {
+                ctx.pool = Some(pool);
+                ctx.service = service;
+                ctx.dashboard = dashboard;
+                if let Some(new_path) = new_path {
+                    let req = session.req_header_mut();
+                    let pq = match req.uri.query() {
+                        Some(q) => format!("{new_path}?{q}"),
+                        None => new_path,
+                    };
+                    let mut parts = req.uri.clone().into_parts();
+                    parts.path_and_query = Some(
+                        pq.parse()
+                            .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad path"))?,
+                    );
+                    let uri = http::Uri::from_parts(parts)
+                        .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad uri"))?;
+                    req.set_uri(uri);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool.as_ref() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream chosen",
+            ));
+        };
+        let Some(backend) = pool.pick(ctx.exclude) else {
+            return Err(Error::explain(
+                ErrorType::ConnectRefused,
+                "no other upstream to try",
+            ));
+        };
+        let s = &self.shared.settings;
+        let mut peer = HttpPeer::new(backend.addr, backend.tls, backend.sni.clone());
+        peer.options.connection_timeout = Some(s.connect_timeout);
+        peer.options.total_connection_timeout = Some(s.connect_timeout * 2);
+        peer.options.idle_timeout = Some(s.idle_timeout);
+        if !ctx.upgrade {
+            peer.options.read_timeout = Some(s.read_timeout);
+            peer.options.write_timeout = Some(s.read_timeout);
+        }
+        ctx.backend = Some(backend);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.connect_failures = ctx.connect_failures.saturating_add(1);
+        let retry = match (&ctx.pool, &ctx.backend) {
+            (Some(pool), Some(backend)) => {
+                pool.mark_failed(backend);
+                ctx.exclude = Some(backend.addr);
+                ctx.connect_failures < 2 && pool.has_other(backend.addr)
+            }
+            _ => false,
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(backend) = &ctx.backend {
+            Pool::mark_ok(backend);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.upgrade {
+            return Ok(());
+        }
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.shared.settings.max_body {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than proxy.max_body_size",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(ip) = client {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        match original_host(session.req_header()) {
+            Some(host) => upstream.insert_header("x-forwarded-host", host)?,
+            None => {
+                upstream.remove_header("x-forwarded-host");
+            }
+        }
+        let via = append_via(
+            upstream.headers.get(header::VIA),
+            session.req_header().version,
+        );
+        upstream.insert_header(header::VIA, via)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        strip_response_hop_by_hop(resp);
+        let via = append_via(resp.headers.get(header::VIA), session.req_header().version);
+        resp.insert_header(header::VIA, via)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = status_for(e);
+        if code > 0 && session.response_written().is_none() {
+            let page = self.page_for_error(ctx, code, e);
+            if code >= 500 || code == 413 {
+                session.set_keepalive(None);
+            }
+            if let Err(write_error) = self.respond_page(session, &page, ctx).await {
+                tracing::debug!(error = %write_error, "Could not send an error page.");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.probe || !AccessLog::enabled() {
+            return;
+        }
+        let req = session.req_header();
+        let status = ctx
+            .own_status
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let mut path: String = req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .chars()
+            .take(MAX_LOGGED_PATH)
+            .collect();
+        if path.is_empty() {
+            path.push('/');
+        }
+        self.shared.access.send(AccessEntry {
+            method: req.method.clone(),
+            host: request_host(req),
+            path,
+            status,
+            micros: ctx.started.elapsed().as_micros() as u64,
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            upstream: ctx.backend.as_ref().map(|b| b.addr),
+            service: ctx.service.clone(),
+            bytes: session.body_bytes_sent(),
+            error: e.map(|e| e.etype().as_str().to_owned()),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_is_appended() {
+        assert_eq!(append_via(None, http::Version::HTTP_11), "1.1 kinfra");
+        let prev = http::HeaderValue::from_static("1.1 edge");
+        assert_eq!(
+            append_via(Some(&prev), http::Version::HTTP_2),
+            "1.1 edge, 2 kinfra"
+        );
+    }
+
+    #[test]
+    fn response_hop_by_hop_is_removed() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "keep-alive, x-secret")
+            .unwrap();
+        resp.insert_header("x-secret", "1").unwrap();
+        resp.insert_header("keep-alive", "timeout=5").unwrap();
+        resp.insert_header("x-kept", "1").unwrap();
+        strip_response_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("x-secret").is_none());
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("connection").is_none());
+        assert!(resp.headers.get("x-kept").is_some());
+        let mut up = ResponseHeader::build(101, None).unwrap();
+        up.insert_header("connection", "upgrade").unwrap();
+        up.insert_header("upgrade", "websocket").unwrap();
+        strip_response_hop_by_hop(&mut up);
+        assert!(up.headers.get("connection").is_some());
+        assert!(up.headers.get("upgrade").is_some());
+    }
+
+    #[test]
+    fn error_statuses() {
+        let e = Error::explain(ErrorType::ConnectRefused, "x");
+        assert_eq!(status_for(&e), 503);
+        let mut e = Error::explain(ErrorType::ReadTimedout, "x");
+        e.as_up();
+        assert_eq!(status_for(&e), 504);
+        let mut e = Error::explain(ErrorType::ReadError, "x");
+        e.as_down();
+        assert_eq!(status_for(&e), 0);
+        let e = Error::explain(ErrorType::HTTPStatus(413), "x");
+        assert_eq!(status_for(&e), 413);
+    }
+}

@@ -1,0 +1,35 @@
+//! kinfra's front door: a pingora reverse proxy that knows the state of every service behind
+//! it. The only crate of kinfra that knows pingora.
+//!
+//! - Routes from `[[routes]]` (host before path, longest prefix wins, optional prefix strip) to
+//!   supervised services (their port comes from the runtime's status) or fixed upstreams
+//!   (round-robin, passive failure detection, one retry on another replica).
+//! - Health-aware: a loading page while a service starts, a 503 page naming the service and
+//!   its last error when it is down or unhealthy, a maintenance page (per service or global);
+//!   JSON for clients that ask. Templates in `embedded/pages/`, overridable by
+//!   `proxy.pages_dir`.
+//! - Reserved paths (`/kinfra`, `/__status__`, ...) always go to the dashboard.
+//! - TLS through rustls with certificates chosen by SNI from a [`CertStore`] that can be
+//!   changed at run time; self-signed certificates where none is present; HTTP/2 via ALPN.
+//! - pingora runs on its own OS threads via `Server::run`, never `run_forever`;
+//!   [`ProxyServer::shutdown`] is graceful and joins them.
+//!
+//! The route table is an immutable snapshot swapped atomically when the runtime's events say
+//! something changed; requests never take a lock.
+
+mod access;
+mod acme;
+mod edge;
+mod error;
+mod pages;
+mod routes;
+mod server;
+mod state;
+pub mod tls;
+mod upstream;
+
+pub use access::ACCESS_TARGET;
+pub use acme::ChallengeStore;
+pub use error::ProxyError;
+pub use server::{ProxyOptions, ProxyServer};
+pub use tls::{CertStore, CertifiedKey, TlsError};

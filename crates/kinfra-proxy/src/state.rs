@@ -1,0 +1,426 @@
+//! The routing snapshot: the static route table plus what each service can take right now,
+//! rebuilt when the runtime reports a change and swapped atomically; requests only load it.
+
+use crate::pages::Page;
+use crate::routes::{RouteTable, Target, strip_path_prefix};
+use crate::upstream::Pool;
+use arc_swap::{ArcSwap, Guard};
+use kinfra_core::status::StatusReport;
+use kinfra_core::{Health, ServiceState};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What one service can do with a request right now.
+#[derive(Debug, Clone)]
+pub(crate) enum ServiceEntry {
+    /// Forward to these backends.
+    Up(Arc<Pool>),
+    /// Answer with this page.
+    Page(Arc<Page>),
+}
+
+/// One immutable view of everything a request needs to be routed.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    routes: Arc<RouteTable>,
+    services: HashMap<String, ServiceEntry>,
+    /// The maintenance page for every route, when global maintenance is on.
+    maintenance: Option<Arc<Page>>,
+    dashboard: Option<Arc<Pool>>,
+    not_found: Arc<Page>,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Forward the request.
+    Proxy {
+        /// Backends to pick from.
+        pool: Arc<Pool>,
+        /// The service, for pages and logs (`None` for fixed upstreams and the dashboard).
+        service: Option<Arc<str>>,
+        /// The path to send upstream instead of the original one (prefix stripped).
+        new_path: Option<String>,
+        /// This is the dashboard.
+        dashboard: bool,
+    },
+    /// Answer with a page.
+    Page(Arc<Page>),
+}
+
+impl Snapshot {
+    /// Routes a request by host (normalized, without port) and path (without query).
+    pub(crate) fn decide(&self, host: Option<&str>, path: &str) -> Decision {
+        if let Some(dashboard) = &self.dashboard {
+            if self.routes.is_reserved(path) {
+                return Decision::Proxy {
+                    pool: dashboard.clone(),
+                    service: None,
+                    new_path: None,
+                    dashboard: true,
+                };
+            }
+        }
+        if let Some(page) = &self.maintenance {
+            return Decision::Page(page.clone());
+        }
+        let Some(route) = self.routes.find(host, path) else {
+            return Decision::Page(self.not_found.clone());
+        };
+        let new_path = route
+            .strip_prefix
+            .then(|| strip_path_prefix(&route.prefix, path).into_owned());
+        match &route.target {
+            Target::Fixed(pool) => Decision::Proxy {
+                pool: pool.clone(),
+                service: None,
+                new_path,
+                dashboard: false,
+            },
+            Target::Service(name) => match self.services.get(&**name) {
+                Some(ServiceEntry::Up(pool)) => Decision::Proxy {
+                    pool: pool.clone(),
+                    service: Some(name.clone()),
+                    new_path,
+                    dashboard: false,
+                },
+                Some(ServiceEntry::Page(page)) => Decision::Page(page.clone()),
+                None => Decision::Page(Arc::new(Page::plain(
+                    503,
+                    "unknown_service",
+                    &format!("{name} is not available"),
+                    "The runtime does not know this service (yet).",
+                ))),
+            },
+        }
+    }
+}
+
+/// What the runtime last said about one service.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    state: ServiceState,
+    health: Health,
+    message: String,
+    port: Option<u16>,
+}
+
+/// The inputs of a snapshot; only writers touch it.
+#[derive(Debug)]
+struct Inputs {
+    routes: Arc<RouteTable>,
+    dashboard: Option<Arc<Pool>>,
+    seen: BTreeMap<String, Seen>,
+    maintenance_config: bool,
+    maintenance_all: bool,
+    maintenance_services: HashSet<String>,
+    /// Pools by service, kept across rebuilds while the port stays the same (so round-robin
+    /// and failure marks survive).
+    pools: HashMap<String, Arc<Pool>>,
+    fail_timeout: Duration,
+    upstream_host: std::net::IpAddr,
+}
+
+impl Inputs {
+    fn build(&mut self) -> Snapshot {
+        let mut services = HashMap::with_capacity(self.seen.len());
+        let mut pools = HashMap::with_capacity(self.pools.len());
+        for (name, seen) in &self.seen {
+            let entry = if self.maintenance_services.contains(name) {
+                ServiceEntry::Page(Arc::new(Page::maintenance(Some(name))))
+            } else if let Some(page) =
+                Page::for_service(name, seen.state, seen.health, &seen.message)
+            {
+                ServiceEntry::Page(Arc::new(page))
+            } else if let Some(port) = seen.port {
+                let addr = SocketAddr::new(self.upstream_host, port);
+                let pool = match self.pools.get(name) {
+                    Some(pool) if pool.addrs().eq(std::iter::once(addr)) => pool.clone(),
+                    _ => Arc::new(Pool::single(addr, self.fail_timeout)),
+                };
+                pools.insert(name.clone(), pool.clone());
+                ServiceEntry::Up(pool)
+            } else {
+                ServiceEntry::Page(Arc::new(Page::plain(
+                    503,
+                    "service_without_port",
+                    &format!("{name} has no port"),
+                    "It is running, but kinfra does not know a port to send requests to.",
+                )))
+            };
+            services.insert(name.clone(), entry);
+        }
+        self.pools = pools;
+        Snapshot {
+            routes: self.routes.clone(),
+            services,
+            maintenance: (self.maintenance_config || self.maintenance_all)
+                .then(|| Arc::new(Page::maintenance(None))),
+            dashboard: self.dashboard.clone(),
+            not_found: Arc::new(Page::plain(
+                404,
+                "no_route",
+                "Nothing is served here",
+                "No route of this kinfra runtime matches this address.",
+            )),
+        }
+    }
+}
+
+/// The live routing state: a snapshot to read and the inputs to rebuild it.
+#[derive(Debug)]
+pub(crate) struct RouteState {
+    current: ArcSwap<Snapshot>,
+    inputs: parking_lot::Mutex<Inputs>,
+}
+
+impl RouteState {
+    /// A state with no service known yet.
+    pub(crate) fn new(
+        routes: RouteTable,
+        dashboard: Option<SocketAddr>,
+        maintenance_config: bool,
+        fail_timeout: Duration,
+    ) -> Self {
+        let mut inputs = Inputs {
+            routes: Arc::new(routes),
+            dashboard: dashboard
+                .map(|addr| Arc::new(Pool::single(addr, Duration::from_millis(500)))),
+            seen: BTreeMap::new(),
+            maintenance_config,
+            maintenance_all: false,
+            maintenance_services: HashSet::new(),
+            pools: HashMap::new(),
+            fail_timeout,
+            upstream_host: std::net::IpAddr::from([127, 0, 0, 1]),
+        };
+        let first = inputs.build();
+        Self {
+            current: ArcSwap::from_pointee(first),
+            inputs: parking_lot::Mutex::new(inputs),
+        }
+    }
+
+    /// The current snapshot (lock-free).
+    pub(crate) fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// Takes in a status report; rebuilds only when something that matters for routing changed.
+    /// Returns true when the snapshot was replaced.
+    pub(crate) fn apply_status(&self, report: &StatusReport) -> bool {
+        let seen: BTreeMap<String, Seen> = report
+            .services
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    Seen {
+                        state: s.state,
+                        health: s.health,
+                        message: s.status_message.clone(),
+                        port: s.port,
+                    },
+                )
+            })
+            .collect();
+        let mut inputs = self.inputs.lock();
+        if inputs.seen == seen {
+            return false;
+        }
+        inputs.seen = seen;
+        self.current.store(Arc::new(inputs.build()));
+        true
+    }
+
+    /// Turns maintenance on or off for one service, or for everything (`None`).
+    pub(crate) fn set_maintenance(&self, service: Option<&str>, on: bool) {
+        let mut inputs = self.inputs.lock();
+        match (service, on) {
+            (None, on) => inputs.maintenance_all = on,
+            (Some(s), true) => {
+                inputs.maintenance_services.insert(s.to_owned());
+            }
+            (Some(s), false) => {
+                inputs.maintenance_services.remove(s);
+            }
+        }
+        self.current.store(Arc::new(inputs.build()));
+    }
+
+    /// `(global, services)` maintenance flags set through [`RouteState::set_maintenance`].
+    pub(crate) fn maintenance(&self) -> (bool, Vec<String>) {
+        let inputs = self.inputs.lock();
+        let mut services: Vec<String> = inputs.maintenance_services.iter().cloned().collect();
+        services.sort();
+        (inputs.maintenance_all, services)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pages::PageKind;
+    use kinfra_core::config::RouteConfig;
+    use kinfra_core::status::ServiceStatus;
+
+    fn status(state: ServiceState, health: Health, port: Option<u16>) -> ServiceStatus {
+        ServiceStatus {
+            kind: "process".into(),
+            state,
+            health,
+            status_message: "exited with code 3".into(),
+            port,
+            pid: None,
+            uptime_s: None,
+            uptime: None,
+            restarts: 0,
+            last_exit: None,
+            logs: Vec::new(),
+        }
+    }
+
+    fn state() -> RouteState {
+        let routes = RouteTable::build(
+            &[RouteConfig {
+                host: None,
+                path: "/api".into(),
+                strip_prefix: true,
+                service: Some("api".into()),
+                upstream: None,
+            }],
+            &["/kinfra".to_owned()],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        RouteState::new(
+            routes,
+            Some("127.0.0.1:9".parse().unwrap()),
+            false,
+            Duration::from_secs(1),
+        )
+    }
+
+    fn report(s: ServiceStatus) -> StatusReport {
+        StatusReport::new("t", BTreeMap::from([("api".to_owned(), s)]))
+    }
+
+    fn page_kind(d: Decision) -> Option<(PageKind, u16)> {
+        match d {
+            Decision::Page(p) => Some((p.kind, p.status)),
+            Decision::Proxy { .. } => None,
+        }
+    }
+
+    #[test]
+    fn decisions_follow_state() {
+        let st = state();
+        // unknown service until the first report
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api/x")),
+            Some((PageKind::Error, 503))
+        );
+        assert!(st.apply_status(&report(status(
+            ServiceState::Starting,
+            Health::Unknown,
+            Some(5)
+        ))));
+        assert!(!st.apply_status(&report(status(
+            ServiceState::Starting,
+            Health::Unknown,
+            Some(5)
+        ))));
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api/x")),
+            Some((PageKind::Loading, 503))
+        );
+        st.apply_status(&report(status(
+            ServiceState::Running,
+            Health::Healthy,
+            Some(5),
+        )));
+        let Decision::Proxy {
+            pool,
+            new_path,
+            service,
+            dashboard,
+        } = st.load().decide(None, "/api/x")
+        else {
+            panic!("expected proxy");
+        };
+        assert_eq!(
+            pool.addrs().collect::<Vec<_>>(),
+            ["127.0.0.1:5".parse().unwrap()]
+        );
+        assert_eq!(new_path.as_deref(), Some("/x"));
+        assert_eq!(service.as_deref(), Some("api"));
+        assert!(!dashboard);
+        // the pool survives a rebuild with the same port
+        st.apply_status(&report(status(
+            ServiceState::Running,
+            Health::Unknown,
+            Some(5),
+        )));
+        let Decision::Proxy { pool: again, .. } = st.load().decide(None, "/api") else {
+            panic!("expected proxy");
+        };
+        assert!(Arc::ptr_eq(&pool, &again));
+        st.apply_status(&report(status(
+            ServiceState::Running,
+            Health::Unhealthy,
+            Some(5),
+        )));
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api")),
+            Some((PageKind::Error, 503))
+        );
+        st.apply_status(&report(status(
+            ServiceState::Maintenance,
+            Health::Unknown,
+            Some(5),
+        )));
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api")),
+            Some((PageKind::Maintenance, 503))
+        );
+        assert_eq!(
+            page_kind(st.load().decide(None, "/")),
+            Some((PageKind::Error, 404))
+        );
+    }
+
+    #[test]
+    fn maintenance_flags_and_dashboard() {
+        let st = state();
+        st.apply_status(&report(status(
+            ServiceState::Running,
+            Health::Healthy,
+            Some(5),
+        )));
+        st.set_maintenance(Some("api"), true);
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api")),
+            Some((PageKind::Maintenance, 503))
+        );
+        st.set_maintenance(Some("api"), false);
+        assert!(page_kind(st.load().decide(None, "/api")).is_none());
+        st.set_maintenance(None, true);
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api")),
+            Some((PageKind::Maintenance, 503))
+        );
+        // the dashboard answers even in global maintenance
+        assert!(matches!(
+            st.load().decide(None, "/kinfra"),
+            Decision::Proxy {
+                dashboard: true,
+                ..
+            }
+        ));
+        assert_eq!(st.maintenance(), (true, vec![]));
+        st.set_maintenance(None, false);
+        assert!(page_kind(st.load().decide(None, "/api")).is_none());
+    }
+}
