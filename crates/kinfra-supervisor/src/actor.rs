@@ -665,9 +665,13 @@ impl Actor {
             match ports::check_free(port) {
                 Ok(()) => return Ok(Some(port)),
                 Err(in_use) => {
-                    let ours = in_use.holder.as_ref().is_some_and(|h| {
-                        procfs::environ_has(h.pid, TAG_VAR, &self.shared.tag_prefix)
-                    });
+                    // Only a leftover of this very service is ours to kill; a live process of
+                    // another service holding the port is a conflict like any other.
+                    let tag = self.shared.tag_of(&self.name);
+                    let ours = in_use
+                        .holder
+                        .as_ref()
+                        .is_some_and(|h| procfs::environ_has(h.pid, TAG_VAR, &tag));
                     match (&in_use.holder, ours) {
                         (Some(h), true) => {
                             warn!(service = %self.name, pid = h.pid, port, "Killing a stale process of ours that holds the port.");

@@ -115,3 +115,49 @@ async fn fixed_port_held_by_a_stale_process_of_ours_is_reclaimed() {
     );
     s.shutdown(SECS(5)).await;
 }
+
+/// Two services on one fixed port: the second fails with the holder named, and the first
+/// keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_fixed_port_conflict_without_killing_each_other() {
+    let p = Project::new();
+    let port = kinfra_supervisor::ports::free_port().unwrap_or_else(|e| panic!("{e}"));
+    let mut first = sh("exec python3 -m http.server --bind 127.0.0.1 $PORT");
+    first.port = Some(PortSpec::Fixed(port));
+    first.health = Some(kinfra_core::config::ProbeConfig {
+        tcp: Some(kinfra_core::config::TcpTarget::OwnPort(true)),
+        interval: kinfra_core::config::Dur::from_millis(50),
+        ..Default::default()
+    });
+    let s = p.start(&services(vec![("first", first)])).await;
+    expect_state(&s, "first", ServiceState::Running, SECS(10)).await;
+    let first_pid = status_of(&s, "first").pid;
+    let mut second = sh("exec sleep 30");
+    second.port = Some(PortSpec::Fixed(port));
+    let mut list = services(vec![("second", second)]);
+    list.insert("first".into(), {
+        let mut c = sh("exec python3 -m http.server --bind 127.0.0.1 $PORT");
+        c.port = Some(PortSpec::Fixed(port));
+        c.health = Some(kinfra_core::config::ProbeConfig {
+            tcp: Some(kinfra_core::config::TcpTarget::OwnPort(true)),
+            interval: kinfra_core::config::Dur::from_millis(50),
+            ..Default::default()
+        });
+        c
+    });
+    // A reload adding the second is rejected as a whole.
+    let err = s
+        .apply(&list)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains(&format!("port {port} is already in use by pid")),
+        "{err}"
+    );
+    assert!(!s.status().contains_key("second"));
+    assert_eq!(status_of(&s, "first").pid, first_pid);
+    assert_eq!(state_of(&s, "first"), ServiceState::Running);
+    s.shutdown(SECS(5)).await;
+}
