@@ -1,7 +1,7 @@
 //! The control socket server: answers the CLI's JSON-line requests on
 //! `<state_dir>/control.sock` (mode 0600, so only the owner can talk to it).
 
-use kinfra_core::control::{ControlRequest, ControlResponse, SOCKET_FILE};
+use kinfra_core::control::{ControlRequest, ControlResponse, RuntimeInfo, SOCKET_FILE};
 use kinfra_core::view::RuntimeControl;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,8 @@ impl ControlServer {
 
 impl BoundControl {
     /// Serves requests until [`ControlServer::shutdown`].
-    pub fn serve(self, control: Arc<dyn RuntimeControl>) -> ControlServer {
+    pub fn serve(self, control: Arc<dyn RuntimeControl>, info: RuntimeInfo) -> ControlServer {
+        let info = Arc::new(info);
         let (stop, stopped) = watch::channel(false);
         let listener = self.listener;
         let task = tokio::spawn(async move {
@@ -88,7 +89,7 @@ impl BoundControl {
                     _ = stop_rx.changed() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
-                            connections.spawn(handle(stream, control.clone(), stopped.clone()));
+                            connections.spawn(handle(stream, control.clone(), info.clone(), stopped.clone()));
                         }
                         Err(error) => {
                             tracing::warn!(%error, "Control socket accept failed.");
@@ -159,6 +160,7 @@ async fn read_request(
 async fn handle(
     stream: UnixStream,
     control: Arc<dyn RuntimeControl>,
+    info: Arc<RuntimeInfo>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let (read, mut write) = stream.into_split();
@@ -199,6 +201,10 @@ async fn handle(
             } => {
                 stream_logs(&mut write, &*control, service, lines, follow, &mut stopped).await;
                 return;
+            }
+            ControlRequest::Info => {
+                let info = RuntimeInfo::clone(&info);
+                send(&mut write, &ControlResponse::Info { info }).await
             }
             ControlRequest::Reload => {
                 let response = match control.reload().await {

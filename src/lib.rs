@@ -26,5 +26,6 @@ pub use kinfra_core::view::{Action, ActionError, RuntimeControl};
 pub use kinfra_core::{Config, ConfigError, ConfigErrors};
 pub use kinfra_supervisor::ReloadSummary;
 pub use runtime::{
-    ReloadError, Runtime, RuntimeOptions, ShutdownError, StartError, start, start_with,
+    ReloadError, Runtime, RuntimeOptions, ShutdownError, StartError, TOKEN_FILE, dashboard_token,
+    start, start_with,
 };

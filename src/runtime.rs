@@ -3,12 +3,16 @@
 use crate::control::{ControlServer, ControlServerError};
 use crate::lock::{LockError, StateLock};
 use kinfra_core::ConfigErrors;
+use kinfra_core::Secret;
 use kinfra_core::config::Config;
 use kinfra_core::config::ServiceConfig;
+use kinfra_core::control::RuntimeInfo;
 use kinfra_core::event::{Event, EventKind, EventSender};
 use kinfra_core::status::{ServiceLogLine, StatusReport};
 use kinfra_core::view::{Action, ActionError, BoxFuture, RuntimeControl};
-use kinfra_dashboard::{DashboardError, DashboardServer};
+use kinfra_dashboard::auth::AccessPolicy;
+use kinfra_dashboard::sse::EventHistory;
+use kinfra_dashboard::{DashboardError, DashboardOptions, DashboardServer};
 use kinfra_supervisor::{ReloadSummary, Supervisor, SupervisorError, SupervisorOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,6 +50,87 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] ControlServerError),
+    /// The dashboard token file could not be read or written.
+    #[error("dashboard token file {}: {source}", .path.display())]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A background task that ends with its owner (also when startup fails half way).
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// File name of the generated dashboard token inside the state dir.
+pub const TOKEN_FILE: &str = "dashboard.token";
+
+/// The dashboard token and whether the user configured it (`dashboard.token` or
+/// `KINFRA_DASHBOARD_TOKEN`) rather than kinfra generating it into the state dir.
+pub fn dashboard_token(config: &Config, state_dir: &Path) -> Result<(Secret, bool), StartError> {
+    if let Some(token) = config
+        .dashboard
+        .token
+        .as_ref()
+        .filter(|t| !t.expose().is_empty())
+    {
+        return Ok((token.clone(), true));
+    }
+    if let Some(token) = std::env::var("KINFRA_DASHBOARD_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok((Secret::new(token.trim()), true));
+    }
+    let path = state_dir.join(TOKEN_FILE);
+    let err = |source| StartError::Token {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((Secret::new(text.trim()), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let token = kinfra_dashboard::generate_token().map_err(err)?;
+    let tmp = state_dir.join(format!("{TOKEN_FILE}.tmp"));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        writeln!(file, "{token}").map_err(err)?;
+        file.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok((Secret::new(token), false))
+}
+
+/// Host names the dashboard answers to besides loopback: configured ones, route hosts and
+/// ACME domains (the proxy forwards reserved paths on those names to the dashboard).
+fn dashboard_hosts(config: &Config) -> Vec<String> {
+    let mut hosts = config.dashboard.allowed_hosts.clone();
+    hosts.extend(config.routes.iter().filter_map(|r| r.host.clone()));
+    if let Some(acme) = &config.acme {
+        hosts.extend(acme.domains.iter().cloned());
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 impl StartError {
@@ -279,6 +364,7 @@ pub struct Runtime {
     state_dir: PathBuf,
     dashboard: Option<DashboardServer>,
     control: ControlServer,
+    _history_task: AbortOnDrop,
     _lock: StateLock,
 }
 
@@ -305,10 +391,18 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
     create_state_dir(&state_dir)?;
     let lock = StateLock::acquire(&state_dir)?;
     let events = options.events.unwrap_or_else(|| EventSender::new(4096));
+    // The dashboard keeps recent events for streams that resume; it records from before the
+    // first service starts.
+    let history = EventHistory::new(10_000);
+    let history_task = AbortOnDrop(history.clone().record(events.subscribe()));
 
     // Bind the listeners first: a taken port is found before any service starts.
+    let (token, token_configured) = dashboard_token(&config, &state_dir)?;
     let dashboard_listener = if config.dashboard.enabled {
-        Some(DashboardServer::bind(&config.dashboard.listen).await?)
+        match DashboardServer::bind(&config.dashboard.listen, token_configured).await {
+            Ok(listener) => Some(listener),
+            Err(error) => return Err(error.into()),
+        }
     } else {
         None
     };
@@ -339,17 +433,38 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         reloading: tokio::sync::Mutex::new(()),
     });
     let control_view: Arc<dyn RuntimeControl> = core.clone();
+    let dashboard_options = DashboardOptions {
+        policy: AccessPolicy::new(
+            token,
+            dashboard_hosts(&config),
+            dashboard_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .is_some_and(|a| a.ip().is_loopback()),
+        ),
+        history,
+    };
     let dashboard = match dashboard_listener {
-        Some(listener) => match DashboardServer::serve(listener, control_view.clone()) {
-            Ok(server) => Some(server),
-            Err(error) => {
-                core.supervisor.shutdown(shutdown_timeout(&config)).await;
-                return Err(error.into());
+        Some(listener) => {
+            match DashboardServer::serve(listener, control_view.clone(), dashboard_options) {
+                Ok(server) => Some(server),
+                Err(error) => {
+                    core.supervisor.shutdown(shutdown_timeout(&config)).await;
+                    return Err(error.into());
+                }
             }
-        },
+        }
         None => None,
     };
-    let control = control_listener.serve(control_view);
+    let control = control_listener.serve(
+        control_view,
+        RuntimeInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            dashboard: dashboard.as_ref().map(|d| d.addr().to_string()),
+            proxy: None,
+        },
+    );
     events.emit(EventKind::RuntimeStarted {
         project: config.project.name.clone(),
     });
@@ -360,6 +475,7 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         state_dir,
         dashboard,
         control,
+        _history_task: history_task,
         _lock: lock,
     })
 }

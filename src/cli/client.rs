@@ -218,3 +218,20 @@ pub async fn reload(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
         other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
     }
 }
+
+/// `kinfra dashboard url`
+pub async fn dashboard_url(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let (config, _) = load::load(arg)?;
+    let state_dir = config.state_dir();
+    let mut conn = connect(&state_dir).await?;
+    conn.send(&ControlRequest::Info).await?;
+    let addr = match conn.next_within(Duration::from_secs(10)).await? {
+        Some(ControlResponse::Info { info }) => info
+            .dashboard
+            .ok_or_else(|| anyhow::anyhow!("the dashboard is disabled in this runtime"))?,
+        other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+    };
+    let (token, _) = kinfra::dashboard_token(&config, &state_dir)?;
+    println!("http://{addr}/kinfra/login#{}", token.expose());
+    Ok(ExitCode::SUCCESS)
+}

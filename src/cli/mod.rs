@@ -38,6 +38,9 @@ enum Command {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The web dashboard.
+    #[command(subcommand)]
+    Dashboard(DashboardCommand),
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -122,6 +125,16 @@ enum RuntimeCommand {
         config: ConfigArg,
         /// Service name.
         service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DashboardCommand {
+    /// Print a link that opens the dashboard and logs in (the token travels in the URL
+    /// fragment, which browsers never send to the server).
+    Url {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -230,6 +243,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(ConfigCommand::Check { config, print }) => {
             config_cmd::check(&config, print)
+        }
+        Command::Dashboard(DashboardCommand::Url { config }) => {
+            client::dashboard_url(&config).await
         }
         Command::Demo(cmd) => demo::run(cmd).await,
     }

@@ -34,6 +34,21 @@ pub enum ControlRequest {
     Shutdown,
     /// Re-read and apply the config file. Answered with `Ok` (a summary) or `Error`.
     Reload,
+    /// Where the runtime listens. Answered with [`ControlResponse::Info`].
+    Info,
+}
+
+/// Facts about a running runtime, for the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// kinfra version.
+    pub version: String,
+    /// PID of the runtime process.
+    pub pid: u32,
+    /// Dashboard address, when enabled.
+    pub dashboard: Option<String>,
+    /// Proxy HTTP address, when enabled.
+    pub proxy: Option<String>,
 }
 
 /// A response line from the runtime.
@@ -59,6 +74,11 @@ pub enum ControlResponse {
     Error {
         /// Why, for people.
         error: String,
+    },
+    /// Facts about the runtime.
+    Info {
+        /// The facts.
+        info: RuntimeInfo,
     },
     /// No more lines follow.
     End,
