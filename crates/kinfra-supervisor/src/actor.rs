@@ -752,6 +752,7 @@ impl Actor {
             _ => format!("Cannot start `{shown}`: {e}"),
         })?;
         let pid = spawned.pid;
+        crate::guardian::add_group(pid);
         self.generation += 1;
         let generation = self.generation;
         let max_line = usize::try_from(self.cfg.log.max_line.0).unwrap_or(usize::MAX);
@@ -844,6 +845,7 @@ impl Actor {
         };
         let uptime = child.started.elapsed();
         self.kill_leftovers_fast(&child);
+        crate::guardian::remove_group(child.pid);
         drop(child);
         self.after_exit(exit, uptime, None).await;
     }
@@ -1137,6 +1139,7 @@ impl Actor {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.shared.pids.set(&self.name, Vec::new());
+        crate::guardian::remove_group(pid);
         self.update(|s| {
             s.pid = None;
             s.started_at = None;

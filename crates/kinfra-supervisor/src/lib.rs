@@ -14,6 +14,10 @@
 //! `KINFRA_SERVICE` and `KINFRA_SUPERVISOR_TAG` (which marks every process a service started,
 //! including those that leave its process group, so a stop finds them all).
 //!
+//! When kinfra is SIGKILLed, the parent-death signal kills its direct children, and the
+//! [`guardian`] helper kills their process groups and every tagged process; what survives
+//! even that is killed by the next start ([`pids::kill_leftovers`]).
+//!
 //! `PR_SET_CHILD_SUBREAPER` is deliberately not set: kinfra is meant to be embedded in other
 //! programs, and a subreaper would have to reap orphans it cannot tell apart from the host
 //! program's own children. Escaped descendants are found by the tag and by process-tree walks
@@ -22,6 +26,7 @@
 mod actor;
 pub mod backoff;
 pub mod graph;
+pub mod guardian;
 pub mod logs;
 pub mod pids;
 pub mod ports;
@@ -174,6 +179,14 @@ struct Inner {
     _lock: File,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The state dir is free for another supervisor now; the guardian must not kill
+        // that one's processes when this process dies.
+        guardian::remove_tag(&self.shared.tag_prefix);
+    }
+}
+
 /// A handle to a running supervisor. Cheap to clone. When the last handle is dropped, every
 /// service is stopped (each with its own grace period).
 #[derive(Clone)]
@@ -257,6 +270,7 @@ impl Supervisor {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         spawn::init().map_err(SupervisorError::Spawner)?;
+        guardian::init();
         let tag_prefix = pids::tag_prefix(&state_dir);
         let pids_path = state_dir.join("pids.json");
         let killed =
@@ -277,6 +291,7 @@ impl Supervisor {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        guardian::add_tag(&tag_prefix);
         let pids = pids::PidRegistry::new(&pids_path);
         pids.set("", Vec::new());
         let ports_path = state_dir.join("ports.json");
@@ -791,6 +806,7 @@ impl Supervisor {
             }
         }
         self.inner.shared.pids.set("", Vec::new());
+        guardian::remove_tag(&self.inner.shared.tag_prefix);
     }
 
     /// SIGKILLs every process of every service (by record and by tag).

@@ -134,6 +134,7 @@ pub fn kill_leftovers(pids_file: &Path, tag_prefix: &str) -> io::Result<Vec<(i32
                         killed.push((r.pid, r.start_time));
                         if r.pgid == r.pid {
                             spawn::signal_group(r.pgid, libc::SIGKILL);
+                            crate::guardian::remove_group(r.pgid);
                         }
                     }
                 }

@@ -201,9 +201,8 @@ async fn child_instance_helper() {
     let dir = std::path::PathBuf::from(dir);
     let mut opts = kinfra_supervisor::SupervisorOptions::new("child", dir.join(".kinfra"));
     opts.base_dir = dir.clone();
-    let svc = sh(
-        "setsid sh -c 'echo $$$$ > escaped.pid; exec sleep 60' & echo $$$$ > main.pid; exec sleep 60",
-    );
+    let svc = sh("setsid sh -c 'echo $$$$ > escaped.pid; exec sleep 60' & \
+         sh -c 'echo $$$$ > grand.pid; exec sleep 60' & echo $$$$ > main.pid; wait");
     let _s = kinfra_supervisor::Supervisor::start(&services(vec![("svc", svc)]), opts)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -230,8 +229,11 @@ async fn sigkill_of_kinfra_leaves_no_survivors() {
         .unwrap_or_else(|e| panic!("{e}"));
     let main_file = p.path().join("main.pid");
     let escaped_file = p.path().join("escaped.pid");
+    let grand_file = p.path().join("grand.pid");
     let ok = wait_for(SECS(20), || {
-        read_pid(&main_file).is_some() && read_pid(&escaped_file).is_some()
+        read_pid(&main_file).is_some()
+            && read_pid(&escaped_file).is_some()
+            && read_pid(&grand_file).is_some()
     })
     .await;
     if !ok {
@@ -241,7 +243,8 @@ async fn sigkill_of_kinfra_leaves_no_survivors() {
     }
     let main = read_pid(&main_file).unwrap_or(0);
     let escaped = read_pid(&escaped_file).unwrap_or(0);
-    assert!(alive(main) && alive(escaped));
+    let grand = read_pid(&grand_file).unwrap_or(0);
+    assert!(alive(main) && alive(escaped) && alive(grand));
     // SIGKILL "kinfra" (the child test process).
     let _ = child.kill();
     let _ = child.wait();
@@ -250,7 +253,16 @@ async fn sigkill_of_kinfra_leaves_no_survivors() {
         wait_for(SECS(3), || !alive(main)).await,
         "the service outlived kinfra"
     );
-    // What escaped the group is found and killed by the next start.
+    // The guardian kills the rest of its group and what left the group.
+    assert!(
+        wait_for(SECS(3), || !alive(grand)).await,
+        "a grandchild in the service's group outlived kinfra"
+    );
+    assert!(
+        wait_for(SECS(3), || !alive(escaped)).await,
+        "the escaped process outlived kinfra"
+    );
+    // The next start finds nothing left (and would kill it).
     let s = p.start(&services(vec![])).await;
     assert!(
         wait_for(SECS(3), || !alive(escaped)).await,
