@@ -50,6 +50,7 @@ impl ChallengeStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -641,6 +641,7 @@ impl ProxyHttp for Edge {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

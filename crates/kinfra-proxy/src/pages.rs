@@ -348,6 +348,7 @@ pub(crate) fn wants_json(accept: Option<&[u8]>) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -39,7 +39,7 @@ impl RouteList {
 
     /// Longest prefix first; file order breaks ties (the sort is stable).
     fn sort(&mut self) {
-        self.0.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        self.0.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     }
 
     fn find(&self, path: &str) -> Option<&Route> {
@@ -257,6 +257,7 @@ pub(crate) fn parse_upstream(url: &str) -> Result<Backend, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use kinfra_core::config::OneOrMany;

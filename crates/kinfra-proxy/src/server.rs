@@ -356,13 +356,15 @@ impl ProxyServer {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let mut conf = ServerConf::default();
-        conf.daemon = false;
-        conf.threads = threads.max(1);
-        conf.max_retries = 4;
-        conf.upstream_keepalive_pool_size = 512;
-        conf.grace_period_seconds = Some(0);
-        conf.graceful_shutdown_timeout_seconds = Some(0);
+        let conf = ServerConf {
+            daemon: false,
+            threads: threads.max(1),
+            max_retries: 4,
+            upstream_keepalive_pool_size: 512,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(0),
+            ..ServerConf::default()
+        };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         let conf = server.configuration.clone();
 

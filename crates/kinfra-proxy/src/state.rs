@@ -260,6 +260,7 @@ impl RouteState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::pages::PageKind;

@@ -297,6 +297,7 @@ pub fn load_or_create(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

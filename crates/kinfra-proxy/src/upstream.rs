@@ -70,6 +70,7 @@ impl Pool {
     }
 
     /// Number of backends.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.backends.len()
     }
@@ -128,6 +129,7 @@ impl Pool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

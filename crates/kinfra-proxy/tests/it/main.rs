@@ -1,0 +1,12 @@
+//! Integration tests of the proxy: real pingora in-process, real sockets and backends, TLS
+//! clients; only the runtime is a test double whose status the tests set.
+
+#![allow(clippy::unwrap_used)]
+
+mod faults;
+mod lifecycle;
+mod pages;
+mod routing;
+mod streaming;
+mod support;
+mod tls;

@@ -1,0 +1,213 @@
+//! WebSocket upgrades, server-sent events and request bodies pass through without buffering.
+
+use crate::support::*;
+use http_body_util::BodyExt;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// A WebSocket frame "Hello", masked (RFC 6455, 5.7).
+const FRAME: &[u8] = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (head_tx, head_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut s).await;
+        let _ = head_tx.send(head);
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            s.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    let control = FakeControl::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        options(
+            vec![upstream_route(
+                "/ws",
+                &[format!("http://{upstream}")],
+                false,
+            )],
+            dir.path(),
+        ),
+        &control,
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.http_addr().unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = tokio::time::timeout(WAIT, read_head(&mut s)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    let upstream_head = head_rx.await.unwrap().to_ascii_lowercase();
+    assert!(
+        upstream_head.contains("upgrade: websocket"),
+        "{upstream_head}"
+    );
+    assert!(upstream_head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="));
+    for _ in 0..3 {
+        s.write_all(FRAME).await.unwrap();
+        let mut back = vec![0u8; FRAME.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, FRAME);
+    }
+    drop(s);
+    proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_are_not_buffered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (events_tx, mut events_rx) = mpsc::channel::<String>(4);
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await;
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        while let Some(data) = events_rx.recv().await {
+            let event = format!("data: {data}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            s.write_all(chunk.as_bytes()).await.unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+    });
+    let control = FakeControl::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        options(
+            vec![upstream_route("/", &[format!("http://{upstream}")], false)],
+            dir.path(),
+        ),
+        &control,
+    )
+    .await;
+    let stream = TcpStream::connect(proxy.http_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    events_tx.send("one".into()).await.unwrap();
+    let resp = sender
+        .send_request(request(
+            "/events",
+            "localhost",
+            &[("accept", "text/event-stream")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    for next in ["one", "two", "three"] {
+        if next != "one" {
+            // Sent only after the previous event arrived: nothing is held back.
+            events_tx.send(next.into()).await.unwrap();
+        }
+        let mut got = String::new();
+        while !got.ends_with("\n\n") {
+            let frame = tokio::time::timeout(WAIT, body.frame())
+                .await
+                .expect("the event arrives without waiting for more")
+                .unwrap()
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                got.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        assert_eq!(got, format!("data: {next}\n\n"));
+    }
+    drop(events_tx);
+    proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_streamed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (first_tx, first_rx) = oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut first = Some(first_tx);
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(tx) = first.take() {
+                let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await
+            .unwrap();
+    });
+    let control = FakeControl::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        options(
+            vec![upstream_route("/", &[format!("http://{upstream}")], false)],
+            dir.path(),
+        ),
+        &control,
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.http_addr().unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    // The upstream sees the first chunk while the client has not finished the body.
+    let first = tokio::time::timeout(WAIT, first_rx).await.unwrap().unwrap();
+    assert!(first.contains("hello"), "{first}");
+    s.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let head = tokio::time::timeout(WAIT, read_head(&mut s)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    proxy.shutdown(Duration::from_secs(2)).await;
+}
