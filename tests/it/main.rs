@@ -3,6 +3,7 @@
 
 mod cli;
 mod config_check;
+mod dashboard;
 mod library;
 mod scenarios;
 mod support;

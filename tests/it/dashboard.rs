@@ -1,0 +1,258 @@
+//! The dashboard for real: headless Chromium clicking restart and seeing the change arrive
+//! live, SSE resume over a dropped connection, and the token's protection.
+
+use crate::support::webdriver::Browser;
+use crate::support::{Project, pids_tagged, stderr, stdout, unique_tag, wait_for};
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn config(tag: &str) -> String {
+    format!(
+        "[project]\nname = \"dash\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n\
+         [services.web]\ncommand = \"echo web up; exec sleep 1000\"\n\
+         [services.jobs]\ncommand = \"echo jobs up; exec sleep 1000\"\n"
+    )
+}
+
+fn artifact(name: &str, png: &[u8]) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    let path = dir.join(name);
+    std::fs::write(&path, png).expect("write screenshot");
+    path
+}
+
+#[test]
+fn browser_sees_services_clicks_restart_and_gets_the_change_live() {
+    let tag = unique_tag("e2e");
+    let p = Project::with_config(&config(&tag));
+    let mut up = p.up(&[], &[]);
+    let out = p.run(&["dashboard", "url"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let login = stdout(&out).trim().to_string();
+    assert!(login.contains("/kinfra/login#"), "{login}");
+    // The generated token file is private.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(p.path().join(".kinfra/dashboard.token"))
+            .expect("token file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // The token never shows in the foreground output.
+    let token = login.rsplit('#').next().unwrap_or_default().to_string();
+    assert!(token.len() >= 32);
+
+    let browser = Browser::start(1280, 900);
+    browser.goto(&login);
+    browser.wait_js(
+        Duration::from_secs(20),
+        "the dashboard with both cards, logged in",
+        "return location.pathname === '/kinfra' \
+           && document.querySelectorAll('.card').length === 2 \
+           && document.querySelector('#session').textContent.includes('signed in') \
+           && document.querySelector('.card[data-name=\"web\"] .pid').textContent !== '–'",
+    );
+    let before = browser.js(
+        "window.__kept = 'same page'; return document.querySelector('.card[data-name=\"web\"] .pid').textContent",
+        json!([]),
+    );
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#stat-running').textContent",
+            json!([])
+        ),
+        "2"
+    );
+    browser.click(".card[data-name=\"web\"] button[data-action=\"restart\"]");
+    let after = browser.wait_js(
+        Duration::from_secs(20),
+        "a new pid for web, pushed live",
+        &format!(
+            "const c = document.querySelector('.card[data-name=\"web\"]'); \
+             const pid = c.querySelector('.pid').textContent; \
+             return (c.dataset.state === 'running' && pid !== '{}' && pid !== '–') ? pid : null",
+            before.as_str().unwrap_or("")
+        ),
+    );
+    assert_ne!(after, before);
+    // No reload happened: the update came over the event stream.
+    assert_eq!(browser.js("return window.__kept", json!([])), "same page");
+    // The timeline shows the restart.
+    browser.wait_js(
+        Duration::from_secs(5),
+        "the restart in the timeline",
+        "return document.querySelector('#timeline').textContent.includes('web: started pid')",
+    );
+    let png = browser.screenshot();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let path = artifact("dashboard.png", &png);
+    eprintln!("dashboard screenshot: {}", path.display());
+
+    // Phone width: no horizontal scrolling.
+    browser.set_window(390, 844);
+    browser.wait_js(
+        Duration::from_secs(5),
+        "a layout without horizontal overflow",
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+    );
+    artifact("dashboard-phone.png", &browser.screenshot());
+    drop(browser);
+
+    assert!(
+        !up.lines().iter().any(|l| l.contains(&token)),
+        "token leaked to output"
+    );
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}
+
+/// Reads SSE messages from a raw socket until `pred` says stop; returns (event, id, data).
+fn read_sse(
+    reader: &mut BufReader<TcpStream>,
+    mut stop: impl FnMut(&[(String, Option<u64>, String)]) -> bool,
+) -> Vec<(String, Option<u64>, String)> {
+    let mut out = Vec::new();
+    let (mut event, mut id, mut data) = (String::new(), None, String::new());
+    let mut line = String::new();
+    while !stop(&out) {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read SSE line");
+        assert!(n > 0, "stream ended early after {out:?}");
+        let l = line.trim_end_matches(['\r', '\n']);
+        // Chunked transfer: skip the chunk-size lines.
+        if !l.contains(':') && !l.is_empty() && l.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        if l.is_empty() {
+            if !event.is_empty() {
+                out.push((
+                    std::mem::take(&mut event),
+                    id.take(),
+                    std::mem::take(&mut data),
+                ));
+            }
+            continue;
+        }
+        if let Some(v) = l.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = l.strip_prefix("id: ") {
+            id = v.parse().ok();
+        } else if let Some(v) = l.strip_prefix("data: ") {
+            data.push_str(v);
+        }
+    }
+    out
+}
+
+fn open_events(addr: &str, last_id: Option<u64>) -> BufReader<TcpStream> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let resume = last_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET /__events__ HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}\r\n"
+    )
+    .expect("request");
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("headers");
+        if line == "\r\n" {
+            break;
+        }
+    }
+    reader
+}
+
+#[test]
+fn sse_resume_after_a_dropped_connection_has_no_gap_or_duplicate() {
+    let tag = unique_tag("sse");
+    let p = Project::with_config(&config(&tag));
+    let mut up = p.up(&[], &[]);
+    let addr = up.dashboard_addr();
+    wait_for(Duration::from_secs(20), "both running", || {
+        let (_, body) = crate::support::http_get(&addr, "/__status__").ok()?;
+        (body.matches("\"running\"").count() >= 2).then_some(())
+    });
+    let mut first = open_events(&addr, None);
+    let msgs = read_sse(&mut first, |m| !m.is_empty());
+    assert_eq!(msgs[0].0, "snapshot");
+    let seen = msgs[0].1.expect("snapshot id");
+    drop(first); // the connection drops
+
+    // Events happen while no one listens.
+    for service in ["web", "jobs"] {
+        let out = p.run(&["runtime", "restart", service]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let mut again = open_events(&addr, Some(seen));
+    let msgs = read_sse(&mut again, |m| {
+        m.iter().any(|(e, _, d)| {
+            e == "events" && d.contains("\"service\":\"jobs\"") && d.contains("\"to\":\"running\"")
+        })
+    });
+    let mut seqs = Vec::new();
+    for (event, _, data) in &msgs {
+        assert_ne!(
+            event, "snapshot",
+            "a resume within the history must not start over"
+        );
+        if event == "events" {
+            let v: Vec<serde_json::Value> = serde_json::from_str(data).expect("events json");
+            seqs.extend(v.iter().filter_map(|e| e["seq"].as_u64()));
+        }
+    }
+    assert_eq!(seqs.first(), Some(&(seen + 1)), "first resumed event");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or duplicate in {seqs:?}"
+    );
+    drop(again);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn real_server_refuses_foreign_origin_and_missing_token() {
+    let tag = unique_tag("deny");
+    let p = Project::with_config(&config(&tag));
+    let mut up = p.up(&[], &[]);
+    let addr = up.dashboard_addr();
+    let token = std::fs::read_to_string(p.path().join(".kinfra/dashboard.token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    let post = |headers: &str| -> u16 {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        write!(
+            s,
+            "POST /__action__/restart/web HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(post(""), 401);
+    assert_eq!(
+        post(&format!(
+            "Authorization: Bearer {token}\r\nOrigin: http://evil.example\r\n"
+        )),
+        403
+    );
+    assert_eq!(post(&format!("Cookie: kinfra_session={token}\r\n")), 403);
+    assert_eq!(post(&format!("Authorization: Bearer {token}\r\n")), 200);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+}
