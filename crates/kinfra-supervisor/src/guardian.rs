@@ -72,6 +72,15 @@ fn start() -> Option<Guardian> {
     match cmd.spawn() {
         Ok(mut child) => {
             let stdin = child.stdin.take()?;
+            // Never let a stuck guardian block a supervisor: a full pipe drops the line.
+            // SAFETY: fcntl on an fd owned by `stdin`.
+            unsafe {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&stdin);
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+                }
+            }
             let pid = child.id();
             // Reap it if it ever ends before kinfra does.
             let _ = std::thread::Builder::new()
@@ -93,14 +102,17 @@ fn send(line: &str) {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    if let Some(guard) = g.as_mut()
-        && guard
-            .stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .is_err()
-    {
-        warn!("The guardian process is gone.");
-        *g = None;
+    if let Some(guard) = g.as_mut() {
+        match guard.stdin.write_all(format!("{line}\n").as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                warn!("The guardian is not keeping up; a registration was dropped.");
+            }
+            Err(error) => {
+                warn!(%error, "The guardian process is gone.");
+                *g = None;
+            }
+        }
     }
 }
 
