@@ -584,6 +584,13 @@ impl ProxyHttp for Edge {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
+        tracing::debug!(
+            service = ctx.service.as_deref().unwrap_or("-"),
+            upstream = ?ctx.backend.as_ref().map(|b| b.addr),
+            error = %e,
+            status = code,
+            "Proxying failed."
+        );
         if code > 0 && session.response_written().is_none() {
             let page = self.page_for_error(ctx, code, e);
             if code >= 500 || code == 413 {

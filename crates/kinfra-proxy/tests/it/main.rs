@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod faults;
 mod lifecycle;
 mod pages;
