@@ -150,8 +150,16 @@ async fn restart_without_backoff_spawns_within_milliseconds() {
     gaps.sort();
     let median = gaps[gaps.len() / 2];
     // The bar is p99 <= 20 ms in release builds (bench/); a debug build on a busy 2-core
-    // machine gets some slack, still far below any polling interval.
-    assert!(median < Duration::from_millis(60), "restart gaps: {gaps:?}");
+    // machine running the other tests in parallel gets slack. The fastest restarts show
+    // there is no delay in the path at all.
+    assert!(
+        median < Duration::from_millis(100),
+        "restart gaps: {gaps:?}"
+    );
+    assert!(
+        gaps[0] < Duration::from_millis(30),
+        "restart gaps: {gaps:?}"
+    );
     sup.shutdown(SECS(5)).await;
 }
 
