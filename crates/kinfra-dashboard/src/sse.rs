@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How long a batch may gather events before it is sent.
-const COALESCE: Duration = Duration::from_millis(50);
+/// Within a burst, at most one batch per this interval (a lone event is sent at once).
+const COALESCE: Duration = Duration::from_millis(10);
 /// Most events in one batch.
 const MAX_BATCH: usize = 500;
 /// Keep-alive comment interval.
@@ -171,6 +171,7 @@ pub fn stream(
             }
         };
         let mut batch: Vec<Event> = Vec::new();
+        let mut last_sent = tokio::time::Instant::now() - COALESCE;
         let mut log_batch: Vec<kinfra_core::status::ServiceLogLine> = Vec::new();
         loop {
             // Wait for something, then gather more for a short while.
@@ -187,8 +188,24 @@ pub fn stream(
                 Some(Err(broadcast::error::RecvError::Closed)) => return,
                 None => {}
             }
-            let deadline = tokio::time::Instant::now() + COALESCE;
-            while batch.len() < MAX_BATCH && !lagged {
+            // Take what is already queued without waiting. Only within a burst (a batch went
+            // out less than COALESCE ago) wait to gather more: a lone event goes out at once.
+            loop {
+                if batch.len() >= MAX_BATCH || lagged {
+                    break;
+                }
+                match live.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                }
+            }
+            while let Ok(line) = logs.try_recv() {
+                log_batch.push(line);
+            }
+            let deadline = last_sent + COALESCE;
+            while batch.len() < MAX_BATCH && !lagged && tokio::time::Instant::now() < deadline {
                 tokio::select! {
                     event = live.recv() => match event {
                         Ok(event) => batch.push(event),
@@ -199,6 +216,7 @@ pub fn stream(
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            last_sent = tokio::time::Instant::now();
             if lagged {
                 // This client fell behind: give it a fresh snapshot rather than a gap.
                 batch.clear();
