@@ -201,3 +201,50 @@ async fn oversized_bodies_and_hanging_upstreams() {
     assert_eq!(get(addr, "/").await.status, 200);
     proxy.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_oversized_headers_do_not_stop_others() {
+    let api = Backend::start("api").await;
+    let control = FakeControl::new();
+    control.running("api", api.port());
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        options(vec![service_route(None, "/", "api", false)], dir.path()),
+        &control,
+    )
+    .await;
+    let addr = proxy.http_addr().unwrap();
+
+    // Slowloris: many connections with a request head that never ends.
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET /slow{i} HTTP/1.1\r\nHost: localhost\r\nX-A: ").as_bytes())
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // A head larger than the proxy accepts.
+    let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(2 * 1024 * 1024)
+    );
+    let _ = big.write_all(huge.as_bytes()).await;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, big.read(&mut buf))
+        .await
+        .expect("the proxy answers or closes")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 4"), "{text}");
+
+    // Everyone else is served, promptly.
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        assert_eq!(get(addr, &format!("/ok{i}")).await.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(slow);
+    proxy.shutdown(Duration::from_secs(2)).await;
+}

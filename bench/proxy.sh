@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Proxy benchmark: the same backend (nginx returning 1 KiB) reached directly and through
+# nginx, Caddy and the kinfra proxy, with the same load tools, in one run, on loopback.
+#
+#   bench/proxy.sh                 # writes bench/proxy.md
+#   DURATION=5 CONNS=32 bench/proxy.sh
+#
+# Needs: nginx (nginx-light), wrk, caddy (optional), cargo. Every server gets one worker
+# (nginx worker_processes 1, GOMAXPROCS=1, kinfra threads 1) so the comparison is per core;
+# the load tools run on the same machine. Everything started here is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/bench/proxy.md}
+DURATION=${DURATION:-10}          # seconds per wrk run
+CONNS=${CONNS:-64}                # wrk connections
+RATE=${RATE:-2000}                # fixed request rate for the latency runs
+RATE_SECS=${RATE_SECS:-10}
+BASE_PORT=${BASE_PORT:-18480}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+BACKEND=$BASE_PORT; STATUS=$((BASE_PORT + 1)); NGINX=$((BASE_PORT + 2))
+CADDY=$((BASE_PORT + 3)); KINFRA=$((BASE_PORT + 4))
+WORK=$(mktemp -d /tmp/kinfra-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "missing: $1 ($2)" >&2; exit 1; }; }
+need nginx "apt-get install -y nginx-light"
+need wrk "apt-get install -y wrk"
+HAVE_CADDY=1; command -v caddy >/dev/null || HAVE_CADDY=0
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on $1" >&2; exit 1
+}
+
+echo "building the kinfra proxy (release)..." >&2
+(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q -p kinfra-proxy \
+  --example bench_proxy --example bench_load)
+KINFRA_BIN=$TARGET_DIR/release/examples/bench_proxy
+LOAD_BIN=$TARGET_DIR/release/examples/bench_load
+
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+
+# The backend: nginx, one worker, 1 KiB bodies; stub_status on its own port counts
+# connections and requests, so upstream connection reuse can be measured.
+cat > "$WORK/backend.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend.pid;
+error_log $WORK/backend.err warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+  server {
+    listen 127.0.0.1:$BACKEND backlog=4096;
+    location / { default_type text/plain; return 200 "$BODY"; }
+  }
+  server {
+    listen 127.0.0.1:$STATUS;
+    location / { stub_status; }
+  }
+}
+EOF
+nginx -p "$WORK" -c "$WORK/backend.conf" & PIDS+=($!)
+
+# nginx as the proxy, with upstream keep-alive.
+cat > "$WORK/proxy.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy.err warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 256; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$NGINX backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+nginx -p "$WORK" -c "$WORK/proxy.conf" & PIDS+=($!)
+
+if [ "$HAVE_CADDY" = 1 ]; then
+  cat > "$WORK/Caddyfile" <<EOF
+{
+  admin off
+  auto_https off
+}
+http://127.0.0.1:$CADDY {
+  reverse_proxy 127.0.0.1:$BACKEND
+}
+EOF
+  XDG_DATA_HOME=$WORK XDG_CONFIG_HOME=$WORK GOMAXPROCS=1 \
+    caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!)
+fi
+
+RUST_LOG=off "$KINFRA_BIN" "127.0.0.1:$KINFRA" "http://127.0.0.1:$BACKEND" 1 >"$WORK/kinfra.log" 2>&1 & PIDS+=($!)
+
+for p in $BACKEND $STATUS $NGINX $KINFRA; do wait_port "$p"; done
+[ "$HAVE_CADDY" = 1 ] && wait_port "$CADDY"
+
+counters() { # prints "accepts requests" of the backend (stub_status)
+  local out
+  exec 4<>"/dev/tcp/127.0.0.1/$STATUS"
+  printf 'GET / HTTP/1.0\r\nHost: status\r\n\r\n' >&4
+  out=$(cat <&4)
+  exec 4<&-
+  awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ *\r?$/ {print $1, $3}' <<<"$out"
+}
+
+TARGETS=("direct:$BACKEND" "nginx:$NGINX")
+[ "$HAVE_CADDY" = 1 ] && TARGETS+=("caddy:$CADDY")
+TARGETS+=("kinfra:$KINFRA")
+
+# Warm up every path (connections, pools, caches).
+for t in "${TARGETS[@]}"; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${t#*:}/" >/dev/null; done
+
+declare -A RPS P50 P99 REUSE LAT50 LAT99 LAT999 ERRS
+for t in "${TARGETS[@]}"; do
+  name=${t%%:*}; port=${t#*:}
+  read -r a0 r0 < <(counters)
+  res=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+  read -r a1 r1 < <(counters)
+  RPS[$name]=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
+  P50[$name]=$(awk '$1=="50%" {print $2}' <<<"$res")
+  P99[$name]=$(awk '$1=="99%" {print $2}' <<<"$res")
+  if [ "$name" = direct ]; then REUSE[$name]="n/a"; else
+    REUSE[$name]=$(awk -v a=$((a1 - a0)) -v r=$((r1 - r0)) 'BEGIN { if (r > 0) printf "%.3f%%", 100 * (1 - a / r); else print "?" }')
+  fi
+  echo "$name: ${RPS[$name]} req/s" >&2
+done
+
+for t in "${TARGETS[@]}"; do
+  name=${t%%:*}; port=${t#*:}
+  line=$("$LOAD_BIN" "http://127.0.0.1:$port/" "$RATE" "$RATE_SECS" 16)
+  LAT50[$name]=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line")
+  LAT99[$name]=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line")
+  LAT999[$name]=$(sed -E 's/.*p999_us=([0-9]+).*/\1/' <<<"$line")
+  ERRS[$name]=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
+  echo "$name @ $RATE req/s: $line" >&2
+done
+
+{
+  echo "# Proxy benchmark"
+  echo
+  echo "Recorded by \`bench/proxy.sh\` on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+  echo "$(uname -sr). Same backend (nginx, 1 worker, 1 KiB responses), same load tools, one run, loopback."
+  echo "Each proxy runs with one worker (nginx \`worker_processes 1\`, Caddy \`GOMAXPROCS=1\`, kinfra"
+  echo "\`proxy.threads = 1\`); the load tool and the backend share the same $(nproc) CPUs."
+  echo
+  echo "## Throughput: wrk, $CONNS keep-alive connections, ${DURATION}s"
+  echo
+  echo "| path | requests/s | p50 | p99 | upstream connection reuse |"
+  echo "|---|---:|---:|---:|---:|"
+  for t in "${TARGETS[@]}"; do n=${t%%:*}; echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | ${REUSE[$n]} |"; done
+  echo
+  echo "## Latency at a fixed $RATE requests/s (bench_load, 16 keep-alive connections, ${RATE_SECS}s)"
+  echo
+  echo "| path | p50 µs | p99 µs | p99.9 µs | errors | p99 added over direct |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for t in "${TARGETS[@]}"; do
+    n=${t%%:*}
+    added=$(( ${LAT99[$n]} - ${LAT99[direct]} ))
+    [ "$n" = direct ] && added="-" || added="${added} µs"
+    echo "| $n | ${LAT50[$n]} | ${LAT99[$n]} | ${LAT999[$n]} | ${ERRS[$n]} | $added |"
+  done
+  echo
+  echo "Bars (DESIGN.md): kinfra requests/s ≥ nginx's; p99 added latency at 2,000 req/s ≤ 500 µs;"
+  echo "upstream connection reuse ≥ 99 %."
+} > "$OUT"
+cat "$OUT"
