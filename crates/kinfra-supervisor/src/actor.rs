@@ -37,6 +37,10 @@ pub(crate) struct Shared {
     pub ports: PortStore,
     pub pids: pids::PidRegistry,
     pub user_stopped: crate::stopped::StoppedSet,
+    /// Restart counts and last exits known at start (from [`crate::persist::Persistence`]).
+    pub history: BTreeMap<String, crate::persist::ServiceHistory>,
+    /// Where history changes go, when the supervisor was started with persistence.
+    pub state_sink: Option<Arc<dyn crate::persist::StateSink>>,
     pub tag_prefix: String,
     pub log_dir: PathBuf,
     pub log_tx: broadcast::Sender<ServiceLogLine>,
@@ -59,6 +63,16 @@ impl Shared {
             Err(p) => p.into_inner(),
         };
         map.get(service).map(|rx| rx.borrow().clone())
+    }
+
+    /// A fresh snapshot for `service`, starting from its known history.
+    pub fn initial_snapshot(&self, service: &str) -> Snapshot {
+        let mut snap = Snapshot::pending(self.port_of(service));
+        if let Some(h) = self.history.get(service) {
+            snap.restarts = h.restarts;
+            snap.last_exit = h.last_exit;
+        }
+        snap
     }
 
     pub fn port_of(&self, service: &str) -> Option<u16> {
@@ -127,6 +141,23 @@ struct Child {
     descendants: Vec<ProcStat>,
     /// When the process tree is walked next.
     next_scan: tokio::time::Instant,
+    /// The stdout/stderr readers; they finish at EOF.
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// Longest wait for a process's output to reach EOF after it exited, so the exit line comes
+/// after the process's own last lines. Short: a descendant still holding the pipe must not
+/// delay a restart.
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
+
+/// Waits (bounded by [`DRAIN_WAIT`]) until the readers have handed over every line.
+async fn drain(readers: Vec<JoinHandle<()>>) {
+    let _ = tokio::time::timeout(DRAIN_WAIT, async {
+        for reader in readers {
+            let _ = reader.await;
+        }
+    })
+    .await;
 }
 
 impl Drop for Child {
@@ -361,7 +392,20 @@ impl Actor {
     // ----- state publishing -----
 
     fn update(&self, f: impl FnOnce(&mut Snapshot)) {
-        self.snap.send_modify(f);
+        let mut history = None;
+        self.snap.send_modify(|s| {
+            let before = (s.restarts, s.last_exit);
+            f(s);
+            if (s.restarts, s.last_exit) != before {
+                history = Some(crate::persist::ServiceHistory {
+                    restarts: s.restarts,
+                    last_exit: s.last_exit,
+                });
+            }
+        });
+        if let (Some(h), Some(sink)) = (history, &self.shared.state_sink) {
+            sink.history_changed(&self.name, h);
+        }
         self.shared.world.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -756,11 +800,14 @@ impl Actor {
         self.generation += 1;
         let generation = self.generation;
         let max_line = usize::try_from(self.cfg.log.max_line.0).unwrap_or(usize::MAX);
+        // The spawn line goes first, before anything the process writes.
+        self.sink.system(format!("Started pid {pid}: {shown}"));
+        let mut readers = Vec::new();
         if let Some(fd) = spawned.stdout {
-            self.sink.capture(fd, LogStream::Stdout, max_line);
+            readers.push(self.sink.capture(fd, LogStream::Stdout, max_line));
         }
         if let Some(fd) = spawned.stderr {
-            self.sink.capture(fd, LogStream::Stderr, max_line);
+            readers.push(self.sink.capture(fd, LogStream::Stderr, max_line));
         }
         let (exit_tx, exit_rx) = oneshot::channel();
         tokio::spawn(async move {
@@ -811,6 +858,7 @@ impl Actor {
             descendants: Vec::new(),
             // An early first walk catches what a service forks at startup.
             next_scan: tokio::time::Instant::now() + Duration::from_millis(500),
+            readers,
         });
         let now = Instant::now();
         self.update(|s| {
@@ -821,7 +869,6 @@ impl Actor {
             s.health = Health::Unknown;
         });
         info!(service = %self.name, pid, command = %shown, "Process started.");
-        self.sink.system(format!("Started pid {pid}: {shown}"));
         self.shared.events.emit(EventKind::ProcessStarted {
             service: self.name.clone(),
             pid: pid as u32,
@@ -840,12 +887,13 @@ impl Actor {
     // ----- exits and restarts -----
 
     async fn on_exit(&mut self, exit: ExitInfo) {
-        let Some(child) = self.child.take() else {
+        let Some(mut child) = self.child.take() else {
             return;
         };
         let uptime = child.started.elapsed();
         self.kill_leftovers_fast(&child);
         crate::guardian::remove_group(child.pid);
+        drain(std::mem::take(&mut child.readers)).await;
         drop(child);
         self.after_exit(exit, uptime, None).await;
     }
@@ -1140,6 +1188,7 @@ impl Actor {
         }
         self.shared.pids.set(&self.name, Vec::new());
         crate::guardian::remove_group(pid);
+        drain(std::mem::take(&mut child.readers)).await;
         self.update(|s| {
             s.pid = None;
             s.started_at = None;

@@ -138,15 +138,21 @@ impl LogSink {
         ring.iter().skip(skip).cloned().collect()
     }
 
-    /// Starts a task reading `fd` line by line into this log until EOF.
-    pub fn capture(&self, fd: OwnedFd, stream: LogStream, max_line: usize) {
+    /// Starts a task reading `fd` line by line into this log until EOF. The handle resolves
+    /// when every line up to EOF has been handed to the writer.
+    pub fn capture(
+        &self,
+        fd: OwnedFd,
+        stream: LogStream,
+        max_line: usize,
+    ) -> tokio::task::JoinHandle<()> {
         let tx = self.tx.clone();
         let service = self.service.clone();
         tokio::spawn(async move {
             if let Err(error) = read_lines(fd, stream, max_line, tx).await {
                 warn!(service = %service, %error, "Reading process output failed.");
             }
-        });
+        })
     }
 }
 

@@ -42,6 +42,32 @@ async fn final_line_before_exit_is_captured_even_without_newline() {
     s.shutdown(SECS(5)).await;
 }
 
+/// kinfra's own lines bracket the process's output: the spawn line first, the exit line after
+/// the last thing the process wrote (on both streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_and_exit_lines_bracket_the_output() {
+    let p = Project::new();
+    let mut svc = sh("echo hello; echo oops >&2; printf 'last words'; exit 4");
+    svc.restart = RestartPolicy::No;
+    let s = p.start(&services(vec![("talk", svc)])).await;
+    expect_state(&s, "talk", ServiceState::Failed, SECS(5)).await;
+    assert!(
+        wait_for(SECS(5), || messages(&s, "talk")
+            .iter()
+            .any(|m| m.starts_with("Exited with code 4")))
+        .await
+    );
+    let m = messages(&s, "talk");
+    let at = |f: &dyn Fn(&String) -> bool| m.iter().position(f).unwrap_or(usize::MAX);
+    let started = at(&|x| x.starts_with("Started pid"));
+    let exited = at(&|x| x.starts_with("Exited with code 4"));
+    for own in ["hello", "oops", "last words"] {
+        let i = at(&|x| x == own);
+        assert!(started < i && i < exited, "{own:?} out of order in {m:?}");
+    }
+    s.shutdown(SECS(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_lines_are_split() {
     let p = Project::new();
