@@ -229,6 +229,9 @@ impl Bus {
         let mut secrets = options.secrets.clone();
         secrets.extend(config.password.iter().cloned());
         secrets.extend(config.token.iter().cloned());
+        if let Some(url) = &config.url {
+            secrets.extend(nats::url_secrets(url));
+        }
         let redactor = Redactor::new(&secrets);
 
         let chosen = choose(&options).await;

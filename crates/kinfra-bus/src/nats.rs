@@ -38,6 +38,19 @@ pub fn display_url(url: &str) -> String {
         .join(",")
 }
 
+/// Passwords and tokens written into the URL (`nats://user:pass@host`, `nats://token@host`),
+/// so they can be masked in what the bus publishes.
+pub(crate) fn url_secrets(url: &str) -> Vec<kinfra_core::Secret> {
+    url.split(',')
+        .filter_map(|one| {
+            let rest = one.trim().split_once("://").map_or(one.trim(), |(_, r)| r);
+            let (userinfo, _) = rest.rsplit_once('@')?;
+            let secret = userinfo.split_once(':').map_or(userinfo, |(_, pass)| pass);
+            Some(kinfra_core::Secret::new(secret))
+        })
+        .collect()
+}
+
 /// The reconnect delay after `attempts` failed attempts: none for the first, then 50 ms
 /// doubling up to `max`, with up to 25 % jitter so a fleet does not reconnect in step.
 pub(crate) fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
@@ -85,6 +98,7 @@ pub(crate) async fn options(
         // The managed server: its own token, no TLS, nothing else from `[bus]`.
         opts = opts.token(token.expose().to_owned());
     } else {
+        opts = url_auth(opts, &target.url);
         opts = external_auth(opts, config, base_dir).await?;
     }
     let display = display_url(&target.url);
@@ -92,6 +106,23 @@ pub(crate) async fn options(
         on_event(&shared, &display, event);
         std::future::ready(())
     }))
+}
+
+/// Credentials written into the URL (`nats://user:pass@host`, `nats://token@host`): the
+/// client does not send those by itself. `[bus]` user, password and token win over them.
+fn url_auth(opts: async_nats::ConnectOptions, url: &str) -> async_nats::ConnectOptions {
+    let first = url
+        .split(',')
+        .filter_map(|u| u.trim().parse::<async_nats::ServerAddr>().ok())
+        .find(|addr| addr.has_user_pass());
+    match first {
+        Some(addr) => match (addr.username(), addr.password()) {
+            (Some(user), Some(pass)) => opts.user_and_password(user.to_owned(), pass.to_owned()),
+            (Some(token), None) => opts.token(token.to_owned()),
+            _ => opts,
+        },
+        None => opts,
+    }
 }
 
 /// User/password, token, nkey, credentials file and TLS from `[bus]`.
@@ -224,6 +255,13 @@ mod tests {
             "tls://***@a:1,nats://b:2"
         );
         assert_eq!(display_url("localhost:4222"), "localhost:4222");
+    }
+
+    #[test]
+    fn url_credentials_are_secrets() {
+        let secrets = url_secrets("nats://u:pw1234@a:1,tls://tok5678@b:2,nats://c:3");
+        let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+        assert_eq!(exposed, vec!["pw1234", "tok5678"]);
     }
 
     #[test]

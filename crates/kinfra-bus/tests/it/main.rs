@@ -1,7 +1,8 @@
 //! Integration tests of the bus against a real nats-server started by each test.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod control;
 mod events;
 mod inprocess;

@@ -185,3 +185,82 @@ async fn a_broken_nats_server_falls_back_to_in_process() {
     assert_eq!(bus.state(), BusState::InProcess);
     bus.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Environment variable that turns [`child_process_holding_a_managed_bus`] on.
+const CHILD_STATE: &str = "KINFRA_BUS_TEST_CHILD_STATE";
+
+/// Not a test on its own: run in a child process by
+/// `managed_server_dies_when_kinfra_is_killed`, it starts a managed bus, prints the server's
+/// PID and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process_holding_a_managed_bus() {
+    let Some(state) = std::env::var_os(CHILD_STATE) else {
+        return;
+    };
+    let control = FakeControl::new();
+    let bus = Bus::start(options(&control, Path::new(&state), None), control.clone())
+        .await
+        .unwrap();
+    let BusBackend::Managed { pid, .. } = bus.backend() else {
+        panic!("expected a managed server");
+    };
+    println!("MANAGED_PID={pid}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Held until the parent test kills this process.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_server_dies_when_kinfra_is_killed() {
+    use std::io::BufRead;
+    if nats_server_binary().is_none() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "managed::child_process_holding_a_managed_bus",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_STATE, state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // libtest prints its "test … ..." prefix on the same line.
+            if let Some((_, pid)) = line.split_once("MANAGED_PID=") {
+                let _ = tx.send(pid.trim().parse::<u32>().unwrap_or(0));
+            }
+        }
+    });
+    let pid = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the child never reported its managed server");
+    assert!(alive(pid));
+    // SIGKILL: no chance for the bus to stop its server.
+    drop(child);
+    wait_until(
+        "the managed server to die with its parent",
+        Duration::from_secs(5),
+        || !alive(pid),
+    )
+    .await;
+}

@@ -49,6 +49,7 @@ pub fn free_port() -> u16 {
 /// A nats-server started by a test, on a loopback port, with JetStream.
 pub struct NatsServer {
     binary: PathBuf,
+    extra: Vec<String>,
     /// Its port.
     pub port: u16,
     /// Its JetStream store directory.
@@ -60,10 +61,16 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one on a free port; `None` (after a loud message) when nats-server is missing.
     pub async fn start() -> Option<NatsServer> {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// The same, with extra command-line arguments (auth, TLS, a config file).
+    pub async fn start_with(extra: Vec<String>) -> Option<NatsServer> {
         let binary = nats_server_binary()?;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mut server = NatsServer {
             binary,
+            extra,
             port: free_port(),
             store: dir.path().join("js"),
             child: None,
@@ -94,6 +101,7 @@ impl NatsServer {
             "-sd",
         ])
         .arg(&self.store)
+        .args(&self.extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -242,6 +250,8 @@ impl RuntimeControl for FakeControl {
                         restarts: 0,
                         last_exit: None,
                         logs: vec![],
+                        cpu_percent: None,
+                        memory_bytes: None,
                     },
                 )
             })
