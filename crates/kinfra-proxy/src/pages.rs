@@ -96,7 +96,14 @@ impl Page {
                     .to_owned(),
                 10,
             ),
-            ServiceState::Stopping | ServiceState::Stopped => (
+            ServiceState::Stopping => (
+                PageKind::Error,
+                "service_unavailable",
+                format!("{service} is shutting down"),
+                "It is being stopped and does not take new requests.".to_owned(),
+                5,
+            ),
+            ServiceState::Stopped => (
                 PageKind::Error,
                 "service_unavailable",
                 format!("{service} is stopped"),

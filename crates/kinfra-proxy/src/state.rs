@@ -280,6 +280,8 @@ mod tests {
             restarts: 0,
             last_exit: None,
             logs: Vec::new(),
+            cpu_percent: None,
+            memory_bytes: None,
         }
     }
 

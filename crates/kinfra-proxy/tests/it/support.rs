@@ -69,6 +69,8 @@ impl FakeControl {
                     restarts: 0,
                     last_exit: None,
                     logs: Vec::new(),
+                    cpu_percent: None,
+                    memory_bytes: None,
                 });
             let from = entry.state;
             entry.state = state;
