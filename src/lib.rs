@@ -13,6 +13,7 @@
 mod control;
 pub mod embedded;
 mod lock;
+mod procstat;
 mod runtime;
 
 pub use kinfra_core::config::{

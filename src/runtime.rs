@@ -2,6 +2,7 @@
 
 use crate::control::{ControlServer, ControlServerError};
 use crate::lock::{LockError, StateLock};
+use crate::procstat::ProcessSampler;
 use kinfra_core::ConfigErrors;
 use kinfra_core::Secret;
 use kinfra_core::config::Config;
@@ -58,6 +59,23 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// Samples CPU and memory of the running services' process trees, off the async threads.
+async fn sample_processes(supervisor: Supervisor, sampler: ProcessSampler) {
+    let mut tick = tokio::time::interval(crate::procstat::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let roots: Vec<u32> = supervisor.status().values().filter_map(|s| s.pid).collect();
+        let sampler = sampler.clone();
+        if tokio::task::spawn_blocking(move || sampler.sample(&roots))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// A background task that ends with its owner (also when startup fails half way).
@@ -232,6 +250,8 @@ struct RuntimeCore {
     config_file: Option<PathBuf>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// CPU and memory of each service's process tree.
+    sampler: ProcessSampler,
 }
 
 impl RuntimeCore {
@@ -306,7 +326,14 @@ fn describe_reload(summary: &ReloadSummary) -> String {
 
 impl RuntimeControl for RuntimeCore {
     fn status(&self) -> StatusReport {
-        StatusReport::new(self.project.clone(), self.supervisor.status())
+        let mut services = self.supervisor.status();
+        for s in services.values_mut() {
+            if let Some((cpu, mem)) = s.pid.and_then(|pid| self.sampler.get(pid)) {
+                s.cpu_percent = Some(cpu);
+                s.memory_bytes = Some(mem);
+            }
+        }
+        StatusReport::new(self.project.clone(), services)
     }
 
     fn logs(
@@ -365,6 +392,7 @@ pub struct Runtime {
     dashboard: Option<DashboardServer>,
     control: ControlServer,
     _history_task: AbortOnDrop,
+    _sampler_task: AbortOnDrop,
     _lock: StateLock,
 }
 
@@ -431,7 +459,12 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         current: std::sync::Mutex::new(config.clone()),
         config_file: options.config_file.clone(),
         reloading: tokio::sync::Mutex::new(()),
+        sampler: ProcessSampler::default(),
     });
+    let sampler_task = AbortOnDrop(tokio::spawn(sample_processes(
+        core.supervisor.clone(),
+        core.sampler.clone(),
+    )));
     let control_view: Arc<dyn RuntimeControl> = core.clone();
     let dashboard_options = DashboardOptions {
         policy: AccessPolicy::new(
@@ -476,6 +509,7 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         dashboard,
         control,
         _history_task: history_task,
+        _sampler_task: sampler_task,
         _lock: lock,
     })
 }

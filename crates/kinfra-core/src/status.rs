@@ -67,6 +67,13 @@ pub struct ServiceStatus {
     pub last_exit: Option<ExitInfo>,
     /// The last few log lines.
     pub logs: Vec<LogLine>,
+    /// CPU use of the process and its descendants, in percent of one core, averaged over the
+    /// last sampling interval (when sampled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Resident memory of the process and its descendants, in bytes (when sampled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// Counts over all resources.
@@ -159,6 +166,8 @@ mod tests {
             restarts: 0,
             last_exit: None,
             logs: vec![],
+            cpu_percent: None,
+            memory_bytes: None,
         };
         let services = BTreeMap::from([
             ("a".to_string(), mk(ServiceState::Running)),

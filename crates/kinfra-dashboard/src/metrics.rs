@@ -114,6 +114,34 @@ pub fn render(report: &StatusReport, next_seq: u64, extra: &str) -> String {
             s.uptime_s.unwrap_or(0)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP kinfra_service_cpu_percent CPU of the service's process tree, percent of one core."
+    );
+    let _ = writeln!(out, "# TYPE kinfra_service_cpu_percent gauge");
+    for (name, s) in &report.services {
+        if let Some(cpu) = s.cpu_percent {
+            let _ = writeln!(
+                out,
+                "kinfra_service_cpu_percent{{service=\"{}\"}} {cpu}",
+                label(name)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kinfra_service_memory_bytes Resident memory of the service's process tree."
+    );
+    let _ = writeln!(out, "# TYPE kinfra_service_memory_bytes gauge");
+    for (name, s) in &report.services {
+        if let Some(mem) = s.memory_bytes {
+            let _ = writeln!(
+                out,
+                "kinfra_service_memory_bytes{{service=\"{}\"}} {mem}",
+                label(name)
+            );
+        }
+    }
     out.push_str(extra);
     out
 }
@@ -138,6 +166,8 @@ mod tests {
             restarts: 4,
             last_exit: None,
             logs: vec![],
+            cpu_percent: None,
+            memory_bytes: None,
         };
         let report = StatusReport::new("p", BTreeMap::from([("we\"ird".to_string(), s)]));
         let text = render(&report, 11, "");

@@ -47,6 +47,8 @@ impl RuntimeControl for Fake {
             restarts: 1,
             last_exit: None,
             logs: vec![line("api", "hello").line],
+            cpu_percent: Some(12.5),
+            memory_bytes: Some(4 << 20),
         };
         StatusReport::new("demo", BTreeMap::from([("api".to_string(), api)]))
     }
@@ -391,6 +393,11 @@ async fn metrics_text() {
         "{body}"
     );
     assert!(body.contains("kinfra_service_restarts_total{service=\"api\"} 1\n"));
+    assert!(
+        body.contains("kinfra_service_cpu_percent{service=\"api\"} 12.5\n"),
+        "{body}"
+    );
+    assert!(body.contains("kinfra_service_memory_bytes{service=\"api\"} 4194304\n"));
 }
 
 /// Reads SSE messages (`event`, `id`, `data`) from a streaming body until `n` are seen.

@@ -8,7 +8,9 @@
 //! Files in the state dir: `logs/NAME.log` (JSON lines, rotated by size), `ports.json`
 //! (persisted `"auto"` ports), `pids.json` (live processes, for cleanup after a SIGKILL of
 //! kinfra), `stopped.json` (services a user stopped, kept stopped across restarts under
-//! `unless-stopped`), `supervisor.lock` (one supervisor per state dir).
+//! `unless-stopped`), `supervisor.lock` (one supervisor per state dir). Started with
+//! [`Supervisor::start_persisted`], it keeps ports, user stops, restart counts and last exits in
+//! the caller's store instead ([`persist`]), and does not touch `ports.json` or `stopped.json`.
 //!
 //! Children inherit kinfra's environment, then the global `env`, the service's `env`, `PORT`,
 //! `KINFRA_SERVICE` and `KINFRA_SUPERVISOR_TAG` (which marks every process a service started,
@@ -28,6 +30,7 @@ pub mod backoff;
 pub mod graph;
 pub mod guardian;
 pub mod logs;
+pub mod persist;
 pub mod pids;
 pub mod ports;
 pub mod probe;
@@ -56,6 +59,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use persist::{Persistence, ServiceHistory, StateSink};
 pub use ports::{PortHolder, PortInUse};
 
 /// Log lines kept for followers that fall behind.
@@ -245,6 +249,29 @@ impl Supervisor {
         opts: SupervisorOptions,
         external: &[String],
     ) -> Result<Supervisor, SupervisorError> {
+        Self::start_inner(services, opts, external, None).await
+    }
+
+    /// Like [`Supervisor::start_with_external`], with durable state kept by the caller (the
+    /// store) instead of `ports.json` and `stopped.json`: known ports, restart counts, last
+    /// exits and user stops come from `persistence`, and changes go to its sink (new ports
+    /// are announced by `PortAssigned` events). Neither file is read or written. `pids.json`
+    /// is kept as always.
+    pub async fn start_persisted(
+        services: &BTreeMap<String, ServiceConfig>,
+        opts: SupervisorOptions,
+        external: &[String],
+        persistence: Persistence,
+    ) -> Result<Supervisor, SupervisorError> {
+        Self::start_inner(services, opts, external, Some(persistence)).await
+    }
+
+    async fn start_inner(
+        services: &BTreeMap<String, ServiceConfig>,
+        opts: SupervisorOptions,
+        external: &[String],
+        persistence: Option<Persistence>,
+    ) -> Result<Supervisor, SupervisorError> {
         let state_dir = opts.state_dir.clone();
         std::fs::create_dir_all(&state_dir).map_err(state_err(&state_dir))?;
         let log_dir = actor::log_dir(&state_dir);
@@ -294,9 +321,20 @@ impl Supervisor {
         guardian::add_tag(&tag_prefix);
         let pids = pids::PidRegistry::new(&pids_path);
         pids.set("", Vec::new());
-        let ports_path = state_dir.join("ports.json");
-        let ports = ports::PortStore::load(&ports_path).map_err(state_err(&ports_path))?;
-        let user_stopped = stopped::StoppedSet::load(&state_dir.join("stopped.json"));
+        let (ports, user_stopped, history, state_sink) = match persistence {
+            Some(p) => (
+                ports::PortStore::in_memory(p.ports),
+                stopped::StoppedSet::with_sink(p.user_stopped, p.sink.clone()),
+                p.history,
+                Some(p.sink),
+            ),
+            None => {
+                let ports_path = state_dir.join("ports.json");
+                let ports = ports::PortStore::load(&ports_path).map_err(state_err(&ports_path))?;
+                let user_stopped = stopped::StoppedSet::load(&state_dir.join("stopped.json"));
+                (ports, user_stopped, BTreeMap::new(), None)
+            }
+        };
         let (log_tx, _) = broadcast::channel(LOG_BROADCAST);
         let (world, _) = tokio::sync::watch::channel(0u64);
         let base_dir = std::fs::canonicalize(&opts.base_dir).unwrap_or(opts.base_dir);
@@ -309,6 +347,8 @@ impl Supervisor {
             ports,
             pids,
             user_stopped,
+            history,
+            state_sink,
             tag_prefix,
             log_dir,
             log_tx,
@@ -361,6 +401,8 @@ impl Supervisor {
                         restarts: s.restarts,
                         last_exit: s.last_exit,
                         logs: h.sink.tail(STATUS_LOG_LINES),
+                        cpu_percent: None,
+                        memory_bytes: None,
                     },
                 )
             })
@@ -670,8 +712,7 @@ impl Supervisor {
             let cfg = services[name].clone();
             let sink = LogSink::new(name, &shared.log_dir, cfg.log, shared.log_tx.clone())
                 .map_err(state_err(&shared.log_dir))?;
-            let (snap_tx, snap_rx) =
-                tokio::sync::watch::channel(Snapshot::pending(shared.port_of(name)));
+            let (snap_tx, snap_rx) = tokio::sync::watch::channel(shared.initial_snapshot(name));
             let (cmd_tx, cmd_rx) = mpsc::channel(16);
             write(&shared.snapshots).insert(name.clone(), snap_rx.clone());
             starting.push((name.clone(), cfg, sink, snap_tx, snap_rx, cmd_tx, cmd_rx));
