@@ -70,7 +70,9 @@ pub fn free_port() -> io::Result<u16> {
 /// The persisted `"auto"` ports.
 #[derive(Debug)]
 pub struct PortStore {
-    path: PathBuf,
+    /// The file they are saved to; `None` when they live elsewhere (announced by
+    /// `PortAssigned` events).
+    path: Option<PathBuf>,
     ports: Mutex<BTreeMap<String, u16>>,
 }
 
@@ -89,9 +91,18 @@ impl PortStore {
             Err(e) => return Err(e),
         };
         Ok(PortStore {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             ports: Mutex::new(ports),
         })
+    }
+
+    /// A store that starts with `ports` and saves no file: whoever passed them in persists
+    /// new assignments from the `PortAssigned` events.
+    pub fn in_memory(ports: BTreeMap<String, u16>) -> PortStore {
+        PortStore {
+            path: None,
+            ports: Mutex::new(ports),
+        }
     }
 
     /// The port persisted for `service`, if any.
@@ -138,9 +149,11 @@ impl PortStore {
                     port = free_port()?;
                 }
                 ports.insert(service.to_owned(), port);
-                let json = serde_json::to_vec_pretty(&*ports).map_err(io::Error::other)?;
-                drop(ports);
-                write_atomic(&self.path, &json)?;
+                if let Some(path) = &self.path {
+                    let json = serde_json::to_vec_pretty(&*ports).map_err(io::Error::other)?;
+                    drop(ports);
+                    write_atomic(path, &json)?;
+                }
                 Ok((port, true))
             }
         }

@@ -1,16 +1,24 @@
 //! Services a user stopped, persisted in `STATE_DIR/stopped.json`, so an `unless-stopped`
 //! service stays stopped across kinfra restarts until it is started by hand.
 
+use crate::persist::StateSink;
 use crate::ports::write_atomic;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tracing::warn;
+
+/// Where the set is saved.
+#[derive(Debug)]
+enum Target {
+    File(PathBuf),
+    Sink(Arc<dyn StateSink>),
+}
 
 /// The persisted set of user-stopped services.
 #[derive(Debug)]
 pub struct StoppedSet {
-    path: PathBuf,
+    target: Target,
     names: Mutex<BTreeSet<String>>,
 }
 
@@ -22,7 +30,15 @@ impl StoppedSet {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         StoppedSet {
-            path: path.to_path_buf(),
+            target: Target::File(path.to_path_buf()),
+            names: Mutex::new(names),
+        }
+    }
+
+    /// A set that starts with `names` and reports each change to `sink` instead of a file.
+    pub fn with_sink(names: BTreeSet<String>, sink: Arc<dyn StateSink>) -> StoppedSet {
+        StoppedSet {
+            target: Target::Sink(sink),
             names: Mutex::new(names),
         }
     }
@@ -53,10 +69,17 @@ impl StoppedSet {
             }
             serde_json::to_vec(&*names)
         };
+        let path = match &self.target {
+            Target::File(path) => path,
+            Target::Sink(sink) => {
+                sink.user_stopped_changed(service, stopped);
+                return;
+            }
+        };
         match json {
             Ok(json) => {
-                if let Err(error) = write_atomic(&self.path, &json) {
-                    warn!(path = %self.path.display(), %error, "Saving the stopped services failed.");
+                if let Err(error) = write_atomic(path, &json) {
+                    warn!(path = %path.display(), %error, "Saving the stopped services failed.");
                 }
             }
             Err(error) => warn!(%error, "Encoding the stopped services failed."),

@@ -597,14 +597,31 @@ pub struct StoreConfig {
     /// Run the store at all.
     pub enabled: bool,
     /// `surrealkv://path`, `mem://`, `ws://host:port` or `wss://...`; absent means surrealkv
-    /// under the state dir.
+    /// under the state dir (`STATE_DIR/db`).
     pub url: Option<String>,
-    /// Sync every commit to disk.
+    /// Sync every commit to disk (surrealkv). Off, the OS decides when writes reach the disk:
+    /// faster, but a power loss can lose the last commits (a crash of kinfra alone cannot).
     pub sync: bool,
     /// Remote user.
     pub user: Option<String>,
     /// Remote password.
     pub password: Option<Secret>,
+    /// Namespace of kinfra's own tables.
+    pub namespace: String,
+    /// Database of kinfra's own tables.
+    pub database: String,
+    /// Namespace given to the user's code (`Runtime::db()`).
+    pub user_namespace: String,
+    /// Database given to the user's code (`Runtime::db()`).
+    pub user_database: String,
+    /// Most events kept; older ones are deleted.
+    pub event_retention: u64,
+    /// Events older than this are deleted.
+    pub event_max_age: Dur,
+    /// Most runs (process starts with their exits) kept for `kinfra runtime history`.
+    pub run_retention: u64,
+    /// How long opening the store may take (a remote server that does not answer).
+    pub connect_timeout: Dur,
 }
 
 impl Default for StoreConfig {
@@ -615,6 +632,14 @@ impl Default for StoreConfig {
             sync: true,
             user: None,
             password: None,
+            namespace: "kinfra".into(),
+            database: "runtime".into(),
+            user_namespace: "app".into(),
+            user_database: "main".into(),
+            event_retention: 10_000,
+            event_max_age: Dur::from_secs(7 * 24 * 3600),
+            run_retention: 10_000,
+            connect_timeout: Dur::from_secs(10),
         }
     }
 }

@@ -56,6 +56,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.routes();
     c.ports();
     c.acme();
+    c.store();
     c.issues
 }
 
@@ -660,6 +661,65 @@ impl Checker<'_> {
             if domain.trim().is_empty() {
                 self.issue(join_index("acme.domains", i), Anchor::Value, "empty domain");
             }
+        }
+    }
+
+    fn store(&mut self) {
+        let st = &self.config.store;
+        if !st.enabled {
+            return;
+        }
+        if let Some(url) = &st.url {
+            let known = ["mem://", "memory", "surrealkv://", "ws://", "wss://"];
+            if !known.iter().any(|k| url.starts_with(k)) {
+                self.issue(
+                    "store.url".into(),
+                    Anchor::Value,
+                    format!(
+                        "unsupported store url `{url}`: expected surrealkv://PATH, mem://, \
+                         ws://HOST:PORT or wss://HOST:PORT"
+                    ),
+                );
+            }
+        }
+        let names = [
+            ("store.namespace", &st.namespace),
+            ("store.database", &st.database),
+            ("store.user_namespace", &st.user_namespace),
+            ("store.user_database", &st.user_database),
+        ];
+        for (key, value) in names {
+            if let Some(problem) = name_problem(value) {
+                self.issue(key.into(), Anchor::Value, problem);
+            }
+        }
+        if (&st.namespace, &st.database) == (&st.user_namespace, &st.user_database) {
+            self.issue(
+                "store.user_database".into(),
+                Anchor::Value,
+                "the user's namespace/database must differ from kinfra's own",
+            );
+        }
+        if st.event_retention == 0 {
+            self.issue(
+                "store.event_retention".into(),
+                Anchor::Value,
+                "store.event_retention must be at least 1",
+            );
+        }
+        if st.run_retention == 0 {
+            self.issue(
+                "store.run_retention".into(),
+                Anchor::Value,
+                "store.run_retention must be at least 1",
+            );
+        }
+        if st.connect_timeout.0.is_zero() {
+            self.issue(
+                "store.connect_timeout".into(),
+                Anchor::Value,
+                "store.connect_timeout must be more than 0",
+            );
         }
     }
 }

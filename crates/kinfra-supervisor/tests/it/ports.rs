@@ -161,3 +161,77 @@ async fn two_services_on_one_fixed_port_conflict_without_killing_each_other() {
     assert_eq!(state_of(&s, "first"), ServiceState::Running);
     s.shutdown(SECS(5)).await;
 }
+
+/// Records what the supervisor reports through its state sink.
+#[derive(Debug, Default)]
+struct RecordingSink {
+    changes: std::sync::Mutex<Vec<String>>,
+}
+
+impl kinfra_supervisor::StateSink for RecordingSink {
+    fn history_changed(&self, service: &str, h: kinfra_supervisor::ServiceHistory) {
+        if let Ok(mut c) = self.changes.lock() {
+            c.push(format!("{service} restarts={}", h.restarts));
+        }
+    }
+    fn user_stopped_changed(&self, service: &str, stopped: bool) {
+        if let Ok(mut c) = self.changes.lock() {
+            c.push(format!("{service} stopped={stopped}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_state_comes_in_and_changes_go_to_the_sink_not_files() {
+    let p = Project::new();
+    let known = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut api = sh("exec sleep 30");
+    api.port = Some(PortSpec::Auto);
+    let mut keep = sh("exec sleep 30");
+    keep.restart = kinfra_core::config::RestartPolicy::UnlessStopped;
+    let list = services(vec![("api", api), ("keep", keep.clone()), ("kept", keep)]);
+    let sink = std::sync::Arc::new(RecordingSink::default());
+    let persistence = kinfra_supervisor::Persistence {
+        ports: [("api".to_string(), known)].into(),
+        history: [(
+            "api".to_string(),
+            kinfra_supervisor::ServiceHistory {
+                restarts: 7,
+                last_exit: Some(kinfra_core::event::ExitInfo {
+                    code: Some(2),
+                    signal: None,
+                }),
+            },
+        )]
+        .into(),
+        user_stopped: ["kept".to_string()].into(),
+        sink: sink.clone(),
+    };
+    let s = kinfra_supervisor::Supervisor::start_persisted(&list, p.opts(), &[], persistence)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.port_of("api"), Some(known));
+    let api = status_of(&s, "api");
+    assert_eq!(api.restarts, 7);
+    assert_eq!(api.last_exit.and_then(|e| e.code), Some(2));
+    expect_state(&s, "kept", ServiceState::Stopped, SECS(5)).await;
+    expect_state(&s, "api", ServiceState::Running, SECS(5)).await;
+    expect_state(&s, "keep", ServiceState::Running, SECS(5)).await;
+    s.act(kinfra_core::view::Action::Restart, "api")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.act(kinfra_core::view::Action::Stop, "keep")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status_of(&s, "api").restarts, 8);
+    s.shutdown(SECS(5)).await;
+    let changes = sink.changes.lock().map(|c| c.clone()).unwrap_or_default();
+    assert!(changes.contains(&"api restarts=8".to_string()), "{changes:?}");
+    assert!(changes.contains(&"keep stopped=true".to_string()), "{changes:?}");
+    for f in ["ports.json", "stopped.json"] {
+        assert!(!p.state_dir().join(f).exists(), "{f} written");
+    }
+}
