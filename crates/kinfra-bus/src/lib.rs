@@ -579,7 +579,8 @@ async fn choose(options: &BusOptions) -> Chosen {
             warn: true,
         };
     };
-    match ManagedServer::start(binary, &options.state_dir, &options.project, config.port).await {
+    let port = config.port.filter(|p| *p != 0);
+    match ManagedServer::start(binary, &options.state_dir, &options.project, port).await {
         Ok(server) => Chosen::Managed(server),
         Err(error) => Chosen::InProcess {
             reason: format!("the managed nats-server could not start: {error}"),
