@@ -13,6 +13,7 @@
 mod control;
 pub mod embedded;
 mod lock;
+mod maintenance;
 mod procstat;
 mod runtime;
 

@@ -2,6 +2,7 @@
 
 use crate::control::{ControlServer, ControlServerError};
 use crate::lock::{LockError, StateLock};
+use crate::maintenance::Maintenance;
 use crate::procstat::ProcessSampler;
 use kinfra_core::ConfigErrors;
 use kinfra_core::Secret;
@@ -9,7 +10,9 @@ use kinfra_core::config::Config;
 use kinfra_core::config::ServiceConfig;
 use kinfra_core::control::RuntimeInfo;
 use kinfra_core::event::{Event, EventKind, EventSender};
+use kinfra_core::state::ServiceState;
 use kinfra_core::status::{ServiceLogLine, StatusReport};
+use kinfra_core::view::ALL_SERVICES;
 use kinfra_core::view::{Action, ActionError, BoxFuture, RuntimeControl};
 use kinfra_dashboard::auth::AccessPolicy;
 use kinfra_dashboard::sse::EventHistory;
@@ -252,9 +255,48 @@ struct RuntimeCore {
     reloading: tokio::sync::Mutex<()>,
     /// CPU and memory of each service's process tree.
     sampler: ProcessSampler,
+    /// What is in maintenance.
+    maintenance: std::sync::Mutex<Maintenance>,
+    state_dir: PathBuf,
 }
 
 impl RuntimeCore {
+    fn maintenance_state(&self) -> Maintenance {
+        match self.maintenance.lock() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Switches maintenance of `service` (or everything, for `*`), saves it, and says so.
+    fn set_maintenance(&self, service: &str, on: bool) -> Result<(), ActionError> {
+        if service != ALL_SERVICES && !self.supervisor.status().contains_key(service) {
+            return Err(ActionError::UnknownService(service.to_owned()));
+        }
+        let saved = {
+            let mut m = match self.maintenance.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            if service == ALL_SERVICES {
+                m.global = on;
+            } else if on {
+                m.services.insert(service.to_owned());
+            } else {
+                m.services.remove(service);
+            }
+            m.clone()
+        };
+        if let Err(error) = saved.save(&self.state_dir) {
+            tracing::warn!(%error, "Cannot save the maintenance state; it holds until kinfra stops.");
+        }
+        self.events.emit(EventKind::MaintenanceChanged {
+            service: service.to_owned(),
+            on,
+        });
+        Ok(())
+    }
+
     fn current_config(&self) -> Config {
         match self.current.lock() {
             Ok(c) => c.clone(),
@@ -275,6 +317,19 @@ impl RuntimeCore {
         }
         let old = self.current_config();
         let summary = self.supervisor.apply(&effective_services(&new)).await?;
+        {
+            let mut m = match self.maintenance.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            let before = m.clone();
+            m.reconcile(&old, &new);
+            if *m != before {
+                if let Err(error) = m.save(&self.state_dir) {
+                    tracing::warn!(%error, "Cannot save the maintenance state.");
+                }
+            }
+        }
         let needs_restart = restart_only_changes(&old, &new);
         if !needs_restart.is_empty() {
             tracing::warn!(
@@ -327,10 +382,23 @@ fn describe_reload(summary: &ReloadSummary) -> String {
 impl RuntimeControl for RuntimeCore {
     fn status(&self) -> StatusReport {
         let mut services = self.supervisor.status();
-        for s in services.values_mut() {
+        let maintenance = self.maintenance_state();
+        for (name, s) in services.iter_mut() {
             if let Some((cpu, mem)) = s.pid.and_then(|pid| self.sampler.get(pid)) {
                 s.cpu_percent = Some(cpu);
                 s.memory_bytes = Some(mem);
+            }
+            if maintenance.covers(name) {
+                s.status_message = format!(
+                    "In maintenance{} (process {})",
+                    if maintenance.global {
+                        ", runtime-wide"
+                    } else {
+                        ""
+                    },
+                    s.state
+                );
+                s.state = ServiceState::Maintenance;
             }
         }
         StatusReport::new(self.project.clone(), services)
@@ -358,7 +426,12 @@ impl RuntimeControl for RuntimeCore {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return Err(ActionError::ShuttingDown);
             }
-            self.supervisor.act(action, &service).await
+            match action {
+                Action::MaintenanceOn | Action::MaintenanceOff => {
+                    self.set_maintenance(&service, action == Action::MaintenanceOn)
+                }
+                _ => self.supervisor.act(action, &service).await,
+            }
         })
     }
 
@@ -460,6 +533,8 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         config_file: options.config_file.clone(),
         reloading: tokio::sync::Mutex::new(()),
         sampler: ProcessSampler::default(),
+        maintenance: std::sync::Mutex::new(Maintenance::load(&state_dir, &config)),
+        state_dir: state_dir.clone(),
     });
     let sampler_task = AbortOnDrop(tokio::spawn(sample_processes(
         core.supervisor.clone(),
@@ -567,6 +642,21 @@ impl Runtime {
     /// Restarts a service.
     pub async fn restart(&self, service: &str) -> Result<(), ActionError> {
         self.core.act(Action::Restart, service).await
+    }
+
+    /// Switches maintenance mode of one service, or of everything with `None`: the proxy
+    /// answers with the maintenance page; processes keep running.
+    pub async fn set_maintenance(
+        &self,
+        service: Option<&str>,
+        on: bool,
+    ) -> Result<(), ActionError> {
+        let action = if on {
+            Action::MaintenanceOn
+        } else {
+            Action::MaintenanceOff
+        };
+        self.core.act(action, service.unwrap_or(ALL_SERVICES)).await
     }
 
     /// Stops a service (it stays stopped until started).

@@ -42,6 +42,7 @@ function availability(state, action) {
     case "restart": return (state === "stopping" || state === "pending") ? `not while ${state}` : "";
     case "stop": return ["running", "starting", "backoff", "pending", "maintenance"].includes(state) ? "" : `already ${state}`;
     case "start": return ["stopped", "failed", "completed"].includes(state) ? "" : `already ${state}`;
+    case "maintenance": return "";
   }
   return "";
 }
@@ -58,7 +59,13 @@ function makeCard(name) {
   };
   fields.name.textContent = name;
   fields.loglink.href = `/__logs__/${encodeURIComponent(name)}`;
-  for (const b of fields.buttons) b.addEventListener("click", () => act(b.dataset.action, name, b));
+  for (const b of fields.buttons) {
+    b.addEventListener("click", () => {
+      let action = b.dataset.action;
+      if (action === "maintenance") action = S.services.get(name)?.state === "maintenance" ? "maintenance-off" : "maintenance-on";
+      act(action, name, b);
+    });
+  }
   // Keep cards in name order.
   const names = [...S.cards.keys(), name].sort();
   const next = names[names.indexOf(name) + 1];
@@ -116,6 +123,7 @@ function updateButtons(name) {
   if (!card || !s) return;
   const reasons = [];
   for (const b of card.fields.buttons) {
+    if (b.dataset.action === "maintenance") b.textContent = s.state === "maintenance" ? "End maintenance" : "Maintenance";
     const why = availability(s.state, b.dataset.action);
     b.disabled = why !== "";
     b.title = why ? `${b.dataset.action}: ${why}` : `${b.dataset.action} ${name}`;
@@ -198,6 +206,7 @@ function describe(e) {
     case "port_assigned": return `${e.service}: port ${e.port}`;
     case "config_reloaded": return `config reloaded: +[${e.added}] −[${e.removed}] ↻[${e.changed}]`;
     case "config_rejected": return `config rejected: ${e.error}`;
+    case "maintenance_changed": return `${e.service === "*" ? "everything" : e.service}: maintenance ${e.on ? "on" : "off"}`;
     case "runtime_started": return `runtime ${e.project} started`;
     case "runtime_stopping": return `runtime stopping (${e.reason})`;
     default: return `${e.type}${e.service ? ` ${e.service}` : ""}`;

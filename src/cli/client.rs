@@ -183,8 +183,15 @@ pub async fn action(arg: &ConfigArg, action: Action, service: &str) -> anyhow::R
                 Action::Restart => "restarted",
                 Action::Stop => "stopped",
                 Action::Start => "started",
+                Action::MaintenanceOn => "in maintenance",
+                Action::MaintenanceOff => "out of maintenance",
             };
-            println!("{service}: {done}");
+            let who = if service == kinfra_core::view::ALL_SERVICES {
+                "everything"
+            } else {
+                service
+            };
+            println!("{who}: {done}");
             Ok(ExitCode::SUCCESS)
         }
         Some(ControlResponse::Error { error }) if error.starts_with("unknown service") => {

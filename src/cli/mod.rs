@@ -126,6 +126,25 @@ enum RuntimeCommand {
         /// Service name.
         service: String,
     },
+    /// Switch maintenance mode: the proxy answers with a maintenance page (processes keep
+    /// running). Without SERVICE, for everything.
+    Maintenance {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// on or off.
+        mode: OnOff,
+        /// Service name; all services when absent.
+        service: Option<String>,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    /// Switch on.
+    On,
+    /// Switch off.
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +259,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Runtime(RuntimeCommand::Start { config, service }) => {
             client::action(&config, kinfra::Action::Start, &service).await
+        }
+        Command::Runtime(RuntimeCommand::Maintenance {
+            config,
+            mode,
+            service,
+        }) => {
+            let action = match mode {
+                OnOff::On => kinfra::Action::MaintenanceOn,
+                OnOff::Off => kinfra::Action::MaintenanceOff,
+            };
+            let service = service.unwrap_or_else(|| kinfra_core::view::ALL_SERVICES.to_owned());
+            client::action(&config, action, &service).await
         }
         Command::Config(ConfigCommand::Check { config, print }) => {
             config_cmd::check(&config, print)

@@ -224,6 +224,15 @@ fn describe(kind: &EventKind) -> Option<String> {
             changed.join(", ")
         )),
         EventKind::ConfigRejected { error } => Some(format!("config rejected: {error}")),
+        EventKind::MaintenanceChanged { service, on } => Some(format!(
+            "{}: maintenance {}",
+            if service == "*" {
+                "everything"
+            } else {
+                service
+            },
+            if *on { "on" } else { "off" }
+        )),
         _ => None,
     }
 }

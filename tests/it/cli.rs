@@ -309,3 +309,56 @@ fn second_ctrl_c_forces_exit_and_children_die() {
         || pids_tagged(&tag).is_empty().then_some(()),
     );
 }
+
+#[test]
+fn maintenance_per_service_and_global_survives_a_restart() {
+    let tag = unique_tag("maint");
+    let p = Project::with_config(&format!(
+        "[env]\nKINFRA_TEST_TAG = \"{tag}\"\n[dashboard]\nlisten = \"127.0.0.1:0\"\n\
+         [services.web]\ncommand = \"exec sleep 1000\"\n\
+         [services.api]\ncommand = \"exec sleep 1000\"\nmaintenance = true\n"
+    ));
+    let mut up = p.up(&[], &[]);
+    let state = |p: &Project, s: &str| status_json(p)["services"][s]["state"].clone();
+    wait_for(Duration::from_secs(20), "web running", || {
+        running_pid(&p, "web")
+    });
+    // From config; the process behind it runs.
+    assert_eq!(state(&p, "api"), "maintenance");
+    wait_for(Duration::from_secs(20), "api's process running", || {
+        status_json(&p)["services"]["api"]["status_message"]
+            .as_str()
+            .filter(|m| m.contains("process running"))
+            .map(|_| ())
+    });
+    let out = p.run(&["runtime", "maintenance", "on", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&p, "web"), "maintenance");
+    let out = p.run(&["runtime", "maintenance", "off", "api"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&p, "api"), "running");
+    let out = p.run(&["runtime", "maintenance", "on", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    up.wait_for_line(Duration::from_secs(5), "web: maintenance on");
+
+    // Survives a restart of kinfra (saved state wins over the config).
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    let mut up = p.up(&[], &[]);
+    wait_for(Duration::from_secs(20), "api running", || {
+        running_pid(&p, "api")
+    });
+    assert_eq!(state(&p, "web"), "maintenance");
+
+    // Global maintenance covers everything; off restores.
+    let out = p.run(&["runtime", "maintenance", "on"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("everything: in maintenance"));
+    assert_eq!(state(&p, "api"), "maintenance");
+    let out = p.run(&["runtime", "maintenance", "off"]);
+    assert!(out.status.success());
+    assert_eq!(state(&p, "api"), "running");
+    assert_eq!(state(&p, "web"), "maintenance");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+}

@@ -118,6 +118,13 @@ pub enum EventKind {
         /// Names of resources restarted because their config changed.
         changed: Vec<String>,
     },
+    /// Maintenance mode was switched on or off for a service, or (service `*`) globally.
+    MaintenanceChanged {
+        /// The service, or `*` for everything.
+        service: String,
+        /// In maintenance now.
+        on: bool,
+    },
     /// A config reload was rejected; the running set was left as it was.
     ConfigRejected {
         /// The error, as shown to a person.
@@ -146,11 +153,13 @@ impl EventKind {
             | Self::RestartScheduled { service, .. }
             | Self::CrashLoop { service, .. }
             | Self::PortAssigned { service, .. } => service,
+            Self::MaintenanceChanged { service, .. } if service != "*" => service,
             Self::RuntimeStarted { .. }
             | Self::RuntimeStopping { .. }
             | Self::ConfigReloaded { .. }
             | Self::ConfigRejected { .. }
-            | Self::BusStateChanged { .. } => "runtime",
+            | Self::BusStateChanged { .. }
+            | Self::MaintenanceChanged { .. } => "runtime",
         }
     }
 
@@ -168,6 +177,7 @@ impl EventKind {
             Self::PortAssigned { .. } => "port_assigned",
             Self::ConfigReloaded { .. } => "config_reloaded",
             Self::ConfigRejected { .. } => "config_rejected",
+            Self::MaintenanceChanged { .. } => "maintenance_changed",
             Self::BusStateChanged { .. } => "bus_state_changed",
         }
     }

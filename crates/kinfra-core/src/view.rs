@@ -21,7 +21,17 @@ pub enum Action {
     Stop,
     /// Start a stopped or failed service (clears the crash-loop guard).
     Start,
+    /// Put a service (or, with service `*`, everything) in maintenance: the proxy serves the
+    /// maintenance page; processes keep running.
+    #[serde(rename = "maintenance-on")]
+    MaintenanceOn,
+    /// End maintenance of a service (or, with `*`, the global maintenance).
+    #[serde(rename = "maintenance-off")]
+    MaintenanceOff,
 }
+
+/// The service name that means "everything" for maintenance actions.
+pub const ALL_SERVICES: &str = "*";
 
 impl Action {
     /// The contract name, as in `/__action__/{action}/{service}`.
@@ -30,6 +40,8 @@ impl Action {
             Self::Restart => "restart",
             Self::Stop => "stop",
             Self::Start => "start",
+            Self::MaintenanceOn => "maintenance-on",
+            Self::MaintenanceOff => "maintenance-off",
         }
     }
 }
@@ -42,6 +54,8 @@ impl std::str::FromStr for Action {
             "restart" => Ok(Self::Restart),
             "stop" => Ok(Self::Stop),
             "start" => Ok(Self::Start),
+            "maintenance-on" => Ok(Self::MaintenanceOn),
+            "maintenance-off" => Ok(Self::MaintenanceOff),
             other => Err(ActionError::UnknownAction(other.to_owned())),
         }
     }
@@ -54,7 +68,9 @@ pub enum ActionError {
     #[error("unknown service `{0}`")]
     UnknownService(String),
     /// No action has this name.
-    #[error("unknown action `{0}` (expected restart, stop or start)")]
+    #[error(
+        "unknown action `{0}` (expected restart, stop, start, maintenance-on or maintenance-off)"
+    )]
     UnknownAction(String),
     /// The action makes no sense in the current state.
     #[error("cannot {action} `{service}`: {reason}")]

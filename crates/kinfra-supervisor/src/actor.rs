@@ -284,7 +284,9 @@ impl Actor {
         let guard = CrashGuard::new(cfg.crash_loop);
         let kept_stopped =
             cfg.restart == RestartPolicy::UnlessStopped && shared.user_stopped.contains(&name);
-        let mode = if cfg.disabled || cfg.maintenance || kept_stopped {
+        // `maintenance` is the runtime's business (the proxy answers for the service); the
+        // process runs as usual.
+        let mode = if cfg.disabled || kept_stopped {
             Mode::Idle
         } else {
             Mode::WaitDeps
@@ -354,9 +356,7 @@ impl Actor {
     }
 
     fn apply_mode_entry(&mut self) {
-        if self.cfg.maintenance {
-            self.set_state(ServiceState::Maintenance, "In maintenance".into());
-        } else if self.cfg.disabled {
+        if self.cfg.disabled {
             self.set_state(ServiceState::Stopped, "Disabled; start it by hand".into());
         } else if self.mode == Mode::Idle && self.shared.user_stopped.contains(&self.name) {
             self.set_state(
@@ -504,7 +504,7 @@ impl Actor {
                 self.setup_watch();
                 let kept_stopped = self.cfg.restart == RestartPolicy::UnlessStopped
                     && self.shared.user_stopped.contains(&self.name);
-                if self.cfg.disabled || self.cfg.maintenance || kept_stopped {
+                if self.cfg.disabled || kept_stopped {
                     self.mode = Mode::Idle;
                     self.apply_mode_entry();
                 } else {
@@ -581,6 +581,13 @@ impl Actor {
     }
 
     fn lookup(&self, port: Option<u16>, name: &str) -> Option<String> {
+        self.lookup_depth(port, name, 0)
+    }
+
+    /// Values from the service's (or the global) `env` may themselves hold references
+    /// (`API_URL = "http://127.0.0.1:${services.api.port}"`); they are resolved too, up to a
+    /// small depth so a cycle (`A = "${B}"`, `B = "${A}"`) ends as an unknown variable.
+    fn lookup_depth(&self, port: Option<u16>, name: &str, depth: u8) -> Option<String> {
         if name == "PORT" {
             return port.map(|p| p.to_string());
         }
@@ -594,12 +601,18 @@ impl Actor {
             // `resources.NAME.FIELD`: not known to the supervisor.
             return None;
         }
-        self.cfg
+        match self
+            .cfg
             .env
             .get(name)
             .or_else(|| self.shared.global_env.get(name))
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
+        {
+            Some(value) if depth < 8 => {
+                interpolate(value, &|n| self.lookup_depth(port, n, depth + 1)).ok()
+            }
+            Some(_) => None,
+            None => std::env::var(name).ok(),
+        }
     }
 
     fn interpolate(&self, port: Option<u16>, text: &str) -> Result<String, String> {

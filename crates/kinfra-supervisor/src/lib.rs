@@ -483,6 +483,9 @@ impl Supervisor {
                 cmds.send(cmd).await.map_err(|_| gone())?;
                 rx.await.map_err(|_| gone())?.map_err(not_available)
             }
+            Action::MaintenanceOn | Action::MaintenanceOff => Err(not_available(
+                "maintenance is the runtime's business, not the supervisor's".into(),
+            )),
         }
     }
 

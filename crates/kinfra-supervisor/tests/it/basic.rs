@@ -185,3 +185,48 @@ async fn unusable_state_dir_and_second_instance_are_errors() {
     );
     first.shutdown(SECS(5)).await;
 }
+
+/// An env value that refers to another service's port is resolved before the command that
+/// uses it (`${API_URL}` → `http://127.0.0.1:${services.api.port}` → the real port), and a
+/// reference cycle fails the service clearly instead of looping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_values_with_references_resolve_inside_commands() {
+    use kinfra_core::config::{PortSpec, RestartPolicy};
+    let p = Project::new();
+    let mut api = sh("exec sleep 1000");
+    api.port = Some(PortSpec::Auto);
+    let mut worker = sh("echo polling ${API_URL}; exec sleep 1000");
+    worker.env.insert(
+        "API_URL".into(),
+        "http://127.0.0.1:${services.api.port}".into(),
+    );
+    worker.depends_on.0.insert("api".into(), Default::default());
+    let mut cyclic = sh("echo ${A}");
+    cyclic.restart = RestartPolicy::No;
+    cyclic.env.insert("A".into(), "${B}".into());
+    cyclic.env.insert("B".into(), "${A}".into());
+    let s = p
+        .start(&services(vec![
+            ("api", api),
+            ("worker", worker),
+            ("cyclic", cyclic),
+        ]))
+        .await;
+    expect_state(&s, "worker", ServiceState::Running, SECS(10)).await;
+    let port = s.port_of("api").expect("api port");
+    let want = format!("polling http://127.0.0.1:{port}");
+    assert!(
+        wait_for(SECS(5), || messages(&s, "worker").contains(&want)).await,
+        "{:?}",
+        messages(&s, "worker")
+    );
+    expect_state(&s, "cyclic", ServiceState::Failed, SECS(5)).await;
+    assert!(
+        status_of(&s, "cyclic")
+            .status_message
+            .contains("unknown variable"),
+        "{}",
+        status_of(&s, "cyclic").status_message
+    );
+    s.shutdown(SECS(5)).await;
+}
