@@ -17,6 +17,7 @@ mod maintenance;
 mod procstat;
 mod runtime;
 
+pub use kinfra_bus as bus;
 pub use kinfra_core::config::{
     self, CommandSpec, DependCondition, Dur, PortSpec, ProbeConfig, RestartPolicy, ServiceConfig,
 };

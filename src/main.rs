@@ -8,11 +8,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // The embedded default config runs demo programs built into this binary through
     // `${KINFRA_BIN}`. Set it before any thread exists (set_var is only sound then).
-    if std::env::var_os("KINFRA_BIN").is_none() {
-        if let Ok(exe) = std::env::current_exe() {
-            // SAFETY: no other thread has been started yet.
-            unsafe { std::env::set_var("KINFRA_BIN", exe) };
-        }
+    if std::env::var_os("KINFRA_BIN").is_none()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        // SAFETY: no other thread has been started yet.
+        unsafe { std::env::set_var("KINFRA_BIN", exe) };
     }
     cli::main()
 }

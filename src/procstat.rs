@@ -45,10 +45,10 @@ fn read_all() -> HashMap<u32, Proc> {
         else {
             continue;
         };
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if let Some((pid, p)) = parse(&text) {
-                out.insert(pid, p);
-            }
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some((pid, p)) = parse(&text)
+        {
+            out.insert(pid, p);
         }
     }
     out

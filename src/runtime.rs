@@ -4,6 +4,7 @@ use crate::control::{ControlServer, ControlServerError};
 use crate::lock::{LockError, StateLock};
 use crate::maintenance::Maintenance;
 use crate::procstat::ProcessSampler;
+use kinfra_bus::{Bus, BusError, BusOptions};
 use kinfra_core::ConfigErrors;
 use kinfra_core::Secret;
 use kinfra_core::config::Config;
@@ -54,6 +55,9 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] ControlServerError),
+    /// The bus config is unusable (bad URL, unreadable credentials or TLS files).
+    #[error(transparent)]
+    Bus(#[from] BusError),
     /// The dashboard token file could not be read or written.
     #[error("dashboard token file {}: {source}", .path.display())]
     Token {
@@ -79,6 +83,91 @@ async fn sample_processes(supervisor: Supervisor, sampler: ProcessSampler) {
             return;
         }
     }
+}
+
+/// The runtime's control as seen by subsystems that start before the runtime core exists
+/// (the bus must subscribe to events before the first service starts). Events are served
+/// from the start; everything else once the core is set.
+struct LateControl {
+    events: EventSender,
+    core: std::sync::OnceLock<Arc<RuntimeCore>>,
+    project: String,
+}
+
+impl RuntimeControl for LateControl {
+    fn status(&self) -> StatusReport {
+        match self.core.get() {
+            Some(core) => core.status(),
+            None => StatusReport::new(self.project.clone(), BTreeMap::new()),
+        }
+    }
+
+    fn logs(
+        &self,
+        service: Option<&str>,
+        lines: usize,
+    ) -> Result<Vec<ServiceLogLine>, ActionError> {
+        match self.core.get() {
+            Some(core) => core.logs(service, lines),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn subscribe_logs(&self) -> broadcast::Receiver<ServiceLogLine> {
+        match self.core.get() {
+            Some(core) => core.subscribe_logs(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    fn act(&self, action: Action, service: &str) -> BoxFuture<'_, Result<(), ActionError>> {
+        let service = service.to_owned();
+        Box::pin(async move {
+            match self.core.get() {
+                Some(core) => core.act(action, &service).await,
+                None => Err(ActionError::NotAvailable {
+                    action: action.as_str().to_owned(),
+                    service,
+                    reason: "the runtime is still starting".into(),
+                }),
+            }
+        })
+    }
+
+    fn request_shutdown(&self, reason: &str) {
+        if let Some(core) = self.core.get() {
+            core.request_shutdown(reason);
+        }
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            match self.core.get() {
+                Some(core) => core.reload().await,
+                None => Err("the runtime is still starting".into()),
+            }
+        })
+    }
+}
+
+/// Values of secret-named environment variables in the config, masked wherever kinfra
+/// publishes text (the bus, for one).
+fn secret_values(config: &Config) -> Vec<Secret> {
+    let globals = config.env.iter();
+    let per_service = config.services.values().flat_map(|s| s.env.iter());
+    let mut out: Vec<Secret> = globals
+        .chain(per_service)
+        .filter(|(k, v)| kinfra_core::secret::is_secret_name(k) && v.len() >= 4)
+        .map(|(_, v)| Secret::new(v.clone()))
+        .collect();
+    if let Some(token) = &config.dashboard.token {
+        out.push(token.clone());
+    }
+    out
 }
 
 /// A background task that ends with its owner (also when startup fails half way).
@@ -258,6 +347,8 @@ struct RuntimeCore {
     /// What is in maintenance.
     maintenance: std::sync::Mutex<Maintenance>,
     state_dir: PathBuf,
+    /// The message bus.
+    bus: Bus,
 }
 
 impl RuntimeCore {
@@ -324,10 +415,10 @@ impl RuntimeCore {
             };
             let before = m.clone();
             m.reconcile(&old, &new);
-            if *m != before {
-                if let Err(error) = m.save(&self.state_dir) {
-                    tracing::warn!(%error, "Cannot save the maintenance state.");
-                }
+            if *m != before
+                && let Err(error) = m.save(&self.state_dir)
+            {
+                tracing::warn!(%error, "Cannot save the maintenance state.");
             }
         }
         let needs_restart = restart_only_changes(&old, &new);
@@ -401,7 +492,35 @@ impl RuntimeControl for RuntimeCore {
                 s.state = ServiceState::Maintenance;
             }
         }
-        StatusReport::new(self.project.clone(), services)
+        let mut report = StatusReport::new(self.project.clone(), services);
+        report.bus = serde_json::to_value(self.bus.status()).ok();
+        report
+    }
+
+    fn extra_metrics(&self) -> String {
+        let b = self.bus.status();
+        let state = serde_json::to_value(b.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        format!(
+            "# HELP kinfra_bus_connected 1 when the bus is connected (or in process).\n\
+             # TYPE kinfra_bus_connected gauge\n\
+             kinfra_bus_connected{{state=\"{state}\"}} {}\n\
+             # HELP kinfra_bus_events_published_total Events handed to the bus.\n\
+             # TYPE kinfra_bus_events_published_total counter\n\
+             kinfra_bus_events_published_total {}\n\
+             # HELP kinfra_bus_events_dropped_total Events the bus could not keep.\n\
+             # TYPE kinfra_bus_events_dropped_total counter\n\
+             kinfra_bus_events_dropped_total {}\n\
+             # HELP kinfra_bus_reconnects_total Reconnections after a lost connection.\n\
+             # TYPE kinfra_bus_reconnects_total counter\n\
+             kinfra_bus_reconnects_total {}\n",
+            u8::from(state == "connected" || state == "in_process"),
+            b.published,
+            b.dropped,
+            b.reconnects
+        )
     }
 
     fn logs(
@@ -509,6 +628,26 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
     };
     let control_listener = ControlServer::bind(&state_dir)?;
 
+    // The bus starts before the first service, so every event is published.
+    let late = Arc::new(LateControl {
+        events: events.clone(),
+        core: std::sync::OnceLock::new(),
+        project: config.project.name.clone(),
+    });
+    let bus = Bus::start(
+        BusOptions {
+            project: config.project.name.clone(),
+            state_dir: state_dir.clone(),
+            config: config.bus.clone(),
+            base_dir: config.base_dir.clone(),
+            events: Some(events.clone()),
+            secrets: secret_values(&config),
+            search_path: None,
+        },
+        late.clone(),
+    )
+    .await?;
+
     let supervisor = Supervisor::start(
         &effective_services(&config),
         SupervisorOptions {
@@ -520,7 +659,14 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
             events: events.clone(),
         },
     )
-    .await?;
+    .await;
+    let supervisor = match supervisor {
+        Ok(supervisor) => supervisor,
+        Err(error) => {
+            bus.shutdown(Duration::from_secs(2)).await;
+            return Err(error.into());
+        }
+    };
 
     let (shutdown_requested, _) = watch::channel(None);
     let core = Arc::new(RuntimeCore {
@@ -535,7 +681,9 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         sampler: ProcessSampler::default(),
         maintenance: std::sync::Mutex::new(Maintenance::load(&state_dir, &config)),
         state_dir: state_dir.clone(),
+        bus,
     });
+    let _ = late.core.set(core.clone());
     let sampler_task = AbortOnDrop(tokio::spawn(sample_processes(
         core.supervisor.clone(),
         core.sampler.clone(),
@@ -613,6 +761,13 @@ impl Runtime {
     /// Where the proxy listens. `None` until the proxy subsystem exists in this build.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         None
+    }
+
+    /// The message bus kinfra brought up (a NATS connection, or the in-process bus), for the
+    /// application's own messages. `bus().nats_client()` is the raw async-nats client when a
+    /// real server is used.
+    pub fn bus(&self) -> Bus {
+        self.core.bus.clone()
     }
 
     /// Every event from now on.
@@ -732,6 +887,8 @@ impl Runtime {
         tracing::info!(%reason, "Runtime stopping.");
         let started = tokio::time::Instant::now();
         self.core.supervisor.shutdown(timeout).await;
+        // After the services: their last state changes still go out on the bus.
+        self.core.bus.clone().shutdown(Duration::from_secs(3)).await;
         if let Some(dashboard) = self.dashboard {
             dashboard.shutdown(Duration::from_secs(3)).await;
         }

@@ -191,8 +191,23 @@ function applySnapshot(report) {
   const infra = [];
   if (report.bus) infra.push({ k: "bus", v: report.bus });
   if (report.store) infra.push({ k: "store", v: report.store });
-  list("infra-box", "infra", infra, (i) => `${i.k}: ${typeof i.v === "string" ? i.v : JSON.stringify(i.v)}`);
+  list("infra-box", "infra", infra, (i) => `${i.k}: ${describeInfra(i.v)}`);
   stats();
+}
+
+// One line for a subsystem's status object: backend/engine, state, and its counters.
+function describeInfra(v) {
+  if (typeof v !== "object" || v === null) return String(v);
+  const parts = [];
+  const backend = v.backend && typeof v.backend === "object" ? v.backend.kind : v.backend || v.engine;
+  if (backend) parts.push(String(backend).replace("_", "-"));
+  if (v.backend && v.backend.url) parts.push(v.backend.url);
+  if (v.state) parts.push(v.state);
+  for (const k of ["published", "dropped", "buffered", "reconnects", "writes", "failures"]) {
+    if (typeof v[k] === "number" && (v[k] > 0 || k === "published" || k === "writes")) parts.push(`${v[k]} ${k}`);
+  }
+  if (v.last_error) parts.push(`last error: ${v.last_error}`);
+  return parts.join(" · ");
 }
 
 function describe(e) {
@@ -206,6 +221,7 @@ function describe(e) {
     case "port_assigned": return `${e.service}: port ${e.port}`;
     case "config_reloaded": return `config reloaded: +[${e.added}] −[${e.removed}] ↻[${e.changed}]`;
     case "config_rejected": return `config rejected: ${e.error}`;
+    case "bus_state_changed": return `bus: ${e.state}${e.message ? ` (${e.message})` : ""}`;
     case "maintenance_changed": return `${e.service === "*" ? "everything" : e.service}: maintenance ${e.on ? "on" : "off"}`;
     case "runtime_started": return `runtime ${e.project} started`;
     case "runtime_stopping": return `runtime stopping (${e.reason})`;

@@ -80,9 +80,9 @@ async fn ticker(every: Duration) -> anyhow::Result<ExitCode> {
     let mut n: u64 = 0;
     loop {
         n += 1;
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             eprintln!("ERROR tick {n}: a pretend failure, written to stderr");
-        } else if n % 5 == 0 {
+        } else if n.is_multiple_of(5) {
             println!("WARN tick {n}: running a little behind");
         } else {
             println!("INFO tick {n}");

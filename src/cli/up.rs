@@ -100,6 +100,19 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
             prefixer.kinfra_line("proxy       not available in this build yet")
         ),
     }
+    let bus = match runtime.bus().backend() {
+        kinfra_bus::BusBackend::External { url } => format!("NATS at {url}"),
+        kinfra_bus::BusBackend::Managed {
+            url, token_file, ..
+        } => format!(
+            "managed nats-server at {url} (token in {})",
+            token_file.display()
+        ),
+        kinfra_bus::BusBackend::InProcess => {
+            "in-process (no NATS server configured or installed)".to_owned()
+        }
+    };
+    println!("{}", prefixer.kinfra_line(&format!("bus         {bus}")));
     println!(
         "{}",
         prefixer.kinfra_line(&format!(

@@ -54,10 +54,11 @@ async fn start_events_restart_shutdown() {
             .expect("running event in time")
             .expect("event");
         seqs.push(ev.seq);
-        if let EventKind::StateChanged { service, to, .. } = &ev.kind {
-            if service == "sleeper" && *to == ServiceState::Running {
-                break;
-            }
+        if let EventKind::StateChanged { service, to, .. } = &ev.kind
+            && service == "sleeper"
+            && *to == ServiceState::Running
+        {
+            break;
         }
     }
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap in {seqs:?}");

@@ -100,6 +100,18 @@ pub struct StatusReport {
     pub stats: Stats,
     /// One entry per service and resource, by name.
     pub services: BTreeMap<String, ServiceStatus>,
+    /// The message bus: backend, connection state and counters (when it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<serde_json::Value>,
+    /// The store: engine, durability and write counters (when it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<serde_json::Value>,
+    /// Proxy routes (when the proxy runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<serde_json::Value>,
+    /// Certificates with their domains and expiry (when there are any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<serde_json::Value>,
 }
 
 impl StatusReport {
@@ -122,6 +134,10 @@ impl StatusReport {
             timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             stats,
             services,
+            bus: None,
+            store: None,
+            routes: Vec::new(),
+            certificates: Vec::new(),
         }
     }
 }

@@ -111,6 +111,12 @@ pub trait RuntimeControl: Send + Sync + 'static {
     fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async { Err("this runtime cannot reload its config".to_owned()) })
     }
+
+    /// Metrics of other subsystems (bus, store, proxy), already in the Prometheus text
+    /// format, appended to `/metrics`.
+    fn extra_metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// Keeps only the message text of log lines; handy for tests and plain output.

@@ -415,21 +415,20 @@ async fn log_stream(
                 .map(|d| SseEvent::default().event("line").data(d))
         };
         for line in &backlog {
-            if let Some(ev) = encode(line) {
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
+            if let Some(ev) = encode(line)
+                && tx.send(Ok(ev)).await.is_err()
+            {
+                return;
             }
         }
         loop {
             tokio::select! {
                 line = live.recv() => match line {
                     Ok(line) if line.service == service && !join.is_replay(&line) => {
-                        if let Some(ev) = encode(&line) {
-                            if tx.send(Ok(ev)).await.is_err() {
+                        if let Some(ev) = encode(&line)
+                            && tx.send(Ok(ev)).await.is_err() {
                                 return;
                             }
-                        }
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -459,7 +458,8 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Resp
         return denied(&d);
     }
     let report = state.control.status();
-    let text = metrics::render(&report, state.history.last_seq() + 1, "");
+    let extra = state.control.extra_metrics();
+    let text = metrics::render(&report, state.history.last_seq() + 1, &extra);
     (
         [(
             header::CONTENT_TYPE,

@@ -268,10 +268,10 @@ pub fn stream(
                     .rev()
                     .collect();
                 log_batch.clear();
-                if let Some(msg) = json_event("logs", &keep) {
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
+                if let Some(msg) = json_event("logs", &keep)
+                    && tx.send(Ok(msg)).await.is_err()
+                {
+                    return;
                 }
             }
         }
@@ -326,12 +326,11 @@ async fn send_batch(
         .map(|e| e.kind.resource().to_owned())
         .filter(|r| r != "runtime")
         .collect();
-    if !touched.is_empty() {
-        if let Some(msg) = json_event("services", &services_of(control, &touched)) {
-            if tx.send(Ok(msg)).await.is_err() {
-                return false;
-            }
-        }
+    if !touched.is_empty()
+        && let Some(msg) = json_event("services", &services_of(control, &touched))
+        && tx.send(Ok(msg)).await.is_err()
+    {
+        return false;
     }
     match json_event("events", &batch) {
         Some(msg) => tx.send(Ok(msg.id(last.to_string()))).await.is_ok(),

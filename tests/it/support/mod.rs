@@ -243,10 +243,11 @@ pub fn pids_tagged(tag: &str) -> Vec<u32> {
             else {
                 continue;
             };
-            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-                if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && alive(pid) {
-                    out.push(pid);
-                }
+            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+                && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+                && alive(pid)
+            {
+                out.push(pid);
             }
         }
     }

@@ -476,10 +476,10 @@ fn humanize(raw: &str) -> String {
         ("expected a sequence", "expected a list"),
     ];
     let mut text = raw.to_owned();
-    if let Some(rest) = text.strip_prefix("invalid type: ") {
-        if let Some((found, expected)) = rest.rsplit_once(", expected ") {
-            text = format!("wrong type: expected {expected}, found {found}");
-        }
+    if let Some(rest) = text.strip_prefix("invalid type: ")
+        && let Some((found, expected)) = rest.rsplit_once(", expected ")
+    {
+        text = format!("wrong type: expected {expected}, found {found}");
     }
     if let Some(at) = text.find("expected struct ") {
         let name_start = at + "expected struct ".len();

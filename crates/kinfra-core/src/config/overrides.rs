@@ -191,10 +191,8 @@ fn number(raw: &str) -> Option<Value> {
     let numeric = !t.is_empty()
         && t.chars()
             .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
-    if numeric {
-        if let Some(n) = t.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
-            return Some(Value::Number(n));
-        }
+    if numeric && let Some(n) = t.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+        return Some(Value::Number(n));
     }
     None
 }

@@ -108,17 +108,17 @@ impl Checker<'_> {
             ("proxy.https", p.https.as_ref()),
         ];
         for (key, addr) in listeners {
-            if let Some(addr) = addr {
-                if addr.parse::<SocketAddr>().is_err() {
-                    self.issue(
-                        key.into(),
-                        Anchor::Value,
-                        format!(
-                            "invalid listen address `{addr}`: expected IP:port such as \
+            if let Some(addr) = addr
+                && addr.parse::<SocketAddr>().is_err()
+            {
+                self.issue(
+                    key.into(),
+                    Anchor::Value,
+                    format!(
+                        "invalid listen address `{addr}`: expected IP:port such as \
                              127.0.0.1:9000 or [::1]:9000 (port 0 picks a free port)"
-                        ),
-                    );
-                }
+                    ),
+                );
             }
         }
         for (i, path) in p.reserved_paths.iter().enumerate() {
@@ -303,14 +303,14 @@ impl Checker<'_> {
                     format!("`{name}` is both a service and a resource; rename one of them"),
                 );
             }
-            if let Some(command) = &res.command {
-                if command.is_empty() {
-                    self.issue(
-                        join_key(&base, "command"),
-                        Anchor::Value,
-                        "the command is empty",
-                    );
-                }
+            if let Some(command) = &res.command
+                && command.is_empty()
+            {
+                self.issue(
+                    join_key(&base, "command"),
+                    Anchor::Value,
+                    "the command is empty",
+                );
             }
             if res.container_port == Some(0) {
                 self.issue(
@@ -578,16 +578,15 @@ impl Checker<'_> {
                 ),
                 _ => {}
             }
-            if let Some(service) = &route.service {
-                if !self.config.services.contains_key(service)
-                    && !self.config.resources.contains_key(service)
-                {
-                    self.issue(
-                        join_key(&base, "service"),
-                        Anchor::Value,
-                        format!("route to unknown service `{service}`"),
-                    );
-                }
+            if let Some(service) = &route.service
+                && !self.config.services.contains_key(service)
+                && !self.config.resources.contains_key(service)
+            {
+                self.issue(
+                    join_key(&base, "service"),
+                    Anchor::Value,
+                    format!("route to unknown service `{service}`"),
+                );
             }
             if let Some(upstream) = &route.upstream {
                 let ukey = join_key(&base, "upstream");

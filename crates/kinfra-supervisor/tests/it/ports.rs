@@ -229,8 +229,14 @@ async fn persisted_state_comes_in_and_changes_go_to_the_sink_not_files() {
     assert_eq!(status_of(&s, "api").restarts, 8);
     s.shutdown(SECS(5)).await;
     let changes = sink.changes.lock().map(|c| c.clone()).unwrap_or_default();
-    assert!(changes.contains(&"api restarts=8".to_string()), "{changes:?}");
-    assert!(changes.contains(&"keep stopped=true".to_string()), "{changes:?}");
+    assert!(
+        changes.contains(&"api restarts=8".to_string()),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&"keep stopped=true".to_string()),
+        "{changes:?}"
+    );
     for f in ["ports.json", "stopped.json"] {
         assert!(!p.state_dir().join(f).exists(), "{f} written");
     }
