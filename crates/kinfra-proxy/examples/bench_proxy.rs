@@ -11,6 +11,11 @@ use kinfra_proxy::{ProxyOptions, ProxyServer};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// pingora allocates on every request; glibc's malloc costs a good share of the CPU time, so
+/// the bench runs with mimalloc (the kinfra binary should too).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A runtime with no services.
 struct NoServices(EventSender);
 

@@ -340,6 +340,10 @@ fn status_for(e: &Error) -> u16 {
 impl ProxyHttp for Edge {
     type CTX = Ctx;
 
+    /// No downstream modules: kinfra does not compress responses, so requests skip the
+    /// (disabled) compression module pingora would add by default.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             _inflight: self.shared.inflight.enter(),
