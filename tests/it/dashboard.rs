@@ -256,3 +256,96 @@ fn real_server_refuses_foreign_origin_and_missing_token() {
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
 }
+
+/// 200 services: the page shows them all, search narrows them, and an event updates one
+/// card in place (no card is re-created).
+#[test]
+fn two_hundred_services_stay_usable() {
+    let tag = unique_tag("many");
+    let mut config = format!(
+        "[project]\nname = \"many\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    for i in 0..200 {
+        config.push_str(&format!(
+            "[services.s{i:03}]\ncommand = \"exec sleep 1000\"\nstop_grace = \"2s\"\n"
+        ));
+    }
+    let p = Project::with_config(&config);
+    let mut up = p.up(&[], &[]);
+    let addr = up.dashboard_addr();
+    wait_for(Duration::from_secs(60), "200 running", || {
+        (pids_tagged(&tag).len() == 200).then_some(())
+    });
+    let browser = Browser::start(1280, 900);
+    browser.goto(&format!("http://{addr}/kinfra"));
+    browser.wait_js(
+        Duration::from_secs(30),
+        "200 cards, all running",
+        "return document.querySelectorAll('.card[data-state=\"running\"]').length === 200",
+    );
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#stat-total').textContent",
+            json!([])
+        ),
+        "200"
+    );
+    // Mark every card node; a full re-render would lose the marks.
+    browser.js(
+        "document.querySelectorAll('.card').forEach(c => c.__mark = 1); return true",
+        json!([]),
+    );
+    let before = browser.js(
+        "return document.querySelector('.card[data-name=\"s123\"] .pid').textContent",
+        json!([]),
+    );
+    let out = p.run(&["runtime", "restart", "s123"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    browser.wait_js(
+        Duration::from_secs(20),
+        "s123's new pid on the page",
+        &format!(
+            "const c = document.querySelector('.card[data-name=\"s123\"]'); \
+             return c.dataset.state === 'running' && c.querySelector('.pid').textContent !== '{}'",
+            before.as_str().unwrap_or("")
+        ),
+    );
+    assert_eq!(
+        browser.js(
+            "return [...document.querySelectorAll('.card')].filter(c => c.__mark === 1).length",
+            json!([])
+        ),
+        200,
+        "cards were re-created instead of updated"
+    );
+    // Search narrows to matching cards; the state chips filter too.
+    browser.js(
+        "const s = document.querySelector('#search'); s.value = 's19'; \
+         s.dispatchEvent(new Event('input')); return true",
+        json!([]),
+    );
+    let visible = browser.js(
+        "return [...document.querySelectorAll('.card')].filter(c => !c.hidden).map(c => c.dataset.name)",
+        json!([]),
+    );
+    let names: Vec<&str> = visible
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names.len(), 10, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("s19")));
+    browser.click("button[data-filter=\"stopped\"]");
+    browser.wait_js(
+        Duration::from_secs(5),
+        "no stopped service matches",
+        "return [...document.querySelectorAll('.card')].every(c => c.hidden) \
+           && !document.querySelector('#empty').hidden",
+    );
+    drop(browser);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(60)).success());
+    wait_for(Duration::from_secs(10), "nothing left", || {
+        pids_tagged(&tag).is_empty().then_some(())
+    });
+}

@@ -1059,7 +1059,7 @@ impl Actor {
             return;
         };
         child.next_scan = tokio::time::Instant::now() + TREE_SCAN_EVERY;
-        let procs = procfs::all();
+        let procs = procfs::snapshot();
         let found = procfs::descendants(&procs, child.pid);
         let mut added = Vec::new();
         for p in found {
@@ -1087,7 +1087,7 @@ impl Actor {
     /// Every live process that belongs to the child: its group, its descendants (now and
     /// recorded earlier), and whatever carries this service's tag.
     fn members(&self, child: &Child, with_tag: bool) -> Vec<ProcStat> {
-        let procs = procfs::all();
+        let procs = procfs::snapshot();
         let mut out: Vec<ProcStat> = procs
             .iter()
             .filter(|p| p.pgid == child.pid && !p.is_zombie())
@@ -1109,7 +1109,7 @@ impl Actor {
             for p in procs.iter() {
                 if !p.is_zombie()
                     && !out.iter().any(|o| o.pid == p.pid)
-                    && procfs::environ_has(p.pid, TAG_VAR, &tag)
+                    && procfs::environ_has_cached(p, TAG_VAR, &tag)
                 {
                     out.push(*p);
                 }

@@ -71,6 +71,89 @@ pub fn all() -> Vec<ProcStat> {
         .collect()
 }
 
+/// How old a shared [`snapshot`] may be. Every service's actor walks the process table
+/// (periodically, and while stopping); with hundreds of services, one read of `/proc` per
+/// interval serves them all instead of one each.
+pub const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_millis(25);
+
+struct Cache {
+    taken: std::time::Instant,
+    procs: std::sync::Arc<Vec<ProcStat>>,
+    /// Value of one environment variable per (pid, start time); `None` when it has none.
+    env: std::collections::HashMap<(i32, u64), Option<std::sync::Arc<str>>>,
+}
+
+fn cache() -> &'static std::sync::Mutex<Option<Cache>> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Option<Cache>>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| std::sync::Mutex::new(None))
+}
+
+/// The process table, read at most [`SNAPSHOT_TTL`] ago. For decisions that must see the
+/// newest state (cleanup of a previous instance at start), use [`all`].
+pub fn snapshot() -> std::sync::Arc<Vec<ProcStat>> {
+    let mut guard = match cache().lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(c) = guard.as_ref() {
+        if c.taken.elapsed() < SNAPSHOT_TTL {
+            return c.procs.clone();
+        }
+    }
+    let procs = std::sync::Arc::new(all());
+    let mut env = guard.take().map(|c| c.env).unwrap_or_default();
+    env.retain(|(pid, start), _| {
+        procs
+            .iter()
+            .any(|p| p.pid == *pid && p.start_time == *start)
+    });
+    *guard = Some(Cache {
+        taken: std::time::Instant::now(),
+        procs: procs.clone(),
+        env,
+    });
+    procs
+}
+
+/// True when the process's environment has `NAME=VALUE` with VALUE starting with `prefix`,
+/// remembering the value per process (an environment is fixed once a process runs) so
+/// repeated sweeps read each process's `environ` once. `name` must be the same on every
+/// call (the supervisor's tag variable).
+pub fn environ_has_cached(p: &ProcStat, name: &str, prefix: &str) -> bool {
+    let key = (p.pid, p.start_time);
+    {
+        let guard = match cache().lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(value) = guard.as_ref().and_then(|c| c.env.get(&key)) {
+            return value.as_deref().is_some_and(|v| v.starts_with(prefix));
+        }
+    }
+    let value = environ_value(p.pid, name).map(std::sync::Arc::<str>::from);
+    let hit = value.as_deref().is_some_and(|v| v.starts_with(prefix));
+    let mut guard = match cache().lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(c) = guard.as_mut() {
+        c.env.insert(key, value);
+    }
+    hit
+}
+
+/// The value of `name` in a process's environment.
+pub fn environ_value(pid: i32, name: &str) -> Option<String> {
+    let bytes = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut needle = Vec::with_capacity(name.len() + 1);
+    needle.extend_from_slice(name.as_bytes());
+    needle.push(b'=');
+    bytes
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(needle.as_slice()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// All descendants (children, grandchildren, ...) of `root` among `procs`.
 pub fn descendants(procs: &[ProcStat], root: i32) -> Vec<ProcStat> {
     let mut children: BTreeMap<i32, Vec<&ProcStat>> = BTreeMap::new();

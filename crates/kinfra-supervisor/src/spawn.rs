@@ -256,7 +256,7 @@ pub fn group_alive(pgid: i32) -> bool {
     if pgid <= 1 {
         return false;
     }
-    procfs::all()
+    procfs::snapshot()
         .iter()
         .any(|p| p.pgid == pgid && !p.is_zombie())
 }
