@@ -95,10 +95,10 @@ pub fn snapshot() -> std::sync::Arc<Vec<ProcStat>> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    if let Some(c) = guard.as_ref() {
-        if c.taken.elapsed() < SNAPSHOT_TTL {
-            return c.procs.clone();
-        }
+    if let Some(c) = guard.as_ref()
+        && c.taken.elapsed() < SNAPSHOT_TTL
+    {
+        return c.procs.clone();
     }
     let procs = std::sync::Arc::new(all());
     let mut env = guard.take().map(|c| c.env).unwrap_or_default();
