@@ -365,12 +365,12 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let shared = &*self.shared;
         let req = session.req_header();
-        if let Some(token) = req.headers.get(PROBE_HEADER) {
-            if token.as_bytes() == shared.probe_token.as_bytes() {
-                ctx.probe = true;
-                self.respond_plain(session, 204, &[], "", ctx).await?;
-                return Ok(true);
-            }
+        if let Some(token) = req.headers.get(PROBE_HEADER)
+            && token.as_bytes() == shared.probe_token.as_bytes()
+        {
+            ctx.probe = true;
+            self.respond_plain(session, 204, &[], "", ctx).await?;
+            return Ok(true);
         }
         ctx.tls = is_tls(session.digest());
         ctx.upgrade = session.is_upgrade_req();
@@ -388,18 +388,17 @@ impl ProxyHttp for Edge {
         }
 
         if let (false, Some(port), Some(h)) = (ctx.tls, shared.settings.redirect_https_port, &host)
+            && !path.starts_with(CHALLENGE_PREFIX)
         {
-            if !path.starts_with(CHALLENGE_PREFIX) {
-                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                let location = if port == 443 {
-                    format!("https://{h}{pq}")
-                } else {
-                    format!("https://{h}:{port}{pq}")
-                };
-                let loc = [(header::LOCATION, location)];
-                self.respond_plain(session, 308, &loc, "", ctx).await?;
-                return Ok(true);
-            }
+            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let location = if port == 443 {
+                format!("https://{h}{pq}")
+            } else {
+                format!("https://{h}:{port}{pq}")
+            };
+            let loc = [(header::LOCATION, location)];
+            self.respond_plain(session, 308, &loc, "", ctx).await?;
+            return Ok(true);
         }
 
         let declared = req

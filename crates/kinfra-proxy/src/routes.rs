@@ -146,10 +146,11 @@ impl RouteTable {
                 return Some(route);
             }
             for (suffix, list) in &self.wildcard {
-                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                    if let Some(route) = list.find(path) {
-                        return Some(route);
-                    }
+                if host.len() > suffix.len()
+                    && host.ends_with(suffix.as_str())
+                    && let Some(route) = list.find(path)
+                {
+                    return Some(route);
                 }
             }
         }

@@ -551,13 +551,12 @@ impl ProxyServer {
         if let Some(watcher) = self.watcher.take() {
             watcher.abort();
         }
-        if let Some(thread) = self.thread.take() {
-            if tokio::task::spawn_blocking(move || thread.join())
+        if let Some(thread) = self.thread.take()
+            && tokio::task::spawn_blocking(move || thread.join())
                 .await
                 .is_err()
-            {
-                tracing::warn!("The proxy thread could not be joined.");
-            }
+        {
+            tracing::warn!("The proxy thread could not be joined.");
         }
     }
 }

@@ -53,15 +53,15 @@ pub(crate) enum Decision {
 impl Snapshot {
     /// Routes a request by host (normalized, without port) and path (without query).
     pub(crate) fn decide(&self, host: Option<&str>, path: &str) -> Decision {
-        if let Some(dashboard) = &self.dashboard {
-            if self.routes.is_reserved(path) {
-                return Decision::Proxy {
-                    pool: dashboard.clone(),
-                    service: None,
-                    new_path: None,
-                    dashboard: true,
-                };
-            }
+        if let Some(dashboard) = &self.dashboard
+            && self.routes.is_reserved(path)
+        {
+            return Decision::Proxy {
+                pool: dashboard.clone(),
+                service: None,
+                new_path: None,
+                dashboard: true,
+            };
         }
         if let Some(page) = &self.maintenance {
             return Decision::Page(page.clone());

@@ -134,10 +134,10 @@ impl CertStore {
             if let Some(key) = map.exact.get(&name) {
                 return Some(key.clone());
             }
-            if let Some(dot) = name.find('.') {
-                if let Some(key) = map.wildcard.get(&name[dot..]) {
-                    return Some(key.clone());
-                }
+            if let Some(dot) = name.find('.')
+                && let Some(key) = map.wildcard.get(&name[dot..])
+            {
+                return Some(key.clone());
             }
         }
         map.default.clone()
@@ -280,10 +280,10 @@ pub fn load_or_create(
     }
     let own = certs_dir.join("self-signed").join(&dir);
     let (cert_path, key_path) = (own.join("cert.pem"), own.join("key.pem"));
-    if let (Some(cert), Some(key)) = (read(&cert_path)?, read(&key_path)?) {
-        if let Ok(ck) = certified_key_from_pem(&cert, &key) {
-            return Ok((ck, CertSource::SelfSigned));
-        }
+    if let (Some(cert), Some(key)) = (read(&cert_path)?, read(&key_path)?)
+        && let Ok(ck) = certified_key_from_pem(&cert, &key)
+    {
+        return Ok((ck, CertSource::SelfSigned));
     }
     let mut names = vec![name.to_owned()];
     names.extend(extra_names.iter().map(|s| (*s).to_owned()));
