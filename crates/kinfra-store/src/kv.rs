@@ -1,0 +1,229 @@
+//! Settings (maintenance mode and the like) and ACME state: written at once (awaited), not
+//! through the event queue, because their callers need to know they are stored. ACME
+//! credentials and private keys are secrets: no error or log line carries them.
+
+use crate::error::StoreError;
+use crate::records::StoredCertificate;
+use crate::{Store, now_ms};
+use kinfra_core::secret::{Secret, redact};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The settings key of maintenance mode.
+pub const MAINTENANCE: &str = "maintenance";
+
+/// The record key of a domain set: lowercased, sorted, without duplicates, comma-joined.
+pub fn domain_key(domains: &[String]) -> (String, Vec<String>) {
+    let mut d: Vec<String> = domains
+        .iter()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    d.sort();
+    d.dedup();
+    (d.join(","), d)
+}
+
+#[derive(Deserialize)]
+struct CertRow {
+    domains: Vec<String>,
+    cert_pem: String,
+    key_pem: String,
+    not_after_ms: Option<u64>,
+}
+
+impl From<CertRow> for StoredCertificate {
+    fn from(r: CertRow) -> Self {
+        StoredCertificate {
+            domains: r.domains,
+            cert_pem: r.cert_pem,
+            key_pem: r.key_pem,
+            not_after_ms: r.not_after_ms,
+        }
+    }
+}
+
+impl Store {
+    async fn exec(
+        &self,
+        what: &'static str,
+        sql: &str,
+        vars: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.exec_secret(what, sql, vars, &[]).await
+    }
+
+    /// [`Store::exec`], with `secrets` masked in any error the engine returns.
+    async fn exec_secret(
+        &self,
+        what: &'static str,
+        sql: &str,
+        vars: serde_json::Value,
+        secrets: &[&str],
+    ) -> Result<(), StoreError> {
+        let db = self.db()?;
+        db.query(sql)
+            .bind(vars)
+            .await
+            .and_then(|r| r.check())
+            .map_err(|e| StoreError::query(what, redact(&e.to_string(), secrets)))?;
+        Ok(())
+    }
+
+    /// A setting, decoded from its stored JSON; `None` when unset.
+    pub async fn setting<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let v: Vec<String> = self
+            .select(
+                "setting",
+                "SELECT VALUE value FROM setting WHERE key = $k",
+                json!({"k": key}),
+            )
+            .await?;
+        match v.first() {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(text)
+                .map(Some)
+                .map_err(|e| StoreError::malformed("setting", e)),
+        }
+    }
+
+    /// Stores a setting as JSON.
+    pub async fn set_setting<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(value).map_err(|e| StoreError::malformed("setting", e))?;
+        self.exec(
+            "setting",
+            "UPSERT type::record('setting', $k) SET key = $k, value = $v RETURN NONE",
+            json!({"k": key, "v": text}),
+        )
+        .await
+    }
+
+    /// Removes a setting.
+    pub async fn clear_setting(&self, key: &str) -> Result<(), StoreError> {
+        self.exec(
+            "setting",
+            "DELETE type::record('setting', $k) RETURN NONE",
+            json!({"k": key}),
+        )
+        .await
+    }
+
+    /// Whether maintenance mode is on (off when never set).
+    pub async fn maintenance(&self) -> Result<bool, StoreError> {
+        Ok(self.setting::<bool>(MAINTENANCE).await?.unwrap_or(false))
+    }
+
+    /// Turns maintenance mode on or off; survives restarts of kinfra.
+    pub async fn set_maintenance(&self, on: bool) -> Result<(), StoreError> {
+        self.set_setting(MAINTENANCE, &on).await
+    }
+
+    /// The ACME account credentials (as serialized by the ACME client) for a directory URL.
+    pub async fn acme_account(&self, directory: &str) -> Result<Option<Secret>, StoreError> {
+        let v: Vec<String> = self
+            .select(
+                "acme account",
+                "SELECT VALUE credentials FROM acme_account WHERE directory = $d",
+                json!({"d": directory}),
+            )
+            .await?;
+        Ok(v.into_iter().next().map(Secret::new))
+    }
+
+    /// Stores the ACME account credentials for a directory URL (replacing earlier ones).
+    pub async fn save_acme_account(
+        &self,
+        directory: &str,
+        credentials: &Secret,
+    ) -> Result<(), StoreError> {
+        self.exec_secret(
+            "acme account",
+            "UPSERT type::record('acme_account', $d) SET directory = $d, credentials = $c, \
+             updated_ms = $ms RETURN NONE",
+            json!({"d": directory, "c": credentials.expose(), "ms": now_ms()}),
+            &[credentials.expose()],
+        )
+        .await
+    }
+
+    /// The certificate and key for exactly this domain set (order and case do not matter).
+    pub async fn certificate(
+        &self,
+        domains: &[String],
+    ) -> Result<Option<StoredCertificate>, StoreError> {
+        let (key, _) = domain_key(domains);
+        let rows: Vec<CertRow> = self
+            .select(
+                "certificate",
+                "SELECT domains, cert_pem, key_pem, not_after_ms FROM \
+                 type::record('acme_certificate', $k)",
+                json!({"k": key}),
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(StoredCertificate::from))
+    }
+
+    /// Every stored certificate (to load the TLS listener's certificate store at boot).
+    pub async fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
+        let rows: Vec<CertRow> = self
+            .select(
+                "certificates",
+                "SELECT domains, cert_pem, key_pem, not_after_ms FROM acme_certificate",
+                json!({}),
+            )
+            .await?;
+        Ok(rows.into_iter().map(StoredCertificate::from).collect())
+    }
+
+    /// Stores a certificate and its key under its domain set (replacing an earlier one).
+    pub async fn save_certificate(&self, cert: &StoredCertificate) -> Result<(), StoreError> {
+        let (key, domains) = domain_key(&cert.domains);
+        let not_after = cert.not_after_ms.map_or("NONE", |_| "$na");
+        self.exec_secret(
+            "certificate",
+            &format!(
+                "UPSERT type::record('acme_certificate', $k) SET domains = $d, cert_pem = $c, \
+                 key_pem = $p, not_after_ms = {not_after}, updated_ms = $ms RETURN NONE"
+            ),
+            json!({
+                "k": key,
+                "d": domains,
+                "c": cert.cert_pem,
+                "p": cert.key_pem,
+                "na": cert.not_after_ms,
+                "ms": now_ms(),
+            }),
+            &[cert.key_pem.as_str()],
+        )
+        .await
+    }
+
+    /// Removes the certificate of a domain set.
+    pub async fn delete_certificate(&self, domains: &[String]) -> Result<(), StoreError> {
+        let (key, _) = domain_key(domains);
+        self.exec(
+            "certificate",
+            "DELETE type::record('acme_certificate', $k) RETURN NONE",
+            json!({"k": key}),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_sets_are_normalised() {
+        let (k, d) = domain_key(&["b.example".into(), "A.example".into(), "b.example".into()]);
+        assert_eq!(k, "a.example,b.example");
+        assert_eq!(d, vec!["a.example", "b.example"]);
+    }
+}
