@@ -1021,3 +1021,38 @@ fn an_empty_file_is_the_default_config() {
         assert_eq!(config, want);
     }
 }
+
+#[test]
+fn store_section_is_checked() {
+    check_case(
+        Format::Toml,
+        "[store]\nurl = \"rocksdb://x\"\nuser_namespace = \"kinfra\"\n\
+         user_database = \"runtime\"\nevent_retention = 0\n",
+        &[
+            (Some(2), Some("store.url"), "unsupported store url `rocksdb://x`"),
+            (
+                Some(4),
+                Some("store.user_database"),
+                "must differ from kinfra's own",
+            ),
+            (Some(5), Some("store.event_retention"), "at least 1"),
+        ],
+    );
+    check_case(
+        Format::Toml,
+        "[store]\nnamespace = \"a b\"\n",
+        &[(Some(2), Some("store.namespace"), "contains ` `")],
+    );
+    let ok = load(
+        Format::Toml,
+        "[store]\nurl = \"mem://\"\nevent_max_age = \"1d\"\nconnect_timeout = \"2s\"\n",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        ok.store.event_max_age.0,
+        std::time::Duration::from_secs(86400)
+    );
+    assert_eq!(ok.store.namespace, "kinfra");
+    assert_eq!(ok.store.user_namespace, "app");
+}
