@@ -18,6 +18,7 @@ use kinfra_core::view::{Action, ActionError, BoxFuture, RuntimeControl};
 use kinfra_dashboard::auth::AccessPolicy;
 use kinfra_dashboard::sse::EventHistory;
 use kinfra_dashboard::{DashboardError, DashboardOptions, DashboardServer};
+use kinfra_proxy::{ProxyError, ProxyOptions, ProxyServer};
 use kinfra_supervisor::{ReloadSummary, Supervisor, SupervisorError, SupervisorOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] ControlServerError),
+    /// The proxy could not start (bad listen address, port taken, certificates).
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// The bus config is unusable (bad URL, unreadable credentials or TLS files).
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -168,6 +172,35 @@ fn secret_values(config: &Config) -> Vec<Secret> {
         out.push(token.clone());
     }
     out
+}
+
+/// The routes with `${ENV}` references in upstream URLs resolved (the proxy takes them as
+/// they are). A reference that cannot be resolved is left for the proxy to reject.
+fn interpolated_routes(config: &Config) -> Vec<kinfra_core::config::RouteConfig> {
+    let lookup = |name: &str| {
+        config
+            .env
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    };
+    config
+        .routes
+        .iter()
+        .cloned()
+        .map(|mut route| {
+            if let Some(upstreams) = route.upstream.as_mut() {
+                for url in upstreams.0.iter_mut() {
+                    if let Ok(resolved) =
+                        kinfra_core::config::interpolate::interpolate(url, &lookup)
+                    {
+                        *url = resolved;
+                    }
+                }
+            }
+            route
+        })
+        .collect()
 }
 
 /// A background task that ends with its owner (also when startup fails half way).
@@ -349,6 +382,8 @@ struct RuntimeCore {
     state_dir: PathBuf,
     /// The message bus.
     bus: Bus,
+    /// The proxy runs (its routes show in status).
+    proxy_enabled: bool,
 }
 
 impl RuntimeCore {
@@ -494,6 +529,14 @@ impl RuntimeControl for RuntimeCore {
         }
         let mut report = StatusReport::new(self.project.clone(), services);
         report.bus = serde_json::to_value(self.bus.status()).ok();
+        if self.proxy_enabled {
+            report.routes = self
+                .current_config()
+                .routes
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect();
+        }
         report
     }
 
@@ -582,6 +625,7 @@ pub struct Runtime {
     config: Config,
     state_dir: PathBuf,
     dashboard: Option<DashboardServer>,
+    proxy: Option<ProxyServer>,
     control: ControlServer,
     _history_task: AbortOnDrop,
     _sampler_task: AbortOnDrop,
@@ -648,6 +692,33 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
     )
     .await?;
 
+    // The proxy binds its ports before any service starts; it learns the services' state
+    // from the late-bound control and refreshes once the core exists.
+    let proxy = if config.proxy.enabled {
+        let started = ProxyServer::start(
+            ProxyOptions {
+                config: config.proxy.clone(),
+                routes: interpolated_routes(&config),
+                dashboard_addr: dashboard_listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok()),
+                state_dir: state_dir.clone(),
+                tls_hosts: dashboard_hosts(&config),
+            },
+            late.clone(),
+        )
+        .await;
+        match started {
+            Ok(proxy) => Some(proxy),
+            Err(error) => {
+                bus.shutdown(Duration::from_secs(2)).await;
+                return Err(error.into());
+            }
+        }
+    } else {
+        None
+    };
+
     let supervisor = Supervisor::start(
         &effective_services(&config),
         SupervisorOptions {
@@ -663,6 +734,9 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
     let supervisor = match supervisor {
         Ok(supervisor) => supervisor,
         Err(error) => {
+            if let Some(proxy) = proxy {
+                proxy.shutdown(Duration::from_secs(2)).await;
+            }
             bus.shutdown(Duration::from_secs(2)).await;
             return Err(error.into());
         }
@@ -682,8 +756,12 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         maintenance: std::sync::Mutex::new(Maintenance::load(&state_dir, &config)),
         state_dir: state_dir.clone(),
         bus,
+        proxy_enabled: proxy.is_some(),
     });
     let _ = late.core.set(core.clone());
+    if let Some(proxy) = &proxy {
+        proxy.refresh(&*core);
+    }
     let sampler_task = AbortOnDrop(tokio::spawn(sample_processes(
         core.supervisor.clone(),
         core.sampler.clone(),
@@ -718,7 +796,10 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             dashboard: dashboard.as_ref().map(|d| d.addr().to_string()),
-            proxy: None,
+            proxy: proxy
+                .as_ref()
+                .and_then(ProxyServer::http_addr)
+                .map(|a| a.to_string()),
         },
     );
     events.emit(EventKind::RuntimeStarted {
@@ -730,6 +811,7 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         config,
         state_dir,
         dashboard,
+        proxy,
         control,
         _history_task: history_task,
         _sampler_task: sampler_task,
@@ -758,9 +840,19 @@ impl Runtime {
         self.dashboard.as_ref().map(DashboardServer::addr)
     }
 
-    /// Where the proxy listens. `None` until the proxy subsystem exists in this build.
+    /// Where the proxy listens for plain HTTP, when it runs.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
-        None
+        self.proxy.as_ref().and_then(ProxyServer::http_addr)
+    }
+
+    /// Where the proxy listens for HTTPS, when configured.
+    pub fn proxy_https_addr(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().and_then(ProxyServer::https_addr)
+    }
+
+    /// The proxy's certificate store: add or swap certificates by SNI name at run time.
+    pub fn certificates(&self) -> Option<Arc<kinfra_proxy::CertStore>> {
+        self.proxy.as_ref().map(ProxyServer::cert_resolver)
     }
 
     /// The message bus kinfra brought up (a NATS connection, or the in-process bus), for the
@@ -886,6 +978,11 @@ impl Runtime {
         });
         tracing::info!(%reason, "Runtime stopping.");
         let started = tokio::time::Instant::now();
+        // The edge first: it stops accepting and lets requests in flight finish while the
+        // services behind them still run.
+        if let Some(proxy) = self.proxy {
+            proxy.shutdown(Duration::from_secs(5)).await;
+        }
         self.core.supervisor.shutdown(timeout).await;
         // After the services: their last state changes still go out on the bus.
         self.core.bus.clone().shutdown(Duration::from_secs(3)).await;

@@ -42,13 +42,16 @@ async fn hello(port: u16) -> anyhow::Result<ExitCode> {
     loop {
         let (mut stream, peer) = listener.accept().await?;
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let n = match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
+            // Read the whole request head (bounded), so closing never resets unread input.
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&buf);
             let first = request.lines().next().unwrap_or("");
             let path = first.split_whitespace().nth(1).unwrap_or("/");
             let (status, body, kind) = match path {
@@ -71,6 +74,7 @@ async fn hello(port: u16) -> anyhow::Result<ExitCode> {
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
         });
     }
 }

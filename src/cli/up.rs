@@ -95,10 +95,7 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
             "{}",
             prefixer.kinfra_line(&format!("proxy       http://{addr}/"))
         ),
-        None => println!(
-            "{}",
-            prefixer.kinfra_line("proxy       not available in this build yet")
-        ),
+        None => println!("{}", prefixer.kinfra_line("proxy       disabled")),
     }
     let bus = match runtime.bus().backend() {
         kinfra_bus::BusBackend::External { url } => format!("NATS at {url}"),

@@ -193,7 +193,9 @@ fn embedded_default_runs_the_demo() {
             .then(|| hello["port"].as_u64())
             .flatten()
     });
-    let (code, body) = http_get(&format!("127.0.0.1:{port}"), "/").expect("GET hello");
+    let (code, body) = wait_for(Duration::from_secs(5), "hello's page", || {
+        http_get(&format!("127.0.0.1:{port}"), "/").ok()
+    });
     assert_eq!(code, 200);
     assert!(body.contains("Hello from kinfra"));
     // The ticker waits for hello to be healthy, then logs.

@@ -19,6 +19,9 @@ KINFRA_TEST_TAG = "{tag}"
 [dashboard]
 listen = "{dashboard}"
 
+[proxy]
+http = "127.0.0.1:0"
+
 [services.sleeper]
 command = "echo up; exec sleep 1000"
 "#,
@@ -115,6 +118,7 @@ async fn builder_config_runs() {
         .project("built")
         .state_dir(dir.path().join("state"))
         .dashboard_listen("127.0.0.1:0")
+        .proxy_http(Some("127.0.0.1:0"))
         .service(
             "one",
             ServiceConfig::new("exec sleep 1000").env("KINFRA_TEST_TAG", &tag),

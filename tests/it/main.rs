@@ -6,5 +6,6 @@ mod cli;
 mod config_check;
 mod dashboard;
 mod library;
+mod proxy;
 mod scenarios;
 mod support;

@@ -233,6 +233,7 @@ async fn watch_runtime(
                         | EventKind::ProcessStarted { .. }
                         | EventKind::ProcessExited { .. }
                         | EventKind::ConfigReloaded { .. }
+                        | EventKind::MaintenanceChanged { .. }
                         | EventKind::RuntimeStarted { .. }
                 ),
                 Err(broadcast::error::RecvError::Lagged(_)) => true,

@@ -73,6 +73,8 @@ impl Project {
         cmd.args(args)
             .current_dir(self.path())
             .env_remove("KINFRA_LOG")
+            // Tests run in parallel: never the default proxy port.
+            .env("KINFRA_PROXY__HTTP", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -101,6 +103,8 @@ impl Project {
             .args(extra)
             .current_dir(self.path())
             .env_remove("KINFRA_LOG")
+            // Tests run in parallel: never the default proxy port.
+            .env("KINFRA_PROXY__HTTP", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
