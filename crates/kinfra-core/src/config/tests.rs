@@ -1029,7 +1029,11 @@ fn store_section_is_checked() {
         "[store]\nurl = \"rocksdb://x\"\nuser_namespace = \"kinfra\"\n\
          user_database = \"runtime\"\nevent_retention = 0\n",
         &[
-            (Some(2), Some("store.url"), "unsupported store url `rocksdb://x`"),
+            (
+                Some(2),
+                Some("store.url"),
+                "unsupported store url `rocksdb://x`",
+            ),
             (
                 Some(4),
                 Some("store.user_database"),
