@@ -440,14 +440,14 @@ impl Store {
         }
         self.inner.shared.closing.send_replace(Some(deadline));
         let writer = lock(&self.inner.writer).take();
-        if let Some(mut w) = writer {
-            if tokio::time::timeout_at(deadline, &mut w).await.is_err() {
-                w.abort();
-                warn!(
-                    unwritten = self.inner.shared.queue.len(),
-                    "Store writer did not finish in time."
-                );
-            }
+        if let Some(mut w) = writer
+            && tokio::time::timeout_at(deadline, &mut w).await.is_err()
+        {
+            w.abort();
+            warn!(
+                unwritten = self.inner.shared.queue.len(),
+                "Store writer did not finish in time."
+            );
         }
         let stats = self.stats();
         drop(take_handle(&self.inner.db));

@@ -589,7 +589,7 @@ impl Writer {
         c.set_error(Some(error.to_owned()));
         let queued = self.shared.queue.len();
         // Every failure is counted; the log gets the first few and then one a minute or so.
-        if attempt <= 3 || attempt % 12 == 0 {
+        if attempt <= 3 || attempt.is_multiple_of(12) {
             warn!(attempt, ops, queued, %error, "Store write failed; retrying.");
         }
         if attempt == 6 {
