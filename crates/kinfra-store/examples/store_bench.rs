@@ -36,11 +36,21 @@ async fn run(
     let store = Store::open(&config, &state_dir).await?;
     let events = EventSender::new(65536);
     store.record_events(events.subscribe());
-    let kind = |i: usize| EventKind::StateChanged {
-        service: format!("svc{}", i % 10),
-        from: ServiceState::Starting,
-        to: ServiceState::Running,
-        message: "Service is running".into(),
+    let plain = std::env::var("BENCH_PLAIN").is_ok();
+    let kind = |i: usize| {
+        if plain {
+            EventKind::CrashLoop {
+                service: format!("svc{}", i % 10),
+                failures: 1,
+            }
+        } else {
+            EventKind::StateChanged {
+                service: format!("svc{}", i % 10),
+                from: ServiceState::Starting,
+                to: ServiceState::Running,
+                message: "Service is running".into(),
+            }
+        }
     };
     // Warm up.
     for i in 0..100 {

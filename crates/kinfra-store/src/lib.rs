@@ -239,6 +239,7 @@ impl Store {
             runs: HashMap::new(),
             states: HashMap::new(),
             runtime_stopping: false,
+            svc: Default::default(),
             var_counter: 0,
             events_since_prune: 0,
             last_prune: tokio::time::Instant::now(),

@@ -18,7 +18,7 @@ use kinfra_core::event::{Event, EventKind, ExitInfo};
 use kinfra_core::state::ServiceState;
 use kinfra_supervisor::persist::ServiceHistory;
 use serde_json::{Map, Value, json};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -210,6 +210,9 @@ struct Piece {
     sql: String,
     vars: Map<String, Value>,
     seq: Option<u64>,
+    /// The `event` row, inserted with the batch's other rows in one statement (a statement
+    /// per row costs more than the rest of the write).
+    row: Option<Value>,
 }
 
 /// Builds statements with numbered variables.
@@ -255,6 +258,7 @@ impl<'a> Stmt<'a> {
             sql: self.sql,
             vars: self.vars,
             seq,
+            row: None,
         }
     }
 }
@@ -272,6 +276,8 @@ pub(crate) struct Writer {
     /// Current state per service (decides why a process ended).
     pub states: HashMap<String, ServiceState>,
     pub runtime_stopping: bool,
+    /// Service fields changed since the last write (see [`Writer::service_pieces`]).
+    pub svc: ServiceSets,
     pub var_counter: u64,
     pub events_since_prune: u64,
     pub last_prune: Instant,
@@ -295,6 +301,17 @@ fn first_error(mut resp: surrealdb::IndexedResults) -> Result<(), String> {
     match cause {
         Some((_, e)) => Err(e.clone()),
         None => Ok(()),
+    }
+}
+
+/// Pending service fields: service → field → value (`None` is `NONE`).
+pub(crate) type ServiceSets = BTreeMap<String, BTreeMap<&'static str, Option<Value>>>;
+
+/// Records the latest value of some fields of a service.
+fn svc_set(map: &mut ServiceSets, service: &str, sets: Vec<(&'static str, Option<Value>)>) {
+    let fields = map.entry(service.to_owned()).or_default();
+    for (field, value) in sets {
+        fields.insert(field, value);
     }
 }
 
@@ -353,12 +370,14 @@ impl Writer {
             match op {
                 Op::Flush(reply) => {
                     // Everything before it is in `pieces`; write them first.
+                    pieces.extend(self.service_pieces());
                     if !self.write(std::mem::take(&mut pieces)).await {
                         return false;
                     }
                     let _ = reply.send(());
                 }
                 Op::Prune(reply) => {
+                    pieces.extend(self.service_pieces());
                     if !self.write(std::mem::take(&mut pieces)).await {
                         return false;
                     }
@@ -367,6 +386,7 @@ impl Writer {
                 other => pieces.extend(self.translate(other)),
             }
         }
+        pieces.extend(self.service_pieces());
         let ok = self.write(pieces).await;
         for reply in replies {
             let r = self.prune_now().await;
@@ -375,35 +395,47 @@ impl Writer {
         ok
     }
 
+    /// One `UPSERT` per service touched since the last write, with the latest value of each
+    /// field: a service's row is one statement per batch, however many events changed it.
+    fn service_pieces(&mut self) -> Vec<Piece> {
+        let svc = std::mem::take(&mut self.svc);
+        let mut out = Vec::with_capacity(svc.len());
+        for (service, fields) in svc {
+            let mut s = Stmt::new(&mut self.var_counter);
+            let name = s.var(service.as_str());
+            let mut sets = format!("name = {name}");
+            for (field, value) in fields {
+                let v = s.opt(value);
+                sets.push_str(&format!(", {field} = {v}"));
+            }
+            s.push(format!(
+                "UPSERT type::record('service', {name}) SET {sets} RETURN NONE"
+            ));
+            out.push(s.finish("service", None));
+        }
+        out
+    }
+
     fn translate(&mut self, op: Op) -> Option<Piece> {
         match op {
             Op::Event { event, start_time } => Some(self.event(*event, start_time)),
             Op::History { service, history } => {
-                let mut s = Stmt::new(&mut self.var_counter);
-                let name = s.var(service.as_str());
-                let restarts = s.var(u64::from(history.restarts));
-                let mut sets = format!("name = {name}, restarts = {restarts}");
+                let mut sets = vec![("restarts", Some(Value::from(history.restarts)))];
                 if history.last_exit.is_some() {
                     let (code, signal) = exit_fields(history.last_exit);
-                    let code = s.opt(code);
-                    let signal = s.opt(signal);
-                    sets.push_str(&format!(
-                        ", last_exit_code = {code}, last_exit_signal = {signal}"
-                    ));
+                    sets.push(("last_exit_code", code.map(Value::from)));
+                    sets.push(("last_exit_signal", signal.map(Value::from)));
                 }
-                s.push(format!(
-                    "UPSERT type::record('service', {name}) SET {sets} RETURN NONE"
-                ));
-                Some(s.finish("service_history", None))
+                svc_set(&mut self.svc, &service, sets);
+                None
             }
             Op::UserStopped { service, stopped } => {
-                let mut s = Stmt::new(&mut self.var_counter);
-                let name = s.var(service.as_str());
-                let v = s.var(stopped);
-                s.push(format!(
-                    "UPSERT type::record('service', {name}) SET name = {name}, user_stopped = {v} RETURN NONE"
-                ));
-                Some(s.finish("user_stopped", None))
+                svc_set(
+                    &mut self.svc,
+                    &service,
+                    vec![("user_stopped", Some(Value::from(stopped)))],
+                );
+                None
             }
             Op::Flush(_) | Op::Prune(_) => None,
         }
@@ -416,20 +448,21 @@ impl Writer {
         let ts_ms = rfc3339_ms(&event.timestamp).unwrap_or_else(now_ms);
         let data = serde_json::to_string(&event).unwrap_or_default();
         let boot = self.boot.clone();
+        let row = json!({
+            "id": n,
+            "n": n,
+            "boot": boot,
+            "seq": event.seq,
+            "ts": event.timestamp,
+            "ts_ms": ts_ms,
+            "kind": event.kind.name(),
+            "resource": event.kind.resource(),
+            "data": data,
+        });
         let mut s = Stmt::new(&mut self.var_counter);
-        let vn = s.var(n);
         let vboot = s.var(boot.as_str());
-        let vseq = s.var(event.seq);
         let vts = s.var(event.timestamp.as_str());
         let vms = s.var(ts_ms);
-        let vkind = s.var(event.kind.name());
-        let vres = s.var(event.kind.resource());
-        let vdata = s.var(data);
-        s.push(format!(
-            "UPSERT type::record('event', {vn}) SET n = {vn}, boot = {vboot}, seq = {vseq}, \
-             ts = {vts}, ts_ms = {vms}, kind = {vkind}, resource = {vres}, data = {vdata} \
-             RETURN NONE"
-        ));
         match &event.kind {
             EventKind::StateChanged {
                 service,
@@ -438,23 +471,27 @@ impl Writer {
                 ..
             } => {
                 self.states.insert(service.clone(), *to);
-                let name = s.var(service.as_str());
-                let state = s.var(to.as_str());
-                let msg = s.var(message.as_str());
-                s.push(format!(
-                    "UPSERT type::record('service', {name}) SET name = {name}, state = {state}, \
-                     message = {msg}, updated_ms = {vms} RETURN NONE"
-                ));
+                svc_set(
+                    &mut self.svc,
+                    service,
+                    vec![
+                        ("state", Some(Value::from(to.as_str()))),
+                        ("message", Some(Value::from(message.as_str()))),
+                        ("updated_ms", Some(Value::from(ts_ms))),
+                    ],
+                );
             }
             EventKind::HealthChanged {
                 service, health, ..
             } => {
-                let name = s.var(service.as_str());
-                let h = s.var(health.as_str());
-                s.push(format!(
-                    "UPSERT type::record('service', {name}) SET name = {name}, health = {h}, \
-                     updated_ms = {vms} RETURN NONE"
-                ));
+                svc_set(
+                    &mut self.svc,
+                    service,
+                    vec![
+                        ("health", Some(Value::from(health.as_str()))),
+                        ("updated_ms", Some(Value::from(ts_ms))),
+                    ],
+                );
             }
             EventKind::ProcessStarted { service, pid } => {
                 let rn = self.next_run_n;
@@ -469,10 +506,14 @@ impl Writer {
                      service = {name}, pid = {vpid}, start_time = {vst}, started_ms = {vms}, \
                      started_at = {vts} RETURN NONE"
                 ));
-                s.push(format!(
-                    "UPSERT type::record('service', {name}) SET name = {name}, pid = {vpid}, \
-                     updated_ms = {vms} RETURN NONE"
-                ));
+                svc_set(
+                    &mut self.svc,
+                    service,
+                    vec![
+                        ("pid", Some(Value::from(*pid))),
+                        ("updated_ms", Some(Value::from(ts_ms))),
+                    ],
+                );
             }
             EventKind::ProcessExited { service, pid, exit } => {
                 let reason = if self.runtime_stopping {
@@ -506,11 +547,16 @@ impl Writer {
                          AND ended_ms = NONE RETURN NONE"
                     )),
                 }
-                s.push(format!(
-                    "UPSERT type::record('service', {name}) SET name = {name}, pid = NONE, \
-                     last_exit_code = {vcode}, last_exit_signal = {vsig}, updated_ms = {vms} \
-                     RETURN NONE"
-                ));
+                svc_set(
+                    &mut self.svc,
+                    service,
+                    vec![
+                        ("pid", None),
+                        ("last_exit_code", code.map(Value::from)),
+                        ("last_exit_signal", signal.map(Value::from)),
+                        ("updated_ms", Some(Value::from(ts_ms))),
+                    ],
+                );
             }
             EventKind::PortAssigned { service, port } => {
                 let name = s.var(service.as_str());
@@ -536,13 +582,21 @@ impl Writer {
             }
             _ => {}
         }
-        s.finish(event.kind.name(), Some(event.seq))
+        let mut piece = s.finish(event.kind.name(), Some(event.seq));
+        piece.row = Some(row);
+        piece
     }
 
     /// Runs pieces in one transaction.
     async fn execute(&self, pieces: &[&Piece]) -> Result<(), String> {
         let mut sql = String::from("BEGIN TRANSACTION;\n");
         let mut vars = Map::new();
+        let rows: Vec<Value> = pieces.iter().filter_map(|p| p.row.clone()).collect();
+        if !rows.is_empty() {
+            // IGNORE: a retry after a commit whose answer was lost finds its rows there.
+            sql.push_str("INSERT IGNORE INTO event $event_rows RETURN NONE;\n");
+            vars.insert("event_rows".into(), Value::Array(rows));
+        }
         for p in pieces {
             sql.push_str(&p.sql);
             vars.extend(p.vars.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -127,12 +127,14 @@ async fn a_corrupt_data_dir_is_an_error_not_an_empty_store() {
     match Store::open(&disk_config(), dir.path()).await {
         Err(e) => {
             let msg = e.to_string();
+            eprintln!("corrupt data dir: {msg}");
             assert!(
                 msg.contains(&dir.path().join("db").display().to_string()),
                 "{msg}"
             );
         }
         Ok(store) => {
+            eprintln!("corrupt data dir: opened");
             // Opening is acceptable only if the data is all there.
             let ports = store.ports().await;
             let n = ports.as_ref().map(|p| p.len()).unwrap_or(0);
