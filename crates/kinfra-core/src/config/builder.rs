@@ -258,6 +258,8 @@ impl ResourceConfig {
             depends_on: Default::default(),
             restart: RestartPolicy::default(),
             jetstream: false,
+            stop_grace: crate::config::Dur::from_secs(10),
+            on_down: Default::default(),
         }
     }
 }

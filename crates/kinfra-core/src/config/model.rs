@@ -503,6 +503,26 @@ pub struct ResourceConfig {
     /// Enable JetStream (nats template).
     #[serde(default)]
     pub jetstream: bool,
+    /// How long a stop waits before it forces the container down.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Dur,
+    /// What `runtime down` does with the container.
+    #[serde(default)]
+    pub on_down: OnDown,
+}
+
+/// What `runtime down` does with a resource's container. Data volumes are kept unless
+/// `remove_volumes` says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDown {
+    /// Stop it; the next start adopts it.
+    #[default]
+    Stop,
+    /// Stop and remove the container; keep its volumes.
+    Remove,
+    /// Stop and remove the container and its named volumes.
+    RemoveVolumes,
 }
 
 /// `[[routes]]`: one proxy route.

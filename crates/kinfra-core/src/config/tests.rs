@@ -1060,3 +1060,51 @@ fn store_section_is_checked() {
     assert_eq!(ok.store.namespace, "kinfra");
     assert_eq!(ok.store.user_namespace, "app");
 }
+
+#[test]
+fn container_resources_are_checked() {
+    check_case(
+        Format::Toml,
+        "[resources.box]\ntemplate = \"docker\"\nport = \"auto\"\n\
+         [resources.cache]\ntemplate = \"redis\"\nimage = \"\"\njetstream = true\n\
+         volumes = { \"../etc\" = \"/data\", data = \"var/lib\" }\n",
+        &[
+            (
+                Some(1),
+                Some("resources.box"),
+                "the `docker` template needs an `image`",
+            ),
+            (
+                Some(3),
+                Some("resources.box.port"),
+                "a published port needs `container_port`",
+            ),
+            (Some(6), Some("resources.cache.image"), "invalid image ``"),
+            (
+                Some(7),
+                Some("resources.cache.jetstream"),
+                "`jetstream` is only for the `nats` template",
+            ),
+            (
+                Some(8),
+                Some("resources.cache.volumes.\"../etc\""),
+                "invalid volume name `../etc`",
+            ),
+            (
+                Some(8),
+                Some("resources.cache.volumes.data"),
+                "invalid mount path `var/lib`",
+            ),
+        ],
+    );
+    let ok = load(
+        Format::Toml,
+        "[resources.cache]\ntemplate = \"redis\"\nport = \"auto\"\non_down = \"remove\"\n\
+         stop_grace = \"3s\"\nvolumes = { data = \"/data\" }\n",
+        &[],
+    )
+    .expect("a valid redis resource");
+    let cache = &ok.resources["cache"];
+    assert_eq!(cache.on_down, OnDown::Remove);
+    assert_eq!(cache.stop_grace.0, std::time::Duration::from_secs(3));
+}

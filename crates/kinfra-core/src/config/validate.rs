@@ -319,11 +319,77 @@ impl Checker<'_> {
                     "invalid port `0`: expected 1-65535",
                 );
             }
+            self.resource_container(&base, res);
             if let Some(probe) = &res.health {
                 // A resource's probe runs against whatever port its adapter publishes.
                 self.probe(&join_key(&base, "health"), probe, None, RefScope::Global);
             }
             self.depends_on(&base, &res.depends_on);
+        }
+    }
+
+    /// What only a container resource needs: an image for `docker`, named volumes (never a
+    /// host path: bind mounts are not something a config gets by accident), absolute
+    /// mount paths, a container port to publish.
+    fn resource_container(&mut self, base: &str, res: &super::model::ResourceConfig) {
+        use super::model::Template;
+        match &res.image {
+            Some(image) if image.trim().is_empty() || image.chars().any(char::is_whitespace) => {
+                self.issue(
+                    join_key(base, "image"),
+                    Anchor::Value,
+                    format!("invalid image `{image}`: expected a name like `redis:7`"),
+                );
+            }
+            None if res.template == Template::Docker => self.issue(
+                base.to_owned(),
+                Anchor::Key,
+                "the `docker` template needs an `image`",
+            ),
+            _ => {}
+        }
+        if res.template == Template::Docker && res.port.is_some() && res.container_port.is_none() {
+            self.issue(
+                join_key(base, "port"),
+                Anchor::Value,
+                "a published port needs `container_port`, the port inside the container",
+            );
+        }
+        if res.jetstream && res.template != Template::Nats {
+            self.issue(
+                join_key(base, "jetstream"),
+                Anchor::Value,
+                "`jetstream` is only for the `nats` template",
+            );
+        }
+        for (volume, path) in &res.volumes {
+            let key = join_key(&join_key(base, "volumes"), volume);
+            let valid_name = volume
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+                && volume
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !valid_name {
+                self.issue(
+                    key.clone(),
+                    Anchor::Key,
+                    format!(
+                        "invalid volume name `{volume}`: expected a named volume \
+                         (letters, digits, `_.-`); host paths are not mounted"
+                    ),
+                );
+            }
+            if !path.starts_with('/') {
+                self.issue(
+                    key,
+                    Anchor::Value,
+                    format!(
+                        "invalid mount path `{path}`: expected an absolute path in the container"
+                    ),
+                );
+            }
         }
     }
 
