@@ -156,6 +156,12 @@ pub trait Resource: Send + Sync + 'static {
     /// Its own health check's verdict (`Unknown` without one).
     fn health(&self) -> BoxFuture<'_, Result<Health, ResourceError>>;
 
+    /// True when the resource has a health check of its own (a Docker healthcheck), which
+    /// [`Resource::health`] reports; the supervisor waits for it before calling it running.
+    fn has_own_health(&self) -> bool {
+        false
+    }
+
     /// How to reach it (known before it starts: ports come from the port registry).
     fn connection(&self) -> Connection;
 

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub snapshots: RwLock<BTreeMap<String, watch::Receiver<Snapshot>>>,
     /// The port each service gets (resolved when it is added or changed).
     pub port_map: RwLock<BTreeMap<String, u16>>,
+    /// How to reach each resource driven through an adapter (`${resources.NAME.FIELD}`).
+    pub resource_conns: RwLock<BTreeMap<String, kinfra_core::resource::Connection>>,
     /// Bumped on every snapshot change, so waiting actors re-check their dependencies.
     pub world: watch::Sender<u64>,
 }
@@ -57,7 +59,7 @@ impl Shared {
         format!("{}{service}/", self.tag_prefix)
     }
 
-    fn snapshot_of(&self, service: &str) -> Option<Snapshot> {
+    pub(crate) fn snapshot_of(&self, service: &str) -> Option<Snapshot> {
         let map = match self.snapshots.read() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -597,8 +599,17 @@ impl Actor {
         {
             return self.shared.port_of(other).map(|p| p.to_string());
         }
+        if let Some((res, field)) = name
+            .strip_prefix("resources.")
+            .and_then(|r| r.split_once('.'))
+        {
+            let conns = match self.shared.resource_conns.read() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            return conns.get(res).and_then(|c| c.field(field));
+        }
         if name.contains('.') {
-            // `resources.NAME.FIELD`: not known to the supervisor.
             return None;
         }
         match self

@@ -27,6 +27,7 @@
 
 mod actor;
 pub mod backoff;
+pub mod conformance;
 pub mod graph;
 pub mod guardian;
 pub mod logs;
@@ -34,7 +35,9 @@ pub mod persist;
 pub mod pids;
 pub mod ports;
 pub mod probe;
+pub mod process;
 pub mod procfs;
+pub mod resource;
 pub mod spawn;
 pub mod stopped;
 pub mod watch;
@@ -61,6 +64,8 @@ use tracing::{info, warn};
 
 pub use persist::{Persistence, ServiceHistory, StateSink};
 pub use ports::{PortHolder, PortInUse};
+pub use process::ProcessResource;
+pub use resource::ResourceSpec;
 
 /// Log lines kept for followers that fall behind.
 const LOG_BROADCAST: usize = 4096;
@@ -178,6 +183,7 @@ struct Inner {
     shared: Arc<Shared>,
     externals: RwLock<BTreeMap<String, tokio::sync::watch::Sender<Snapshot>>>,
     services: RwLock<BTreeMap<String, ServiceHandle>>,
+    resources: RwLock<BTreeMap<String, resource::ResourceHandle>>,
     apply_lock: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
     _lock: File,
@@ -354,6 +360,7 @@ impl Supervisor {
             log_tx,
             snapshots: RwLock::new(BTreeMap::new()),
             port_map: RwLock::new(BTreeMap::new()),
+            resource_conns: RwLock::new(BTreeMap::new()),
             world,
         });
         let mut externals = BTreeMap::new();
@@ -370,6 +377,7 @@ impl Supervisor {
                 shared,
                 externals: RwLock::new(externals),
                 services: RwLock::new(BTreeMap::new()),
+                resources: RwLock::new(BTreeMap::new()),
                 apply_lock: tokio::sync::Mutex::new(()),
                 shutting_down: AtomicBool::new(false),
                 _lock: lock,
@@ -406,6 +414,28 @@ impl Supervisor {
                     },
                 )
             })
+            .chain(read(&self.inner.resources).iter().map(|(name, h)| {
+                let s = h.snap.borrow().clone();
+                let uptime_s = s.started_at.map(|t| t.elapsed().as_secs());
+                (
+                    name.clone(),
+                    ServiceStatus {
+                        kind: h.spec.resource.kind().into(),
+                        state: s.state,
+                        health: s.health,
+                        status_message: s.message,
+                        port: s.port.or_else(|| h.spec.resource.connection().port),
+                        pid: s.pid,
+                        uptime_s,
+                        uptime: uptime_s.map(format_uptime),
+                        restarts: s.restarts,
+                        last_exit: s.last_exit,
+                        logs: h.sink.tail(STATUS_LOG_LINES),
+                        cpu_percent: None,
+                        memory_bytes: None,
+                    },
+                )
+            }))
             .collect()
     }
 
@@ -416,6 +446,11 @@ impl Supervisor {
         lines: usize,
     ) -> Result<Vec<ServiceLogLine>, ActionError> {
         let services = read(&self.inner.services);
+        let resources = read(&self.inner.resources);
+        let sinks = services
+            .iter()
+            .map(|(n, h)| (n, &h.sink))
+            .chain(resources.iter().map(|(n, h)| (n, &h.sink)));
         let wrap = |name: &str, l: Vec<LogLine>| {
             l.into_iter()
                 .map(|line| ServiceLogLine {
@@ -426,15 +461,16 @@ impl Supervisor {
         };
         match service {
             Some(name) => {
-                let h = services
+                let sink = services
                     .get(name)
+                    .map(|h| &h.sink)
+                    .or_else(|| resources.get(name).map(|h| &h.sink))
                     .ok_or_else(|| ActionError::UnknownService(name.to_owned()))?;
-                Ok(wrap(name, h.sink.tail(lines)))
+                Ok(wrap(name, sink.tail(lines)))
             }
             None => {
-                let mut all: Vec<ServiceLogLine> = services
-                    .iter()
-                    .flat_map(|(name, h)| wrap(name, h.sink.tail(lines)))
+                let mut all: Vec<ServiceLogLine> = sinks
+                    .flat_map(|(name, sink)| wrap(name, sink.tail(lines)))
                     .collect();
                 all.sort_by(|a, b| a.line.timestamp.cmp(&b.line.timestamp));
                 let skip = all.len().saturating_sub(lines);
@@ -459,6 +495,11 @@ impl Supervisor {
             services
                 .get(service)
                 .map(|h| h.cmds.clone())
+                .or_else(|| {
+                    read(&self.inner.resources)
+                        .get(service)
+                        .map(|h| h.cmds.clone())
+                })
                 .ok_or_else(|| ActionError::UnknownService(service.to_owned()))?
         };
         let not_available = |reason: String| ActionError::NotAvailable {
@@ -511,6 +552,109 @@ impl Supervisor {
         });
         drop(externals);
         shared.world.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Like [`Supervisor::start_with_external`] for resources driven through an adapter
+    /// ([`ResourceSpec`]): services that depend on them wait for them with the usual
+    /// conditions, and they appear in [`Supervisor::status`] with their adapter's `kind`.
+    pub async fn start_with_resources(
+        services: &BTreeMap<String, ServiceConfig>,
+        opts: SupervisorOptions,
+        resources: Vec<(String, ResourceSpec)>,
+    ) -> Result<Supervisor, SupervisorError> {
+        let names: Vec<String> = resources.iter().map(|(n, _)| n.clone()).collect();
+        let sup = Self::start_with_external(services, opts, &names).await?;
+        sup.add_resources(resources)?;
+        Ok(sup)
+    }
+
+    /// Adds resources, each driven by its own actor (started when its dependencies hold).
+    /// A name that is already a service or a resource is refused, and nothing is added.
+    pub fn add_resources(
+        &self,
+        resources: Vec<(String, ResourceSpec)>,
+    ) -> Result<(), SupervisorError> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        let shared = self.inner.shared.clone();
+        for (name, _) in &resources {
+            if read(&self.inner.services).contains_key(name)
+                || read(&self.inner.resources).contains_key(name)
+            {
+                return Err(SupervisorError::InvalidService {
+                    service: name.clone(),
+                    message: "the name is already taken by a service or a resource".into(),
+                });
+            }
+        }
+        let mut starting = Vec::new();
+        for (name, spec) in resources {
+            let sink = LogSink::new(&name, &shared.log_dir, spec.log, shared.log_tx.clone())
+                .map_err(state_err(&shared.log_dir))?;
+            let conn = spec.resource.connection();
+            let mut first = shared.initial_snapshot(&name);
+            first.port = conn.port;
+            let (snap_tx, snap_rx) = tokio::sync::watch::channel(first);
+            let (cmd_tx, cmd_rx) = mpsc::channel(16);
+            write(&self.inner.externals).remove(&name);
+            write(&shared.snapshots).insert(name.clone(), snap_rx.clone());
+            write(&shared.resource_conns).insert(name.clone(), conn);
+            starting.push((name, spec, sink, snap_tx, snap_rx, cmd_tx, cmd_rx));
+        }
+        for (name, spec, sink, snap_tx, snap_rx, cmd_tx, cmd_rx) in starting {
+            let actor = resource::ResourceActor::new(
+                name.clone(),
+                spec.clone(),
+                shared.clone(),
+                sink.clone(),
+                snap_tx,
+                cmd_rx,
+            );
+            let task = tokio::spawn(actor.run());
+            write(&self.inner.resources).insert(
+                name,
+                resource::ResourceHandle {
+                    cmds: cmd_tx,
+                    snap: snap_rx,
+                    sink,
+                    spec,
+                    task,
+                },
+            );
+        }
+        shared.world.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
+    }
+
+    /// How to reach a resource (what `${resources.NAME.FIELD}` resolves to).
+    pub fn resource_connection(&self, name: &str) -> Option<kinfra_core::resource::Connection> {
+        read(&self.inner.shared.resource_conns).get(name).cloned()
+    }
+
+    /// Stops every resource (in parallel, each within its grace and the deadline) and ends
+    /// their actors; removal follows each one's `on_down`.
+    async fn shutdown_resources(&self, deadline: tokio::time::Instant) {
+        let handles: BTreeMap<String, resource::ResourceHandle> =
+            std::mem::take(&mut *write(&self.inner.resources));
+        let mut waits = Vec::new();
+        for (_, h) in handles {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let grace = h.spec.stop_grace.min(left);
+            let (tx, rx) = oneshot::channel();
+            let sent = h.cmds.send(Command::Shutdown(grace, tx)).await.is_ok();
+            waits.push((sent.then_some(rx), h.task));
+        }
+        // A container's stop takes its grace plus the engine's own round trips.
+        let hard = deadline + Duration::from_secs(5);
+        for (rx, mut task) in waits {
+            if let Some(rx) = rx {
+                let _ = tokio::time::timeout_at(hard, rx).await;
+            }
+            if tokio::time::timeout_at(hard, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
     }
 
     /// The port of a service (auto ports once allocated).
@@ -835,6 +979,8 @@ impl Supervisor {
         if tokio::time::timeout_at(deadline, all).await.is_err() {
             warn!("Shutdown timed out; killing what is left.");
         }
+        // Resources after the services (services depend on resources, not the reverse).
+        self.shutdown_resources(deadline).await;
         for s in &stoppers {
             s.abort();
         }

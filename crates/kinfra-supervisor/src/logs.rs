@@ -128,6 +128,12 @@ impl LogSink {
         }
     }
 
+    /// Records a line of output from a resource driven through an adapter; waits while the
+    /// writer is behind, so lines keep their order.
+    pub async fn write(&self, stream: LogStream, message: String) {
+        let _ = self.tx.send(make_line(stream, message)).await;
+    }
+
     /// The last `n` lines in the ring, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let ring = match self.ring.lock() {

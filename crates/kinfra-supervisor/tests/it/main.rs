@@ -6,6 +6,7 @@ mod logs;
 mod ports;
 mod probes;
 mod reload;
+mod resources;
 mod restart;
 mod stop;
 mod support;

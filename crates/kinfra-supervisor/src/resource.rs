@@ -1,0 +1,637 @@
+//! Resources driven through the [`Resource`] adapter trait (containers, and processes through
+//! [`crate::process::ProcessResource`]): one actor task per resource with the same states,
+//! restart policy, backoff and crash-loop guard, readiness probes, log pipeline, events and
+//! dependency conditions as a service. The process actor in [`crate::actor`] is left as it is;
+//! this one only knows the trait.
+
+use crate::actor::{Command, Shared, Snapshot};
+use crate::backoff::{self, CrashGuard};
+use crate::logs::LogSink;
+use crate::probe::{self, ProbeEvent, ProbeKind};
+use kinfra_core::config::{
+    BackoffConfig, CrashLoopConfig, DependCondition, DependsOn, LogConfig, OnDown, ProbeConfig,
+    ResourceConfig, RestartPolicy,
+};
+use kinfra_core::event::{EventKind, ExitInfo};
+use kinfra_core::resource::{Observed, OutputLine, Resource, Run};
+use kinfra_core::state::{Health, ServiceState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// How often the adapter's own health check is read while the resource starts.
+const HEALTH_POLL_STARTING: Duration = Duration::from_millis(250);
+/// How often it is read once the resource runs.
+const HEALTH_POLL_RUNNING: Duration = Duration::from_secs(2);
+/// Extra time, beyond the grace, that a stop waits for the run's exit to be reported.
+const EXIT_REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// How the supervisor drives one resource: the adapter and the policies around it.
+#[derive(Clone)]
+pub struct ResourceSpec {
+    /// The adapter.
+    pub resource: Arc<dyn Resource>,
+    /// What it waits for before it starts.
+    pub depends_on: DependsOn,
+    /// When it is restarted after it ends.
+    pub restart: RestartPolicy,
+    /// Restart delays.
+    pub backoff: BackoffConfig,
+    /// When restarts stop.
+    pub crash_loop: CrashLoopConfig,
+    /// kinfra's readiness probe, against the resource's published port.
+    pub health: Option<ProbeConfig>,
+    /// How long a stop waits before it forces the resource down.
+    pub stop_grace: Duration,
+    /// What the supervisor's shutdown does with it.
+    pub on_down: OnDown,
+    /// Log ring and file settings.
+    pub log: LogConfig,
+}
+
+impl std::fmt::Debug for ResourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceSpec")
+            .field("kind", &self.resource.kind())
+            .field("name", &self.resource.name())
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResourceSpec {
+    /// A spec with the defaults of a service (restart on failure, no probe, 10 s grace).
+    pub fn new(resource: Arc<dyn Resource>) -> Self {
+        Self {
+            resource,
+            depends_on: DependsOn::default(),
+            restart: RestartPolicy::default(),
+            backoff: BackoffConfig::default(),
+            crash_loop: CrashLoopConfig::default(),
+            health: None,
+            stop_grace: Duration::from_secs(10),
+            on_down: OnDown::Stop,
+            log: LogConfig::default(),
+        }
+    }
+
+    /// A spec with the policies of a `[resources.NAME]` block.
+    pub fn from_config(resource: Arc<dyn Resource>, cfg: &ResourceConfig) -> Self {
+        Self {
+            depends_on: cfg.depends_on.clone(),
+            restart: cfg.restart,
+            health: cfg.health.clone(),
+            stop_grace: cfg.stop_grace.0,
+            on_down: cfg.on_down,
+            ..Self::new(resource)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    WaitDeps,
+    Active,
+    Backoff(tokio::time::Instant),
+    Idle,
+}
+
+struct Live {
+    exit: oneshot::Receiver<ExitInfo>,
+    forwarder: Option<JoinHandle<()>>,
+    probe: Option<JoinHandle<()>>,
+    started: Instant,
+    pid: Option<u32>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(p) = &self.probe {
+            p.abort();
+        }
+    }
+}
+
+/// What `Supervisor` keeps of a resource actor.
+pub(crate) struct ResourceHandle {
+    pub cmds: mpsc::Sender<Command>,
+    pub snap: watch::Receiver<Snapshot>,
+    pub sink: LogSink,
+    pub spec: ResourceSpec,
+    pub task: JoinHandle<()>,
+}
+
+pub(crate) struct ResourceActor {
+    name: String,
+    spec: ResourceSpec,
+    shared: Arc<Shared>,
+    sink: LogSink,
+    snap: watch::Sender<Snapshot>,
+    cmds: mpsc::Receiver<Command>,
+    world: watch::Receiver<u64>,
+    mode: Mode,
+    live: Option<Live>,
+    attempt: u32,
+    guard: CrashGuard,
+    generation: u64,
+    probe_tx: mpsc::Sender<ProbeEvent>,
+    probe_rx: mpsc::Receiver<ProbeEvent>,
+    probe_ok: Option<bool>,
+    own_health: Health,
+}
+
+impl ResourceActor {
+    pub fn new(
+        name: String,
+        spec: ResourceSpec,
+        shared: Arc<Shared>,
+        sink: LogSink,
+        snap: watch::Sender<Snapshot>,
+        cmds: mpsc::Receiver<Command>,
+    ) -> Self {
+        let (probe_tx, probe_rx) = mpsc::channel(16);
+        let world = shared.world.subscribe();
+        let guard = CrashGuard::new(spec.crash_loop);
+        Self {
+            name,
+            spec,
+            shared,
+            sink,
+            snap,
+            cmds,
+            world,
+            mode: Mode::WaitDeps,
+            live: None,
+            attempt: 0,
+            guard,
+            generation: 0,
+            probe_tx,
+            probe_rx,
+            probe_ok: None,
+            own_health: Health::Unknown,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.snap.send_modify(f);
+        self.shared.world.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn state(&self) -> ServiceState {
+        self.snap.borrow().state
+    }
+
+    fn set_state(&self, to: ServiceState, message: impl Into<String>) {
+        let message = message.into();
+        let from = self.state();
+        if from == to && self.snap.borrow().message == message {
+            return;
+        }
+        self.update(|s| {
+            s.state = to;
+            s.message = message.clone();
+        });
+        if from != to {
+            info!(resource = %self.name, %from, %to, %message, "State changed.");
+            self.shared.events.emit(EventKind::StateChanged {
+                service: self.name.clone(),
+                from,
+                to,
+                message,
+            });
+        }
+    }
+
+    fn set_health(&self, health: Health, message: String) {
+        if self.snap.borrow().health == health {
+            return;
+        }
+        self.update(|s| s.health = health);
+        self.shared.events.emit(EventKind::HealthChanged {
+            service: self.name.clone(),
+            health,
+            message,
+        });
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            match self.mode {
+                Mode::WaitDeps => {
+                    if self.deps_met() {
+                        self.mode = Mode::Active;
+                        self.launch().await;
+                        continue;
+                    }
+                    tokio::select! {
+                        cmd = self.cmds.recv() => match cmd {
+                            Some(cmd) => if self.handle(cmd).await { return },
+                            None => return,
+                        },
+                        _ = self.world.changed() => {}
+                    }
+                }
+                Mode::Backoff(at) => {
+                    tokio::select! {
+                        cmd = self.cmds.recv() => match cmd {
+                            Some(cmd) => if self.handle(cmd).await { return },
+                            None => return,
+                        },
+                        _ = tokio::time::sleep_until(at) => {
+                            self.mode = Mode::Active;
+                            self.launch().await;
+                        }
+                    }
+                }
+                Mode::Idle => match self.cmds.recv().await {
+                    Some(cmd) => {
+                        if self.handle(cmd).await {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                Mode::Active => {
+                    let poll = if self.state() == ServiceState::Starting {
+                        HEALTH_POLL_STARTING
+                    } else {
+                        HEALTH_POLL_RUNNING
+                    };
+                    let Some(live) = self.live.as_mut() else {
+                        self.mode = Mode::Idle;
+                        continue;
+                    };
+                    tokio::select! {
+                        cmd = self.cmds.recv() => match cmd {
+                            Some(cmd) => if self.handle(cmd).await { return },
+                            None => return,
+                        },
+                        exit = &mut live.exit => {
+                            let exit = match exit {
+                                Ok(e) => Some(e),
+                                Err(_) => self.observed_exit().await,
+                            };
+                            self.on_exit(exit).await;
+                        }
+                        Some(ev) = self.probe_rx.recv() => self.on_probe(ev),
+                        _ = tokio::time::sleep(poll) => self.poll_health().await,
+                    }
+                }
+            }
+        }
+    }
+
+    fn deps_met(&self) -> bool {
+        let mut waiting = Vec::new();
+        for (dep, cond) in &self.spec.depends_on.0 {
+            let Some(s) = self.shared.snapshot_of(dep) else {
+                continue;
+            };
+            let ok = match cond {
+                DependCondition::Started => {
+                    s.spawned
+                        && matches!(
+                            s.state,
+                            ServiceState::Starting
+                                | ServiceState::Running
+                                | ServiceState::Completed
+                                | ServiceState::Backoff
+                        )
+                }
+                DependCondition::Healthy => s.state == ServiceState::Running,
+                DependCondition::CompletedSuccessfully => s.state == ServiceState::Completed,
+            };
+            if !ok {
+                waiting.push(dep.clone());
+            }
+        }
+        if waiting.is_empty() {
+            return true;
+        }
+        self.set_state(
+            ServiceState::Pending,
+            format!("Waiting for {}", waiting.join(", ")),
+        );
+        false
+    }
+
+    /// Starts (or adopts) a run. Failures go through the restart policy, except permanent
+    /// ones (no engine, an invalid definition), which fail at once with their message.
+    async fn launch(&mut self) {
+        self.set_state(
+            ServiceState::Starting,
+            format!("Starting {}", self.spec.resource.kind()),
+        );
+        match self.spec.resource.start().await {
+            Ok(run) => self.on_started(run),
+            Err(error) => {
+                warn!(resource = %self.name, %error, "Start failed.");
+                self.sink.system_warn(format!("Start failed: {error}"));
+                if error.is_permanent() {
+                    self.mode = Mode::Idle;
+                    self.set_state(ServiceState::Failed, error.to_string());
+                } else {
+                    self.after_failure(None, error.to_string());
+                }
+            }
+        }
+    }
+
+    fn on_started(&mut self, run: Run) {
+        self.generation += 1;
+        self.probe_ok = None;
+        self.own_health = Health::Unknown;
+        let Run {
+            id,
+            pid,
+            adopted,
+            output,
+            exit,
+        } = run;
+        let what = if adopted { "Adopted" } else { "Started" };
+        self.sink.system(format!(
+            "{what} {} {}",
+            self.spec.resource.kind(),
+            short_id(&id)
+        ));
+        if let Some(pid) = pid {
+            self.shared.events.emit(EventKind::ProcessStarted {
+                service: self.name.clone(),
+                pid,
+            });
+        }
+        let forwarder = tokio::spawn(forward(output, self.sink.clone()));
+        let conn = self.spec.resource.connection();
+        let probe = self.spec.health.as_ref().and_then(|cfg| {
+            match probe::resolve(cfg, conn.port, &[], &self.shared.base_dir) {
+                Ok(target) => Some(probe::start_loop(
+                    cfg,
+                    target,
+                    ProbeKind::Readiness,
+                    self.generation,
+                    self.probe_tx.clone(),
+                )),
+                Err(error) => {
+                    self.sink
+                        .system_warn(format!("The health probe cannot run: {error}"));
+                    None
+                }
+            }
+        });
+        self.live = Some(Live {
+            exit,
+            forwarder: Some(forwarder),
+            probe,
+            started: Instant::now(),
+            pid,
+        });
+        self.update(|s| {
+            s.pid = pid;
+            s.port = conn.port;
+            s.started_at = Some(Instant::now());
+            s.spawned = true;
+        });
+        self.mode = Mode::Active;
+        self.check_ready();
+    }
+
+    /// Running once every check there is says so; `Starting` until then.
+    fn check_ready(&mut self) {
+        let probe_ok = self.spec.health.is_none() || self.probe_ok == Some(true);
+        let own_ok = !self.spec.resource.has_own_health() || self.own_health == Health::Healthy;
+        let ready = probe_ok && own_ok;
+        let has_checks = self.spec.health.is_some() || self.spec.resource.has_own_health();
+        if ready {
+            if has_checks {
+                self.set_health(Health::Healthy, "all checks pass".into());
+            }
+            self.set_state(ServiceState::Running, "Running");
+        } else if self.state() == ServiceState::Running
+            && (self.probe_ok == Some(false) || self.own_health == Health::Unhealthy)
+        {
+            self.set_health(Health::Unhealthy, "a check fails".into());
+        }
+    }
+
+    fn on_probe(&mut self, ev: ProbeEvent) {
+        if ev.generation != self.generation || !ev.changed {
+            return;
+        }
+        self.probe_ok = Some(ev.healthy);
+        if !ev.healthy {
+            self.sink
+                .system_warn(format!("Health probe failing: {}", ev.message));
+        }
+        self.check_ready();
+    }
+
+    async fn poll_health(&mut self) {
+        if !self.spec.resource.has_own_health() {
+            return;
+        }
+        match self.spec.resource.health().await {
+            Ok(h) => {
+                if h != self.own_health {
+                    self.own_health = h;
+                    self.check_ready();
+                }
+            }
+            Err(error) => warn!(resource = %self.name, %error, "Health check failed."),
+        }
+    }
+
+    async fn observed_exit(&self) -> Option<ExitInfo> {
+        match self.spec.resource.status().await {
+            Ok(Observed::Exited(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    async fn end_live(&mut self) -> Option<Duration> {
+        let mut live = self.live.take()?;
+        let ran = live.started.elapsed();
+        // The output ends with the run; give it a moment so the exit line comes last.
+        if let Some(forwarder) = live.forwarder.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), forwarder).await;
+        }
+        Some(ran)
+    }
+
+    async fn on_exit(&mut self, exit: Option<ExitInfo>) {
+        let pid = self.live.as_ref().and_then(|l| l.pid);
+        let ran = self.end_live().await.unwrap_or_default();
+        let shown = exit.map_or_else(|| "an unknown exit".to_owned(), |e| e.to_string());
+        self.sink.system(format!("Exited with {shown}"));
+        if let (Some(pid), Some(exit)) = (pid, exit) {
+            self.shared.events.emit(EventKind::ProcessExited {
+                service: self.name.clone(),
+                pid,
+                exit,
+            });
+        }
+        self.update(|s| {
+            s.pid = None;
+            s.started_at = None;
+            s.last_exit = exit;
+            s.health = Health::Unknown;
+        });
+        if ran >= self.spec.backoff.reset_after.0 {
+            self.attempt = 0;
+        }
+        let success = exit.is_some_and(|e| e.success());
+        let restart = match self.spec.restart {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        };
+        if !restart {
+            self.mode = Mode::Idle;
+            if success {
+                self.set_state(ServiceState::Completed, "Completed");
+            } else {
+                self.set_state(ServiceState::Failed, format!("Exited with {shown}"));
+            }
+            return;
+        }
+        self.after_failure(exit, format!("Exited with {shown}"));
+    }
+
+    /// Schedules a restart, or fails when the crash-loop guard trips.
+    fn after_failure(&mut self, _exit: Option<ExitInfo>, why: String) {
+        if self.guard.record(Instant::now()) {
+            self.mode = Mode::Idle;
+            self.shared.events.emit(EventKind::CrashLoop {
+                service: self.name.clone(),
+                failures: self.guard.count(),
+            });
+            self.set_state(
+                ServiceState::Failed,
+                format!("{why}; crash loop, not restarting"),
+            );
+            return;
+        }
+        let delay = backoff::delay(&self.spec.backoff, self.attempt, fastrand::f64());
+        self.attempt = self.attempt.saturating_add(1);
+        self.update(|s| s.restarts = s.restarts.saturating_add(1));
+        self.shared.events.emit(EventKind::RestartScheduled {
+            service: self.name.clone(),
+            delay_ms: delay.as_millis().try_into().unwrap_or(u64::MAX),
+            attempt: self.attempt,
+        });
+        self.mode = Mode::Backoff(tokio::time::Instant::now() + delay);
+        self.set_state(
+            ServiceState::Backoff,
+            format!("{why}; restarting in {}", humantime::format_duration(delay)),
+        );
+    }
+
+    /// Stops the run (if any) within `grace` and waits for its exit report.
+    async fn stop_live(&mut self, grace: Duration) {
+        self.set_state(ServiceState::Stopping, "Stopping");
+        if let Err(error) = self.spec.resource.stop(grace).await {
+            warn!(resource = %self.name, %error, "Stop failed.");
+            self.sink.system_warn(format!("Stop failed: {error}"));
+        }
+        if let Some(live) = self.live.as_mut() {
+            let exit = tokio::time::timeout(grace + EXIT_REPORT_WAIT, &mut live.exit)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            let pid = live.pid;
+            self.end_live().await;
+            if let Some(exit) = exit {
+                self.sink.system(format!("Stopped ({exit})"));
+                if let Some(pid) = pid {
+                    self.shared.events.emit(EventKind::ProcessExited {
+                        service: self.name.clone(),
+                        pid,
+                        exit,
+                    });
+                }
+            }
+            self.update(|s| {
+                s.pid = None;
+                s.started_at = None;
+                s.last_exit = exit.or(s.last_exit);
+                s.health = Health::Unknown;
+            });
+        }
+        self.set_state(ServiceState::Stopped, "Stopped");
+    }
+
+    /// Handles one command; true when the actor ends.
+    async fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Start(reply) => {
+                if self.live.is_some() {
+                    let _ = reply.send(Ok(()));
+                    return false;
+                }
+                self.guard.reset();
+                self.attempt = 0;
+                self.mode = Mode::Active;
+                self.launch().await;
+                let r = match self.state() {
+                    ServiceState::Failed => Err(self.snap.borrow().message.clone()),
+                    _ => Ok(()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Stop(reply) => {
+                self.stop_live(self.spec.stop_grace).await;
+                self.mode = Mode::Idle;
+                self.attempt = 0;
+                let _ = reply.send(());
+            }
+            Command::Restart(reply) => {
+                self.stop_live(self.spec.stop_grace).await;
+                self.guard.reset();
+                self.attempt = 0;
+                self.mode = Mode::Active;
+                self.launch().await;
+                let r = match self.state() {
+                    ServiceState::Failed => Err(self.snap.borrow().message.clone()),
+                    _ => Ok(()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Halt(reply) => {
+                self.stop_live(self.spec.stop_grace).await;
+                self.mode = Mode::Idle;
+                let _ = reply.send(());
+            }
+            Command::Reconfigure(_, reply) => {
+                // Resources are reconfigured by replacing their adapter, not through here.
+                let _ = reply.send(());
+            }
+            Command::Shutdown(grace, reply) => {
+                self.stop_live(grace).await;
+                let removal = match self.spec.on_down {
+                    OnDown::Stop => None,
+                    OnDown::Remove => Some(false),
+                    OnDown::RemoveVolumes => Some(true),
+                };
+                if let Some(volumes) = removal
+                    && let Err(error) = self.spec.resource.remove(volumes).await
+                {
+                    warn!(resource = %self.name, %error, "Removal failed.");
+                }
+                let _ = reply.send(());
+                return true;
+            }
+        }
+        false
+    }
+}
+
+async fn forward(mut output: mpsc::Receiver<OutputLine>, sink: LogSink) {
+    while let Some(line) = output.recv().await {
+        sink.write(line.stream, line.text).await;
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}

@@ -1,0 +1,144 @@
+//! Resources driven through the `Resource` trait: the conformance suite on the process
+//! adapter, and the resource actor's states, restart policy, dependencies, actions and logs.
+
+use crate::support::*;
+use kinfra_core::config::{BackoffConfig, DependCondition, Dur, RestartPolicy};
+use kinfra_core::state::ServiceState;
+use kinfra_supervisor::conformance::{self, Fixtures, HELLO};
+use kinfra_supervisor::{ProcessResource, ResourceSpec, Supervisor};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_adapter_passes_the_conformance_suite() {
+    let fixtures = Fixtures {
+        long_running: Arc::new(ProcessResource::shell(
+            "long",
+            &format!("trap 'exit 0' TERM; echo {HELLO}; while :; do sleep 0.1; done"),
+            None,
+        )),
+        exits_3: Arc::new(ProcessResource::shell("three", "echo bye; exit 3", None)),
+        start_timeout: SECS(10),
+    };
+    conformance::run_all(&fixtures)
+        .await
+        .unwrap_or_else(|e| panic!("process adapter: {e}"));
+}
+
+fn fast(spec: &mut ResourceSpec) {
+    spec.backoff = BackoffConfig {
+        initial: Dur(std::time::Duration::from_millis(50)),
+        ..BackoffConfig::default()
+    };
+    spec.stop_grace = SECS(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_restarts_on_failure_and_gates_its_dependents() {
+    let project = Project::new();
+    let marker = project.path().join("runs");
+    let script = format!(
+        "echo run >> {m}; n=$(wc -l < {m}); echo attempt $n; \
+         if [ $n -lt 3 ]; then exit 4; fi; trap 'exit 0' TERM; while :; do sleep 0.1; done",
+        m = marker.display()
+    );
+    let mut spec = ResourceSpec::new(Arc::new(ProcessResource::shell("db", &script, None)));
+    fast(&mut spec);
+    spec.restart = RestartPolicy::OnFailure;
+    let mut api = sh("echo db is up; sleep 30");
+    api.depends_on
+        .0
+        .insert("db".into(), DependCondition::Healthy);
+    let sup = Supervisor::start_with_resources(
+        &services(vec![("api", api)]),
+        project.opts(),
+        vec![("db".into(), spec)],
+    )
+    .await
+    .expect("start");
+    assert!(
+        wait_for(SECS(10), || {
+            let db = status_of(&sup, "db");
+            db.restarts == 2 && db.state == ServiceState::Running
+        })
+        .await,
+        "db never ran after two restarts: {:?}",
+        status_of(&sup, "db")
+    );
+    expect_state(&sup, "api", ServiceState::Running, SECS(10)).await;
+    let db = status_of(&sup, "db");
+    assert_eq!(db.kind, "process");
+    assert_eq!(db.restarts, 2, "two failed runs before the good one");
+    assert_eq!(db.last_exit.and_then(|e| e.code), Some(4));
+    let logs = sup.logs(Some("db"), 50).expect("logs");
+    assert!(
+        logs.iter().any(|l| l.line.message == "attempt 3"),
+        "the resource's own output reaches the log pipeline: {logs:?}"
+    );
+    // Actions work on resources like on services.
+    sup.act(kinfra_core::view::Action::Stop, "db")
+        .await
+        .expect("stop");
+    assert_eq!(state_of(&sup, "db"), ServiceState::Stopped);
+    sup.act(kinfra_core::view::Action::Start, "db")
+        .await
+        .expect("start");
+    expect_state(&sup, "db", ServiceState::Running, SECS(10)).await;
+    let mut events = sup.events().subscribe();
+    sup.shutdown(SECS(5)).await;
+    let mut stopped = false;
+    while let Ok(ev) = events.try_recv() {
+        if let kinfra_core::event::EventKind::StateChanged { service, to, .. } = &ev.kind {
+            stopped |= service == "db" && *to == ServiceState::Stopped;
+        }
+    }
+    assert!(stopped, "shutdown stops the resource");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_restart_policy_completes_or_fails() {
+    let project = Project::new();
+    let mut ok = ResourceSpec::new(Arc::new(ProcessResource::shell("ok", "exit 0", None)));
+    ok.restart = RestartPolicy::No;
+    let mut bad = ResourceSpec::new(Arc::new(ProcessResource::shell("bad", "exit 2", None)));
+    bad.restart = RestartPolicy::No;
+    let sup = Supervisor::start_with_resources(
+        &BTreeMap::new(),
+        project.opts(),
+        vec![("ok".into(), ok), ("bad".into(), bad)],
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "ok", ServiceState::Completed, SECS(10)).await;
+    expect_state(&sup, "bad", ServiceState::Failed, SECS(10)).await;
+    assert_eq!(status_of(&sup, "bad").restarts, 0);
+    sup.shutdown(SECS(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_program_fails_the_resource_and_the_rest_runs() {
+    let project = Project::new();
+    let broken = ResourceSpec::new(Arc::new(ProcessResource::new(
+        "broken",
+        "/nonexistent/kinfra-program",
+        Vec::new(),
+        Vec::new(),
+        project.path(),
+        None,
+    )));
+    let sup = Supervisor::start_with_resources(
+        &services(vec![("api", sh("sleep 30"))]),
+        project.opts(),
+        vec![("broken".into(), broken)],
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "broken", ServiceState::Failed, SECS(10)).await;
+    expect_state(&sup, "api", ServiceState::Running, SECS(10)).await;
+    assert!(
+        status_of(&sup, "broken")
+            .status_message
+            .contains("/nonexistent/kinfra-program")
+    );
+    sup.shutdown(SECS(5)).await;
+}
