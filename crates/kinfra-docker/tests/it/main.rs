@@ -1,0 +1,2 @@
+//! Integration tests of the Docker adapter against a real engine (started by the support
+//! code when `docker info` fails), with images built locally by `docker import`.
