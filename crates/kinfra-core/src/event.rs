@@ -139,6 +139,26 @@ pub enum EventKind {
         /// What happened, for people (never holds credentials).
         message: String,
     },
+    /// An ACME certificate was issued (first time or renewal) and is being served.
+    CertIssued {
+        /// The domains on the certificate, sorted.
+        domains: Vec<String>,
+        /// When it expires, RFC 3339.
+        not_after: String,
+        /// True when it replaced an earlier certificate for the same domains.
+        renewal: bool,
+    },
+    /// Getting or renewing an ACME certificate failed; it is retried after `retry_in_ms`.
+    CertRenewalFailed {
+        /// The domains of the order, sorted.
+        domains: Vec<String>,
+        /// What went wrong, for people (the CA's problem detail; never holds keys).
+        error: String,
+        /// Failures in a row, this one included.
+        attempt: u32,
+        /// Delay before the next attempt, in milliseconds.
+        retry_in_ms: u64,
+    },
 }
 
 impl EventKind {
@@ -153,6 +173,7 @@ impl EventKind {
             | Self::RestartScheduled { service, .. }
             | Self::CrashLoop { service, .. }
             | Self::PortAssigned { service, .. } => service,
+            Self::CertIssued { .. } | Self::CertRenewalFailed { .. } => "acme",
             Self::MaintenanceChanged { service, .. } if service != "*" => service,
             Self::RuntimeStarted { .. }
             | Self::RuntimeStopping { .. }
@@ -179,6 +200,8 @@ impl EventKind {
             Self::ConfigRejected { .. } => "config_rejected",
             Self::MaintenanceChanged { .. } => "maintenance_changed",
             Self::BusStateChanged { .. } => "bus_state_changed",
+            Self::CertIssued { .. } => "cert_issued",
+            Self::CertRenewalFailed { .. } => "cert_renewal_failed",
         }
     }
 }

@@ -397,6 +397,12 @@ impl ProxyServer {
         if let (Some((listener, addr)), Some(tls)) = (https, tls_settings) {
             let key = addr.to_string();
             fds.add(key.clone(), listener.into_raw_fd());
+            // TLS-ALPN-01 validation is answered before pingora's own handshake.
+            service
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(crate::tls::AcmeAlpnResponder::new(
+                    challenges.clone(),
+                )));
             service.add_tls_with_settings(&key, None, tls);
         }
         let (stop_listeners, listeners_rx) = watch::channel(false);

@@ -1,6 +1,7 @@
 //! Certificates: a store that rustls asks for a certificate by SNI on every handshake (so
 //! certificates can be added and swapped at run time), loading from the state dir, and
-//! self-signed certificates (rcgen) where none is present.
+//! self-signed certificates (rcgen) where none is present; the TLS-ALPN-01 responder that
+//! answers ACME validation handshakes before pingora's own TLS handshake.
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
@@ -156,6 +157,147 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.get(client_hello.server_name())
+    }
+}
+
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Largest ClientHello the TLS-ALPN-01 responder reads before giving up (bytes).
+const MAX_HELLO: usize = 64 * 1024;
+
+/// Answers ACME TLS-ALPN-01 validation on the TLS listener, as pingora's pre-TLS hook.
+///
+/// While no TLS-ALPN-01 challenge is pending this costs one atomic load per connection.
+/// Otherwise it reads the ClientHello, puts the bytes back, and when the client offers
+/// `acme-tls/1` (and nothing else, as RFC 8737 requires) completes the handshake itself with
+/// the challenge certificate for the SNI name and closes the connection; every other
+/// connection goes on to the normal handshake untouched.
+#[derive(Debug)]
+pub(crate) struct AcmeAlpnResponder {
+    challenges: Arc<crate::acme::ChallengeStore>,
+}
+
+impl AcmeAlpnResponder {
+    pub(crate) fn new(challenges: Arc<crate::acme::ChallengeStore>) -> Self {
+        Self { challenges }
+    }
+}
+
+#[derive(Debug)]
+struct OneCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OneCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Reads whole TLS records until rustls has the ClientHello; returns the bytes read and, when
+/// the client offers only `acme-tls/1`, its SNI name.
+async fn read_client_hello<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<(Vec<u8>, Option<Option<String>>)> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::with_capacity(2048);
+    let mut acceptor = rustls::server::Acceptor::default();
+    loop {
+        let start = bytes.len();
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).await?;
+        bytes.extend_from_slice(&header);
+        // Not a TLS handshake record: leave it to the normal handshake to refuse.
+        if header[0] != 0x16 {
+            return Ok((bytes, None));
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if bytes.len() + len > MAX_HELLO {
+            return Ok((bytes, None));
+        }
+        bytes.resize(start + 5 + len, 0);
+        stream.read_exact(&mut bytes[start + 5..]).await?;
+        let mut record = &bytes[start..];
+        if acceptor.read_tls(&mut record).is_err() {
+            return Ok((bytes, None));
+        }
+        match acceptor.accept() {
+            Ok(None) => continue,
+            Ok(Some(accepted)) => {
+                let hello = accepted.client_hello();
+                let only_acme = hello.alpn().is_some_and(|mut protocols| {
+                    protocols.next() == Some(ACME_TLS_ALPN) && protocols.next().is_none()
+                });
+                let sni = hello.server_name().map(str::to_owned);
+                return Ok((bytes, only_acme.then_some(sni)));
+            }
+            Err(_) => return Ok((bytes, None)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::listeners::PreTlsProcess for AcmeAlpnResponder {
+    async fn process(
+        &self,
+        stream: &mut pingora::protocols::l4::stream::Stream,
+    ) -> pingora::Result<()> {
+        use pingora::{Error, ErrorType};
+        if self.challenges.tls_alpn_is_empty() {
+            return Ok(());
+        }
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read_client_hello(stream),
+        )
+        .await;
+        let (bytes, acme) = match read {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => return Err(Error::because(ErrorType::ReadError, "ClientHello", e)),
+            Err(_) => return Err(Error::explain(ErrorType::ReadTimedout, "ClientHello")),
+        };
+        stream.rewind(&bytes);
+        let Some(sni) = acme else {
+            return Ok(());
+        };
+        let cert = sni
+            .as_deref()
+            .and_then(|name| self.challenges.tls_alpn(name));
+        let Some(cert) = cert else {
+            tracing::debug!(sni = ?sni, "TLS-ALPN-01 handshake for a name without a challenge.");
+            return Err(Error::explain(
+                ErrorType::HandshakeError,
+                "no acme-tls/1 challenge",
+            ));
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::because(ErrorType::InternalError, "acme-tls/1 config", e))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(OneCert(cert)));
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        let acceptor = pingora::tls::TlsAcceptor::from(Arc::new(config));
+        let handshake = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            acceptor.accept(&mut *stream),
+        )
+        .await;
+        match handshake {
+            Ok(Ok(mut tls)) => {
+                use tokio::io::AsyncWriteExt;
+                let _ = tls.shutdown().await;
+                tracing::debug!(sni = ?sni, "Answered a TLS-ALPN-01 validation.");
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(sni = ?sni, %error, "TLS-ALPN-01 handshake failed.");
+            }
+            Err(_) => tracing::debug!(sni = ?sni, "TLS-ALPN-01 handshake timed out."),
+        }
+        // The connection was for validation only: pingora must not handshake again.
+        Err(Error::explain(
+            ErrorType::ConnectionClosed,
+            "acme-tls/1 answered",
+        ))
     }
 }
 

@@ -204,6 +204,55 @@ impl Store {
         .await
     }
 
+    /// Takes or extends the lock `name` for `owner` until `ttl` from now. Succeeds when the lock
+    /// is free, already `owner`'s, or expired (a stale owner is taken over); returns whether
+    /// `owner` holds it now. One conditional write, so two instances cannot both win.
+    pub async fn try_acme_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let expires = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let owners: Vec<String> = self
+            .select(
+                "acme lock",
+                "UPSERT type::record('acme_lock', $n) SET name = $n, owner = $o, expires_ms = $e \
+                 WHERE owner = NONE OR owner = $o OR expires_ms < $now RETURN VALUE owner",
+                json!({"n": name, "o": owner, "e": expires, "now": now}),
+            )
+            .await?;
+        Ok(owners.iter().any(|o| o == owner))
+    }
+
+    /// The holder of the lock `name` and when it expires (ms since the Unix epoch), if any.
+    pub async fn acme_lock(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        #[derive(Deserialize)]
+        struct LockRow {
+            owner: String,
+            expires_ms: u64,
+        }
+        let rows: Vec<LockRow> = self
+            .select(
+                "acme lock",
+                "SELECT owner, expires_ms FROM type::record('acme_lock', $n)",
+                json!({"n": name}),
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(|r| (r.owner, r.expires_ms)))
+    }
+
+    /// Releases the lock `name` when `owner` holds it.
+    pub async fn release_acme_lock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        self.exec(
+            "acme lock",
+            "DELETE type::record('acme_lock', $n) WHERE owner = $o RETURN NONE",
+            json!({"n": name, "o": owner}),
+        )
+        .await
+    }
+
     /// Removes the certificate of a domain set.
     pub async fn delete_certificate(&self, domains: &[String]) -> Result<(), StoreError> {
         let (key, _) = domain_key(domains);

@@ -8,7 +8,8 @@
 //! - `event`: every runtime event (bounded by count and age).
 //! - `port`: the auto-port registry.
 //! - `boot`: one row per start of kinfra.
-//! - `acme_account`, `acme_certificate`: ACME state (secrets; never logged).
+//! - `acme_account`, `acme_certificate`: ACME state (secrets; never logged); `acme_lock`: who
+//!   is ordering a certificate, until when (instances sharing a remote store).
 //! - `setting`: key → JSON value (maintenance mode and the like).
 //! - `meta`: the schema version.
 
@@ -17,7 +18,7 @@ use crate::{Db, json_of};
 use tracing::info;
 
 /// The newest schema version this build knows.
-pub const CURRENT_VERSION: u32 = 2;
+pub const CURRENT_VERSION: u32 = 3;
 
 /// Version 1: services, runs, events, ports and settings.
 const V1: &str = r#"
@@ -105,8 +106,16 @@ DEFINE FIELD IF NOT EXISTS not_after_ms ON acme_certificate TYPE option<int>;
 DEFINE FIELD IF NOT EXISTS updated_ms ON acme_certificate TYPE int;
 "#;
 
+/// Version 3: the ACME order lock (owner and expiry, taken over when stale).
+const V3: &str = r#"
+DEFINE TABLE IF NOT EXISTS acme_lock SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS name ON acme_lock TYPE string;
+DEFINE FIELD IF NOT EXISTS owner ON acme_lock TYPE string;
+DEFINE FIELD IF NOT EXISTS expires_ms ON acme_lock TYPE int;
+"#;
+
 /// Every version's statements; index 0 is version 1.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version recorded in the database; 0 when there is none.
 pub(crate) async fn version(db: &Db) -> Result<u32, StoreError> {

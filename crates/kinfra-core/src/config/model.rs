@@ -694,11 +694,43 @@ pub struct AcmeConfig {
     /// Extra roots trusted for the ACME server's own TLS.
     #[serde(default)]
     pub ca_roots: Vec<PathBuf>,
-    /// Also write PEM files under the state dir.
+    /// Also write PEM files under the state dir (`acme/<domain>/{cert,key}.pem`, mode 0600).
     #[serde(default)]
     pub export_pem: bool,
+    /// Renew when less than this remains; absent means when a third of the certificate's
+    /// lifetime remains.
+    #[serde(default)]
+    pub renew_before: Option<Dur>,
+    /// How often certificates are checked for renewal.
+    #[serde(default = "default_acme_check_interval")]
+    pub check_interval: Dur,
+    /// First delay after a failed order; doubled after each failure in a row.
+    #[serde(default = "default_acme_retry_min")]
+    pub retry_min: Dur,
+    /// Longest delay between attempts after failures.
+    #[serde(default = "default_acme_retry_max")]
+    pub retry_max: Dur,
+    /// New orders per hour per account at most (a guard against CA rate limits).
+    #[serde(default = "default_acme_orders_per_hour")]
+    pub orders_per_hour: u32,
 }
 
 fn default_acme_directory() -> String {
     "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+
+fn default_acme_check_interval() -> Dur {
+    Dur::from_secs(3600)
+}
+
+fn default_acme_retry_min() -> Dur {
+    Dur::from_secs(60)
+}
+
+fn default_acme_retry_max() -> Dur {
+    Dur::from_secs(6 * 3600)
+}
+
+fn default_acme_orders_per_hour() -> u32 {
+    12
 }

@@ -725,7 +725,53 @@ impl Checker<'_> {
         for (i, domain) in acme.domains.iter().enumerate() {
             if domain.trim().is_empty() {
                 self.issue(join_index("acme.domains", i), Anchor::Value, "empty domain");
+            } else if let Some(problem) = acme_domain_problem(domain) {
+                self.issue(join_index("acme.domains", i), Anchor::Value, problem);
             }
+        }
+        if let Some(email) = &acme.email
+            && (!email.contains('@') || email.contains(char::is_whitespace))
+        {
+            self.issue(
+                "acme.email".into(),
+                Anchor::Value,
+                format!("`{email}` is not an email address"),
+            );
+        }
+        if !acme.directory.starts_with("https://") {
+            self.issue(
+                "acme.directory".into(),
+                Anchor::Value,
+                "the ACME directory must be an https:// URL",
+            );
+        }
+        if acme.retry_min.0.is_zero() {
+            self.issue(
+                "acme.retry_min".into(),
+                Anchor::Value,
+                "must be more than 0",
+            );
+        }
+        if acme.retry_max.0 < acme.retry_min.0 {
+            self.issue(
+                "acme.retry_max".into(),
+                Anchor::Value,
+                "must not be less than acme.retry_min",
+            );
+        }
+        if acme.check_interval.0.is_zero() {
+            self.issue(
+                "acme.check_interval".into(),
+                Anchor::Value,
+                "must be more than 0",
+            );
+        }
+        if acme.orders_per_hour == 0 {
+            self.issue(
+                "acme.orders_per_hour".into(),
+                Anchor::Value,
+                "must be at least 1",
+            );
         }
     }
 
@@ -786,5 +832,49 @@ impl Checker<'_> {
                 "store.connect_timeout must be more than 0",
             );
         }
+    }
+}
+
+/// Why `domain` cannot be on an ACME certificate, if it cannot.
+fn acme_domain_problem(domain: &str) -> Option<String> {
+    let d = domain.trim().trim_end_matches('.');
+    let name = d.strip_prefix("*.").unwrap_or(d);
+    if d.starts_with("*.") {
+        return Some(format!(
+            "`{domain}`: wildcard certificates need the DNS-01 challenge, which is not supported"
+        ));
+    }
+    if d.parse::<std::net::IpAddr>().is_ok() {
+        return Some(format!(
+            "`{domain}`: IP addresses are not supported, use a host name"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) {
+        return Some(format!("`{domain}` is not a valid domain name"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod acme_tests {
+    use super::acme_domain_problem;
+
+    #[test]
+    fn acme_domains_are_checked() {
+        assert!(acme_domain_problem("app.example.com").is_none());
+        assert!(acme_domain_problem("app.example.com.").is_none());
+        assert!(acme_domain_problem("localhost").is_some());
+        assert!(acme_domain_problem("10.0.0.1").is_some());
+        assert!(acme_domain_problem("*.example.com").is_some());
+        assert!(acme_domain_problem("a_b.example.com").is_some());
+        assert!(acme_domain_problem("-a.example.com").is_some());
+        assert!(acme_domain_problem("a..example.com").is_some());
     }
 }

@@ -86,7 +86,7 @@ async fn upgrades_a_version_1_database_in_place() {
     let dir = tempdir();
     write_v1(dir.path()).await;
     let store = open(&disk_config(), dir.path()).await;
-    assert_eq!(store.schema_version().await.ok(), Some(2));
+    assert_eq!(store.schema_version().await.ok(), Some(3));
 
     // Data kept, new fields filled.
     let history = store.service_history().await.unwrap_or_default();
@@ -128,7 +128,7 @@ async fn upgrades_a_version_1_database_in_place() {
 
     // Reopening does not re-run the upgrade.
     let store = open(&disk_config(), dir.path()).await;
-    assert_eq!(store.schema_version().await.ok(), Some(2));
+    assert_eq!(store.schema_version().await.ok(), Some(3));
     assert_eq!(
         store
             .acme_account("https://acme.test/dir")
