@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod issue;
-// mod lock;
-// mod outage;
-// mod renew;
+mod lock;
+mod outage;
+mod renew;
 mod support;
