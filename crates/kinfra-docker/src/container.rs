@@ -201,15 +201,14 @@ impl DockerResource {
             .find_map(|c| c.id))
     }
 
-    /// Finds, adopts, recreates or creates the container; returns its id and whether it was
-    /// already running.
+    /// Finds, adopts, recreates or creates the container; returns its id and what it was.
     async fn ensure(
         &self,
         engine: &Engine,
         early: &mut Vec<OutputLine>,
-    ) -> Result<(String, bool), DockerError> {
+    ) -> Result<(String, Found), DockerError> {
         let hash = self.spec.hash();
-        let mut keep: Option<(String, bool)> = None;
+        let mut keep: Option<(String, Found)> = None;
         for c in engine.find(&self.spec.labels).await? {
             let Some(id) = c.id else { continue };
             let same = c
@@ -218,8 +217,12 @@ impl DockerResource {
                 .and_then(|l| l.get(LABEL_HASH))
                 .is_some_and(|h| *h == hash);
             if same && keep.is_none() {
-                let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
-                keep = Some((id, running));
+                let found = if c.state == Some(ContainerSummaryStateEnum::RUNNING) {
+                    Found::Running
+                } else {
+                    Found::Stopped
+                };
+                keep = Some((id, found));
                 continue;
             }
             let why = if same {
@@ -259,7 +262,7 @@ impl DockerResource {
             short(&id),
             self.spec.image
         )));
-        Ok((id, false))
+        Ok((id, Found::Created))
     }
 
     fn follow(&self, engine: &Engine, id: &str, since: i32, early: Vec<OutputLine>) -> Run {
@@ -351,8 +354,14 @@ impl DockerResource {
     async fn start_inner(&self) -> Result<Run, DockerError> {
         let engine = self.engine.get().await?;
         let mut early = Vec::new();
-        let (id, running) = self.ensure(&engine, &mut early).await?;
-        let since = if running { now_secs() } else { 0 };
+        let (id, found) = self.ensure(&engine, &mut early).await?;
+        // A new container's whole output; an existing one's from now on.
+        let since = if found == Found::Created {
+            0
+        } else {
+            now_secs()
+        };
+        let running = found == Found::Running;
         if running {
             early.push(system(format!("Adopted running container {}", short(&id))));
         } else {
@@ -378,6 +387,17 @@ impl DockerResource {
         run.pid = pid;
         Ok(run)
     }
+}
+
+/// What [`DockerResource::ensure`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Our container, running (adopted).
+    Running,
+    /// Our container, not running.
+    Stopped,
+    /// Nothing usable; created now.
+    Created,
 }
 
 fn system(text: String) -> OutputLine {

@@ -211,7 +211,7 @@ fn connection(
     let pw = password.unwrap_or_default();
     let url = match template {
         Template::Postgres => Some(format!("postgres://kinfra:{pw}@{hp}/{name}")),
-        Template::Redis => Some(format!("redis://:{pw}@{hp}")),
+        Template::Redis => Some(format!("redis://default:{pw}@{hp}")),
         Template::Nats => Some(format!("nats://{pw}@{hp}")),
         Template::Mongodb => Some(format!("mongodb://kinfra:{pw}@{hp}/?authSource=admin")),
         Template::Mysql => Some(format!("mysql://root:{pw}@{hp}/{name}")),
@@ -295,7 +295,7 @@ mod tests {
         assert!(r.spec.health.is_some());
         assert_eq!(
             r.connection.field("url"),
-            Some(format!("redis://:{pw}@127.0.0.1:6400"))
+            Some(format!("redis://default:{pw}@127.0.0.1:6400"))
         );
         // The same password next time (kept in the secrets file), and never printed.
         let again = resolve("demo", "cache", &cfg, Some(6400), &secrets).expect("resolve");
