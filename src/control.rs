@@ -206,6 +206,13 @@ async fn handle(
                 let info = RuntimeInfo::clone(&info);
                 send(&mut write, &ControlResponse::Info { info }).await
             }
+            ControlRequest::History { service, limit } => {
+                let response = match control.history(service.as_deref(), limit).await {
+                    Ok(runs) => ControlResponse::History { runs },
+                    Err(error) => ControlResponse::Error { error },
+                };
+                send(&mut write, &response).await
+            }
             ControlRequest::Reload => {
                 let response = match control.reload().await {
                     Ok(message) => ControlResponse::Ok { message },

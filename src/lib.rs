@@ -27,6 +27,7 @@ pub use kinfra_core::state::{Health, ServiceState};
 pub use kinfra_core::status::{LogLine, LogStream, ServiceLogLine, ServiceStatus, StatusReport};
 pub use kinfra_core::view::{Action, ActionError, RuntimeControl};
 pub use kinfra_core::{Config, ConfigError, ConfigErrors};
+pub use kinfra_store as store;
 pub use kinfra_supervisor::ReloadSummary;
 pub use runtime::{
     ReloadError, Runtime, RuntimeOptions, ShutdownError, StartError, TOKEN_FILE, dashboard_token,

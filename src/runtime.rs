@@ -12,13 +12,14 @@ use kinfra_core::config::ServiceConfig;
 use kinfra_core::control::RuntimeInfo;
 use kinfra_core::event::{Event, EventKind, EventSender};
 use kinfra_core::state::ServiceState;
-use kinfra_core::status::{ServiceLogLine, StatusReport};
+use kinfra_core::status::{RunRecord, ServiceLogLine, StatusReport};
 use kinfra_core::view::ALL_SERVICES;
 use kinfra_core::view::{Action, ActionError, BoxFuture, RuntimeControl};
 use kinfra_dashboard::auth::AccessPolicy;
 use kinfra_dashboard::sse::EventHistory;
 use kinfra_dashboard::{DashboardError, DashboardOptions, DashboardServer};
 use kinfra_proxy::{ProxyError, ProxyOptions, ProxyServer};
+use kinfra_store::{Store, StoreError};
 use kinfra_supervisor::{ReloadSummary, Supervisor, SupervisorError, SupervisorOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,6 +63,10 @@ pub enum StartError {
     /// The bus config is unusable (bad URL, unreadable credentials or TLS files).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The store cannot be opened (corrupt or locked data dir, unreachable URL) or its boot
+    /// steps failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The dashboard token file could not be read or written.
     #[error("dashboard token file {}: {source}", .path.display())]
     Token {
@@ -70,6 +75,59 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// The store's write counters in the Prometheus text format.
+fn store_metrics(s: &kinfra_store::StoreStats) -> String {
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP kinfra_store_{name} {help}\n# TYPE kinfra_store_{name} {kind}\nkinfra_store_{name} {value}\n"
+        ));
+    };
+    counter(
+        "writes_total",
+        "Changes committed to the store.",
+        "counter",
+        s.written,
+    );
+    counter(
+        "commits_total",
+        "Store transactions committed.",
+        "counter",
+        s.commits,
+    );
+    counter(
+        "write_failures_total",
+        "Store write attempts that failed (each retried).",
+        "counter",
+        s.failures,
+    );
+    counter(
+        "abandoned_total",
+        "Changes the store rejected and gave up on.",
+        "counter",
+        s.abandoned,
+    );
+    counter(
+        "dropped_total",
+        "Changes dropped because the store queue was full.",
+        "counter",
+        s.dropped,
+    );
+    counter(
+        "lagged_total",
+        "Events the store missed because it fell behind.",
+        "counter",
+        s.lagged,
+    );
+    counter(
+        "queued",
+        "Changes waiting to be written.",
+        "gauge",
+        s.queued,
+    );
+    out
 }
 
 /// Samples CPU and memory of the running services' process trees, off the async threads.
@@ -382,6 +440,9 @@ struct RuntimeCore {
     state_dir: PathBuf,
     /// The message bus.
     bus: Bus,
+    /// Runtime state, runs and events; the user's database (`None`: `[store] enabled =
+    /// false`).
+    store: Option<Store>,
     /// The proxy runs (its routes show in status).
     proxy_enabled: bool,
 }
@@ -529,6 +590,10 @@ impl RuntimeControl for RuntimeCore {
         }
         let mut report = StatusReport::new(self.project.clone(), services);
         report.bus = serde_json::to_value(self.bus.status()).ok();
+        report.store = self
+            .store
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s.stats()).ok());
         if self.proxy_enabled {
             report.routes = self
                 .current_config()
@@ -563,7 +628,44 @@ impl RuntimeControl for RuntimeCore {
             b.published,
             b.dropped,
             b.reconnects
-        )
+        ) + &self
+            .store
+            .as_ref()
+            .map(|s| store_metrics(&s.stats()))
+            .unwrap_or_default()
+    }
+
+    fn history(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RunRecord>, String>> {
+        let service = service.map(str::to_owned);
+        Box::pin(async move {
+            let Some(store) = &self.store else {
+                return Err(
+                    "the store is disabled (`[store] enabled = false`): no run history".into(),
+                );
+            };
+            if let Some(name) = &service
+                && !self.current_config().services.contains_key(name)
+                && !self.supervisor.status().contains_key(name)
+            {
+                // A service removed from the config may still have runs on record.
+                let runs = store
+                    .history(Some(name), limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if runs.is_empty() {
+                    return Err(format!("unknown service `{name}`"));
+                }
+                return Ok(runs);
+            }
+            store
+                .history(service.as_deref(), limit)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn logs(
@@ -654,7 +756,59 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
     let state_dir = config.state_dir();
     create_state_dir(&state_dir)?;
     let lock = StateLock::acquire(&state_dir)?;
-    let events = options.events.unwrap_or_else(|| EventSender::new(4096));
+    let events = options
+        .events
+        .clone()
+        .unwrap_or_else(|| EventSender::new(4096));
+    // The store records from the first event on, and cleans up after a killed instance
+    // before anything starts.
+    // (`[store] enabled = false`: no store; the supervisor keeps its state files.)
+    let (store, persistence) = if config.store.enabled {
+        let store = Store::open(&config.store, &state_dir).await?;
+        store.record_events(events.subscribe());
+        let boot = match store.boot(&state_dir).await {
+            Ok(boot) => boot,
+            Err(error) => {
+                store.shutdown(Duration::from_secs(2)).await;
+                return Err(error.into());
+            }
+        };
+        for run in &boot.recovery.killed {
+            tracing::warn!(service = %run.service, pid = run.pid, "Stopped a process a killed instance left running.");
+        }
+        (Some(store), Some(boot.persistence))
+    } else {
+        (None, None)
+    };
+    let started = start_subsystems(
+        config,
+        options,
+        state_dir,
+        lock,
+        events,
+        store.clone(),
+        persistence,
+    )
+    .await;
+    if started.is_err()
+        && let Some(store) = store
+    {
+        store.shutdown(Duration::from_secs(5)).await;
+    }
+    started
+}
+
+/// Everything after the store: listeners, bus, proxy, supervisor, dashboard, control. On an
+/// error, what this started is stopped again (the caller closes the store).
+async fn start_subsystems(
+    config: Config,
+    options: RuntimeOptions,
+    state_dir: PathBuf,
+    lock: StateLock,
+    events: EventSender,
+    store: Option<Store>,
+    persistence: Option<kinfra_store::Persistence>,
+) -> Result<Runtime, StartError> {
     // The dashboard keeps recent events for streams that resume; it records from before the
     // first service starts.
     let history = EventHistory::new(10_000);
@@ -719,18 +873,21 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         None
     };
 
-    let supervisor = Supervisor::start(
-        &effective_services(&config),
-        SupervisorOptions {
-            project: config.project.name.clone(),
-            state_dir: state_dir.clone(),
-            base_dir: config.base_dir.clone(),
-            // Merged into each service by `effective_services`, so reloads see it.
-            global_env: BTreeMap::new(),
-            events: events.clone(),
-        },
-    )
-    .await;
+    let supervisor_options = SupervisorOptions {
+        project: config.project.name.clone(),
+        state_dir: state_dir.clone(),
+        base_dir: config.base_dir.clone(),
+        // Merged into each service by `effective_services`, so reloads see it.
+        global_env: BTreeMap::new(),
+        events: events.clone(),
+    };
+    let services = effective_services(&config);
+    let supervisor = match persistence {
+        Some(persistence) => {
+            Supervisor::start_persisted(&services, supervisor_options, &[], persistence).await
+        }
+        None => Supervisor::start(&services, supervisor_options).await,
+    };
     let supervisor = match supervisor {
         Ok(supervisor) => supervisor,
         Err(error) => {
@@ -756,6 +913,7 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
         maintenance: std::sync::Mutex::new(Maintenance::load(&state_dir, &config)),
         state_dir: state_dir.clone(),
         bus,
+        store,
         proxy_enabled: proxy.is_some(),
     });
     let _ = late.core.set(core.clone());
@@ -853,6 +1011,26 @@ impl Runtime {
     /// The proxy's certificate store: add or swap certificates by SNI name at run time.
     pub fn certificates(&self) -> Option<Arc<kinfra_proxy::CertStore>> {
         self.proxy.as_ref().map(ProxyServer::cert_resolver)
+    }
+
+    /// A SurrealDB handle on the user's own namespace and database (`[store] user_namespace`,
+    /// `user_database`) in the same engine as kinfra's state, apart from kinfra's tables.
+    /// Fails with [`StoreError::Disabled`] when `[store] enabled = false`.
+    pub fn db(&self) -> Result<kinfra_store::Db, StoreError> {
+        self.store()?.user_db()
+    }
+
+    fn store(&self) -> Result<&Store, StoreError> {
+        self.core.store.as_ref().ok_or(StoreError::Disabled)
+    }
+
+    /// Recent runs of one service (or of all), newest first, across restarts of kinfra.
+    pub async fn history(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.store()?.history(service, limit).await
     }
 
     /// The message bus kinfra brought up (a NATS connection, or the in-process bus), for the
@@ -986,6 +1164,11 @@ impl Runtime {
         self.core.supervisor.shutdown(timeout).await;
         // After the services: their last state changes still go out on the bus.
         self.core.bus.clone().shutdown(Duration::from_secs(3)).await;
+        // The store takes the last events (RuntimeStopping, the services' exits) and
+        // commits what is queued.
+        if let Some(store) = &self.core.store {
+            store.shutdown(Duration::from_secs(5)).await;
+        }
         if let Some(dashboard) = self.dashboard {
             dashboard.shutdown(Duration::from_secs(3)).await;
         }

@@ -1,7 +1,7 @@
 //! Commands that talk to a running runtime over its control socket: down, status, logs,
 //! restart, stop, start.
 
-use super::output::{ColorChoice, Prefixer, status_table};
+use super::output::{ColorChoice, Prefixer, history_table, status_table};
 use super::{ConfigArg, InputError, NotRunning, load};
 use anyhow::Context;
 use kinfra::{Action, ControlRequest, ControlResponse};
@@ -141,11 +141,15 @@ pub async fn logs(
     .await?;
     let mut prefixer: Option<Prefixer> = None;
     let color = color.enabled();
+    // One listener for the whole loop: a Ctrl-C that arrives while a line is printed is kept
+    // for the next turn instead of being lost (a fresh `ctrl_c()` per turn would miss it).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
     loop {
         let next = if follow {
             tokio::select! {
                 next = conn.next() => next?,
-                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
             }
         } else {
             conn.next_within(Duration::from_secs(30)).await?
@@ -192,6 +196,36 @@ pub async fn action(arg: &ConfigArg, action: Action, service: &str) -> anyhow::R
                 service
             };
             println!("{who}: {done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ControlResponse::Error { error }) if error.starts_with("unknown service") => {
+            Err(InputError(error).into())
+        }
+        Some(ControlResponse::Error { error }) => anyhow::bail!("{error}"),
+        other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+    }
+}
+
+/// `kinfra runtime history [SERVICE] [-n N] [--json]`
+pub async fn history(
+    arg: &ConfigArg,
+    service: Option<String>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let state_dir = load::state_dir(arg)?;
+    let mut conn = connect(&state_dir).await?;
+    conn.send(&ControlRequest::History { service, limit })
+        .await?;
+    match conn.next_within(Duration::from_secs(30)).await? {
+        Some(ControlResponse::History { runs }) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else if runs.is_empty() {
+                println!("no runs recorded");
+            } else {
+                print!("{}", history_table(&runs));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(ControlResponse::Error { error }) if error.starts_with("unknown service") => {

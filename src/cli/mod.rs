@@ -98,6 +98,20 @@ enum RuntimeCommand {
         #[arg(long, default_value = "auto", value_name = "WHEN")]
         color: output::ColorChoice,
     },
+    /// Show recent runs (PID, start, end, exit, why) of one service or of all, newest first.
+    /// Kept in the store: it survives restarts of kinfra.
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Service name; all services when absent.
+        service: Option<String>,
+        /// How many runs to show.
+        #[arg(short = 'n', long = "limit", default_value_t = 20, value_name = "N")]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the config file and apply it: new services start, removed ones stop, changed
     /// ones restart, the rest are not touched. An invalid file is rejected and nothing
     /// changes. `kill -HUP <pid of runtime up>` does the same.
@@ -251,6 +265,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             color,
         }) => client::logs(&config, service, lines, follow, color).await,
         Command::Runtime(RuntimeCommand::Reload { config }) => client::reload(&config).await,
+        Command::Runtime(RuntimeCommand::History {
+            config,
+            service,
+            limit,
+            json,
+        }) => client::history(&config, service, limit, json).await,
         Command::Runtime(RuntimeCommand::Restart { config, service }) => {
             client::action(&config, kinfra::Action::Restart, &service).await
         }

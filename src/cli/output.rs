@@ -1,6 +1,7 @@
 //! Terminal output: colour choice, per-service colour prefixes, and the status table.
 
 use kinfra::{LogStream, ServiceLogLine, StatusReport};
+use kinfra_core::status::RunRecord;
 use std::io::IsTerminal;
 
 /// When to colour output.
@@ -112,13 +113,7 @@ pub fn status_table(report: &StatusReport) -> String {
             s.status_message.clone(),
         ]);
     }
-    let mut widths = [0usize; 9];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row.iter()) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = format!(
+    let header = format!(
         "project {} — {} services: {} running, {} starting, {} errors\n",
         report.project,
         report.stats.total,
@@ -126,7 +121,23 @@ pub fn status_table(report: &StatusReport) -> String {
         report.stats.starting,
         report.stats.error
     );
-    for row in &rows {
+    header + &table(&rows)
+}
+
+/// Lines of left-aligned columns two spaces apart; the last column is not padded.
+fn table<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.as_ref().iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let row = row.as_ref();
         let line: Vec<String> = row
             .iter()
             .zip(widths.iter())
@@ -143,4 +154,30 @@ pub fn status_table(report: &StatusReport) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `kinfra runtime history` as a table, newest run first.
+pub fn history_table(runs: &[RunRecord]) -> String {
+    let mut rows = vec![vec![
+        "SERVICE".to_string(),
+        "RUN".into(),
+        "PID".into(),
+        "STARTED".into(),
+        "ENDED".into(),
+        "EXIT".into(),
+        "REASON".into(),
+    ]];
+    for r in runs {
+        let exit = r.exit.map_or_else(|| "-".to_string(), |e| e.to_string());
+        rows.push(vec![
+            r.service.clone(),
+            r.n.to_string(),
+            r.pid.to_string(),
+            r.started_at.clone(),
+            r.ended_at.clone().unwrap_or_else(|| "running".into()),
+            exit,
+            r.reason.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table(&rows)
 }

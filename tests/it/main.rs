@@ -8,4 +8,5 @@ mod dashboard;
 mod library;
 mod proxy;
 mod scenarios;
+mod store;
 mod support;

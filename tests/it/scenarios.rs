@@ -156,7 +156,22 @@ fn logs_follow_streams_new_lines() {
         }
     }
     kill(fpid, libc::SIGINT);
-    let _ = follower.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ended_by_sigint = loop {
+        if let Some(status) = follower.try_wait().expect("try_wait") {
+            break status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            kill(fpid, libc::SIGKILL);
+            let _ = follower.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        ended_by_sigint,
+        "the follower did not end cleanly on Ctrl-C"
+    );
     assert!(got.len() >= 12, "follower printed only {got:?}");
     assert!(got.iter().all(|l| l.starts_with("talker")), "{got:?}");
     // Consecutive line numbers: no line lost or repeated at the backlog/live seam.

@@ -1,7 +1,7 @@
 //! The control-socket protocol between the CLI and a running runtime: one JSON object per
 //! line in each direction over the Unix socket `<state_dir>/control.sock`.
 
-use crate::status::{ServiceLogLine, StatusReport};
+use crate::status::{RunRecord, ServiceLogLine, StatusReport};
 use crate::view::Action;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,14 @@ pub enum ControlRequest {
     Reload,
     /// Where the runtime listens. Answered with [`ControlResponse::Info`].
     Info,
+    /// Recent runs and how they ended, newest first, from the store. Answered with
+    /// [`ControlResponse::History`] or `Error`.
+    History {
+        /// One service, or all when `None`.
+        service: Option<String>,
+        /// At most this many runs.
+        limit: usize,
+    },
 }
 
 /// Facts about a running runtime, for the CLI.
@@ -79,6 +87,11 @@ pub enum ControlResponse {
     Info {
         /// The facts.
         info: RuntimeInfo,
+    },
+    /// Recent runs, newest first.
+    History {
+        /// The runs.
+        runs: Vec<RunRecord>,
     },
     /// No more lines follow.
     End,

@@ -2,7 +2,7 @@
 //! and act on it, without knowing how the runtime is put together.
 
 use crate::event::Event;
-use crate::status::{LogLine, ServiceLogLine, StatusReport};
+use crate::status::{LogLine, RunRecord, ServiceLogLine, StatusReport};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -110,6 +110,17 @@ pub trait RuntimeControl: Send + Sync + 'static {
     /// summary for people, or the error.
     fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async { Err("this runtime cannot reload its config".to_owned()) })
+    }
+
+    /// Recent runs of one service (or of all), newest first, from the store; survives
+    /// restarts of kinfra. Errors (no store, an unknown service) are for people.
+    fn history(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RunRecord>, String>> {
+        let _ = (service, limit);
+        Box::pin(async { Err("this runtime keeps no run history".to_owned()) })
     }
 
     /// Metrics of other subsystems (bus, store, proxy), already in the Prometheus text

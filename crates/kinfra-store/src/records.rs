@@ -1,43 +1,8 @@
 //! The shapes the store hands out: runs, stored events, ACME material, counters.
 
-use kinfra_core::event::{Event, ExitInfo};
+use kinfra_core::event::Event;
+pub use kinfra_core::status::RunRecord;
 use serde::{Deserialize, Serialize};
-
-/// One process start of a service, with how it ended (`kinfra runtime history`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// Increases by one per run, across restarts of kinfra.
-    pub n: u64,
-    /// The start of kinfra that ran it.
-    pub boot: String,
-    /// The service.
-    pub service: String,
-    /// Its PID.
-    pub pid: u32,
-    /// Its start time in `/proc/PID/stat` (clock ticks after boot), when it could be read;
-    /// with the PID it identifies the process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<u64>,
-    /// When it started, RFC 3339.
-    pub started_at: String,
-    /// When it ended, RFC 3339; absent while it runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
-    /// How it ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit: Option<ExitInfo>,
-    /// Why it ended: `exited`, `crashed`, `stopped`, `shutdown`, `killed at boot` (left by an
-    /// instance that was killed), `lost` (gone when the next instance looked), `unknown`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl RunRecord {
-    /// True while no end is recorded.
-    pub fn is_live(&self) -> bool {
-        self.ended_at.is_none()
-    }
-}
 
 /// An event as stored, with where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
