@@ -36,6 +36,14 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// The host port of a resource cannot be had.
+    #[error("resource `{resource}`: {reason}")]
+    Port {
+        /// The resource.
+        resource: String,
+        /// Why (taken by another process, allocation failed).
+        reason: String,
+    },
     /// The generated secrets file cannot be read or written.
     #[error("the secrets file {path} is not usable: {source}")]
     Secrets {
@@ -92,7 +100,9 @@ impl From<DockerError> for ResourceError {
                 ResourceError::Invalid(e.to_string())
             }
             DockerError::Api { op, .. } => ResourceError::op(op, e),
-            DockerError::Secrets { .. } => ResourceError::Invalid(e.to_string()),
+            DockerError::Secrets { .. } | DockerError::Port { .. } => {
+                ResourceError::Invalid(e.to_string())
+            }
         }
     }
 }

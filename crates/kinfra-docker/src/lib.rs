@@ -14,6 +14,7 @@
 //!   [`ResourceError::EngineUnavailable`](kinfra_core::resource::ResourceError), which the
 //!   supervisor shows on that resource alone.
 
+pub mod build;
 pub mod container;
 pub mod engine;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod secrets;
 pub mod spec;
 pub mod template;
 
+pub use build::{Built, PortSource, from_config};
 pub use container::{DockerResource, EngineHandle};
 pub use engine::{Engine, ImageSource};
 pub use error::DockerError;

@@ -60,3 +60,46 @@ async fn no_engine_fails_only_the_resource() {
     assert_eq!(cache.restarts, 0, "no restart loop on a missing engine");
     sup.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_pulled_and_a_failed_pull_is_clear() {
+    let project = Project::new("pull").await;
+    let mut cfg = ResourceConfig::new(Template::Docker);
+    cfg.image = Some("kinfra-test/not-here:1".into());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let progress = seen.clone();
+    let res = DockerResource::from_config(
+        &project.name,
+        "ghost",
+        &cfg,
+        None,
+        &project.secrets(),
+        project.engine(),
+    )
+    .expect("resource")
+    .with_progress(move |line| {
+        if let Ok(mut v) = progress.lock() {
+            v.push(line);
+        }
+    });
+    let err = tokio::time::timeout(SECS(60), res.start())
+        .await
+        .expect("the pull ends")
+        .expect_err("no registry here");
+    assert!(
+        !matches!(err, ResourceError::EngineUnavailable { .. }),
+        "{err}"
+    );
+    assert!(err.is_permanent(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("image `kinfra-test/not-here:1` is not present and pulling it failed"),
+        "{msg}"
+    );
+    let seen = seen.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("Pulling kinfra-test/not-here:1")
+    );
+    assert!(project.containers("ghost").is_empty(), "nothing created");
+}

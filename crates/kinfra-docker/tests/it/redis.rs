@@ -3,56 +3,64 @@
 //! `${resources.cache.url}`, a kinfra restart without a duplicate container, data kept.
 
 use crate::support::*;
-use kinfra_core::config::{
-    CommandSpec, DependCondition, PortSpec, ResourceConfig, ServiceConfig, Template,
-};
+use kinfra_core::config::{Config, Format, PortSpec};
+use kinfra_core::resource::Resource;
 use kinfra_core::state::{Health, ServiceState};
-use kinfra_docker::DockerResource;
+use kinfra_docker::PortSource;
 use kinfra_supervisor::ports::PortStore;
 use kinfra_supervisor::{ResourceSpec, Supervisor, SupervisorOptions};
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
+struct Ports(PortStore);
+
+impl PortSource for Ports {
+    fn saved(&self, name: &str) -> Option<u16> {
+        self.0.get(name)
+    }
+    fn resolve(&mut self, name: &str, spec: PortSpec) -> Result<u16, String> {
+        self.0
+            .resolve(name, spec)
+            .map(|(p, _)| p)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Boots what `kinfra runtime up` would for this kinfra.toml: resources from the config,
+/// services depending on them.
 async fn boot(project: &Project, out: &std::path::Path, script: &str) -> (Supervisor, u16) {
-    let mut cfg = ResourceConfig::new(Template::Redis);
-    cfg.image = Some(REDIS.into());
-    cfg.port = Some(PortSpec::Auto);
-    let ports = PortStore::load(&project.state_dir().join("ports.json")).expect("ports");
-    let engine = project.engine();
-    let port = engine
-        .host_port(
-            &project.name,
-            "cache",
-            cfg.port,
-            ports.get("cache"),
-            |spec| ports.resolve("cache", spec).map(|(p, _)| p),
-        )
-        .await
-        .expect("port")
-        .expect("a port");
-    drop(ports);
-    let res = DockerResource::from_config(
-        &project.name,
-        "cache",
-        &cfg,
-        Some(port),
-        &project.secrets(),
-        engine,
-    )
-    .expect("resource");
-    let spec = ResourceSpec::from_config(Arc::new(res), &cfg);
-    let mut app = ServiceConfig::new(CommandSpec::Shell(format!(
-        "{script} > {out} 2>&1; sleep 60",
+    let toml = format!(
+        r#"
+[project]
+name = "{name}"
+
+[resources.cache]
+template = "redis"
+image = "{REDIS}"
+port = "auto"
+
+[services.app]
+command = "{script} > {out} 2>&1; sleep 60"
+env = {{ REDIS_URL = "${{resources.cache.url}}" }}
+depends_on = {{ cache = "healthy" }}
+"#,
+        name = project.name,
+        script = script.replace('"', "\\\""),
         out = out.display()
-    )));
-    app.env
-        .insert("REDIS_URL".into(), "${resources.cache.url}".into());
-    app.depends_on
-        .0
-        .insert("cache".into(), DependCondition::Healthy);
-    let services = BTreeMap::from([("app".to_owned(), app)]);
+    );
+    let config = Config::parse(&toml, Format::Toml, "kinfra.toml", project.dir.path(), &[])
+        .unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+    let mut ports = Ports(PortStore::load(&project.state_dir().join("ports.json")).expect("ports"));
+    let built =
+        kinfra_docker::from_config(&config, &project.engine(), &project.secrets(), &mut ports)
+            .await
+            .expect("resources");
+    drop(ports);
+    let port = built[0].resource.connection().port.expect("a port");
+    let specs = built
+        .into_iter()
+        .map(|b| (b.name, ResourceSpec::from_config(b.resource, &b.config)))
+        .collect();
     let opts = SupervisorOptions::new(project.name.clone(), project.state_dir());
-    let sup = Supervisor::start_with_resources(&services, opts, vec![("cache".into(), spec)])
+    let sup = Supervisor::start_with_resources(&config.services, opts, specs)
         .await
         .expect("supervisor");
     (sup, port)
