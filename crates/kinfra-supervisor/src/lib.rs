@@ -627,6 +627,26 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Stops a resource (within its grace) and forgets it, without its `on_down` removal:
+    /// for a reload, remove the old adapter and [`Supervisor::add_resources`] the new one
+    /// (a container whose config hash changed is then recreated by its adapter). Unknown
+    /// names are refused.
+    pub async fn remove_resource(&self, name: &str) -> Result<(), ActionError> {
+        let handle = write(&self.inner.resources)
+            .remove(name)
+            .ok_or_else(|| ActionError::UnknownService(name.to_owned()))?;
+        let (tx, rx) = oneshot::channel();
+        if handle.cmds.send(Command::Halt(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        handle.task.abort();
+        let shared = &self.inner.shared;
+        write(&shared.snapshots).remove(name);
+        write(&shared.resource_conns).remove(name);
+        shared.world.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
+    }
+
     /// How to reach a resource (what `${resources.NAME.FIELD}` resolves to).
     pub fn resource_connection(&self, name: &str) -> Option<kinfra_core::resource::Connection> {
         read(&self.inner.shared.resource_conns).get(name).cloned()

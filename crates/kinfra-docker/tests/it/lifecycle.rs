@@ -152,11 +152,14 @@ async fn exit_codes_feed_the_restart_policy() {
         1,
         "restarts reuse the container"
     );
-    let logs = sup.logs(Some("crash"), 200).expect("logs");
-    assert!(logs.iter().any(|l| l.line.message == "run"), "{logs:?}");
+    let has = |needle: &'static str| {
+        sup.logs(Some("crash"), 200)
+            .is_ok_and(|l| l.iter().any(|l| l.line.message.contains(needle)))
+    };
     assert!(
-        logs.iter().any(|l| l.line.message.contains("exit code 5")),
-        "{logs:?}"
+        wait_for(SECS(10), || has("run") && has("exit code 5")).await,
+        "{:?}",
+        sup.logs(Some("crash"), 200)
     );
     sup.shutdown(SECS(10)).await;
 }

@@ -70,10 +70,13 @@ async fn a_resource_restarts_on_failure_and_gates_its_dependents() {
     assert_eq!(db.kind, "process");
     assert_eq!(db.restarts, 2, "two failed runs before the good one");
     assert_eq!(db.last_exit.and_then(|e| e.code), Some(4));
-    let logs = sup.logs(Some("db"), 50).expect("logs");
     assert!(
-        logs.iter().any(|l| l.line.message == "attempt 3"),
-        "the resource's own output reaches the log pipeline: {logs:?}"
+        wait_for(SECS(5), || sup
+            .logs(Some("db"), 50)
+            .is_ok_and(|l| l.iter().any(|l| l.line.message == "attempt 3")))
+        .await,
+        "the resource's own output reaches the log pipeline: {:?}",
+        sup.logs(Some("db"), 50)
     );
     // Actions work on resources like on services.
     sup.act(kinfra_core::view::Action::Stop, "db")
@@ -139,6 +142,46 @@ async fn a_missing_program_fails_the_resource_and_the_rest_runs() {
         status_of(&sup, "broken")
             .status_message
             .contains("/nonexistent/kinfra-program")
+    );
+    sup.shutdown(SECS(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_can_be_replaced_for_a_reload() {
+    let project = Project::new();
+    let old = ResourceSpec::new(Arc::new(ProcessResource::shell(
+        "db",
+        "trap 'exit 0' TERM; echo old; while :; do sleep 0.1; done",
+        Some(1111),
+    )));
+    let sup = Supervisor::start_with_resources(
+        &BTreeMap::new(),
+        project.opts(),
+        vec![("db".into(), old)],
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "db", ServiceState::Running, SECS(10)).await;
+    assert_eq!(
+        sup.resource_connection("db").and_then(|c| c.port),
+        Some(1111)
+    );
+    sup.remove_resource("db").await.expect("remove");
+    assert!(!sup.status().contains_key("db"));
+    assert!(sup.remove_resource("db").await.is_err(), "unknown now");
+    let new = ResourceSpec::new(Arc::new(ProcessResource::shell(
+        "db",
+        "trap 'exit 0' TERM; echo new; while :; do sleep 0.1; done",
+        Some(2222),
+    )));
+    sup.add_resources(vec![("db".into(), new)]).expect("add");
+    expect_state(&sup, "db", ServiceState::Running, SECS(10)).await;
+    assert_eq!(status_of(&sup, "db").port, Some(2222));
+    assert!(
+        wait_for(SECS(5), || sup
+            .logs(Some("db"), 20)
+            .is_ok_and(|l| l.iter().any(|l| l.line.message == "new")))
+        .await
     );
     sup.shutdown(SECS(5)).await;
 }
