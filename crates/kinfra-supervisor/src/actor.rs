@@ -704,10 +704,28 @@ impl Actor {
     }
 
     fn secret_values(&self, env: &[(String, String)]) -> Vec<String> {
-        env.iter()
+        let mut out: Vec<String> = env
+            .iter()
             .filter(|(k, _)| is_secret_name(k))
             .map(|(_, v)| v.clone())
-            .collect()
+            .collect();
+        // Resource connection strings and passwords reach services through
+        // `${resources.NAME.FIELD}`; they are masked wherever they show up.
+        let conns = match self.shared.resource_conns.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        for c in conns.values() {
+            out.extend(c.url.iter().map(|u| u.expose().to_owned()));
+            out.extend(
+                c.fields
+                    .iter()
+                    .filter(|(k, _)| is_secret_name(k))
+                    .map(|(_, v)| v.expose().to_owned()),
+            );
+        }
+        out.retain(|v| !v.is_empty());
+        out
     }
 
     /// Resolves the port right before a spawn; a stale process of ours holding it is killed.

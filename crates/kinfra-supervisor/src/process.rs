@@ -30,6 +30,7 @@ pub struct ProcessResource {
     name: String,
     spec: SpawnSpec,
     port: Option<u16>,
+    connection: Option<Connection>,
     current: Mutex<Option<Current>>,
     recent: Arc<Mutex<VecDeque<OutputLine>>>,
 }
@@ -81,6 +82,7 @@ impl ProcessResource {
                 cwd: cwd.into(),
             },
             port,
+            connection: None,
             current: Mutex::new(None),
             recent: Arc::new(Mutex::new(VecDeque::new())),
         }
@@ -96,6 +98,12 @@ impl ProcessResource {
             std::env::temp_dir(),
             port,
         )
+    }
+
+    /// Reports `connection` (a URL, secret fields) instead of just `127.0.0.1` and the port.
+    pub fn with_connection(mut self, connection: Connection) -> Self {
+        self.connection = Some(connection);
+        self
     }
 
     fn live(&self) -> Option<(i32, watch::Receiver<Option<ExitInfo>>)> {
@@ -280,6 +288,9 @@ impl Resource for ProcessResource {
     }
 
     fn connection(&self) -> Connection {
+        if let Some(c) = &self.connection {
+            return c.clone();
+        }
         Connection {
             host: "127.0.0.1".into(),
             port: self.port,

@@ -185,3 +185,55 @@ async fn a_resource_can_be_replaced_for_a_reload() {
     );
     sup.shutdown(SECS(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_resource_urls_and_never_show_them() {
+    let project = Project::new();
+    let out = project.path().join("url.txt");
+    let conn = kinfra_core::resource::Connection {
+        host: "127.0.0.1".into(),
+        port: Some(6399),
+        url: Some(kinfra_core::Secret::new(
+            "redis://default:s3cretpw@127.0.0.1:6399",
+        )),
+        fields: BTreeMap::from([("password".to_owned(), kinfra_core::Secret::new("s3cretpw"))]),
+    };
+    let db = ResourceSpec::new(Arc::new(
+        ProcessResource::shell(
+            "db",
+            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+            None,
+        )
+        .with_connection(conn),
+    ));
+    let mut api = sh(&format!(
+        "echo ${{resources.db.url}} ${{resources.db.port}} > {}; sleep 30",
+        out.display()
+    ));
+    api.depends_on
+        .0
+        .insert("db".into(), DependCondition::Started);
+    let sup = Supervisor::start_with_resources(
+        &services(vec![("api", api)]),
+        project.opts(),
+        vec![("db".into(), db)],
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "api", ServiceState::Running, SECS(10)).await;
+    assert!(
+        wait_for(SECS(5), || std::fs::read_to_string(&out)
+            .is_ok_and(|s| s.contains("6399")))
+        .await
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("out").trim(),
+        "redis://default:s3cretpw@127.0.0.1:6399 6399"
+    );
+    let shown = format!("{:?}", sup.status());
+    assert!(
+        !shown.contains("s3cretpw"),
+        "a resource secret leaked: {shown}"
+    );
+    sup.shutdown(SECS(5)).await;
+}
