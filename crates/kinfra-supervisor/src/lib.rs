@@ -255,7 +255,7 @@ impl Supervisor {
         opts: SupervisorOptions,
         external: &[String],
     ) -> Result<Supervisor, SupervisorError> {
-        Self::start_inner(services, opts, external, None).await
+        Self::start_inner(services, opts, external, None, BTreeMap::new()).await
     }
 
     /// Like [`Supervisor::start_with_external`], with durable state kept by the caller (the
@@ -269,7 +269,7 @@ impl Supervisor {
         external: &[String],
         persistence: Persistence,
     ) -> Result<Supervisor, SupervisorError> {
-        Self::start_inner(services, opts, external, Some(persistence)).await
+        Self::start_inner(services, opts, external, Some(persistence), BTreeMap::new()).await
     }
 
     async fn start_inner(
@@ -277,6 +277,7 @@ impl Supervisor {
         opts: SupervisorOptions,
         external: &[String],
         persistence: Option<Persistence>,
+        conns: BTreeMap<String, kinfra_core::resource::Connection>,
     ) -> Result<Supervisor, SupervisorError> {
         let state_dir = opts.state_dir.clone();
         std::fs::create_dir_all(&state_dir).map_err(state_err(&state_dir))?;
@@ -360,7 +361,7 @@ impl Supervisor {
             log_tx,
             snapshots: RwLock::new(BTreeMap::new()),
             port_map: RwLock::new(BTreeMap::new()),
-            resource_conns: RwLock::new(BTreeMap::new()),
+            resource_conns: RwLock::new(conns),
             world,
         });
         let mut externals = BTreeMap::new();
@@ -556,14 +557,21 @@ impl Supervisor {
 
     /// Like [`Supervisor::start_with_external`] for resources driven through an adapter
     /// ([`ResourceSpec`]): services that depend on them wait for them with the usual
-    /// conditions, and they appear in [`Supervisor::status`] with their adapter's `kind`.
+    /// conditions, `${resources.NAME.FIELD}` resolves from the first service spawn on, and
+    /// they appear in [`Supervisor::status`] with their adapter's `kind`. With
+    /// `persistence`, durable state is kept as by [`Supervisor::start_persisted`].
     pub async fn start_with_resources(
         services: &BTreeMap<String, ServiceConfig>,
         opts: SupervisorOptions,
         resources: Vec<(String, ResourceSpec)>,
+        persistence: Option<Persistence>,
     ) -> Result<Supervisor, SupervisorError> {
         let names: Vec<String> = resources.iter().map(|(n, _)| n.clone()).collect();
-        let sup = Self::start_with_external(services, opts, &names).await?;
+        let conns = resources
+            .iter()
+            .map(|(n, spec)| (n.clone(), spec.resource.connection()))
+            .collect();
+        let sup = Self::start_inner(services, opts, &names, persistence, conns).await?;
         sup.add_resources(resources)?;
         Ok(sup)
     }

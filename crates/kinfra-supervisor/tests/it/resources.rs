@@ -53,6 +53,7 @@ async fn a_resource_restarts_on_failure_and_gates_its_dependents() {
         &services(vec![("api", api)]),
         project.opts(),
         vec![("db".into(), spec)],
+        None,
     )
     .await
     .expect("start");
@@ -109,6 +110,7 @@ async fn no_restart_policy_completes_or_fails() {
         &BTreeMap::new(),
         project.opts(),
         vec![("ok".into(), ok), ("bad".into(), bad)],
+        None,
     )
     .await
     .expect("start");
@@ -133,6 +135,7 @@ async fn a_missing_program_fails_the_resource_and_the_rest_runs() {
         &services(vec![("api", sh("sleep 30"))]),
         project.opts(),
         vec![("broken".into(), broken)],
+        None,
     )
     .await
     .expect("start");
@@ -158,6 +161,7 @@ async fn a_resource_can_be_replaced_for_a_reload() {
         &BTreeMap::new(),
         project.opts(),
         vec![("db".into(), old)],
+        None,
     )
     .await
     .expect("start");
@@ -206,17 +210,16 @@ async fn services_get_resource_urls_and_never_show_them() {
         )
         .with_connection(conn),
     ));
-    let mut api = sh(&format!(
+    let api = sh(&format!(
         "echo ${{resources.db.url}} ${{resources.db.port}} > {}; sleep 30",
         out.display()
     ));
-    api.depends_on
-        .0
-        .insert("db".into(), DependCondition::Started);
+    // No depends_on: the URL resolves from the first spawn on anyway.
     let sup = Supervisor::start_with_resources(
         &services(vec![("api", api)]),
         project.opts(),
         vec![("db".into(), db)],
+        None,
     )
     .await
     .expect("start");
