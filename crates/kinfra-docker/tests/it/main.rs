@@ -3,6 +3,7 @@
 
 mod adoption;
 mod conformance;
+mod health;
 mod lifecycle;
 mod missing_engine;
 mod redis;
