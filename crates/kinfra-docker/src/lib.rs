@@ -13,6 +13,41 @@
 //! - Without an engine, every operation fails with
 //!   [`ResourceError::EngineUnavailable`](kinfra_core::resource::ResourceError), which the
 //!   supervisor shows on that resource alone.
+//!
+//! # Wiring (what the runtime does)
+//!
+//! ```no_run
+//! use kinfra_core::config::{Config, PortSpec};
+//! use kinfra_docker::{EngineHandle, PortSource, Secrets};
+//! use kinfra_supervisor::ports::PortStore;
+//! use kinfra_supervisor::{ResourceSpec, Supervisor, SupervisorOptions};
+//!
+//! struct Ports(PortStore);
+//! impl PortSource for Ports {
+//!     fn saved(&self, name: &str) -> Option<u16> {
+//!         self.0.get(name)
+//!     }
+//!     fn resolve(&mut self, name: &str, spec: PortSpec) -> Result<u16, String> {
+//!         self.0.resolve(name, spec).map(|(p, _)| p).map_err(|e| e.to_string())
+//!     }
+//! }
+//!
+//! # async fn boot(config: Config, opts: SupervisorOptions) -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = EngineHandle::local();
+//! let secrets = Secrets::in_state_dir(&config.project.state_dir);
+//! let mut ports = Ports(PortStore::load(&config.project.state_dir.join("ports.json"))?);
+//! let built = kinfra_docker::from_config(&config, &engine, &secrets, &mut ports).await?;
+//! drop(ports);
+//! let resources = built
+//!     .into_iter()
+//!     .map(|b| (b.name, ResourceSpec::from_config(b.resource, &b.config)))
+//!     .collect();
+//! let sup = Supervisor::start_with_resources(&config.services, opts, resources, None).await?;
+//! // status(), act(), logs() and shutdown() now cover the containers too.
+//! sup.shutdown(config.project.shutdown_timeout.0).await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod build;
 pub mod container;
