@@ -609,7 +609,7 @@ impl ManagedDomain {
         self.failures = self.failures.saturating_add(1);
         let delay = shared.backoff(self.failures);
         self.next_attempt = Some(Instant::now() + delay);
-        let message = error.to_string();
+        let message = error_chain(error);
         warn!(domain = %self.domain, error = %message, attempt = self.failures, retry_in = ?delay, "Certificate order failed.");
         let state = match current {
             Some(c) if c.info.not_after <= SystemTime::now() => CertState::Expired,
@@ -629,6 +629,22 @@ impl ManagedDomain {
             retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         });
     }
+}
+
+/// `error` with its sources, each added when the text so far does not already say it
+/// (`new order: client error (Connect): tcp connect error: Connection refused`).
+fn error_chain(error: &AcmeError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The running service: status, and a graceful stop.
