@@ -293,10 +293,11 @@ impl pingora::listeners::PreTlsProcess for AcmeAlpnResponder {
             }
             Err(_) => tracing::debug!(sni = ?sni, "TLS-ALPN-01 handshake timed out."),
         }
-        // The connection was for validation only: pingora must not handshake again.
+        // The connection was for validation only: pingora must not handshake again. pingora
+        // logs every early end of a connection as a handshake error; the context says why.
         Err(Error::explain(
             ErrorType::ConnectionClosed,
-            "acme-tls/1 answered",
+            "ACME TLS-ALPN-01 validation answered (not an error)",
         ))
     }
 }

@@ -205,3 +205,74 @@ async fn a_domain_that_fails_validation_gets_a_clear_event_and_others_are_issued
     proxy.shutdown(Duration::from_secs(1)).await;
     store.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Issuance time against Pebble (nonce rejection on, no validation delay): one new domain
+/// per round, from `AcmeService::start` to `CertIssued`. Run with
+/// `cargo test -p kinfra-acme --test it issuance_time -- --ignored --nocapture`; results go
+/// to `bench/acme.md` by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn issuance_time() {
+    init_tracing();
+    let rounds: usize = std::env::var("KINFRA_ACME_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for challenge in [ChallengeKind::Http01, ChallengeKind::TlsAlpn01] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let proxy = proxy(&state).await;
+        let (http, https) = (proxy.http_addr().unwrap(), proxy.https_addr().unwrap());
+        let pebble = Pebble::start(dir.path(), http.port(), https.port(), None).await;
+        let store = store(&state).await;
+        let events = EventSender::new(256);
+        let mut times = Vec::new();
+        let mut failures = 0;
+        for round in 0..rounds {
+            let domain = format!("b{round}.bench.kinfra.test");
+            let mut rx = events.subscribe();
+            let config = acme_config(&pebble, &[domain.as_str()], challenge);
+            let started = Instant::now();
+            let handle = acme(
+                config,
+                acme_options(&state, "bench"),
+                &store,
+                &proxy,
+                &events,
+            )
+            .await;
+            let mut seen = Vec::new();
+            wait_for("CertIssued", WAIT, || {
+                drain(&mut rx, &mut seen);
+                let done = seen
+                    .iter()
+                    .any(|e| matches!(e.kind, EventKind::CertIssued { .. }));
+                async move { done.then_some(()) }
+            })
+            .await;
+            times.push(started.elapsed());
+            failures += seen
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::CertRenewalFailed { .. }))
+                .count();
+            handle.shutdown().await;
+        }
+        let first = times[0];
+        let mut rest: Vec<Duration> = times[1..].to_vec();
+        rest.sort();
+        let pct = |p: f64| {
+            let i = ((rest.len() as f64 - 1.0) * p).round() as usize;
+            rest.get(i).copied().unwrap_or_default()
+        };
+        eprintln!(
+            "BENCH {challenge:?}: rounds={rounds} failures={failures} first(with account)={}ms \
+             p50={}ms p95={}ms max={}ms",
+            first.as_millis(),
+            pct(0.5).as_millis(),
+            pct(0.95).as_millis(),
+            rest.last().copied().unwrap_or_default().as_millis()
+        );
+        proxy.shutdown(Duration::from_secs(1)).await;
+        store.shutdown(Duration::from_secs(5)).await;
+    }
+}

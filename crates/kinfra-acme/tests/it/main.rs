@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod alpn;
 mod issue;
 mod lock;
 mod outage;
