@@ -732,5 +732,5 @@ fn default_acme_retry_max() -> Dur {
 }
 
 fn default_acme_orders_per_hour() -> u32 {
-    12
+    60
 }
