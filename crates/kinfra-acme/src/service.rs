@@ -137,8 +137,8 @@ struct Shared {
     challenges: Arc<ChallengeStore>,
     events: EventSender,
     accounts: Accounts,
-    /// Start times of the orders of the last hour (the account's rate guard).
-    guard: Mutex<VecDeque<Instant>>,
+    /// The account's rate guard.
+    guard: Mutex<RateGuard>,
     status: Mutex<BTreeMap<String, CertStatus>>,
     orders: AtomicU64,
 }
@@ -173,33 +173,71 @@ impl Shared {
 
     /// Takes a slot of the rate guard, or says how long until one is free.
     fn take_order_slot(&self) -> Result<(), Duration> {
-        const WINDOW: Duration = Duration::from_secs(3600);
-        let now = Instant::now();
-        let mut guard = self.guard.lock();
-        while guard
+        self.guard.lock().take(Instant::now())
+    }
+
+    /// Gives back the slot taken last (the order was not placed after all).
+    fn give_back_order_slot(&self) {
+        self.guard.lock().give_back();
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        backoff(
+            self.config.retry_min.0,
+            self.config.retry_max.0,
+            failures,
+            random_u32() % 1000,
+        )
+    }
+}
+
+/// The delay after `failures` failures in a row: `min` doubled per failure, at most `max`,
+/// plus `jitter_permille / 10` percent (under 10 %) so instances do not retry in step.
+fn backoff(min: Duration, max: Duration, failures: u32, jitter_permille: u32) -> Duration {
+    let max = max.max(min);
+    let exp = failures.saturating_sub(1).min(30);
+    let base = min.saturating_mul(1u32 << exp).min(max);
+    let jitter = base.mul_f64(f64::from(jitter_permille.min(999)) / 10_000.0);
+    (base + jitter).min(max)
+}
+
+/// At most `limit` orders in any hour (per account: every domain's orders count).
+#[derive(Debug)]
+struct RateGuard {
+    limit: usize,
+    /// Start times of the orders of the last hour, oldest first.
+    started: VecDeque<Instant>,
+}
+
+impl RateGuard {
+    const WINDOW: Duration = Duration::from_secs(3600);
+
+    fn new(per_hour: u32) -> Self {
+        Self {
+            limit: usize::try_from(per_hour.max(1)).unwrap_or(usize::MAX),
+            started: VecDeque::new(),
+        }
+    }
+
+    /// Counts an order starting `now`, or says how long until one may start.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        while self
+            .started
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Self::WINDOW)
         {
-            guard.pop_front();
+            self.started.pop_front();
         }
-        let limit = usize::try_from(self.config.orders_per_hour.max(1)).unwrap_or(usize::MAX);
-        if guard.len() >= limit {
-            let oldest = guard.front().copied().unwrap_or(now);
-            return Err(WINDOW.saturating_sub(now.duration_since(oldest)));
+        if self.started.len() >= self.limit {
+            let oldest = self.started.front().copied().unwrap_or(now);
+            return Err(Self::WINDOW.saturating_sub(now.saturating_duration_since(oldest)));
         }
-        guard.push_back(now);
+        self.started.push_back(now);
         Ok(())
     }
 
-    /// The delay after `failures` failures in a row: `retry_min` doubled per failure, at most
-    /// `retry_max`, with up to 10 % jitter so instances do not retry in step.
-    fn backoff(&self, failures: u32) -> Duration {
-        let min = self.config.retry_min.0;
-        let max = self.config.retry_max.0.max(min);
-        let exp = failures.saturating_sub(1).min(30);
-        let base = min.saturating_mul(1u32 << exp).min(max);
-        let jitter = base.mul_f64(f64::from(random_u32() % 1000) / 10_000.0);
-        (base + jitter).min(max)
+    fn give_back(&mut self) {
+        self.started.pop_back();
     }
 }
 
@@ -245,6 +283,7 @@ impl AcmeService {
             options.request_timeout,
             store.clone(),
         );
+        let guard = Mutex::new(RateGuard::new(config.orders_per_hour));
         let shared = Arc::new(Shared {
             config,
             options,
@@ -253,7 +292,7 @@ impl AcmeService {
             challenges,
             events,
             accounts,
-            guard: Mutex::new(VecDeque::new()),
+            guard,
             status: Mutex::new(BTreeMap::new()),
             orders: AtomicU64::new(0),
         });
@@ -447,14 +486,14 @@ impl ManagedDomain {
                     debug!(domain = %domain, "Another instance is ordering this certificate.");
                     shared.update(&domain, |s| s.state = CertState::Waiting);
                     // The slot was not used.
-                    shared.guard.lock().pop_back();
+                    shared.give_back_order_slot();
                     if let Wake::Shutdown = self.sleep(shared.options.lock_wait).await {
                         break;
                     }
                     continue;
                 }
                 Err(error) => {
-                    shared.guard.lock().pop_back();
+                    shared.give_back_order_slot();
                     self.failed(&current, &AcmeError::from(error));
                     continue;
                 }
@@ -463,7 +502,7 @@ impl ManagedDomain {
             if let Ok(Some(c)) = load_and_install(&shared, &domain, self.installed.as_deref()).await
                 && c.info.renew_at(renew_before) > SystemTime::now()
             {
-                shared.guard.lock().pop_back();
+                shared.give_back_order_slot();
                 self.installed = Some(c.chain_pem);
                 self.release(&lock_name).await;
                 continue;
@@ -690,5 +729,48 @@ impl AcmeHandle {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(3600));
+        let b = |n| backoff(min, max, n, 0).as_secs();
+        assert_eq!(
+            [b(1), b(2), b(3), b(4), b(6), b(7), b(50)],
+            [60, 120, 240, 480, 1920, 3600, 3600]
+        );
+        assert_eq!(backoff(min, max, 1, 999), Duration::from_millis(65_994));
+        assert_eq!(
+            backoff(min, max, 9, 999),
+            max,
+            "jitter never passes the cap"
+        );
+        assert_eq!(
+            backoff(min, Duration::ZERO, 3, 0),
+            min,
+            "a cap below the minimum"
+        );
+    }
+
+    #[test]
+    fn rate_guard_allows_a_number_per_hour() {
+        let mut g = RateGuard::new(2);
+        let t0 = Instant::now();
+        assert!(g.take(t0).is_ok());
+        assert!(g.take(t0 + Duration::from_secs(10)).is_ok());
+        let wait = g.take(t0 + Duration::from_secs(20)).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(3580));
+        g.give_back();
+        assert!(g.take(t0 + Duration::from_secs(20)).is_ok());
+        assert!(
+            g.take(t0 + Duration::from_secs(3600)).is_ok(),
+            "the oldest left the window"
+        );
     }
 }
