@@ -61,13 +61,14 @@ impl CertInfo {
     }
 
     /// When renewal is due: `renew_before` ahead of expiry when set, else when a third of
-    /// the lifetime remains.
+    /// the lifetime remains. `renew_before` is capped at half the lifetime, so a setting
+    /// longer than a short-lived certificate's life cannot make every check order again.
     pub fn renew_at(&self, renew_before: Option<Duration>) -> SystemTime {
         let lifetime = self
             .not_after
             .duration_since(self.not_before)
             .unwrap_or_default();
-        let before = renew_before.unwrap_or(lifetime / 3).min(lifetime);
+        let before = renew_before.unwrap_or(lifetime / 3).min(lifetime / 2);
         self.not_after
             .checked_sub(before)
             .unwrap_or(self.not_before)
@@ -138,7 +139,7 @@ mod tests {
         );
         assert_eq!(
             info.renew_at(Some(Duration::from_secs(1000 * 86400))),
-            start
+            start + Duration::from_secs(45 * 86400)
         );
         assert!(info.covers("A.test"));
         assert!(!info.covers("b.test"));

@@ -724,11 +724,19 @@ impl AcmeHandle {
 
     /// Stops the service: an order in flight is abandoned (its challenges taken down, its
     /// lock released); served certificates stay in the proxy.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for AcmeHandle {
+    /// A handle dropped without [`AcmeHandle::shutdown`] still stops its tasks (without
+    /// waiting for them).
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
     }
 }
 
