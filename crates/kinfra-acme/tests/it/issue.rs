@@ -206,6 +206,52 @@ async fn a_domain_that_fails_validation_gets_a_clear_event_and_others_are_issued
     store.shutdown(Duration::from_secs(5)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_nonce_rejection_is_retried_until_issued() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let proxy = proxy(&state).await;
+    let (http, https) = (proxy.http_addr().unwrap(), proxy.https_addr().unwrap());
+    // Pebble answers 30 % of the requests with `badNonce` (the default is 5 %).
+    let pebble = Pebble::start_with(
+        dir.path(),
+        http.port(),
+        https.port(),
+        None,
+        &[("PEBBLE_WFE_NONCEREJECT", "30")],
+    )
+    .await;
+    let root = pebble.root().await;
+    let store = store(&state).await;
+    let events = EventSender::new(256);
+    let mut rx = events.subscribe();
+    let domains = ["n1.kinfra.test", "n2.kinfra.test", "n3.kinfra.test"];
+    let config = acme_config(&pebble, &domains, ChallengeKind::Http01);
+    let handle = acme(config, acme_options(&state, "one"), &store, &proxy, &events).await;
+    let mut seen = Vec::new();
+    wait_for("three certificates", WAIT, || {
+        drain(&mut rx, &mut seen);
+        let issued = seen
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::CertIssued { .. }))
+            .count();
+        async move { (issued == 3).then_some(()) }
+    })
+    .await;
+    for d in domains {
+        handshake(https, d, &root).await.expect("served");
+    }
+    let failures = seen
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::CertRenewalFailed { .. }))
+        .count();
+    eprintln!("NONCE30 orders={} failures={failures}", handle.orders());
+    handle.shutdown().await;
+    proxy.shutdown(Duration::from_secs(1)).await;
+    store.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Issuance time against Pebble (nonce rejection on, no validation delay): one new domain
 /// per round, from `AcmeService::start` to `CertIssued`. Run with
 /// `cargo test -p kinfra-acme --test it issuance_time -- --ignored --nocapture`; results go

@@ -161,6 +161,17 @@ impl Pebble {
         tls_port: u16,
         validity_secs: Option<u64>,
     ) -> Pebble {
+        Self::start_with(dir, http_port, tls_port, validity_secs, &[]).await
+    }
+
+    /// [`Pebble::start`] with extra environment variables for Pebble.
+    pub async fn start_with(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity_secs: Option<u64>,
+        extra_env: &[(&'static str, &str)],
+    ) -> Pebble {
         let mut p = Pebble {
             dir: dir.to_owned(),
             tls: pebble_tls(dir),
@@ -180,6 +191,8 @@ impl Pebble {
             pebble: None,
             dns: None,
         };
+        p.env
+            .extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let dns = Proc::spawn(
             "pebble-challtestsrv",
             Command::new("pebble-challtestsrv")
