@@ -266,6 +266,14 @@ impl AcmeService {
         events: EventSender,
     ) -> Result<AcmeHandle, AcmeError> {
         ensure_crypto_provider();
+        let mut options = options;
+        // The lock must outlive the longest order, or a second instance could take it over
+        // from a holder that is still ordering.
+        let needed = options.order_timeout.saturating_mul(2) + options.request_timeout;
+        if options.lock_ttl < needed {
+            debug!(lock_ttl = ?options.lock_ttl, ?needed, "ACME lock TTL raised to outlive an order.");
+            options.lock_ttl = needed;
+        }
         // Checks the extra roots now, so a wrong path fails the start.
         http_client(&config.ca_roots, options.request_timeout)?;
         let mut domains: Vec<String> = config
