@@ -842,6 +842,16 @@ impl Actor {
         self.generation += 1;
         let generation = self.generation;
         let max_line = usize::try_from(self.cfg.log.max_line.0).unwrap_or(usize::MAX);
+        // The status knows the process before the log does: whoever sees its spawn line or
+        // its output in the log finds its pid in the status.
+        let now = Instant::now();
+        self.update(|s| {
+            s.pid = Some(pid as u32);
+            s.started_at = Some(now);
+            s.port = port;
+            s.spawned = true;
+            s.health = Health::Unknown;
+        });
         // The spawn line goes first, before anything the process writes.
         self.sink.system(format!("Started pid {pid}: {shown}"));
         let mut readers = Vec::new();
@@ -901,14 +911,6 @@ impl Actor {
             // An early first walk catches what a service forks at startup.
             next_scan: tokio::time::Instant::now() + Duration::from_millis(500),
             readers,
-        });
-        let now = Instant::now();
-        self.update(|s| {
-            s.pid = Some(pid as u32);
-            s.started_at = Some(now);
-            s.port = port;
-            s.spawned = true;
-            s.health = Health::Unknown;
         });
         info!(service = %self.name, pid, command = %shown, "Process started.");
         self.shared.events.emit(EventKind::ProcessStarted {

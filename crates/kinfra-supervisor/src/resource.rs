@@ -350,6 +350,15 @@ impl ResourceActor {
             output,
             exit,
         } = run;
+        let conn = self.spec.resource.connection();
+        // The status knows the run before the log does: whoever sees its start line or its
+        // output in the log finds its pid in the status.
+        self.update(|s| {
+            s.pid = pid;
+            s.port = conn.port;
+            s.started_at = Some(Instant::now());
+            s.spawned = true;
+        });
         let what = if adopted { "Adopted" } else { "Started" };
         self.sink.system(format!(
             "{what} {} {}",
@@ -363,7 +372,6 @@ impl ResourceActor {
             });
         }
         let forwarder = tokio::spawn(forward(output, self.sink.clone()));
-        let conn = self.spec.resource.connection();
         let probe = self.spec.health.as_ref().and_then(|cfg| {
             match probe::resolve(cfg, conn.port, &[], &self.shared.base_dir) {
                 Ok(target) => Some(probe::start_loop(
@@ -386,12 +394,6 @@ impl ResourceActor {
             probe,
             started: Instant::now(),
             pid,
-        });
-        self.update(|s| {
-            s.pid = pid;
-            s.port = conn.port;
-            s.started_at = Some(Instant::now());
-            s.spawned = true;
         });
         self.mode = Mode::Active;
         self.check_ready();

@@ -292,7 +292,8 @@ async fn shutdown_is_bounded_by_its_timeout() {
         .iter()
         .filter_map(|n| status_of(&s, n).pid.map(|p| p as i32))
         .collect();
-    assert_eq!(pids.len(), 2);
+    // A process whose output is in the log, or that is Running, has its pid in the status.
+    assert_eq!(pids.len(), 2, "a pid is missing: {:#?}", s.status());
     let t0 = Instant::now();
     s.shutdown(Duration::from_millis(500)).await;
     let took = t0.elapsed();
