@@ -110,7 +110,7 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, raise); it allocates nothing.
+    // (prctl, getppid, raise, sigaction); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -127,6 +127,7 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
             if libc::getppid() != parent {
                 libc::raise(libc::SIGKILL);
             }
+            reset_ignored_signals();
             Ok(())
         });
     }
@@ -142,6 +143,35 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
         stdout,
         stderr,
     })
+}
+
+/// Highest signal number Linux knows (`_NSIG - 1`).
+const MAX_SIGNAL: i32 = 64;
+
+/// Gives every signal kinfra ignores back its default action. Ignored dispositions survive
+/// `exec` (caught ones do not): started as a background job (SIGINT and SIGQUIT ignored) or
+/// under `nohup` (SIGHUP), kinfra would pass that on, and a shell cannot trap a signal that
+/// was ignored when it started, so a service would never see a `stop_signal = "INT"`.
+/// (std already clears the signal mask and SIGPIPE.) Only async-signal-safe calls: it runs
+/// between fork and exec.
+fn reset_ignored_signals() {
+    for sig in 1..=MAX_SIGNAL {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction with a null new action only reads the disposition into `old`, a
+        // valid, zeroed sigaction; numbers the kernel or libc reserve fail with EINVAL.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
 }
 
 fn status_to_exit(status: nix::sys::wait::WaitStatus) -> Option<ExitInfo> {
@@ -297,6 +327,20 @@ mod tests {
         let exit = wait_exit(s.pid).await;
         assert_eq!(exit.signal, Some(libc::SIGKILL));
         assert!(!group_alive(s.pid));
+    }
+
+    #[tokio::test]
+    async fn children_do_not_inherit_ignored_signals() {
+        // Like a background job ignoring SIGINT; SIGUSR2 is used by nothing else in this
+        // test binary, and the child must still be able to trap it.
+        // SAFETY: setting a disposition to SIG_IGN has no memory-safety preconditions.
+        unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
+        let s = spawn(spec("trap 'exit 9' USR2; kill -USR2 $$; sleep 5; exit 0")).await;
+        let Ok(s) = s else {
+            panic!("spawn failed: {s:?}");
+        };
+        let exit = wait_exit(s.pid).await;
+        assert_eq!(exit.code, Some(9), "the trap never ran: {exit:?}");
     }
 
     #[tokio::test]
