@@ -63,6 +63,12 @@ pub enum StartError {
     /// The bus config is unusable (bad URL, unreadable credentials or TLS files).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A `[resources.NAME]` block cannot be built (its port, its template).
+    #[error(transparent)]
+    Docker(#[from] kinfra_docker::DockerError),
+    /// Automatic HTTPS cannot start (an unreadable `acme.ca_roots` file).
+    #[error(transparent)]
+    Acme(#[from] kinfra_acme::AcmeError),
     /// The store cannot be opened (corrupt or locked data dir, unreachable URL) or its boot
     /// steps failed.
     #[error(transparent)]
@@ -127,6 +133,103 @@ fn store_metrics(s: &kinfra_store::StoreStats) -> String {
         "gauge",
         s.queued,
     );
+    out
+}
+
+/// Ports for container resources, from the same registry as the services' ports: the store's
+/// (new ones are announced as `PortAssigned` events, which the store records, and handed to
+/// the supervisor with the rest) or `ports.json` without a store.
+struct ResourcePorts<'a> {
+    registry: kinfra_supervisor::ports::PortStore,
+    persistence: Option<&'a mut kinfra_store::Persistence>,
+    events: &'a EventSender,
+}
+
+impl kinfra_docker::PortSource for ResourcePorts<'_> {
+    fn saved(&self, name: &str) -> Option<u16> {
+        self.registry.get(name)
+    }
+
+    fn resolve(&mut self, name: &str, spec: kinfra_core::config::PortSpec) -> Result<u16, String> {
+        let (port, new) = self
+            .registry
+            .resolve(name, spec)
+            .map_err(|e| e.to_string())?;
+        if let Some(persistence) = self.persistence.as_deref_mut() {
+            persistence.ports.insert(name.to_owned(), port);
+            if new {
+                self.events.emit(EventKind::PortAssigned {
+                    service: name.to_owned(),
+                    port,
+                });
+            }
+        }
+        Ok(port)
+    }
+}
+
+/// The `[resources.NAME]` blocks as adapters for the supervisor (containers today). Nothing
+/// starts here; without a Docker engine each resource fails on its own when started.
+async fn container_resources(
+    config: &Config,
+    state_dir: &Path,
+    events: &EventSender,
+    persistence: &mut Option<kinfra_store::Persistence>,
+) -> Result<Vec<(String, kinfra_supervisor::ResourceSpec)>, StartError> {
+    if config.resources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let registry = match persistence.as_ref() {
+        Some(p) => kinfra_supervisor::ports::PortStore::in_memory(p.ports.clone()),
+        None => kinfra_supervisor::ports::PortStore::load(&state_dir.join("ports.json")).map_err(
+            |source| StartError::StateDir {
+                path: state_dir.join("ports.json"),
+                source,
+            },
+        )?,
+    };
+    let mut ports = ResourcePorts {
+        registry,
+        persistence: persistence.as_mut(),
+        events,
+    };
+    let engine = kinfra_docker::EngineHandle::local();
+    let secrets = kinfra_docker::Secrets::in_state_dir(state_dir);
+    let built = kinfra_docker::from_config(config, &engine, &secrets, &mut ports).await?;
+    Ok(built
+        .into_iter()
+        .map(|b| {
+            let spec = kinfra_supervisor::ResourceSpec::from_config(b.resource, &b.config);
+            (b.name, spec)
+        })
+        .collect())
+}
+
+/// Expiry of each ACME certificate as a Unix timestamp, in the Prometheus text format.
+fn certificate_metrics(certs: &[kinfra_acme::CertStatus]) -> String {
+    let mut out = String::new();
+    for c in certs {
+        let Some(expiry) = c
+            .not_after
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        else {
+            continue;
+        };
+        if out.is_empty() {
+            out.push_str(
+                "# HELP kinfra_certificate_expiry_timestamp_seconds When the served certificate \
+                 of a domain expires (Unix time).\n\
+                 # TYPE kinfra_certificate_expiry_timestamp_seconds gauge\n",
+            );
+        }
+        let domain = c.domain.replace(['"', '\\', '\n'], "_");
+        out.push_str(&format!(
+            "kinfra_certificate_expiry_timestamp_seconds{{domain=\"{domain}\"}} {}\n",
+            expiry.as_secs()
+        ));
+    }
     out
 }
 
@@ -445,9 +548,24 @@ struct RuntimeCore {
     store: Option<Store>,
     /// The proxy runs (its routes show in status).
     proxy_enabled: bool,
+    /// The proxy's request counters, when it runs.
+    proxy_metrics: Option<kinfra_proxy::ProxyMetricsHandle>,
+    /// Automatic HTTPS, when `[acme]` is set (taken at shutdown).
+    acme: std::sync::Mutex<Option<kinfra_acme::AcmeHandle>>,
 }
 
 impl RuntimeCore {
+    /// The ACME certificates and where each stands (empty without `[acme]`).
+    fn certificates(&self) -> Vec<kinfra_acme::CertStatus> {
+        let acme = match self.acme.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        acme.as_ref()
+            .map(kinfra_acme::AcmeHandle::status)
+            .unwrap_or_default()
+    }
+
     fn maintenance_state(&self) -> Maintenance {
         match self.maintenance.lock() {
             Ok(m) => m.clone(),
@@ -594,6 +712,11 @@ impl RuntimeControl for RuntimeCore {
             .store
             .as_ref()
             .and_then(|s| serde_json::to_value(s.stats()).ok());
+        report.certificates = self
+            .certificates()
+            .iter()
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
         if self.proxy_enabled {
             report.routes = self
                 .current_config()
@@ -633,6 +756,12 @@ impl RuntimeControl for RuntimeCore {
             .as_ref()
             .map(|s| store_metrics(&s.stats()))
             .unwrap_or_default()
+            + &self
+                .proxy_metrics
+                .as_ref()
+                .map(kinfra_proxy::ProxyMetricsHandle::render)
+                .unwrap_or_default()
+            + &certificate_metrics(&self.certificates())
     }
 
     fn history(
@@ -873,6 +1002,37 @@ async fn start_subsystems(
         None
     };
 
+    // Automatic HTTPS: stored certificates are served before any service starts; orders and
+    // renewals run in the background. (Validation made sure the proxy serves HTTPS and the
+    // store runs when `[acme]` is set.)
+    let acme = match (&config.acme, &proxy, &store) {
+        (Some(acme_config), Some(proxy_server), Some(store)) => {
+            let started = kinfra_acme::AcmeService::start(
+                acme_config.clone(),
+                kinfra_acme::AcmeOptions {
+                    state_dir: Some(state_dir.clone()),
+                    ..kinfra_acme::AcmeOptions::default()
+                },
+                store.clone(),
+                proxy_server.cert_resolver(),
+                proxy_server.acme_challenges(),
+                events.clone(),
+            )
+            .await;
+            match started {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    if let Some(proxy) = proxy {
+                        proxy.shutdown(Duration::from_secs(2)).await;
+                    }
+                    bus.shutdown(Duration::from_secs(2)).await;
+                    return Err(error.into());
+                }
+            }
+        }
+        _ => None,
+    };
+
     let supervisor_options = SupervisorOptions {
         project: config.project.name.clone(),
         state_dir: state_dir.clone(),
@@ -882,20 +1042,27 @@ async fn start_subsystems(
         events: events.clone(),
     };
     let services = effective_services(&config);
-    let supervisor = match persistence {
-        Some(persistence) => {
-            Supervisor::start_persisted(&services, supervisor_options, &[], persistence).await
+    let mut persistence = persistence;
+    let supervisor = match container_resources(&config, &state_dir, &events, &mut persistence).await
+    {
+        Ok(resources) => {
+            Supervisor::start_with_resources(&services, supervisor_options, resources, persistence)
+                .await
+                .map_err(StartError::from)
         }
-        None => Supervisor::start(&services, supervisor_options).await,
+        Err(error) => Err(error),
     };
     let supervisor = match supervisor {
         Ok(supervisor) => supervisor,
         Err(error) => {
+            if let Some(acme) = acme {
+                acme.shutdown().await;
+            }
             if let Some(proxy) = proxy {
                 proxy.shutdown(Duration::from_secs(2)).await;
             }
             bus.shutdown(Duration::from_secs(2)).await;
-            return Err(error.into());
+            return Err(error);
         }
     };
 
@@ -915,6 +1082,8 @@ async fn start_subsystems(
         bus,
         store,
         proxy_enabled: proxy.is_some(),
+        proxy_metrics: proxy.as_ref().map(ProxyServer::metrics),
+        acme: std::sync::Mutex::new(acme),
     });
     let _ = late.core.set(core.clone());
     if let Some(proxy) = &proxy {
@@ -1156,6 +1325,15 @@ impl Runtime {
         });
         tracing::info!(%reason, "Runtime stopping.");
         let started = tokio::time::Instant::now();
+        // No new orders while stopping; an order in flight is abandoned (it is retried at the
+        // next start).
+        let acme = match self.core.acme.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(acme) = acme {
+            acme.shutdown().await;
+        }
         // The edge first: it stops accepting and lets requests in flight finish while the
         // services behind them still run.
         if let Some(proxy) = self.proxy {

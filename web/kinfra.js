@@ -187,7 +187,8 @@ function applySnapshot(report) {
   for (const name of [...S.cards.keys()]) if (!names.has(name)) remove(name);
   for (const [name, s] of Object.entries(report.services)) upsert(name, s);
   list("routes-box", "routes", report.routes, (r) => `${r.host || "*"}${r.path} → ${r.service || r.upstream}`);
-  list("certs-box", "certs", report.certificates, (c) => `${c.domains.join(", ")} — expires ${c.not_after}`);
+  list("certs-box", "certs", report.certificates, (c) =>
+    `${c.domain} — ${c.state}${c.not_after ? `, expires ${c.not_after}` : ""}${c.last_error ? ` (${c.last_error})` : ""}`);
   const infra = [];
   if (report.bus) infra.push({ k: "bus", v: report.bus });
   if (report.store) infra.push({ k: "store", v: report.store });
@@ -202,9 +203,11 @@ function describeInfra(v) {
   const backend = v.backend && typeof v.backend === "object" ? v.backend.kind : v.backend || v.engine;
   if (backend) parts.push(String(backend).replace("_", "-"));
   if (v.backend && v.backend.url) parts.push(v.backend.url);
+  if (v.location) parts.push(v.location);
   if (v.state) parts.push(v.state);
-  for (const k of ["published", "dropped", "buffered", "reconnects", "writes", "failures"]) {
-    if (typeof v[k] === "number" && (v[k] > 0 || k === "published" || k === "writes")) parts.push(`${v[k]} ${k}`);
+  const always = new Set(["published", "written"]);
+  for (const k of ["published", "dropped", "buffered", "reconnects", "written", "queued", "failures", "abandoned", "lagged"]) {
+    if (typeof v[k] === "number" && (v[k] > 0 || always.has(k))) parts.push(`${v[k]} ${k}`);
   }
   if (v.last_error) parts.push(`last error: ${v.last_error}`);
   return parts.join(" · ");
@@ -221,6 +224,8 @@ function describe(e) {
     case "port_assigned": return `${e.service}: port ${e.port}`;
     case "config_reloaded": return `config reloaded: +[${e.added}] −[${e.removed}] ↻[${e.changed}]`;
     case "config_rejected": return `config rejected: ${e.error}`;
+    case "cert_issued": return `certificate for ${e.domains.join(", ")} ${e.renewal ? "renewed" : "issued"}, expires ${e.not_after}`;
+    case "cert_renewal_failed": return `certificate for ${e.domains.join(", ")} failed (attempt ${e.attempt}): ${e.error}`;
     case "bus_state_changed": return `bus: ${e.state}${e.message ? ` (${e.message})` : ""}`;
     case "maintenance_changed": return `${e.service === "*" ? "everything" : e.service}: maintenance ${e.on ? "on" : "off"}`;
     case "runtime_started": return `runtime ${e.project} started`;

@@ -291,6 +291,13 @@ fn two_hundred_services_stay_usable() {
         ),
         "200"
     );
+    // The store's state is on the page (engine location and committed writes).
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the store line",
+        "return [...document.querySelectorAll('#infra li')].some(li => \
+         li.textContent.startsWith('store: ') && li.textContent.includes(' written'))",
+    );
     // Mark every card node; a full re-render would lose the marks.
     browser.js(
         "document.querySelectorAll('.card').forEach(c => c.__mark = 1); return true",

@@ -5,6 +5,7 @@ mod bus;
 mod cli;
 mod config_check;
 mod dashboard;
+mod docker;
 mod library;
 mod proxy;
 mod scenarios;

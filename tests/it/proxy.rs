@@ -101,6 +101,26 @@ fn routes_pages_by_state_maintenance_and_dashboard_through_the_proxy() {
         (code == 200).then_some(())
     });
 
+    // /metrics counts the proxied requests by route and status class, with latency buckets.
+    let (code, metrics) = http_get(&dashboard, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    let count = |labels: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("kinfra_proxy_requests_total{{{labels}}} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("route=\"app\",code=\"2xx\"") >= 1, "{metrics}");
+    assert!(count("route=\"app\",code=\"5xx\"") >= 2, "{metrics}");
+    assert!(count("route=\"dashboard\",code=\"2xx\"") >= 1, "{metrics}");
+    assert!(
+        metrics.contains(
+            "kinfra_proxy_request_duration_seconds_bucket{route=\"app\",code=\"2xx\",le=\"+Inf\"}"
+        ),
+        "{metrics}"
+    );
+
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
     wait_for(Duration::from_secs(5), "nothing left", || {

@@ -3,6 +3,7 @@
 
 use crate::access::{AccessEntry, AccessLog};
 use crate::acme::{CHALLENGE_PREFIX, ChallengeStore};
+use crate::metrics::{NO_ROUTE, ProxyMetrics};
 use crate::pages::{Page, Templates, wants_json};
 use crate::routes::normalize_host;
 use crate::state::{Decision, RouteState};
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub access: AccessLog,
     pub challenges: Arc<ChallengeStore>,
     pub probe_token: String,
+    /// Requests and latency by route and status class.
+    pub metrics: ProxyMetrics,
 }
 
 /// The pingora application.
@@ -421,6 +424,8 @@ impl ProxyHttp for Edge {
         let snapshot = shared.routes.load();
         match snapshot.decide(host.as_deref(), path) {
             Decision::Page(page) => {
+                // Counted (and logged) under the service the page stands in for.
+                ctx.service = page.service.as_deref().map(Arc::from);
                 self.respond_page(session, &page, ctx).await?;
                 Ok(true)
             }
@@ -614,14 +619,24 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.probe || !AccessLog::enabled() {
+        if ctx.probe {
             return;
         }
-        let req = session.req_header();
         let status = ctx
             .own_status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
+        let micros = ctx.started.elapsed().as_micros() as u64;
+        let route = match (&ctx.service, ctx.dashboard) {
+            (_, true) => "dashboard",
+            (Some(service), false) => service,
+            (None, false) => NO_ROUTE,
+        };
+        self.shared.metrics.record(route, status, micros);
+        if !AccessLog::enabled() {
+            return;
+        }
+        let req = session.req_header();
         let mut path: String = req
             .uri
             .path_and_query()
@@ -637,7 +652,7 @@ impl ProxyHttp for Edge {
             host: request_host(req),
             path,
             status,
-            micros: ctx.started.elapsed().as_micros() as u64,
+            micros,
             client: session
                 .client_addr()
                 .and_then(|a| a.as_inet())

@@ -10,6 +10,7 @@ use crate::access::{self, AccessLog};
 use crate::acme::ChallengeStore;
 use crate::edge::{Edge, InFlight, PROBE_HEADER, Settings, Shared};
 use crate::error::ProxyError;
+use crate::metrics::ProxyMetrics;
 use crate::pages::Templates;
 use crate::routes::RouteTable;
 use crate::state::RouteState;
@@ -78,6 +79,33 @@ impl std::fmt::Debug for ProxyServer {
             .field("http_addr", &self.http_addr)
             .field("https_addr", &self.https_addr)
             .finish_non_exhaustive()
+    }
+}
+
+/// Reads the proxy's request counters; see [`ProxyServer::metrics`].
+#[derive(Clone)]
+pub struct ProxyMetricsHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ProxyMetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyMetricsHandle").finish_non_exhaustive()
+    }
+}
+
+impl ProxyMetricsHandle {
+    /// Requests and latency by route and status class, in the Prometheus text format
+    /// (`kinfra_proxy_requests_total`, `kinfra_proxy_request_duration_seconds`), plus the
+    /// requests in flight.
+    pub fn render(&self) -> String {
+        format!(
+            "{}# HELP kinfra_proxy_requests_in_flight Requests being handled now.\n\
+             # TYPE kinfra_proxy_requests_in_flight gauge\n\
+             kinfra_proxy_requests_in_flight {}\n",
+            self.shared.metrics.render(),
+            self.shared.inflight.count()
+        )
     }
 }
 
@@ -350,6 +378,7 @@ impl ProxyServer {
             access: access_log,
             challenges: challenges.clone(),
             probe_token: probe_token(),
+            metrics: ProxyMetrics::default(),
         });
 
         let threads = config.threads.unwrap_or_else(|| {
@@ -523,6 +552,14 @@ impl ProxyServer {
     /// Access log entries dropped because the log could not keep up.
     pub fn access_log_dropped(&self) -> u64 {
         self.shared.access.dropped()
+    }
+
+    /// A handle on the proxy's request counters, for `/metrics` (it outlives nothing: it
+    /// reads the live proxy's counters).
+    pub fn metrics(&self) -> ProxyMetricsHandle {
+        ProxyMetricsHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Rebuilds the route table from the runtime's status now (it also follows events by

@@ -349,12 +349,21 @@ fn invalid_toml_files() {
         ),
         // ACME without domains.
         (
-            "[acme]\nemail = \"a@example.com\"\ndomains = []\n".into(),
-            vec![(Some(3), Some("acme.domains"), "ACME needs at least one domain")],
+            "[proxy]\nhttps = \"127.0.0.1:8443\"\n[acme]\nemail = \"a@example.com\"\ndomains = []\n"
+                .into(),
+            vec![(Some(5), Some("acme.domains"), "ACME needs at least one domain")],
         ),
         (
             "[acme]\nemail = \"a@example.com\"\n".into(),
             vec![(Some(1), Some("acme"), "missing required key `domains`")],
+        ),
+        // ACME with nowhere to serve or keep its certificates.
+        (
+            "[store]\nenabled = false\n[acme]\ndomains = [\"a.example.com\"]\n".into(),
+            vec![
+                (Some(3), Some("acme"), "it needs [store] enabled = true"),
+                (Some(3), Some("acme"), "set [proxy] https"),
+            ],
         ),
         // Backoff.
         (

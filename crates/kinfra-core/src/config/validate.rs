@@ -715,6 +715,20 @@ impl Checker<'_> {
         let Some(acme) = &self.config.acme else {
             return;
         };
+        if !self.config.store.enabled {
+            self.issue(
+                "acme".into(),
+                Anchor::Key,
+                "ACME keeps its account and certificates in the store: it needs [store] enabled = true",
+            );
+        }
+        if !self.config.proxy.enabled || self.config.proxy.https.is_none() {
+            self.issue(
+                "acme".into(),
+                Anchor::Key,
+                "ACME certificates are served by the proxy's HTTPS listener: set [proxy] https = \"ADDR:443\"",
+            );
+        }
         if acme.domains.is_empty() {
             self.issue(
                 "acme.domains".into(),

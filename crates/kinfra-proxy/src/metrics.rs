@@ -1,0 +1,199 @@
+//! Request counts and latency histograms by route and status class, rendered for `/metrics`.
+//!
+//! The request path takes a read lock and bumps atomics; a new (route, class) pair takes the
+//! write lock once. Routes are the services the config names plus `dashboard` and `none`, so
+//! the label set stays as small as the config.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Upper bounds of the latency buckets, in microseconds (Prometheus `le`, in seconds).
+const BUCKETS_US: [u64; 14] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// The label of requests no route matched (the proxy's own pages).
+pub(crate) const NO_ROUTE: &str = "none";
+
+/// One (route, status class) series.
+#[derive(Debug, Default)]
+struct Series {
+    /// Per bucket (not cumulative; summed when rendered), then the overflow.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Series {
+    fn observe(&self, micros: u64) {
+        let i = BUCKETS_US
+            .iter()
+            .position(|b| micros <= *b)
+            .unwrap_or(BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// Status classes, in the order of [`RouteSeries::by_class`].
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// The index in [`CLASSES`] of a status; `error` when no response was written.
+fn class(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
+}
+
+/// One route's series, one per status class.
+#[derive(Debug, Default)]
+struct RouteSeries {
+    by_class: [Series; 6],
+}
+
+/// Counters of every request the proxy answered.
+#[derive(Debug, Default)]
+pub(crate) struct ProxyMetrics {
+    routes: RwLock<HashMap<Arc<str>, Arc<RouteSeries>>>,
+}
+
+impl ProxyMetrics {
+    /// Counts one finished request.
+    pub(crate) fn record(&self, route: &str, status: u16, micros: u64) {
+        let found = match self.routes.read() {
+            Ok(map) => map.get(route).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(route).cloned(),
+        };
+        let series = match found {
+            Some(s) => s,
+            None => {
+                let mut map = match self.routes.write() {
+                    Ok(map) => map,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                map.entry(Arc::from(route)).or_default().clone()
+            }
+        };
+        series.by_class[class(status)].observe(micros);
+    }
+
+    /// The Prometheus text: `kinfra_proxy_requests_total{route,code}` and the
+    /// `kinfra_proxy_request_duration_seconds` histogram with the same labels.
+    pub(crate) fn render(&self) -> String {
+        let mut routes: Vec<(Arc<str>, Arc<RouteSeries>)> = match self.routes.read() {
+            Ok(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        // (labels, total, series) of every class that saw a request.
+        let mut rows: Vec<(String, u64, &Series)> = Vec::new();
+        for (route, series) in &routes {
+            for (code, s) in CLASSES.iter().zip(series.by_class.iter()) {
+                let total: u64 = s.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+                if total > 0 {
+                    rows.push((labels(route, code), total, s));
+                }
+            }
+        }
+        let mut out = String::from(
+            "# HELP kinfra_proxy_requests_total Requests the proxy answered, by route (service) \
+             and status class.\n# TYPE kinfra_proxy_requests_total counter\n",
+        );
+        for (labels, total, _) in &rows {
+            let _ = writeln!(out, "kinfra_proxy_requests_total{{{labels}}} {total}");
+        }
+        out.push_str(
+            "# HELP kinfra_proxy_request_duration_seconds Time from request to the end of the \
+             response, by route (service) and status class.\n\
+             # TYPE kinfra_proxy_request_duration_seconds histogram\n",
+        );
+        for (labels, total, s) in &rows {
+            let mut cumulative = 0u64;
+            for (i, bound) in BUCKETS_US.iter().enumerate() {
+                cumulative += s.buckets[i].load(Ordering::Relaxed);
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "kinfra_proxy_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "kinfra_proxy_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+            );
+            let sum = s.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "kinfra_proxy_request_duration_seconds_sum{{{labels}}} {sum}\n\
+                 kinfra_proxy_request_duration_seconds_count{{{labels}}} {total}"
+            );
+        }
+        out
+    }
+}
+
+/// `route="…",code="…"`, with the route escaped as Prometheus label values require.
+fn labels(route: &str, code: &str) -> String {
+    let escaped = route
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("route=\"{escaped}\",code=\"{code}\"")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_histogram_by_route_and_class() {
+        let m = ProxyMetrics::default();
+        m.record("api", 200, 300);
+        m.record("api", 204, 30_000);
+        m.record("api", 502, 5);
+        m.record(NO_ROUTE, 404, 20_000_000);
+        let text = m.render();
+        assert!(text.contains("kinfra_proxy_requests_total{route=\"api\",code=\"2xx\"} 2"));
+        assert!(text.contains("kinfra_proxy_requests_total{route=\"api\",code=\"5xx\"} 1"));
+        assert!(text.contains("kinfra_proxy_requests_total{route=\"none\",code=\"4xx\"} 1"));
+        // 300 µs is above the 250 µs bucket and within 500 µs; 30 ms within 50 ms.
+        assert!(text.contains(
+            "kinfra_proxy_request_duration_seconds_bucket{route=\"api\",code=\"2xx\",le=\"0.00025\"} 0"
+        ));
+        assert!(text.contains(
+            "kinfra_proxy_request_duration_seconds_bucket{route=\"api\",code=\"2xx\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "kinfra_proxy_request_duration_seconds_bucket{route=\"api\",code=\"2xx\",le=\"0.05\"} 2"
+        ));
+        // Beyond the last bucket: only +Inf counts it.
+        assert!(text.contains(
+            "kinfra_proxy_request_duration_seconds_bucket{route=\"none\",code=\"4xx\",le=\"10\"} 0"
+        ));
+        assert!(text.contains(
+            "kinfra_proxy_request_duration_seconds_bucket{route=\"none\",code=\"4xx\",le=\"+Inf\"} 1"
+        ));
+        assert!(text.contains(
+            "kinfra_proxy_request_duration_seconds_sum{route=\"api\",code=\"2xx\"} 0.0303"
+        ));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            labels("a\"b\\c", "2xx"),
+            "route=\"a\\\"b\\\\c\",code=\"2xx\""
+        );
+        assert_eq!(CLASSES[class(0)], "error");
+        assert_eq!(CLASSES[class(101)], "1xx");
+        assert_eq!(CLASSES[class(599)], "5xx");
+    }
+}
