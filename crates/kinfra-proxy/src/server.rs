@@ -602,6 +602,30 @@ impl ProxyServer {
         {
             tracing::warn!("The proxy thread could not be joined.");
         }
+        // pingora closes its listening sockets as its runtimes wind down, which can trail the
+        // thread's end: wait (bounded) until the addresses are free again, so a proxy started
+        // right after this one (a restart in the same process) can bind them.
+        for addr in [self.http_addr, self.https_addr].into_iter().flatten() {
+            wait_released(addr, Duration::from_secs(3)).await;
+        }
+    }
+}
+
+/// Waits until `addr` can be bound again (at most `limit`).
+async fn wait_released(addr: SocketAddr, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(%addr, "The proxy's listening address is still taken after shutdown.");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => return,
+        }
     }
 }
 
