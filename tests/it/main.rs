@@ -1,6 +1,7 @@
 //! kinfra's integration tests: one binary, run against the real `kinfra` executable, real
 //! processes and real sockets.
 
+mod acme;
 mod bus;
 mod cli;
 mod config_check;
