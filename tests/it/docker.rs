@@ -125,6 +125,9 @@ depends_on = {{ cache = "healthy" }}
         "the container still runs after shutdown"
     );
 
+    // The generated password is kept in the store: the state dir's working copy can go.
+    std::fs::remove_file(p.path().join(".kinfra/resources/secrets.json")).expect("remove");
+
     // The next start adopts the same container instead of creating another.
     let mut up = p.up(&[], &[]);
     wait_for(Duration::from_secs(90), "cache healthy again", || {
@@ -135,6 +138,25 @@ depends_on = {{ cache = "healthy" }}
     });
     let all = docker(&["ps", "-aq", "--no-trunc", "--filter", &label]);
     assert_eq!(all, first, "a duplicate container was created");
+    let restored = std::fs::read_to_string(p.path().join(".kinfra/resources/secrets.json"))
+        .expect("secrets restored from the store");
+    assert!(
+        restored.contains(&password),
+        "a different password after the restart"
+    );
+    let got = Command::new("redis-cli")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-a",
+            &password,
+            "--no-auth-warning",
+            "get",
+            "greeting",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello");
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(60)).success());
 }

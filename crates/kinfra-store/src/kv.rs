@@ -9,6 +9,9 @@ use kinfra_core::secret::{Secret, redact};
 use serde::Deserialize;
 use serde_json::json;
 
+/// The setting that holds the generated passwords of container resources.
+const RESOURCE_SECRETS: &str = "resource_secrets";
+
 /// The settings key of maintenance mode.
 pub const MAINTENANCE: &str = "maintenance";
 
@@ -122,6 +125,42 @@ impl Store {
     /// Turns maintenance mode on or off; survives restarts of kinfra.
     pub async fn set_maintenance(&self, on: bool) -> Result<(), StoreError> {
         self.set_setting(MAINTENANCE, &on).await
+    }
+
+    /// The generated passwords of container resources (template secrets), by key; empty when
+    /// none were stored. Secret values: never logged.
+    pub async fn resource_secrets(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Secret>, StoreError> {
+        let map: Option<std::collections::BTreeMap<String, String>> =
+            self.setting(RESOURCE_SECRETS).await?;
+        Ok(map
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect())
+    }
+
+    /// Stores the generated passwords of container resources (replacing the earlier set).
+    /// Errors never hold the values.
+    pub async fn save_resource_secrets(
+        &self,
+        secrets: &std::collections::BTreeMap<String, Secret>,
+    ) -> Result<(), StoreError> {
+        let plain: std::collections::BTreeMap<&str, &str> = secrets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        let text =
+            serde_json::to_string(&plain).map_err(|e| StoreError::malformed("setting", e))?;
+        let values: Vec<&str> = plain.values().copied().collect();
+        self.exec_secret(
+            "resource secrets",
+            "UPSERT type::record('setting', $k) SET key = $k, value = $v RETURN NONE",
+            json!({"k": RESOURCE_SECRETS, "v": text}),
+            &values,
+        )
+        .await
     }
 
     /// The ACME account credentials (as serialized by the ACME client) for a directory URL.
