@@ -67,7 +67,15 @@ async fn independent_client_watches_and_steers_through_managed_nats() {
         assert!(!String::from_utf8_lossy(&msg.payload).contains("very-secret-value"));
         seqs.push(e["seq"].as_u64().expect("seq"));
         subjects.push(msg.subject.to_string());
-        if e["type"] == "state_changed" && e["service"] == "web" && e["to"] == "running" {
+        // The restart's own `running` comes after its exit (the first start may still be
+        // reporting when the client subscribed).
+        if e["type"] == "state_changed"
+            && e["service"] == "web"
+            && e["to"] == "running"
+            && subjects
+                .iter()
+                .any(|s| s == "kinfra.bt.events.web.process_exited")
+        {
             break;
         }
     }
