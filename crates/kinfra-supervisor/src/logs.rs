@@ -6,9 +6,12 @@
 //! `STATE_DIR/logs/NAME.log`; rotated files are `NAME.log.1` (newest) to `NAME.log.KEEP`.
 //!
 //! Flow and bounds: one reader task per pipe reads into a buffer of at most `max_line` bytes
-//! (longer lines are split), and sends lines over a bounded channel to the service's writer
-//! thread, which appends to the ring, broadcasts to followers and writes the file. When the
-//! writer falls behind, the reader waits, the pipe fills and the *child* blocks in `write`;
+//! (longer lines are split). Each line takes a slot in a bounded channel to the service's
+//! file writer thread, then, in one step, goes into the ring, to followers and into that
+//! slot, so the ring and the file have the same order (except a line of kinfra's own met by
+//! a full channel: shown at once, written when there is room). The live log (ring,
+//! followers) never waits on the disk: a stalled write holds up only the file, until the
+//! channel is full. Then the reader waits, the pipe fills and the *child* blocks in `write`;
 //! kinfra's memory stays bounded and its actors never wait on log output.
 
 use kinfra_core::config::LogConfig;
@@ -60,6 +63,8 @@ pub fn make_line(stream: LogStream, message: String) -> LogLine {
 pub struct LogSink {
     service: Arc<str>,
     ring: Arc<Mutex<VecDeque<LogLine>>>,
+    ring_cap: usize,
+    followers: broadcast::Sender<ServiceLogLine>,
     tx: mpsc::Sender<LogLine>,
 }
 
@@ -78,10 +83,7 @@ impl LogSink {
         let (tx, rx) = mpsc::channel(CHANNEL_LINES);
         let writer = Writer {
             service: service.to_owned(),
-            ring: ring.clone(),
-            ring_cap: cfg.ring.max(1),
             file,
-            followers,
         };
         std::thread::Builder::new()
             .name(format!("kinfra-log-{service}"))
@@ -89,8 +91,45 @@ impl LogSink {
         Ok(LogSink {
             service: service.into(),
             ring,
+            ring_cap: cfg.ring.max(1),
+            followers,
             tx,
         })
+    }
+
+    /// Puts `line` in the ring and sends it to followers and, through `permit`, to the file
+    /// writer, all under the ring's lock: ring and file get lines in the same order.
+    fn publish(&self, line: LogLine, permit: Option<mpsc::Permit<'_, LogLine>>) {
+        let mut ring = match self.ring.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        while ring.len() >= self.ring_cap {
+            ring.pop_front();
+        }
+        ring.push_back(line.clone());
+        let _ = self.followers.send(ServiceLogLine {
+            service: self.service.to_string(),
+            line: line.clone(),
+        });
+        if let Some(permit) = permit {
+            permit.send(line);
+        }
+    }
+
+    /// Records a line, waiting for room in the file writer's channel first (never for the
+    /// disk). False when the writer is gone.
+    async fn record(&self, line: LogLine) -> bool {
+        match self.tx.reserve().await {
+            Ok(permit) => {
+                self.publish(line, Some(permit));
+                true
+            }
+            Err(_) => {
+                self.publish(line, None);
+                false
+            }
+        }
     }
 
     /// The service name.
@@ -113,10 +152,12 @@ impl LogSink {
     }
 
     fn push_nowait(&self, line: LogLine) {
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(line)) => {
-                // Keep the line without making the caller wait.
+        match self.tx.try_reserve() {
+            Ok(permit) => self.publish(line, Some(permit)),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                // Shown now; written to the file when the writer has room, without making
+                // the caller wait.
+                self.publish(line.clone(), None);
                 let tx = self.tx.clone();
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(async move {
@@ -124,14 +165,14 @@ impl LogSink {
                     });
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(())) => self.publish(line, None),
         }
     }
 
     /// Records a line of output from a resource driven through an adapter; waits while the
-    /// writer is behind, so lines keep their order.
+    /// file writer's channel is full, so lines keep their order.
     pub async fn write(&self, stream: LogStream, message: String) {
-        let _ = self.tx.send(make_line(stream, message)).await;
+        self.record(make_line(stream, message)).await;
     }
 
     /// The last `n` lines in the ring, oldest first.
@@ -152,11 +193,10 @@ impl LogSink {
         stream: LogStream,
         max_line: usize,
     ) -> tokio::task::JoinHandle<()> {
-        let tx = self.tx.clone();
-        let service = self.service.clone();
+        let sink = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = read_lines(fd, stream, max_line, tx).await {
-                warn!(service = %service, %error, "Reading process output failed.");
+            if let Err(error) = read_lines(fd, stream, max_line, &sink).await {
+                warn!(service = %sink.service, %error, "Reading process output failed.");
             }
         })
     }
@@ -253,7 +293,7 @@ async fn read_lines(
     fd: OwnedFd,
     stream: LogStream,
     max_line: usize,
-    tx: mpsc::Sender<LogLine>,
+    sink: &LogSink,
 ) -> io::Result<()> {
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
     let mut splitter = LineSplitter::new(max_line);
@@ -265,29 +305,27 @@ async fn read_lines(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if let Some(last) = splitter.finish() {
-                    let _ = tx.send(make_line(stream, last)).await;
+                    sink.record(make_line(stream, last)).await;
                 }
                 return Err(e);
             }
         };
         for line in splitter.feed(&buf[..n]) {
-            if tx.send(make_line(stream, line)).await.is_err() {
+            if !sink.record(make_line(stream, line)).await {
                 return Ok(());
             }
         }
     }
     if let Some(last) = splitter.finish() {
-        let _ = tx.send(make_line(stream, last)).await;
+        sink.record(make_line(stream, last)).await;
     }
     Ok(())
 }
 
+/// Writes the log file; the ring and followers are fed before a line gets here.
 struct Writer {
     service: String,
-    ring: Arc<Mutex<VecDeque<LogLine>>>,
-    ring_cap: usize,
     file: LogFile,
-    followers: broadcast::Sender<ServiceLogLine>,
 }
 
 impl Writer {
@@ -309,20 +347,6 @@ impl Writer {
         if let Err(error) = self.file.append(&line) {
             warn!(service = %self.service, %error, "Writing the log file failed.");
         }
-        {
-            let mut ring = match self.ring.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            while ring.len() >= self.ring_cap {
-                ring.pop_front();
-            }
-            ring.push_back(line.clone());
-        }
-        let _ = self.followers.send(ServiceLogLine {
-            service: self.service.clone(),
-            line,
-        });
     }
 }
 

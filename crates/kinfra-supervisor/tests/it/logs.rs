@@ -143,8 +143,24 @@ async fn flood_rotates_without_losing_lines_and_supervisor_stays_responsive() {
     );
     // Ring is bounded.
     assert!(s.logs(Some("flood"), 100_000).unwrap_or_default().len() <= 500);
-    // Files hold every line once, in order.
+    // Files hold every line once, in order. The file writer may be behind the live log (by
+    // at most its channel): read them once the service is done and its last lines (its own
+    // END and kinfra's exit line) are written.
     let log_dir = p.state_dir().join("logs");
+    expect_state(&s, "flood", ServiceState::Completed, SECS(10)).await;
+    assert!(
+        wait_for(SECS(10), || {
+            let files = read_all_log_files(&log_dir, "flood", 40);
+            let has = |m: &str| {
+                files
+                    .iter()
+                    .any(|l| l.contains(&format!("\"message\":\"{m}")))
+            };
+            has("END") && has("Exited with code 0")
+        })
+        .await,
+        "the files never caught up with the live log"
+    );
     assert!(log_dir.join("flood.log.1").exists(), "no rotation happened");
     let lines = read_all_log_files(&log_dir, "flood", 40);
     let mut seen = BTreeSet::new();
@@ -249,5 +265,41 @@ async fn an_endless_flood_does_not_block_stop_or_status() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(3));
     assert!(s.logs(Some("yes"), 1_000_000).unwrap_or_default().len() <= 100);
     assert!(!p.state_dir().join("logs/yes.log.2").exists());
+    s.shutdown(SECS(5)).await;
+}
+
+/// A log file that stops taking writes (a stalled disk; here a FIFO nobody reads) holds up
+/// neither the service nor its live log: later lines still reach `logs()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_file_does_not_hold_up_the_live_log() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = Project::new();
+    let dir = p.state_dir().join("logs");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let fifo = dir.join("big.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+    // Open for reading and never read: the writer's open succeeds, its writes block once
+    // the pipe holds 64 KiB.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap_or_else(|e| panic!("open fifo: {e}"));
+    let s = p
+        .start(&services(vec![(
+            "big",
+            sh("head -c 300000 /dev/zero | tr '\\0' x; echo; echo marker; sleep 30"),
+        )]))
+        .await;
+    assert!(
+        wait_for(SECS(10), || messages(&s, "big")
+            .contains(&"marker".to_string()))
+        .await,
+        "the line after the stall never reached the live log ({} lines there)",
+        messages(&s, "big").len()
+    );
+    // Unblock the writer, so it ends with the supervisor.
+    drop(reader);
     s.shutdown(SECS(5)).await;
 }

@@ -42,7 +42,8 @@ async fn a_resource_restarts_on_failure_and_gates_its_dependents() {
          if [ $n -lt 3 ]; then exit 4; fi; trap 'exit 0' TERM; while :; do sleep 0.1; done",
         m = marker.display()
     );
-    let mut spec = ResourceSpec::new(Arc::new(ProcessResource::shell("db", &script, None)));
+    let adapter = Arc::new(ProcessResource::shell("db", &script, None));
+    let mut spec = ResourceSpec::new(adapter.clone());
     fast(&mut spec);
     spec.restart = RestartPolicy::OnFailure;
     let mut api = sh("echo db is up; sleep 30");
@@ -76,8 +77,9 @@ async fn a_resource_restarts_on_failure_and_gates_its_dependents() {
             .logs(Some("db"), 50)
             .is_ok_and(|l| l.iter().any(|l| l.line.message == "attempt 3")))
         .await,
-        "the resource's own output reaches the log pipeline: {:?}",
-        sup.logs(Some("db"), 50)
+        "the resource's own output reaches the log pipeline: {:?}\nthe adapter read: {:?}",
+        sup.logs(Some("db"), 50),
+        kinfra_core::resource::Resource::logs(adapter.as_ref(), 50).await
     );
     // Actions work on resources like on services.
     sup.act(kinfra_core::view::Action::Stop, "db")
