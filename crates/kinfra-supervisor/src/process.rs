@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 const RECENT_LINES: usize = 1000;
 /// Longest output line.
 const MAX_LINE: usize = 64 * 1024;
+/// How long the exit report waits for the output to be drained first.
+const EXIT_AFTER_OUTPUT: Duration = Duration::from_millis(200);
 
 /// A local process as a [`Resource`]: own process group, output captured line by line, stop
 /// by SIGTERM to the group, then SIGKILL after the grace.
@@ -221,17 +223,22 @@ impl Resource for ProcessResource {
             }
             let (exit_tx, exit_rx) = watch::channel(None);
             let pid = spawned.pid;
+            // The output closes when the pipes are drained (every line handed over), however
+            // long that takes after the exit, never at a cut-off.
             let closer = consumer.clone();
+            let (drained_tx, drained_rx) = oneshot::channel::<()>();
+            tokio::spawn(async move {
+                for r in readers {
+                    let _ = r.await;
+                }
+                lock(&closer).take();
+                let _ = drained_tx.send(());
+            });
             tokio::spawn(async move {
                 let exit = spawn::wait_exit(pid).await;
-                // Hand over what the process wrote before its exit is known.
-                let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                    for r in readers {
-                        let _ = r.await;
-                    }
-                })
-                .await;
-                lock(&closer).take();
+                // The exit is known after the output when the pipes drain soon; a descendant
+                // holding them open does not delay it.
+                let _ = tokio::time::timeout(EXIT_AFTER_OUTPUT, drained_rx).await;
                 let _ = exit_tx.send(Some(exit));
             });
             *lock(&self.current) = Some(Current {

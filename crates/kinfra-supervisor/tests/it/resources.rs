@@ -242,3 +242,34 @@ async fn services_get_resource_urls_and_never_show_them() {
     );
     sup.shutdown(SECS(5)).await;
 }
+
+/// Output still in flight when a run exits (a flood the readers need a while for) reaches the
+/// log in full: the run's output closes when its pipes are drained, not at a fixed cut-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_output_is_not_cut_off_at_its_exit() {
+    let project = Project::new();
+    let mut spec = ResourceSpec::new(Arc::new(ProcessResource::shell(
+        "flood",
+        "seq 1 100000; echo the-end",
+        None,
+    )));
+    spec.restart = RestartPolicy::No;
+    let sup = Supervisor::start_with_resources(
+        &BTreeMap::new(),
+        project.opts(),
+        vec![("flood".into(), spec)],
+        None,
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "flood", ServiceState::Completed, SECS(20)).await;
+    assert!(
+        wait_for(SECS(20), || sup
+            .logs(Some("flood"), 1000)
+            .is_ok_and(|l| l.iter().any(|l| l.line.message == "the-end")))
+        .await,
+        "the last line never reached the log: {:?}",
+        sup.logs(Some("flood"), 5)
+    );
+    sup.shutdown(SECS(5)).await;
+}
