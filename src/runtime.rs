@@ -141,7 +141,8 @@ fn store_metrics(s: &kinfra_store::StoreStats) -> String {
 /// the supervisor with the rest) or `ports.json` without a store.
 struct ResourcePorts<'a> {
     registry: kinfra_supervisor::ports::PortStore,
-    persistence: Option<&'a mut kinfra_store::Persistence>,
+    /// The store's port map (`None` without a store: `ports.json` keeps them).
+    stored: Option<&'a mut BTreeMap<String, u16>>,
     events: &'a EventSender,
 }
 
@@ -155,8 +156,8 @@ impl kinfra_docker::PortSource for ResourcePorts<'_> {
             .registry
             .resolve(name, spec)
             .map_err(|e| e.to_string())?;
-        if let Some(persistence) = self.persistence.as_deref_mut() {
-            persistence.ports.insert(name.to_owned(), port);
+        if let Some(stored) = self.stored.as_deref_mut() {
+            stored.insert(name.to_owned(), port);
             if new {
                 self.events.emit(EventKind::PortAssigned {
                     service: name.to_owned(),
@@ -174,14 +175,14 @@ async fn container_resources(
     config: &Config,
     state_dir: &Path,
     events: &EventSender,
-    persistence: &mut Option<kinfra_store::Persistence>,
+    stored_ports: Option<&mut BTreeMap<String, u16>>,
     store: Option<&Store>,
 ) -> Result<Vec<(String, kinfra_supervisor::ResourceSpec)>, StartError> {
     if config.resources.is_empty() {
         return Ok(Vec::new());
     }
-    let registry = match persistence.as_ref() {
-        Some(p) => kinfra_supervisor::ports::PortStore::in_memory(p.ports.clone()),
+    let registry = match stored_ports.as_deref() {
+        Some(ports) => kinfra_supervisor::ports::PortStore::in_memory(ports.clone()),
         None => kinfra_supervisor::ports::PortStore::load(&state_dir.join("ports.json")).map_err(
             |source| StartError::StateDir {
                 path: state_dir.join("ports.json"),
@@ -191,7 +192,7 @@ async fn container_resources(
     };
     let mut ports = ResourcePorts {
         registry,
-        persistence: persistence.as_mut(),
+        stored: stored_ports,
         events,
     };
     let engine = kinfra_docker::EngineHandle::local();
@@ -549,6 +550,9 @@ pub enum ReloadError {
     /// The runtime is shutting down.
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    /// A changed `[resources.NAME]` block could not be built again.
+    #[error("resources: {0}")]
+    Resources(String),
 }
 
 /// Sections that cannot change while the runtime runs; a reload that changes them applies
@@ -572,9 +576,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.acme != new.acme {
         out.push("[acme]");
-    }
-    if old.resources != new.resources {
-        out.push("[resources]");
     }
     out
 }
@@ -692,7 +693,24 @@ impl RuntimeCore {
             return Err(errors.into());
         }
         let old = self.current_config();
-        let summary = self.supervisor.apply(&effective_services(&new)).await?;
+        // Resources first: services that depend on a new or changed one wait for it.
+        let resources = self.apply_resources(&old, &new).await?;
+        let mut summary = self.supervisor.apply(&effective_services(&new)).await?;
+        // Services that depend on a changed resource get its new connection.
+        for name in &resources.changed {
+            for (service, cfg) in &new.services {
+                if cfg.depends_on.0.contains_key(name)
+                    && summary.unchanged.contains(service)
+                    && let Err(error) = self.supervisor.act(Action::Restart, service).await
+                {
+                    tracing::warn!(%service, %error, "Cannot restart a dependent of a changed resource.");
+                }
+            }
+        }
+        summary.added.extend(resources.added);
+        summary.removed.extend(resources.removed);
+        summary.changed.extend(resources.changed);
+        summary.unchanged.extend(resources.unchanged);
         {
             let mut m = match self.maintenance.lock() {
                 Ok(m) => m,
@@ -718,6 +736,65 @@ impl RuntimeCore {
             Err(poisoned) => *poisoned.into_inner() = new,
         }
         Ok(summary)
+    }
+
+    /// Applies `[resources]` changes: removed and changed ones stop and leave the supervisor;
+    /// added and changed ones are built again and started (a changed one has a new config
+    /// hash, so its container is recreated; data volumes are kept).
+    async fn apply_resources(
+        &self,
+        old: &Config,
+        new: &Config,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let mut out = ReloadSummary::default();
+        let mut rebuild = BTreeMap::new();
+        for (name, cfg) in &new.resources {
+            match old.resources.get(name) {
+                None => out.added.push(name.clone()),
+                Some(before) if before != cfg => out.changed.push(name.clone()),
+                Some(_) => {
+                    out.unchanged.push(name.clone());
+                    continue;
+                }
+            }
+            rebuild.insert(name.clone(), cfg.clone());
+        }
+        out.removed = old
+            .resources
+            .keys()
+            .filter(|n| !new.resources.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in out.removed.iter().chain(&out.changed) {
+            if let Err(error) = self.supervisor.remove_resource(name).await {
+                tracing::warn!(resource = %name, %error, "Cannot stop a resource for a reload.");
+            }
+        }
+        if rebuild.is_empty() {
+            return Ok(out);
+        }
+        let mut partial = new.clone();
+        partial.resources = rebuild;
+        let mut stored_ports = match &self.store {
+            Some(store) => Some(
+                store
+                    .ports()
+                    .await
+                    .map_err(|e| ReloadError::Resources(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let specs = container_resources(
+            &partial,
+            &self.state_dir,
+            &self.events,
+            stored_ports.as_mut(),
+            self.store.as_ref(),
+        )
+        .await
+        .map_err(|e| ReloadError::Resources(e.to_string()))?;
+        self.supervisor.add_resources(specs)?;
+        Ok(out)
     }
 
     async fn reload_file(&self) -> Result<ReloadSummary, ReloadError> {
@@ -1118,7 +1195,7 @@ async fn start_subsystems(
         &config,
         &state_dir,
         &events,
-        &mut persistence,
+        persistence.as_mut().map(|p| &mut p.ports),
         store.as_ref(),
     )
     .await

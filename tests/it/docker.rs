@@ -157,6 +157,34 @@ depends_on = {{ cache = "healthy" }}
         .output()
         .expect("redis-cli");
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello");
+
+    // A reload that changes the resource recreates its container (one, with a new id), and
+    // the dependent service follows.
+    let toml = std::fs::read_to_string(p.path().join("kinfra.toml")).expect("config");
+    p.write(
+        "kinfra.toml",
+        &toml.replace(
+            "port = \"auto\"\n",
+            "port = \"auto\"\nenv = { KINFRA_TEST = \"changed\" }\n",
+        ),
+    );
+    let out = p.run(&["runtime", "reload"]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    assert!(stdout(&out).contains("cache"), "{}", stdout(&out));
+    let recreated = wait_for(
+        Duration::from_secs(90),
+        "cache recreated and healthy",
+        || {
+            let s = status(&p)?;
+            let ids = docker(&["ps", "-aq", "--no-trunc", "--filter", &label]);
+            (s["services"]["cache"]["health"] == "healthy"
+                && s["services"]["app"]["state"] == "running"
+                && ids.lines().count() == 1
+                && ids != first)
+                .then_some(ids)
+        },
+    );
+    assert_ne!(recreated, first);
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(60)).success());
 }

@@ -36,7 +36,7 @@ pub async fn from_config(
     config: &Config,
     engine: &EngineHandle,
     secrets: &Secrets,
-    ports: &mut dyn PortSource,
+    ports: &mut (dyn PortSource + Send),
 ) -> Result<Vec<Built>, DockerError> {
     let project = &config.project.name;
     let mut out = Vec::new();
