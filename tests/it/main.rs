@@ -2,6 +2,7 @@
 //! processes and real sockets.
 
 mod acme;
+mod bench_smoke;
 mod bus;
 mod cli;
 mod config_check;

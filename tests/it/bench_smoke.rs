@@ -1,0 +1,104 @@
+//! The benchmark harness (`bench/run`) runs in its smallest mode against this build of kinfra
+//! and writes well-formed results. No performance figure is asserted: only that the sections
+//! ran and produced positive numbers. Peers (nginx, Caddy, supervisord, wrk) are used when they
+//! are installed and skipped otherwise; `--smoke` installs nothing.
+
+use crate::support::{kill, kinfra_bin};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn positive(v: &serde_json::Value, path: &str) -> f64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    let n = cur
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {cur}"));
+    assert!(n > 0.0, "{path} = {n}, expected > 0");
+    n
+}
+
+#[test]
+fn harness_smoke_mode_writes_well_formed_results() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run");
+    let log = out.path().join("harness.log");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["--smoke", "--no-install", "--kinfra", kinfra_bin(), "--out"])
+        .arg(out.path())
+        .env_remove("KINFRA_BIN")
+        .env_remove("BENCH_LOAD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // To a file, not a pipe: nobody reads a pipe until the harness exits.
+        .stderr(std::fs::File::create(&log).expect("harness log"))
+        .spawn()
+        .expect("run bench/run");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for bench/run") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(240) {
+            // The harness kills what it started when it gets SIGTERM.
+            kill(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+            panic!("bench/run --smoke did not finish within 240 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "bench/run --smoke failed: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let text =
+        std::fs::read_to_string(out.path().join("results/latest.json")).expect("latest.json");
+    let r: serde_json::Value = serde_json::from_str(&text).expect("well-formed JSON");
+    assert_eq!(r["mode"], "smoke");
+    for key in ["date", "kernel", "cpu", "git_commit"] {
+        assert!(
+            r["machine"][key].is_string(),
+            "machine.{key}: {}",
+            r["machine"]
+        );
+    }
+    positive(&r, "machine.cpus");
+    positive(&r, "duration_s");
+
+    // Proxy: only when wrk and nginx are installed.
+    if r["proxy"]["skipped"].is_null() {
+        for target in ["direct", "kinfra", "nginx"] {
+            positive(&r, &format!("proxy.sizes.1k.targets.{target}.rps"));
+            positive(&r, &format!("proxy.sizes.1k.targets.{target}.requests"));
+            positive(
+                &r,
+                &format!("proxy.sizes.1k.targets.{target}.cpu_s_per_100k"),
+            );
+        }
+        assert!(r["proxy"]["sizes"]["1k"]["ratios"]["kinfra/nginx"]["rps"].is_number());
+    }
+
+    // Supervisor, logs and boot always run for kinfra; peers when installed.
+    positive(&r, "supervisor.crash_respawn.kinfra.p50_ms");
+    positive(&r, "supervisor.crash_respawn.kinfra.respawned");
+    positive(&r, "supervisor.boot.10.kinfra.all_running_ms_median");
+    positive(&r, "supervisor.idle.10.kinfra.rss_mib");
+    positive(&r, "logs.kinfra.lines_per_s");
+    positive(&r, "logs.kinfra.captured");
+    positive(&r, "boot.kinfra.p50_ms");
+    if r["supervisor"]["crash_respawn"]["supervisord"].is_object() {
+        positive(&r, "supervisor.crash_respawn.supervisord.p50_ms");
+        assert!(r["supervisor"]["ratios"]["crash_respawn_p50"].is_number());
+    }
+
+    let md = std::fs::read_to_string(out.path().join("RESULTS.md")).expect("RESULTS.md");
+    assert!(md.starts_with("# Benchmark results"), "{md}");
+    assert!(
+        md.contains("## Supervisor") && md.contains("## Boot"),
+        "{md}"
+    );
+}
