@@ -31,9 +31,17 @@ async fn spawns_reports_status_and_stops() {
     let lines = sup.logs(Some("web"), 100).unwrap_or_default();
     let err_line = lines.iter().find(|l| l.line.message == "to-stderr");
     assert_eq!(err_line.map(|l| l.line.stream.as_str()), Some("stderr"));
-    // The log file has the same lines, as JSON.
-    let file = std::fs::read_to_string(p.state_dir().join("logs/web.log")).unwrap_or_default();
-    assert!(file.contains("\"message\":\"hello from web\""), "{file}");
+    // The log file has the same lines, as JSON (its writer follows the live log, so wait for
+    // it to catch up).
+    let log_file = p.state_dir().join("logs/web.log");
+    let read = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(
+        wait_for(SECS(5), || read()
+            .contains("\"message\":\"hello from web\""))
+        .await,
+        "{}",
+        read()
+    );
 
     sup.act(Action::Stop, "web")
         .await
