@@ -32,6 +32,23 @@ impl Drop for Cleanup {
     }
 }
 
+/// `GET key` from the published Redis port, with the generated password.
+fn redis_get(port: u64, password: &str, key: &str) -> String {
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-a",
+            password,
+            "--no-auth-warning",
+            "get",
+            key,
+        ])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn status(p: &Project) -> Option<serde_json::Value> {
     let out = p.run(&["runtime", "status", "--json"]);
     out.status
@@ -102,19 +119,7 @@ depends_on = {{ cache = "healthy" }}
         !report.to_string().contains(&password),
         "password in /__status__"
     );
-    let got = Command::new("redis-cli")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-a",
-            &password,
-            "--no-auth-warning",
-            "get",
-            "greeting",
-        ])
-        .output()
-        .expect("redis-cli");
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello");
+    assert_eq!(redis_get(port, &password, "greeting"), "hello");
     let first = docker(&["ps", "-q", "--no-trunc", "--filter", &label]);
     assert_eq!(first.lines().count(), 1, "one container: {first}");
 
@@ -144,19 +149,7 @@ depends_on = {{ cache = "healthy" }}
         restored.contains(&password),
         "a different password after the restart"
     );
-    let got = Command::new("redis-cli")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-a",
-            &password,
-            "--no-auth-warning",
-            "get",
-            "greeting",
-        ])
-        .output()
-        .expect("redis-cli");
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello");
+    assert_eq!(redis_get(port, &password, "greeting"), "hello");
 
     // A reload that changes the resource recreates its container (one, with a new id), and
     // the dependent service follows.

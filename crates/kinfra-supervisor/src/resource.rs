@@ -319,6 +319,15 @@ impl ResourceActor {
 
     /// Starts (or adopts) a run. Failures go through the restart policy, except permanent
     /// ones (no engine, an invalid definition), which fail at once with their message.
+    /// Launches now and says whether the resource failed to start (with its message).
+    async fn launch_and_report(&mut self) -> Result<(), String> {
+        self.launch().await;
+        match self.state() {
+            ServiceState::Failed => Err(self.snap.borrow().message.clone()),
+            _ => Ok(()),
+        }
+    }
+
     async fn launch(&mut self) {
         self.set_state(
             ServiceState::Starting,
@@ -574,11 +583,7 @@ impl ResourceActor {
                 self.guard.reset();
                 self.attempt = 0;
                 self.mode = Mode::Active;
-                self.launch().await;
-                let r = match self.state() {
-                    ServiceState::Failed => Err(self.snap.borrow().message.clone()),
-                    _ => Ok(()),
-                };
+                let r = self.launch_and_report().await;
                 let _ = reply.send(r);
             }
             Command::Stop(reply) => {
@@ -592,11 +597,7 @@ impl ResourceActor {
                 self.guard.reset();
                 self.attempt = 0;
                 self.mode = Mode::Active;
-                self.launch().await;
-                let r = match self.state() {
-                    ServiceState::Failed => Err(self.snap.borrow().message.clone()),
-                    _ => Ok(()),
-                };
+                let r = self.launch_and_report().await;
                 let _ = reply.send(r);
             }
             Command::Halt(reply) => {
