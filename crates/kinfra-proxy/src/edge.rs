@@ -10,13 +10,14 @@ use crate::state::{Decision, RouteState};
 use crate::upstream::{Backend, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header;
+use http::{HeaderValue, header};
 use pingora::ErrorType;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, Result};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,7 +124,7 @@ pub(crate) struct Ctx {
     probe: bool,
 }
 
-fn request_host(req: &RequestHeader) -> Option<String> {
+fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
     if let Some(host) = req.uri.host() {
         return Some(normalize_host(host));
     }
@@ -135,52 +136,70 @@ fn request_host(req: &RequestHeader) -> Option<String> {
 }
 
 /// The `Host` as the client sent it (with port), for `X-Forwarded-Host`.
-fn original_host(req: &RequestHeader) -> Option<String> {
-    req.headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
+fn original_host(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => req
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
 }
 
 fn is_tls(digest: Option<&Digest>) -> bool {
     digest.is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// Response fields that are hop-by-hop whatever `Connection` says.
+const RESPONSE_HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "proxy-authenticate"];
+
 /// Removes the fields named in `Connection` (and the standard hop-by-hop fields) from a
 /// response; keeps `Connection`/`Upgrade` on a `101 Switching Protocols`.
 fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    let nominated: Vec<String> = resp
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
-        .collect();
-    for name in nominated {
-        resp.remove_header(&name);
+    if resp.headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<String> = resp
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
+            .collect();
+        for name in nominated {
+            resp.remove_header(&name);
+        }
+        if !switching {
+            resp.remove_header(&header::CONNECTION);
+        }
     }
-    resp.remove_header("keep-alive");
-    resp.remove_header("proxy-connection");
-    resp.remove_header(&header::PROXY_AUTHENTICATE);
-    if !switching {
-        resp.remove_header(&header::CONNECTION);
+    for name in RESPONSE_HOP_BY_HOP {
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
+        }
+    }
+    if !switching && resp.headers.contains_key(header::UPGRADE) {
         resp.remove_header(&header::UPGRADE);
     }
 }
 
-fn append_via(existing: Option<&http::HeaderValue>, version: http::Version) -> String {
-    let me = match version {
+/// This proxy's `Via` entry for a request or response of `version`.
+fn via_entry(version: http::Version) -> &'static str {
+    match version {
         http::Version::HTTP_2 => "2 kinfra",
         http::Version::HTTP_10 => "1.0 kinfra",
         _ => "1.1 kinfra",
-    };
+    }
+}
+
+/// `Via` with this proxy appended; a static value when there was none (no allocation).
+fn append_via(existing: Option<&HeaderValue>, version: http::Version) -> HeaderValue {
+    let me = via_entry(version);
     match existing.and_then(|v| v.to_str().ok()) {
-        Some(v) if !v.is_empty() => format!("{v}, {me}"),
-        _ => me.to_owned(),
+        Some(v) if !v.is_empty() => HeaderValue::from_str(&format!("{v}, {me}"))
+            .unwrap_or_else(|_| HeaderValue::from_static(me)),
+        _ => HeaderValue::from_static(me),
     }
 }
 
@@ -563,7 +582,10 @@ impl ProxyHttp for Edge {
             };
             upstream.insert_header("x-forwarded-for", xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        upstream.insert_header(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        )?;
         match original_host(session.req_header()) {
             Some(host) => upstream.insert_header("x-forwarded-host", host)?,
             None => {
@@ -574,7 +596,7 @@ impl ProxyHttp for Edge {
             upstream.headers.get(header::VIA),
             session.req_header().version,
         );
-        upstream.insert_header(header::VIA, via)?;
+        upstream.insert_header("via", via)?;
         Ok(())
     }
 
@@ -586,7 +608,7 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         strip_response_hop_by_hop(resp);
         let via = append_via(resp.headers.get(header::VIA), session.req_header().version);
-        resp.insert_header(header::VIA, via)?;
+        resp.insert_header("via", via)?;
         Ok(())
     }
 
@@ -649,7 +671,7 @@ impl ProxyHttp for Edge {
         }
         self.shared.access.send(AccessEntry {
             method: req.method.clone(),
-            host: request_host(req),
+            host: request_host(req).map(Cow::into_owned),
             path,
             status,
             micros,
@@ -673,7 +695,7 @@ mod tests {
     #[test]
     fn via_is_appended() {
         assert_eq!(append_via(None, http::Version::HTTP_11), "1.1 kinfra");
-        let prev = http::HeaderValue::from_static("1.1 edge");
+        let prev = HeaderValue::from_static("1.1 edge");
         assert_eq!(
             append_via(Some(&prev), http::Version::HTTP_2),
             "1.1 edge, 2 kinfra"

@@ -4,6 +4,7 @@
 use crate::error::ProxyError;
 use crate::upstream::{Backend, Pool};
 use kinfra_core::config::RouteConfig;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -108,7 +109,7 @@ impl RouteTable {
                 strip_prefix: rc.strip_prefix,
                 target,
             };
-            match rc.host.as_deref().map(normalize_host) {
+            match rc.host.as_deref().map(|h| normalize_host(h).into_owned()) {
                 None => table.any.push(route),
                 Some(host) if host.is_empty() || host == "*" => table.any.push(route),
                 Some(host) => {
@@ -167,8 +168,9 @@ impl RouteTable {
 }
 
 /// Lower-cases a host and removes a port (`Example.com:8080` → `example.com`, `[::1]:80` →
-/// `[::1]`).
-pub(crate) fn normalize_host(host: &str) -> String {
+/// `[::1]`). Borrows when the host is already in that form (the usual case on the request
+/// path).
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         match rest.find(']') {
@@ -181,7 +183,12 @@ pub(crate) fn normalize_host(host: &str) -> String {
             _ => host,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// Prefix match on path-segment boundaries: `/api` matches `/api`, `/api/` and `/api/x`, not
