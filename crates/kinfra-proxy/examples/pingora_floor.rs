@@ -1,7 +1,7 @@
 //! The floor for `bench/`: pingora's HTTP proxy with no hooks beyond choosing the one upstream,
 //! so a bench run can tell pingora's own cost from kinfra's.
 //!
-//! `pingora_floor LISTEN UPSTREAM_ADDR [THREADS]`
+//! `pingora_floor LISTEN UPSTREAM_ADDR [THREADS]`; SIGINT stops it at once.
 
 use async_trait::async_trait;
 use pingora::prelude::HttpPeer;
@@ -33,7 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: 512,
-        work_stealing: std::env::var_os("FLOOR_NO_STEAL").is_none(),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
