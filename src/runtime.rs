@@ -196,21 +196,20 @@ async fn container_resources(
         events,
     };
     let engine = kinfra_docker::EngineHandle::local();
-    let secrets_file = state_dir.join("resources").join("secrets.json");
+    let secrets = kinfra_docker::Secrets::in_state_dir(state_dir);
     // Generated passwords are kept in the store: a state dir that lost its copy (or another
     // machine on the same remote store) gets the same ones, so data volumes keep working.
     let stored = match store {
         Some(store) => {
             let stored = store.resource_secrets().await?;
-            restore_secrets(&secrets_file, &stored)?;
+            secrets.add_missing(&stored)?;
             Some(stored)
         }
         None => None,
     };
-    let secrets = kinfra_docker::Secrets::new(&secrets_file);
     let built = kinfra_docker::from_config(config, &engine, &secrets, &mut ports).await?;
     if let (Some(store), Some(stored)) = (store, stored) {
-        let now = read_secrets(&secrets_file)?;
+        let now = secrets.all()?;
         if now != stored {
             store.save_resource_secrets(&now).await?;
         }
@@ -222,59 +221,6 @@ async fn container_resources(
             (b.name, spec)
         })
         .collect())
-}
-
-/// The generated resource passwords in `file` (the working copy `kinfra-docker` reads and
-/// extends); empty when there is none yet.
-fn read_secrets(file: &Path) -> Result<BTreeMap<String, Secret>, StartError> {
-    let err = |source| StartError::StateDir {
-        path: file.to_path_buf(),
-        source,
-    };
-    let map: BTreeMap<String, String> = match std::fs::read(file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(std::io::Error::other(e)))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(err(e)),
-    };
-    Ok(map.into_iter().map(|(k, v)| (k, Secret::new(v))).collect())
-}
-
-/// Adds the stored passwords the working copy lacks (mode 0600, written atomically).
-fn restore_secrets(file: &Path, stored: &BTreeMap<String, Secret>) -> Result<(), StartError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut current = read_secrets(file)?;
-    let before = current.len();
-    for (k, v) in stored {
-        current.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    if current.len() == before {
-        return Ok(());
-    }
-    let err = |source| StartError::StateDir {
-        path: file.to_path_buf(),
-        source,
-    };
-    let plain: BTreeMap<&str, &str> = current
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.expose()))
-        .collect();
-    let json = serde_json::to_vec_pretty(&plain).map_err(|e| err(std::io::Error::other(e)))?;
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = file.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(&json).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, file).map_err(err)?;
-    Ok(())
 }
 
 /// Expiry of each ACME certificate as a Unix timestamp, in the Prometheus text format.

@@ -3,6 +3,7 @@
 //! working. Values never reach a log line, an event or a status.
 
 use crate::DockerError;
+use kinfra_core::Secret;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -41,44 +42,82 @@ impl Secrets {
         }
     }
 
-    /// The value under `key`, generated and saved when there is none.
-    pub fn get_or_create(&self, key: &str) -> Result<String, DockerError> {
-        let _guard = match self.lock.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        match self.lock.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
-        };
-        let mut map: BTreeMap<String, String> = match std::fs::read(&self.path) {
+        }
+    }
+
+    /// The file's values; empty when there is no file yet.
+    fn read(&self) -> Result<BTreeMap<String, String>, DockerError> {
+        match std::fs::read(&self.path) {
             Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| self.err()(std::io::Error::other(e)))?
+                serde_json::from_slice(&bytes).map_err(|e| self.err()(std::io::Error::other(e)))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(self.err()(e)),
-        };
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(self.err()(e)),
+        }
+    }
+
+    /// Replaces the file (mode 0600, written to a temporary file, synced, then renamed).
+    fn write(&self, map: &BTreeMap<String, String>) -> Result<(), DockerError> {
+        use std::io::Write;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(self.err())?;
+        }
+        let json =
+            serde_json::to_vec_pretty(map).map_err(|e| self.err()(std::io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(self.err())?;
+        f.write_all(&json).map_err(self.err())?;
+        f.sync_all().map_err(self.err())?;
+        std::fs::rename(&tmp, &self.path).map_err(self.err())
+    }
+
+    /// The value under `key`, generated and saved when there is none.
+    pub fn get_or_create(&self, key: &str) -> Result<String, DockerError> {
+        let _guard = self.lock();
+        let mut map = self.read()?;
         if let Some(v) = map.get(key) {
             return Ok(v.clone());
         }
         let value = generate().map_err(self.err())?;
         map.insert(key.to_owned(), value.clone());
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(self.err())?;
-        }
-        let json =
-            serde_json::to_vec_pretty(&map).map_err(|e| self.err()(std::io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(self.err())?;
-            f.write_all(&json).map_err(self.err())?;
-            f.sync_all().map_err(self.err())?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(self.err())?;
+        self.write(&map)?;
         Ok(value)
+    }
+
+    /// Every value kept, by key (for a copy elsewhere, such as the store).
+    pub fn all(&self) -> Result<BTreeMap<String, Secret>, DockerError> {
+        let _guard = self.lock();
+        Ok(self
+            .read()?
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect())
+    }
+
+    /// Adds the values of `kept` whose keys the file lacks; a value already in the file wins.
+    /// Writes only when something was added.
+    pub fn add_missing(&self, kept: &BTreeMap<String, Secret>) -> Result<(), DockerError> {
+        let _guard = self.lock();
+        let mut map = self.read()?;
+        let before = map.len();
+        for (k, v) in kept {
+            map.entry(k.clone())
+                .or_insert_with(|| v.expose().to_owned());
+        }
+        if map.len() == before {
+            return Ok(());
+        }
+        self.write(&map)
     }
 }
 
@@ -112,5 +151,25 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn kept_values_fill_gaps_and_never_overwrite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Secrets::in_state_dir(dir.path());
+        let local = s.get_or_create("db.password").expect("create");
+        let kept: BTreeMap<String, Secret> = [
+            ("db.password".to_owned(), Secret::new("from-store")),
+            ("cache.password".to_owned(), Secret::new("kept")),
+        ]
+        .into_iter()
+        .collect();
+        s.add_missing(&kept).expect("merge");
+        let all = s.all().expect("read");
+        assert_eq!(all["db.password"].expose(), local);
+        assert_eq!(all["cache.password"].expose(), "kept");
+        assert_eq!(s.get_or_create("cache.password").expect("read"), "kept");
+        let fresh = Secrets::in_state_dir(&dir.path().join("none"));
+        assert!(fresh.all().expect("no file yet").is_empty());
     }
 }
