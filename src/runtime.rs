@@ -242,7 +242,7 @@ fn certificate_metrics(certs: &[kinfra_acme::CertStatus]) -> String {
                  # TYPE kinfra_certificate_expiry_timestamp_seconds gauge\n",
             );
         }
-        let domain = c.domain.replace(['"', '\\', '\n'], "_");
+        let domain = kinfra_core::metrics::label_value(&c.domain);
         out.push_str(&format!(
             "kinfra_certificate_expiry_timestamp_seconds{{domain=\"{domain}\"}} {}\n",
             expiry.as_secs()

@@ -1,5 +1,6 @@
 //! `GET /metrics`: the runtime's state in Prometheus text format.
 
+use kinfra_core::metrics::label_value as label;
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::StatusReport;
 use std::fmt::Write;
@@ -15,14 +16,6 @@ const STATES: &[ServiceState] = &[
     ServiceState::Completed,
     ServiceState::Maintenance,
 ];
-
-/// Escapes a label value (backslash, quote, newline).
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// Renders the metrics page. `next_seq` is the seq the next event will get; `extra` is
 /// appended as it is (metrics of other subsystems, already in the text format).

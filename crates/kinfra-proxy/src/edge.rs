@@ -150,52 +150,38 @@ fn is_tls(digest: Option<&Digest>) -> bool {
     digest.is_some_and(|d| d.ssl_digest.is_some())
 }
 
-/// Response fields that are hop-by-hop whatever `Connection` says.
-const RESPONSE_HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "proxy-authenticate"];
-
 /// Removes the fields named in `Connection` (and the standard hop-by-hop fields) from a
 /// response; keeps `Connection`/`Upgrade` on a `101 Switching Protocols`.
 fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    if resp.headers.contains_key(header::CONNECTION) {
-        let nominated: Vec<String> = resp
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
-            .collect();
-        for name in nominated {
-            resp.remove_header(&name);
-        }
-        if !switching {
-            resp.remove_header(&header::CONNECTION);
-        }
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
+        .collect();
+    for name in nominated {
+        resp.remove_header(&name);
     }
-    for name in RESPONSE_HOP_BY_HOP {
-        if resp.headers.contains_key(name) {
-            resp.remove_header(name);
-        }
-    }
-    if !switching && resp.headers.contains_key(header::UPGRADE) {
+    resp.remove_header("keep-alive");
+    resp.remove_header("proxy-connection");
+    resp.remove_header(&header::PROXY_AUTHENTICATE);
+    if !switching {
+        resp.remove_header(&header::CONNECTION);
         resp.remove_header(&header::UPGRADE);
-    }
-}
-
-/// This proxy's `Via` entry for a request or response of `version`.
-fn via_entry(version: http::Version) -> &'static str {
-    match version {
-        http::Version::HTTP_2 => "2 kinfra",
-        http::Version::HTTP_10 => "1.0 kinfra",
-        _ => "1.1 kinfra",
     }
 }
 
 /// `Via` with this proxy appended; a static value when there was none (no allocation).
 fn append_via(existing: Option<&HeaderValue>, version: http::Version) -> HeaderValue {
-    let me = via_entry(version);
+    let me = match version {
+        http::Version::HTTP_2 => "2 kinfra",
+        http::Version::HTTP_10 => "1.0 kinfra",
+        _ => "1.1 kinfra",
+    };
     match existing.and_then(|v| v.to_str().ok()) {
         Some(v) if !v.is_empty() => HeaderValue::from_str(&format!("{v}, {me}"))
             .unwrap_or_else(|_| HeaderValue::from_static(me)),
@@ -596,7 +582,7 @@ impl ProxyHttp for Edge {
             upstream.headers.get(header::VIA),
             session.req_header().version,
         );
-        upstream.insert_header("via", via)?;
+        upstream.insert_header(header::VIA, via)?;
         Ok(())
     }
 
@@ -608,7 +594,7 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         strip_response_hop_by_hop(resp);
         let via = append_via(resp.headers.get(header::VIA), session.req_header().version);
-        resp.insert_header("via", via)?;
+        resp.insert_header(header::VIA, via)?;
         Ok(())
     }
 

@@ -141,10 +141,7 @@ impl ProxyMetrics {
 
 /// `route="…",code="…"`, with the route escaped as Prometheus label values require.
 fn labels(route: &str, code: &str) -> String {
-    let escaped = route
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n");
+    let escaped = kinfra_core::metrics::label_value(route);
     format!("route=\"{escaped}\",code=\"{code}\"")
 }
 
