@@ -71,6 +71,12 @@ pub struct ProxyServer {
     stop_server: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// `proxy.reserved_paths`, kept for route tables built on reload.
+    reserved_paths: Vec<String>,
+    /// Where certificates live, when there is an HTTPS listener (new route hosts get one).
+    certs_dir: Option<PathBuf>,
+    /// Serializes [`ProxyServer::set_routes`] calls.
+    reload: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ProxyServer {
@@ -211,33 +217,52 @@ impl pingora::services::Service for EdgeService {
     }
 }
 
+fn cert_err(name: &str) -> impl FnOnce(crate::tls::TlsError) -> ProxyError {
+    let name = name.to_owned();
+    move |source| ProxyError::Certificate { name, source }
+}
+
 fn load_certificates(certs_dir: &Path, hosts: &[String]) -> Result<Arc<CertStore>, ProxyError> {
     let store = Arc::new(CertStore::new());
-    let cert_err = |name: &str| {
-        let name = name.to_owned();
-        move |source| ProxyError::Certificate { name, source }
-    };
     let (localhost, source) = load_or_create(certs_dir, "localhost", &["127.0.0.1", "::1"])
         .map_err(cert_err("localhost"))?;
     tracing::debug!(name = "localhost", ?source, "TLS certificate loaded.");
     let localhost = Arc::new(localhost);
     store.insert("localhost", localhost.clone());
     store.set_default(localhost);
+    add_certificates(&store, certs_dir, hosts)?;
+    Ok(store)
+}
+
+/// Loads (or makes) a certificate for each of `hosts` the store has none for yet; a
+/// certificate already served (one ACME installed, say) is kept as it is.
+fn add_certificates(
+    store: &CertStore,
+    certs_dir: &Path,
+    hosts: &[String],
+) -> Result<(), ProxyError> {
+    let known = store.names();
     let mut names: Vec<String> = hosts
         .iter()
-        .map(|h| h.trim().to_ascii_lowercase())
+        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
         .filter(|h| !h.is_empty() && h != "localhost" && h != "*")
+        .filter(|h| !known.contains(h))
         .collect();
     names.sort();
     names.dedup();
+    // All or nothing: a name that fails leaves the store as it was.
+    let mut loaded = Vec::with_capacity(names.len());
     for name in names {
         let (key, source) = load_or_create(certs_dir, &name, &[]).map_err(cert_err(&name))?;
         if source == CertSource::SelfSigned {
             tracing::info!(name = %name, "Using a self-signed certificate.");
         }
-        store.insert(&name, Arc::new(key));
+        loaded.push((name, Arc::new(key)));
     }
-    Ok(store)
+    for (name, key) in loaded {
+        store.insert(&name, key);
+    }
+    Ok(())
 }
 
 /// Keeps the route table in step with the runtime: rebuilt on relevant events, and every few
@@ -339,8 +364,8 @@ impl ProxyServer {
                 dir: config.pages_dir.clone().unwrap_or_default(),
                 source,
             })?;
-        let certs = if https.is_some() {
-            let certs_dir = options.state_dir.join("certs");
+        let certs_dir = https.is_some().then(|| options.state_dir.join("certs"));
+        let certs = if let Some(certs_dir) = certs_dir.clone() {
             let mut names = options.tls_hosts.clone();
             names.extend(routes.hosts());
             tokio::task::spawn_blocking(move || load_certificates(&certs_dir, &names))
@@ -468,6 +493,9 @@ impl ProxyServer {
             stop_server: Some(stop_tx),
             thread: Some(thread),
             watcher: Some(watcher),
+            reserved_paths: config.reserved_paths.clone(),
+            certs_dir,
+            reload: tokio::sync::Mutex::new(()),
         };
 
         let ready = async {
@@ -560,6 +588,36 @@ impl ProxyServer {
         ProxyMetricsHandle {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Replaces the routes (`[[routes]]` of a reloaded config, upstream URLs interpolated).
+    ///
+    /// The new table is built and checked first (upstream URLs parsed, host names resolved,
+    /// certificates loaded or made for new route hosts when there is an HTTPS listener); when
+    /// anything is wrong the error is returned and the old table keeps serving. Otherwise the
+    /// new table, with the services' current state and the maintenance flags applied, replaces
+    /// the old one in one atomic swap: a request routed before the swap finishes where it was
+    /// sent, the next one uses the new table. Reserved paths are kept from the start.
+    /// Certificates of hosts no route names any more are kept (they are harmless, and may be
+    /// ACME's).
+    pub async fn set_routes(&self, routes: Vec<RouteConfig>) -> Result<(), ProxyError> {
+        let _one_at_a_time = self.reload.lock().await;
+        let reserved = self.reserved_paths.clone();
+        let certs = self.certs.clone();
+        let certs_dir = self.certs_dir.clone();
+        let count = routes.len();
+        let table = tokio::task::spawn_blocking(move || {
+            let table = RouteTable::build(&routes, &reserved, FAIL_TIMEOUT)?;
+            if let Some(dir) = certs_dir {
+                add_certificates(&certs, &dir, &table.hosts())?;
+            }
+            Ok::<RouteTable, ProxyError>(table)
+        })
+        .await
+        .map_err(|e| ProxyError::Setup(format!("route table task failed: {e}")))??;
+        self.shared.routes.set_routes(table);
+        tracing::info!(routes = count, "Proxy routes replaced.");
+        Ok(())
     }
 
     /// Rebuilds the route table from the runtime's status now (it also follows events by

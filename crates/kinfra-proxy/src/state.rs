@@ -235,6 +235,14 @@ impl RouteState {
         true
     }
 
+    /// Replaces the route table, keeping what the runtime said about each service and the
+    /// maintenance flags; requests see the new table from their next routing decision on.
+    pub(crate) fn set_routes(&self, routes: RouteTable) {
+        let mut inputs = self.inputs.lock();
+        inputs.routes = Arc::new(routes);
+        self.current.store(Arc::new(inputs.build()));
+    }
+
     /// Turns maintenance on or off for one service, or for everything (`None`).
     pub(crate) fn set_maintenance(&self, service: Option<&str>, on: bool) {
         let mut inputs = self.inputs.lock();

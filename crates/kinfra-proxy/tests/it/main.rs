@@ -7,6 +7,7 @@ mod access;
 mod faults;
 mod lifecycle;
 mod pages;
+mod reload;
 mod routing;
 mod streaming;
 mod support;
