@@ -27,6 +27,14 @@ use tokio::sync::Notify;
 /// The header of the proxy's own readiness probe (answered only with the right token).
 pub(crate) const PROBE_HEADER: &str = "x-kinfra-proxy-probe";
 
+/// The dashboard's session cookie (`kinfra_dashboard::auth::SESSION_COOKIE`): a credential
+/// of kinfra's own, never forwarded to a service.
+pub(crate) const SESSION_COOKIE: &str = "kinfra_session";
+
+/// The header naming the client for the dashboard (`kinfra_dashboard::auth::CLIENT_HEADER`):
+/// set on requests to the dashboard, removed from every request a client sent.
+pub(crate) const CLIENT_HEADER: &str = "x-kinfra-client";
+
 /// Longest path kept in an access log line.
 const MAX_LOGGED_PATH: usize = 256;
 
@@ -173,6 +181,45 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
         resp.remove_header(&header::CONNECTION);
         resp.remove_header(&header::UPGRADE);
     }
+}
+
+/// The `Cookie` value without kinfra's session cookie: `None` when the cookie is not there
+/// (nothing to change), `Some("")` when nothing else is left.
+fn without_session_cookie<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
+    let mut found = false;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for value in values {
+        for pair in value.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let name = pair
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or(pair)
+                .trim_ascii();
+            if name == SESSION_COOKIE.as_bytes() {
+                found = true;
+            } else {
+                kept.push(pair);
+            }
+        }
+    }
+    found.then(|| String::from_utf8_lossy(&kept.join(&b"; "[..])).into_owned())
+}
+
+/// Removes kinfra's session cookie from a request for a service, keeping every other cookie
+/// (merged into one `Cookie` field); the field goes when nothing is left.
+fn strip_session_cookie(req: &mut RequestHeader) -> Result<()> {
+    let Some(rest) = without_session_cookie(req.headers.get_all(header::COOKIE).iter()) else {
+        return Ok(());
+    };
+    req.remove_header(&header::COOKIE);
+    if !rest.is_empty() {
+        req.insert_header(header::COOKIE, rest)?;
+    }
+    Ok(())
 }
 
 /// `Via` with this proxy appended; a static value when there was none (no allocation).
@@ -557,6 +604,17 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        // Whatever a client says about itself in this header is not believed anywhere.
+        upstream.remove_header(CLIENT_HEADER);
+        if ctx.dashboard {
+            // The dashboard decides who may read by the client's address as seen here; an
+            // unknown one is sent as such (unparsable, so the dashboard counts it remote).
+            let named =
+                client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
+            upstream.insert_header(CLIENT_HEADER, named)?;
+        } else {
+            strip_session_cookie(upstream)?;
+        }
         if let Some(ip) = client {
             let xff = match upstream
                 .headers
@@ -686,6 +744,36 @@ mod tests {
             append_via(Some(&prev), http::Version::HTTP_2),
             "1.1 edge, 2 kinfra"
         );
+    }
+
+    #[test]
+    fn only_the_session_cookie_is_removed() {
+        let strip = |values: &[&'static str]| {
+            let values: Vec<HeaderValue> =
+                values.iter().map(|v| HeaderValue::from_static(v)).collect();
+            without_session_cookie(values.iter())
+        };
+        assert_eq!(strip(&["a=1; b=2"]), None);
+        assert_eq!(strip(&["kinfra_session=x"]), Some(String::new()));
+        assert_eq!(
+            strip(&["a=1; kinfra_session=x;b=2", "kinfra_session=y; c=3"]),
+            Some("a=1; b=2; c=3".into())
+        );
+        assert_eq!(
+            strip(&["kinfra_sessionx=1; kinfra_session=2"]),
+            Some("kinfra_sessionx=1".into())
+        );
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("cookie", "kinfra_session=x; a=1")
+            .unwrap();
+        req.append_header("cookie", "b=2").unwrap();
+        strip_session_cookie(&mut req).unwrap();
+        assert_eq!(req.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(req.headers["cookie"], "a=1; b=2");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("cookie", " kinfra_session=x ").unwrap();
+        strip_session_cookie(&mut req).unwrap();
+        assert!(req.headers.get("cookie").is_none());
     }
 
     #[test]
