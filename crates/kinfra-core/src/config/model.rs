@@ -78,6 +78,15 @@ pub struct DashboardConfig {
     pub token: Option<Secret>,
     /// Extra `Host` header values accepted (loopback names are always accepted).
     pub allowed_hosts: Vec<String>,
+    /// Time for a request's header to arrive, from the connection's start or from the first
+    /// byte of a later request; then the connection is closed.
+    pub header_timeout: Dur,
+    /// Time a kept-alive connection may wait for its next request.
+    pub idle_timeout: Dur,
+    /// Time for a request body to arrive once the dashboard reads it.
+    pub body_timeout: Dur,
+    /// Most connections open at once; further ones are closed at once.
+    pub max_connections: u32,
 }
 
 impl Default for DashboardConfig {
@@ -87,6 +96,10 @@ impl Default for DashboardConfig {
             listen: "127.0.0.1:9000".into(),
             token: None,
             allowed_hosts: Vec::new(),
+            header_timeout: Dur::from_secs(10),
+            idle_timeout: Dur::from_secs(60),
+            body_timeout: Dur::from_secs(30),
+            max_connections: 512,
         }
     }
 }

@@ -137,6 +137,27 @@ impl Checker<'_> {
                 "proxy.threads must be at least 1 (leave it out for one per CPU)",
             );
         }
+        let dashboard_timeouts = [
+            ("dashboard.header_timeout", d.header_timeout),
+            ("dashboard.idle_timeout", d.idle_timeout),
+            ("dashboard.body_timeout", d.body_timeout),
+        ];
+        for (key, value) in dashboard_timeouts {
+            if value.0.is_zero() {
+                self.issue(
+                    key.into(),
+                    Anchor::Value,
+                    format!("{key} must be more than 0"),
+                );
+            }
+        }
+        if d.max_connections == 0 {
+            self.issue(
+                "dashboard.max_connections".into(),
+                Anchor::Value,
+                "dashboard.max_connections must be at least 1",
+            );
+        }
     }
 
     fn global_env(&mut self) {
