@@ -215,7 +215,7 @@ async fn handle(
             }
             ControlRequest::Reload => {
                 let response = match control.reload().await {
-                    Ok(message) => ControlResponse::Ok { message },
+                    Ok(outcome) => ControlResponse::Reloaded { outcome },
                     Err(error) => ControlResponse::Error { error },
                 };
                 send(&mut write, &response).await

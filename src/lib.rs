@@ -30,6 +30,6 @@ pub use kinfra_core::{Config, ConfigError, ConfigErrors};
 pub use kinfra_store as store;
 pub use kinfra_supervisor::ReloadSummary;
 pub use runtime::{
-    ReloadError, Runtime, RuntimeOptions, ShutdownError, StartError, TOKEN_FILE, dashboard_token,
+    ReloadError, ReloadReport, Runtime, RuntimeOptions, ShutdownError, StartError, TOKEN_FILE, dashboard_token,
     start, start_with,
 };

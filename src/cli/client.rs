@@ -251,8 +251,8 @@ pub async fn reload(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     let mut conn = connect(&state_dir).await?;
     conn.send(&ControlRequest::Reload).await?;
     match conn.next_within(Duration::from_secs(300)).await? {
-        Some(ControlResponse::Ok { message }) => {
-            println!("{message}");
+        Some(ControlResponse::Reloaded { outcome }) => {
+            println!("{}", outcome.message);
             Ok(ExitCode::SUCCESS)
         }
         Some(ControlResponse::Error { error }) => anyhow::bail!("reload rejected: {error}"),

@@ -121,7 +121,14 @@ pub fn status_table(report: &StatusReport) -> String {
         report.stats.starting,
         report.stats.error
     );
-    header + &table(&rows)
+    let mut out = header + &table(&rows);
+    if !report.pending_restart.is_empty() {
+        out.push_str(&format!(
+            "pending restart: {} (changed in the config; kinfra runs the old values until it restarts)\n",
+            report.pending_restart.join(", ")
+        ));
+    }
+    out
 }
 
 /// Lines of left-aligned columns two spaces apart; the last column is not padded.

@@ -135,10 +135,21 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
             reason = runtime.shutdown_requested() => break reason,
             _ = sighup.recv() => {
                 let text = match runtime.reload_from_file().await {
-                    Ok(summary) => format!(
-                        "SIGHUP: config reloaded (added {}, removed {}, restarted {})",
-                        summary.added.len(), summary.removed.len(), summary.changed.len()
-                    ),
+                    Ok(report) => {
+                        let summary = &report.services;
+                        let mut text = format!(
+                            "SIGHUP: config reloaded (added {}, removed {}, restarted {}{})",
+                            summary.added.len(), summary.removed.len(), summary.changed.len(),
+                            if report.routes_changed { ", routes applied" } else { "" }
+                        );
+                        if !report.needs_restart.is_empty() {
+                            text.push_str(&format!(
+                                "\nneeds_restart: {} (applies when kinfra restarts)",
+                                report.needs_restart.join(", ")
+                            ));
+                        }
+                        text
+                    }
                     Err(error) => format!("SIGHUP: reload rejected, nothing changed:\n{error}"),
                 };
                 for line in text.lines() {

@@ -33,13 +33,13 @@ stop_grace = "5s"
     )
 }
 
-fn status_json(p: &Project) -> serde_json::Value {
+pub(crate) fn status_json(p: &Project) -> serde_json::Value {
     let out = p.run(&["runtime", "status", "--json"]);
     assert!(out.status.success(), "status failed: {}", stderr(&out));
     serde_json::from_str(&stdout(&out)).expect("status JSON")
 }
 
-fn running_pid(p: &Project, service: &str) -> Option<u64> {
+pub(crate) fn running_pid(p: &Project, service: &str) -> Option<u64> {
     let status = status_json(p);
     let svc = &status["services"][service];
     if svc["state"] == "running" {

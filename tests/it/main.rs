@@ -10,6 +10,7 @@ mod dashboard;
 mod docker;
 mod library;
 mod proxy;
+mod reload;
 mod scenarios;
 mod store;
 mod support;

@@ -32,7 +32,7 @@ pub enum ControlRequest {
     },
     /// Graceful shutdown of the whole runtime. Answered with `Ok` at once.
     Shutdown,
-    /// Re-read and apply the config file. Answered with `Ok` (a summary) or `Error`.
+    /// Re-read and apply the config file. Answered with `Reloaded` or `Error`.
     Reload,
     /// Where the runtime listens. Answered with [`ControlResponse::Info`].
     Info,
@@ -77,6 +77,11 @@ pub enum ControlResponse {
     Ok {
         /// What happened, for people.
         message: String,
+    },
+    /// A reload was applied.
+    Reloaded {
+        /// What was applied, and what needs a restart of kinfra.
+        outcome: crate::view::ReloadOutcome,
     },
     /// The request failed.
     Error {

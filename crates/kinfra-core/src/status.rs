@@ -112,6 +112,10 @@ pub struct StatusReport {
     /// Certificates with their domains and expiry (when there are any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<serde_json::Value>,
+    /// Config keys changed by a reload that only take effect when kinfra restarts
+    /// (`proxy.http`, ...). Everything else in the report describes what runs now.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
 }
 
 impl StatusReport {
@@ -138,6 +142,7 @@ impl StatusReport {
             store: None,
             routes: Vec::new(),
             certificates: Vec::new(),
+            pending_restart: Vec::new(),
         }
     }
 }

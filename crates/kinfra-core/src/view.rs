@@ -107,8 +107,8 @@ pub trait RuntimeControl: Send + Sync + 'static {
     /// Re-reads the config from where it came from and applies it as a diff: added services
     /// start, removed ones stop, changed ones restart, unchanged ones are not touched. An
     /// invalid config is rejected and the running set is left as it was. Resolves with a
-    /// summary for people, or the error.
-    fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
+    /// summary for people and the keys that only apply after a restart, or the error.
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadOutcome, String>> {
         Box::pin(async { Err("this runtime cannot reload its config".to_owned()) })
     }
 
@@ -133,4 +133,14 @@ pub trait RuntimeControl: Send + Sync + 'static {
 /// Keeps only the message text of log lines; handy for tests and plain output.
 pub fn messages(lines: &[LogLine]) -> Vec<&str> {
     lines.iter().map(|l| l.message.as_str()).collect()
+}
+
+/// What a reload did, as the control socket and the CLI report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadOutcome {
+    /// What was applied, for people.
+    pub message: String,
+    /// Changed keys that only take effect when kinfra restarts (`proxy.http`,
+    /// `dashboard.listen`, ...); the runtime keeps running with their old values.
+    pub needs_restart: Vec<String>,
 }

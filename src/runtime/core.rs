@@ -1,0 +1,356 @@
+//! The runtime core: the one `RuntimeControl` the dashboard, control socket, bus and proxy
+//! read and act through (status with CPU/memory and maintenance, actions, logs, history,
+//! metrics, reload), and the late-bound view subsystems use before the core exists.
+
+use super::metrics::runtime_metrics;
+use super::reload::describe_reload;
+use crate::maintenance::Maintenance;
+use crate::procstat::ProcessSampler;
+use kinfra_bus::Bus;
+use kinfra_core::config::Config;
+use kinfra_core::event::{Event, EventKind, EventSender};
+use kinfra_core::state::ServiceState;
+use kinfra_core::status::{RunRecord, ServiceLogLine, StatusReport};
+use kinfra_core::view::ALL_SERVICES;
+use kinfra_core::view::{Action, ActionError, BoxFuture, ReloadOutcome, RuntimeControl};
+use kinfra_proxy::ProxyServer;
+use kinfra_store::Store;
+use kinfra_supervisor::Supervisor;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{broadcast, watch};
+
+/// Samples CPU and memory of the running services' process trees, off the async threads.
+pub(super) async fn sample_processes(supervisor: Supervisor, sampler: ProcessSampler) {
+    let mut tick = tokio::time::interval(crate::procstat::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let roots: Vec<u32> = supervisor.status().values().filter_map(|s| s.pid).collect();
+        let sampler = sampler.clone();
+        if tokio::task::spawn_blocking(move || sampler.sample(&roots))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The runtime's control as seen by subsystems that start before the runtime core exists
+/// (the bus must subscribe to events before the first service starts). Events are served
+/// from the start; everything else once the core is set.
+pub(super) struct LateControl {
+    events: EventSender,
+    core: std::sync::OnceLock<Arc<RuntimeCore>>,
+    project: String,
+}
+
+impl LateControl {
+    /// A view with events only, until [`LateControl::set`].
+    pub(super) fn new(events: EventSender, project: &str) -> Self {
+        Self {
+            events,
+            core: std::sync::OnceLock::new(),
+            project: project.to_owned(),
+        }
+    }
+
+    /// From now on, everything goes to `core`.
+    pub(super) fn set(&self, core: Arc<RuntimeCore>) {
+        let _ = self.core.set(core);
+    }
+}
+
+impl RuntimeControl for LateControl {
+    fn status(&self) -> StatusReport {
+        match self.core.get() {
+            Some(core) => core.status(),
+            None => StatusReport::new(self.project.clone(), BTreeMap::new()),
+        }
+    }
+
+    fn logs(
+        &self,
+        service: Option<&str>,
+        lines: usize,
+    ) -> Result<Vec<ServiceLogLine>, ActionError> {
+        match self.core.get() {
+            Some(core) => core.logs(service, lines),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn subscribe_logs(&self) -> broadcast::Receiver<ServiceLogLine> {
+        match self.core.get() {
+            Some(core) => core.subscribe_logs(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    fn act(&self, action: Action, service: &str) -> BoxFuture<'_, Result<(), ActionError>> {
+        let service = service.to_owned();
+        Box::pin(async move {
+            match self.core.get() {
+                Some(core) => core.act(action, &service).await,
+                None => Err(ActionError::NotAvailable {
+                    action: action.as_str().to_owned(),
+                    service,
+                    reason: "the runtime is still starting".into(),
+                }),
+            }
+        })
+    }
+
+    fn request_shutdown(&self, reason: &str) {
+        if let Some(core) = self.core.get() {
+            core.request_shutdown(reason);
+        }
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadOutcome, String>> {
+        Box::pin(async move {
+            match self.core.get() {
+                Some(core) => core.reload().await,
+                None => Err("the runtime is still starting".into()),
+            }
+        })
+    }
+}
+
+/// The part of the runtime shared with the dashboard and the control socket.
+pub(super) struct RuntimeCore {
+    pub(super) project: String,
+    pub(super) events: EventSender,
+    pub(super) supervisor: Supervisor,
+    pub(super) shutdown_requested: watch::Sender<Option<String>>,
+    pub(super) shutting_down: AtomicBool,
+    /// The config now in force (changes on reload).
+    pub(super) current: std::sync::Mutex<Config>,
+    pub(super) config_file: Option<PathBuf>,
+    /// One reload at a time.
+    pub(super) reloading: tokio::sync::Mutex<()>,
+    /// CPU and memory of each service's process tree.
+    pub(super) sampler: ProcessSampler,
+    /// What is in maintenance.
+    pub(super) maintenance: std::sync::Mutex<Maintenance>,
+    pub(super) state_dir: PathBuf,
+    /// The message bus.
+    pub(super) bus: Bus,
+    /// Runtime state, runs and events; the user's database (`None`: `[store] enabled =
+    /// false`).
+    pub(super) store: Option<Store>,
+    /// The proxy, when it runs (its routes show in status; reloads swap them). Taken at
+    /// shutdown.
+    pub(super) proxy: tokio::sync::Mutex<Option<ProxyServer>>,
+    /// The proxy runs (its routes show in status).
+    pub(super) proxy_enabled: bool,
+    /// Keys changed by the last reload that wait for a restart of kinfra.
+    pub(super) pending_restart: std::sync::Mutex<Vec<String>>,
+    /// The proxy's request counters, when it runs.
+    pub(super) proxy_metrics: Option<kinfra_proxy::ProxyMetricsHandle>,
+    /// Automatic HTTPS, when `[acme]` is set (taken at shutdown).
+    pub(super) acme: std::sync::Mutex<Option<kinfra_acme::AcmeHandle>>,
+}
+
+impl RuntimeCore {
+    /// The ACME certificates and where each stands (empty without `[acme]`).
+    pub(super) fn certificates(&self) -> Vec<kinfra_acme::CertStatus> {
+        let acme = match self.acme.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        acme.as_ref()
+            .map(kinfra_acme::AcmeHandle::status)
+            .unwrap_or_default()
+    }
+
+    fn maintenance_state(&self) -> Maintenance {
+        match self.maintenance.lock() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Switches maintenance of `service` (or everything, for `*`), saves it, and says so.
+    fn set_maintenance(&self, service: &str, on: bool) -> Result<(), ActionError> {
+        if service != ALL_SERVICES && !self.supervisor.status().contains_key(service) {
+            return Err(ActionError::UnknownService(service.to_owned()));
+        }
+        let saved = {
+            let mut m = match self.maintenance.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            if service == ALL_SERVICES {
+                m.global = on;
+            } else if on {
+                m.services.insert(service.to_owned());
+            } else {
+                m.services.remove(service);
+            }
+            m.clone()
+        };
+        if let Err(error) = saved.save(&self.state_dir) {
+            tracing::warn!(%error, "Cannot save the maintenance state; it holds until kinfra stops.");
+        }
+        self.events.emit(EventKind::MaintenanceChanged {
+            service: service.to_owned(),
+            on,
+        });
+        Ok(())
+    }
+
+    pub(super) fn current_config(&self) -> Config {
+        match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl RuntimeControl for RuntimeCore {
+    fn status(&self) -> StatusReport {
+        let mut services = self.supervisor.status();
+        let maintenance = self.maintenance_state();
+        for (name, s) in services.iter_mut() {
+            if let Some((cpu, mem)) = s.pid.and_then(|pid| self.sampler.get(pid)) {
+                s.cpu_percent = Some(cpu);
+                s.memory_bytes = Some(mem);
+            }
+            if maintenance.covers(name) {
+                s.status_message = format!(
+                    "In maintenance{} (process {})",
+                    if maintenance.global {
+                        ", runtime-wide"
+                    } else {
+                        ""
+                    },
+                    s.state
+                );
+                s.state = ServiceState::Maintenance;
+            }
+        }
+        let mut report = StatusReport::new(self.project.clone(), services);
+        report.bus = serde_json::to_value(self.bus.status()).ok();
+        report.store = self
+            .store
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s.stats()).ok());
+        report.certificates = self
+            .certificates()
+            .iter()
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
+        report.pending_restart = match self.pending_restart.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if self.proxy_enabled {
+            report.routes = self
+                .current_config()
+                .routes
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect();
+        }
+        report
+    }
+
+    fn extra_metrics(&self) -> String {
+        runtime_metrics(self)
+    }
+
+    fn history(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RunRecord>, String>> {
+        let service = service.map(str::to_owned);
+        Box::pin(async move {
+            let Some(store) = &self.store else {
+                return Err(
+                    "the store is disabled (`[store] enabled = false`): no run history".into(),
+                );
+            };
+            if let Some(name) = &service
+                && !self.current_config().services.contains_key(name)
+                && !self.supervisor.status().contains_key(name)
+            {
+                // A service removed from the config may still have runs on record.
+                let runs = store
+                    .history(Some(name), limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if runs.is_empty() {
+                    return Err(format!("unknown service `{name}`"));
+                }
+                return Ok(runs);
+            }
+            store
+                .history(service.as_deref(), limit)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn logs(
+        &self,
+        service: Option<&str>,
+        lines: usize,
+    ) -> Result<Vec<ServiceLogLine>, ActionError> {
+        self.supervisor.logs(service, lines)
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn subscribe_logs(&self) -> broadcast::Receiver<ServiceLogLine> {
+        self.supervisor.subscribe_logs()
+    }
+
+    fn act(&self, action: Action, service: &str) -> BoxFuture<'_, Result<(), ActionError>> {
+        let service = service.to_owned();
+        Box::pin(async move {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(ActionError::ShuttingDown);
+            }
+            match action {
+                Action::MaintenanceOn | Action::MaintenanceOff => {
+                    self.set_maintenance(&service, action == Action::MaintenanceOn)
+                }
+                _ => self.supervisor.act(action, &service).await,
+            }
+        })
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadOutcome, String>> {
+        Box::pin(async move {
+            self.reload_file()
+                .await
+                .map(|report| ReloadOutcome {
+                    message: describe_reload(&report),
+                    needs_restart: report.needs_restart,
+                })
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn request_shutdown(&self, reason: &str) {
+        self.shutdown_requested.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason.to_owned());
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

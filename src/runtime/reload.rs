@@ -1,0 +1,334 @@
+//! Reloading the config: validate, apply resources then services as a diff, and say what
+//! only applies after a restart of kinfra.
+
+use super::core::RuntimeCore;
+use super::dashboard::interpolated_routes;
+use super::resources::container_resources;
+use kinfra_core::ConfigErrors;
+use kinfra_core::config::{Config, ProxyConfig, ServiceConfig};
+use kinfra_core::event::EventKind;
+use kinfra_core::view::Action;
+use kinfra_supervisor::{ReloadSummary, SupervisorError};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// Why a reload was rejected. The running services were left as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// There is no file to re-read (the config was built in code or is the built-in default).
+    #[error("there is no config file to reload from (the runtime was started from {0})")]
+    NoFile(String),
+    /// The new config is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The supervisor refused the new set of services.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The runtime is shutting down.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    /// A changed `[resources.NAME]` block could not be built again.
+    #[error("resources: {0}")]
+    Resources(String),
+    /// The proxy refused the new `[[routes]]` (it keeps serving the old ones).
+    #[error("routes: {0}")]
+    Routes(String),
+}
+
+/// What a reload did: the services and resources it added, removed, restarted and left
+/// alone, whether the proxy's routes changed, and the changed keys that only take effect when
+/// kinfra restarts (the runtime keeps their old values until then).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Services and resources.
+    #[serde(flatten)]
+    pub services: ReloadSummary,
+    /// The proxy now serves the new `[[routes]]`.
+    pub routes_changed: bool,
+    /// Changed keys that wait for a restart of kinfra, as `section.key` (`proxy.http`).
+    pub needs_restart: Vec<String>,
+}
+
+/// Keys of `[proxy]` that a reload applies at once (the rest need a restart).
+const LIVE_PROXY_KEYS: &[&str] = &["maintenance"];
+
+/// The keys that differ between what runs and the new config in the sections that cannot
+/// change while the runtime runs (listen addresses, the store, the bus, ACME, ...), as
+/// `section.key`. A difference only a secret can explain (it serializes masked) is named by
+/// its section.
+pub(super) fn restart_only_keys(running: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    changed_keys("project", &running.project, &new.project, &[], &mut out);
+    changed_keys(
+        "dashboard",
+        &running.dashboard,
+        &new.dashboard,
+        &[],
+        &mut out,
+    );
+    changed_keys(
+        "proxy",
+        &running.proxy,
+        &new.proxy,
+        LIVE_PROXY_KEYS,
+        &mut out,
+    );
+    changed_keys("bus", &running.bus, &new.bus, &[], &mut out);
+    changed_keys("store", &running.store, &new.store, &[], &mut out);
+    match (&running.acme, &new.acme) {
+        (Some(old), Some(new)) => changed_keys("acme", old, new, &[], &mut out),
+        (None, None) => {}
+        _ => out.push("acme".to_owned()),
+    }
+    out
+}
+
+/// Pushes `section.key` for each key (other than `live` ones) whose value differs.
+fn changed_keys<T: serde::Serialize + PartialEq>(
+    section: &str,
+    old: &T,
+    new: &T,
+    live: &[&str],
+    out: &mut Vec<String>,
+) {
+    if old == new {
+        return;
+    }
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        out.push(section.to_owned());
+        return;
+    };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let differing: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
+    if differing.is_empty() {
+        // Only a masked value (a secret) changed.
+        out.push(section.to_owned());
+    }
+    out.extend(
+        differing
+            .into_iter()
+            .filter(|k| !live.contains(&k.as_str()))
+            .map(|k| format!("{section}.{k}")),
+    );
+}
+
+/// The config that runs after a reload to `new`: everything from `new` except the sections
+/// that need a restart, which keep the values the runtime runs with (`running`).
+fn applied_config(running: &Config, new: &Config) -> Config {
+    let mut applied = new.clone();
+    applied.project = running.project.clone();
+    applied.dashboard = running.dashboard.clone();
+    applied.proxy = ProxyConfig {
+        maintenance: new.proxy.maintenance,
+        ..running.proxy.clone()
+    };
+    applied.bus = running.bus.clone();
+    applied.store = running.store.clone();
+    applied.acme = running.acme.clone();
+    applied
+}
+
+/// The services as the supervisor runs them: the global `[env]` merged under each service's
+/// own `env`, so a change to `[env]` restarts exactly the services it reaches.
+pub(super) fn effective_services(config: &Config) -> BTreeMap<String, ServiceConfig> {
+    config
+        .services
+        .iter()
+        .map(|(name, service)| {
+            let mut service = service.clone();
+            let mut env = config.env.clone();
+            env.extend(std::mem::take(&mut service.env));
+            service.env = env;
+            (name.clone(), service)
+        })
+        .collect()
+}
+
+/// One line for people about what a reload did.
+pub(super) fn describe_reload(report: &ReloadReport) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let summary = &report.services;
+    let mut text = format!(
+        "reloaded: added {}; removed {}; restarted {}; unchanged {}",
+        list(&summary.added),
+        list(&summary.removed),
+        list(&summary.changed),
+        summary.unchanged.len()
+    );
+    if report.routes_changed {
+        text.push_str("; routes applied");
+    }
+    if !report.needs_restart.is_empty() {
+        text.push_str(&format!(
+            "\nneeds_restart: {} (kinfra keeps the old values until it restarts)",
+            report.needs_restart.join(", ")
+        ));
+    }
+    text
+}
+
+impl RuntimeCore {
+    /// Applies `new` as a diff from what runs: resources, then services, then the proxy's
+    /// routes; changed keys that cannot apply live are reported and kept at their running
+    /// values, so status goes on describing what runs.
+    pub(super) async fn apply(&self, new: Config) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ReloadError::ShuttingDown);
+        }
+        if let Err(errors) = new.validate() {
+            self.events.emit(EventKind::ConfigRejected {
+                error: errors.to_string(),
+            });
+            return Err(errors.into());
+        }
+        let old = self.current_config();
+        let needs_restart = restart_only_keys(&old, &new);
+        let new = applied_config(&old, &new);
+        // Routes first: an invalid set is refused before anything else changes, and a route
+        // to a service that is only now added shows its loading page until it runs.
+        let routes_changed = old.routes != new.routes;
+        if routes_changed && let Some(proxy) = self.proxy.lock().await.as_ref() {
+            proxy
+                .set_routes(interpolated_routes(&new))
+                .await
+                .map_err(|e| ReloadError::Routes(e.to_string()))?;
+        }
+        // Resources before services: services that depend on a new or changed one wait for it.
+        let resources = self.apply_resources(&old, &new).await?;
+        let mut summary = self.supervisor.apply(&effective_services(&new)).await?;
+        // Services that depend on a changed resource get its new connection.
+        for name in &resources.changed {
+            for (service, cfg) in &new.services {
+                if cfg.depends_on.0.contains_key(name)
+                    && summary.unchanged.contains(service)
+                    && let Err(error) = self.supervisor.act(Action::Restart, service).await
+                {
+                    tracing::warn!(%service, %error, "Cannot restart a dependent of a changed resource.");
+                }
+            }
+        }
+        summary.added.extend(resources.added);
+        summary.removed.extend(resources.removed);
+        summary.changed.extend(resources.changed);
+        summary.unchanged.extend(resources.unchanged);
+        {
+            let mut m = match self.maintenance.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            let before = m.clone();
+            m.reconcile(&old, &new);
+            if *m != before
+                && let Err(error) = m.save(&self.state_dir)
+            {
+                tracing::warn!(%error, "Cannot save the maintenance state.");
+            }
+        }
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                keys = %needs_restart.join(", "),
+                "Config changes that only apply after a restart of kinfra."
+            );
+        }
+        match self.pending_restart.lock() {
+            Ok(mut p) => p.clone_from(&needs_restart),
+            Err(poisoned) => poisoned.into_inner().clone_from(&needs_restart),
+        }
+        match self.current.lock() {
+            Ok(mut c) => *c = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        Ok(ReloadReport {
+            services: summary,
+            routes_changed,
+            needs_restart,
+        })
+    }
+
+    /// Applies `[resources]` changes: removed and changed ones stop and leave the supervisor;
+    /// added and changed ones are built again and started (a changed one has a new config
+    /// hash, so its container is recreated; data volumes are kept).
+    async fn apply_resources(
+        &self,
+        old: &Config,
+        new: &Config,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let mut out = ReloadSummary::default();
+        let mut rebuild = BTreeMap::new();
+        for (name, cfg) in &new.resources {
+            match old.resources.get(name) {
+                None => out.added.push(name.clone()),
+                Some(before) if before != cfg => out.changed.push(name.clone()),
+                Some(_) => {
+                    out.unchanged.push(name.clone());
+                    continue;
+                }
+            }
+            rebuild.insert(name.clone(), cfg.clone());
+        }
+        out.removed = old
+            .resources
+            .keys()
+            .filter(|n| !new.resources.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in out.removed.iter().chain(&out.changed) {
+            if let Err(error) = self.supervisor.remove_resource(name).await {
+                tracing::warn!(resource = %name, %error, "Cannot stop a resource for a reload.");
+            }
+        }
+        if rebuild.is_empty() {
+            return Ok(out);
+        }
+        let mut partial = new.clone();
+        partial.resources = rebuild;
+        let mut stored_ports = match &self.store {
+            Some(store) => Some(
+                store
+                    .ports()
+                    .await
+                    .map_err(|e| ReloadError::Resources(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let specs = container_resources(
+            &partial,
+            &self.state_dir,
+            &self.events,
+            stored_ports.as_mut(),
+            self.store.as_ref(),
+        )
+        .await
+        .map_err(|e| ReloadError::Resources(e.to_string()))?;
+        self.supervisor.add_resources(specs)?;
+        Ok(out)
+    }
+
+    pub(super) async fn reload_file(&self) -> Result<ReloadReport, ReloadError> {
+        let Some(path) = &self.config_file else {
+            return Err(ReloadError::NoFile(self.current_config().origin));
+        };
+        let config = match Config::from_file(path) {
+            Ok(config) => config,
+            Err(errors) => {
+                self.events.emit(EventKind::ConfigRejected {
+                    error: errors.to_string(),
+                });
+                return Err(errors.into());
+            }
+        };
+        self.apply(config).await
+    }
+}
