@@ -1,29 +1,29 @@
-//! Health probes modelled on Kubernetes: HTTP GET (a minimal HTTP/1.1 client over a tokio
+//! Health probes modelled on Kubernetes: HTTP GET (hyper's HTTP/1 client over a tokio
 //! `TcpStream`, with status range and body match), TCP connect, and exec (killed, with its
 //! whole process group, on timeout). A probe loop turns results into transitions after
 //! `success_threshold` passes or `failure_threshold` failures in a row.
 
+use http::Uri;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use kinfra_core::config::{CommandSpec, ProbeConfig, StatusRange, TcpTarget};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Largest HTTP response read by a probe.
+/// Most of a response body a probe reads to match `body`.
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// A probe with everything resolved (port, URL, environment).
 #[derive(Debug, Clone)]
 pub enum ProbeTarget {
-    /// GET `path` on `host:port`.
+    /// GET `uri` (an `http://` URI with a host).
     Http {
-        /// Host to connect to and send as `Host`.
-        host: String,
-        /// Port.
-        port: u16,
-        /// Path and query.
-        path: String,
+        /// What to request: host and port to connect to, path and query.
+        uri: Uri,
         /// Accepted statuses.
         status: StatusRange,
         /// Text the body must contain.
@@ -47,28 +47,45 @@ pub enum ProbeTarget {
     },
 }
 
-/// Splits `http://host:port/path` into its parts (port 80 by default).
-pub fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("unsupported probe URL `{url}`: only http:// is supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| format!("invalid port in probe URL `{url}`"))?;
-            (h.trim_matches(|c| c == '[' || c == ']').to_string(), port)
-        }
-        _ => (authority.to_string(), 80),
-    };
-    if host.is_empty() {
+/// Parses an `http://` probe URL (port 80 when it names none; IPv6 hosts in brackets).
+pub fn parse_http_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("invalid probe URL `{url}`: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "unsupported probe URL `{url}`: only http:// is supported"
+        ));
+    }
+    if uri.host().is_none_or(|h| h.is_empty() || h == "[]") {
         return Err(format!("probe URL `{url}` has no host"));
     }
-    Ok((host, port, path.to_string()))
+    // `http` keeps whatever follows the host's `:` as the port text; it must be a number.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let port_text = host_port
+        .get(uri.host().map_or(0, str::len)..)
+        .and_then(|rest| rest.strip_prefix(':'));
+    if port_text.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err(format!("invalid port in probe URL `{url}`"));
+    }
+    Ok(uri)
+}
+
+/// Where an HTTP probe connects (`host` without brackets, port) and the `Host` header it
+/// sends (IPv6 in brackets, the port only when the URL names one).
+pub fn http_endpoint(uri: &Uri) -> Result<(String, u16, String), String> {
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("probe URL `{uri}` has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let header = match uri.port() {
+        Some(p) => format!("{host}:{}", p.as_str()),
+        None => host.to_string(),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((bare.to_string(), port, header))
 }
 
 /// Resolves a probe config against the service's port and environment.
@@ -79,7 +96,7 @@ pub fn resolve(
     cwd: &std::path::Path,
 ) -> Result<ProbeTarget, String> {
     if let Some(http) = &cfg.http {
-        let (host, port, path) = if http.starts_with("http://") {
+        let uri = if http.starts_with("http://") {
             parse_http_url(http)?
         } else {
             let port = port.ok_or("an http probe with a path needs the service to have a port")?;
@@ -88,12 +105,10 @@ pub fn resolve(
             } else {
                 format!("/{http}")
             };
-            ("127.0.0.1".to_string(), port, path)
+            parse_http_url(&format!("http://127.0.0.1:{port}{path}"))?
         };
         return Ok(ProbeTarget::Http {
-            host,
-            port,
-            path,
+            uri,
             status: cfg.status,
             body: cfg.body.clone(),
         });
@@ -145,141 +160,84 @@ async fn run(target: &ProbeTarget, timeout: Duration) -> Result<String, String> 
             .await
             .map(|_| format!("connected to {host}:{port}"))
             .map_err(|e| format!("cannot connect to {host}:{port}: {e}")),
-        ProbeTarget::Http {
-            host,
-            port,
-            path,
-            status,
-            body,
-        } => http_get(host, *port, path, *status, body.as_deref()).await,
+        ProbeTarget::Http { uri, status, body } => http_get(uri, *status, body.as_deref()).await,
         ProbeTarget::Exec { argv, env, cwd } => exec(argv, env, cwd, timeout).await,
     }
 }
 
 async fn http_get(
-    host: &str,
-    port: u16,
-    path: &str,
+    uri: &Uri,
     range: StatusRange,
     want_body: Option<&str>,
 ) -> Result<String, String> {
-    let mut stream = TcpStream::connect((host, port))
+    let (host, port, host_header) = http_endpoint(uri)?;
+    let stream = TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kinfra-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot connect to {host_header}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("sending the request failed: {e}"))?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the response failed: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() >= MAX_RESPONSE || response_complete(&buf) {
-            break;
-        }
-    }
-    let (code, body) = parse_response(&buf)?;
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    // The connection is driven by its own task, which ends with the response (or with this
+    // probe's timeout, when the sender and the task's handle are dropped).
+    let driver = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host_header.as_str())
+        .header(hyper::header::USER_AGENT, "kinfra-probe")
+        .header(hyper::header::ACCEPT, "*/*")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP request failed: {e}"))?;
+    let code = response.status().as_u16();
     if !range.contains(code) {
         return Err(format!(
             "HTTP {code} (expected {}-{})",
             range.min, range.max
         ));
     }
-    if let Some(want) = want_body
-        && !body.contains(want)
-    {
-        return Err(format!(
-            "HTTP {code}, but the body does not contain `{want}`"
-        ));
+    if let Some(want) = want_body {
+        let body = read_body(response.into_body()).await?;
+        if !String::from_utf8_lossy(&body).contains(want) {
+            return Err(format!(
+                "HTTP {code}, but the body does not contain `{want}`"
+            ));
+        }
     }
+    drop(driver);
     Ok(format!("HTTP {code}"))
 }
 
-fn header_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// True when the buffer holds a whole response (by Content-Length or final chunk).
-fn response_complete(buf: &[u8]) -> bool {
-    let Some(end) = header_end(buf) else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&buf[..end]);
-    if let Some(len) = header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
-        return buf.len() >= end + len;
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    if header_value(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        return buf[end..].windows(5).any(|w| w == b"0\r\n\r\n");
-    }
-    false
 }
 
-/// Parses status code and (de-chunked) body of an HTTP/1.x response.
-pub fn parse_response(buf: &[u8]) -> Result<(u16, String), String> {
-    let end = header_end(buf).unwrap_or(buf.len());
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let status_line = head.lines().next().unwrap_or("");
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/") {
-        return Err(if buf.is_empty() {
-            "empty response".to_string()
-        } else {
-            format!(
-                "not an HTTP response: `{}`",
-                status_line.chars().take(60).collect::<String>()
-            )
-        });
-    }
-    let code: u16 = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line `{status_line}`"))?;
-    let raw = &buf[end.min(buf.len())..];
-    let body = if header_value(&head, "transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(raw)
-    } else {
-        raw.to_vec()
-    };
-    Ok((code, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size_text = String::from_utf8_lossy(&raw[..nl]);
-        let size_hex = size_text.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
-            break;
-        };
-        if size == 0 {
-            break;
+/// Reads a response body, keeping its first [`MAX_RESPONSE`] bytes.
+async fn read_body(mut body: hyper::body::Incoming) -> Result<Vec<u8>, String> {
+    let mut kept = Vec::new();
+    while kept.len() < MAX_RESPONSE {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => return Err(format!("reading the response failed: {e}")),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = MAX_RESPONSE - kept.len();
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
         }
-        let start = nl + 2;
-        let stop = (start + size).min(raw.len());
-        out.extend_from_slice(&raw[start..stop]);
-        raw = raw.get(stop + 2..).unwrap_or(&[]);
     }
-    out
+    Ok(kept)
 }
 
 async fn exec(
@@ -457,27 +415,124 @@ mod tests {
 
     #[test]
     fn parses_urls() {
+        let endpoint = |url: &str| parse_http_url(url).and_then(|u| http_endpoint(&u));
         assert_eq!(
-            parse_http_url("http://127.0.0.1:8080/ready?x=1"),
-            Ok(("127.0.0.1".into(), 8080, "/ready?x=1".into()))
+            endpoint("http://127.0.0.1:8080/ready?x=1"),
+            Ok(("127.0.0.1".into(), 8080, "127.0.0.1:8080".into()))
         );
         assert_eq!(
-            parse_http_url("http://localhost"),
-            Ok(("localhost".into(), 80, "/".into()))
+            parse_http_url("http://127.0.0.1:8080/ready?x=1")
+                .ok()
+                .and_then(|u| u.path_and_query().map(|p| p.to_string())),
+            Some("/ready?x=1".into())
+        );
+        assert_eq!(
+            endpoint("http://localhost"),
+            Ok(("localhost".into(), 80, "localhost".into()))
+        );
+        // IPv6: connect to the bare address, send the bracketed one as `Host`.
+        assert_eq!(
+            endpoint("http://[::1]/"),
+            Ok(("::1".into(), 80, "[::1]".into()))
+        );
+        assert_eq!(
+            endpoint("http://[::1]:9000/healthz"),
+            Ok(("::1".into(), 9000, "[::1]:9000".into()))
         );
         assert!(parse_http_url("https://x").is_err());
         assert!(parse_http_url("http://h:notaport/").is_err());
+        assert!(parse_http_url("http:///path").is_err());
     }
 
-    #[test]
-    fn parses_responses() {
-        let plain = b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok";
-        assert_eq!(parse_response(plain), Ok((204, "ok".into())));
-        assert!(response_complete(plain));
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked), Ok((200, "abcde".into())));
-        assert!(response_complete(chunked));
-        assert!(parse_response(b"SSH-2.0-OpenSSH").is_err());
+    /// Serves one connection on `listener` with `response`, returning the request head.
+    async fn serve_once(listener: tokio::net::TcpListener, response: &'static [u8]) -> String {
+        use tokio::io::AsyncWriteExt;
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return String::new();
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.write_all(response).await;
+        let _ = stream.shutdown().await;
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    fn http_target(url: &str, body: Option<&str>) -> ProbeTarget {
+        let uri = parse_http_url(url).unwrap_or_else(|e| panic!("{e}"));
+        ProbeTarget::Http {
+            uri,
+            status: StatusRange::default(),
+            body: body.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probe_to_ipv6_sends_a_bracketed_host() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(serve_once(
+            listener,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ));
+        let target = http_target(&format!("http://[::1]:{port}/ready"), Some("ok"));
+        let result = probe_once(&target, Duration::from_secs(10)).await;
+        let head = server.await.map_err(std::io::Error::other)?;
+        assert_eq!(result, Ok("HTTP 200".to_string()));
+        assert!(head.starts_with("GET /ready HTTP/1.1\r\n"), "{head}");
+        let host = head.lines().find_map(|l| {
+            l.strip_prefix("host: ")
+                .or_else(|| l.strip_prefix("Host: "))
+        });
+        assert_eq!(host, Some(format!("[::1]:{port}").as_str()), "{head}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_probe_checks_status_and_chunked_body() -> std::io::Result<()> {
+        /// A response, the body to look for, and the probe's note or (part of) its error.
+        type Case = (
+            &'static [u8],
+            Option<&'static str>,
+            Result<&'static str, &'static str>,
+        );
+        let cases: [Case; 4] = [
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                Some("cde"),
+                Ok("HTTP 200"),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                Some("bye"),
+                Err("does not contain `bye`"),
+            ),
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                None,
+                Err("HTTP 503 (expected 200-399)"),
+            ),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", None, Err("HTTP request failed")),
+        ];
+        for (response, want, expected) in cases {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            let server = tokio::spawn(serve_once(listener, response));
+            let target = http_target(&format!("http://127.0.0.1:{port}/"), want);
+            let result = probe_once(&target, Duration::from_secs(10)).await;
+            server.abort();
+            match (result, expected) {
+                (Ok(note), Ok(want)) => assert_eq!(note, want),
+                (Err(e), Err(want)) => assert!(e.contains(want), "{e} (wanted {want})"),
+                (got, want) => panic!("got {got:?}, expected {want:?}"),
+            }
+        }
+        Ok(())
     }
 
     #[test]
@@ -489,7 +544,7 @@ mod tests {
         let cwd = std::path::Path::new("/");
         assert!(matches!(
             resolve(&cfg, Some(9000), &[], cwd),
-            Ok(ProbeTarget::Http { port: 9000, .. })
+            Ok(ProbeTarget::Http { uri, .. }) if uri == "http://127.0.0.1:9000/healthz"
         ));
         assert!(resolve(&cfg, None, &[], cwd).is_err());
         cfg.http = None;
