@@ -147,13 +147,26 @@ impl Shared {
     }
 
     /// Moves to `new`; when that is a change, logs it and emits `bus_state_changed`.
+    ///
+    /// The event is emitted (and the reconnect counted) while the state is still locked, so
+    /// whoever sees the new state (a watcher, [`Shared::state`]) sees it after its event:
+    /// events emitted by others from then on come after it.
     pub(crate) fn set_state(&self, new: BusState, message: &str) {
-        let old = self.state.send_replace(new);
+        let mut old = new;
+        self.state.send_if_modified(|state| {
+            old = *state;
+            if old == new {
+                return false;
+            }
+            *state = new;
+            if old == BusState::Reconnecting && new == BusState::Connected {
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            self.emit(new, message);
+            true
+        });
         if old == new {
             return;
-        }
-        if old == BusState::Reconnecting && new == BusState::Connected {
-            self.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         match new {
             BusState::Reconnecting => {
@@ -161,7 +174,6 @@ impl Shared {
             }
             _ => tracing::info!(from = %old, to = %new, message, "Bus state changed."),
         }
-        self.emit(new, message);
     }
 
     /// Emits a `bus_state_changed` event with the current state (used once at start).
