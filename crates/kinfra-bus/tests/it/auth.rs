@@ -27,9 +27,7 @@ async fn check_works(bus: &Bus, control: &FakeControl, watcher: &async_nats::Cli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_and_user_password_authentication() {
     const TOKEN: &str = "s3cr3t-bus-token";
-    let Some(server) = NatsServer::start_with(vec!["--auth".into(), TOKEN.into()]).await else {
-        return;
-    };
+    let server = NatsServer::start_with(vec!["--auth".into(), TOKEN.into()]).await;
     let state = tempfile::tempdir().unwrap();
     let control = FakeControl::new();
     let mut opts = options(&control, state.path(), Some(server.url()));
@@ -67,16 +65,13 @@ async fn token_and_user_password_authentication() {
     assert!(error.to_lowercase().contains("authorization"), "{error}");
     bus.shutdown(Duration::from_secs(1)).await;
 
-    let Some(server) = NatsServer::start_with(vec![
+    let server = NatsServer::start_with(vec![
         "--user".into(),
         "kinfra".into(),
         "--pass".into(),
         "pa55word".into(),
     ])
-    .await
-    else {
-        return;
-    };
+    .await;
     let watcher =
         async_nats::ConnectOptions::with_user_and_password("kinfra".into(), "pa55word".into())
             .connect(server.url())
@@ -120,10 +115,7 @@ async fn nkey_seed_file_authentication() {
     .unwrap();
     let seed = user.seed().unwrap();
     std::fs::write(dir.path().join("user.nk"), format!("{seed}\n")).unwrap();
-    let Some(server) = NatsServer::start_with(vec!["-c".into(), conf.display().to_string()]).await
-    else {
-        return;
-    };
+    let server = NatsServer::start_with(vec!["-c".into(), conf.display().to_string()]).await;
     let state = tempfile::tempdir().unwrap();
     let control = FakeControl::new();
     let mut opts = options(&control, state.path(), Some(server.url()));
@@ -263,7 +255,7 @@ async fn tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
     let p = |f: &str| dir.path().join(f).display().to_string();
-    let Some(server) = NatsServer::start_with(vec![
+    let server = NatsServer::start_with(vec![
         "--tlsverify".into(),
         "--tlscert".into(),
         p("server.pem"),
@@ -272,10 +264,7 @@ async fn tls_with_a_client_certificate() {
         "--tlscacert".into(),
         p("ca.pem"),
     ])
-    .await
-    else {
-        return;
-    };
+    .await;
     let state = tempfile::tempdir().unwrap();
     let control = FakeControl::new();
     let url = format!("tls://127.0.0.1:{}", server.port);

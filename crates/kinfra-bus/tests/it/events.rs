@@ -8,9 +8,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_an_independent_subscriber_in_order_without_gaps() {
-    let Some(server) = NatsServer::start().await else {
-        return;
-    };
+    let server = NatsServer::start().await;
     let state = tempfile::tempdir().unwrap();
     let control = FakeControl::new();
     let watcher = client(&server.url()).await;
@@ -136,9 +134,7 @@ async fn events_reach_an_independent_subscriber_in_order_without_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_emitted_just_before_shutdown_are_still_published() {
-    let Some(server) = NatsServer::start().await else {
-        return;
-    };
+    let server = NatsServer::start().await;
     let state = tempfile::tempdir().unwrap();
     let control = FakeControl::new();
     let watcher = client(&server.url()).await;

@@ -28,9 +28,7 @@ async fn managed_client(url: &str, token_file: &Path) -> async_nats::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_server_runs_is_restarted_when_killed_and_stops_with_the_bus() {
-    let Some(binary) = nats_server_binary() else {
-        return;
-    };
+    let binary = nats_server_binary();
     let state = tempfile::tempdir().unwrap();
     let control = FakeControl::new();
     let mut opts = options(&control, state.path(), None);
@@ -190,12 +188,16 @@ async fn a_broken_nats_server_falls_back_to_in_process() {
 const CHILD_STATE: &str = "KINFRA_BUS_TEST_CHILD_STATE";
 
 /// Not a test on its own: run in a child process by
-/// `managed_server_dies_when_kinfra_is_killed`, it starts a managed bus, prints the server's
-/// PID and waits to be killed.
+/// `managed_server_dies_when_kinfra_is_killed` (with `--ignored --exact`), it starts a managed
+/// bus, prints the server's PID and waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process entry point, run by managed_server_dies_when_kinfra_is_killed"]
 async fn child_process_holding_a_managed_bus() {
     let Some(state) = std::env::var_os(CHILD_STATE) else {
-        return;
+        panic!(
+            "helper process entry point: run by managed::managed_server_dies_when_kinfra_is_killed \
+             with {CHILD_STATE} set, not on its own"
+        );
     };
     let control = FakeControl::new();
     let bus = Bus::start(options(&control, Path::new(&state), None), control.clone())
@@ -214,9 +216,7 @@ async fn child_process_holding_a_managed_bus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_server_dies_when_kinfra_is_killed() {
     use std::io::BufRead;
-    if nats_server_binary().is_none() {
-        return;
-    }
+    nats_server_binary();
     let state = tempfile::tempdir().unwrap();
     struct KillOnDrop(std::process::Child);
     impl Drop for KillOnDrop {
@@ -227,6 +227,7 @@ async fn managed_server_dies_when_kinfra_is_killed() {
     }
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
+            "--ignored",
             "--exact",
             "managed::child_process_holding_a_managed_bus",
             "--nocapture",

@@ -24,18 +24,15 @@ pub const PROJECT: &str = "test";
 /// A secret value that must never appear on the bus.
 pub const SECRET: &str = "hunter2-very-secret";
 
-/// The nats-server binary, or `None` with a loud message (the test then returns early).
-pub fn nats_server_binary() -> Option<PathBuf> {
+/// The nats-server binary on `PATH`; fails the test, naming the package, when it is missing.
+pub fn nats_server_binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = kinfra_bus::find_binary(&path);
-    if found.is_none() {
-        eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !!! SKIPPED: nats-server is not installed (apt-get install -y nats-server)\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-        );
-    }
-    found
+    kinfra_bus::find_binary(&path).unwrap_or_else(|| {
+        panic!(
+            "nats-server is not on PATH: these tests run against a real NATS server; \
+             install with `apt-get install nats-server` or run ./x test"
+        )
+    })
 }
 
 /// A port nobody listens on now.
@@ -59,14 +56,14 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one on a free port; `None` (after a loud message) when nats-server is missing.
-    pub async fn start() -> Option<NatsServer> {
+    /// Starts one on a free port; fails the test when nats-server is missing.
+    pub async fn start() -> NatsServer {
         Self::start_with(Vec::new()).await
     }
 
     /// The same, with extra command-line arguments (auth, TLS, a config file).
-    pub async fn start_with(extra: Vec<String>) -> Option<NatsServer> {
-        let binary = nats_server_binary()?;
+    pub async fn start_with(extra: Vec<String>) -> NatsServer {
+        let binary = nats_server_binary();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mut server = NatsServer {
             binary,
@@ -77,7 +74,7 @@ impl NatsServer {
             _dir: dir,
         };
         server.run().await;
-        Some(server)
+        server
     }
 
     /// `nats://127.0.0.1:<port>`.
