@@ -1,20 +1,126 @@
-//! Who may read and who may act: the Host allow-list (DNS rebinding), the token (bearer or
-//! session cookie) and the same-origin check for state-changing requests.
+//! Who may read and who may act: the Host allow-list (DNS rebinding), the client's address
+//! (only loopback clients read without a token), the token (bearer) or a server-side session
+//! (cookie), and the same-origin check for state-changing requests.
+//!
+//! A session is a random id from the OS (256 bits) kept in this process's memory with a fixed
+//! lifetime from login ([`DEFAULT_SESSION_LIFETIME`], not extended by use). Logging out
+//! revokes it; stopping the runtime revokes all of them (they live nowhere else). The cookie
+//! never holds the token, and is scoped to the dashboard's own paths ([`COOKIE_PATHS`]) so the
+//! services behind the proxy never receive it.
 
 use axum::http::{HeaderMap, StatusCode, header};
 use kinfra_core::Secret;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// Name of the session cookie set by the login form.
 pub const SESSION_COOKIE: &str = "kinfra_session";
+
+/// The header in which the proxy names the client it forwards for (it removes any copy the
+/// client sent). Believed only from a loopback peer.
+pub const CLIENT_HEADER: &str = "x-kinfra-client";
+
+/// The paths the session cookie is set for, one cookie each: every dashboard route that reads
+/// or acts with a session. Nothing else on the same origin (the proxied services) gets it.
+pub const COOKIE_PATHS: [&str; 6] = [
+    "/kinfra",
+    "/__status__",
+    "/__events__",
+    "/__action__",
+    "/__logs__",
+    "/metrics",
+];
+
+/// How long a session lasts from login (fixed: use does not extend it).
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// Most sessions kept at once; the oldest goes when a login would exceed it.
+const MAX_SESSIONS: usize = 1024;
+
+/// Who sent a request, as far as the dashboard can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address: the TCP peer, or (from a loopback peer, i.e. the proxy) the
+    /// address in [`CLIENT_HEADER`]. `None` when unknown or unparsable.
+    pub ip: Option<IpAddr>,
+    /// The request reached the proxy over HTTPS (`X-Forwarded-Proto: https` from a loopback
+    /// peer).
+    pub https: bool,
+}
+
+impl Client {
+    /// The client of a request that came from `peer` with `headers`. No peer (a router used
+    /// without the server) is an unknown, hence remote, client.
+    pub fn of(peer: Option<SocketAddr>, headers: &HeaderMap) -> Client {
+        let Some(peer) = peer else {
+            return Client {
+                ip: None,
+                https: false,
+            };
+        };
+        let peer_ip = peer.ip().to_canonical();
+        if !peer_ip.is_loopback() {
+            return Client {
+                ip: Some(peer_ip),
+                https: false,
+            };
+        }
+        let mut named = headers.get_all(CLIENT_HEADER).iter();
+        let ip = match (named.next(), named.next()) {
+            (None, _) => Some(peer_ip),
+            (Some(value), None) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical()),
+            // Two values: nothing to believe.
+            (Some(_), Some(_)) => None,
+        };
+        let https = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+        Client { ip, https }
+    }
+
+    /// A client on this machine (reads need no token).
+    pub fn is_local(&self) -> bool {
+        self.ip.is_some_and(|ip| ip.is_loopback())
+    }
+}
+
+/// The live sessions of one dashboard.
+struct Sessions {
+    lifetime: Duration,
+    /// Session id → when it expires.
+    ids: Mutex<HashMap<String, Instant>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // A panic while holding the lock leaves a map that is still consistent.
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("lifetime", &self.lifetime)
+            .field("live", &self.lock().len())
+            .finish()
+    }
+}
 
 /// The access rules of one dashboard listener.
 #[derive(Debug, Clone)]
 pub struct AccessPolicy {
     token: Secret,
     allowed_hosts: Vec<String>,
-    /// Reads need no token (the listener is on loopback).
-    open_reads: bool,
+    sessions: Arc<Sessions>,
 }
 
 /// Why a request was refused.
@@ -81,16 +187,30 @@ fn is_loopback_name(host: &str) -> bool {
 }
 
 impl AccessPolicy {
-    /// Rules with this token and these extra host names; `open_reads` when the listener is
-    /// only reachable from this machine.
-    pub fn new(token: Secret, allowed_hosts: Vec<String>, open_reads: bool) -> Self {
+    /// Rules with this token and these extra host names; sessions last
+    /// [`DEFAULT_SESSION_LIFETIME`].
+    pub fn new(token: Secret, allowed_hosts: Vec<String>) -> Self {
         Self {
             token,
             allowed_hosts: allowed_hosts
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            open_reads,
+            sessions: Arc::new(Sessions {
+                lifetime: DEFAULT_SESSION_LIFETIME,
+                ids: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The same rules with sessions lasting `lifetime` (tests use a short one).
+    pub fn with_session_lifetime(self, lifetime: Duration) -> Self {
+        Self {
+            sessions: Arc::new(Sessions {
+                lifetime,
+                ids: Mutex::new(HashMap::new()),
+            }),
+            ..self
         }
     }
 
@@ -127,15 +247,28 @@ impl AccessPolicy {
             .map(str::trim)
     }
 
-    fn cookie(headers: &HeaderMap) -> Option<&str> {
+    /// Every value of the session cookie in the request (a browser may send more than one).
+    fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == SESSION_COOKIE)
-            .map(|(_, value)| value)
+            .filter(|(name, _)| *name == SESSION_COOKIE)
+            .map(|(_, value)| value.trim())
+    }
+
+    fn session_valid(&self, id: &str) -> bool {
+        let mut ids = self.sessions.lock();
+        match ids.get(id) {
+            Some(expires) if *expires > Instant::now() => true,
+            Some(_) => {
+                ids.remove(id);
+                false
+            }
+            None => false,
+        }
     }
 
     /// How the request proves itself, if it does.
@@ -143,20 +276,20 @@ impl AccessPolicy {
         if Self::bearer(headers).is_some_and(|t| self.token_matches(t)) {
             return Some(Via::Bearer);
         }
-        if Self::cookie(headers).is_some_and(|t| self.token_matches(t)) {
-            return Some(Via::Cookie);
+        if Self::cookies(headers).any(|id| self.session_valid(id)) {
+            return Some(Via::Session);
         }
         None
     }
 
-    /// True when the request carries a valid token.
+    /// True when the request carries the token or a live session.
     pub fn is_authenticated(&self, headers: &HeaderMap) -> bool {
         self.authenticated(headers).is_some()
     }
 
-    /// Reads are open on loopback; elsewhere they need the token.
-    pub fn check_read(&self, headers: &HeaderMap) -> Result<(), Denied> {
-        if self.open_reads || self.is_authenticated(headers) {
+    /// Reads are open to clients on this machine; others need the token or a session.
+    pub fn check_read(&self, headers: &HeaderMap, client: &Client) -> Result<(), Denied> {
+        if client.is_local() || self.is_authenticated(headers) {
             Ok(())
         } else {
             Err(Denied::Unauthenticated)
@@ -164,11 +297,11 @@ impl AccessPolicy {
     }
 
     /// A state-changing request needs the token and must not come from another origin. A
-    /// cookie only counts together with an `Origin` header that matches the `Host` (browsers
-    /// always send one on POST), so a foreign page cannot ride on the session.
+    /// session only counts together with an `Origin` header that matches the `Host`
+    /// (browsers always send one on POST), so a foreign page cannot ride on it.
     pub fn check_write(&self, headers: &HeaderMap) -> Result<(), Denied> {
         let via = self.authenticated(headers).ok_or(Denied::Unauthenticated)?;
-        self.check_same_origin(headers, via == Via::Cookie)
+        self.check_same_origin(headers, via == Via::Session)
     }
 
     /// The `Origin` (when present, or when `required`) must be this dashboard's own.
@@ -204,19 +337,82 @@ impl AccessPolicy {
         self.token_matches(candidate.trim())
     }
 
-    /// The cookie that keeps a browser logged in.
-    pub fn session_cookie(&self) -> String {
-        format!(
-            "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            self.token.expose()
-        )
+    /// Starts a session (after the token was checked) and returns its id: 32 random bytes
+    /// from the OS, hex-encoded. Expired sessions are dropped first; beyond
+    /// [`MAX_SESSIONS`] the oldest goes.
+    pub fn open_session(&self) -> std::io::Result<String> {
+        let id = generate_token()?;
+        let now = Instant::now();
+        let mut ids = self.sessions.lock();
+        ids.retain(|_, expires| *expires > now);
+        while ids.len() >= MAX_SESSIONS {
+            let oldest = ids
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(id, _)| id.clone());
+            match oldest {
+                Some(oldest) => ids.remove(&oldest),
+                None => break,
+            };
+        }
+        ids.insert(id.clone(), now + self.sessions.lifetime);
+        Ok(id)
+    }
+
+    /// Ends the sessions the request carries; true when one was live.
+    pub fn close_sessions(&self, headers: &HeaderMap) -> bool {
+        let mut ids = self.sessions.lock();
+        let mut closed = false;
+        for id in Self::cookies(headers) {
+            closed |= ids.remove(id).is_some();
+        }
+        closed
+    }
+
+    /// Number of live (unexpired) sessions.
+    pub fn live_sessions(&self) -> usize {
+        let now = Instant::now();
+        self.sessions
+            .lock()
+            .values()
+            .filter(|expires| **expires > now)
+            .count()
+    }
+
+    /// The `Set-Cookie` values that keep a browser logged in with session `id`: one per
+    /// dashboard path, HttpOnly, SameSite=Strict, `Secure` when the client came over HTTPS,
+    /// expiring with the session.
+    pub fn session_cookies(&self, id: &str, secure: bool) -> Vec<String> {
+        let max_age = self.sessions.lifetime.as_secs();
+        let secure = if secure { "; Secure" } else { "" };
+        COOKIE_PATHS
+            .iter()
+            .map(|path| {
+                format!(
+                    "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path={path}; Max-Age={max_age}{secure}"
+                )
+            })
+            .collect()
+    }
+
+    /// The `Set-Cookie` values that remove the session cookies.
+    pub fn clearing_cookies(&self, secure: bool) -> Vec<String> {
+        let secure = if secure { "; Secure" } else { "" };
+        COOKIE_PATHS
+            .iter()
+            .map(|path| {
+                format!(
+                    "{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path={path}; Max-Age=0{secure}"
+                )
+            })
+            .collect()
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
     Bearer,
-    Cookie,
+    Session,
 }
 
 /// Generates a token: 32 random bytes from the OS, hex-encoded.
@@ -241,11 +437,11 @@ mod tests {
     }
 
     fn policy() -> AccessPolicy {
-        AccessPolicy::new(
-            Secret::new("s3cret-token"),
-            vec!["ops.example.com".into()],
-            true,
-        )
+        AccessPolicy::new(Secret::new("s3cret-token"), vec!["ops.example.com".into()])
+    }
+
+    fn peer(addr: &str) -> Option<SocketAddr> {
+        Some(addr.parse().expect("socket address"))
     }
 
     #[test]
@@ -270,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_need_token_and_same_origin() {
+    fn writes_need_token_or_session_and_same_origin() {
         let p = policy();
         let host = ("host", "127.0.0.1:9000");
         assert_eq!(
@@ -294,8 +490,19 @@ mod tests {
             ])),
             Err(Denied::ForeignOrigin(_))
         ));
-        // A cookie needs a matching Origin.
-        let cookie = ("cookie", "a=b; kinfra_session=s3cret-token");
+        // The token is not a session.
+        assert_eq!(
+            p.check_write(&headers(&[
+                host,
+                ("cookie", "kinfra_session=s3cret-token"),
+                ("origin", "http://127.0.0.1:9000")
+            ])),
+            Err(Denied::Unauthenticated)
+        );
+        // A session needs a matching Origin.
+        let id = p.open_session().expect("session");
+        let cookie = format!("a=b; kinfra_session={id}");
+        let cookie = ("cookie", cookie.as_str());
         assert!(matches!(
             p.check_write(&headers(&[host, cookie])),
             Err(Denied::ForeignOrigin(_))
@@ -317,22 +524,86 @@ mod tests {
             ])),
             Err(Denied::ForeignOrigin(_))
         ));
+        // Logged out: gone.
+        assert!(p.close_sessions(&headers(&[cookie])));
+        assert_eq!(
+            p.check_write(&headers(&[
+                host,
+                cookie,
+                ("origin", "http://127.0.0.1:9000")
+            ])),
+            Err(Denied::Unauthenticated)
+        );
     }
 
     #[test]
-    fn closed_reads_need_token() {
-        let p = AccessPolicy::new(Secret::new("tok-1234"), vec![], false);
-        assert!(p.check_read(&HeaderMap::new()).is_err());
-        assert!(
-            p.check_read(&headers(&[("authorization", "Bearer tok-1234")]))
-                .is_ok()
-        );
-        assert!(policy().check_read(&HeaderMap::new()).is_ok());
+    fn sessions_expire() {
+        let p = policy().with_session_lifetime(Duration::from_millis(1));
+        let id = p.open_session().expect("session");
+        std::thread::sleep(Duration::from_millis(20));
+        let cookie = format!("kinfra_session={id}");
+        assert!(!p.is_authenticated(&headers(&[("cookie", &cookie)])));
+        assert_eq!(p.live_sessions(), 0);
+    }
+
+    #[test]
+    fn session_cookies_are_scoped_and_never_the_token() {
+        let p = policy();
+        let id = p.open_session().expect("session");
+        assert_ne!(id, "s3cret-token");
+        assert!(id.len() >= 32);
+        let cookies = p.session_cookies(&id, false);
+        assert_eq!(cookies.len(), COOKIE_PATHS.len());
+        for (cookie, path) in cookies.iter().zip(COOKIE_PATHS) {
+            assert!(
+                cookie.contains(&format!("; Path={path};")) && !cookie.contains("Path=/;"),
+                "{cookie}"
+            );
+            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+            assert!(!cookie.contains("Secure") && !cookie.contains("s3cret-token"));
+        }
+        assert!(p.session_cookies(&id, true)[0].ends_with("; Secure"));
+    }
+
+    #[test]
+    fn reads_are_open_to_local_clients_only() {
+        let p = policy();
+        let none = HeaderMap::new();
+        let bearer = headers(&[("authorization", "Bearer s3cret-token")]);
+        let local = Client::of(peer("127.0.0.1:5000"), &none);
+        assert!(p.check_read(&none, &local).is_ok());
+        let remote = Client::of(peer("10.1.2.3:5000"), &none);
+        assert_eq!(p.check_read(&none, &remote), Err(Denied::Unauthenticated));
+        assert!(p.check_read(&bearer, &remote).is_ok());
+        // No peer at all: unknown, so remote.
+        assert!(!Client::of(None, &none).is_local());
+        // The proxy (a loopback peer) names the client.
+        let forwarded = headers(&[("x-kinfra-client", "203.0.113.9")]);
+        assert!(!Client::of(peer("127.0.0.1:5000"), &forwarded).is_local());
+        let forwarded_local = headers(&[("x-kinfra-client", "::1")]);
+        assert!(Client::of(peer("[::1]:5000"), &forwarded_local).is_local());
+        // Unparsable or repeated: not local.
+        let junk = headers(&[("x-kinfra-client", "localhost")]);
+        assert!(!Client::of(peer("127.0.0.1:5000"), &junk).is_local());
+        let twice = headers(&[
+            ("x-kinfra-client", "127.0.0.1"),
+            ("x-kinfra-client", "127.0.0.1"),
+        ]);
+        assert!(!Client::of(peer("127.0.0.1:5000"), &twice).is_local());
+        // A remote peer cannot claim to be local.
+        let claim = headers(&[("x-kinfra-client", "127.0.0.1")]);
+        assert!(!Client::of(peer("10.1.2.3:5000"), &claim).is_local());
+        // A v4-mapped loopback peer is local.
+        assert!(Client::of(peer("[::ffff:127.0.0.1]:5000"), &none).is_local());
+        // HTTPS as the proxy says, only from loopback.
+        let proto = headers(&[("x-forwarded-proto", "https")]);
+        assert!(Client::of(peer("127.0.0.1:5000"), &proto).https);
+        assert!(!Client::of(peer("10.1.2.3:5000"), &proto).https);
     }
 
     #[test]
     fn empty_token_never_matches() {
-        let p = AccessPolicy::new(Secret::new(""), vec![], true);
+        let p = AccessPolicy::new(Secret::new(""), vec![]);
         assert!(!p.accepts_token(""));
         assert!(
             p.check_write(&headers(&[("authorization", "Bearer ")]))

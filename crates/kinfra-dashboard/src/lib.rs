@@ -2,15 +2,18 @@
 //! stream, actions, log views and metrics.
 //!
 //! It knows nothing of the supervisor, store or proxy: everything it shows or does goes
-//! through [`kinfra_core::view::RuntimeControl`]. Access rules are in [`auth`].
+//! through [`kinfra_core::view::RuntimeControl`]. Access rules are in [`auth`]; the server
+//! loop with its timeouts and connection cap in `server`.
 
+pub mod accept;
 pub mod auth;
 pub mod metrics;
+mod server;
 pub mod sse;
 
-use auth::{AccessPolicy, Denied};
+use auth::{AccessPolicy, Client, Denied};
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
@@ -26,6 +29,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 pub use auth::generate_token;
+pub use server::ConnectionLimits;
 
 /// The pages and assets, from `web/`, compiled into the binary.
 mod assets {
@@ -87,6 +91,8 @@ pub struct DashboardOptions {
     pub policy: AccessPolicy,
     /// Event history for resuming streams; fed by [`EventHistory::record`].
     pub history: Arc<EventHistory>,
+    /// Timeouts and the connection cap of the server.
+    pub limits: ConnectionLimits,
 }
 
 /// The HTTP routes, on top of a runtime.
@@ -141,11 +147,18 @@ fn denied(d: &Denied) -> Response {
     json_error(d.status(), d.message())
 }
 
-async fn check_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.policy.check_host(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(d) => denied(&d),
+/// Refuses foreign `Host`s and notes who the client is (for the read rule).
+async fn check_host(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if let Err(d) = state.policy.check_host(request.headers()) {
+        return denied(&d);
     }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
+    let client = Client::of(peer, request.headers());
+    request.extensions_mut().insert(client);
+    next.run(request).await
 }
 
 async fn healthz() -> &'static str {
@@ -167,8 +180,12 @@ fn page(html: &'static str) -> Response {
         .into_response()
 }
 
-async fn dashboard_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.policy.check_read(&headers).is_err() {
+async fn dashboard_page(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+) -> Response {
+    if state.policy.check_read(&headers, &client).is_err() {
         return Redirect::to("/kinfra/login").into_response();
     }
     page(assets::DASHBOARD_HTML)
@@ -204,6 +221,7 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -214,41 +232,70 @@ async fn login(
         tracing::warn!("Dashboard login with a wrong token.");
         return json_error(StatusCode::UNAUTHORIZED, "wrong token");
     }
-    let mut response = Redirect::to("/kinfra").into_response();
-    match HeaderValue::from_str(&state.policy.session_cookie()) {
-        Ok(cookie) => {
-            response.headers_mut().insert(header::SET_COOKIE, cookie);
-            response
+    let id = match state.policy.open_session() {
+        Ok(id) => id,
+        Err(error) => {
+            tracing::error!(%error, "Cannot create a dashboard session.");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot create a session");
         }
-        Err(_) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot set the session cookie",
-        ),
-    }
+    };
+    with_cookies(
+        Redirect::to("/kinfra").into_response(),
+        state.policy.session_cookies(&id, client.https),
+    )
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(d) = state.policy.check_same_origin(&headers, true) {
-        return denied(&d);
+/// Adds `Set-Cookie` headers to a response.
+fn with_cookies(mut response: Response, cookies: Vec<String>) -> Response {
+    for cookie in cookies {
+        match HeaderValue::from_str(&cookie) {
+            Ok(value) => {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+            Err(_) => {
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot set the session cookie",
+                );
+            }
+        }
     }
-    let mut response = Redirect::to("/kinfra/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("kinfra_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
     response
 }
 
-async fn session(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn logout(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(d) = state.policy.check_same_origin(&headers, true) {
+        return denied(&d);
+    }
+    state.policy.close_sessions(&headers);
+    with_cookies(
+        Redirect::to("/kinfra/login").into_response(),
+        state.policy.clearing_cookies(client.https),
+    )
+}
+
+async fn session(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+) -> Response {
     Json(serde_json::json!({
         "authenticated": state.policy.is_authenticated(&headers),
-        "can_read": state.policy.check_read(&headers).is_ok(),
+        "can_read": state.policy.check_read(&headers, &client).is_ok(),
     }))
     .into_response()
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(d) = state.policy.check_read(&headers) {
+async fn status(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(d) = state.policy.check_read(&headers, &client) {
         return denied(&d);
     }
     (
@@ -265,10 +312,11 @@ struct ResumeQuery {
 
 async fn events(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     Query(query): Query<ResumeQuery>,
 ) -> Response {
-    if let Err(d) = state.policy.check_read(&headers) {
+    if let Err(d) = state.policy.check_read(&headers, &client) {
         return denied(&d);
     }
     let last = headers
@@ -328,11 +376,12 @@ fn known_service(state: &AppState, service: &str) -> bool {
 
 async fn logs(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     Path(service): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Response {
-    if let Err(d) = state.policy.check_read(&headers) {
+    if let Err(d) = state.policy.check_read(&headers, &client) {
         return denied(&d);
     }
     if !known_service(&state, &service) {
@@ -388,12 +437,13 @@ struct StreamQuery {
 
 async fn log_stream(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     Path(service): Path<String>,
     Query(query): Query<StreamQuery>,
 ) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-    if let Err(d) = state.policy.check_read(&headers) {
+    if let Err(d) = state.policy.check_read(&headers, &client) {
         return denied(&d);
     }
     // Subscribe before reading the backlog; skip the overlap.
@@ -453,8 +503,12 @@ async fn log_stream(
     response
 }
 
-async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(d) = state.policy.check_read(&headers) {
+async fn metrics_text(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(d) = state.policy.check_read(&headers, &client) {
         return denied(&d);
     }
     let report = state.control.status();
@@ -500,7 +554,8 @@ impl DashboardServer {
             .map_err(|source| DashboardError::Bind { addr, source })
     }
 
-    /// Serves the dashboard on a bound listener until [`DashboardServer::shutdown`].
+    /// Serves the dashboard on a bound listener until [`DashboardServer::shutdown`], with the
+    /// timeouts and connection cap of `options.limits`.
     pub fn serve(
         listener: tokio::net::TcpListener,
         control: Arc<dyn RuntimeControl>,
@@ -513,16 +568,9 @@ impl DashboardServer {
                 source,
             })?;
         let (stop, closing) = watch::channel(false);
-        let mut stopped = closing.clone();
-        let app = router_closing(control, options, closing);
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|c| *c).await;
-            });
-            if let Err(error) = serve.await {
-                tracing::error!(%error, "Dashboard server failed.");
-            }
-        });
+        let limits = options.limits;
+        let app = router_closing(control, options, closing.clone());
+        let task = tokio::spawn(server::run(listener, app, limits, closing));
         tracing::debug!(%addr, "Dashboard listening.");
         Ok(DashboardServer { addr, stop, task })
     }

@@ -91,7 +91,7 @@ struct Harness {
     history: Arc<EventHistory>,
 }
 
-fn harness(open_reads: bool) -> Harness {
+fn harness() -> Harness {
     let fake = Arc::new(Fake {
         events: EventSender::new(256),
         logs: broadcast::channel(64).0,
@@ -101,12 +101,9 @@ fn harness(open_reads: bool) -> Harness {
     let app = router(
         fake.clone(),
         DashboardOptions {
-            policy: AccessPolicy::new(
-                Secret::new(TOKEN),
-                vec!["ops.example.com".into()],
-                open_reads,
-            ),
+            policy: AccessPolicy::new(Secret::new(TOKEN), vec!["ops.example.com".into()]),
             history: history.clone(),
+            limits: ConnectionLimits::default(),
         },
     );
     Harness { fake, app, history }
@@ -122,7 +119,20 @@ fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> HttpRequest<Body> {
     if !has_host {
         b = b.header("host", "127.0.0.1:9000");
     }
-    b.body(Body::empty()).expect("request")
+    b.extension(ConnectInfo(LOCAL_PEER))
+        .body(Body::empty())
+        .expect("request")
+}
+
+/// A client on this machine.
+const LOCAL_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
+/// The same request from another machine.
+fn remote(mut r: HttpRequest<Body>) -> HttpRequest<Body> {
+    r.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 7], 40000))));
+    r
 }
 
 async fn send(app: &Router, r: HttpRequest<Body>) -> (StatusCode, HeaderMap, String) {
@@ -142,7 +152,7 @@ const BEARER: (&str, &str) = ("authorization", "Bearer test-token-0123456789");
 
 #[tokio::test]
 async fn healthz_and_status() {
-    let h = harness(true);
+    let h = harness();
     let (code, _, body) = send(
         &h.app,
         req("GET", "/healthz", &[("host", "anything.example")]),
@@ -165,7 +175,7 @@ async fn healthz_and_status() {
 
 #[tokio::test]
 async fn unknown_host_is_refused_everywhere_but_healthz() {
-    let h = harness(true);
+    let h = harness();
     for (method, uri) in [
         ("GET", "/__status__"),
         ("GET", "/kinfra"),
@@ -191,25 +201,60 @@ async fn unknown_host_is_refused_everywhere_but_healthz() {
 }
 
 #[tokio::test]
-async fn closed_reads_need_the_token() {
-    let h = harness(false);
-    let (code, _, _) = send(&h.app, req("GET", "/__status__", &[])).await;
-    assert_eq!(code, StatusCode::UNAUTHORIZED);
-    let (code, _, _) = send(&h.app, req("GET", "/metrics", &[])).await;
-    assert_eq!(code, StatusCode::UNAUTHORIZED);
-    let (code, headers, _) = send(&h.app, req("GET", "/kinfra", &[])).await;
+async fn remote_reads_need_the_token() {
+    let h = harness();
+    for uri in [
+        "/__status__",
+        "/metrics",
+        "/__events__",
+        "/__logs__/api?format=json",
+        "/__logs__/api/stream",
+    ] {
+        let (code, _, _) = send(&h.app, remote(req("GET", uri, &[]))).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    let (code, headers, _) = send(&h.app, remote(req("GET", "/kinfra", &[]))).await;
     assert_eq!(code, StatusCode::SEE_OTHER);
     assert_eq!(
         headers.get("location").map(|v| v.as_bytes()),
         Some(&b"/kinfra/login"[..])
     );
-    let (code, _, _) = send(&h.app, req("GET", "/__status__", &[BEARER])).await;
+    let (code, _, _) = send(&h.app, remote(req("GET", "/__status__", &[BEARER]))).await;
     assert_eq!(code, StatusCode::OK);
+    // Through the proxy (a loopback peer naming the client): the client decides.
+    let (code, _, _) = send(
+        &h.app,
+        req("GET", "/__status__", &[("x-kinfra-client", "192.0.2.4")]),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let (code, _, _) = send(
+        &h.app,
+        req("GET", "/__status__", &[("x-kinfra-client", "127.0.0.1")]),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    // A remote client cannot claim to be local.
+    let (code, _, _) = send(
+        &h.app,
+        remote(req(
+            "GET",
+            "/__status__",
+            &[("x-kinfra-client", "127.0.0.1")],
+        )),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    // Without a known peer (the router alone), the client counts as remote.
+    let mut bare = req("GET", "/__status__", &[]);
+    bare.extensions_mut().remove::<ConnectInfo<SocketAddr>>();
+    let (code, _, _) = send(&h.app, bare).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn actions_need_token_and_same_origin() {
-    let h = harness(true);
+    let h = harness();
     let uri = "/__action__/restart/api";
     let (code, _, body) = send(&h.app, req("POST", uri, &[])).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
@@ -225,7 +270,22 @@ async fn actions_need_token_and_same_origin() {
     )
     .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
-    let cookie = ("cookie", "kinfra_session=test-token-0123456789");
+    // The token as a cookie is no session.
+    let (code, _, _) = send(
+        &h.app,
+        req(
+            "POST",
+            uri,
+            &[
+                ("cookie", "kinfra_session=test-token-0123456789"),
+                ("origin", "http://127.0.0.1:9000"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let session = format!("kinfra_session={}", h.login().await);
+    let cookie = ("cookie", session.as_str());
     let (code, _, _) = send(&h.app, req("POST", uri, &[cookie])).await;
     assert_eq!(
         code,
@@ -269,51 +329,217 @@ async fn actions_need_token_and_same_origin() {
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
 }
 
+fn login_form(token: &str, origin: &str) -> HttpRequest<Body> {
+    HttpRequest::builder()
+        .method("POST")
+        .uri("/kinfra/login")
+        .header("host", "127.0.0.1:9000")
+        .header("origin", origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .extension(ConnectInfo(LOCAL_PEER))
+        .body(Body::from(format!("token={token}")))
+        .expect("request")
+}
+
+/// The `Set-Cookie` values of a response.
+fn set_cookies(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Harness {
+    /// Logs in with the token; returns the session id from the cookie.
+    async fn login(&self) -> String {
+        let (code, headers, _) = send(&self.app, login_form(TOKEN, "http://127.0.0.1:9000")).await;
+        assert_eq!(code, StatusCode::SEE_OTHER);
+        let cookies = set_cookies(&headers);
+        cookies
+            .first()
+            .and_then(|c| c.strip_prefix("kinfra_session="))
+            .and_then(|c| c.split(';').next())
+            .expect("session cookie")
+            .to_owned()
+    }
+}
+
 #[tokio::test]
-async fn login_sets_a_strict_http_only_cookie() {
-    let h = harness(true);
-    let form = |token: &str, origin: &str| {
-        HttpRequest::builder()
-            .method("POST")
-            .uri("/kinfra/login")
-            .header("host", "127.0.0.1:9000")
-            .header("origin", origin)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Body::from(format!("token={token}")))
-            .expect("request")
-    };
-    let (code, headers, _) = send(&h.app, form(TOKEN, "http://127.0.0.1:9000")).await;
+async fn login_sets_strict_http_only_cookies_scoped_to_the_dashboard() {
+    let h = harness();
+    let (code, headers, _) = send(&h.app, login_form(TOKEN, "http://127.0.0.1:9000")).await;
     assert_eq!(code, StatusCode::SEE_OTHER);
-    let cookie = headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
+    let cookies = set_cookies(&headers);
+    let paths: Vec<&str> = cookies
+        .iter()
+        .filter_map(|c| c.split("; Path=").nth(1))
+        .filter_map(|rest| rest.split(';').next())
+        .collect();
+    assert_eq!(paths, auth::COOKIE_PATHS.to_vec(), "{cookies:?}");
+    let id = cookies[0]
+        .strip_prefix("kinfra_session=")
+        .and_then(|c| c.split(';').next())
         .unwrap_or("");
-    assert!(cookie.starts_with("kinfra_session="), "{cookie}");
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
-        "{cookie}"
-    );
-    let (code, headers, _) = send(&h.app, form("wrong", "http://127.0.0.1:9000")).await;
+    assert!(id.len() >= 32, "{cookies:?}");
+    for cookie in &cookies {
+        assert!(
+            cookie.starts_with(&format!("kinfra_session={id};")),
+            "{cookie}"
+        );
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        assert!(!cookie.contains(TOKEN), "the token in a cookie: {cookie}");
+        assert!(!cookie.contains("Secure"), "{cookie}");
+    }
+    let (code, headers, _) = send(&h.app, login_form("wrong", "http://127.0.0.1:9000")).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     assert!(headers.get("set-cookie").is_none());
-    let (code, _, _) = send(&h.app, form(TOKEN, "http://evil.example")).await;
+    let (code, _, _) = send(&h.app, login_form(TOKEN, "http://evil.example")).await;
     assert_eq!(code, StatusCode::FORBIDDEN);
+    let cookie = format!("kinfra_session={id}");
     let (_, _, body) = send(
         &h.app,
-        req(
-            "GET",
-            "/kinfra/session",
-            &[("cookie", "kinfra_session=test-token-0123456789")],
-        ),
+        remote(req("GET", "/kinfra/session", &[("cookie", &cookie)])),
     )
     .await;
     assert!(body.contains("\"authenticated\":true"), "{body}");
+    assert!(body.contains("\"can_read\":true"), "{body}");
     assert!(!body.contains(TOKEN));
+    // The token itself is not a session.
+    let (_, _, body) = send(
+        &h.app,
+        remote(req(
+            "GET",
+            "/kinfra/session",
+            &[("cookie", "kinfra_session=test-token-0123456789")],
+        )),
+    )
+    .await;
+    assert!(body.contains("\"authenticated\":false"), "{body}");
+    // Over HTTPS (as the proxy on loopback says), the cookies are Secure.
+    let mut https = login_form(TOKEN, "https://127.0.0.1:9000");
+    https
+        .headers_mut()
+        .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    let (code, headers, _) = send(&h.app, https).await;
+    assert_eq!(code, StatusCode::SEE_OTHER);
+    assert!(
+        set_cookies(&headers)
+            .iter()
+            .all(|c| c.ends_with("; Secure")),
+        "{:?}",
+        set_cookies(&headers)
+    );
+}
+
+#[tokio::test]
+async fn a_session_reads_and_acts_until_logout() {
+    let h = harness();
+    let id = h.login().await;
+    let cookie = format!("kinfra_session={id}");
+    let origin = ("origin", "http://127.0.0.1:9000");
+    let (code, _, _) = send(
+        &h.app,
+        remote(req("GET", "/__status__", &[("cookie", &cookie)])),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _, _) = send(
+        &h.app,
+        req(
+            "POST",
+            "/__action__/restart/api",
+            &[("cookie", &cookie), origin],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    // Logout revokes the session on the server and clears every cookie.
+    let (code, headers, _) = send(
+        &h.app,
+        req("POST", "/kinfra/logout", &[("cookie", &cookie), origin]),
+    )
+    .await;
+    assert_eq!(code, StatusCode::SEE_OTHER);
+    let cleared = set_cookies(&headers);
+    assert_eq!(cleared.len(), auth::COOKIE_PATHS.len());
+    assert!(
+        cleared.iter().all(|c| c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    let (code, _, _) = send(
+        &h.app,
+        req(
+            "POST",
+            "/__action__/restart/api",
+            &[("cookie", &cookie), origin],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let (code, _, _) = send(
+        &h.app,
+        remote(req("GET", "/__status__", &[("cookie", &cookie)])),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.fake.actions.lock().map(|a| a.len()).unwrap_or(0),
+        1,
+        "only the action before logout ran"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refused() {
+    let fake = Arc::new(Fake {
+        events: EventSender::new(16),
+        logs: broadcast::channel(4).0,
+        actions: Mutex::new(Vec::new()),
+    });
+    let app = router(
+        fake.clone(),
+        DashboardOptions {
+            policy: AccessPolicy::new(Secret::new(TOKEN), vec![])
+                .with_session_lifetime(Duration::from_millis(50)),
+            history: EventHistory::new(10),
+            limits: ConnectionLimits::default(),
+        },
+    );
+    let h = Harness {
+        fake,
+        app,
+        history: EventHistory::new(10),
+    };
+    let id = h.login().await;
+    let cookie = format!("kinfra_session={id}");
+    let (code, _, _) = send(
+        &h.app,
+        remote(req("GET", "/__status__", &[("cookie", &cookie)])),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "fresh session");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, _, _) = send(
+        &h.app,
+        req(
+            "POST",
+            "/__action__/restart/api",
+            &[("cookie", &cookie), ("origin", "http://127.0.0.1:9000")],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert!(h.fake.actions.lock().map(|a| a.is_empty()).unwrap_or(false));
 }
 
 #[tokio::test]
 async fn pages_and_assets() {
-    let h = harness(true);
+    let h = harness();
     let (code, headers, body) = send(&h.app, req("GET", "/kinfra", &[])).await;
     assert_eq!(code, StatusCode::OK);
     assert!(body.contains("<title>kinfra</title>"));
@@ -350,7 +576,7 @@ async fn pages_and_assets() {
 
 #[tokio::test]
 async fn logs_in_every_format() {
-    let h = harness(true);
+    let h = harness();
     let (code, _, body) = send(&h.app, req("GET", "/__logs__/api", &[])).await;
     assert_eq!(code, StatusCode::OK);
     assert!(body.contains("logs.js"));
@@ -378,7 +604,7 @@ async fn logs_in_every_format() {
 
 #[tokio::test]
 async fn metrics_text() {
-    let h = harness(true);
+    let h = harness();
     let (code, headers, body) = send(&h.app, req("GET", "/metrics", &[])).await;
     assert_eq!(code, StatusCode::OK);
     assert!(
@@ -446,7 +672,7 @@ fn port_event(fake: &Fake, port: u16) -> kinfra_core::Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_snapshot_then_batches_then_resume() {
-    let h = harness(true);
+    let h = harness();
     let _recorder = h.history.clone().record(h.fake.events.subscribe());
     for p in 1..=3 {
         port_event(&h.fake, p);
@@ -503,7 +729,7 @@ async fn events_stream_snapshot_then_batches_then_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_from_too_old_an_id_starts_from_a_snapshot() {
-    let h = harness(true);
+    let h = harness();
     let _recorder = h.history.clone().record(h.fake.events.subscribe());
     for p in 1..=150 {
         port_event(&h.fake, p);
@@ -528,5 +754,241 @@ pub(crate) async fn wait_history(history: &EventHistory, seq: u64) {
             "history did not reach {seq}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A served dashboard on 127.0.0.1 port 0 with these limits.
+async fn served(limits: ConnectionLimits) -> (DashboardServer, Arc<Fake>) {
+    let fake = Arc::new(Fake {
+        events: EventSender::new(64),
+        logs: broadcast::channel(16).0,
+        actions: Mutex::new(Vec::new()),
+    });
+    let listener = DashboardServer::bind("127.0.0.1:0", false)
+        .await
+        .expect("bind");
+    let server = DashboardServer::serve(
+        listener,
+        fake.clone(),
+        DashboardOptions {
+            policy: AccessPolicy::new(Secret::new(TOKEN), vec![]),
+            history: EventHistory::new(16),
+            limits,
+        },
+    )
+    .expect("serve");
+    (server, fake)
+}
+
+/// Reads until the server closes the connection; returns what came. Panics after `limit`
+/// (the generous bound that catches "never closes").
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open; got {text:?}"
+    );
+    text
+}
+
+fn short_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_millis(300),
+        max_connections: 64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let (server, _) = served(short_limits()).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(got, "");
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_header_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _) = served(short_limits()).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    s.write_all(b"GET /__status__ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .expect("write");
+    // Keep trickling bytes: the header still has to be complete in time.
+    let trickle = async {
+        for _ in 0..100 {
+            if s.write_all(b"a").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .expect("trickle ends");
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(!got.contains("200 OK"), "{got}");
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _) = served(short_limits()).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK") && got.ends_with("ok\n"),
+        "{got}"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_body_is_refused_and_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (server, fake) = served(short_limits()).await;
+    let addr = server.addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!(
+            "POST /kinfra/login HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\ntoken="
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(!got.contains("kinfra_session"), "{got}");
+    // An action whose handler does not read the body: answered, then closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!(
+            "POST /__action__/restart/api HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Length: 200\r\n\r\nx"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert_eq!(fake.actions.lock().map(|a| a.len()).unwrap_or(0), 1);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_outlives_the_idle_timeout() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (server, fake) = served(short_limits()).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    s.write_all(b"GET /__events__ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reader = tokio::io::BufReader::new(s);
+    let mut wait_line = async |needle: &str| {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).await.expect("read");
+                assert!(n > 0, "stream closed before {needle:?}");
+                if line.contains(needle) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} in the stream"));
+    };
+    wait_line("event: snapshot").await;
+    // Longer than every timeout, with nothing sent by the client.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    port_event(&fake, 4242);
+    wait_line("4242").await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let limits = ConnectionLimits {
+        header_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
+        max_connections: 2,
+    };
+    let (server, _) = served(limits).await;
+    let addr = server.addr();
+    let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Give the server a moment to have taken both (accepted in order).
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let got = read_until_closed(&mut third, Duration::from_secs(10)).await;
+    assert_eq!(got, "", "a third connection was served");
+    // One closes: a new connection is served again.
+    drop(first);
+    wait_until(
+        Duration::from_secs(10),
+        "a connection served again",
+        async || {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                return false;
+            };
+            if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            read_until_closed(&mut s, Duration::from_secs(5))
+                .await
+                .ends_with("ok\n")
+        },
+    )
+    .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Retries `check` every 20 ms until true; panics with `what` after `limit`.
+async fn wait_until(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
