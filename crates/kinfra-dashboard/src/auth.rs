@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 pub const SESSION_COOKIE: &str = "kinfra_session";
 
 /// The header in which the proxy names the client it forwards for (it removes any copy the
-/// client sent). Believed only from a loopback peer.
+/// client sent). Believed only from a peer on this machine.
 pub const CLIENT_HEADER: &str = "x-kinfra-client";
 
 /// The paths the session cookie is set for, one cookie each: every dashboard route that reads
@@ -40,55 +40,84 @@ pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions kept at once; the oldest goes when a login would exceed it.
 const MAX_SESSIONS: usize = 1024;
 
+/// The two ends of a connection: who connected (`peer`) and the address of ours they
+/// reached (`local`). A peer whose address is the local one is this machine (the proxy
+/// reaching a dashboard that listens on a non-loopback address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionEnds {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Our end.
+    pub local: SocketAddr,
+}
+
+impl ConnectionEnds {
+    /// The peer is a process on this machine: a loopback address, or our own address.
+    pub fn peer_is_this_machine(&self) -> bool {
+        let peer = self.peer.ip().to_canonical();
+        peer.is_loopback() || peer == self.local.ip().to_canonical()
+    }
+}
+
 /// Who sent a request, as far as the dashboard can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
-    /// The client's address: the TCP peer, or (from a loopback peer, i.e. the proxy) the
+    /// The client's address: the TCP peer or, from a peer on this machine (the proxy), the
     /// address in [`CLIENT_HEADER`]. `None` when unknown or unparsable.
     pub ip: Option<IpAddr>,
-    /// The request reached the proxy over HTTPS (`X-Forwarded-Proto: https` from a loopback
-    /// peer).
+    /// On this machine: a peer on this machine asking for itself, or one naming a loopback
+    /// client.
+    pub local: bool,
+    /// The request reached the proxy over HTTPS (`X-Forwarded-Proto: https` from a peer on
+    /// this machine).
     pub https: bool,
 }
 
 impl Client {
-    /// The client of a request that came from `peer` with `headers`. No peer (a router used
-    /// without the server) is an unknown, hence remote, client.
-    pub fn of(peer: Option<SocketAddr>, headers: &HeaderMap) -> Client {
-        let Some(peer) = peer else {
+    /// The client of a request that came over `ends` with `headers`. No known connection (a
+    /// router used without the server) is an unknown, hence remote, client.
+    pub fn of(ends: Option<ConnectionEnds>, headers: &HeaderMap) -> Client {
+        let Some(ends) = ends else {
             return Client {
                 ip: None,
+                local: false,
                 https: false,
             };
         };
-        let peer_ip = peer.ip().to_canonical();
-        if !peer_ip.is_loopback() {
+        let peer_ip = ends.peer.ip().to_canonical();
+        if !ends.peer_is_this_machine() {
             return Client {
                 ip: Some(peer_ip),
+                local: false,
                 https: false,
             };
         }
-        let mut named = headers.get_all(CLIENT_HEADER).iter();
-        let ip = match (named.next(), named.next()) {
-            (None, _) => Some(peer_ip),
-            (Some(value), None) => value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<IpAddr>().ok())
-                .map(|ip| ip.to_canonical()),
-            // Two values: nothing to believe.
-            (Some(_), Some(_)) => None,
-        };
         let https = headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
-        Client { ip, https }
+        let mut named = headers.get_all(CLIENT_HEADER).iter();
+        let (ip, local) = match (named.next(), named.next()) {
+            // A process on this machine asking for itself.
+            (None, _) => (Some(peer_ip), true),
+            // The proxy naming its client: local only when that is a loopback address.
+            (Some(value), None) => {
+                let ip = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                    .map(|ip| ip.to_canonical());
+                (ip, ip.is_some_and(|ip| ip.is_loopback()))
+            }
+            // Two values: nothing to believe.
+            (Some(_), Some(_)) => (None, false),
+        };
+        Client { ip, local, https }
     }
 
     /// A client on this machine (reads need no token).
     pub fn is_local(&self) -> bool {
-        self.ip.is_some_and(|ip| ip.is_loopback())
+        self.local
     }
 }
 
@@ -440,8 +469,12 @@ mod tests {
         AccessPolicy::new(Secret::new("s3cret-token"), vec!["ops.example.com".into()])
     }
 
-    fn peer(addr: &str) -> Option<SocketAddr> {
-        Some(addr.parse().expect("socket address"))
+    /// A connection from `addr` to our 127.0.0.1:9000.
+    fn peer(addr: &str) -> Option<ConnectionEnds> {
+        Some(ConnectionEnds {
+            peer: addr.parse().expect("socket address"),
+            local: "127.0.0.1:9000".parse().expect("socket address"),
+        })
     }
 
     #[test]
@@ -595,6 +628,24 @@ mod tests {
         assert!(!Client::of(peer("10.1.2.3:5000"), &claim).is_local());
         // A v4-mapped loopback peer is local.
         assert!(Client::of(peer("[::ffff:127.0.0.1]:5000"), &none).is_local());
+        // Our own non-loopback address (the proxy reaching a dashboard on 10.1.2.1) is this
+        // machine, and may name the client; another address on that network is not.
+        let own = |from: &str| {
+            Some(ConnectionEnds {
+                peer: from.parse().expect("peer"),
+                local: "10.1.2.1:9000".parse().expect("local"),
+            })
+        };
+        assert!(Client::of(own("10.1.2.1:5000"), &none).is_local());
+        assert!(!Client::of(own("10.1.2.1:5000"), &forwarded).is_local());
+        assert!(
+            Client::of(
+                own("10.1.2.1:5000"),
+                &headers(&[("x-kinfra-client", "127.0.0.1")])
+            )
+            .is_local()
+        );
+        assert!(!Client::of(own("10.1.2.2:5000"), &claim).is_local());
         // HTTPS as the proxy says, only from loopback.
         let proto = headers(&[("x-forwarded-proto", "https")]);
         assert!(Client::of(peer("127.0.0.1:5000"), &proto).https);

@@ -11,9 +11,9 @@ pub mod metrics;
 mod server;
 pub mod sse;
 
-use auth::{AccessPolicy, Client, Denied};
+use auth::{AccessPolicy, Client, ConnectionEnds, Denied};
 use axum::Router;
-use axum::extract::{ConnectInfo, Extension, Form, Path, Query, Request, State};
+use axum::extract::{Extension, Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
@@ -152,11 +152,8 @@ async fn check_host(State(state): State<AppState>, mut request: Request, next: N
     if let Err(d) = state.policy.check_host(request.headers()) {
         return denied(&d);
     }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| *peer);
-    let client = Client::of(peer, request.headers());
+    let ends = request.extensions().get::<ConnectionEnds>().copied();
+    let client = Client::of(ends, request.headers());
     request.extensions_mut().insert(client);
     next.run(request).await
 }

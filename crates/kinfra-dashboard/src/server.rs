@@ -16,6 +16,7 @@
 //! (not queued: a queued client would hang with no answer).
 
 use crate::accept::AcceptBackoff;
+use crate::auth::ConnectionEnds;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
@@ -313,6 +314,9 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let activity = Activity::new();
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let io = TokioIo::new(Watched {
         stream,
         activity: activity.clone(),
@@ -328,6 +332,9 @@ async fn serve_connection(
             })
         });
         request.extensions_mut().insert(ConnectInfo(peer));
+        request
+            .extensions_mut()
+            .insert(ConnectionEnds { peer, local });
         let mut app = app.clone();
         async move {
             let response = match app.call(request).await {

@@ -119,7 +119,7 @@ fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> HttpRequest<Body> {
     if !has_host {
         b = b.header("host", "127.0.0.1:9000");
     }
-    b.extension(ConnectInfo(LOCAL_PEER))
+    b.extension(ends(LOCAL_PEER))
         .body(Body::empty())
         .expect("request")
 }
@@ -128,10 +128,18 @@ fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> HttpRequest<Body> {
 const LOCAL_PEER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
 
+/// A connection from `peer` to the dashboard on 127.0.0.1:9000.
+fn ends(peer: SocketAddr) -> ConnectionEnds {
+    ConnectionEnds {
+        peer,
+        local: SocketAddr::from(([127, 0, 0, 1], 9000)),
+    }
+}
+
 /// The same request from another machine.
 fn remote(mut r: HttpRequest<Body>) -> HttpRequest<Body> {
     r.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 7], 40000))));
+        .insert(ends(SocketAddr::from(([10, 0, 0, 7], 40000))));
     r
 }
 
@@ -247,7 +255,7 @@ async fn remote_reads_need_the_token() {
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     // Without a known peer (the router alone), the client counts as remote.
     let mut bare = req("GET", "/__status__", &[]);
-    bare.extensions_mut().remove::<ConnectInfo<SocketAddr>>();
+    bare.extensions_mut().remove::<ConnectionEnds>();
     let (code, _, _) = send(&h.app, bare).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
@@ -336,7 +344,7 @@ fn login_form(token: &str, origin: &str) -> HttpRequest<Body> {
         .header("host", "127.0.0.1:9000")
         .header("origin", origin)
         .header("content-type", "application/x-www-form-urlencoded")
-        .extension(ConnectInfo(LOCAL_PEER))
+        .extension(ends(LOCAL_PEER))
         .body(Body::from(format!("token={token}")))
         .expect("request")
 }
