@@ -317,7 +317,7 @@ fn serve_views(
             let options = DashboardOptions {
                 policy: AccessPolicy::new(listeners.token, dashboard_hosts(config)),
                 history,
-                limits: ConnectionLimits::default(),
+                limits: ConnectionLimits::from_config(&config.dashboard),
             };
             Some(DashboardServer::serve(listener, view.clone(), options)?)
         }
