@@ -167,15 +167,20 @@ async fn a_reused_pid_is_not_killed() {
     store.shutdown(WAIT).await;
 }
 
-/// The writer side of the SIGKILL test: runs only when the parent test starts this binary
-/// with `KINFRA_STORE_IT_WRITER` set. It records a process that outlives it, then a burst of
-/// events, printing each acknowledged seq, until it is killed.
+/// The writer side of the SIGKILL test, not a test on its own: the parent test runs this
+/// binary with `--ignored --exact` and `KINFRA_STORE_IT_WRITER` set. It records a process that
+/// outlives it, then a burst of events, printing each acknowledged seq, until it is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process entry point, run by sigkill_mid_burst_loses_no_acknowledged_write_and_next_boot_cleans_up"]
 // The sleeper is left running on purpose: the recovery under test must find and stop it.
 #[allow(clippy::zombie_processes)]
 async fn writer_child() {
     let Ok(dir) = std::env::var("KINFRA_STORE_IT_WRITER") else {
-        return;
+        panic!(
+            "helper process entry point: run by \
+             boot::sigkill_mid_burst_loses_no_acknowledged_write_and_next_boot_cleans_up \
+             with KINFRA_STORE_IT_WRITER set, not on its own"
+        );
     };
     let dir = std::path::PathBuf::from(dir);
     let (store, events) = recording(&disk_config(), &dir).await;
@@ -213,8 +218,9 @@ async fn sigkill_mid_burst_loses_no_acknowledged_write_and_next_boot_cleans_up()
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let mut child = Command::new(exe)
         .args([
-            "boot::writer_child",
+            "--ignored",
             "--exact",
+            "boot::writer_child",
             "--nocapture",
             "--test-threads=1",
         ])

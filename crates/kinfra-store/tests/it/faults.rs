@@ -144,29 +144,37 @@ async fn a_corrupt_data_dir_is_an_error_not_an_empty_store() {
     }
 }
 
-/// A tiny tmpfs mounted for the test, unmounted on drop. `None` when mounting is not
-/// allowed here (not root, or no CAP_SYS_ADMIN).
+/// A tiny tmpfs mounted for the test, unmounted on drop. Mounting needs root (CAP_SYS_ADMIN)
+/// and `mount` from util-linux; without them the test fails saying so.
 struct Tmpfs {
     path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    fn mount(options: &str) -> Option<Tmpfs> {
+    fn mount(options: &str) -> Tmpfs {
         let dir = tempdir();
         let path = dir.path().join("mnt");
-        std::fs::create_dir_all(&path).ok()?;
-        let status = std::process::Command::new("mount")
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        if !status.success() {
-            eprintln!("skipping: cannot mount a tmpfs here");
-            return None;
-        }
-        Some(Tmpfs { path, _dir: dir })
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run mount ({e}): this test mounts a tmpfs; \
+                     install util-linux (apt-get install util-linux) or run ./x test"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs on {} ({}): this test needs root (CAP_SYS_ADMIN) to mount one; \
+             run it as root, as ./x test does in CI",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs { path, _dir: dir }
     }
 }
 
@@ -181,9 +189,7 @@ impl Drop for Tmpfs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_data_dir_is_named() {
-    let Some(fs) = Tmpfs::mount("size=4m,ro") else {
-        return;
-    };
+    let fs = Tmpfs::mount("size=4m,ro");
     match Store::open(&disk_config(), &fs.path).await {
         Err(e @ (StoreError::DataDir { .. } | StoreError::Open { .. })) => {
             let msg = e.to_string();
@@ -195,9 +201,7 @@ async fn a_read_only_data_dir_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_an_error_at_boot_and_counted_while_running() {
-    let Some(fs) = Tmpfs::mount("size=2m") else {
-        return;
-    };
+    let fs = Tmpfs::mount("size=2m");
     // Fill the disk: opening must fail with the path named.
     let filler = fs.path.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
@@ -233,6 +237,10 @@ async fn a_full_disk_is_an_error_at_boot_and_counted_while_running() {
     assert!(stats.last_error.is_some());
     assert!(stats.acknowledged_seq < events.next_seq() - 1, "{stats:?}");
     let acked = stats.acknowledged_seq;
+    assert!(
+        acked >= 20,
+        "the writes before the disk filled were acknowledged: {stats:?}"
+    );
     // Shutdown is bounded even while writes fail.
     let started = std::time::Instant::now();
     store.shutdown(Duration::from_secs(2)).await;
@@ -245,7 +253,7 @@ async fn a_full_disk_is_an_error_at_boot_and_counted_while_running() {
     let seqs: Vec<u64> = store
         .recent_events(10_000)
         .await
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("recent events after the full disk: {e}"))
         .iter()
         .map(|e| e.event.seq)
         .collect();
