@@ -1,8 +1,6 @@
 //! The state-dir lock: one runtime per state dir, held with `flock` for the runtime's life.
 
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use kinfra_core::lockfile::{LockFile, LockFileError};
 use std::path::{Path, PathBuf};
 
 /// File name of the lock inside the state dir. It also holds the owner's PID.
@@ -32,58 +30,31 @@ pub enum LockError {
 /// Held for as long as the runtime lives; released on drop (and by the kernel if we die).
 #[derive(Debug)]
 pub struct StateLock {
-    _lock: Flock<File>,
+    _lock: LockFile,
 }
 
 impl StateLock {
     /// Takes the lock of `dir` without waiting.
     pub fn acquire(dir: &Path) -> Result<StateLock, LockError> {
-        let io = |source| LockError::Io {
-            dir: dir.to_path_buf(),
-            source,
-        };
-        let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                return Err(LockError::Held {
-                    dir: dir.to_path_buf(),
-                    pid: text.trim().parse().ok(),
-                });
-            }
-            Err((_, errno)) => return Err(io(std::io::Error::from(errno))),
-        };
-        lock.set_len(0).map_err(io)?;
-        lock.seek(SeekFrom::Start(0)).map_err(io)?;
-        writeln!(lock, "{}", std::process::id()).map_err(io)?;
-        lock.flush().map_err(io)?;
-        Ok(StateLock { _lock: lock })
+        match LockFile::try_acquire(&dir.join(LOCK_FILE)) {
+            Ok(lock) => Ok(StateLock { _lock: lock }),
+            Err(LockFileError::Held { holder, .. }) => Err(LockError::Held {
+                dir: dir.to_path_buf(),
+                pid: holder,
+            }),
+            Err(LockFileError::Io { source, .. }) => Err(LockError::Io {
+                dir: dir.to_path_buf(),
+                source,
+            }),
+        }
     }
 }
 
 /// The PID written in the lock file of `dir`, when a live runtime holds it.
 #[cfg(test)]
 pub fn holder_pid(dir: &Path) -> Option<u32> {
-    let file = File::open(dir.join(LOCK_FILE)).ok()?;
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        Ok(_unlocked_on_drop) => None,
-        Err((mut file, _)) => {
-            let mut text = String::new();
-            file.read_to_string(&mut text).ok()?;
-            text.trim().parse().ok()
-        }
-    }
+    kinfra_core::lockfile::holder(&dir.join(LOCK_FILE))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

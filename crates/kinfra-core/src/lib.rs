@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod lockfile;
 pub mod metrics;
 pub mod resource;
 pub mod secret;

@@ -37,7 +37,6 @@ pub use surrealdb;
 use kinfra_core::config::StoreConfig;
 use kinfra_core::event::{Event, EventKind};
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -92,7 +91,7 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     receivers: Mutex<Vec<JoinHandle<()>>>,
     stop_receivers: watch::Sender<bool>,
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<kinfra_core::lockfile::LockFile>>,
 }
 
 impl Drop for Inner {

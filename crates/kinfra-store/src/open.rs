@@ -5,9 +5,7 @@
 use crate::Db;
 use crate::error::StoreError;
 use kinfra_core::config::StoreConfig;
-use std::fs::File;
-use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use kinfra_core::lockfile::{LockFile, LockFileError};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -104,50 +102,22 @@ pub(crate) fn lock_path(dir: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Takes the data directory's lock (an exclusive `flock`, released when the file closes,
+/// Takes the data directory's lock (an exclusive file lock, released when the file closes,
 /// also when the process is killed).
-pub(crate) fn take_lock(dir: &Path) -> Result<File, StoreError> {
-    let path = lock_path(dir);
-    let err = |source| StoreError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(err)?;
-    // SAFETY: flock on a valid fd owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut text = String::new();
-        let _ = file.read_to_string(&mut text);
-        return Err(StoreError::Locked {
+pub(crate) fn take_lock(dir: &Path) -> Result<LockFile, StoreError> {
+    LockFile::try_acquire(&lock_path(dir)).map_err(|e| match e {
+        LockFileError::Held { holder, .. } => StoreError::Locked {
             path: dir.to_path_buf(),
-            holder: text.trim().parse().ok(),
-        });
-    }
-    let me = std::process::id().to_string();
-    let write = file
-        .set_len(0)
-        .and_then(|_| file.rewind())
-        .and_then(|_| file.write_all(me.as_bytes()));
-    write.map_err(err)?;
-    Ok(file)
+            holder: holder.and_then(|p| i32::try_from(p).ok()),
+        },
+        LockFileError::Io { path, source } => StoreError::DataDir { path, source },
+    })
 }
 
 /// True when the engine's own lock (`DIR/LOCK`) is free, i.e. a datastore this process
 /// opened earlier has finished closing.
 pub(crate) fn engine_lock_free(dir: &Path) -> bool {
-    let Ok(file) = File::options().read(true).open(dir.join("LOCK")) else {
-        return true;
-    };
-    // SAFETY: flock on a valid fd owned by `file`.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    // Closing the file releases the probe's lock.
-    drop(file);
-    free
+    kinfra_core::lockfile::is_free(&dir.join("LOCK"))
 }
 
 /// Opens the connection: the embedded engine for a path or `mem://`, a WebSocket for a
@@ -204,7 +174,7 @@ pub(crate) async fn connect(config: &StoreConfig, location: &Location) -> Result
         Location::Remote(shown) => {
             let url = config.url.clone().unwrap_or_default();
             if url.starts_with("wss://") {
-                ensure_crypto_provider();
+                kinfra_core::tls::install_crypto_provider();
             }
             let remote = |message: String| StoreError::Remote {
                 url: shown.clone(),
@@ -229,13 +199,6 @@ pub(crate) async fn connect(config: &StoreConfig, location: &Location) -> Result
                 Err(_) => Err(remote(format!("no answer within {timeout:?}"))),
             }
         }
-    }
-}
-
-/// rustls needs one process-wide crypto provider when more than one is compiled in.
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
 }
 

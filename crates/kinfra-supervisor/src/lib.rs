@@ -45,15 +45,14 @@ pub mod watch;
 use actor::{Actor, Command, Shared, Snapshot};
 use kinfra_core::config::{PortSpec, ServiceConfig};
 use kinfra_core::event::{EventKind, EventSender};
+use kinfra_core::lockfile::{LockFile, LockFileError};
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::{LogLine, ServiceLogLine, ServiceStatus, format_uptime};
 use kinfra_core::view::{Action, ActionError};
 use logs::LogSink;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -119,8 +118,13 @@ pub enum SupervisorError {
         source: io::Error,
     },
     /// Another supervisor holds the state dir.
-    #[error("another kinfra instance is running with the state dir {}", .0.display())]
-    AlreadyRunning(PathBuf),
+    #[error("another kinfra instance{} is running with the state dir {}", .holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), .dir.display())]
+    AlreadyRunning {
+        /// The state dir.
+        dir: PathBuf,
+        /// The holder's PID, when its lock file says.
+        holder: Option<u32>,
+    },
     /// A fixed port is held by another process.
     #[error("service `{service}`: {source}")]
     PortInUse {
@@ -186,7 +190,7 @@ struct Inner {
     resources: RwLock<BTreeMap<String, resource::ResourceHandle>>,
     apply_lock: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
-    _lock: File,
+    _lock: LockFile,
 }
 
 impl Drop for Inner {
@@ -284,25 +288,26 @@ impl Supervisor {
         let log_dir = actor::log_dir(&state_dir);
         std::fs::create_dir_all(&log_dir).map_err(state_err(&log_dir))?;
         let lock_path = state_dir.join("supervisor.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(state_err(&lock_path))?;
         // A child forked (by any thread of this process) in the instant before the previous
         // holder closed the lock shares it until its exec; give such a holder a moment.
         let lock_deadline = std::time::Instant::now() + Duration::from_millis(500);
-        loop {
-            // SAFETY: flock on a valid fd owned by `lock`.
-            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                break;
-            }
-            if std::time::Instant::now() >= lock_deadline {
-                return Err(SupervisorError::AlreadyRunning(state_dir));
+        let lock = loop {
+            match LockFile::try_acquire(&lock_path) {
+                Ok(lock) => break lock,
+                Err(LockFileError::Held { holder, .. }) => {
+                    if std::time::Instant::now() >= lock_deadline {
+                        return Err(SupervisorError::AlreadyRunning {
+                            dir: state_dir,
+                            holder,
+                        });
+                    }
+                }
+                Err(LockFileError::Io { path, source }) => {
+                    return Err(SupervisorError::StateDir { path, source });
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
         spawn::init().map_err(SupervisorError::Spawner)?;
         guardian::init();
         let tag_prefix = pids::tag_prefix(&state_dir);

@@ -187,7 +187,8 @@ async fn unusable_state_dir_and_second_instance_are_errors() {
     assert!(
         matches!(
             second,
-            Err(kinfra_supervisor::SupervisorError::AlreadyRunning(_))
+            Err(kinfra_supervisor::SupervisorError::AlreadyRunning { holder: Some(pid), .. })
+                if pid == std::process::id()
         ),
         "{second:?}"
     );
