@@ -14,6 +14,7 @@ mod control;
 pub mod embedded;
 mod lock;
 mod maintenance;
+mod ownership;
 mod procstat;
 mod runtime;
 
@@ -27,6 +28,9 @@ pub use kinfra_core::state::{Health, ServiceState};
 pub use kinfra_core::status::{LogLine, LogStream, ServiceLogLine, ServiceStatus, StatusReport};
 pub use kinfra_core::view::{Action, ActionError, RuntimeControl};
 pub use kinfra_core::{Config, ConfigError, ConfigErrors};
+pub use kinfra_core::tls;
+#[doc(hidden)]
+pub use ownership::user as user_name;
 pub use kinfra_store as store;
 pub use kinfra_supervisor::ReloadSummary;
 pub use runtime::{

@@ -27,8 +27,31 @@ async fn connect(state_dir: &Path) -> anyhow::Result<Connection> {
             path.display()
         ))
     };
-    if !path.exists() {
-        return Err(not_running().into());
+    // A socket this user cannot reach (another user's runtime, a 0700 state dir) is not
+    // "no runtime": say whose it is and why it cannot be reached.
+    let unreachable = |error: &std::io::Error| {
+        let owner = std::fs::metadata(state_dir)
+            .map(|m| {
+                format!(
+                    " (the state dir belongs to {})",
+                    kinfra::user_name(std::os::unix::fs::MetadataExt::uid(&m))
+                )
+            })
+            .unwrap_or_default();
+        NotRunning(format!(
+            "a kinfra runtime may be running here, but this user ({}) cannot reach its control socket {}: {error}{owner}; run the command as the user that started it",
+            kinfra::user_name(nix::unistd::geteuid().as_raw()),
+            std::path::absolute(&path)
+                .unwrap_or_else(|_| path.clone())
+                .display()
+        ))
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(unreachable(&e).into());
+        }
+        Err(_) => return Err(not_running().into()),
     }
     let stream =
         match tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(&path)).await {
@@ -40,6 +63,9 @@ async fn connect(state_dir: &Path) -> anyhow::Result<Connection> {
                 ) =>
             {
                 return Err(not_running().into());
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(unreachable(&e).into());
             }
             Ok(Err(e)) => {
                 return Err(e).with_context(|| format!("cannot connect to {}", path.display()));

@@ -72,6 +72,9 @@ pub fn dashboard_token(config: &Config, state_dir: &Path) -> Result<(Secret, boo
         return Ok((Secret::new(token.trim()), true));
     }
     let path = state_dir.join(TOKEN_FILE);
+    // Never a token from a file someone else could have written.
+    crate::ownership::check_private(state_dir)?;
+    crate::ownership::check_private(&path)?;
     let err = |source| StartError::Token {
         path: path.clone(),
         source,

@@ -75,6 +75,9 @@ pub enum StartError {
     /// steps failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The state dir, or a secret file in it, belongs to another user or others may write it.
+    #[error(transparent)]
+    UnsafePath(#[from] crate::ownership::UnsafePath),
     /// The dashboard token file could not be read or written.
     #[error("dashboard token file {}: {source}", .path.display())]
     Token {
@@ -97,8 +100,9 @@ impl Drop for AbortOnDrop {
 
 impl StartError {
     /// True when the error is the user's input (config), as opposed to the environment.
+    /// (An unsafe state dir counts: the user must choose or fix the path.)
     pub fn is_config_error(&self) -> bool {
-        matches!(self, StartError::Config(_))
+        matches!(self, StartError::Config(_) | StartError::UnsafePath(_))
     }
 }
 
@@ -172,6 +176,8 @@ pub async fn start(config: Config) -> Result<Runtime, StartError> {
 
 /// [`start`], with options that are not part of the config.
 pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runtime, StartError> {
+    // One TLS crypto provider for every subsystem, before any of them speaks TLS.
+    kinfra_core::tls::install_crypto_provider();
     config.validate()?;
     let state_dir = config.state_dir();
     create_state_dir(&state_dir)?;
@@ -223,11 +229,19 @@ pub(super) fn shutdown_timeout(config: &Config) -> Duration {
 }
 
 fn create_state_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
     let err = |source| StartError::StateDir {
         path: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(err)?;
+    // A state dir made in advance by someone else (or open to others) is refused, never
+    // adopted: it may hold a token they know.
+    crate::ownership::check_state_dir(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
     // The state dir holds the control socket, tokens and keys: owner only.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     Ok(())

@@ -9,6 +9,7 @@ mod config_check;
 mod dashboard;
 mod docker;
 mod library;
+mod ownership;
 mod proxy;
 mod reload;
 mod scenarios;

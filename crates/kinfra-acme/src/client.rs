@@ -13,14 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info};
 
-/// Installs ring as rustls' process-wide crypto provider when none is installed yet. The
-/// workspace also builds aws-lc-rs (for the store), so rustls cannot pick one by itself.
-pub fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: some provider is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
+/// The process's one rustls crypto provider (see `kinfra_core::tls`), under the name this
+/// crate has always exported.
+pub use kinfra_core::tls::install_crypto_provider as ensure_crypto_provider;
 
 /// An HTTP client with a time limit on each request, so a CA that stops answering ends the
 /// attempt instead of hanging it.

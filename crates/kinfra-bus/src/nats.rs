@@ -85,7 +85,8 @@ pub(crate) async fn options(
     target: &Target,
     shared: Arc<Shared>,
 ) -> Result<async_nats::ConnectOptions, BusError> {
-    ensure_crypto_provider();
+    // async-nats builds its TLS config from rustls' process-wide provider.
+    kinfra_core::tls::install_crypto_provider();
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("kinfra-{project}"))
         .retry_on_initial_connect()
@@ -107,15 +108,6 @@ pub(crate) async fn options(
         on_event(&shared, &display, event);
         std::future::ready(())
     }))
-}
-
-/// async-nats asks rustls for the process-wide crypto provider; with more than one provider
-/// compiled in (the store brings aws-lc-rs) there is none until somebody installs one.
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing the race to another installer is fine: any provider will do.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 /// Credentials written into the URL (`nats://user:pass@host`, `nats://token@host`): the

@@ -13,6 +13,8 @@ pub mod resource;
 pub mod secret;
 pub mod state;
 pub mod status;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod view;
 
 pub use config::{Config, ConfigError, ConfigErrors};

@@ -348,6 +348,8 @@ impl ProxyServer {
         if !config.enabled {
             return Err(ProxyError::Disabled);
         }
+        // pingora's rustls listener takes rustls' process-wide provider.
+        kinfra_core::tls::install_crypto_provider();
         let http = parse_listen("proxy.http", config.http.as_ref())?;
         let https = parse_listen("proxy.https", config.https.as_ref())?;
         if http.is_none() && https.is_none() {
