@@ -1,6 +1,6 @@
 //! `kinfra config check` on good and bad files: exit codes and precise messages.
 
-use crate::support::{Project, stderr, stdout};
+use crate::support::{Project, kinfra_bin, stderr, stdout};
 
 const GOOD: &str = r#"
 [project]
@@ -118,6 +118,163 @@ fn bad_configs_exit_2_with_location() {
             );
         }
     }
+}
+
+/// Values `runtime up` would reject (or misuse) are rejected by `config check` already: exit 2,
+/// with the file, the line and the key in the message.
+#[test]
+fn values_runtime_up_rejects_fail_the_check() {
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "upstream URL that does not parse",
+            "kinfra.toml",
+            "[[routes]]\npath = \"/\"\nupstream = \"http://[::1\"\n",
+            &["kinfra.toml:3", "routes[0].upstream", "http://[::1"],
+        ),
+        (
+            "one of several upstreams with a path",
+            "kinfra.toml",
+            "[[routes]]\npath = \"/\"\nupstream = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2/x\"]\n",
+            &["kinfra.toml:3", "routes[0].upstream[1]", "path"],
+        ),
+        (
+            "upstream with another scheme",
+            "kinfra.toml",
+            "[[routes]]\npath = \"/\"\nupstream = \"ftp://127.0.0.1:21\"\n",
+            &["kinfra.toml:3", "routes[0].upstream", "http://"],
+        ),
+        (
+            "store URL without a host",
+            "kinfra.toml",
+            "[store]\nurl = \"ws://\"\n",
+            &["kinfra.toml:2", "store.url", "ws://"],
+        ),
+        (
+            "surrealkv URL without a path",
+            "kinfra.toml",
+            "[store]\nurl = \"surrealkv://\"\n",
+            &["kinfra.toml:2", "store.url"],
+        ),
+        (
+            "readiness probe every 0s",
+            "kinfra.toml",
+            "[services.api]\ncommand = \"sleep 1\"\nport = 8080\nhealth = { http = \"/\", interval = \"0s\" }\n",
+            &[
+                "kinfra.toml:4",
+                "services.api.health.interval",
+                "more than 0",
+            ],
+        ),
+        (
+            "liveness probe every 0s",
+            "kinfra.toml",
+            "[services.api]\ncommand = \"sleep 1\"\nport = 8080\n\n[services.api.liveness]\ntcp = true\ninterval = \"0s\"\n",
+            &[
+                "kinfra.toml:7",
+                "services.api.liveness.interval",
+                "more than 0",
+            ],
+        ),
+        (
+            "probe timeout of 0",
+            "kinfra.toml",
+            "[services.api]\ncommand = \"sleep 1\"\nport = 8080\nliveness = { tcp = true, timeout = \"0\" }\n",
+            &[
+                "kinfra.toml:4",
+                "services.api.liveness.timeout",
+                "more than 0",
+            ],
+        ),
+        (
+            "https probe (the prober speaks plain HTTP only)",
+            "kinfra.toml",
+            "[services.api]\ncommand = \"sleep 1\"\nhealth = { http = \"https://127.0.0.1:8443/\" }\n",
+            &["kinfra.toml:3", "services.api.health.http", "http://"],
+        ),
+        (
+            "probe URL that does not parse",
+            "kinfra.toml",
+            "[services.api]\ncommand = \"sleep 1\"\nhealth = { http = \"http://127.0.0.1:99999/\" }\n",
+            &["kinfra.toml:3", "services.api.health.http", "99999"],
+        ),
+        (
+            "proxy with no listener",
+            "kinfra.yaml",
+            "proxy:\n  http: ~\n",
+            &["kinfra.yaml:2", "proxy.http", "no listener"],
+        ),
+        (
+            "proxy connect timeout of 0",
+            "kinfra.toml",
+            "[proxy]\nconnect_timeout = \"0s\"\n",
+            &["kinfra.toml:2", "proxy.connect_timeout", "more than 0"],
+        ),
+        (
+            "bus URL that does not parse",
+            "kinfra.toml",
+            "[bus]\nurl = \"nats://127.0.0.1:4222, nats://[::1\"\n",
+            &["kinfra.toml:2", "bus.url", "nats://[::1"],
+        ),
+        (
+            "bus URL with another scheme",
+            "kinfra.toml",
+            "[bus]\nurl = \"http://127.0.0.1:4222\"\n",
+            &["kinfra.toml:2", "bus.url", "nats://"],
+        ),
+        (
+            "bus client certificate without its key",
+            "kinfra.toml",
+            "[bus]\nurl = \"tls://127.0.0.1:4222\"\ntls_cert = \"client.pem\"\n",
+            &["kinfra.toml:3", "bus.tls_cert", "bus.tls_key"],
+        ),
+    ];
+    // Every case runs; the failures are reported together.
+    let mut failures = Vec::new();
+    for (name, file, text, fragments) in cases {
+        let p = Project::new();
+        p.write(file, text);
+        // Without the harness's `KINFRA_PROXY__HTTP` (which would give the proxy a listener):
+        // `config check` binds nothing.
+        let out = std::process::Command::new(kinfra_bin())
+            .args(["config", "check", "-c", file])
+            .current_dir(p.path())
+            .env_remove("KINFRA_PROXY__HTTP")
+            .env_remove("KINFRA_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kinfra config check");
+        let err = stderr(&out);
+        if out.status.code() != Some(2) {
+            failures.push(format!(
+                "{name}: expected exit 2, got {:?}; stdout {} stderr {err}",
+                out.status.code(),
+                stdout(&out)
+            ));
+        }
+        for fragment in *fragments {
+            if !err.contains(fragment) {
+                failures.push(format!("{name}: {fragment:?} not in:\n{err}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What the checks above must not reject: references resolved at spawn time, and the forms
+/// the runtime takes.
+#[test]
+fn values_runtime_up_accepts_pass_the_check() {
+    let p = Project::with_config(
+        "[services.api]\ncommand = \"sleep 1\"\nport = \"auto\"\n\
+         health = { http = \"http://127.0.0.1:${PORT}/healthz\", interval = \"500ms\" }\n\
+         liveness = { tcp = true, interval = \"1m30s\", timeout = \"1.5s\" }\n\n\
+         [store]\nurl = \"ws://127.0.0.1:8000\"\n\n\
+         [bus]\nurl = \"nats://127.0.0.1:4222,tls://[::1]:4223\"\n\n\
+         [[routes]]\npath = \"/a\"\nupstream = [\"http://[::1]:8080/\", \"127.0.0.1:8081\", \"https://localhost\"]\n\n\
+         [[routes]]\npath = \"/b\"\nupstream = \"http://127.0.0.1:${services.api.port}\"\n",
+    );
+    let out = p.run(&["config", "check"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //!     )
 //!     .route("/api", "api")
 //!     .dashboard_listen("127.0.0.1:0")
-//!     .proxy_http(None)
+//!     .proxy_http(Some("127.0.0.1:0"))
 //!     .build()
 //!     .unwrap();
 //! assert_eq!(config.project.name, "demo");

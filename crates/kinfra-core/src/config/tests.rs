@@ -515,7 +515,7 @@ fn invalid_json_files() {
             vec![(Some(3), Some("services.api.port"), "wrong type")],
         ),
         (
-            "{\"dashboard\": {\"listen\": \"127.0.0.1:7000\"},\n \"services\": {\"api\": {\"command\": \"x\", \"port\": 7000}},\n \"proxy\": {\"http\": null}}",
+            "{\"dashboard\": {\"listen\": \"127.0.0.1:7000\"},\n \"services\": {\"api\": {\"command\": \"x\", \"port\": 7000}},\n \"proxy\": {\"enabled\": false}}",
             vec![(
                 Some(2),
                 Some("services.api.port"),
@@ -937,6 +937,7 @@ fn builder_builds_and_validates() {
         .state_dir("/tmp/kinfra-test")
         .dashboard_listen("127.0.0.1:0")
         .proxy_http(None)
+        .proxy_enabled(false)
         .build()
         .unwrap();
     assert_eq!(config.project.name, "demo");
@@ -1116,4 +1117,336 @@ fn container_resources_are_checked() {
     let cache = &ok.resources["cache"];
     assert_eq!(cache.on_down, OnDown::Remove);
     assert_eq!(cache.stop_grace.0, std::time::Duration::from_secs(3));
+}
+
+/// Values that `runtime up` rejects or misuses are caught by loading already, each at its
+/// line and key (what `kinfra config check` reports).
+#[test]
+fn values_runtime_up_rejects_are_config_errors() {
+    let cases: Vec<(Format, &str, Vec<Want>)> = vec![
+        (
+            Format::Toml,
+            "[[routes]]\npath = \"/\"\nupstream = \"http://[::1\"\n",
+            vec![(
+                Some(3),
+                Some("routes[0].upstream"),
+                "invalid upstream `http://[::1`",
+            )],
+        ),
+        (
+            Format::Toml,
+            "[[routes]]\npath = \"/\"\nupstream = [\"http://u:pw@127.0.0.1:1\", \"127.0.0.1:2/x\", \"ftp://h\"]\n",
+            vec![
+                (
+                    Some(3),
+                    Some("routes[0].upstream[0]"),
+                    "`http://***@127.0.0.1:1`: an upstream URL must not have user info",
+                ),
+                (
+                    Some(3),
+                    Some("routes[0].upstream[1]"),
+                    "must not have a path",
+                ),
+                (
+                    Some(3),
+                    Some("routes[0].upstream[2]"),
+                    "only http:// and https://",
+                ),
+            ],
+        ),
+        (
+            Format::Toml,
+            "[store]\nurl = \"ws://\"\n",
+            vec![(Some(2), Some("store.url"), "invalid store url `ws://`")],
+        ),
+        (
+            Format::Toml,
+            "[store]\nurl = \"surrealkv://\"\n",
+            vec![(Some(2), Some("store.url"), "surrealkv:// needs a path")],
+        ),
+        (
+            Format::Toml,
+            "[store]\nurl = \"mem://x\"\n",
+            vec![(
+                Some(2),
+                Some("store.url"),
+                "unsupported store url `mem://x`",
+            )],
+        ),
+        (
+            Format::Toml,
+            "[services.api]\ncommand = \"x\"\nport = 1\n\
+             health = { http = \"/\", interval = \"0s\", timeout = \"0\" }\n\
+             liveness = { tcp = true, interval = \"0ms\" }\n",
+            vec![
+                (
+                    Some(4),
+                    Some("services.api.health.interval"),
+                    "`interval` must be more than 0",
+                ),
+                (
+                    Some(4),
+                    Some("services.api.health.timeout"),
+                    "`timeout` must be more than 0",
+                ),
+                (
+                    Some(5),
+                    Some("services.api.liveness.interval"),
+                    "`interval` must be more than 0",
+                ),
+            ],
+        ),
+        (
+            Format::Toml,
+            "[resources.db]\ntemplate = \"redis\"\nhealth = { tcp = 6379, interval = \"0s\" }\n",
+            vec![(
+                Some(3),
+                Some("resources.db.health.interval"),
+                "must be more than 0",
+            )],
+        ),
+        (
+            Format::Toml,
+            "[services.api]\ncommand = \"x\"\nhealth = { http = \"https://127.0.0.1/\" }\n\
+             liveness = { http = \"http://127.0.0.1:99999/\" }\n",
+            vec![
+                (
+                    Some(3),
+                    Some("services.api.health.http"),
+                    "probes speak plain HTTP",
+                ),
+                (
+                    Some(4),
+                    Some("services.api.liveness.http"),
+                    "invalid probe URL `http://127.0.0.1:99999/`",
+                ),
+            ],
+        ),
+        (
+            Format::Yaml,
+            "proxy:\n  http: ~\n  connect_timeout: 0s\n  read_timeout: \"0\"\n",
+            vec![
+                (Some(2), Some("proxy.http"), "the proxy has no listener"),
+                (
+                    Some(3),
+                    Some("proxy.connect_timeout"),
+                    "must be more than 0",
+                ),
+                (Some(4), Some("proxy.read_timeout"), "must be more than 0"),
+            ],
+        ),
+        (
+            Format::Toml,
+            "[bus]\nurl = \"nats://127.0.0.1:4222,,nats://[::1, http://h:1, nats://\"\n\
+             tls_cert = \"c.pem\"\n",
+            vec![
+                (Some(2), Some("bus.url"), "an empty entry"),
+                (Some(2), Some("bus.url"), "invalid bus url `nats://[::1`"),
+                (
+                    Some(2),
+                    Some("bus.url"),
+                    "invalid bus url `http://h:1`: expected nats://",
+                ),
+                (
+                    Some(2),
+                    Some("bus.url"),
+                    "invalid bus url `nats://`: it has no host",
+                ),
+                (Some(3), Some("bus.tls_cert"), "set bus.tls_key as well"),
+            ],
+        ),
+        (
+            Format::Toml,
+            "[proxy]\nhttps = \"127.0.0.1:0\"\n[acme]\ndomains = [\"a.example.com\"]\n\
+             directory = \"https://[::1/dir\"\n",
+            vec![(Some(5), Some("acme.directory"), "invalid ACME directory")],
+        ),
+    ];
+    for (format, text, want) in &cases {
+        check_case(*format, text, want);
+    }
+}
+
+/// The forms the runtime takes pass: references are resolved at spawn time, so a URL with
+/// one is not judged by its form.
+#[test]
+fn values_runtime_up_accepts_load() {
+    let text = "[services.api]\ncommand = \"x\"\nport = \"auto\"\n\
+        health = { http = \"http://127.0.0.1:${PORT}/healthz\", interval = \"500ms\" }\n\
+        liveness = { tcp = true, interval = \"1m30s\", timeout = \"1.5s\" }\n\
+        [store]\nurl = \"wss://root:pw@db.example:8000\"\n\
+        [bus]\nurl = \"nats://127.0.0.1:4222, tls://[::1]:4223,127.0.0.1\"\n\
+        tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\
+        [[routes]]\npath = \"/a\"\nupstream = [\"http://[::1]:8080/\", \"127.0.0.1:8081\", \"https://localhost\"]\n\
+        [[routes]]\npath = \"/b\"\nupstream = \"http://127.0.0.1:${services.api.port}\"\n";
+    let config = load(Format::Toml, text, &[]).unwrap();
+    assert_eq!(config.routes.len(), 2);
+    for url in [
+        "mem://",
+        "memory",
+        "surrealkv://db",
+        "surrealkv:///var/db",
+        "ws://h",
+    ] {
+        let text = format!("[store]\nurl = \"{url}\"\n");
+        assert!(load(Format::Toml, &text, &[]).is_ok(), "{url}");
+    }
+}
+
+/// Schema errors in full: each kind of serde error, in config words.
+#[test]
+fn schema_error_messages_are_exact() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[services.api]\ncommand = 5\n",
+            "kinfra.toml:2:11: services.api.command: wrong type: expected a shell command string or a list of arguments, found integer `5`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nport = 70000\n",
+            "kinfra.toml:3:8: services.api.port: invalid port `70000`: expected 1-65535 or \"auto\"",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nport = -3\n",
+            "kinfra.toml:3:8: services.api.port: invalid port `-3`: expected 1-65535 or \"auto\"",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nport = true\n",
+            "kinfra.toml:3:8: services.api.port: wrong type: expected a port number (1-65535) or \"auto\", found boolean `true`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nhealth = { tcp = \"yes\" }\n",
+            "kinfra.toml:3:18: services.api.health.tcp: expected `true` (the service's port) or a port number",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nhealth = { tcp = 70000 }\n",
+            "kinfra.toml:3:18: services.api.health.tcp: expected `true` (the service's port) or a port number",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nrestart = \"alway\"\n",
+            "kinfra.toml:3:11: services.api.restart: unknown value `alway`; expected one of: no, on-failure, always, unless-stopped (did you mean `always`?)",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nrestart = 3\n",
+            "kinfra.toml:3:11: services.api.restart: wrong type: expected string or map, found integer `3`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nhealth = 3\n",
+            "kinfra.toml:3:10: services.api.health: wrong type: expected a table, found integer `3`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nargs = \"a\"\n",
+            "kinfra.toml:3:8: services.api.args: wrong type: expected a list, found string \"a\"",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nargs = [1]\n",
+            "kinfra.toml:3:9: services.api.args[0]: wrong type: expected a string, found integer `1`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nenv = [1]\n",
+            "kinfra.toml:3:7: services.api.env: wrong type: expected a table, found sequence",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nlog = { keep = -1 }\n",
+            "kinfra.toml:3:16: services.api.log.keep: invalid value: integer `-1`, expected a non-negative integer",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nlog = { ring = 1.5 }\n",
+            "kinfra.toml:3:16: services.api.log.ring: wrong type: expected a non-negative integer, found floating point `1.5`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nbackoff = { factor = \"x\" }\n",
+            "kinfra.toml:3:22: services.api.backoff.factor: wrong type: expected a number, found string \"x\"",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\ndepends_on = { db = \"ready\" }\n",
+            "kinfra.toml:3:21: services.api.depends_on.db: unknown value `ready`; expected one of: started, healthy, completed_successfully",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\ndepends_on = 5\n",
+            "kinfra.toml:3:14: services.api.depends_on: wrong type: expected a table of service = condition (started, healthy, completed_successfully) or a list of service names, found integer `5`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nwatch = { debounce = 5 }\n",
+            "kinfra.toml:3:22: services.api.watch.debounce: invalid duration `5`: missing unit (write \"5s\" or \"5ms\")",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nstop_grace = \"5 parsecs\"\n",
+            "kinfra.toml:3:14: services.api.stop_grace: invalid duration `5 parsecs`: missing unit (use ms, s, m, h or d, as in \"2s\")",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nstop_signal = 9\n",
+            "kinfra.toml:3:15: services.api.stop_signal: wrong type: expected a string, found integer `9`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nhealth = { tcp = 1, status = \"600\" }\n",
+            "kinfra.toml:3:30: services.api.health.status: invalid status `600`: expected a code such as 200 or a range such as \"200-299\"",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\ndisabled = 1\n",
+            "kinfra.toml:3:12: services.api.disabled: wrong type: expected a boolean, found integer `1`",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nprot = 1\n",
+            "kinfra.toml:3:1: services.api.prot: unknown key `prot` in services.api; expected one of: command, args, env, cwd, working_dir, port, depends_on, restart, backoff, crash_loop, health, liveness, watch, stop_signal, stop_grace, log, maintenance, disabled",
+        ),
+        (
+            "[services.api]\ncommand = \"x\"\nhealth = { tcp = 1, x = 1 }\n",
+            "kinfra.toml:3:21: services.api.health.x: unknown key `x` in services.api.health; expected one of: http, tcp, exec, status, body, initial_delay, interval, timeout, success_threshold, failure_threshold",
+        ),
+        (
+            "[services.api]\ncmd = \"x\"\n",
+            "kinfra.toml:1:11: services.api: missing required key `command`\nkinfra.toml:2:1: services.api.cmd: unknown key `cmd` in services.api; expected one of: command, args, env, cwd, working_dir, port, depends_on, restart, backoff, crash_loop, health, liveness, watch, stop_signal, stop_grace, log, maintenance, disabled (did you mean `cwd`?)",
+        ),
+        (
+            "[resources.db]\ntemplate = \"postgress\"\n",
+            "kinfra.toml:2:12: resources.db.template: unknown value `postgress`; expected one of: postgres, redis, nats, mongodb, mysql, docker (did you mean `postgres`?)",
+        ),
+        (
+            "[resources.db]\nimage = \"x\"\n",
+            "kinfra.toml:1:12: resources.db: missing required key `template`",
+        ),
+        (
+            "[acme]\ndomains = [\"a.example.com\"]\nchallenge = \"dns-01\"\n",
+            "kinfra.toml:3:13: acme.challenge: unknown value `dns-01`; expected one of: http-01, tls-alpn-01",
+        ),
+        (
+            "project = 1\n",
+            "kinfra.toml:1:11: project: wrong type: expected a table, found integer `1`",
+        ),
+        (
+            "[project]\nname = [\"a\"]\n",
+            "kinfra.toml:2:8: project.name: wrong type: expected a string, found sequence",
+        ),
+        (
+            "[store]\nevent_retention = 1e3\n",
+            "kinfra.toml:2:19: store.event_retention: wrong type: expected a non-negative integer, found floating point `1000.0`",
+        ),
+        (
+            "[proxy]\nthreads = -1\n",
+            "kinfra.toml:2:11: proxy.threads: invalid value: integer `-1`, expected a non-negative integer",
+        ),
+        (
+            "[proxy]\nmax_body_size = \"1 parsec\"\n",
+            "kinfra.toml:2:17: proxy.max_body_size: invalid size `1 parsec`: unknown unit `parsec` (use B, KiB, MiB, GiB, kB, MB, GB)",
+        ),
+        (
+            "[bus]\nport = 65536\n",
+            "kinfra.toml:2:8: bus.port: invalid value: integer `65536`, expected an integer from 0 to 65535",
+        ),
+        (
+            "[dashboard]\ntoken = 5\n",
+            "kinfra.toml:2:9: dashboard.token: wrong type: expected a string, found integer `5`",
+        ),
+        (
+            "[[routes]]\npath = \"/\"\nupstream = 5\n",
+            "kinfra.toml:3:12: routes[0].upstream: wrong type: expected a string or a list of strings, found integer `5`",
+        ),
+    ];
+    for (text, want) in cases {
+        let got: Vec<String> = errors(Format::Toml, text)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got.join("\n"), *want, "{text}");
+    }
 }

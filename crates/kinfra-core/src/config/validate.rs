@@ -11,6 +11,7 @@ use super::source::{Anchor, join_index, join_key};
 use super::types::{CommandSpec, PortSpec};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use url::Url;
 
 /// One problem, at a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.ports();
     c.acme();
     c.store();
+    c.bus();
     c.issues
 }
 
@@ -127,6 +129,26 @@ impl Checker<'_> {
                     join_index("proxy.reserved_paths", i),
                     Anchor::Value,
                     format!("reserved path `{path}` must start with `/`"),
+                );
+            }
+        }
+        if p.enabled && p.http.is_none() && p.https.is_none() {
+            self.issue(
+                "proxy.http".into(),
+                Anchor::Value,
+                "the proxy has no listener: set proxy.http and/or proxy.https, or \
+                 [proxy] enabled = false",
+            );
+        }
+        for (key, value) in [
+            ("proxy.connect_timeout", p.connect_timeout),
+            ("proxy.read_timeout", p.read_timeout),
+        ] {
+            if value.0.is_zero() {
+                self.issue(
+                    key.into(),
+                    Anchor::Value,
+                    format!("{key} must be more than 0"),
                 );
             }
         }
@@ -462,7 +484,16 @@ impl Checker<'_> {
                         ),
                     );
                 }
-            } else if !(http.starts_with("http://") || http.starts_with("https://")) {
+            } else if http.starts_with("https://") {
+                self.issue(
+                    hkey.clone(),
+                    Anchor::Value,
+                    format!(
+                        "invalid probe `{http}`: probes speak plain HTTP; use an http:// URL \
+                         or a path such as /healthz"
+                    ),
+                );
+            } else if !http.starts_with("http://") {
                 self.issue(
                     hkey.clone(),
                     Anchor::Value,
@@ -470,6 +501,8 @@ impl Checker<'_> {
                         "invalid probe `{http}`: expected a path such as /healthz or an http:// URL"
                     ),
                 );
+            } else if let Some(problem) = probe_url_problem(http) {
+                self.issue(hkey.clone(), Anchor::Value, problem);
             }
             self.refs(&hkey, http, scope);
         }
@@ -497,6 +530,17 @@ impl Checker<'_> {
                 self.issue(ekey.clone(), Anchor::Value, "the command is empty");
             }
             self.command_refs(&ekey, exec, scope);
+        }
+        // The prober would run back to back (and a liveness probe would restart a healthy
+        // service on the first slow answer).
+        for (field, value) in [("interval", probe.interval), ("timeout", probe.timeout)] {
+            if value.0.is_zero() {
+                self.issue(
+                    join_key(key, field),
+                    Anchor::Value,
+                    format!("`{field}` must be more than 0"),
+                );
+            }
         }
         for (field, value) in [
             ("success_threshold", probe.success_threshold),
@@ -679,14 +723,25 @@ impl Checker<'_> {
                 let ukey = join_key(&base, "upstream");
                 match upstream.0.as_slice() {
                     [] => self.issue(ukey, Anchor::Value, "the upstream list is empty"),
-                    [one] => self.refs(&ukey, one, RefScope::Route),
+                    [one] => self.upstream(&ukey, one),
                     many => {
                         for (j, url) in many.iter().enumerate() {
-                            self.refs(&join_index(&ukey, j), url, RefScope::Route);
+                            self.upstream(&join_index(&ukey, j), url);
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// One upstream URL of a route: its references, and its form as the proxy reads it.
+    fn upstream(&mut self, key: &str, url: &str) {
+        let before = self.issues.len();
+        self.refs(key, url, RefScope::Route);
+        if self.issues.len() == before
+            && let Some(problem) = upstream_problem(url)
+        {
+            self.issue(key.into(), Anchor::Value, problem);
         }
     }
 
@@ -779,6 +834,12 @@ impl Checker<'_> {
                 Anchor::Value,
                 "the ACME directory must be an https:// URL",
             );
+        } else if let Err(e) = Url::parse(&acme.directory) {
+            self.issue(
+                "acme.directory".into(),
+                Anchor::Value,
+                format!("invalid ACME directory `{}`: {e}", acme.directory),
+            );
         }
         if acme.retry_min.0.is_zero() {
             self.issue(
@@ -815,18 +876,8 @@ impl Checker<'_> {
         if !st.enabled {
             return;
         }
-        if let Some(url) = &st.url {
-            let known = ["mem://", "memory", "surrealkv://", "ws://", "wss://"];
-            if !known.iter().any(|k| url.starts_with(k)) {
-                self.issue(
-                    "store.url".into(),
-                    Anchor::Value,
-                    format!(
-                        "unsupported store url `{url}`: expected surrealkv://PATH, mem://, \
-                         ws://HOST:PORT or wss://HOST:PORT"
-                    ),
-                );
-            }
+        if let Some(problem) = st.url.as_deref().and_then(store_url_problem) {
+            self.issue("store.url".into(), Anchor::Value, problem);
         }
         let names = [
             ("store.namespace", &st.namespace),
@@ -867,6 +918,161 @@ impl Checker<'_> {
                 "store.connect_timeout must be more than 0",
             );
         }
+    }
+
+    fn bus(&mut self) {
+        let bus = &self.config.bus;
+        if !bus.enabled {
+            return;
+        }
+        if let Some(urls) = bus.url.as_deref().filter(|u| !u.trim().is_empty()) {
+            for url in urls.split(',') {
+                if let Some(problem) = bus_url_problem(url.trim()) {
+                    self.issue("bus.url".into(), Anchor::Value, problem);
+                }
+            }
+        }
+        match (&bus.tls_cert, &bus.tls_key) {
+            (Some(_), None) => self.issue(
+                "bus.tls_cert".into(),
+                Anchor::Value,
+                "a client certificate needs its key: set bus.tls_key as well",
+            ),
+            (None, Some(_)) => self.issue(
+                "bus.tls_key".into(),
+                Anchor::Value,
+                "a client key needs its certificate: set bus.tls_cert as well",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// A URL for messages, without `user:password@`.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// True when `text` has `${...}` references (or `$$`): its final form is known only when
+/// a service is spawned.
+fn has_references(text: &str) -> bool {
+    text.contains('$')
+}
+
+/// Why the proxy would refuse `text` as an upstream (the form `http[s]://HOST[:PORT]`, or
+/// `HOST:PORT` for plain HTTP), if it would. Names are not resolved here: that is for the
+/// machine the runtime runs on.
+fn upstream_problem(text: &str) -> Option<String> {
+    if has_references(text) {
+        return None;
+    }
+    let trimmed = text.trim();
+    let full = if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let shown = redacted(trimmed);
+    let url = match Url::parse(&full) {
+        Ok(url) => url,
+        Err(e) => return Some(format!("invalid upstream `{shown}`: {e}")),
+    };
+    let problem = if !matches!(url.scheme(), "http" | "https") {
+        "only http:// and https:// upstreams are supported"
+    } else if url.host_str().is_none_or(str::is_empty) {
+        "it has no host"
+    } else if !url.username().is_empty() || url.password().is_some() {
+        "an upstream URL must not have user info"
+    } else if !url.path().trim_matches('/').is_empty()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        "an upstream URL must not have a path (the request's path is forwarded as it is)"
+    } else {
+        return None;
+    };
+    Some(format!("invalid upstream `{shown}`: {problem}"))
+}
+
+/// Why the prober could not use an `http://` probe URL, if it could not.
+fn probe_url_problem(text: &str) -> Option<String> {
+    if has_references(text) {
+        return None;
+    }
+    match Url::parse(text) {
+        Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+            Some(format!("invalid probe URL `{text}`: it has no host"))
+        }
+        Ok(_) => None,
+        Err(e) => Some(format!("invalid probe URL `{text}`: {e}")),
+    }
+}
+
+/// Why the store could not open `url`, if it could not (the forms it takes: `mem://`,
+/// `surrealkv://PATH`, `ws://HOST[:PORT]`, `wss://HOST[:PORT]`).
+fn store_url_problem(url: &str) -> Option<String> {
+    let url = url.trim();
+    let shown = redacted(url);
+    if url == "mem://" || url == "memory" {
+        return None;
+    }
+    if let Some(path) = url.strip_prefix("surrealkv://") {
+        return if path.is_empty() {
+            Some(format!(
+                "invalid store url `{shown}`: surrealkv:// needs a path, as in surrealkv://db"
+            ))
+        } else if path.contains('?') {
+            Some(format!(
+                "invalid store url `{shown}`: options after `?` are not supported"
+            ))
+        } else {
+            None
+        };
+    }
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        return match Url::parse(url) {
+            Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
+                Some(format!("invalid store url `{shown}`: it has no host"))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("invalid store url `{shown}`: {e}")),
+        };
+    }
+    Some(format!(
+        "unsupported store url `{shown}`: expected surrealkv://PATH, mem://, ws://HOST:PORT or \
+         wss://HOST:PORT"
+    ))
+}
+
+/// Why the NATS client would refuse `url` (one entry of `bus.url`), if it would.
+fn bus_url_problem(url: &str) -> Option<String> {
+    if url.is_empty() {
+        return Some("an empty entry in the list of URLs".into());
+    }
+    let shown = redacted(url);
+    let full = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("nats://{url}")
+    };
+    match Url::parse(&full) {
+        Ok(parsed) if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") => Some(format!(
+            "invalid bus url `{shown}`: expected nats://, tls://, ws:// or wss://"
+        )),
+        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
+            Some(format!("invalid bus url `{shown}`: it has no host"))
+        }
+        Ok(_) => None,
+        Err(e) => Some(format!("invalid bus url `{shown}`: {e}")),
     }
 }
 
