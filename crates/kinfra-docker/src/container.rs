@@ -5,6 +5,7 @@
 
 use crate::engine::Engine;
 use crate::error::DockerError;
+use crate::host_check::HostCheck;
 use crate::secrets::Secrets;
 use crate::spec::{ContainerSpec, LABEL_HASH};
 use crate::template::{self, Resolved};
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OnceCell, mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// A lazily connected engine shared by every resource of a runtime. Cheap to clone. A failed
 /// connection is retried on the next use, so a resource can be started again once the
@@ -118,6 +119,10 @@ pub struct DockerResource {
     engine: EngineHandle,
     current: Mutex<Option<String>>,
     own_health: AtomicBool,
+    host_check: Option<HostCheck>,
+    /// The host check passed since the container started: a failure now means unhealthy
+    /// (before that, it is still starting).
+    host_check_passed: AtomicBool,
     progress: Option<Progress>,
 }
 
@@ -156,6 +161,8 @@ impl DockerResource {
             engine,
             current: Mutex::new(None),
             own_health: AtomicBool::new(false),
+            host_check: resolved.host_check,
+            host_check_passed: AtomicBool::new(false),
             progress: None,
         }
     }
@@ -376,6 +383,7 @@ impl DockerResource {
             .and_then(|h| h.test.as_ref())
             .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
         self.own_health.store(has_check, Ordering::SeqCst);
+        self.host_check_passed.store(false, Ordering::SeqCst);
         let pid = inspected
             .as_ref()
             .and_then(|i| i.state.as_ref())
@@ -475,6 +483,22 @@ impl Resource for DockerResource {
                 .and_then(|i| i.state)
                 .and_then(|s| s.health)
                 .and_then(|h| h.status);
+            if let (None, Some(check)) = (&status, &self.host_check) {
+                return Ok(match check.run().await {
+                    Ok(()) => {
+                        self.host_check_passed.store(true, Ordering::SeqCst);
+                        Health::Healthy
+                    }
+                    Err(error) => {
+                        debug!(resource = %self.name, %error, "Host health check failed.");
+                        if self.host_check_passed.load(Ordering::SeqCst) {
+                            Health::Unhealthy
+                        } else {
+                            Health::Unknown
+                        }
+                    }
+                });
+            }
             Ok(match status {
                 Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
                 Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
@@ -484,7 +508,9 @@ impl Resource for DockerResource {
     }
 
     fn has_own_health(&self) -> bool {
-        self.own_health.load(Ordering::SeqCst) || self.spec.health.is_some()
+        self.own_health.load(Ordering::SeqCst)
+            || self.spec.health.is_some()
+            || self.host_check.is_some()
     }
 
     fn connection(&self) -> Connection {

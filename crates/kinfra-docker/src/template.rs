@@ -3,6 +3,7 @@
 //! password turn into a [`ContainerSpec`].
 
 use crate::DockerError;
+use crate::host_check::HostCheck;
 use crate::secrets::Secrets;
 use crate::spec::{ContainerSpec, HealthCheck, Labels};
 use kinfra_core::config::{CommandSpec, ResourceConfig, Template};
@@ -79,6 +80,8 @@ pub struct Resolved {
     pub spec: ContainerSpec,
     /// The connection facts (`${resources.NAME.url}` and friends).
     pub connection: Connection,
+    /// A health check kinfra runs from the host, for an image that cannot run one itself.
+    pub host_check: Option<HostCheck>,
 }
 
 /// Builds the container for `[resources.NAME]` of `project`, with `host_port` already
@@ -116,6 +119,7 @@ pub fn resolve(
     }
     let mut command: Option<Vec<String>> = None;
     let mut health: Option<HealthCheck> = None;
+    let mut host_check: Option<HostCheck> = None;
     match cfg.template {
         Template::Postgres => {
             env.insert("POSTGRES_USER".into(), "kinfra".into());
@@ -142,6 +146,13 @@ pub fn resolve(
                 argv.extend(["-js".into(), "--store_dir".into(), "/data".into()]);
             }
             command = Some(argv);
+            // Nor can it run a Docker healthcheck: kinfra logs in on the published port.
+            host_check = host_port
+                .zip(password.clone())
+                .map(|(port, token)| HostCheck::Nats {
+                    port,
+                    token: Secret::new(token),
+                });
         }
         Template::Mongodb => {
             env.insert("MONGO_INITDB_ROOT_USERNAME".into(), "kinfra".into());
@@ -193,7 +204,11 @@ pub fn resolve(
         },
     };
     let connection = connection(cfg.template, name, host_port, &t, password.as_deref());
-    Ok(Resolved { spec, connection })
+    Ok(Resolved {
+        spec,
+        connection,
+        host_check,
+    })
 }
 
 fn connection(
@@ -332,6 +347,21 @@ mod tests {
         js.jetstream = true;
         let r = resolve("p", "bus", &js, None, &secrets).expect("resolve");
         assert!(r.spec.command.expect("command").contains(&"-js".to_owned()));
+        assert_eq!(
+            r.host_check, None,
+            "nothing to reach without a published port"
+        );
+        // The nats image cannot run a Docker healthcheck: kinfra logs in with the token.
+        let r = resolve("p", "bus", &js, Some(4300), &secrets).expect("resolve");
+        assert!(r.spec.health.is_none());
+        let token = secrets.get_or_create("bus.password").expect("token");
+        assert_eq!(
+            r.host_check,
+            Some(HostCheck::Nats {
+                port: 4300,
+                token: Secret::new(token)
+            })
+        );
     }
 
     #[test]

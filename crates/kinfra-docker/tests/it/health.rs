@@ -24,11 +24,20 @@ async fn docker_healthcheck_gates_running_and_reports_unhealthy() {
     let Resolved {
         mut spec,
         connection,
+        ..
     } = template::resolve(&project.name, "hc", &cfg, None, &project.secrets()).expect("resolve");
     let mut check = HealthCheck::new(vec!["CMD-SHELL".into(), "test -f /tmp/ok".into()]);
     check.retries = 2;
     spec.health = Some(check);
-    let res = DockerResource::new("hc", Resolved { spec, connection }, project.engine());
+    let res = DockerResource::new(
+        "hc",
+        Resolved {
+            spec,
+            connection,
+            host_check: None,
+        },
+        project.engine(),
+    );
     let opts = SupervisorOptions::new(project.name.clone(), project.state_dir());
     let mut events = opts.events.subscribe();
     let sup = Supervisor::start_with_resources(

@@ -8,3 +8,4 @@ mod lifecycle;
 mod missing_engine;
 mod redis;
 mod support;
+mod templates;
