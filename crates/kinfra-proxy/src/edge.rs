@@ -222,6 +222,42 @@ fn strip_session_cookie(req: &mut RequestHeader) -> Result<()> {
     Ok(())
 }
 
+/// Why a request is refused before routing, as RFC 9112 asks: `(status, code, title, text)`.
+type Refusal = (u16, &'static str, &'static str, &'static str);
+
+/// Checks what pingora lets through but RFC 9112 refuses: a transfer coding other than a
+/// single `chunked` (§6.1: 501; pingora already answers 400 when `chunked` is not last), and
+/// an HTTP/1.1 request without `Host` (§3.2: 400; pingora refuses two `Host` fields).
+fn refusal(req: &RequestHeader) -> Option<Refusal> {
+    let mut codings = req
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    if let Some(first) = codings.next()
+        && (!first.eq_ignore_ascii_case(b"chunked") || codings.next().is_some())
+    {
+        return Some((
+            501,
+            "unsupported_transfer_coding",
+            "This transfer coding is not supported",
+            "The proxy only accepts request bodies sent as they are or with the chunked \
+             transfer coding alone.",
+        ));
+    }
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(header::HOST) {
+        return Some((
+            400,
+            "missing_host",
+            "The request has no Host",
+            "An HTTP/1.1 request must name the host it is for.",
+        ));
+    }
+    None
+}
+
 /// `Via` with this proxy appended; a static value when there was none (no allocation).
 fn append_via(existing: Option<&HeaderValue>, version: http::Version) -> HeaderValue {
     let me = match version {
@@ -417,8 +453,22 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// Serve pipelined HTTP/1.1 requests one after the other (RFC 9112 §9.3.2) instead of
+    /// pingora's default of dropping what follows the first request and closing.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        session.set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let shared = &*self.shared;
+        if let Some((status, code, title, text)) = refusal(session.req_header()) {
+            // The body's framing cannot be trusted: answer and close without reading it.
+            session.set_keepalive(None);
+            let page = Page::plain(status, code, title, text);
+            self.respond_page(session, &page, ctx).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         if let Some(token) = req.headers.get(PROBE_HEADER)
             && token.as_bytes() == shared.probe_token.as_bytes()
@@ -774,6 +824,44 @@ mod tests {
         req.insert_header("cookie", " kinfra_session=x ").unwrap();
         strip_session_cookie(&mut req).unwrap();
         assert!(req.headers.get("cookie").is_none());
+    }
+
+    #[test]
+    fn transfer_codings_and_host() {
+        let req = |version: http::Version, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+            r.set_version(version);
+            for (k, v) in headers {
+                r.append_header(k.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let status = |r: &RequestHeader| refusal(r).map(|(status, ..)| status);
+        let v11 = http::Version::HTTP_11;
+        assert_eq!(status(&req(v11, &[("host", "a")])), None);
+        assert_eq!(
+            status(&req(
+                v11,
+                &[("host", "a"), ("transfer-encoding", "Chunked")]
+            )),
+            None
+        );
+        for te in ["gzip, chunked", "chunked, chunked", "identity", "gzip"] {
+            let r = req(v11, &[("host", "a"), ("transfer-encoding", te)]);
+            assert_eq!(status(&r), Some(501), "{te}");
+        }
+        let r = req(
+            v11,
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        assert_eq!(status(&r), Some(501));
+        assert_eq!(status(&req(v11, &[])), Some(400));
+        assert_eq!(status(&req(http::Version::HTTP_10, &[])), None);
+        assert_eq!(status(&req(http::Version::HTTP_2, &[])), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod conformance;
 mod credentials;
 mod faults;
 mod lifecycle;
