@@ -11,6 +11,9 @@
 //! - Reserved paths (`/kinfra`, `/__status__`, ...) always go to the dashboard.
 //! - TLS through rustls with certificates chosen by SNI from a [`CertStore`] that can be
 //!   changed at run time; self-signed certificates where none is present; HTTP/2 via ALPN.
+//!   Clients' failed handshakes are counted by reason and summed up at warn every 10 s
+//!   instead of pingora's ERROR line per connection, once [`TlsHandshakeLog`] is in the
+//!   process's `tracing` subscriber.
 //! - pingora runs on its own OS threads via `Server::run`, never `run_forever`;
 //!   [`ProxyServer::shutdown`] is graceful and joins them.
 //!
@@ -21,6 +24,7 @@ mod access;
 mod acme;
 mod edge;
 mod error;
+mod handshake;
 mod metrics;
 mod pages;
 mod routes;
@@ -32,5 +36,6 @@ mod upstream;
 pub use access::ACCESS_TARGET;
 pub use acme::ChallengeStore;
 pub use error::ProxyError;
+pub use handshake::{PINGORA_LISTENER_TARGET, TlsHandshakeLog};
 pub use server::{ProxyMetricsHandle, ProxyOptions, ProxyServer};
 pub use tls::{CertStore, CertifiedKey, TlsError};

@@ -71,6 +71,8 @@ pub struct ProxyServer {
     stop_server: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Writes the summaries of failed TLS handshakes (with an HTTPS listener).
+    handshake_reports: Option<tokio::task::JoinHandle<()>>,
     /// `proxy.reserved_paths`, kept for route tables built on reload.
     reserved_paths: Vec<String>,
     /// Where certificates live, when there is an HTTPS listener (new route hosts get one).
@@ -92,6 +94,8 @@ impl std::fmt::Debug for ProxyServer {
 #[derive(Clone)]
 pub struct ProxyMetricsHandle {
     shared: Arc<Shared>,
+    /// There is an HTTPS listener (so handshake failures are reported).
+    tls: bool,
 }
 
 impl std::fmt::Debug for ProxyMetricsHandle {
@@ -103,15 +107,21 @@ impl std::fmt::Debug for ProxyMetricsHandle {
 impl ProxyMetricsHandle {
     /// Requests and latency by route and status class, in the Prometheus text format
     /// (`kinfra_proxy_requests_total`, `kinfra_proxy_request_duration_seconds`), plus the
-    /// requests in flight.
+    /// requests in flight and, with an HTTPS listener, the clients' failed TLS handshakes by
+    /// reason (`kinfra_proxy_tls_handshake_failures_total`, counted for the whole process
+    /// by [`crate::TlsHandshakeLog`]).
     pub fn render(&self) -> String {
-        format!(
+        let mut out = format!(
             "{}# HELP kinfra_proxy_requests_in_flight Requests being handled now.\n\
              # TYPE kinfra_proxy_requests_in_flight gauge\n\
              kinfra_proxy_requests_in_flight {}\n",
             self.shared.metrics.render(),
             self.shared.inflight.count()
-        )
+        );
+        if self.tls {
+            out.push_str(&crate::handshake::render());
+        }
+        out
     }
 }
 
@@ -484,6 +494,9 @@ impl ProxyServer {
 
         tokio::spawn(access::run(access_rx));
         let watcher = tokio::spawn(watch_runtime(control, events, shared.clone()));
+        let handshake_reports = https_addr
+            .is_some()
+            .then(|| tokio::spawn(crate::handshake::report_periodically()));
 
         let mut proxy_server = ProxyServer {
             http_addr,
@@ -495,6 +508,7 @@ impl ProxyServer {
             stop_server: Some(stop_tx),
             thread: Some(thread),
             watcher: Some(watcher),
+            handshake_reports,
             reserved_paths: config.reserved_paths.clone(),
             certs_dir,
             reload: tokio::sync::Mutex::new(()),
@@ -589,6 +603,7 @@ impl ProxyServer {
     pub fn metrics(&self) -> ProxyMetricsHandle {
         ProxyMetricsHandle {
             shared: self.shared.clone(),
+            tls: self.https_addr.is_some(),
         }
     }
 
@@ -655,6 +670,11 @@ impl ProxyServer {
         if let Some(watcher) = self.watcher.take() {
             watcher.abort();
         }
+        if let Some(reports) = self.handshake_reports.take() {
+            reports.abort();
+            // What the last period saw is not lost with the task.
+            crate::handshake::report();
+        }
         if let Some(thread) = self.thread.take()
             && tokio::task::spawn_blocking(move || thread.join())
                 .await
@@ -697,6 +717,9 @@ impl Drop for ProxyServer {
         }
         if let Some(watcher) = self.watcher.take() {
             watcher.abort();
+        }
+        if let Some(reports) = self.handshake_reports.take() {
+            reports.abort();
         }
     }
 }

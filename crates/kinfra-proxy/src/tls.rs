@@ -163,6 +163,9 @@ impl ResolvesServerCert for CertStore {
 /// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// The error context of a connection the TLS-ALPN-01 responder answered itself.
+pub(crate) const ACME_ANSWERED: &str = "ACME TLS-ALPN-01 validation answered (not an error)";
+
 /// Largest ClientHello the TLS-ALPN-01 responder reads before giving up (bytes).
 const MAX_HELLO: usize = 64 * 1024;
 
@@ -294,11 +297,9 @@ impl pingora::listeners::PreTlsProcess for AcmeAlpnResponder {
             Err(_) => tracing::debug!(sni = ?sni, "TLS-ALPN-01 handshake timed out."),
         }
         // The connection was for validation only: pingora must not handshake again. pingora
-        // logs every early end of a connection as a handshake error; the context says why.
-        Err(Error::explain(
-            ErrorType::ConnectionClosed,
-            "ACME TLS-ALPN-01 validation answered (not an error)",
-        ))
+        // logs every early end of a connection as a handshake error; the context says why
+        // (and `TlsHandshakeLog` does not count it).
+        Err(Error::explain(ErrorType::ConnectionClosed, ACME_ANSWERED))
     }
 }
 
