@@ -1371,7 +1371,7 @@ fn schema_error_messages_are_exact() {
         ),
         (
             "[services.api]\ncommand = \"x\"\nstop_grace = \"5 parsecs\"\n",
-            "kinfra.toml:3:14: services.api.stop_grace: invalid duration `5 parsecs`: missing unit (use ms, s, m, h or d, as in \"2s\")",
+            "kinfra.toml:3:14: services.api.stop_grace: invalid duration `5 parsecs`: unknown unit `parsecs` (use ms, s, m, h or d)",
         ),
         (
             "[services.api]\ncommand = \"x\"\nstop_signal = 9\n",

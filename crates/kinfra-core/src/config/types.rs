@@ -1,6 +1,7 @@
 //! Small value types of the config with their own parsing: durations, byte sizes, ports,
 //! commands, signals, status ranges.
 
+use nix::sys::signal::Signal;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
@@ -28,61 +29,39 @@ impl From<Dur> for Duration {
     }
 }
 
-/// Parses `"300ms"`, `"2s"`, `"1m30s"`, `"1.5s"`, `"2h"`, `"1d"`; units are ms, s, m, h, d
-/// (also `us`). A bare `0` is accepted as zero.
+/// Durations longer than this are refused (about 31 years: longer ones are typos, and adding
+/// them to an `Instant` could overflow).
+const MAX_DURATION_SECS: u64 = 1_000_000_000;
+
+/// Parses `"300ms"`, `"2s"`, `"1m30s"`, `"1.5s"`, `"2h"`, `"1d"` with `humantime`: units are
+/// ms, s, m, h, d (and humantime's longer spellings, `us`, `w`). A bare `0` is accepted as zero.
+/// Errors name the text and say what is wrong in config terms.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    let bytes = s.as_bytes();
-    let mut total = 0f64;
-    let mut i = 0;
-    while i < bytes.len() {
-        let start = i;
-        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
-            i += 1;
-        }
-        if start == i {
-            return Err(format!(
-                "invalid duration `{text}`: expected a number at `{}`",
-                &s[start..]
-            ));
-        }
-        let number: f64 = s[start..i]
-            .parse()
-            .map_err(|_| format!("invalid duration `{text}`: bad number `{}`", &s[start..i]))?;
-        let unit_start = i;
-        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        let factor = match &s[unit_start..i] {
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86_400.0,
-            "" => {
-                return Err(format!(
-                    "invalid duration `{text}`: missing unit (use ms, s, m, h or d, as in \"2s\")"
-                ));
+    let parsed = humantime::parse_duration(s).map_err(|e| {
+        use humantime::DurationError as E;
+        let why = match e {
+            E::Empty => return "empty duration".to_owned(),
+            E::NumberExpected(at) | E::InvalidCharacter(at) => {
+                format!("expected a number at `{}`", s.get(at..).unwrap_or(s))
             }
-            unit => {
-                return Err(format!(
-                    "invalid duration `{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
-                ));
+            E::UnknownUnit { unit, .. } if unit.is_empty() => {
+                "missing unit (use ms, s, m, h or d, as in \"2s\")".to_owned()
             }
+            E::UnknownUnit { unit, .. } => {
+                format!("unknown unit `{unit}` (use ms, s, m, h or d)")
+            }
+            E::NumberOverflow => "too large (or finer than a nanosecond)".to_owned(),
         };
-        total += number * factor;
-    }
-    if !total.is_finite() || total > 1e9 {
+        format!("invalid duration `{text}`: {why}")
+    })?;
+    if parsed.as_secs() > MAX_DURATION_SECS {
         return Err(format!("invalid duration `{text}`: too large"));
     }
-    Ok(Duration::from_secs_f64(total))
+    Ok(parsed)
 }
 
 /// Formats a duration the way it is written in config (`300ms`, `2s`, `1m30s`).
@@ -387,31 +366,31 @@ impl<'de> Deserialize<'de> for OneOrMany {
     }
 }
 
-/// A stop signal by name: `SIGTERM`, `TERM`, `SIGINT`, ...
+/// A stop signal by name: `SIGTERM`, `TERM`, `SIGINT`, ... The number is the platform's
+/// (names and numbers come from `nix::sys::signal::Signal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SignalName(pub i32);
 
-const SIGNALS: &[(&str, i32)] = &[
-    ("HUP", 1),
-    ("INT", 2),
-    ("QUIT", 3),
-    ("KILL", 9),
-    ("USR1", 10),
-    ("USR2", 12),
-    ("TERM", 15),
-    ("WINCH", 28),
-];
-
 impl SignalName {
     /// SIGTERM.
-    pub const TERM: SignalName = SignalName(15);
+    pub const TERM: SignalName = SignalName(Signal::SIGTERM as i32);
 
-    /// The name without `SIG`, e.g. `TERM`.
+    /// The signal, when the number is one this platform has.
+    pub fn signal(&self) -> Option<Signal> {
+        Signal::try_from(self.0).ok()
+    }
+
+    /// The name without `SIG`, e.g. `TERM` (`TERM` for a number the platform does not know,
+    /// as that is what a stop then sends).
     pub fn name(&self) -> &'static str {
-        SIGNALS
-            .iter()
-            .find(|(_, n)| *n == self.0)
-            .map_or("TERM", |(name, _)| name)
+        let full = self.signal().map_or("SIGTERM", Signal::as_str);
+        full.strip_prefix("SIG").unwrap_or(full)
+    }
+}
+
+impl From<Signal> for SignalName {
+    fn from(signal: Signal) -> Self {
+        SignalName(signal as i32)
     }
 }
 
@@ -423,18 +402,20 @@ impl Default for SignalName {
 
 impl std::str::FromStr for SignalName {
     type Err = String;
+    /// `SIGTERM`, `TERM`, `sigterm`, `term`.
     fn from_str(s: &str) -> Result<Self, String> {
         let upper = s.trim().to_ascii_uppercase();
-        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-        SIGNALS
-            .iter()
-            .find(|(name, _)| *name == bare)
-            .map(|(_, n)| SignalName(*n))
-            .ok_or_else(|| {
-                format!(
-                    "unknown signal `{s}` (use one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL)"
-                )
-            })
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        full.parse::<Signal>().map(SignalName::from).map_err(|_| {
+            format!(
+                "unknown signal `{s}` (use a signal name such as SIGTERM, SIGINT, SIGQUIT, \
+                 SIGHUP, SIGUSR1, SIGUSR2 or SIGKILL)"
+            )
+        })
     }
 }
 
@@ -545,8 +526,29 @@ mod tests {
                 "{text}"
             );
         }
-        for bad in ["", "2", "fast", "2 parsecs", "-1s", "s"] {
+        for bad in ["", "2", "fast", "2 parsecs", "-1s", "s", "99999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        // The messages name the text and say what is wrong.
+        let messages = [
+            (
+                "fast",
+                "invalid duration `fast`: expected a number at `fast`",
+            ),
+            (
+                "5x",
+                "invalid duration `5x`: unknown unit `x` (use ms, s, m, h or d)",
+            ),
+            (
+                "5",
+                "invalid duration `5`: missing unit (use ms, s, m, h or d, as in \"2s\")",
+            ),
+            ("1s-", "invalid duration `1s-`: expected a number at `-`"),
+            ("99999999999s", "invalid duration `99999999999s`: too large"),
+            ("", "empty duration"),
+        ];
+        for (text, message) in messages {
+            assert_eq!(parse_duration(text), Err(message.to_owned()), "{text}");
         }
         assert_eq!(format_duration(Duration::from_millis(90_000)), "1m30s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
@@ -564,7 +566,13 @@ mod tests {
     fn signals_and_status() {
         assert_eq!("SIGINT".parse::<SignalName>(), Ok(SignalName(2)));
         assert_eq!("term".parse::<SignalName>(), Ok(SignalName(15)));
+        assert_eq!("SigWinch".parse::<SignalName>(), Ok(SignalName(28)));
+        assert_eq!(" USR1 ".parse::<SignalName>().map(|s| s.name()), Ok("USR1"));
         assert!("SIGFOO".parse::<SignalName>().is_err());
+        assert!("".parse::<SignalName>().is_err());
+        assert_eq!(SignalName::default().name(), "TERM");
+        assert_eq!(SignalName(9).name(), "KILL");
+        assert_eq!(SignalName(10_000).name(), "TERM");
         assert_eq!(
             parse_status_range("200-299"),
             Ok(StatusRange { min: 200, max: 299 })
