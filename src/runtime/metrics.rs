@@ -86,14 +86,12 @@ pub(super) fn certificate_metrics(certs: &[kinfra_acme::CertStatus]) -> String {
 /// Everything the runtime adds to `/metrics` besides the dashboard's own series.
 pub(super) fn runtime_metrics(core: &RuntimeCore) -> String {
     let b = core.bus.status();
-    let state = serde_json::to_value(b.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let (mode, state) = (b.backend.kind(), b.state.as_str());
     format!(
-        "# HELP kinfra_bus_connected 1 when the bus is connected (or in process).\n\
+        "# HELP kinfra_bus_connected 1 while the bus holds a live connection to a NATS server \
+         (never for the in-process bus); mode is managed, external or in_process.\n\
          # TYPE kinfra_bus_connected gauge\n\
-         kinfra_bus_connected{{state=\"{state}\"}} {}\n\
+         kinfra_bus_connected{{mode=\"{mode}\",state=\"{state}\"}} {}\n\
          # HELP kinfra_bus_events_published_total Events handed to the bus.\n\
          # TYPE kinfra_bus_events_published_total counter\n\
          kinfra_bus_events_published_total {}\n\
@@ -103,7 +101,7 @@ pub(super) fn runtime_metrics(core: &RuntimeCore) -> String {
          # HELP kinfra_bus_reconnects_total Reconnections after a lost connection.\n\
          # TYPE kinfra_bus_reconnects_total counter\n\
          kinfra_bus_reconnects_total {}\n",
-        u8::from(state == "connected" || state == "in_process"),
+        u8::from(b.state == kinfra_bus::BusState::Connected),
         b.published,
         b.dropped,
         b.reconnects
