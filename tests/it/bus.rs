@@ -101,6 +101,22 @@ async fn independent_client_watches_and_steers_through_managed_nats() {
     let s: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(s["bus"]["state"], "connected", "{}", s["bus"]);
     assert_eq!(s["bus"]["backend"]["kind"], "managed");
+    // And in /metrics: a live connection to the managed server.
+    let (code, metrics) = crate::support::http_get(&addr, "/metrics").expect("metrics");
+    assert_eq!(code, 200, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "kinfra_bus_connected{",
+            &["mode=\"managed\"", "state=\"connected\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "kinfra_bus_events_published_total ", &[]).is_some_and(|n| n > 0.0),
+        "{metrics}"
+    );
 
     up.signal(libc::SIGTERM);
     let status = tokio::task::block_in_place(|| up.wait_exit(Duration::from_secs(30)));
@@ -115,6 +131,14 @@ async fn independent_client_watches_and_steers_through_managed_nats() {
 async fn futures_next(sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
     use futures_util::StreamExt;
     sub.next().await
+}
+
+/// The value of the first sample in a Prometheus text `body` whose line starts with `start`
+/// and contains every one of `labels`.
+pub(crate) fn metric(body: &str, start: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(start) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
 fn stderr_lines(up: &crate::support::Up) -> String {
@@ -132,6 +156,15 @@ fn no_nats_anywhere_still_runs_in_process() {
     assert!(banner.contains("in-process"), "{banner}");
     let out = p.run(&["runtime", "status", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The in-process bus is not a connection: /metrics says which bus runs, and 0 connected.
+    let (code, metrics) =
+        crate::support::http_get(&up.dashboard_addr(), "/metrics").expect("metrics");
+    assert_eq!(code, 200, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "kinfra_bus_connected{", &["mode=\"in_process\""]),
+        Some(0.0),
+        "{metrics}"
+    );
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
 }

@@ -282,3 +282,54 @@ async fn sigkill_mid_burst_loses_no_acknowledged_write_and_the_next_boot_cleans_
     let prefix: Vec<u64> = seqs.iter().copied().take_while(|s| *s <= acked).collect();
     assert_eq!(prefix.len() as u64, acked, "a gap below seq {acked}");
 }
+
+#[test]
+fn metrics_carry_the_store_and_bus_series() {
+    use crate::bus::metric;
+    let tag = unique_tag("storemetrics");
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"storemetrics\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[bus]\nmanaged = false\n\
+         [services.steady]\ncommand = \"exec sleep 1000\"\n"
+    ));
+    let mut up = p.up(&[], &[]);
+    let addr = up.dashboard_addr();
+    // The store writes the boot's events (runtime started, steady starting and running).
+    let metrics = wait_for(Duration::from_secs(20), "store writes in /metrics", || {
+        let (code, body) = crate::support::http_get(&addr, "/metrics").ok()?;
+        assert_eq!(code, 200, "{body}");
+        let written = metric(&body, "kinfra_store_writes_total ", &[])?;
+        (written >= 3.0).then_some(body)
+    });
+    let value = |start: &str| {
+        metric(&metrics, start, &[]).unwrap_or_else(|| panic!("no {start:?} in\n{metrics}"))
+    };
+    assert!(value("kinfra_store_commits_total ") >= 1.0, "{metrics}");
+    for zero in [
+        "kinfra_store_write_failures_total ",
+        "kinfra_store_abandoned_total ",
+        "kinfra_store_dropped_total ",
+        "kinfra_store_lagged_total ",
+    ] {
+        assert_eq!(value(zero), 0.0, "{zero}in\n{metrics}");
+    }
+    assert!(value("kinfra_store_queued ") >= 0.0);
+    // The bus runs in-process: the events went through it, and it is no connection.
+    assert!(
+        value("kinfra_bus_events_published_total ") >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(value("kinfra_bus_events_dropped_total "), 0.0);
+    assert_eq!(value("kinfra_bus_reconnects_total "), 0.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "kinfra_bus_connected{",
+            &["mode=\"in_process\"", "state=\"in_process\""]
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+}
