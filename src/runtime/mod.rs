@@ -102,7 +102,12 @@ impl StartError {
     /// True when the error is the user's input (config), as opposed to the environment.
     /// (An unsafe state dir counts: the user must choose or fix the path.)
     pub fn is_config_error(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::UnsafePath(_))
+        matches!(
+            self,
+            StartError::Config(_)
+                | StartError::UnsafePath(_)
+                | StartError::Dashboard(DashboardError::TokenRequired { .. })
+        )
     }
 }
 

@@ -13,5 +13,7 @@ mod ownership;
 mod proxy;
 mod reload;
 mod scenarios;
+mod security;
+mod startup;
 mod store;
 mod support;
