@@ -2,7 +2,7 @@
 //! resource from the template and a service that waits for it to be healthy, in
 //! `/__status__`, adopted (not duplicated) by the next start, stopped by a clean shutdown.
 
-use crate::support::{Project, stdout, unique_tag, wait_for};
+use crate::support::{Project, Up, stdout, unique_tag, wait_for};
 use std::process::Command;
 use std::time::Duration;
 
@@ -180,4 +180,223 @@ depends_on = {{ cache = "healthy" }}
     assert_ne!(recreated, first);
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(60)).success());
+}
+
+/// `kinfra runtime up` with a resource `db` from `template` (the test image `image`) and a
+/// service `app` that, once `db` is healthy, runs `script` with `DATABASE_URL` set to
+/// `${resources.db.url}` (its output goes to `app.out`). Stopped and cleaned up on drop.
+struct TemplateRun {
+    up: Up,
+    _cleanup: Cleanup,
+    /// Kept for its directory (removed last).
+    _project: Project,
+    /// The published port of `db`.
+    port: u16,
+    /// The generated password of `db`.
+    password: String,
+    /// What the app printed.
+    out: String,
+}
+
+impl TemplateRun {
+    fn start(template: &str, image: &str, run: &str, script: &str, expect: &str) -> TemplateRun {
+        let name = unique_tag(template).replace('_', "-");
+        let cleanup = Cleanup(name.clone());
+        let p = Project::with_config(&format!(
+            r#"
+[project]
+name = "{name}"
+
+[dashboard]
+enabled = false
+
+[resources.db]
+template = "{template}"
+image = "{image}"
+port = "auto"
+
+[services.app]
+command = "{run} > app.out 2>&1; exec sleep 1000"
+env = {{ DATABASE_URL = "${{resources.db.url}}" }}
+depends_on = {{ db = "healthy" }}
+"#
+        ));
+        p.write(run.rsplit(' ').next().expect("script name"), script);
+        let out_file = p.path().join("app.out");
+        let up = p.up(&[], &[]);
+        let report = wait_for(
+            Duration::from_secs(90),
+            "db healthy and app running",
+            || {
+                let s = status(&p)?;
+                let db = &s["services"]["db"];
+                (db["kind"] == "docker"
+                    && db["state"] == "running"
+                    && db["health"] == "healthy"
+                    && s["services"]["app"]["state"] == "running")
+                    .then_some(s)
+            },
+        );
+        let out = wait_for(Duration::from_secs(30), "the app's output", || {
+            std::fs::read_to_string(&out_file)
+                .ok()
+                .filter(|s| s.contains(expect) || s.contains("rror"))
+        });
+        assert!(out.contains(expect), "the app did not get through: {out}");
+        let port = report["services"]["db"]["port"].as_u64().expect("db port");
+        let secrets = std::fs::read_to_string(p.path().join(".kinfra/resources/secrets.json"))
+            .expect("generated secrets");
+        let secrets: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&secrets).expect("secrets json");
+        let password = secrets.get("db.password").expect("db's password").clone();
+        assert!(password.len() >= 16, "a generated password");
+        assert!(
+            !report.to_string().contains(&password),
+            "password in /__status__"
+        );
+        TemplateRun {
+            up,
+            _cleanup: cleanup,
+            _project: p,
+            port: u16::try_from(port).expect("port"),
+            password,
+            out,
+        }
+    }
+
+    /// A clean shutdown stops the container.
+    fn stop(mut self) {
+        self.up.signal(libc::SIGTERM);
+        assert!(self.up.wait_exit(Duration::from_secs(60)).success());
+        let label = format!("label=dev.kinfra.project={}", self._cleanup.0);
+        assert!(
+            docker(&["ps", "-q", "--filter", &label]).is_empty(),
+            "the container still runs after shutdown"
+        );
+    }
+}
+
+fn build_image(image: &'static docker_support::Image) -> &'static str {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(docker_support::image(image))
+}
+
+fn host(script: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn postgres_template_is_healthy_and_a_dependent_logs_in_with_its_url() {
+    let image = build_image(&docker_support::POSTGRES_IMAGE);
+    let run = TemplateRun::start(
+        "postgres",
+        image,
+        "sh app.sh",
+        "psql \"$DATABASE_URL\" -q -v ON_ERROR_STOP=1 -tA \
+         -c \"create table greeting (text text)\" \
+         -c \"insert into greeting values ('hello')\" \
+         -c \"select text || ' from ' || current_user || ' in ' || current_database() from greeting\"\n",
+        "hello from kinfra in db",
+    );
+    // The server wants the password: a wrong one is refused.
+    let (ok, refused) = host(&format!(
+        "psql postgres://kinfra:wrong@127.0.0.1:{}/db -tAc 'select 1'",
+        run.port
+    ));
+    assert!(
+        !ok && refused.contains("password authentication failed"),
+        "{refused}"
+    );
+    let (ok, read) = host(&format!(
+        "psql postgres://kinfra:{}@127.0.0.1:{}/db -tAc 'select text from greeting'",
+        run.password, run.port
+    ));
+    assert!(ok && read.trim() == "hello", "{read} / {}", run.out);
+    run.stop();
+}
+
+#[test]
+fn mysql_template_is_healthy_and_a_dependent_logs_in_with_its_url() {
+    let image = build_image(&docker_support::MYSQL_IMAGE);
+    // The mariadb client takes no URL: the script takes `${resources.db.url}` apart.
+    let run = TemplateRun::start(
+        "mysql",
+        image,
+        "sh app.sh",
+        r#"u=${DATABASE_URL#mysql://}; cred=${u%%@*}; rest=${u#*@}; hostport=${rest%%/*}
+export MYSQL_PWD="${cred#*:}"
+mariadb -h "${hostport%:*}" -P "${hostport##*:}" -u "${cred%%:*}" -N -B "${rest#*/}" \
+  -e "create table greeting (text varchar(20)); insert into greeting values ('hello');
+      select concat(text, ' from ', current_user(), ' in ', database()) from greeting"
+"#,
+        "hello from root@% in db",
+    );
+    let query = |pw: &str| {
+        host(&format!(
+            "MYSQL_PWD='{pw}' mariadb -h 127.0.0.1 -P {} -u root -N -B db -e 'select text from greeting'",
+            run.port
+        ))
+    };
+    let (ok, refused) = query("wrong");
+    assert!(!ok && refused.contains("Access denied"), "{refused}");
+    let (ok, read) = query(&run.password);
+    assert!(ok && read.trim() == "hello", "{read} / {}", run.out);
+    run.stop();
+}
+
+#[test]
+fn nats_template_is_healthy_and_a_dependent_logs_in_with_its_url() {
+    let image = build_image(&docker_support::NATS_IMAGE);
+    // A NATS client speaking the protocol over TCP with the URL's token: a message it
+    // publishes comes back on its subscription.
+    let run = TemplateRun::start(
+        "nats",
+        image,
+        "python3 app.py",
+        r#"import json, os, socket, urllib.parse
+url = urllib.parse.urlsplit(os.environ["DATABASE_URL"])
+conn = socket.create_connection((url.hostname, url.port), timeout=10)
+lines = conn.makefile("rb")
+assert lines.readline().startswith(b"INFO ")
+connect = json.dumps({"auth_token": url.username, "verbose": False})
+conn.sendall(f"CONNECT {connect}\r\nSUB greeting 1\r\nPUB greeting 5\r\nhello\r\nPING\r\n".encode())
+seen = []
+while not seen or seen[-1] not in ("PONG", ""):
+    seen.append(lines.readline().decode().strip())
+    if seen[-1].startswith("-ERR"):
+        break
+print(seen)
+if seen[:2] == ["MSG greeting 1 5", "hello"]:
+    print("hello over nats")
+"#,
+        "hello over nats",
+    );
+    let refused = docker_support::nats_exchange(run.port, "wrong");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("Authorization Violation")),
+        "{refused:?}"
+    );
+    let accepted = docker_support::nats_exchange(run.port, &run.password);
+    assert_eq!(
+        accepted.last().map(String::as_str),
+        Some("PONG"),
+        "{accepted:?}"
+    );
+    run.stop();
 }

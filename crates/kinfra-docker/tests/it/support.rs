@@ -489,4 +489,55 @@ pub fn host(script: &str) -> Result<String, String> {
     sh(script)
 }
 
+/// `(user, password, port, database)` of a `scheme://user:password@127.0.0.1:port/db` URL.
+pub fn url_parts(url: &str) -> (String, String, u16, String) {
+    let rest = url.split_once("://").expect("scheme").1;
+    let (cred, addr) = rest.rsplit_once('@').expect("credentials");
+    let (user, pw) = cred.split_once(':').unwrap_or((cred, ""));
+    let (hostport, db) = addr.split_once('/').unwrap_or((addr, ""));
+    let port = hostport
+        .rsplit_once(':')
+        .expect("port")
+        .1
+        .parse()
+        .expect("port number");
+    (user.into(), pw.into(), port, db.into())
+}
+
+/// A NATS exchange over TCP at `port` with `token`: `CONNECT` (verbose), then a message
+/// published and received on one subject. The server's lines, in order.
+pub fn nats_exchange(port: u16, token: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(SECS(10))).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut read = |lines: &mut Vec<String>| {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => {
+                lines.push(line.trim_end().to_owned());
+                true
+            }
+            _ => false,
+        }
+    };
+    if !read(&mut lines) {
+        return lines;
+    }
+    let connect = serde_json::json!({"auth_token": token, "verbose": true, "pedantic": false});
+    let mut w = &stream;
+    let _ = write!(
+        w,
+        "CONNECT {connect}\r\nSUB greeting 1\r\nPUB greeting 5\r\nhello\r\nPING\r\n"
+    );
+    while read(&mut lines)
+        && !lines
+            .last()
+            .is_some_and(|l| l == "PONG" || l.starts_with("-ERR"))
+    {}
+    lines
+}
+
 pub const SECS: fn(u64) -> Duration = Duration::from_secs;
