@@ -15,43 +15,19 @@ struct Proc {
     rss_pages: u64,
 }
 
-fn parse(text: &str) -> Option<(u32, Proc)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let pid = text[..open].trim().parse().ok()?;
-    let rest: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
-    // Fields after the command: state(3) ppid(4) ... utime(14) stime(15) ... rss(24).
-    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    Some((
-        pid,
-        Proc {
-            ppid: u32::try_from(field(4)?).ok()?,
-            ticks: field(14)? + field(15)?,
-            rss_pages: field(24)?,
-        },
-    ))
-}
-
+/// The process table from `/proc/*/stat` ([`kinfra_core::procstat`]), by PID.
 fn read_all() -> HashMap<u32, Proc> {
-    let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            && let Some((pid, p)) = parse(&text)
-        {
-            out.insert(pid, p);
-        }
-    }
-    out
+    kinfra_core::procstat::all()
+        .into_iter()
+        .filter_map(|s| {
+            let proc = Proc {
+                ppid: u32::try_from(s.ppid).ok()?,
+                ticks: s.utime + s.stime,
+                rss_pages: s.rss_pages,
+            };
+            Some((u32::try_from(s.pid).ok()?, proc))
+        })
+        .collect()
 }
 
 /// The tree of `root`: it and all its descendants.
@@ -143,16 +119,6 @@ impl ProcessSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_lines_with_odd_names() {
-        let line = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 555 1000000 250 18446744073709551615";
-        let (pid, p) = parse(line).expect("parse");
-        assert_eq!(pid, 1234);
-        assert_eq!(p.ppid, 1);
-        assert_eq!(p.ticks, 10);
-        assert_eq!(p.rss_pages, 250);
-    }
 
     #[test]
     fn samples_a_busy_tree() {

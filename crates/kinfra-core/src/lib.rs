@@ -9,6 +9,7 @@ pub mod control;
 pub mod event;
 pub mod lockfile;
 pub mod metrics;
+pub mod procstat;
 pub mod resource;
 pub mod secret;
 pub mod state;

@@ -1,75 +1,12 @@
-//! Reading `/proc`: process identity (PID plus start time), parent links, process groups,
-//! the kinfra tag in a process's environment, and which process holds a listening port.
+//! Reading `/proc`: process identity (PID plus start time), parent links, process groups
+//! (`/proc/PID/stat` through [`kinfra_core::procstat`]), the kinfra tag in a process's
+//! environment, and which process holds a listening port.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
-/// The fields of `/proc/PID/stat` the supervisor uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    /// The process ID.
-    pub pid: i32,
-    /// One-letter state (`R`, `S`, `Z`, ...).
-    pub state: char,
-    /// Parent PID.
-    pub ppid: i32,
-    /// Process group ID.
-    pub pgid: i32,
-    /// Session ID.
-    pub sid: i32,
-    /// Start time after boot in clock ticks (field 22): with the PID, it names a process
-    /// uniquely, so a reused PID is never mistaken for ours.
-    pub start_time: u64,
-}
-
-impl ProcStat {
-    /// True when the process has exited and only waits to be reaped.
-    pub fn is_zombie(&self) -> bool {
-        self.state == 'Z' || self.state == 'X'
-    }
-}
-
-/// Parses the text of `/proc/PID/stat`. The command name is in parentheses and may itself
-/// contain spaces and parentheses, so fields are counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<ProcStat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let pid: i32 = text.get(..open)?.trim().parse().ok()?;
-    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); field N is rest[N - 3].
-    let field = |n: usize| rest.get(n - 3).copied();
-    Some(ProcStat {
-        pid,
-        state: field(3)?.chars().next()?,
-        ppid: field(4)?.parse().ok()?,
-        pgid: field(5)?.parse().ok()?,
-        sid: field(6)?.parse().ok()?,
-        start_time: field(22)?.parse().ok()?,
-    })
-}
-
-/// Reads `/proc/PID/stat`; `None` when the process is gone.
-pub fn stat(pid: i32) -> Option<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
-}
-
-/// True when `pid` still names the process that had `start_time`, and it has not exited.
-pub fn is_same_alive(pid: i32, start_time: u64) -> bool {
-    stat(pid).is_some_and(|s| s.start_time == start_time && !s.is_zombie())
-}
-
-/// Every process visible in `/proc`.
-pub fn all() -> Vec<ProcStat> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter_map(stat)
-        .collect()
-}
+pub use kinfra_core::procstat::{ProcStat, all, is_same_alive, parse_stat, stat};
 
 /// How old a shared [`snapshot`] may be. Every service's actor walks the process table
 /// (periodically, and while stopping); with hundreds of services, one read of `/proc` per
@@ -281,34 +218,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_stat_with_odd_command_names() {
-        let text = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        let s = parse_stat(text);
-        assert_eq!(
-            s,
-            Some(ProcStat {
-                pid: 4242,
-                state: 'S',
-                ppid: 1,
-                pgid: 4242,
-                sid: 4242,
-                start_time: 987654
-            })
-        );
-        assert_eq!(parse_stat("garbage"), None);
-    }
-
-    #[test]
-    fn own_process_is_readable() {
-        let me = std::process::id() as i32;
-        let s = stat(me);
-        assert!(s.is_some_and(|s| s.pid == me && s.start_time > 0));
-        let st = stat(me).map(|s| s.start_time).unwrap_or(0);
-        assert!(is_same_alive(me, st));
-        assert!(!is_same_alive(me, st + 1));
-    }
-
-    #[test]
     fn finds_descendants() {
         let p = |pid, ppid| ProcStat {
             pid,
@@ -317,6 +226,7 @@ mod tests {
             pgid: pid,
             sid: pid,
             start_time: 1,
+            ..ProcStat::default()
         };
         let procs = vec![p(10, 1), p(11, 10), p(12, 11), p(13, 1), p(14, 12)];
         let mut d: Vec<i32> = descendants(&procs, 10).iter().map(|p| p.pid).collect();
