@@ -3,6 +3,7 @@
 
 use kinfra_core::control::{ControlRequest, ControlResponse, RuntimeInfo, SOCKET_FILE};
 use kinfra_core::view::RuntimeControl;
+use kinfra_dashboard::accept::AcceptBackoff;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,15 +85,24 @@ impl BoundControl {
         let task = tokio::spawn(async move {
             let mut stop_rx = stopped.clone();
             let mut connections = tokio::task::JoinSet::new();
+            // Out of descriptors (EMFILE), accept fails at once and again: pause, doubling,
+            // instead of spinning, and warn once per interval with a count.
+            let mut backoff = AcceptBackoff::new("control socket");
             loop {
                 tokio::select! {
                     _ = stop_rx.changed() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
+                            backoff.succeeded();
                             connections.spawn(handle(stream, control.clone(), info.clone(), stopped.clone()));
                         }
+                        Err(error) if AcceptBackoff::is_connection_error(&error) => {}
                         Err(error) => {
-                            tracing::warn!(%error, "Control socket accept failed.");
+                            let pause = backoff.failed(&error);
+                            tokio::select! {
+                                _ = stop_rx.changed() => break,
+                                _ = tokio::time::sleep(pause) => {}
+                            }
                         }
                     },
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
