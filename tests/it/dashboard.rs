@@ -251,7 +251,14 @@ fn real_server_refuses_foreign_origin_and_missing_token() {
         )),
         403
     );
-    assert_eq!(post(&format!("Cookie: kinfra_session={token}\r\n")), 403);
+    // The token is no session: as a cookie it is nothing, with or without an Origin.
+    assert_eq!(post(&format!("Cookie: kinfra_session={token}\r\n")), 401);
+    assert_eq!(
+        post(&format!(
+            "Cookie: kinfra_session={token}\r\nOrigin: http://{addr}\r\n"
+        )),
+        401
+    );
     assert_eq!(post(&format!("Authorization: Bearer {token}\r\n")), 200);
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
