@@ -59,7 +59,8 @@ async fn token_and_user_password_authentication() {
     opts.config.token = Some(Secret::new("wrong-token"));
     let started = std::time::Instant::now();
     let bus = Bus::start(opts, control.clone()).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // A hang bound only: the outcome (still connecting, the error named) is asserted next.
+    assert!(started.elapsed() < Duration::from_secs(60), "start hung");
     assert_eq!(bus.state(), BusState::Connecting);
     let error = bus.status().last_error.unwrap_or_default();
     assert!(error.to_lowercase().contains("authorization"), "{error}");

@@ -178,7 +178,7 @@ async fn a_broken_nats_server_falls_back_to_in_process() {
     opts.search_path = Some(dir.path().as_os_str().to_owned());
     let started = std::time::Instant::now();
     let bus = Bus::start(opts, control.clone()).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(60), "start hung");
     assert_eq!(bus.backend(), BusBackend::InProcess);
     assert_eq!(bus.state(), BusState::InProcess);
     bus.shutdown(Duration::from_secs(1)).await;

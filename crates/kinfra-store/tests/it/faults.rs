@@ -67,7 +67,7 @@ async fn a_silent_remote_times_out_naming_the_url() {
         }
         other => panic!("expected Remote, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(60), "hung");
     drop(listener);
 }
 
@@ -244,7 +244,7 @@ async fn a_full_disk_is_an_error_at_boot_and_counted_while_running() {
     // Shutdown is bounded even while writes fail.
     let started = std::time::Instant::now();
     store.shutdown(Duration::from_secs(2)).await;
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(60), "hung");
 
     // With space again, the next boot has everything that was acknowledged.
     let _ = std::fs::remove_file(&filler);

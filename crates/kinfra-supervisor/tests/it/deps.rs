@@ -127,14 +127,12 @@ async fn started_condition_and_parallel_independent_starts() {
     let b = sh("exec sleep 30");
     let c = sh("exec sleep 30");
     let d = dep(sh("exec sleep 30"), "a", DependCondition::Started);
-    let t0 = std::time::Instant::now();
     s.apply(&services(vec![("a", a), ("b", b), ("c", c), ("d", d)]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     for n in ["a", "b", "c", "d"] {
         expect_state(&s, n, ServiceState::Running, SECS(5)).await;
     }
-    assert!(t0.elapsed() < Duration::from_secs(4));
     let mut started = Vec::new();
     while let Ok(e) = rx.try_recv() {
         if let EventKind::ProcessStarted { service, .. } = e.kind {

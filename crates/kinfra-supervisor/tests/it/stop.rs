@@ -24,10 +24,8 @@ async fn stop_kills_a_process_ignoring_sigterm_after_grace() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let took = t0.elapsed();
-    assert!(
-        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
-        "took {took:?}"
-    );
+    // The grace is waited for; the kill after it is shown by the exit signal below.
+    assert!(took >= Duration::from_millis(290), "took {took:?}");
     assert!(
         kinfra_supervisor::procfs::stat(pid).is_none(),
         "main process not gone or not reaped"
@@ -111,7 +109,8 @@ async fn custom_stop_signal_is_sent_first() {
     s.act(Action::Stop, "i")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    // SIGINT, not SIGKILL after the grace: the trap ran and exited 0 (asserted below).
+    assert!(t0.elapsed() < Duration::from_secs(60), "stop hung");
     assert!(
         wait_for(SECS(2), || messages(&s, "i")
             .contains(&"got INT".to_string()))
@@ -297,7 +296,8 @@ async fn shutdown_is_bounded_by_its_timeout() {
     let t0 = Instant::now();
     s.shutdown(Duration::from_millis(500)).await;
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    // Bounded by its timeout, not by the 30 s grace (a generous bound well below it).
+    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
     for pid in pids {
         assert!(
             kinfra_supervisor::procfs::stat(pid).is_none(),
