@@ -84,14 +84,14 @@ pub(super) async fn start_subsystems(
     // Subsystems that start before the core see it through this late-bound control: events
     // from the first one, everything else once the core is set.
     let late = Arc::new(LateControl::new(events.clone(), &config.project.name));
-    let edge = start_edge(
-        &config,
-        &state_dir,
-        &events,
-        store.as_ref(),
+    let edge = start_edge(EdgeInputs {
+        config: &config,
+        state_dir: &state_dir,
+        events: &events,
+        store: store.as_ref(),
         dashboard_addr,
-        &late,
-    )
+        late: &late,
+    })
     .await?;
     let supervisor =
         match start_supervisor(&config, &state_dir, &events, store.as_ref(), persistence).await {
@@ -176,18 +176,29 @@ async fn bind_listeners(config: &Config, state_dir: &Path) -> Result<Listeners, 
     })
 }
 
+/// What the edge's subsystems start from.
+#[derive(Clone, Copy)]
+struct EdgeInputs<'a> {
+    config: &'a Config,
+    state_dir: &'a Path,
+    events: &'a EventSender,
+    store: Option<&'a Store>,
+    dashboard_addr: Option<std::net::SocketAddr>,
+    late: &'a Arc<LateControl>,
+}
+
 /// The bus, then the proxy and ACME. The bus starts before the first service so every event
 /// is published; the proxy binds its ports before any service starts; stored certificates are
 /// served before any service starts, and orders and renewals run in the background. A failure
 /// stops what this started.
-async fn start_edge(
-    config: &Config,
-    state_dir: &Path,
-    events: &EventSender,
-    store: Option<&Store>,
-    dashboard_addr: Option<std::net::SocketAddr>,
-    late: &Arc<LateControl>,
-) -> Result<Edge, StartError> {
+async fn start_edge(at: EdgeInputs<'_>) -> Result<Edge, StartError> {
+    let EdgeInputs {
+        config,
+        state_dir,
+        events,
+        late,
+        ..
+    } = at;
     let bus = Bus::start(
         BusOptions {
             project: config.project.name.clone(),
@@ -206,17 +217,7 @@ async fn start_edge(
         proxy: None,
         acme: None,
     };
-    match start_proxy_and_acme(
-        config,
-        state_dir,
-        events,
-        store,
-        dashboard_addr,
-        late,
-        &mut edge,
-    )
-    .await
-    {
+    match start_proxy_and_acme(at, &mut edge).await {
         Ok(()) => Ok(edge),
         Err(error) => {
             edge.stop().await;
@@ -226,15 +227,15 @@ async fn start_edge(
 }
 
 /// The proxy (when enabled) and ACME (when `[acme]` is set), into `edge` as each comes up.
-async fn start_proxy_and_acme(
-    config: &Config,
-    state_dir: &Path,
-    events: &EventSender,
-    store: Option<&Store>,
-    dashboard_addr: Option<std::net::SocketAddr>,
-    late: &Arc<LateControl>,
-    edge: &mut Edge,
-) -> Result<(), StartError> {
+async fn start_proxy_and_acme(at: EdgeInputs<'_>, edge: &mut Edge) -> Result<(), StartError> {
+    let EdgeInputs {
+        config,
+        state_dir,
+        events,
+        store,
+        dashboard_addr,
+        late,
+    } = at;
     if !config.proxy.enabled {
         return Ok(());
     }

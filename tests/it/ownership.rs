@@ -2,7 +2,7 @@
 //! through the binary. As root, the test stands in for "another user" with uid/gid 65534
 //! (`nobody`): it chowns paths to it, and runs the CLI as it with util-linux's `setpriv`.
 
-use crate::support::{Project, kill, kinfra_bin, stderr, unique_tag};
+use crate::support::{Project, kinfra_bin, output_within, stderr, unique_tag};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -32,35 +32,26 @@ fn run_as_other(p: &Project, args: &[&str]) -> Output {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("setpriv is missing: apt-get install util-linux (or run ./x test)");
-    let child = Command::new(setpriv)
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            kinfra_bin(),
-        ])
-        .args(args)
-        .current_dir(p.path())
-        .env_remove("KINFRA_LOG")
-        .env("KINFRA_PROXY__HTTP", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn setpriv kinfra");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.expect("wait for kinfra"),
-        Err(_) => {
-            kill(pid, libc::SIGKILL);
-            panic!("kinfra {args:?} as uid 65534 did not finish within 60 s");
-        }
-    }
+    let mut cmd = Command::new(setpriv);
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        kinfra_bin(),
+    ])
+    .args(args)
+    .current_dir(p.path())
+    .env_remove("KINFRA_LOG")
+    .env("KINFRA_PROXY__HTTP", "127.0.0.1:0")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    output_within(
+        &mut cmd,
+        Duration::from_secs(60),
+        &format!("kinfra {args:?} as uid 65534"),
+    )
 }
 
 fn config(tag: &str) -> String {

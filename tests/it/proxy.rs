@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn get(addr: &str, path: &str, accept: &str) -> (u16, String, String) {
+/// A raw GET (`Connection: close`): status code, lower-cased head, body.
+pub(crate) fn get(addr: &str, path: &str, accept: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");

@@ -3,30 +3,13 @@
 //! needing a restart while status keeps describing what runs.
 
 use crate::support::{Project, Up, http_get, pids_tagged, stderr, stdout, unique_tag, wait_for};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 /// GET through the proxy: status code and body.
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the proxy");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_string())
+    let (code, _, body) = crate::proxy::get(addr, path, "text/html");
+    (code, body)
 }
 
 fn proxy_addr(up: &Up) -> String {

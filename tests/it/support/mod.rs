@@ -81,19 +81,11 @@ impl Project {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn kinfra");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(out) => out.expect("wait for kinfra"),
-            Err(_) => {
-                kill(pid, libc::SIGKILL);
-                panic!("kinfra {args:?} did not finish within 60 s");
-            }
-        }
+        output_within(
+            &mut cmd,
+            Duration::from_secs(60),
+            &format!("kinfra {args:?}"),
+        )
     }
 
     /// Starts `kinfra runtime up` in this dir and waits until it says it is ready.
@@ -136,6 +128,24 @@ impl Project {
         let up = Up { child, output };
         up.wait_for_line(Duration::from_secs(30), "Press Ctrl-C");
         up
+    }
+}
+
+/// Runs `cmd` (its output piped) to completion; killed (SIGKILL) and the test failed when it
+/// takes longer than `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration, what: &str) -> Output {
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("wait for {what}: {e}")),
+        Err(_) => {
+            kill(pid, libc::SIGKILL);
+            panic!("{what} did not finish within {limit:?}");
+        }
     }
 }
 
