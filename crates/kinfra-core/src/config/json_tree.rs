@@ -1,8 +1,14 @@
-//! JSON text -> generic tree plus source map, with a small position-tracking parser.
+//! JSON text -> generic tree plus source map, via `jsonc-parser`'s positioned syntax tree.
 //!
-//! Strict JSON (RFC 8259): no comments, no trailing commas. Duplicate keys are rejected.
+//! Strict JSON (RFC 8259): every JSONC and JSON5 extension of the parser is turned off (no
+//! comments, no trailing commas, no single quotes, ...). Duplicate keys and raw control
+//! characters in strings, which the parser lets through, are rejected here.
 
 use super::source::{LineIndex, SourceMap, SyntaxError, join_index, join_key};
+use jsonc_parser::ast::{self, ObjectPropName};
+use jsonc_parser::common::Ranged;
+use jsonc_parser::errors::{ParseError, ParseErrorKind};
+use jsonc_parser::{CollectOptions, ParseOptions, ParseStringErrorKind};
 use serde_json::{Map, Number, Value};
 
 /// Nesting deeper than this is rejected (a config is never this deep; it guards the stack).
@@ -10,31 +16,43 @@ const MAX_DEPTH: usize = 128;
 
 /// Parses a JSON document.
 pub(crate) fn parse(text: &str) -> Result<(Value, SourceMap), SyntaxError> {
-    let mut p = JsonParser {
+    let lines = LineIndex::new(text);
+    let strict = ParseOptions {
+        allow_comments: false,
+        allow_loose_object_property_names: false,
+        allow_trailing_commas: false,
+        allow_missing_commas: false,
+        allow_single_quoted_strings: false,
+        allow_hexadecimal_numbers: false,
+        allow_unary_plus_numbers: false,
+        allow_bare_decimal_point_numbers: false,
+        allow_non_finite_numbers: false,
+        allow_extended_string_escapes: false,
+    };
+    let parsed = jsonc_parser::parse_to_ast(text, &CollectOptions::default(), &strict)
+        .map_err(|e| syntax_error(text, &lines, &e))?;
+    let Some(root) = parsed.value else {
+        return Err(SyntaxError {
+            pos: Some(lines.pos(text.len())),
+            message: "invalid JSON: expected a value, found the end of the text".into(),
+        });
+    };
+    let mut tree = Tree {
         text,
-        bytes: text.as_bytes(),
-        at: 0,
-        lines: LineIndex::new(text),
+        lines,
         map: SourceMap::default(),
     };
-    p.skip_ws();
-    let value = p.value("", 0)?;
-    p.skip_ws();
-    if p.at < p.bytes.len() {
-        return Err(p.error_at(p.at, "unexpected text after the JSON value"));
-    }
-    Ok((value, p.map))
+    let value = tree.value(&root, "", 0)?;
+    Ok((value, tree.map))
 }
 
-struct JsonParser<'a> {
+struct Tree<'a> {
     text: &'a str,
-    bytes: &'a [u8],
-    at: usize,
     lines: LineIndex<'a>,
     map: SourceMap,
 }
 
-impl JsonParser<'_> {
+impl Tree<'_> {
     fn error_at(&self, offset: usize, message: impl AsRef<str>) -> SyntaxError {
         SyntaxError {
             pos: Some(self.lines.pos(offset)),
@@ -42,238 +60,65 @@ impl JsonParser<'_> {
         }
     }
 
-    fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.at += 1;
-        }
-    }
-
-    fn expect(&mut self, byte: u8, what: &str) -> Result<(), SyntaxError> {
-        if self.peek() == Some(byte) {
-            self.at += 1;
-            Ok(())
-        } else {
-            Err(self.unexpected(what))
-        }
-    }
-
-    fn unexpected(&self, what: &str) -> SyntaxError {
-        match self.text[self.at..].chars().next() {
-            Some(c) => self.error_at(self.at, format!("expected {what}, found `{c}`")),
-            None => self.error_at(
-                self.at,
-                format!("expected {what}, found the end of the text"),
-            ),
-        }
-    }
-
-    fn value(&mut self, path: &str, depth: usize) -> Result<Value, SyntaxError> {
+    fn value(
+        &mut self,
+        node: &ast::Value<'_>,
+        path: &str,
+        depth: usize,
+    ) -> Result<Value, SyntaxError> {
+        let start = node.start();
         if depth > MAX_DEPTH {
-            return Err(self.error_at(self.at, "nested too deeply"));
+            return Err(self.error_at(start, "nested too deeply"));
         }
-        let start = self.at;
         self.map.set_value(path, self.lines.pos(start));
-        match self.peek() {
-            Some(b'{') => self.object(path, depth),
-            Some(b'[') => self.array(path, depth),
-            Some(b'"') => self.string().map(Value::String),
-            Some(b't') => self.literal("true", Value::Bool(true)),
-            Some(b'f') => self.literal("false", Value::Bool(false)),
-            Some(b'n') => self.literal("null", Value::Null),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(self.unexpected("a value")),
-        }
-    }
-
-    fn literal(&mut self, word: &str, value: Value) -> Result<Value, SyntaxError> {
-        if self.text[self.at..].starts_with(word) {
-            self.at += word.len();
-            Ok(value)
-        } else {
-            Err(self.unexpected("a value"))
-        }
-    }
-
-    fn object(&mut self, path: &str, depth: usize) -> Result<Value, SyntaxError> {
-        self.at += 1;
-        let mut out = Map::new();
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            return Ok(Value::Object(out));
-        }
-        loop {
-            self.skip_ws();
-            let key_at = self.at;
-            if self.peek() != Some(b'"') {
-                return Err(self.unexpected("a key in double quotes"));
-            }
-            let key = self.string()?;
-            if out.contains_key(&key) {
-                return Err(self.error_at(key_at, format!("duplicate key `{key}`")));
-            }
-            let child = join_key(path, &key);
-            self.map.set_key(&child, self.lines.pos(key_at));
-            self.skip_ws();
-            self.expect(b':', "`:`")?;
-            self.skip_ws();
-            let value = self.value(&child, depth + 1)?;
-            out.insert(key, value);
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(Value::Object(out));
+        Ok(match node {
+            ast::Value::StringLit(s) => Value::String(self.string(s)?),
+            ast::Value::NumberLit(n) => self.number(n)?,
+            ast::Value::BooleanLit(b) => Value::Bool(b.value),
+            ast::Value::NullKeyword(_) => Value::Null,
+            ast::Value::Array(items) => {
+                let mut out = Vec::with_capacity(items.elements.len());
+                for (i, item) in items.elements.iter().enumerate() {
+                    out.push(self.value(item, &join_index(path, i), depth + 1)?);
                 }
-                _ => return Err(self.unexpected("`,` or `}`")),
+                Value::Array(out)
             }
-        }
-    }
-
-    fn array(&mut self, path: &str, depth: usize) -> Result<Value, SyntaxError> {
-        self.at += 1;
-        let mut out = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            return Ok(Value::Array(out));
-        }
-        loop {
-            self.skip_ws();
-            let child = join_index(path, out.len());
-            out.push(self.value(&child, depth + 1)?);
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(Value::Array(out));
-                }
-                _ => return Err(self.unexpected("`,` or `]`")),
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, SyntaxError> {
-        let digits = self.text.get(self.at..self.at + 4).unwrap_or("");
-        match u32::from_str_radix(digits, 16) {
-            Ok(n) if digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                self.at += 4;
-                Ok(n)
-            }
-            _ => Err(self.error_at(self.at, "expected four hex digits after `\\u`")),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, SyntaxError> {
-        let open = self.at;
-        self.at += 1;
-        let mut out = String::new();
-        loop {
-            let Some(c) = self.text[self.at..].chars().next() else {
-                return Err(self.error_at(open, "unterminated string"));
-            };
-            match c {
-                '"' => {
-                    self.at += 1;
-                    return Ok(out);
-                }
-                '\\' => {
-                    let esc_at = self.at;
-                    self.at += 1;
-                    let Some(e) = self.peek() else {
-                        return Err(self.error_at(open, "unterminated string"));
+            ast::Value::Object(object) => {
+                let mut out = Map::new();
+                for prop in &object.properties {
+                    let ObjectPropName::String(name) = &prop.name else {
+                        // Loose (unquoted) names are turned off; the parser never yields one.
+                        return Err(self.error_at(prop.start(), "expected a key in double quotes"));
                     };
-                    self.at += 1;
-                    match e {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi) {
-                                if !self.text[self.at..].starts_with("\\u") {
-                                    return Err(self.error_at(esc_at, "unpaired surrogate"));
-                                }
-                                self.at += 2;
-                                let lo = self.hex4()?;
-                                if !(0xDC00..0xE000).contains(&lo) {
-                                    return Err(self.error_at(esc_at, "unpaired surrogate"));
-                                }
-                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                            } else {
-                                hi
-                            };
-                            match char::from_u32(code) {
-                                Some(ch) => out.push(ch),
-                                None => {
-                                    return Err(self.error_at(esc_at, "invalid \\u escape"));
-                                }
-                            }
-                        }
-                        _ => return Err(self.error_at(esc_at, "invalid escape")),
+                    let key = self.string(name)?;
+                    if out.contains_key(&key) {
+                        return Err(self.error_at(name.start(), format!("duplicate key `{key}`")));
                     }
+                    let child = join_key(path, &key);
+                    self.map.set_key(&child, self.lines.pos(name.start()));
+                    let value = self.value(&prop.value, &child, depth + 1)?;
+                    out.insert(key, value);
                 }
-                c if (c as u32) < 0x20 => {
-                    return Err(self.error_at(
-                        self.at,
-                        "control character in string (write it as an escape such as \\n)",
-                    ));
-                }
-                c => {
-                    out.push(c);
-                    self.at += c.len_utf8();
-                }
+                Value::Object(out)
             }
-        }
+        })
     }
 
-    fn number(&mut self) -> Result<Value, SyntaxError> {
-        let start = self.at;
-        if self.peek() == Some(b'-') {
-            self.at += 1;
+    /// The decoded string; a raw control character (which the parser accepts) is an error.
+    fn string(&self, s: &ast::StringLit<'_>) -> Result<String, SyntaxError> {
+        let raw = s.text(self.text);
+        if let Some((at, _)) = raw.char_indices().find(|(_, c)| (*c as u32) < 0x20) {
+            return Err(self.error_at(
+                s.start() + at,
+                "control character in string (write it as an escape such as \\n)",
+            ));
         }
-        let digits = |p: &mut Self| {
-            let s = p.at;
-            while let Some(b'0'..=b'9') = p.peek() {
-                p.at += 1;
-            }
-            p.at - s
-        };
-        let int_start = self.at;
-        let int_len = digits(self);
-        if int_len == 0 || (int_len > 1 && self.bytes[int_start] == b'0') {
-            return Err(self.error_at(start, "invalid number"));
-        }
-        let mut float = false;
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            float = true;
-            if digits(self) == 0 {
-                return Err(self.error_at(start, "invalid number"));
-            }
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            float = true;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.at += 1;
-            }
-            if digits(self) == 0 {
-                return Err(self.error_at(start, "invalid number"));
-            }
-        }
-        let text = &self.text[start..self.at];
+        Ok(s.value.to_string())
+    }
+
+    fn number(&self, n: &ast::NumberLit<'_>) -> Result<Value, SyntaxError> {
+        let text = n.value;
+        let float = text.contains(['.', 'e', 'E']);
         let number = if float {
             text.parse::<f64>().ok().and_then(Number::from_f64)
         } else if let Ok(n) = text.parse::<i64>() {
@@ -285,7 +130,107 @@ impl JsonParser<'_> {
         };
         number
             .map(Value::Number)
-            .ok_or_else(|| self.error_at(start, format!("number `{text}` is out of range")))
+            .ok_or_else(|| self.error_at(n.start(), format!("number `{text}` is out of range")))
+    }
+}
+
+/// The parser's error in the words of the other formats' messages, at its position.
+fn syntax_error(text: &str, lines: &LineIndex<'_>, e: &ParseError) -> SyntaxError {
+    use ParseErrorKind as K;
+    let range = e.range();
+    let found = found_at(text, range.start);
+    let mut at = range.start;
+    let message = match e.kind() {
+        K::TrailingCommasNotAllowed => {
+            // Point at what follows the comma, which is where a key or value was expected.
+            let after = next_token(text, range.end);
+            at = after;
+            match text[after..].chars().next() {
+                Some(']') => "expected a value, found `]` (trailing commas are not allowed)".into(),
+                _ => format!(
+                    "expected a key in double quotes, found {} (trailing commas are not allowed)",
+                    found_at(text, after)
+                ),
+            }
+        }
+        K::ExpectedStringObjectProperty | K::UnexpectedTokenInObject => {
+            format!("expected a key in double quotes, found {found}")
+        }
+        K::ExpectedColonAfterObjectKey => format!("expected `:` after the key, found {found}"),
+        K::ExpectedObjectValue => format!("expected a value after `:`, found {found}"),
+        K::ExpectedComma => {
+            // The parser points at the end of the item before; the `,` was due at what follows.
+            at = next_token(text, range.start);
+            format!("expected `,` between items, found {}", found_at(text, at))
+        }
+        K::MultipleRootJsonValues => "unexpected text after the JSON value".into(),
+        K::UnterminatedArray => "unterminated list: expected `]`".into(),
+        K::UnterminatedObject => "unterminated object: expected `}`".into(),
+        K::CommentsNotAllowed | K::UnterminatedCommentBlock => {
+            "comments are not allowed in JSON (kinfra.yaml and kinfra.toml take comments)".into()
+        }
+        K::SingleQuotedStringsNotAllowed => "strings must be in double quotes".into(),
+        K::String(ParseStringErrorKind::UnterminatedStringLiteral) => "unterminated string".into(),
+        K::String(
+            ParseStringErrorKind::ExpectedFourHexDigits
+            | ParseStringErrorKind::InvalidUnicodeEscapeSequence(_),
+        ) => "invalid \\u escape: expected four hex digits of a Unicode character".into(),
+        K::String(_) => "invalid escape".into(),
+        K::ExpectedDigit
+        | K::ExpectedDigitFollowingNegativeSign
+        | K::ExpectedPlusMinusOrDigitInNumberLiteral
+        | K::BareDecimalPointNumbersNotAllowed
+        | K::HexadecimalNumbersNotAllowed
+        | K::UnaryPlusNumbersNotAllowed
+        | K::NonFiniteNumbersNotAllowed => format!("invalid number ({})", lower_first(e.kind())),
+        K::NestingDepthExceeded => "nested too deeply".into(),
+        K::UnexpectedCloseBrace
+        | K::UnexpectedCloseBracket
+        | K::UnexpectedColon
+        | K::UnexpectedComma
+        | K::UnexpectedWord
+        | K::UnexpectedToken => format!("expected a value, found {found}"),
+        // Added in a later version of the parser: its own words.
+        #[allow(unreachable_patterns)]
+        other => lower_first(other),
+    };
+    SyntaxError {
+        pos: Some(lines.pos(at)),
+        message: format!("invalid JSON: {message}"),
+    }
+}
+
+/// The offset of the first non-whitespace character at or after `offset`.
+fn next_token(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.get(offset..)
+        .and_then(|rest| rest.find(|c: char| !c.is_whitespace()))
+        .map_or(text.len(), |i| offset + i)
+}
+
+/// What is at `offset`, for "found ..." (a word whole, else one character).
+fn found_at(text: &str, offset: usize) -> String {
+    let rest = text.get(offset..).unwrap_or("");
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'))
+        .take(20)
+        .collect();
+    if !word.is_empty() {
+        return format!("`{word}`");
+    }
+    match rest.chars().next() {
+        Some(c) => format!("`{c}`"),
+        None => "the end of the text".into(),
+    }
+}
+
+fn lower_first(kind: &ParseErrorKind) -> String {
+    let text = kind.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
     }
 }
 
@@ -297,7 +242,7 @@ mod tests {
 
     #[test]
     fn parses_like_serde_json() {
-        let text = r#"{"a": [1, -2, 3.5, 1e2, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}}"#;
+        let text = r#"{"a": [1, -2, 3.5, 1e2, true, false, null, 18446744073709551615], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}}"#;
         let (v, _) = parse(text).unwrap();
         let expected: Value = serde_json::from_str(text).unwrap();
         assert_eq!(v, expected);
@@ -335,19 +280,41 @@ mod tests {
     #[test]
     fn errors() {
         let cases = [
-            ("{\"a\": 1,}", 1, 9, "expected a key"),
-            ("{\"a\": 1\n \"b\": 2}", 2, 2, "expected `,` or `}`"),
-            ("{\"a\": tru}", 1, 7, "expected a value"),
+            ("{\"a\": 1,}", 1, 9, "expected a key in double quotes"),
+            ("[1,\n ]", 2, 2, "expected a value, found `]`"),
+            ("{\"a\": 1\n \"b\": 2}", 2, 2, "expected `,`"),
+            ("{\"a\": tru}", 1, 7, "expected a value, found `tru`"),
             ("{\"a\": \"x}", 1, 7, "unterminated string"),
             ("{\"a\": 1, \"a\": 2}", 1, 10, "duplicate key `a`"),
-            ("{\"a\": 01}", 1, 7, "invalid number"),
+            ("{\"a\": \"x\ty\"}", 1, 9, "control character in string"),
+            ("{\"a\": \"\\x41\"}", 1, 8, "invalid escape"),
+            ("{\"a\": 0x1F}", 1, 7, "invalid number"),
+            ("{\"a\": 1} // note", 1, 10, "comments are not allowed"),
+            ("{'a': 1}", 1, 2, "double quotes"),
+            ("{a: 1}", 1, 2, "expected a key in double quotes"),
             ("{} x", 1, 4, "unexpected text"),
             ("", 1, 1, "expected a value"),
         ];
+        let mut failures = Vec::new();
         for (text, line, column, fragment) in cases {
             let e = parse(text).unwrap_err();
-            assert_eq!(e.pos, Some(Pos { line, column }), "{text}: {}", e.message);
-            assert!(e.message.contains(fragment), "{text}: {}", e.message);
+            if e.pos != Some(Pos { line, column })
+                || !e.message.contains(fragment)
+                || !e.message.starts_with("invalid JSON: ")
+            {
+                failures.push(format!(
+                    "{text:?}: want {line}:{column} `{fragment}`, got {:?} {}",
+                    e.pos, e.message
+                ));
+            }
         }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(
+            parse(&deep)
+                .unwrap_err()
+                .message
+                .contains("nested too deeply")
+        );
     }
 }
