@@ -1,6 +1,11 @@
 //! Container resources through `kinfra runtime up` against a real Docker engine: a Redis
 //! resource from the template and a service that waits for it to be healthy, in
 //! `/__status__`, adopted (not duplicated) by the next start, stopped by a clean shutdown.
+//! The postgres, mysql and nats templates each reach healthy with their generated password
+//! and serve a dependent service that logs in with `${resources.db.url}`, on images made
+//! with `docker import` from Debian's postgresql, mariadb-server and nats-server with the
+//! official images' interface. mongodb is not packaged in Debian, so the mongodb template
+//! is not run here (only resolved, in kinfra-docker's unit tests).
 
 use crate::support::{Project, Up, stdout, unique_tag, wait_for};
 use std::process::Command;

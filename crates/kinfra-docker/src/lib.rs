@@ -10,6 +10,8 @@
 //!   config hash), recreates it when the hash changed, pulls only a missing image, publishes
 //!   ports on 127.0.0.1 only, mounts named volumes only, and never runs privileged or on the
 //!   host network.
+//! - A template whose image cannot run a Docker healthcheck (nats: no shell in the official
+//!   image) gets a [`HostCheck`] that kinfra runs from the host on the published port.
 //! - Without an engine, every operation fails with
 //!   [`ResourceError::EngineUnavailable`](kinfra_core::resource::ResourceError), which the
 //!   supervisor shows on that resource alone.
