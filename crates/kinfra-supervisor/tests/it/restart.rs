@@ -141,9 +141,10 @@ async fn restart_without_backoff_spawns_within_milliseconds() {
                     kinds.push(format!("scheduled in {delay_ms} ms"));
                 }
                 EventKind::ProcessStarted { .. } => kinds.push("started".to_owned()),
-                EventKind::StateChanged { to, .. } if to == ServiceState::Backoff => {
-                    kinds.push("backoff".to_owned());
-                }
+                EventKind::StateChanged {
+                    to: ServiceState::Backoff,
+                    ..
+                } => kinds.push("backoff".to_owned()),
                 _ => {}
             },
             _ => break,
