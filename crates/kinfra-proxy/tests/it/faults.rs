@@ -3,8 +3,8 @@
 use crate::support::*;
 use kinfra_core::config::ByteSize;
 use kinfra_core::config::Dur;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,32 +22,48 @@ async fn upstream_killed_mid_load_gets_pages_never_raw_errors() {
     let addr = proxy.http_addr().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let outcomes: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..4 {
-        let stop = stop.clone();
+        let (stop, outcomes) = (stop.clone(), outcomes.clone());
         workers.push(tokio::spawn(async move {
-            // Each worker keeps one client connection and reopens it when the proxy closes it.
-            let mut outcomes = Vec::new();
+            // Each worker sends one request per connection until told to stop.
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
                 let r = send(addr, request(&format!("/w{w}/{i}"), "localhost", &[])).await;
-                outcomes.push(match r {
+                let outcome = match r {
                     Ok(r) if r.status == 200 => "ok".to_owned(),
+                    // The page of the runtime's Backoff state.
+                    Ok(r) if r.status == 503 && r.body.contains("stopped unexpectedly") => {
+                        "503 restarting".to_owned()
+                    }
                     Ok(r) => format!(
                         "{} {}",
                         r.status,
                         r.header("x-kinfra-page").unwrap_or("RAW")
                     ),
                     Err(e) => format!("client error: {e}"),
-                });
+                };
+                outcomes.lock().unwrap().push(outcome);
             }
-            outcomes
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = |what: &'static str| {
+        let outcomes = outcomes.clone();
+        move || {
+            let found = outcomes.lock().unwrap().iter().any(|o| o == what);
+            std::future::ready(found.then_some(()))
+        }
+    };
+    wait_for("requests served under load", seen("ok")).await;
     api.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Before the runtime notices: the proxy's own refused-connection page.
+    wait_for(
+        "the 503 page after the kill",
+        seen("503 service_unavailable"),
+    )
+    .await;
     // The supervisor notices and says so.
     control.set(
         "api",
@@ -56,18 +72,21 @@ async fn upstream_killed_mid_load_gets_pages_never_raw_errors() {
         Some(api.port()),
         "exited with signal 9",
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("the restarting page", seen("503 restarting")).await;
     stop.store(true, Ordering::SeqCst);
-    let mut all = Vec::new();
     for w in workers {
-        all.extend(w.await.unwrap());
+        tokio::time::timeout(WAIT, w).await.unwrap().unwrap();
     }
+    let all = std::mem::take(&mut *outcomes.lock().unwrap());
     let counts = tally(all);
     eprintln!("outcomes: {counts:?}");
     assert!(counts.get("ok").copied().unwrap_or(0) > 0, "{counts:?}");
     for outcome in counts.keys() {
         assert!(
-            outcome == "ok" || outcome == "503 service_unavailable" || outcome == "502 bad_gateway",
+            outcome == "ok"
+                || outcome == "503 service_unavailable"
+                || outcome == "503 restarting"
+                || outcome == "502 bad_gateway",
             "unexpected outcome `{outcome}`: {counts:?}"
         );
     }
@@ -174,17 +193,18 @@ async fn oversized_bodies_and_hanging_upstreams() {
     assert_eq!((r.status, r.json()["body_len"].as_u64()), (200, Some(1000)));
 
     // An upstream that hangs: 504 page after read_timeout, and others are still served.
-    let started = std::time::Instant::now();
-    let (slow, fast) = tokio::join!(get(addr, "/slow?ms=5000"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        get(addr, "/fast").await
-    });
-    assert_eq!(fast.status, 200);
+    // (The backend would answer `slow done` after 60 s: the page shows the timeout fired.)
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=60000").await });
+    wait_for("the slow request to be in flight", || async {
+        (proxy.in_flight() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(get(addr, "/fast").await.status, 200);
+    let slow = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap();
     assert_eq!(
         (slow.status, slow.header("x-kinfra-page")),
         (504, Some("upstream_timeout"))
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
 
     // Malformed request: 400, and the proxy keeps serving.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -197,7 +217,7 @@ async fn oversized_bodies_and_hanging_upstreams() {
         .unwrap()
         .unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]);
-    assert!(n == 0 || text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text:?}");
     assert_eq!(get(addr, "/").await.status, 200);
     proxy.shutdown(Duration::from_secs(2)).await;
 }
@@ -237,14 +257,16 @@ async fn slow_clients_and_oversized_headers_do_not_stop_others() {
         .expect("the proxy answers or closes")
         .unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]);
-    assert!(n == 0 || text.starts_with("HTTP/1.1 4"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text:?}");
 
-    // Everyone else is served, promptly.
-    let started = std::time::Instant::now();
-    for i in 0..20 {
-        assert_eq!(get(addr, &format!("/ok{i}")).await.status, 200);
-    }
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Everyone else is served (the bound only catches a hang).
+    tokio::time::timeout(WAIT, async {
+        for i in 0..20 {
+            assert_eq!(get(addr, &format!("/ok{i}")).await.status, 200);
+        }
+    })
+    .await
+    .expect("the others are served while the slow clients hang");
     drop(slow);
     proxy.shutdown(Duration::from_secs(2)).await;
 }
