@@ -30,6 +30,7 @@ mod overrides;
 mod source;
 mod toml_tree;
 mod validate;
+mod value_de;
 mod yaml_tree;
 
 #[cfg(test)]
@@ -44,6 +45,7 @@ use serde_json::Value;
 use source::{Anchor, Seg, SourceMap, SyntaxError, is_below, join_key, path_of};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use value_de::{SchemaError, ValueDeserializer};
 
 /// The file formats a config can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +294,9 @@ fn deserialize(mut tree: Value, map: &SourceMap, origin: &str) -> Result<Config,
     let mut errors = Vec::new();
     let mut removed: Vec<String> = Vec::new();
     for _ in 0..MAX_SCHEMA_ERRORS {
-        let err = match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+        let err = match serde_path_to_error::deserialize::<_, Config>(ValueDeserializer::new(
+            tree.clone(),
+        )) {
             Ok(config) if errors.is_empty() => return Ok(config),
             Ok(_) => {
                 sort_by_position(&mut errors);
@@ -311,37 +315,40 @@ fn deserialize(mut tree: Value, map: &SourceMap, origin: &str) -> Result<Config,
             })
             .collect();
         let path = path_of(&segs);
-        let raw = err.into_inner().to_string();
-        if let Some(field) = between_backticks(raw.strip_prefix("missing field ")) {
-            let missing = join_key(&path, field);
-            let caused_by_removal = removed
-                .iter()
-                .any(|r| *r == missing || is_below(r, &missing));
-            if !caused_by_removal {
-                let key = Some(path.as_str()).filter(|p| !p.is_empty());
+        match err.into_inner() {
+            SchemaError::MissingField(field) => {
+                let missing = join_key(&path, field);
+                let caused_by_removal = removed
+                    .iter()
+                    .any(|r| *r == missing || is_below(r, &missing));
+                if !caused_by_removal {
+                    let key = Some(path.as_str()).filter(|p| !p.is_empty());
+                    errors.push(located(
+                        origin,
+                        map,
+                        key,
+                        Anchor::Key,
+                        format!("missing required key `{field}`"),
+                    ));
+                }
+            }
+            SchemaError::UnknownField { field, expected } => {
+                let parent = segs
+                    .split_last()
+                    .map(|(_, rest)| path_of(rest))
+                    .unwrap_or_default();
                 errors.push(located(
                     origin,
                     map,
-                    key,
+                    Some(&path),
                     Anchor::Key,
-                    format!("missing required key `{field}`"),
+                    unknown_key_message(&field, expected, &parent),
                 ));
             }
-        } else if raw.starts_with("unknown field ") {
-            let parent = segs
-                .split_last()
-                .map(|(_, rest)| path_of(rest))
-                .unwrap_or_default();
-            errors.push(located(
-                origin,
-                map,
-                Some(&path),
-                Anchor::Key,
-                unknown_key_message(&raw, &parent),
-            ));
-        } else {
-            let key = Some(path.as_str()).filter(|p| !p.is_empty());
-            errors.push(located(origin, map, key, Anchor::Value, humanize(&raw)));
+            other => {
+                let key = Some(path.as_str()).filter(|p| !p.is_empty());
+                errors.push(located(origin, map, key, Anchor::Value, describe(other)));
+            }
         }
         // Drop what failed and try again. A list item is dropped with its whole list, so that
         // the indexes of later errors still match the file.
@@ -395,17 +402,6 @@ fn remove(tree: &mut Value, segs: &[Seg]) -> bool {
     }
 }
 
-/// The text between the first pair of backticks.
-fn between_backticks(text: Option<&str>) -> Option<&str> {
-    let rest = text?.strip_prefix('`')?;
-    rest.split_once('`').map(|(inside, _)| inside)
-}
-
-/// Every backtick-quoted word after the first.
-fn quoted_words(text: &str) -> Vec<&str> {
-    text.split('`').skip(1).step_by(2).skip(1).collect()
-}
-
 /// Edit distance, for "did you mean" hints.
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -434,67 +430,67 @@ fn did_you_mean(word: &str, choices: &[&str]) -> String {
     }
 }
 
-/// `unknown field `x`, expected one of `a`, `b`` -> a sentence naming where and what fits.
-fn unknown_key_message(raw: &str, parent: &str) -> String {
-    let name = between_backticks(raw.strip_prefix("unknown field ")).unwrap_or("?");
+/// An unknown key: a sentence naming where it is and what fits there.
+fn unknown_key_message(name: &str, expected: &[&str], parent: &str) -> String {
     let place = if parent.is_empty() {
         "at the top level".to_owned()
     } else {
         format!("in {parent}")
     };
-    let expected = quoted_words(raw);
     if expected.is_empty() {
         return format!("unknown key `{name}` {place}; it takes no keys");
     }
     format!(
         "unknown key `{name}` {place}; expected one of: {}{}",
         expected.join(", "),
-        did_you_mean(name, &expected)
+        did_you_mean(name, expected)
     )
 }
 
-/// Rewrites serde's wording where it speaks Rust rather than config.
-fn humanize(raw: &str) -> String {
-    if let Some(value) = between_backticks(raw.strip_prefix("unknown variant ")) {
-        let expected = quoted_words(raw);
-        return format!(
-            "unknown value `{value}`; expected one of: {}{}",
+/// A schema error other than a missing or unknown key, in config words.
+fn describe(error: SchemaError) -> String {
+    match error {
+        SchemaError::UnknownVariant { variant, expected } => format!(
+            "unknown value `{variant}`; expected one of: {}{}",
             expected.join(", "),
-            did_you_mean(value, &expected)
-        );
-    }
-    if raw.contains("untagged enum TcpTarget") {
-        return "expected `true` (the service's port) or a port number".into();
-    }
-    let rust_types = [
-        ("expected u16", "expected an integer from 0 to 65535"),
-        ("expected u32", "expected a non-negative integer"),
-        ("expected u64", "expected a non-negative integer"),
-        ("expected usize", "expected a non-negative integer"),
-        ("expected f64", "expected a number"),
-        ("expected a map", "expected a table"),
-        ("expected a sequence", "expected a list"),
-    ];
-    let mut text = raw.to_owned();
-    if let Some(rest) = text.strip_prefix("invalid type: ")
-        && let Some((found, expected)) = rest.rsplit_once(", expected ")
-    {
-        text = format!("wrong type: expected {expected}, found {found}");
-    }
-    if let Some(at) = text.find("expected struct ") {
-        let name_start = at + "expected struct ".len();
-        let name_end = text[name_start..]
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .map_or(text.len(), |i| name_start + i);
-        text.replace_range(at..name_end, "expected a table");
-    }
-    for (from, to) in rust_types {
-        if let Some(at) = text.find(from) {
-            let end = at + from.len();
-            if !text[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
-                text.replace_range(at..end, to);
-            }
+            did_you_mean(&variant, expected)
+        ),
+        SchemaError::InvalidType { found, expected } => {
+            format!(
+                "wrong type: expected {}, found {found}",
+                expected_words(&expected)
+            )
         }
+        SchemaError::InvalidValue { found, expected } => {
+            format!(
+                "invalid value: {found}, expected {}",
+                expected_words(&expected)
+            )
+        }
+        SchemaError::InvalidLength { len, expected } => {
+            format!(
+                "invalid length {len}, expected {}",
+                expected_words(&expected)
+            )
+        }
+        SchemaError::MissingField(field) => format!("missing required key `{field}`"),
+        SchemaError::UnknownField { field, .. } => format!("unknown key `{field}`"),
+        SchemaError::Custom(message) => message,
     }
-    text
+}
+
+/// What a serde visitor expects, where it speaks Rust rather than config: serde's primitive
+/// and collection visitors name Rust types (`u16`, `struct ProbeConfig`, `a sequence`).
+fn expected_words(expected: &str) -> &str {
+    match expected {
+        "u8" => "an integer from 0 to 255",
+        "u16" => "an integer from 0 to 65535",
+        "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "a map" => "a table",
+        "a sequence" => "a list",
+        other if other.starts_with("struct ") => "a table",
+        other => other,
+    }
 }

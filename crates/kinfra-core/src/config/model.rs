@@ -3,7 +3,7 @@
 
 use super::types::{ByteSize, CommandSpec, Dur, OneOrMany, PortSpec, SignalName, StatusRange};
 use crate::secret::Secret;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -277,13 +277,44 @@ impl Default for CrashLoopConfig {
 }
 
 /// `tcp = true` (the service's port) or `tcp = 5432`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum TcpTarget {
     /// `true`: the service's own port.
     OwnPort(bool),
     /// A port on 127.0.0.1.
     Port(u16),
+}
+
+impl<'de> Deserialize<'de> for TcpTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "expected `true` (the service's port) or a port number";
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TcpTarget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`true` (the service's port) or a port number")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<TcpTarget, E> {
+                Ok(TcpTarget::OwnPort(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TcpTarget, E> {
+                u16::try_from(v)
+                    .map(TcpTarget::Port)
+                    .map_err(|_| E::custom(EXPECTED))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TcpTarget, E> {
+                Err(E::custom(EXPECTED))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<TcpTarget, E> {
+                Err(E::custom(EXPECTED))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<TcpTarget, E> {
+                Err(E::custom(EXPECTED))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A readiness (`health`) or liveness probe. Exactly one of `http`, `tcp`, `exec`.

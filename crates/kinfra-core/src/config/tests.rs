@@ -1327,7 +1327,7 @@ fn schema_error_messages_are_exact() {
         ),
         (
             "[services.api]\ncommand = \"x\"\nrestart = 3\n",
-            "kinfra.toml:3:11: services.api.restart: wrong type: expected string or map, found integer `3`",
+            "kinfra.toml:3:11: services.api.restart: wrong type: expected a string, found integer `3`",
         ),
         (
             "[services.api]\ncommand = \"x\"\nhealth = 3\n",
