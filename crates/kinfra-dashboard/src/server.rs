@@ -214,8 +214,9 @@ impl Activity {
             return None;
         }
         Some(match phase.request_started {
+            // The first request's header counts from the connection's start.
+            _ if !phase.served_one => phase.idle_since + limits.header_timeout,
             Some(started) => started + limits.header_timeout,
-            None if !phase.served_one => phase.idle_since + limits.header_timeout,
             None => phase.idle_since + limits.idle_timeout,
         })
     }
