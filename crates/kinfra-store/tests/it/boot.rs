@@ -102,13 +102,22 @@ async fn history_restart_counts_and_stops_come_back() {
     sink.user_stopped_changed("api", true);
     settle(&store, &events).await;
 
-    let runs = store.history(Some("api"), 10).await.unwrap_or_default();
+    let runs = store
+        .history(Some("api"), 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[0].pid, 4_194_301);
     assert_eq!(runs[0].reason.as_deref(), Some("stopped"));
     assert_eq!(runs[1].reason.as_deref(), Some("crashed"));
     assert_eq!(runs[1].exit.and_then(|e| e.signal), Some(9));
-    assert!(store.live_runs().await.unwrap_or_default().is_empty());
+    assert!(
+        store
+            .live_runs()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
     let stats = store.stats();
     assert_eq!(stats.failures, 0, "{stats:?}");
     assert_eq!(stats.acknowledged_seq, 6);
@@ -116,7 +125,11 @@ async fn history_restart_counts_and_stops_come_back() {
 
     let store = open(&disk_config(), dir.path()).await;
     let p = store.persistence().await.unwrap_or_else(|e| panic!("{e}"));
-    let h = p.history.get("api").copied().unwrap_or_default();
+    let h = p
+        .history
+        .get("api")
+        .copied()
+        .unwrap_or_else(|| panic!("no history of api: {:?}", p.history));
     assert_eq!(h.restarts, 1);
     assert_eq!(h.last_exit.and_then(|e| e.code), Some(0));
     assert!(p.user_stopped.contains("api"));
@@ -161,7 +174,13 @@ async fn a_reused_pid_is_not_killed() {
     assert!(rec.killed.is_empty());
     assert_eq!(rec.lost.len(), 1);
     assert!(alive(pid));
-    assert!(store.live_runs().await.unwrap_or_default().is_empty());
+    assert!(
+        store
+            .live_runs()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     store.shutdown(WAIT).await;
@@ -294,7 +313,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_write_and_next_boot_cleans_up()
         missing.len(),
         missing.first()
     );
-    let live = store.live_runs().await.unwrap_or_default();
+    let live = store.live_runs().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(live.iter().any(|r| r.pid as i32 == sleeper), "{live:?}");
 
     let b = store
@@ -313,11 +332,20 @@ async fn sigkill_mid_burst_loses_no_acknowledged_write_and_next_boot_cleans_up()
         wait_for(WAIT, || !alive(sleeper)).await,
         "the stale process is still running"
     );
-    let runs = store.history(Some("victim"), 5).await.unwrap_or_default();
+    let runs = store
+        .history(Some("victim"), 5)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         runs.first().and_then(|r| r.reason.as_deref()),
         Some("killed at boot")
     );
-    assert!(store.live_runs().await.unwrap_or_default().is_empty());
+    assert!(
+        store
+            .live_runs()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
     store.shutdown(WAIT).await;
 }

@@ -23,7 +23,10 @@ async fn keeps_the_newest_events_by_count() {
         .unwrap_or_else(|e| panic!("retention: {e}"));
     assert_eq!(deleted, 70);
     assert_eq!(store.event_count().await.ok(), Some(50));
-    let kept = store.recent_events(1000).await.unwrap_or_default();
+    let kept = store
+        .recent_events(1000)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let seqs: Vec<u64> = kept.iter().map(|e| e.event.seq).collect();
     assert_eq!(seqs, (71..=120).collect::<Vec<_>>());
     store.shutdown(WAIT).await;
@@ -63,13 +66,16 @@ async fn deletes_events_older_than_the_age() {
     let kept: Vec<u64> = store
         .recent_events(100)
         .await
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("{e}"))
         .iter()
         .map(|e| e.event.seq)
         .collect();
     assert_eq!(kept, vec![6, 7, 8]);
     // The port registry is state, not history: old assignments stay.
-    assert_eq!(store.ports().await.unwrap_or_default().len(), 8);
+    assert_eq!(
+        store.ports().await.unwrap_or_else(|e| panic!("{e}")).len(),
+        8
+    );
     store.shutdown(WAIT).await;
 }
 
@@ -104,7 +110,10 @@ async fn keeps_live_runs_and_the_newest_ended_ones() {
         .await
         .unwrap_or_else(|e| panic!("retention: {e}"));
     assert_eq!(runs_deleted, 3);
-    let all = store.history(None, 100).await.unwrap_or_default();
+    let all = store
+        .history(None, 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let pids: Vec<u32> = all.iter().map(|r| r.pid).collect();
     assert_eq!(pids, vec![1005, 1004, 1003, 1]);
     store.shutdown(WAIT).await;

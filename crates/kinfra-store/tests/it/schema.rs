@@ -89,21 +89,40 @@ async fn upgrades_a_version_1_database_in_place() {
     assert_eq!(store.schema_version().await.ok(), Some(3));
 
     // Data kept, new fields filled.
-    let history = store.service_history().await.unwrap_or_default();
+    let history = store
+        .service_history()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(history.get("api").map(|h| h.restarts), Some(4));
-    assert!(store.user_stopped().await.unwrap_or_default().is_empty());
+    assert!(
+        store
+            .user_stopped()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
     assert_eq!(
-        store.ports().await.unwrap_or_default().get("api"),
+        store
+            .ports()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get("api"),
         Some(&41000)
     );
-    assert!(store.maintenance().await.unwrap_or(false));
-    let runs = store.history(Some("api"), 10).await.unwrap_or_default();
+    assert!(store.maintenance().await.unwrap_or_else(|e| panic!("{e}")));
+    let runs = store
+        .history(Some("api"), 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[0].n, 2);
     assert!(runs[0].is_live());
     assert_eq!(runs[1].reason.as_deref(), Some("unknown"));
     assert_eq!(runs[1].exit.and_then(|e| e.code), Some(1));
-    let events = store.recent_events(10).await.unwrap_or_default();
+    let events = store
+        .recent_events(10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event.kind.name(), "port_assigned");
 
@@ -120,9 +139,15 @@ async fn upgrades_a_version_1_database_in_place() {
         pid: std::process::id(),
     });
     settle(&store2, &events2).await;
-    let runs = store.history(Some("api"), 1).await.unwrap_or_default();
+    let runs = store
+        .history(Some("api"), 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(runs.first().map(|r| r.n), Some(3));
-    let events = store.recent_events(10).await.unwrap_or_default();
+    let events = store
+        .recent_events(10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(events.last().map(|e| e.n), Some(2));
     store.shutdown(Duration::from_secs(5)).await;
 

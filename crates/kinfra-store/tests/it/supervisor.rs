@@ -87,7 +87,10 @@ async fn supervisor_state_survives_a_restart_of_kinfra() {
         .await,
         "unless-stopped service a user stopped must stay stopped"
     );
-    let runs = store.history(Some("api"), 10).await.unwrap_or_default();
+    let runs = store
+        .history(Some("api"), 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let reasons: Vec<&str> = runs.iter().filter_map(|r| r.reason.as_deref()).collect();
     assert!(
         reasons.contains(&"stopped") && reasons.contains(&"shutdown"),

@@ -77,7 +77,7 @@ async fn settings_and_acme_material_round_trip_without_leaking_keys() {
         .set_maintenance(true)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(store.maintenance().await.unwrap_or(false));
+    assert!(store.maintenance().await.unwrap_or_else(|e| panic!("{e}")));
     let cert = kinfra_store::StoredCertificate {
         domains: vec!["b.example".into(), "A.example".into()],
         cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
@@ -97,11 +97,24 @@ async fn settings_and_acme_material_round_trip_without_leaking_keys() {
     assert_eq!(got.key_pem, cert.key_pem);
     assert_eq!(got.domains, vec!["a.example", "b.example"]);
     assert!(!format!("{got:?}").contains("SECRETKEYBYTES"));
-    assert_eq!(store.certificates().await.unwrap_or_default().len(), 1);
+    assert_eq!(
+        store
+            .certificates()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len(),
+        1
+    );
     store
         .delete_certificate(&cert.domains)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(store.certificates().await.unwrap_or_default().is_empty());
+    assert!(
+        store
+            .certificates()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
     store.shutdown(WAIT).await;
 }
