@@ -6,15 +6,15 @@
 //! that, a SIGKILL of kinfra takes its direct children with it.
 //!
 //! Each child gets its own process group (`setpgid(0, 0)`), so a stop signal reaches
-//! everything it started that stayed in the group. Exit is awaited through a pidfd (readable
+//! everything it started that stayed in the group ([`kinfra_core::child::tie_to_parent`],
+//! shared with the managed nats-server). Exit is awaited through a pidfd (readable
 //! when the process exits), which wakes the waiting task within microseconds of the exit with
 //! no polling; kernels without pidfd fall back to a blocking `waitpid` thread.
 
 use crate::procfs;
 use kinfra_core::event::ExitInfo;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -105,32 +105,9 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, raise, sigaction); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // kinfra died between fork and prctl: the death signal will never come.
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGKILL);
-            }
-            reset_ignored_signals();
-            Ok(())
-        });
-    }
+        .stderr(Stdio::piped());
+    // Own process group, parent-death signal, no inherited ignored signals.
+    kinfra_core::child::tie_to_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
     let start_time = procfs::stat(pid).map_or(0, |s| s.start_time);
@@ -143,35 +120,6 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
         stdout,
         stderr,
     })
-}
-
-/// Highest signal number Linux knows (`_NSIG - 1`).
-const MAX_SIGNAL: i32 = 64;
-
-/// Gives every signal kinfra ignores back its default action. Ignored dispositions survive
-/// `exec` (caught ones do not): started as a background job (SIGINT and SIGQUIT ignored) or
-/// under `nohup` (SIGHUP), kinfra would pass that on, and a shell cannot trap a signal that
-/// was ignored when it started, so a service would never see a `stop_signal = "INT"`.
-/// (std already clears the signal mask and SIGPIPE.) Only async-signal-safe calls: it runs
-/// between fork and exec.
-fn reset_ignored_signals() {
-    for sig in 1..=MAX_SIGNAL {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: sigaction with a null new action only reads the disposition into `old`, a
-        // valid, zeroed sigaction; numbers the kernel or libc reserve fail with EINVAL.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction == libc::SIG_IGN
-            {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
-    }
 }
 
 fn status_to_exit(status: nix::sys::wait::WaitStatus) -> Option<ExitInfo> {
@@ -198,23 +146,13 @@ fn try_reap(pid: i32) -> io::Result<Option<ExitInfo>> {
     }
 }
 
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Waits for the child `pid` (spawned by [`spawn`]) to exit and reaps it.
 pub async fn wait_exit(pid: i32) -> ExitInfo {
     let unknown = ExitInfo {
         code: None,
         signal: None,
     };
-    let registered = pidfd_open(pid).and_then(|fd| {
+    let registered = kinfra_core::child::pidfd_open(pid).and_then(|fd| {
         // SAFETY: `fd` is an open pidfd owned by the AsyncFd for its whole life.
         unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
             .map_err(|e| io::Error::other(e.to_string()))
