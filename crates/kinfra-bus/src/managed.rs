@@ -16,9 +16,8 @@ use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -108,17 +107,7 @@ impl ServerShared {
             Err(p) => p.into_inner(),
         };
         if let Some(fd) = guard.as_ref() {
-            // SAFETY: pidfd_send_signal takes an open pidfd, a signal number, a null siginfo
-            // and flags 0; the fd stays open while the guard is held.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    signal,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+            let _ = kinfra_core::child::pidfd_send_signal(fd.as_fd(), signal);
         }
     }
 
@@ -452,44 +441,17 @@ fn spawn_child(spec: &Spec, shared: &Arc<ServerShared>) -> io::Result<std::proce
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: a Ctrl-C at the terminal reaches kinfra, which stops the
-        // server in order, and not the server directly.
-        .process_group(0);
+        .stderr(Stdio::piped());
     if let Some(path) = std::env::var_os("PATH") {
         cmd.env("PATH", path);
     }
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, raise); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // kinfra died between fork and prctl: the death signal will never come.
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
+    // Its own process group (a Ctrl-C at the terminal reaches kinfra, which stops the server
+    // in order, and not the server directly) and the parent-death signal.
+    kinfra_core::child::tie_to_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     let pid = child.id();
     // Taken before anyone waits on the child, so the PID cannot have been recycled.
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd >= 0 {
-        // SAFETY: the kernel just returned this fd and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if let Ok(fd) = kinfra_core::child::pidfd_open(pid as i32) {
         let mut guard = match shared.pidfd.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
