@@ -16,12 +16,17 @@ use tokio::sync::broadcast;
 fn init_tracing(color: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KINFRA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use tracing_subscriber::prelude::*;
+    // `TlsHandshakeLog` takes pingora's ERROR line per failed client handshake out of the log
+    // and counts it by reason for /metrics (a rate-limited summary is logged at warn).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(color && std::io::stderr().is_terminal())
         .with_target(false)
         .compact()
+        .finish()
+        .with(kinfra_proxy::TlsHandshakeLog)
         .try_init();
 }
 
