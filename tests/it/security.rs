@@ -764,3 +764,21 @@ fn a_half_sent_header_is_closed_with_the_default_timeout() {
     assert_eq!(read_until_closed(s, Duration::from_secs(60)), "");
     drop(up);
 }
+
+#[test]
+fn zero_dashboard_limits_are_config_errors() {
+    let p = Project::with_config(
+        "[dashboard]\nheader_timeout = \"0s\"\nidle_timeout = \"0s\"\nbody_timeout = \"0s\"\nmax_connections = 0\n",
+    );
+    let out = cli(&p, &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "dashboard.header_timeout",
+        "dashboard.idle_timeout",
+        "dashboard.body_timeout",
+        "dashboard.max_connections",
+    ] {
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+}
