@@ -101,13 +101,52 @@ async fn failed_start_leaves_nothing_running() {
         .expect_err("start must fail on a taken dashboard port");
     assert!(err.to_string().contains(&taken), "{err}");
     assert!(!err.is_config_error());
-    assert!(pids_tagged(&tag).is_empty(), "a service was left running");
     // The lock was released: a second start on the same state dir works.
     drop(blocker);
     let rt = kinfra::start(config(dir.path(), &tag, "127.0.0.1:0"))
         .await
         .expect("start after failure");
     rt.shutdown().await.expect("shutdown");
+
+    // A taken proxy port fails later, after the bus started its managed nats-server: that
+    // server was started (its config is under the state dir) and is stopped again.
+    assert!(
+        std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "nats-server is missing: install Debian's nats-server (./x test does)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").to_string();
+    let mut half = config(dir.path(), &tag, "127.0.0.1:0");
+    half.proxy.http = Some(taken.clone());
+    let err = kinfra::start(half)
+        .await
+        .expect_err("start must fail on a taken proxy port");
+    assert!(err.to_string().contains(&taken), "{err}");
+    let nats_dir = dir.path().join("state/nats");
+    assert!(
+        nats_dir.join("nats-server.conf").exists(),
+        "the managed nats-server was never started, so this shows no cleanup"
+    );
+    let needle = nats_dir.display().to_string();
+    let left: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+                && alive(*pid)
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the managed nats-server {left:?} was left running"
+    );
+    assert!(pids_tagged(&tag).is_empty(), "a service was left running");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
