@@ -11,6 +11,7 @@ pub mod event;
 pub mod lockfile;
 pub mod metrics;
 pub mod procstat;
+pub mod random;
 pub mod resource;
 pub mod secret;
 pub mod state;
