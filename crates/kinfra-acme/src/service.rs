@@ -70,10 +70,7 @@ fn default_owner() -> String {
 }
 
 fn random_u32() -> u32 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    u32::from_le_bytes(b)
+    kinfra_core::random::u64().map_or(0, |v| v as u32)
 }
 
 /// Where a domain's certificate stands.

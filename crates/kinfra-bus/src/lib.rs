@@ -630,41 +630,17 @@ async fn barrier(transport: &Transport) {
     }
 }
 
-/// `n` random bytes from the OS, as lowercase hex.
+/// `n` random bytes from the OS ([`kinfra_core::random`]) as lowercase hex, for names that
+/// must be unique (inboxes). Should the OS refuse, the PID and a counter keep them unique.
 pub(crate) fn random_hex(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let got = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast::<libc::c_void>(),
-                n - filled,
-                0,
-            )
-        };
-        if got <= 0 {
-            // getrandom cannot fail for small reads on Linux ≥ 3.17 once the pool is
-            // initialised; should it, fall back to the hasher's per-process random keys.
-            for b in &mut buf[filled..] {
-                *b = random_u64() as u8;
-            }
-            break;
-        }
-        filled += got as usize;
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    kinfra_core::random::hex(n).unwrap_or_else(|_| {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:x}x{n:x}", std::process::id())
+    })
 }
 
-/// A random number for jitter (not for secrets).
+/// A random number for jitter (not for secrets); 0 should the OS refuse.
 pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
+    kinfra_core::random::u64().unwrap_or(0)
 }

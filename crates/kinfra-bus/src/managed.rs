@@ -163,8 +163,12 @@ impl ManagedServer {
         let dir = state_dir.join("nats");
         prepare_dir(&dir)?;
         kill_leftover(&dir);
-        let token = kinfra_core::Secret::new(crate::random_hex(24));
         let token_file = dir.join("token");
+        let token = kinfra_core::random::hex(24).map_err(|source| ManagedError::Files {
+            path: token_file.clone(),
+            source,
+        })?;
+        let token = kinfra_core::Secret::new(token);
         write_private(&token_file, token.expose())?;
         let conf = dir.join("nats-server.conf");
         write_private(

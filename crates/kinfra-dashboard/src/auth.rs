@@ -148,7 +148,8 @@ impl std::fmt::Debug for Sessions {
 #[derive(Debug, Clone)]
 pub struct AccessPolicy {
     token: Secret,
-    allowed_hosts: Vec<String>,
+    /// Shared by every clone: a reload that adds route hosts changes it for the server.
+    allowed_hosts: Arc<std::sync::RwLock<Vec<String>>>,
     sessions: Arc<Sessions>,
 }
 
@@ -221,14 +222,21 @@ impl AccessPolicy {
     pub fn new(token: Secret, allowed_hosts: Vec<String>) -> Self {
         Self {
             token,
-            allowed_hosts: allowed_hosts
-                .into_iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            allowed_hosts: Arc::new(std::sync::RwLock::new(lowercase(allowed_hosts))),
             sessions: Arc::new(Sessions {
                 lifetime: DEFAULT_SESSION_LIFETIME,
                 ids: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// Replaces the extra host names (a reload changed the routes' hosts), for this policy and
+    /// every clone of it, the running server's included.
+    pub fn set_allowed_hosts(&self, hosts: Vec<String>) {
+        let hosts = lowercase(hosts);
+        match self.allowed_hosts.write() {
+            Ok(mut h) => *h = hosts,
+            Err(poisoned) => *poisoned.into_inner() = hosts,
         }
     }
 
@@ -250,12 +258,14 @@ impl AccessPolicy {
             return Err(Denied::UnknownHost(String::new()));
         };
         let host = host_name(value.trim());
-        if is_loopback_name(host)
-            || self
-                .allowed_hosts
+        let allowed = match self.allowed_hosts.read() {
+            Ok(h) => h.iter().any(|a| a.eq_ignore_ascii_case(host)),
+            Err(poisoned) => poisoned
+                .into_inner()
                 .iter()
-                .any(|allowed| allowed.eq_ignore_ascii_case(host))
-        {
+                .any(|a| a.eq_ignore_ascii_case(host)),
+        };
+        if is_loopback_name(host) || allowed {
             Ok(())
         } else {
             Err(Denied::UnknownHost(host.to_owned()))
@@ -444,12 +454,13 @@ enum Via {
     Session,
 }
 
+fn lowercase(hosts: Vec<String>) -> Vec<String> {
+    hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()
+}
+
 /// Generates a token: 32 random bytes from the OS, hex-encoded.
 pub fn generate_token() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    kinfra_core::random::hex(32)
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 use crate::DockerError;
 use kinfra_core::Secret;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -121,10 +120,10 @@ impl Secrets {
     }
 }
 
-/// A random alphanumeric password from `/dev/urandom`.
+/// A random alphanumeric password from the OS ([`kinfra_core::random`]).
 fn generate() -> std::io::Result<String> {
     let mut bytes = [0u8; PASSWORD_LEN];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    kinfra_core::random::fill(&mut bytes)?;
     Ok(bytes
         .iter()
         .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))

@@ -150,16 +150,9 @@ fn bind(key: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr)
 }
 
 /// A token only this process knows, for the readiness probe.
-fn probe_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::new();
-    for i in 0..2u8 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u8(i);
-        h.write_u32(std::process::id());
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
+fn probe_token() -> Result<String, ProxyError> {
+    kinfra_core::random::hex(16)
+        .map_err(|e| ProxyError::Setup(format!("no random bytes for the probe token: {e}")))
 }
 
 /// The loopback address to reach a listener bound to `addr` (`0.0.0.0` → `127.0.0.1`).
@@ -414,7 +407,7 @@ impl ProxyServer {
             inflight: Arc::new(InFlight::default()),
             access: access_log,
             challenges: challenges.clone(),
-            probe_token: probe_token(),
+            probe_token: probe_token()?,
             metrics: ProxyMetrics::default(),
         });
 
