@@ -2,7 +2,7 @@
 //! only applies after a restart of kinfra.
 
 use super::core::RuntimeCore;
-use super::dashboard::interpolated_routes;
+use super::dashboard::{dashboard_hosts, interpolated_routes};
 use super::resources::container_resources;
 use kinfra_core::ConfigErrors;
 use kinfra_core::config::{Config, ProxyConfig, ServiceConfig};
@@ -204,6 +204,10 @@ impl RuntimeCore {
                 .set_routes(interpolated_routes(&new))
                 .await
                 .map_err(|e| ReloadError::Routes(e.to_string()))?;
+        }
+        if routes_changed && let Some(policy) = &self.dashboard_policy {
+            // The proxy forwards the dashboard's paths on every route host.
+            policy.set_allowed_hosts(dashboard_hosts(&new));
         }
         // Resources before services: services that depend on a new or changed one wait for it.
         let resources = self.apply_resources(&old, &new).await?;

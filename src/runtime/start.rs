@@ -15,7 +15,6 @@ use crate::lock::StateLock;
 use crate::maintenance::Maintenance;
 use crate::procstat::ProcessSampler;
 use kinfra_bus::{Bus, BusOptions};
-use kinfra_core::Secret;
 use kinfra_core::config::Config;
 use kinfra_core::control::RuntimeInfo;
 use kinfra_core::event::{EventKind, EventSender};
@@ -35,7 +34,8 @@ use tokio::sync::watch;
 
 /// The listeners, bound before anything runs so a taken port fails first.
 struct Listeners {
-    token: Secret,
+    /// The dashboard's access rules (the core keeps a clone to update its hosts on reload).
+    policy: AccessPolicy,
     dashboard: Option<tokio::net::TcpListener>,
     control: BoundControl,
 }
@@ -122,6 +122,10 @@ pub(super) async fn start_subsystems(
         proxy_enabled: proxy.is_some(),
         proxy_metrics: proxy.as_ref().map(ProxyServer::metrics),
         pending_restart: std::sync::Mutex::new(Vec::new()),
+        dashboard_policy: listeners
+            .dashboard
+            .is_some()
+            .then(|| listeners.policy.clone()),
         acme: std::sync::Mutex::new(acme),
     });
     late.set(core.clone());
@@ -170,7 +174,7 @@ async fn bind_listeners(config: &Config, state_dir: &Path) -> Result<Listeners, 
     };
     let control = ControlServer::bind(state_dir)?;
     Ok(Listeners {
-        token,
+        policy: AccessPolicy::new(token, dashboard_hosts(config)),
         dashboard,
         control,
     })
@@ -316,7 +320,7 @@ fn serve_views(
     let dashboard = match listeners.dashboard {
         Some(listener) => {
             let options = DashboardOptions {
-                policy: AccessPolicy::new(listeners.token, dashboard_hosts(config)),
+                policy: listeners.policy,
                 history,
                 limits: ConnectionLimits::from_config(&config.dashboard),
             };

@@ -8,12 +8,21 @@ use std::time::Duration;
 
 /// A raw GET (`Connection: close`): status code, lower-cased head, body.
 pub(crate) fn get(addr: &str, path: &str, accept: &str) -> (u16, String, String) {
+    request(addr, path, addr, accept)
+}
+
+/// [`get`] with another `Host`.
+pub(crate) fn get_host(addr: &str, path: &str, host: &str) -> (u16, String, String) {
+    request(addr, path, host, "*/*")
+}
+
+fn request(addr: &str, path: &str, host: &str, accept: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
     let mut raw = Vec::new();

@@ -70,8 +70,12 @@ fn a_reload_applies_route_changes_by_command_and_by_sighup() {
     assert_eq!(status["routes"][0]["path"], "/new", "{status}");
     assert_eq!(status["pending_restart"], serde_json::json!([]), "{status}");
 
-    // SIGHUP does the same.
-    p.write("kinfra.toml", &config(&tag, "/third", "127.0.0.1:0"));
+    // SIGHUP does the same; a route on a new host also opens the dashboard's paths on it.
+    let with_host = config(&tag, "/third", "127.0.0.1:0")
+        + "[[routes]]\nhost = \"added.kinfra.test\"\npath = \"/\"\nservice = \"app\"\n";
+    let (code, _, _) = crate::proxy::get_host(&proxy, "/__status__", "added.kinfra.test");
+    assert_eq!(code, 421, "a host no route names yet");
+    p.write("kinfra.toml", &with_host);
     up.signal(libc::SIGHUP);
     up.wait_for_line(Duration::from_secs(10), "routes applied");
     let (code, body) = get(&proxy, "/third/hello.txt");
@@ -82,6 +86,14 @@ fn a_reload_applies_route_changes_by_command_and_by_sighup() {
     );
     let (code, _) = get(&proxy, "/new/hello.txt");
     assert_eq!(code, 404, "the path removed by SIGHUP");
+    let (code, _, body) = crate::proxy::get_host(&proxy, "/hello.txt", "added.kinfra.test");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "served\n"),
+        "the new host's route"
+    );
+    let (code, _, body) = crate::proxy::get_host(&proxy, "/__status__", "added.kinfra.test");
+    assert_eq!(code, 200, "the dashboard on the new route host: {body}");
     // Routes alone never restart a service.
     assert_eq!(crate::cli::running_pid(&p, "app"), Some(app_pid));
 
