@@ -26,14 +26,14 @@ pub use kinfra_core::control::{ControlRequest, ControlResponse};
 pub use kinfra_core::event::{Event, EventKind, EventSender, ExitInfo};
 pub use kinfra_core::state::{Health, ServiceState};
 pub use kinfra_core::status::{LogLine, LogStream, ServiceLogLine, ServiceStatus, StatusReport};
+pub use kinfra_core::tls;
 pub use kinfra_core::view::{Action, ActionError, RuntimeControl};
 pub use kinfra_core::{Config, ConfigError, ConfigErrors};
-pub use kinfra_core::tls;
-#[doc(hidden)]
-pub use ownership::user as user_name;
 pub use kinfra_store as store;
 pub use kinfra_supervisor::ReloadSummary;
+#[doc(hidden)]
+pub use ownership::user as user_name;
 pub use runtime::{
-    ReloadError, ReloadReport, Runtime, RuntimeOptions, ShutdownError, StartError, TOKEN_FILE, dashboard_token,
-    start, start_with,
+    ReloadError, ReloadReport, Runtime, RuntimeOptions, ShutdownError, StartError, TOKEN_FILE,
+    dashboard_token, start, start_with,
 };
