@@ -192,10 +192,13 @@ async fn leftovers_of_a_previous_instance_are_killed_at_start() {
 
 /// Run as a child process by `sigkill_of_kinfra_leaves_no_survivors` (ignored otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper: run by sigkill_of_kinfra_leaves_no_survivors"]
+#[ignore = "helper process entry point, run by sigkill_of_kinfra_leaves_no_survivors"]
 async fn child_instance_helper() {
     let Ok(dir) = std::env::var("KINFRA_IT_CHILD_DIR") else {
-        return;
+        panic!(
+            "helper process entry point: run by stop::sigkill_of_kinfra_leaves_no_survivors \
+             with KINFRA_IT_CHILD_DIR set, not on its own"
+        );
     };
     let dir = std::path::PathBuf::from(dir);
     let mut opts = kinfra_supervisor::SupervisorOptions::new("child", dir.join(".kinfra"));
