@@ -1,0 +1,1 @@
+//! kinfra-provider's integration tests: one binary, real processes and sockets.
