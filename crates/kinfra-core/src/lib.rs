@@ -10,6 +10,7 @@ pub mod control;
 pub mod event;
 pub mod lockfile;
 pub mod metrics;
+pub mod persist;
 pub mod procstat;
 pub mod random;
 pub mod resource;

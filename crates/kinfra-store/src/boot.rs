@@ -1,7 +1,9 @@
 //! What happens at boot, before the supervisor starts: the state-dir files the supervisor used
 //! to keep (`ports.json`, `stopped.json`) move into the store; runs a killed instance left
-//! recorded as live are checked (PID plus `/proc` start time) and their processes stopped;
-//! and the supervisor's [`Persistence`] is loaded. Also the [`StoreSink`] through which the
+//! recorded as live are checked (PID plus `/proc` start time) and closed, and the processes
+//! still running are handed back ([`Recovery::left_running`]) for the supervisor to stop
+//! (`kinfra_supervisor::stop_left_running`: the store does not know the supervisor); and the
+//! supervisor's [`Persistence`] is loaded. Also the [`StoreSink`] through which the
 //! supervisor reports changes.
 
 use crate::error::StoreError;
@@ -10,13 +12,12 @@ use crate::records::RunRecord;
 use crate::writer::{Op, Shared};
 use crate::{Store, json_of, now_ms};
 use kinfra_core::event::now_rfc3339;
-use kinfra_supervisor::persist::{Persistence, ServiceHistory, StateSink};
-use kinfra_supervisor::{procfs, spawn};
+use kinfra_core::persist::{LeftRunning, Persistence, ServiceHistory, StateSink};
+use kinfra_core::procstat;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::{info, warn};
 
 /// Queues the supervisor's changes for the writer; never waits.
@@ -53,10 +54,27 @@ pub struct Migrated {
 /// What [`Store::recover_stale_runs`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// Runs whose process was still alive (same PID and start time) and was killed.
+    /// Runs whose process was still alive (same PID and start time), closed as `killed at
+    /// boot`: the caller stops them ([`Recovery::left_running`]) before anything starts.
     pub killed: Vec<RunRecord>,
     /// Runs whose process was already gone.
     pub lost: Vec<RunRecord>,
+}
+
+impl Recovery {
+    /// The processes of [`Recovery::killed`], for the supervisor to stop
+    /// (`kinfra_supervisor::stop_left_running`).
+    pub fn left_running(&self) -> Vec<LeftRunning> {
+        self.killed
+            .iter()
+            .filter_map(|run| {
+                Some(LeftRunning {
+                    pid: i32::try_from(run.pid).ok()?,
+                    start_time: run.start_time?,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Everything [`Store::boot`] did, and what the supervisor starts from.
@@ -66,7 +84,7 @@ pub struct Boot {
     pub migrated: Migrated,
     /// Stale runs handled.
     pub recovery: Recovery,
-    /// For [`kinfra_supervisor::Supervisor::start_persisted`].
+    /// What the supervisor starts from (`kinfra_supervisor::Supervisor::start_persisted`).
     pub persistence: Persistence,
 }
 
@@ -146,9 +164,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs that an earlier instance recorded as live and never closed (it was killed): a
-    /// process that is still the same one (PID and `/proc` start time) is killed with its
-    /// group; every such run is closed (`killed at boot` or `lost`). Call before anything
+    /// Runs that an earlier instance recorded as live and never closed (it was killed): every
+    /// such run is closed, as `killed at boot` when its process is still the same one (PID and
+    /// `/proc` start time), else as `lost`. The store only looks: the caller stops
+    /// [`Recovery::left_running`] (`kinfra_supervisor::stop_left_running`) before anything
     /// starts, so no stale process holds a port or a file.
     pub async fn recover_stale_runs(&self) -> Result<Recovery, StoreError> {
         let db = self.db()?;
@@ -162,24 +181,16 @@ impl Store {
         let rows: Vec<RunRow> = json_of(&mut resp, 0, "stale runs")?;
         let runs = rows.into_iter().map(RunRecord::from);
         let mut out = Recovery::default();
-        let mut dying = Vec::new();
         for mut run in runs {
             let pid = i32::try_from(run.pid).unwrap_or(0);
             let alive = run
                 .start_time
-                .is_some_and(|st| pid > 1 && procfs::is_same_alive(pid, st));
+                .is_some_and(|st| pid > 1 && procstat::is_same_alive(pid, st));
             let reason = if alive {
-                let st = run.start_time.unwrap_or_default();
-                let group = procfs::stat(pid).is_some_and(|s| s.pgid == pid);
-                spawn::signal_exact(pid, st, libc::SIGKILL);
-                if group {
-                    spawn::signal_group(pid, libc::SIGKILL);
-                }
-                warn!(service = %run.service, pid, boot = %run.boot, "Killed a process left running by a killed kinfra.");
-                dying.push((pid, st));
+                warn!(service = %run.service, pid, boot = %run.boot, "A process left running by a killed kinfra is to be stopped.");
                 "killed at boot"
             } else {
-                if run.start_time.is_none() && procfs::stat(pid).is_some() {
+                if run.start_time.is_none() && procstat::stat(pid).is_some() {
                     warn!(service = %run.service, pid, "A stale run has no start time; not touching pid {pid}, which may be another process now.");
                 }
                 "lost"
@@ -205,15 +216,6 @@ impl Store {
             .await
             .and_then(|r| r.check())
             .map_err(|e| StoreError::query("clearing stale pids", e))?;
-        // Let the killed finish dying, so their ports and files are free.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while dying
-            .iter()
-            .any(|(pid, st)| procfs::is_same_alive(*pid, *st))
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         if !out.killed.is_empty() || !out.lost.is_empty() {
             info!(
                 killed = out.killed.len(),

@@ -28,7 +28,7 @@ pub mod schema;
 pub mod writer;
 
 pub use error::StoreError;
-pub use kinfra_supervisor::persist::{Persistence, ServiceHistory};
+pub use kinfra_core::persist::{LeftRunning, Persistence, ServiceHistory, StateSink};
 pub use open::Location;
 pub use records::{RunRecord, StoreStats, StoredCertificate, StoredEvent};
 /// The SurrealDB SDK this crate uses, so callers can name its types without depending on it.
@@ -319,7 +319,7 @@ impl Store {
             let push = |event: Event| {
                 let start_time = match &event.kind {
                     EventKind::ProcessStarted { pid, .. } => {
-                        kinfra_supervisor::procfs::stat(*pid as i32).map(|s| s.start_time)
+                        kinfra_core::procstat::stat(*pid as i32).map(|s| s.start_time)
                     }
                     _ => None,
                 };
@@ -353,7 +353,7 @@ impl Store {
     }
 
     /// The sink the supervisor reports restart counts, last exits and user stops to.
-    pub fn state_sink(&self) -> Arc<dyn kinfra_supervisor::StateSink> {
+    pub fn state_sink(&self) -> Arc<dyn StateSink> {
         Arc::new(boot::StoreSink {
             shared: self.inner.shared.clone(),
         })

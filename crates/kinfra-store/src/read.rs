@@ -4,7 +4,7 @@ use crate::error::StoreError;
 use crate::records::{RunRecord, StoredEvent};
 use crate::{Store, json_of};
 use kinfra_core::event::{Event, ExitInfo};
-use kinfra_supervisor::persist::ServiceHistory;
+use kinfra_core::persist::ServiceHistory;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};

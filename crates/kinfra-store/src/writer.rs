@@ -16,7 +16,7 @@ use crate::records::StoreStats;
 use crate::{Db, now_ms, rfc3339_ms};
 use kinfra_core::event::{Event, EventKind, ExitInfo};
 use kinfra_core::state::ServiceState;
-use kinfra_supervisor::persist::ServiceHistory;
+use kinfra_core::persist::ServiceHistory;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -30,6 +30,7 @@ pub mod backoff;
 pub mod conformance;
 pub mod graph;
 pub mod guardian;
+pub mod leftovers;
 pub mod logs;
 pub mod persist;
 pub mod pids;
@@ -61,6 +62,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use leftovers::{LeftRunning, stop_left_running};
 pub use persist::{Persistence, ServiceHistory, StateSink};
 pub use ports::{PortHolder, PortInUse};
 pub use process::ProcessResource;

@@ -328,6 +328,9 @@ async fn sigkill_mid_burst_loses_no_acknowledged_write_and_next_boot_cleans_up()
             .collect::<Vec<_>>(),
         vec![("victim", sleeper)]
     );
+    // The store only finds it; stopping it is the supervisor's job at boot.
+    let stopped = kinfra_supervisor::stop_left_running(&b.recovery.left_running()).await;
+    assert_eq!(stopped.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![sleeper]);
     assert!(
         wait_for(WAIT, || !alive(sleeper)).await,
         "the stale process is still running"
