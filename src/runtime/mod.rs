@@ -204,6 +204,8 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
                 return Err(error.into());
             }
         };
+        // The store finds what a killed instance left running; the supervisor stops it.
+        kinfra_supervisor::stop_left_running(&boot.recovery.left_running()).await;
         for run in &boot.recovery.killed {
             tracing::warn!(service = %run.service, pid = run.pid, "Stopped a process a killed instance left running.");
         }
