@@ -41,7 +41,7 @@ function availability(state, action) {
   switch (action) {
     case "restart": return (state === "stopping" || state === "pending") ? `not while ${state}` : "";
     case "stop": return ["running", "starting", "backoff", "pending", "maintenance"].includes(state) ? "" : `already ${state}`;
-    case "start": return ["stopped", "failed", "completed"].includes(state) ? "" : `already ${state}`;
+    case "start": return ["stopped", "failed", "completed", "sleeping"].includes(state) ? "" : `already ${state}`;
     case "maintenance": return "";
   }
   return "";

@@ -26,6 +26,9 @@ pub enum ServiceState {
     Completed,
     /// Taken out of service on purpose; the proxy serves a maintenance page.
     Maintenance,
+    /// Stopped on purpose to save resources and woken by the next request (kinfra's own
+    /// scale-to-zero, Neon's idle endpoints, Railway's SLEEPING, Fly's suspended machines).
+    Sleeping,
 }
 
 impl ServiceState {
@@ -41,6 +44,7 @@ impl ServiceState {
             Self::Failed => "failed",
             Self::Completed => "completed",
             Self::Maintenance => "maintenance",
+            Self::Sleeping => "sleeping",
         }
     }
 
@@ -88,5 +92,25 @@ impl Health {
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeping_is_its_own_state_neither_active_nor_an_error() {
+        let s = ServiceState::Sleeping;
+        assert_eq!(s.as_str(), "sleeping");
+        assert_eq!(
+            serde_json::to_value(s).expect("json"),
+            serde_json::json!("sleeping")
+        );
+        assert_eq!(
+            serde_json::from_str::<ServiceState>("\"sleeping\"").expect("parse"),
+            s
+        );
+        assert!(!s.is_active() && !s.is_error());
     }
 }

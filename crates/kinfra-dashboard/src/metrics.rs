@@ -15,6 +15,7 @@ const STATES: &[ServiceState] = &[
     ServiceState::Failed,
     ServiceState::Completed,
     ServiceState::Maintenance,
+    ServiceState::Sleeping,
 ];
 
 /// Renders the metrics page. `next_seq` is the seq the next event will get; `extra` is
@@ -174,5 +175,8 @@ mod tests {
         assert!(text.contains("kinfra_service_restarts_total{service=\"we\\\"ird\"} 4\n"));
         assert!(text.contains("kinfra_service_healthy{service=\"we\\\"ird\"} 0\n"));
         assert!(text.contains("kinfra_service_uptime_seconds{service=\"we\\\"ird\"} 7\n"));
+        assert!(text.contains(
+            "kinfra_service_state{service=\"we\\\"ird\",kind=\"process\",state=\"sleeping\"} 0\n"
+        ));
     }
 }

@@ -118,6 +118,15 @@ impl Page {
                 30,
             ),
             ServiceState::Maintenance => return Some(Page::maintenance(Some(service))),
+            ServiceState::Sleeping => (
+                PageKind::Loading,
+                "service_sleeping",
+                format!("{service} is asleep"),
+                "It was put to sleep while nobody used it and is woken up for requests. This \
+                 usually takes a few seconds."
+                    .to_owned(),
+                3,
+            ),
         };
         Some(Page {
             kind,
@@ -397,6 +406,11 @@ mod tests {
         assert_eq!(
             Page::for_service("api", Maintenance, h, "").unwrap().kind,
             PageKind::Maintenance
+        );
+        let p = Page::for_service("api", Sleeping, h, "").unwrap();
+        assert_eq!(
+            (p.kind, p.status, p.code, p.state.as_deref()),
+            (PageKind::Loading, 503, "service_sleeping", Some("sleeping"))
         );
     }
 
