@@ -7,3 +7,7 @@
 //!
 //! **Invariant:** this crate knows no particular cloud: providers (kinfra-cloud, plugins, the
 //! application's own) plug into it; nothing here changes when one is added.
+pub mod command;
+pub mod lifecycle;
+pub mod metadata;
+pub mod result;
