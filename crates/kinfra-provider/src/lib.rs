@@ -11,3 +11,7 @@ pub mod command;
 pub mod lifecycle;
 pub mod metadata;
 pub mod result;
+
+pub mod http;
+pub mod ratelimit;
+pub mod retry;
