@@ -44,7 +44,7 @@
 //!     .into_iter()
 //!     .map(|b| (b.name, ResourceSpec::from_config(b.resource, &b.config)))
 //!     .collect();
-//! let sup = Supervisor::start_with_resources(&config.services, opts, resources, None).await?;
+//! let sup = Supervisor::start(&config.services, opts.with_resources(resources)).await?;
 //! // status(), act(), logs() and shutdown() now cover the containers too.
 //! sup.shutdown(config.project.shutdown_timeout.0).await;
 //! # Ok(())

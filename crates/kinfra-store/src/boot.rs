@@ -84,7 +84,7 @@ pub struct Boot {
     pub migrated: Migrated,
     /// Stale runs handled.
     pub recovery: Recovery,
-    /// What the supervisor starts from (`kinfra_supervisor::Supervisor::start_persisted`).
+    /// What the supervisor starts from (`kinfra_supervisor::SupervisorOptions::persistence`).
     pub persistence: Persistence,
 }
 

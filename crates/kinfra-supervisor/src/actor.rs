@@ -999,7 +999,11 @@ impl Actor {
             self.set_state(ServiceState::Failed, message);
             return;
         }
-        let delay = backoff::delay(&self.cfg.backoff, self.attempt, kinfra_core::random::unit_f64());
+        let delay = backoff::delay(
+            &self.cfg.backoff,
+            self.attempt,
+            kinfra_core::random::unit_f64(),
+        );
         self.attempt = self.attempt.saturating_add(1);
         self.update(|s| s.restarts += 1);
         self.shared.events.emit(EventKind::RestartScheduled {

@@ -9,7 +9,7 @@
 //! (persisted `"auto"` ports), `pids.json` (live processes, for cleanup after a SIGKILL of
 //! kinfra), `stopped.json` (services a user stopped, kept stopped across restarts under
 //! `unless-stopped`), `supervisor.lock` (one supervisor per state dir). Started with
-//! [`Supervisor::start_persisted`], it keeps ports, user stops, restart counts and last exits in
+//! [`SupervisorOptions::persistence`], it keeps ports, user stops, restart counts and last exits in
 //! the caller's store instead ([`persist`]), and does not touch `ports.json` or `stopped.json`.
 //!
 //! Children inherit kinfra's environment, then the global `env`, the service's `env`, `PORT`,
@@ -86,6 +86,21 @@ pub struct SupervisorOptions {
     pub global_env: BTreeMap<String, String>,
     /// Where lifecycle events go.
     pub events: EventSender,
+    /// Names of things managed elsewhere (containers, cloud resources) that services may
+    /// depend on. Each starts `pending`; dependents wait until [`Supervisor::set_external`]
+    /// reports a state that meets their condition. A `depends_on` name that is neither a
+    /// service, a resource nor listed here does not gate anything.
+    pub external: Vec<String>,
+    /// Resources driven through an adapter ([`ResourceSpec`]): services that depend on them
+    /// wait for them with the usual conditions, `${resources.NAME.FIELD}` resolves from the
+    /// first service spawn on, and they appear in [`Supervisor::status`] with their
+    /// adapter's `kind`.
+    pub resources: Vec<(String, ResourceSpec)>,
+    /// Durable state kept by the caller (the store) instead of `ports.json` and
+    /// `stopped.json`: known ports, restart counts, last exits and user stops come from it,
+    /// and changes go to its sink (new ports are announced by `PortAssigned` events).
+    /// Neither file is read or written then. `pids.json` is kept as always.
+    pub persistence: Option<Persistence>,
 }
 
 impl SupervisorOptions {
@@ -103,7 +118,29 @@ impl SupervisorOptions {
             base_dir,
             global_env: BTreeMap::new(),
             events: EventSender::new(1024),
+            external: Vec::new(),
+            resources: Vec::new(),
+            persistence: None,
         }
+    }
+
+    /// These options with `external` names ([`SupervisorOptions::external`]).
+    pub fn with_external(mut self, external: impl IntoIterator<Item = String>) -> Self {
+        self.external.extend(external);
+        self
+    }
+
+    /// These options with `resources` ([`SupervisorOptions::resources`]).
+    pub fn with_resources(mut self, resources: Vec<(String, ResourceSpec)>) -> Self {
+        self.resources.extend(resources);
+        self
+    }
+
+    /// These options with durable state kept by the caller
+    /// ([`SupervisorOptions::persistence`]).
+    pub fn with_persistence(mut self, persistence: impl Into<Option<Persistence>>) -> Self {
+        self.persistence = persistence.into();
+        self
     }
 }
 
@@ -244,38 +281,26 @@ impl Supervisor {
     /// Starts every enabled service in dependency order (independent ones in parallel) and
     /// returns once all have been launched into their actor tasks; it does not wait for them
     /// to be healthy. Before that, it kills whatever a previous instance with this state dir
-    /// left behind.
+    /// left behind. Names managed elsewhere, resources and durable state come with `opts`
+    /// ([`SupervisorOptions::external`], [`SupervisorOptions::resources`],
+    /// [`SupervisorOptions::persistence`]).
     pub async fn start(
         services: &BTreeMap<String, ServiceConfig>,
-        opts: SupervisorOptions,
+        mut opts: SupervisorOptions,
     ) -> Result<Supervisor, SupervisorError> {
-        Self::start_with_external(services, opts, &[]).await
-    }
-
-    /// Like [`Supervisor::start`], with the names of things managed elsewhere (containers,
-    /// cloud resources) that services may depend on. Each starts `pending`; dependents wait
-    /// until [`Supervisor::set_external`] reports a state that meets their condition. A
-    /// `depends_on` name that is neither a service nor listed here does not gate anything.
-    pub async fn start_with_external(
-        services: &BTreeMap<String, ServiceConfig>,
-        opts: SupervisorOptions,
-        external: &[String],
-    ) -> Result<Supervisor, SupervisorError> {
-        Self::start_inner(services, opts, external, None, BTreeMap::new()).await
-    }
-
-    /// Like [`Supervisor::start_with_external`], with durable state kept by the caller (the
-    /// store) instead of `ports.json` and `stopped.json`: known ports, restart counts, last
-    /// exits and user stops come from `persistence`, and changes go to its sink (new ports
-    /// are announced by `PortAssigned` events). Neither file is read or written. `pids.json`
-    /// is kept as always.
-    pub async fn start_persisted(
-        services: &BTreeMap<String, ServiceConfig>,
-        opts: SupervisorOptions,
-        external: &[String],
-        persistence: Persistence,
-    ) -> Result<Supervisor, SupervisorError> {
-        Self::start_inner(services, opts, external, Some(persistence), BTreeMap::new()).await
+        let resources = std::mem::take(&mut opts.resources);
+        let persistence = opts.persistence.take();
+        let mut external = std::mem::take(&mut opts.external);
+        external.extend(resources.iter().map(|(n, _)| n.clone()));
+        let conns = resources
+            .iter()
+            .map(|(n, spec)| (n.clone(), spec.resource.connection()))
+            .collect();
+        let sup = Self::start_inner(services, opts, &external, persistence, conns).await?;
+        if !resources.is_empty() {
+            sup.add_resources(resources)?;
+        }
+        Ok(sup)
     }
 
     async fn start_inner(
@@ -539,7 +564,7 @@ impl Supervisor {
     }
 
     /// Reports the state of something managed elsewhere (see
-    /// [`Supervisor::start_with_external`]), so services depending on it can start. For a
+    /// [`SupervisorOptions::external`]), so services depending on it can start. For a
     /// `healthy` condition, report `running`; for `completed_successfully`, `completed`.
     pub fn set_external(&self, name: &str, state: ServiceState, health: Health) {
         let shared = &self.inner.shared;
@@ -560,27 +585,6 @@ impl Supervisor {
         });
         drop(externals);
         shared.world.send_modify(|v| *v = v.wrapping_add(1));
-    }
-
-    /// Like [`Supervisor::start_with_external`] for resources driven through an adapter
-    /// ([`ResourceSpec`]): services that depend on them wait for them with the usual
-    /// conditions, `${resources.NAME.FIELD}` resolves from the first service spawn on, and
-    /// they appear in [`Supervisor::status`] with their adapter's `kind`. With
-    /// `persistence`, durable state is kept as by [`Supervisor::start_persisted`].
-    pub async fn start_with_resources(
-        services: &BTreeMap<String, ServiceConfig>,
-        opts: SupervisorOptions,
-        resources: Vec<(String, ResourceSpec)>,
-        persistence: Option<Persistence>,
-    ) -> Result<Supervisor, SupervisorError> {
-        let names: Vec<String> = resources.iter().map(|(n, _)| n.clone()).collect();
-        let conns = resources
-            .iter()
-            .map(|(n, spec)| (n.clone(), spec.resource.connection()))
-            .collect();
-        let sup = Self::start_inner(services, opts, &names, persistence, conns).await?;
-        sup.add_resources(resources)?;
-        Ok(sup)
     }
 
     /// Adds resources, each driven by its own actor (started when its dependencies hold).

@@ -523,7 +523,11 @@ impl ResourceActor {
             );
             return;
         }
-        let delay = backoff::delay(&self.spec.backoff, self.attempt, kinfra_core::random::unit_f64());
+        let delay = backoff::delay(
+            &self.spec.backoff,
+            self.attempt,
+            kinfra_core::random::unit_f64(),
+        );
         self.attempt = self.attempt.saturating_add(1);
         self.update(|s| s.restarts = s.restarts.saturating_add(1));
         self.shared.events.emit(EventKind::RestartScheduled {

@@ -53,10 +53,12 @@ async fn adopts_after_restart_recreates_on_change_and_keeps_volumes() {
     // Through the supervisor too: running at once, still one container.
     let opts = SupervisorOptions::new(project.name.clone(), project.state_dir());
     let spec = ResourceSpec::from_config(Arc::new(resource(&project, &config())), &config());
-    let sup =
-        Supervisor::start_with_resources(&BTreeMap::new(), opts, vec![("box".into(), spec)], None)
-            .await
-            .expect("supervisor");
+    let sup = Supervisor::start(
+        &BTreeMap::new(),
+        opts.with_resources(vec![("box".into(), spec)]),
+    )
+    .await
+    .expect("supervisor");
     assert!(
         wait_for(SECS(30), || sup
             .status()

@@ -40,11 +40,12 @@ async fn docker_healthcheck_gates_running_and_reports_unhealthy() {
     );
     let opts = SupervisorOptions::new(project.name.clone(), project.state_dir());
     let mut events = opts.events.subscribe();
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &BTreeMap::new(),
-        opts,
-        vec![("hc".into(), ResourceSpec::from_config(Arc::new(res), &cfg))],
-        None,
+        opts.with_resources(vec![(
+            "hc".into(),
+            ResourceSpec::from_config(Arc::new(res), &cfg),
+        )]),
     )
     .await
     .expect("supervisor");

@@ -52,10 +52,12 @@ async fn container_runs_publishes_on_loopback_logs_and_stops() {
     .expect("resource");
     let spec = ResourceSpec::from_config(Arc::new(res), &cfg);
     let opts = SupervisorOptions::new(project.name.clone(), project.state_dir());
-    let sup =
-        Supervisor::start_with_resources(&BTreeMap::new(), opts, vec![("web".into(), spec)], None)
-            .await
-            .expect("supervisor");
+    let sup = Supervisor::start(
+        &BTreeMap::new(),
+        opts.with_resources(vec![("web".into(), spec)]),
+    )
+    .await
+    .expect("supervisor");
     assert!(
         wait_for(SECS(60), || state(&sup, "web")
             == Some(ServiceState::Running))
@@ -133,11 +135,9 @@ async fn exit_codes_feed_the_restart_policy() {
         ..BackoffConfig::default()
     };
     let opts = SupervisorOptions::new(project.name.clone(), project.state_dir());
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &BTreeMap::new(),
-        opts,
-        vec![("crash".into(), spec)],
-        None,
+        opts.with_resources(vec![("crash".into(), spec)]),
     )
     .await
     .expect("supervisor");

@@ -32,7 +32,7 @@ async fn no_engine_fails_only_the_resource() {
     let services = BTreeMap::from([("api".to_owned(), api)]);
     let opts = SupervisorOptions::new("p", dir.path().join(".kinfra"));
     let spec = ResourceSpec::from_config(Arc::new(res), &cfg);
-    let sup = Supervisor::start_with_resources(&services, opts, vec![("cache".into(), spec)], None)
+    let sup = Supervisor::start(&services, opts.with_resources(vec![("cache".into(), spec)]))
         .await
         .expect("supervisor");
     assert!(

@@ -60,7 +60,7 @@ depends_on = {{ cache = "healthy" }}
         .map(|b| (b.name, ResourceSpec::from_config(b.resource, &b.config)))
         .collect();
     let opts = SupervisorOptions::new(project.name.clone(), project.state_dir());
-    let sup = Supervisor::start_with_resources(&config.services, opts, specs, None)
+    let sup = Supervisor::start(&config.services, opts.with_resources(specs))
         .await
         .expect("supervisor");
     (sup, port)

@@ -33,7 +33,7 @@ async fn start(state_dir: &Path, base: &Path) -> (kinfra_store::Store, Superviso
     let mut opts = SupervisorOptions::new("it", state_dir);
     opts.base_dir = base.to_path_buf();
     opts.events = events.clone();
-    let sup = Supervisor::start_persisted(&services(), opts, &[], boot.persistence)
+    let sup = Supervisor::start(&services(), opts.with_persistence(boot.persistence))
         .await
         .unwrap_or_else(|e| panic!("supervisor: {e}"));
     (store, sup, events)

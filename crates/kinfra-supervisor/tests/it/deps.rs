@@ -191,10 +191,9 @@ async fn external_dependencies_gate_until_reported() {
     let p = Project::new();
     let api = dep(sh("exec sleep 30"), "pg", DependCondition::Healthy);
     let free = dep(sh("exec sleep 30"), "unlisted", DependCondition::Healthy);
-    let s = kinfra_supervisor::Supervisor::start_with_external(
+    let s = kinfra_supervisor::Supervisor::start(
         &services(vec![("api", api), ("free", free)]),
-        p.opts(),
-        &["pg".to_string()],
+        p.opts().with_external(["pg".to_string()]),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));

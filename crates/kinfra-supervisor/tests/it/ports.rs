@@ -210,7 +210,7 @@ async fn persisted_state_comes_in_and_changes_go_to_the_sink_not_files() {
         user_stopped: ["kept".to_string()].into(),
         sink: sink.clone(),
     };
-    let s = kinfra_supervisor::Supervisor::start_persisted(&list, p.opts(), &[], persistence)
+    let s = kinfra_supervisor::Supervisor::start(&list, p.opts().with_persistence(persistence))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.port_of("api"), Some(known));

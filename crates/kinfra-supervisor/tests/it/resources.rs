@@ -50,11 +50,9 @@ async fn a_resource_restarts_on_failure_and_gates_its_dependents() {
     api.depends_on
         .0
         .insert("db".into(), DependCondition::Healthy);
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &services(vec![("api", api)]),
-        project.opts(),
-        vec![("db".into(), spec)],
-        None,
+        project.opts().with_resources(vec![("db".into(), spec)]),
     )
     .await
     .expect("start");
@@ -108,11 +106,11 @@ async fn no_restart_policy_completes_or_fails() {
     ok.restart = RestartPolicy::No;
     let mut bad = ResourceSpec::new(Arc::new(ProcessResource::shell("bad", "exit 2", None)));
     bad.restart = RestartPolicy::No;
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &BTreeMap::new(),
-        project.opts(),
-        vec![("ok".into(), ok), ("bad".into(), bad)],
-        None,
+        project
+            .opts()
+            .with_resources(vec![("ok".into(), ok), ("bad".into(), bad)]),
     )
     .await
     .expect("start");
@@ -133,11 +131,11 @@ async fn a_missing_program_fails_the_resource_and_the_rest_runs() {
         project.path(),
         None,
     )));
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &services(vec![("api", sh("sleep 30"))]),
-        project.opts(),
-        vec![("broken".into(), broken)],
-        None,
+        project
+            .opts()
+            .with_resources(vec![("broken".into(), broken)]),
     )
     .await
     .expect("start");
@@ -159,11 +157,9 @@ async fn a_resource_can_be_replaced_for_a_reload() {
         "trap 'exit 0' TERM; echo old; while :; do sleep 0.1; done",
         Some(1111),
     )));
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &BTreeMap::new(),
-        project.opts(),
-        vec![("db".into(), old)],
-        None,
+        project.opts().with_resources(vec![("db".into(), old)]),
     )
     .await
     .expect("start");
@@ -217,11 +213,9 @@ async fn services_get_resource_urls_and_never_show_them() {
         out.display()
     ));
     // No depends_on: the URL resolves from the first spawn on anyway.
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &services(vec![("api", api)]),
-        project.opts(),
-        vec![("db".into(), db)],
-        None,
+        project.opts().with_resources(vec![("db".into(), db)]),
     )
     .await
     .expect("start");
@@ -254,11 +248,9 @@ async fn resource_output_is_not_cut_off_at_its_exit() {
         None,
     )));
     spec.restart = RestartPolicy::No;
-    let sup = Supervisor::start_with_resources(
+    let sup = Supervisor::start(
         &BTreeMap::new(),
-        project.opts(),
-        vec![("flood".into(), spec)],
-        None,
+        project.opts().with_resources(vec![("flood".into(), spec)]),
     )
     .await
     .expect("start");
