@@ -298,14 +298,11 @@ async fn start_supervisor(
         // Merged into each service by `effective_services`, so reloads see it.
         global_env: BTreeMap::new(),
         events: events.clone(),
-    };
-    Ok(Supervisor::start_with_resources(
-        &effective_services(config),
-        options,
+        external: Vec::new(),
         resources,
         persistence,
-    )
-    .await?)
+    };
+    Ok(Supervisor::start(&effective_services(config), options).await?)
 }
 
 /// Serves the dashboard and the control socket on the listeners bound at the start.
