@@ -2,7 +2,7 @@
 //! and file watch. Commands come in over an mpsc channel; state goes out as events (emitted,
 //! never awaited) and as a `watch` snapshot that status reads without asking the actor.
 
-use crate::backoff::{self, CrashGuard};
+use crate::lifecycle::{AfterExit, Mode, Restarts};
 use crate::logs::LogSink;
 use crate::pids::{self, PidRecord, TAG_VAR};
 use crate::ports::{self, PortError, PortStore};
@@ -170,18 +170,6 @@ impl Drop for Child {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Mode {
-    /// Waiting for dependencies, then spawning.
-    WaitDeps,
-    /// A child runs (or should).
-    Active,
-    /// Waiting for a restart delay to pass.
-    Backoff(tokio::time::Instant),
-    /// Nothing to do until a command comes.
-    Idle,
-}
-
 pub(crate) struct Actor {
     name: String,
     cfg: Arc<ServiceConfig>,
@@ -192,8 +180,7 @@ pub(crate) struct Actor {
     child: Option<Child>,
     mode: Mode,
     generation: u64,
-    attempt: u32,
-    guard: CrashGuard,
+    restarts: Restarts,
     probe_tx: mpsc::Sender<ProbeEvent>,
     probe_rx: mpsc::Receiver<ProbeEvent>,
     world: watch::Receiver<u64>,
@@ -283,7 +270,7 @@ impl Actor {
     ) -> Self {
         let (probe_tx, probe_rx) = mpsc::channel(16);
         let world = shared.world.subscribe();
-        let guard = CrashGuard::new(cfg.crash_loop);
+        let restarts = Restarts::new(cfg.crash_loop);
         let kept_stopped =
             cfg.restart == RestartPolicy::UnlessStopped && shared.user_stopped.contains(&name);
         // `maintenance` is the runtime's business (the proxy answers for the service); the
@@ -303,8 +290,7 @@ impl Actor {
             child: None,
             mode,
             generation: 0,
-            attempt: 0,
-            guard,
+            restarts,
             probe_tx,
             probe_rx,
             world,
@@ -457,8 +443,7 @@ impl Actor {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                self.guard.reset();
-                self.attempt = 0;
+                self.restarts.manual_start();
                 self.mode = Mode::Active;
                 self.shared.user_stopped.set(&self.name, false);
                 let r = self.spawn_child().await;
@@ -469,15 +454,14 @@ impl Actor {
                 let grace = self.cfg.stop_grace.0;
                 self.stop_child(grace).await;
                 self.mode = Mode::Idle;
-                self.attempt = 0;
+                self.restarts.reset_delays();
                 self.set_state(ServiceState::Stopped, "Stopped by user".into());
                 let _ = reply.send(());
             }
             Command::Restart(reply) => {
                 let grace = self.cfg.stop_grace.0;
                 self.stop_child(grace).await;
-                self.guard.reset();
-                self.attempt = 0;
+                self.restarts.manual_start();
                 self.mode = Mode::Active;
                 self.shared.user_stopped.set(&self.name, false);
                 self.update(|s| s.restarts += 1);
@@ -495,8 +479,7 @@ impl Actor {
                 let grace = self.cfg.stop_grace.0;
                 self.stop_child(grace).await;
                 self.cfg = Arc::new(*cfg);
-                self.guard = CrashGuard::new(self.cfg.crash_loop);
-                self.attempt = 0;
+                self.restarts = Restarts::new(self.cfg.crash_loop);
                 let port = self.shared.port_of(&self.name);
                 self.update(|s| {
                     s.spawned = false;
@@ -967,49 +950,41 @@ impl Actor {
                 what
             }
         };
-        let restart = match self.cfg.restart {
-            RestartPolicy::No => false,
-            RestartPolicy::OnFailure => failure,
-            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
-        };
-        if !restart {
-            self.mode = Mode::Idle;
-            if failure {
-                self.set_state(ServiceState::Failed, what);
-            } else {
-                self.set_state(ServiceState::Completed, "Completed successfully".into());
-            }
-            return;
-        }
-        let now = Instant::now();
-        if uptime >= self.cfg.backoff.reset_after.0 {
-            self.attempt = 0;
-        }
-        if self.guard.record(now) {
-            let failures = self.guard.count();
-            let window = kinfra_core::config::format_duration(self.cfg.crash_loop.window.0);
-            let message = format!("Crash loop: {failures} failures in {window}; start it by hand");
-            self.mode = Mode::Idle;
-            warn!(service = %self.name, failures, "Crash loop; giving up.");
-            self.sink.system_warn(message.clone());
-            self.shared.events.emit(EventKind::CrashLoop {
-                service: self.name.clone(),
-                failures,
-            });
-            self.set_state(ServiceState::Failed, message);
-            return;
-        }
-        let delay = backoff::delay(
-            &self.cfg.backoff,
-            self.attempt,
-            kinfra_core::random::unit_f64(),
-        );
-        self.attempt = self.attempt.saturating_add(1);
+        let (delay, attempt) =
+            match self
+                .restarts
+                .after_exit(self.cfg.restart, &self.cfg.backoff, failure, uptime)
+            {
+                AfterExit::Done { failed } => {
+                    self.mode = Mode::Idle;
+                    if failed {
+                        self.set_state(ServiceState::Failed, what);
+                    } else {
+                        self.set_state(ServiceState::Completed, "Completed successfully".into());
+                    }
+                    return;
+                }
+                AfterExit::CrashLoop { failures } => {
+                    let window = kinfra_core::config::format_duration(self.cfg.crash_loop.window.0);
+                    let message =
+                        format!("Crash loop: {failures} failures in {window}; start it by hand");
+                    self.mode = Mode::Idle;
+                    warn!(service = %self.name, failures, "Crash loop; giving up.");
+                    self.sink.system_warn(message.clone());
+                    self.shared.events.emit(EventKind::CrashLoop {
+                        service: self.name.clone(),
+                        failures,
+                    });
+                    self.set_state(ServiceState::Failed, message);
+                    return;
+                }
+                AfterExit::Restart { delay, attempt } => (delay, attempt),
+            };
         self.update(|s| s.restarts += 1);
         self.shared.events.emit(EventKind::RestartScheduled {
             service: self.name.clone(),
             delay_ms: delay.as_millis() as u64,
-            attempt: self.attempt,
+            attempt,
         });
         if delay.is_zero() {
             self.mode = Mode::Active;
@@ -1070,7 +1045,7 @@ impl Actor {
         ) {
             return;
         }
-        self.guard.reset();
+        self.restarts.reset_guard();
         let shown: Vec<String> = paths
             .iter()
             .take(3)
@@ -1081,7 +1056,7 @@ impl Actor {
             .system(format!("Files changed ({}); restarting", shown.join(", ")));
         let grace = self.cfg.stop_grace.0;
         self.stop_child(grace).await;
-        self.attempt = 0;
+        self.restarts.reset_delays();
         self.mode = Mode::Active;
         self.update(|s| s.restarts += 1);
         let _ = self.spawn_child().await;

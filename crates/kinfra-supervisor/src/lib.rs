@@ -31,6 +31,7 @@ pub mod conformance;
 pub mod graph;
 pub mod guardian;
 pub mod leftovers;
+mod lifecycle;
 pub mod logs;
 pub mod persist;
 pub mod pids;

@@ -5,7 +5,7 @@
 //! this one only knows the trait.
 
 use crate::actor::{Command, Shared, Snapshot};
-use crate::backoff::{self, CrashGuard};
+use crate::lifecycle::{AfterExit, Mode, Restarts};
 use crate::logs::LogSink;
 use crate::probe::{self, ProbeEvent, ProbeKind};
 use kinfra_core::config::{
@@ -90,14 +90,6 @@ impl ResourceSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Mode {
-    WaitDeps,
-    Active,
-    Backoff(tokio::time::Instant),
-    Idle,
-}
-
 struct Live {
     exit: oneshot::Receiver<ExitInfo>,
     forwarder: Option<JoinHandle<()>>,
@@ -133,8 +125,7 @@ pub(crate) struct ResourceActor {
     world: watch::Receiver<u64>,
     mode: Mode,
     live: Option<Live>,
-    attempt: u32,
-    guard: CrashGuard,
+    restarts: Restarts,
     generation: u64,
     probe_tx: mpsc::Sender<ProbeEvent>,
     probe_rx: mpsc::Receiver<ProbeEvent>,
@@ -153,7 +144,7 @@ impl ResourceActor {
     ) -> Self {
         let (probe_tx, probe_rx) = mpsc::channel(16);
         let world = shared.world.subscribe();
-        let guard = CrashGuard::new(spec.crash_loop);
+        let restarts = Restarts::new(spec.crash_loop);
         Self {
             name,
             spec,
@@ -164,8 +155,7 @@ impl ResourceActor {
             world,
             mode: Mode::WaitDeps,
             live: None,
-            attempt: 0,
-            guard,
+            restarts,
             generation: 0,
             probe_tx,
             probe_rx,
@@ -342,7 +332,8 @@ impl ResourceActor {
                     self.mode = Mode::Idle;
                     self.set_state(ServiceState::Failed, error.to_string());
                 } else {
-                    self.after_failure(None, error.to_string());
+                    let next = self.restarts.after_start_failure(&self.spec.backoff);
+                    self.follow(next, error.to_string());
                 }
             }
         }
@@ -488,58 +479,49 @@ impl ResourceActor {
             s.last_exit = exit;
             s.health = Health::Unknown;
         });
-        if ran >= self.spec.backoff.reset_after.0 {
-            self.attempt = 0;
-        }
         let success = exit.is_some_and(|e| e.success());
-        let restart = match self.spec.restart {
-            RestartPolicy::No => false,
-            RestartPolicy::OnFailure => !success,
-            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
-        };
-        if !restart {
-            self.mode = Mode::Idle;
-            if success {
-                self.set_state(ServiceState::Completed, "Completed");
-            } else {
-                self.set_state(ServiceState::Failed, format!("Exited with {shown}"));
-            }
-            return;
-        }
-        self.after_failure(exit, format!("Exited with {shown}"));
+        let next = self
+            .restarts
+            .after_exit(self.spec.restart, &self.spec.backoff, !success, ran);
+        self.follow(next, format!("Exited with {shown}"));
     }
 
-    /// Schedules a restart, or fails when the crash-loop guard trips.
-    fn after_failure(&mut self, _exit: Option<ExitInfo>, why: String) {
-        if self.guard.record(Instant::now()) {
-            self.mode = Mode::Idle;
-            self.shared.events.emit(EventKind::CrashLoop {
-                service: self.name.clone(),
-                failures: self.guard.count(),
-            });
-            self.set_state(
-                ServiceState::Failed,
-                format!("{why}; crash loop, not restarting"),
-            );
-            return;
+    /// Carries out what the lifecycle core decided after an exit or a failed start.
+    fn follow(&mut self, next: AfterExit, why: String) {
+        match next {
+            AfterExit::Done { failed } => {
+                self.mode = Mode::Idle;
+                if failed {
+                    self.set_state(ServiceState::Failed, why);
+                } else {
+                    self.set_state(ServiceState::Completed, "Completed");
+                }
+            }
+            AfterExit::CrashLoop { failures } => {
+                self.mode = Mode::Idle;
+                self.shared.events.emit(EventKind::CrashLoop {
+                    service: self.name.clone(),
+                    failures,
+                });
+                self.set_state(
+                    ServiceState::Failed,
+                    format!("{why}; crash loop, not restarting"),
+                );
+            }
+            AfterExit::Restart { delay, attempt } => {
+                self.update(|s| s.restarts = s.restarts.saturating_add(1));
+                self.shared.events.emit(EventKind::RestartScheduled {
+                    service: self.name.clone(),
+                    delay_ms: delay.as_millis().try_into().unwrap_or(u64::MAX),
+                    attempt,
+                });
+                self.mode = Mode::Backoff(tokio::time::Instant::now() + delay);
+                self.set_state(
+                    ServiceState::Backoff,
+                    format!("{why}; restarting in {}", humantime::format_duration(delay)),
+                );
+            }
         }
-        let delay = backoff::delay(
-            &self.spec.backoff,
-            self.attempt,
-            kinfra_core::random::unit_f64(),
-        );
-        self.attempt = self.attempt.saturating_add(1);
-        self.update(|s| s.restarts = s.restarts.saturating_add(1));
-        self.shared.events.emit(EventKind::RestartScheduled {
-            service: self.name.clone(),
-            delay_ms: delay.as_millis().try_into().unwrap_or(u64::MAX),
-            attempt: self.attempt,
-        });
-        self.mode = Mode::Backoff(tokio::time::Instant::now() + delay);
-        self.set_state(
-            ServiceState::Backoff,
-            format!("{why}; restarting in {}", humantime::format_duration(delay)),
-        );
     }
 
     /// Stops the run (if any) within `grace` and waits for its exit report.
@@ -584,8 +566,7 @@ impl ResourceActor {
                     let _ = reply.send(Ok(()));
                     return false;
                 }
-                self.guard.reset();
-                self.attempt = 0;
+                self.restarts.manual_start();
                 self.mode = Mode::Active;
                 let r = self.launch_and_report().await;
                 let _ = reply.send(r);
@@ -593,13 +574,12 @@ impl ResourceActor {
             Command::Stop(reply) => {
                 self.stop_live(self.spec.stop_grace).await;
                 self.mode = Mode::Idle;
-                self.attempt = 0;
+                self.restarts.reset_delays();
                 let _ = reply.send(());
             }
             Command::Restart(reply) => {
                 self.stop_live(self.spec.stop_grace).await;
-                self.guard.reset();
-                self.attempt = 0;
+                self.restarts.manual_start();
                 self.mode = Mode::Active;
                 let r = self.launch_and_report().await;
                 let _ = reply.send(r);
