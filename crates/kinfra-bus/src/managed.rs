@@ -565,12 +565,8 @@ fn kill_leftover(dir: &Path) {
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Gone, or a zombie waiting for a parent that is not us.
-        let zombie = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if state.is_empty() || zombie {
+        if kinfra_core::procstat::stat(pid).is_none_or(|s| s.is_zombie()) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
