@@ -15,3 +15,5 @@ pub mod result;
 pub mod http;
 pub mod ratelimit;
 pub mod retry;
+pub mod operation;
+pub mod observe;

@@ -1,1 +1,6 @@
 //! kinfra-provider's integration tests: one binary, real processes and sockets.
+
+mod fake_http;
+mod http;
+mod observe;
+mod operation;
