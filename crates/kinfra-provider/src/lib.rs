@@ -17,3 +17,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod operation;
 pub mod observe;
+pub mod discovery;
+pub mod plugin;
+pub mod provider;
+pub mod registry;

@@ -4,3 +4,4 @@ mod fake_http;
 mod http;
 mod observe;
 mod operation;
+mod plugin;

@@ -1,0 +1,133 @@
+//! The [`Provider`] trait: what kinfra needs from a provider, built-in or plugin. It is
+//! object-safe (`Arc<dyn Provider>` in the [`crate::registry`]); its futures are
+//! [`BoxFuture`]s. A provider builds [`Resource`]s the supervisor drives like any other and
+//! runs typed commands on them.
+
+use crate::command::{CommandSpec, ParamErrors, ValidatedParams};
+use crate::metadata::ProviderMetadata;
+use crate::result::CommandResult;
+use kinfra_core::Secret;
+use kinfra_core::resource::{BoxFuture, Resource, ResourceError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A configured provider instance (`[providers.NAME]`, one account), as a provider sees it.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceContext {
+    /// The instance's name (the key under `[providers]`).
+    pub instance: String,
+    /// Its token, when it has one (from `token` or `token_file`).
+    pub token: Option<Secret>,
+    /// Its `base_url` override.
+    pub base_url: Option<String>,
+    /// The whole `[providers.NAME]` table as JSON (secret keys included: never show it).
+    pub config: Map<String, Value>,
+}
+
+impl InstanceContext {
+    /// The secrets this instance holds, for masking.
+    pub fn secrets(&self) -> Vec<&Secret> {
+        self.token.iter().collect()
+    }
+}
+
+/// A resource's declaration: its name and its `[resources.NAME]` table as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceDecl {
+    /// The resource's name.
+    pub name: String,
+    /// Its config table.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+}
+
+/// One problem with a resource's declaration, naming the key when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{}{message}", key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+pub struct ResourceProblem {
+    /// The config key at fault.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a provider operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The resource's declaration cannot work.
+    #[error("resource `{resource}`: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    InvalidResource {
+        /// The resource.
+        resource: String,
+        /// What is wrong.
+        problems: Vec<ResourceProblem>,
+    },
+    /// The provider has no such command.
+    #[error("provider `{provider}` has no command `{command}`")]
+    UnknownCommand {
+        /// The provider.
+        provider: String,
+        /// The command asked for.
+        command: String,
+    },
+    /// The command's parameters are invalid.
+    #[error(transparent)]
+    Params(#[from] ParamErrors),
+    /// The command does not support a dry-run.
+    #[error("command `{0}` does not support a dry-run")]
+    NoDryRun(String),
+    /// A plugin failed.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
+    /// The operation on the resource failed.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    /// The command ran and failed.
+    #[error("command `{command}` failed: {reason}")]
+    Command {
+        /// The command.
+        command: String,
+        /// What went wrong (secrets masked).
+        reason: String,
+    },
+}
+
+/// A provider: metadata, commands, resource validation, resources, command execution.
+pub trait Provider: Send + Sync + 'static {
+    /// What it is.
+    fn metadata(&self) -> &ProviderMetadata;
+
+    /// The commands it offers.
+    fn commands(&self) -> &[CommandSpec];
+
+    /// The command `id`, when it has one.
+    fn command(&self, id: &str) -> Option<&CommandSpec> {
+        self.commands().iter().find(|c| c.id == id)
+    }
+
+    /// Every problem with a resource's declaration (empty when it is fine).
+    fn validate_resource<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Vec<ResourceProblem>>;
+
+    /// The [`Resource`] the supervisor drives for `decl`.
+    fn resource(
+        &self,
+        instance: &InstanceContext,
+        decl: &ResourceDecl,
+    ) -> Result<Box<dyn Resource>, ProviderError>;
+
+    /// Runs `command` on `resource` with checked `params`. With `dry_run` it sends nothing and
+    /// returns the requests it would send, masked.
+    fn execute<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        resource: &'a ResourceDecl,
+        command: &'a CommandSpec,
+        params: ValidatedParams,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<CommandResult, ProviderError>>;
+}
