@@ -191,10 +191,15 @@ async fn a_refused_connection_is_a_connect_error() {
     drop(listener);
     let http = client(Duration::from_secs(10));
     let url = kinfra_provider::http::Url::parse(&format!("http://{addr}/x")).expect("url");
-    let error = bounded(http.send(&HttpRequest::get(url)))
-        .await
-        .expect_err("refused");
+    let request = HttpRequest::get(url).auth(Auth::Query {
+        name: "key".into(),
+        value: Secret::new(SECRET),
+    });
+    let error = bounded(http.send(&request)).await.expect_err("refused");
     assert!(matches!(error, HttpError::Connect { .. }), "{error:?}");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+    assert!(shown.contains("key=***"), "{shown}");
 }
 
 #[tokio::test]
