@@ -4,7 +4,7 @@
 //! runs typed commands on them.
 
 use crate::command::{CommandSpec, ParamErrors, ValidatedParams};
-use crate::metadata::ProviderMetadata;
+use crate::metadata::{ConfigKind, ProviderMetadata, ResourceTypeSpec};
 use crate::result::CommandResult;
 use kinfra_core::Secret;
 use kinfra_core::resource::{BoxFuture, Resource, ResourceError};
@@ -50,6 +50,75 @@ pub struct ResourceProblem {
     pub key: Option<String>,
     /// What is wrong.
     pub message: String,
+}
+
+/// Checks a resource's config table against its type's keys: every unknown key (beside
+/// `kinfra_keys`, kinfra's own such as `provider` or `interval`), missing required key and
+/// value of the wrong kind is a problem. A provider's `validate_resource` can start here.
+pub fn check_config(
+    spec: &ResourceTypeSpec,
+    config: &Map<String, Value>,
+    kinfra_keys: &[&str],
+) -> Vec<ResourceProblem> {
+    let problem = |key: &str, message: String| ResourceProblem {
+        key: Some(key.to_owned()),
+        message,
+    };
+    let mut problems = Vec::new();
+    for key in config.keys() {
+        if !kinfra_keys.contains(&key.as_str()) && !spec.config.iter().any(|k| &k.name == key) {
+            problems.push(problem(
+                key,
+                format!("unknown key for resource type `{}`", spec.name),
+            ));
+        }
+    }
+    for key in &spec.config {
+        let Some(value) = config.get(&key.name) else {
+            if key.required {
+                problems.push(problem(&key.name, "missing (required)".into()));
+            }
+            continue;
+        };
+        let fits = match key.kind {
+            ConfigKind::String | ConfigKind::Secret => value.is_string(),
+            ConfigKind::Integer => value.is_i64() || value.is_u64(),
+            ConfigKind::Number => value.is_number(),
+            ConfigKind::Boolean => value.is_boolean(),
+            ConfigKind::Table => value.is_object(),
+            ConfigKind::Array => value.is_array(),
+            ConfigKind::Duration => match value.as_str() {
+                Some(text) => match kinfra_core::config::parse_duration(text) {
+                    Ok(_) => true,
+                    Err(reason) => {
+                        problems.push(problem(&key.name, reason));
+                        continue;
+                    }
+                },
+                None => false,
+            },
+        };
+        if !fits {
+            problems.push(problem(
+                &key.name,
+                format!("expected {}", kind_text(key.kind)),
+            ));
+        }
+    }
+    problems
+}
+
+fn kind_text(kind: ConfigKind) -> &'static str {
+    match kind {
+        ConfigKind::String => "a string",
+        ConfigKind::Secret => "a string (secret)",
+        ConfigKind::Integer => "an integer",
+        ConfigKind::Number => "a number",
+        ConfigKind::Boolean => "true or false",
+        ConfigKind::Duration => "a duration such as \"30s\"",
+        ConfigKind::Table => "a table",
+        ConfigKind::Array => "an array",
+    }
 }
 
 /// Why a provider operation failed.
@@ -130,4 +199,60 @@ pub trait Provider: Send + Sync + 'static {
         params: ValidatedParams,
         dry_run: bool,
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::ConfigKeySpec;
+    use serde_json::json;
+
+    fn key(name: &str, kind: ConfigKind, required: bool) -> ConfigKeySpec {
+        ConfigKeySpec {
+            name: name.into(),
+            required,
+            kind,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn config_is_checked_against_the_resource_type() {
+        let spec = ResourceTypeSpec {
+            name: "endpoint".into(),
+            description: String::new(),
+            config: vec![
+                key("project_id", ConfigKind::String, true),
+                key("endpoint_id", ConfigKind::String, true),
+                key("min_cu", ConfigKind::Number, false),
+                key("suspend_after", ConfigKind::Duration, false),
+                key("autoscale", ConfigKind::Boolean, false),
+            ],
+        };
+        let config = json!({
+            "provider": "neon",
+            "project_id": 12,
+            "min_cu": 0.25,
+            "suspend_after": "5 parsecs",
+            "autoscale": "yes",
+            "colour": "red",
+        });
+        let Value::Object(config) = config else {
+            panic!("not an object");
+        };
+        let problems: Vec<String> = check_config(&spec, &config, &["provider", "interval"])
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "`colour`: unknown key for resource type `endpoint`",
+                "`project_id`: expected a string",
+                "`endpoint_id`: missing (required)",
+                "`suspend_after`: invalid duration `5 parsecs`: unknown unit `parsecs` (use ms, s, m, h or d)",
+                "`autoscale`: expected true or false",
+            ]
+        );
+    }
 }

@@ -339,6 +339,23 @@ async fn garbage_on_stdout_is_an_error_and_the_child_is_killed() {
 }
 
 #[tokio::test]
+async fn a_json_rpc_error_is_a_refusal_and_the_child_stays() {
+    let (_dir, provider) = provider(Duration::from_secs(20)).await;
+    let process = provider.process(&instance());
+    let err = process.call("frobnicate", json!({})).await;
+    assert_eq!(
+        err.map_err(|e| e.to_string()).err().as_deref(),
+        Some("plugin `pyfake` refused `frobnicate`: no method frobnicate (code -32601)")
+    );
+    let pid = process.pid().await;
+    assert!(pid.is_some());
+    let description = process.call("describe", json!({})).await;
+    assert!(description.is_ok(), "{description:?}");
+    assert_eq!(process.pid().await, pid, "the child was replaced");
+    provider.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_wrong_shape_is_an_error() {
     let (_dir, provider) = provider(Duration::from_secs(20)).await;
     let err = run_command(&provider, "badshape", json!({}), false).await;
