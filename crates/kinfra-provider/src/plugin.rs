@@ -499,7 +499,7 @@ impl PluginProcess {
                 Err(PluginError::WrongShape {
                     plugin,
                     method,
-                    detail,
+                    detail: quote(&detail, &self.secrets),
                 })
             }
             Ok(Err(failure @ (Failure::Closed | Failure::Io(_)))) => {
@@ -544,7 +544,8 @@ impl PluginProcess {
         serde_json::from_value(value).map_err(|e| PluginError::WrongShape {
             plugin: self.plugin.clone(),
             method: method.to_owned(),
-            detail: e.to_string(),
+            // serde quotes the offending value, which may be a secret.
+            detail: quote(&e.to_string(), &self.secrets),
         })
     }
 

@@ -156,9 +156,17 @@ impl CommandResult {
         }
     }
 
-    /// The same result with its planned requests masked again with `secrets` (for results
-    /// that come from elsewhere, e.g. a plugin).
+    /// The same result with every value of `secrets` masked in its data, warnings and
+    /// planned requests (for results that come from elsewhere, e.g. a plugin).
     pub fn mask(mut self, secrets: &[&Secret]) -> Self {
+        let values: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+        self.data = mask_json(&self.data, &values);
+        self.warnings = self
+            .warnings
+            .iter()
+            .map(|w| mask_text(w, &values))
+            .collect();
+        self.operation = self.operation.map(|o| mask_text(&o, &values));
         self.requests = self.requests.iter().map(|r| r.masked(secrets)).collect();
         self
     }
@@ -221,6 +229,16 @@ mod tests {
         }
         assert_eq!(v["dry_run"], json!(true));
         Ok(())
+    }
+
+    #[test]
+    fn a_foreign_result_is_masked_throughout() {
+        let token = Secret::new("tok-123456");
+        let mut result = CommandResult::ok(json!({"url": "db://u:tok-123456@h", "n": 1}));
+        result.warnings.push("token tok-123456 expires soon".into());
+        let masked = result.mask(&[&token]);
+        assert_eq!(masked.data, json!({"url": "db://u:****@h", "n": 1}));
+        assert_eq!(masked.warnings, ["token **** expires soon"]);
     }
 
     #[test]
