@@ -4,7 +4,8 @@
 //!
 //! [`PluginProcess`] is one child: spawned on the first call with
 //! [`kinfra_core::child::tie_to_parent`] (own process group, SIGKILL when the forking thread
-//! dies) and `kill_on_drop`, one call at a time, each bounded by a timeout. A plugin that
+//! dies: the call runs on a runtime worker thread, which lives as long as the runtime) and
+//! `kill_on_drop`, one call at a time, each bounded by a timeout. A plugin that
 //! exits, hangs past the timeout, prints something that is not JSON-RPC or answers with the
 //! wrong shape gives a [`PluginError`] naming the plugin and what happened; the child is then
 //! gone (killed when needed) and **the next call starts a new one**. Dropping the process
