@@ -12,12 +12,12 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod result;
 
-pub mod http;
-pub mod ratelimit;
-pub mod retry;
-pub mod operation;
-pub mod observe;
 pub mod discovery;
+pub mod http;
+pub mod observe;
+pub mod operation;
 pub mod plugin;
 pub mod provider;
+pub mod ratelimit;
 pub mod registry;
+pub mod retry;

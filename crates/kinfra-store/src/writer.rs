@@ -15,8 +15,8 @@
 use crate::records::StoreStats;
 use crate::{Db, now_ms, rfc3339_ms};
 use kinfra_core::event::{Event, EventKind, ExitInfo};
-use kinfra_core::state::ServiceState;
 use kinfra_core::persist::ServiceHistory;
+use kinfra_core::state::ServiceState;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

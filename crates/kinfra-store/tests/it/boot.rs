@@ -330,7 +330,10 @@ async fn sigkill_mid_burst_loses_no_acknowledged_write_and_next_boot_cleans_up()
     );
     // The store only finds it; stopping it is the supervisor's job at boot.
     let stopped = kinfra_supervisor::stop_left_running(&b.recovery.left_running()).await;
-    assert_eq!(stopped.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![sleeper]);
+    assert_eq!(
+        stopped.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        vec![sleeper]
+    );
     assert!(
         wait_for(WAIT, || !alive(sleeper)).await,
         "the stale process is still running"
