@@ -8,6 +8,7 @@ mod cli;
 mod config_check;
 mod dashboard;
 mod docker;
+mod edge;
 mod library;
 mod ownership;
 mod proxy;
