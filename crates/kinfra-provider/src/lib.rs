@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod result;
 
+pub mod builtin;
 pub mod discovery;
 pub mod http;
 pub mod observe;
