@@ -5,6 +5,7 @@ mod config_cmd;
 mod demo;
 mod load;
 mod output;
+mod providers;
 mod up;
 
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +42,9 @@ enum Command {
     /// The web dashboard.
     #[command(subcommand)]
     Dashboard(DashboardCommand),
+    /// The providers kinfra knows: built in, and plugins (`kinfra-provider-<id>` executables)
+    /// found in plugin dirs, the state dir's `providers/` and `PATH`.
+    Providers(ProvidersArgs),
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -159,6 +163,32 @@ enum OnOff {
     On,
     /// Switch off.
     Off,
+}
+
+#[derive(Debug, Args)]
+struct ProvidersArgs {
+    #[command(subcommand)]
+    command: Option<ProvidersCommand>,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also look for plugins in this directory (repeatable; searched first).
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    plugin_dirs: Vec<PathBuf>,
+    /// JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvidersCommand {
+    /// One provider: metadata, resource types with their config keys, commands with their
+    /// parameters.
+    Show {
+        /// The provider's id.
+        id: String,
+    },
+    /// Scan for plugins and say what was found, and why anything else was not used.
+    Discover,
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,6 +328,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dashboard(DashboardCommand::Url { config }) => {
             client::dashboard_url(&config).await
         }
+        Command::Providers(args) => match &args.command {
+            None => providers::list(&args.config, &args.plugin_dirs, args.json).await,
+            Some(ProvidersCommand::Show { id }) => {
+                providers::show(&args.config, &args.plugin_dirs, id, args.json).await
+            }
+            Some(ProvidersCommand::Discover) => {
+                providers::discover(&args.config, &args.plugin_dirs, args.json).await
+            }
+        },
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

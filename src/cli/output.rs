@@ -132,7 +132,7 @@ pub fn status_table(report: &StatusReport) -> String {
 }
 
 /// Lines of left-aligned columns two spaces apart; the last column is not padded.
-fn table<R: AsRef<[String]>>(rows: &[R]) -> String {
+pub fn table<R: AsRef<[String]>>(rows: &[R]) -> String {
     let mut widths: Vec<usize> = Vec::new();
     for row in rows {
         for (i, cell) in row.as_ref().iter().enumerate() {

@@ -1,0 +1,74 @@
+//! `kinfra providers` through the binary: plugins (the Python test plugin of kinfra-provider,
+//! a real external executable speaking JSON-RPC over stdio) are discovered from a plugin dir,
+//! listed, shown with their commands, and what is skipped says why.
+
+use crate::support::{Project, stderr, stdout};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+fn plugin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/kinfra-provider/tests/plugins")
+}
+
+#[test]
+fn plugins_are_discovered_listed_and_shown_and_skips_say_why() {
+    let p = Project::with_config("[project]\nname = \"pv\"\n");
+    let dir = plugin_dir();
+    let dir = dir.to_str().expect("utf-8 path");
+
+    let out = p.run(&["providers", "--json", "--plugin-dir", dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON list");
+    let pyfake = list
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["id"] == "pyfake"))
+        .unwrap_or_else(|| panic!("pyfake not listed: {list}"));
+    assert_eq!(pyfake["from"]["source"], "plugin", "{pyfake}");
+    assert!(
+        pyfake["from"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("kinfra-provider-pyfake")),
+        "{pyfake}"
+    );
+
+    let out = p.run(&["providers", "show", "pyfake", "--plugin-dir", dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Python fake (pyfake)"), "{text}");
+    assert!(
+        text.contains("--param replicas=<integer> (required)"),
+        "{text}"
+    );
+
+    // A plugin dir with a non-executable candidate: discovery says so, and uses the rest.
+    let extra = p.path().join("plugins");
+    std::fs::create_dir(&extra).expect("mkdir");
+    let lame = extra.join("kinfra-provider-lame");
+    std::fs::write(&lame, "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(&lame, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let extra = extra.to_str().expect("utf-8 path");
+    let out = p.run(&[
+        "providers",
+        "discover",
+        "--plugin-dir",
+        extra,
+        "--plugin-dir",
+        dir,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("found   pyfake"), "{text}");
+    assert!(
+        text.contains("skipped lame") && text.contains("not executable"),
+        "{text}"
+    );
+
+    // An unknown provider is the user's input error.
+    let out = p.run(&["providers", "show", "nope", "--plugin-dir", dir]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown provider `nope`") && stderr(&out).contains("pyfake"),
+        "{}",
+        stderr(&out)
+    );
+}
