@@ -40,7 +40,12 @@ pub async fn from_config(
 ) -> Result<Vec<Built>, DockerError> {
     let project = &config.project.name;
     let mut out = Vec::new();
-    for (name, cfg) in &config.resources {
+    // Provider resources (`provider = "..."`) are not containers.
+    for (name, cfg) in config
+        .resources
+        .iter()
+        .filter(|(_, cfg)| !cfg.is_provider())
+    {
         let saved = ports.saved(name);
         let port = engine
             .host_port(project, name, cfg.port, saved, |spec| {

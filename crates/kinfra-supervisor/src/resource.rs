@@ -599,6 +599,10 @@ impl ResourceActor {
                     OnDown::Stop => None,
                     OnDown::Remove => Some(false),
                     OnDown::RemoveVolumes => Some(true),
+                    // Provider resources: `keep` and `pause` leave it here (pausing is their
+                    // driver's), `delete` removes it.
+                    OnDown::Keep | OnDown::Pause => None,
+                    OnDown::Delete => Some(false),
                 };
                 if let Some(volumes) = removal
                     && let Err(error) = self.spec.resource.remove(volumes).await

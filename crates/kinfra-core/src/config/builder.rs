@@ -260,6 +260,20 @@ impl ResourceConfig {
             jetstream: false,
             stop_grace: crate::config::Dur::from_secs(10),
             on_down: Default::default(),
+            provider: None,
+            interval: None,
+            confirm_delete: false,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// A resource driven by the provider instance `instance` (`[providers.INSTANCE]`), with
+    /// every other setting at its default (`on_down = "keep"`).
+    pub fn provider(instance: impl Into<String>) -> Self {
+        Self {
+            provider: Some(instance.into()),
+            on_down: super::model::OnDown::Keep,
+            ..Self::new(Template::Docker)
         }
     }
 }

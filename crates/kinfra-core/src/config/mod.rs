@@ -304,7 +304,7 @@ fn deserialize(mut tree: Value, map: &SourceMap, origin: &str) -> Result<Config,
             }
             Err(e) => e,
         };
-        let segs: Vec<Seg> = err
+        let mut segs: Vec<Seg> = err
             .path()
             .iter()
             .map(|s| match s {
@@ -333,6 +333,13 @@ fn deserialize(mut tree: Value, map: &SourceMap, origin: &str) -> Result<Config,
                 }
             }
             SchemaError::UnknownField { field, expected } => {
+                // A table read whole before it is judged (a resource, whose keys mean
+                // different things with `provider`) reports an unknown key from the table
+                // itself: the key goes on the path here.
+                if segs.last() != Some(&Seg::Key(field.clone())) {
+                    segs.push(Seg::Key(field.clone()));
+                }
+                let path = path_of(&segs);
                 let parent = segs
                     .split_last()
                     .map(|(_, rest)| path_of(rest))

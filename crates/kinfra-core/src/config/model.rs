@@ -3,7 +3,8 @@
 
 use super::types::{ByteSize, CommandSpec, Dur, OneOrMany, PortSpec, SignalName, StatusRange};
 use crate::secret::Secret;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,8 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
     /// External resources (containers, cloud resources), by name.
     pub resources: BTreeMap<String, ResourceConfig>,
+    /// Cloud provider instances (`[providers.NAME]`) and where plugins are found.
+    pub providers: ProvidersConfig,
     /// Proxy routes, in file order.
     pub routes: Vec<RouteConfig>,
     /// The message bus.
@@ -511,52 +514,258 @@ pub enum Template {
     Docker,
 }
 
-/// `[resources.NAME]`: an external resource managed through an adapter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[resources.NAME]`: an external resource managed through an adapter: a container
+/// (`template`, the Docker keys) or, with `provider`, a cloud resource driven by a provider
+/// instance (kinfra's own keys plus the provider's keys, kept in `extra`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ResourceConfig {
-    /// The template.
+    /// The template (containers). Meaningless for a provider resource (see
+    /// [`ResourceConfig::is_provider`]), where it is left at `docker`.
     pub template: Template,
     /// Image, overriding the template's.
-    #[serde(default)]
     pub image: Option<String>,
     /// Command, overriding the image's.
-    #[serde(default)]
     pub command: Option<CommandSpec>,
     /// Port inside the container.
-    #[serde(default)]
     pub container_port: Option<u16>,
     /// Host port on 127.0.0.1.
-    #[serde(default)]
     pub port: Option<PortSpec>,
-    /// Environment inside the container.
-    #[serde(default)]
+    /// Environment inside the container (for a provider resource, `env` is one of the
+    /// provider's keys and sits in `extra`).
     pub env: BTreeMap<String, String>,
     /// Named volumes: volume name -> path in the container.
-    #[serde(default)]
     pub volumes: BTreeMap<String, String>,
     /// Readiness probe.
-    #[serde(default)]
     pub health: Option<ProbeConfig>,
     /// What it waits for.
-    #[serde(default)]
     pub depends_on: DependsOn,
     /// When to restart.
-    #[serde(default)]
     pub restart: RestartPolicy,
     /// Enable JetStream (nats template).
-    #[serde(default)]
     pub jetstream: bool,
-    /// How long a stop waits before it forces the container down.
-    #[serde(default = "default_stop_grace")]
+    /// How long a stop waits before it forces the resource down.
     pub stop_grace: Dur,
-    /// What `runtime down` does with the container.
-    #[serde(default)]
+    /// What `runtime down` does with the resource: `stop | remove | remove_volumes` for a
+    /// container (default `stop`), `keep | pause | delete` for a provider resource (default
+    /// `keep`).
     pub on_down: OnDown,
+    /// The provider instance (`[providers.NAME]`) that drives this resource; absent for a
+    /// container.
+    pub provider: Option<String>,
+    /// How often a provider resource's state is observed; absent means
+    /// [`DEFAULT_PROVIDER_INTERVAL`].
+    pub interval: Option<Dur>,
+    /// Confirms `on_down = "delete"`: a provider resource is deleted by `runtime down` only
+    /// with this set.
+    pub confirm_delete: bool,
+    /// A provider resource's own keys, unjudged here: the provider checks them at
+    /// `runtime up` and `plan`. Always empty for a container.
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
-/// What `runtime down` does with a resource's container. Data volumes are kept unless
-/// `remove_volumes` says otherwise.
+/// The observe period of a provider resource without `interval`.
+pub const DEFAULT_PROVIDER_INTERVAL: Dur = Dur::from_secs(30);
+
+/// Every key kinfra itself reads in `[resources.NAME]`.
+const RESOURCE_FIELDS: &[&str] = &[
+    "template",
+    "image",
+    "command",
+    "container_port",
+    "port",
+    "env",
+    "volumes",
+    "health",
+    "depends_on",
+    "restart",
+    "jetstream",
+    "stop_grace",
+    "on_down",
+    "provider",
+    "interval",
+    "confirm_delete",
+];
+
+/// Keys only a container resource takes; an error on a provider resource.
+pub const DOCKER_ONLY_RESOURCE_KEYS: &[&str] = &[
+    "template",
+    "image",
+    "command",
+    "container_port",
+    "port",
+    "volumes",
+    "jetstream",
+];
+
+impl ResourceConfig {
+    /// Whether a provider instance drives this resource (`provider` is set), rather than
+    /// Docker.
+    pub fn is_provider(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// The observe period: `interval`, or [`DEFAULT_PROVIDER_INTERVAL`].
+    pub fn observe_interval(&self) -> Dur {
+        self.interval.unwrap_or(DEFAULT_PROVIDER_INTERVAL)
+    }
+}
+
+/// A seed that fails with its message without reading the value, so the error is reported
+/// at the key being read.
+struct Reject(String);
+
+impl<'de> DeserializeSeed<'de> for Reject {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, _: D) -> Result<(), D::Error> {
+        Err(de::Error::custom(self.0))
+    }
+}
+
+fn docker_key_message(key: &str, provider: &str) -> String {
+    format!(
+        "`{key}` is a container key; a provider resource (provider = \"{provider}\") does not \
+         take it"
+    )
+}
+
+impl<'de> Deserialize<'de> for ResourceConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ResourceConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResourceConfig, A::Error> {
+                let mut r = ResourceConfig::new(Template::Docker);
+                let mut template = None;
+                let mut on_down = None;
+                // Keys read before `provider` was seen: container keys, and unknown ones
+                // (the config's own deserializer yields `provider` first, so these stay
+                // empty for files; other deserializers may not).
+                let mut docker_seen: Vec<String> = Vec::new();
+                let mut pending: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if let Some(provider) = &r.provider
+                        && DOCKER_ONLY_RESOURCE_KEYS.contains(&key.as_str())
+                    {
+                        let message = docker_key_message(&key, provider);
+                        map.next_value_seed(Reject(message))?;
+                        continue;
+                    }
+                    if r.provider.is_none() && DOCKER_ONLY_RESOURCE_KEYS.contains(&key.as_str()) {
+                        docker_seen.push(key.clone());
+                    }
+                    match key.as_str() {
+                        "provider" => r.provider = Some(map.next_value()?),
+                        "interval" => r.interval = map.next_value()?,
+                        "confirm_delete" => r.confirm_delete = map.next_value()?,
+                        "health" => r.health = map.next_value()?,
+                        "depends_on" => r.depends_on = map.next_value()?,
+                        "restart" => r.restart = map.next_value()?,
+                        "stop_grace" => r.stop_grace = map.next_value()?,
+                        "on_down" => on_down = Some(map.next_value()?),
+                        "env" if r.provider.is_some() => {
+                            r.extra.insert(key, map.next_value()?);
+                        }
+                        "env" => r.env = map.next_value()?,
+                        "template" => template = Some(map.next_value()?),
+                        "image" => r.image = map.next_value()?,
+                        "command" => r.command = map.next_value()?,
+                        "container_port" => r.container_port = map.next_value()?,
+                        "port" => r.port = map.next_value()?,
+                        "volumes" => r.volumes = map.next_value()?,
+                        "jetstream" => r.jetstream = map.next_value()?,
+                        _ if r.provider.is_some() => {
+                            let value = map.next_value()?;
+                            r.extra.insert(key, value);
+                        }
+                        _ => {
+                            let value = map.next_value()?;
+                            pending.push((key, value));
+                        }
+                    }
+                }
+                match &r.provider {
+                    Some(provider) => {
+                        if let Some(key) = docker_seen.first() {
+                            return Err(de::Error::custom(docker_key_message(key, provider)));
+                        }
+                        if !r.env.is_empty() {
+                            let env = std::mem::take(&mut r.env);
+                            r.extra.insert(
+                                "env".into(),
+                                serde_json::to_value(env).map_err(de::Error::custom)?,
+                            );
+                        }
+                        r.extra.extend(pending);
+                        r.on_down = on_down.unwrap_or(OnDown::Keep);
+                    }
+                    None => {
+                        if let Some((key, _)) = pending.first() {
+                            return Err(de::Error::unknown_field(key, RESOURCE_FIELDS));
+                        }
+                        r.template =
+                            template.ok_or_else(|| de::Error::missing_field("template"))?;
+                        r.on_down = on_down.unwrap_or_default();
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Serialize for ResourceConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match &self.provider {
+            Some(provider) => {
+                m.serialize_entry("provider", provider)?;
+                if let Some(interval) = &self.interval {
+                    m.serialize_entry("interval", interval)?;
+                }
+                if self.confirm_delete {
+                    m.serialize_entry("confirm_delete", &true)?;
+                }
+            }
+            None => {
+                m.serialize_entry("template", &self.template)?;
+                if let Some(image) = &self.image {
+                    m.serialize_entry("image", image)?;
+                }
+                if let Some(command) = &self.command {
+                    m.serialize_entry("command", command)?;
+                }
+                if let Some(port) = &self.container_port {
+                    m.serialize_entry("container_port", port)?;
+                }
+                if let Some(port) = &self.port {
+                    m.serialize_entry("port", port)?;
+                }
+                m.serialize_entry("env", &self.env)?;
+                m.serialize_entry("volumes", &self.volumes)?;
+                m.serialize_entry("jetstream", &self.jetstream)?;
+            }
+        }
+        if let Some(health) = &self.health {
+            m.serialize_entry("health", health)?;
+        }
+        m.serialize_entry("depends_on", &self.depends_on)?;
+        m.serialize_entry("restart", &self.restart)?;
+        m.serialize_entry("stop_grace", &self.stop_grace)?;
+        m.serialize_entry("on_down", &self.on_down)?;
+        for (key, value) in &self.extra {
+            m.serialize_entry(key, value)?;
+        }
+        m.end()
+    }
+}
+
+/// What `runtime down` does with a resource. For a container, data volumes are kept unless
+/// `remove_volumes` says otherwise; `keep`, `pause` and `delete` are for provider resources
+/// only (validation refuses the other set on each kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDown {
@@ -567,6 +776,188 @@ pub enum OnDown {
     Remove,
     /// Stop and remove the container and its named volumes.
     RemoveVolumes,
+    /// Provider resource: leave it as it is (the default for provider resources).
+    Keep,
+    /// Provider resource: pause or suspend it (scale to zero, stop billing compute).
+    Pause,
+    /// Provider resource: delete it (needs `confirm_delete = true`).
+    Delete,
+}
+
+impl OnDown {
+    /// Whether this value is one of a provider resource's (`keep`, `pause`, `delete`).
+    pub fn is_provider_value(self) -> bool {
+        matches!(self, OnDown::Keep | OnDown::Pause | OnDown::Delete)
+    }
+}
+
+/// `[providers]`: `plugin_dirs = [...]` beside one table per provider instance
+/// (`[providers.neon]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProvidersConfig {
+    /// Extra directories searched for `kinfra-provider-<id>` executables, relative to the
+    /// config file's directory.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Provider instances, by name.
+    pub instances: BTreeMap<String, ProviderInstanceConfig>,
+}
+
+impl<'de> Deserialize<'de> for ProvidersConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ProvidersConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of `plugin_dirs` and provider instances")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProvidersConfig, A::Error> {
+                let mut out = ProvidersConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "plugin_dirs" {
+                        out.plugin_dirs = map.next_value()?;
+                    } else {
+                        let instance = map.next_value()?;
+                        out.instances.insert(key, instance);
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Serialize for ProvidersConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if !self.plugin_dirs.is_empty() {
+            m.serialize_entry("plugin_dirs", &self.plugin_dirs)?;
+        }
+        for (name, instance) in &self.instances {
+            m.serialize_entry(name, instance)?;
+        }
+        m.end()
+    }
+}
+
+/// `[providers.NAME]`: one provider instance (an account, a token, an endpoint).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProviderInstanceConfig {
+    /// The provider's id (`neon`, `http-api`, ...); absent means the instance's name.
+    pub provider: Option<String>,
+    /// API token.
+    pub token: Option<Secret>,
+    /// File holding the API token, relative to the config file's directory.
+    pub token_file: Option<PathBuf>,
+    /// API base URL, overriding the provider's.
+    pub base_url: Option<String>,
+    /// Most requests to the API: `N/s`, `N/m` or `N/h` (see [`RateLimit`]).
+    pub rate_limit: Option<String>,
+    /// The provider's own keys, unjudged here: the provider checks them at `runtime up`
+    /// and `plan`.
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl ProviderInstanceConfig {
+    /// The provider's id: `provider`, or the instance's name.
+    pub fn provider_id<'a>(&'a self, instance: &'a str) -> &'a str {
+        self.provider.as_deref().unwrap_or(instance)
+    }
+
+    /// `rate_limit` parsed; `None` when absent, `Some(Err)` when it does not parse.
+    pub fn parsed_rate_limit(&self) -> Option<Result<RateLimit, String>> {
+        self.rate_limit.as_deref().map(RateLimit::parse)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderInstanceConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ProviderInstanceConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ProviderInstanceConfig, A::Error> {
+                let mut out = ProviderInstanceConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "provider" => out.provider = map.next_value()?,
+                        "token" => out.token = map.next_value()?,
+                        "token_file" => out.token_file = map.next_value()?,
+                        "base_url" => out.base_url = map.next_value()?,
+                        "rate_limit" => out.rate_limit = map.next_value()?,
+                        _ => {
+                            let value = map.next_value()?;
+                            out.extra.insert(key, value);
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Serialize for ProviderInstanceConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(provider) = &self.provider {
+            m.serialize_entry("provider", provider)?;
+        }
+        if let Some(token) = &self.token {
+            m.serialize_entry("token", token)?;
+        }
+        if let Some(token_file) = &self.token_file {
+            m.serialize_entry("token_file", token_file)?;
+        }
+        if let Some(base_url) = &self.base_url {
+            m.serialize_entry("base_url", base_url)?;
+        }
+        if let Some(rate_limit) = &self.rate_limit {
+            m.serialize_entry("rate_limit", rate_limit)?;
+        }
+        for (key, value) in &self.extra {
+            m.serialize_entry(key, value)?;
+        }
+        m.end()
+    }
+}
+
+/// A parsed `rate_limit`: at most `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per period (at least 1).
+    pub count: u32,
+    /// The period: one second, minute or hour.
+    pub per: std::time::Duration,
+}
+
+impl RateLimit {
+    /// Parses `N/s`, `N/m` or `N/h` with N >= 1; the error says what is expected.
+    pub fn parse(text: &str) -> Result<RateLimit, String> {
+        let bad = || {
+            format!(
+                "invalid rate limit `{text}`: expected N/s, N/m or N/h with N >= 1 (e.g. `5/s`)"
+            )
+        };
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => std::time::Duration::from_secs(1),
+            "m" => std::time::Duration::from_secs(60),
+            "h" => std::time::Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(bad());
+        }
+        Ok(RateLimit { count, per })
+    }
 }
 
 /// `[[routes]]`: one proxy route.

@@ -1450,3 +1450,369 @@ fn schema_error_messages_are_exact() {
         assert_eq!(got.join("\n"), *want, "{text}");
     }
 }
+
+const PROVIDERS_TOML: &str = r#"[providers]
+plugin_dirs = ["plugins", "/opt/kinfra/providers"]
+
+[providers.neon]
+token = "neon-secret-token"
+rate_limit = "5/s"
+org_id = "org-1"
+
+[providers.ops]
+provider = "command"
+token_file = "secrets/ops.token"
+base_url = "https://api.example.com/v2"
+rate_limit = "100/m"
+
+[resources.main_db]
+provider = "neon"
+project_id = "proj-1"
+region = "aws-eu-central-1"
+interval = "10s"
+on_down = "delete"
+confirm_delete = true
+depends_on = ["cache"]
+
+[resources.tunnel]
+provider = "ops"
+env = { A = "1" }
+start = ["cloudflared", "tunnel", "run"]
+
+[resources.cache]
+template = "redis"
+
+[services.api]
+command = "sleep 100"
+env = { DATABASE_URL = "${resources.main_db.url}", TUNNEL = "${resources.tunnel.host}" }
+"#;
+
+const PROVIDERS_YAML: &str = r#"providers:
+  plugin_dirs: [plugins, /opt/kinfra/providers]
+  neon:
+    token: neon-secret-token
+    rate_limit: 5/s
+    org_id: org-1
+  ops:
+    provider: command
+    token_file: secrets/ops.token
+    base_url: https://api.example.com/v2
+    rate_limit: 100/m
+resources:
+  main_db:
+    provider: neon
+    project_id: proj-1
+    region: aws-eu-central-1
+    interval: 10s
+    on_down: delete
+    confirm_delete: true
+    depends_on: [cache]
+  tunnel:
+    provider: ops
+    env: { A: "1" }
+    start: [cloudflared, tunnel, run]
+  cache:
+    template: redis
+services:
+  api:
+    command: sleep 100
+    env:
+      DATABASE_URL: ${resources.main_db.url}
+      TUNNEL: ${resources.tunnel.host}
+"#;
+
+const PROVIDERS_JSON: &str = r#"{
+  "providers": {
+    "plugin_dirs": ["plugins", "/opt/kinfra/providers"],
+    "neon": {"token": "neon-secret-token", "rate_limit": "5/s", "org_id": "org-1"},
+    "ops": {"provider": "command", "token_file": "secrets/ops.token",
+            "base_url": "https://api.example.com/v2", "rate_limit": "100/m"}
+  },
+  "resources": {
+    "main_db": {"provider": "neon", "project_id": "proj-1", "region": "aws-eu-central-1",
+                "interval": "10s", "on_down": "delete", "confirm_delete": true,
+                "depends_on": ["cache"]},
+    "tunnel": {"provider": "ops", "env": {"A": "1"}, "start": ["cloudflared", "tunnel", "run"]},
+    "cache": {"template": "redis"}
+  },
+  "services": {
+    "api": {"command": "sleep 100",
+            "env": {"DATABASE_URL": "${resources.main_db.url}", "TUNNEL": "${resources.tunnel.host}"}}
+  }
+}"#;
+
+/// `[providers]` (a list key beside instance tables) and provider resources read the same in
+/// TOML, YAML and JSON; provider-specific keys are kept for the provider; references to
+/// provider resources pass like those to containers.
+#[test]
+fn providers_in_three_formats() {
+    let toml = load(Format::Toml, PROVIDERS_TOML, &[]).expect("toml");
+    let yaml = load(Format::Yaml, PROVIDERS_YAML, &[]).expect("yaml");
+    let json = load(Format::Json, PROVIDERS_JSON, &[]).expect("json");
+    let strip = |mut c: Config| {
+        c.origin.clear();
+        c
+    };
+    let toml = strip(toml);
+    assert_eq!(toml, strip(yaml));
+    assert_eq!(toml, strip(json));
+
+    let p = &toml.providers;
+    assert_eq!(
+        p.plugin_dirs,
+        vec![
+            PathBuf::from("plugins"),
+            PathBuf::from("/opt/kinfra/providers")
+        ]
+    );
+    assert_eq!(p.instances.len(), 2);
+    let neon = &p.instances["neon"];
+    assert_eq!(neon.provider_id("neon"), "neon");
+    assert_eq!(
+        neon.token.as_ref().map(|t| t.expose()),
+        Some("neon-secret-token")
+    );
+    assert_eq!(neon.extra["org_id"], serde_json::json!("org-1"));
+    assert_eq!(
+        neon.parsed_rate_limit(),
+        Some(Ok(RateLimit {
+            count: 5,
+            per: Duration::from_secs(1)
+        }))
+    );
+    let ops = &p.instances["ops"];
+    assert_eq!(ops.provider_id("ops"), "command");
+    assert_eq!(ops.token_file, Some(PathBuf::from("secrets/ops.token")));
+    assert_eq!(ops.base_url.as_deref(), Some("https://api.example.com/v2"));
+    assert!(ops.extra.is_empty());
+
+    let db = &toml.resources["main_db"];
+    assert!(db.is_provider());
+    assert_eq!(db.provider.as_deref(), Some("neon"));
+    assert_eq!(db.observe_interval().0, Duration::from_secs(10));
+    assert_eq!(db.on_down, OnDown::Delete);
+    assert!(db.confirm_delete);
+    assert_eq!(
+        db.extra.keys().collect::<Vec<_>>(),
+        ["project_id", "region"]
+    );
+    assert!(db.depends_on.0.contains_key("cache"));
+    let tunnel = &toml.resources["tunnel"];
+    assert_eq!(
+        tunnel.on_down,
+        OnDown::Keep,
+        "keep is the default for providers"
+    );
+    assert_eq!(tunnel.observe_interval().0, Duration::from_secs(30));
+    assert!(tunnel.env.is_empty(), "env is the provider's key");
+    assert_eq!(tunnel.extra["env"], serde_json::json!({"A": "1"}));
+    assert_eq!(
+        tunnel.extra["start"],
+        serde_json::json!(["cloudflared", "tunnel", "run"])
+    );
+    let cache = &toml.resources["cache"];
+    assert!(!cache.is_provider());
+    assert_eq!(cache.template, Template::Redis);
+    assert_eq!(cache.on_down, OnDown::Stop);
+    assert!(cache.extra.is_empty());
+}
+
+/// What `config check --print` writes reads back as the same config.
+#[test]
+fn providers_round_trip_through_toml() {
+    let mut config = load(Format::Toml, PROVIDERS_TOML, &[]).expect("load");
+    let text = toml::to_string_pretty(&config).expect("serialize");
+    assert!(
+        !text.contains("neon-secret-token"),
+        "the token leaked:\n{text}"
+    );
+    let mut again = load(Format::Toml, &text, &[]).expect("reload");
+    // The token is written masked; everything else reads back the same.
+    for c in [&mut config, &mut again] {
+        if let Some(neon) = c.providers.instances.get_mut("neon") {
+            neon.token = None;
+        }
+    }
+    assert_eq!(config.providers, again.providers, "{text}");
+    assert_eq!(config.resources, again.resources, "{text}");
+}
+
+/// Each problem of providers and provider resources, at its line and key.
+#[test]
+fn provider_errors_have_line_and_key() {
+    check_case(
+        Format::Toml,
+        "[providers.neon]\nrate_limit = \"0/s\"\n\n\
+         [providers.aws]\nrate_limit = \"5/d\"\ntoken = \"t\"\ntoken_file = \"f\"\n\n\
+         [providers.gh]\nrate_limit = \"fast\"\n\n\
+         [resources.db]\nprovider = \"nope\"\ninterval = \"0s\"\n\n\
+         [resources.br]\nprovider = \"neon\"\non_down = \"delete\"\n\n\
+         [resources.st]\nprovider = \"neon\"\non_down = \"stop\"\n\n\
+         [resources.cache]\ntemplate = \"redis\"\non_down = \"pause\"\ninterval = \"5s\"\n",
+        // In the order the checks run: instances, then resources, each by name.
+        &[
+            (
+                Some(5),
+                Some("providers.aws.rate_limit"),
+                "invalid rate limit `5/d`",
+            ),
+            (
+                Some(7),
+                Some("providers.aws.token_file"),
+                "`token` and `token_file` are both set",
+            ),
+            (
+                Some(10),
+                Some("providers.gh.rate_limit"),
+                "invalid rate limit `fast`",
+            ),
+            (
+                Some(2),
+                Some("providers.neon.rate_limit"),
+                "invalid rate limit `0/s`: expected N/s, N/m or N/h",
+            ),
+            (
+                Some(18),
+                Some("resources.br.on_down"),
+                "confirm it with `confirm_delete = true`",
+            ),
+            (
+                Some(26),
+                Some("resources.cache.on_down"),
+                "a container takes stop, remove or remove_volumes",
+            ),
+            (
+                Some(27),
+                Some("resources.cache.interval"),
+                "`interval` is for provider resources",
+            ),
+            (
+                Some(13),
+                Some("resources.db.provider"),
+                "unknown provider instance `nope`",
+            ),
+            (
+                Some(14),
+                Some("resources.db.interval"),
+                "the interval must be longer than 0",
+            ),
+            (
+                Some(22),
+                Some("resources.st.on_down"),
+                "a provider resource takes keep, pause or delete",
+            ),
+        ],
+    );
+}
+
+/// Container keys on a provider resource are errors at their key, wherever `provider` sits
+/// in the table; without `provider`, unknown keys are errors as before.
+#[test]
+fn container_keys_on_provider_resources_are_errors() {
+    check_case(
+        Format::Toml,
+        "[providers.neon]\n\n\
+         [resources.db]\nimage = \"postgres:16\"\nprovider = \"neon\"\nvolumes = { d = \"/d\" }\n\
+         project_id = \"p\"\n\n\
+         [resources.cache]\ntemplate = \"redis\"\nproject_id = \"p\"\n",
+        &[
+            (
+                Some(4),
+                Some("resources.db.image"),
+                "`image` is a container key; a provider resource (provider = \"neon\")",
+            ),
+            (
+                Some(6),
+                Some("resources.db.volumes"),
+                "`volumes` is a container key",
+            ),
+            (
+                Some(11),
+                Some("resources.cache.project_id"),
+                "unknown key `project_id` in resources.cache; expected one of: template",
+            ),
+        ],
+    );
+    check_case(
+        Format::Yaml,
+        "providers:\n  neon: {}\nresources:\n  db:\n    template: postgres\n    provider: neon\n",
+        &[(
+            Some(5),
+            Some("resources.db.template"),
+            "`template` is a container key",
+        )],
+    );
+    check_case(
+        Format::Json,
+        "{\"providers\": {\"neon\": {}},\n \"resources\": {\"db\": {\"provider\": \"neon\",\n  \"jetstream\": true}}}",
+        &[(
+            Some(3),
+            Some("resources.db.jetstream"),
+            "`jetstream` is a container key",
+        )],
+    );
+    check_case(
+        Format::Yaml,
+        "resources:\n  db:\n    provider: neon\n    rate_limit: 5/s\n",
+        &[(
+            Some(3),
+            Some("resources.db.provider"),
+            "unknown provider instance `neon`: expected a [providers.neon] table (there are none)",
+        )],
+    );
+}
+
+/// Type errors inside `[providers]` keep their key, as everywhere else.
+#[test]
+fn provider_type_errors_have_their_key() {
+    check_case(
+        Format::Toml,
+        "[providers]\nplugin_dirs = \"plugins\"\n\n[providers.neon]\nrate_limit = 5\n",
+        &[
+            (Some(2), Some("providers.plugin_dirs"), "wrong type"),
+            (Some(5), Some("providers.neon.rate_limit"), "wrong type"),
+        ],
+    );
+    check_case(
+        Format::Json,
+        "{\"providers\": {\"neon\": 5}}",
+        &[(Some(1), Some("providers.neon"), "wrong type")],
+    );
+}
+
+#[test]
+fn rate_limits_parse() {
+    let per = |s| Duration::from_secs(s);
+    assert_eq!(
+        RateLimit::parse("5/s").map(|r| (r.count, r.per)),
+        Ok((5, per(1)))
+    );
+    assert_eq!(
+        RateLimit::parse(" 100 / m ").map(|r| (r.count, r.per)),
+        Ok((100, per(60)))
+    );
+    assert_eq!(
+        RateLimit::parse("1/h").map(|r| (r.count, r.per)),
+        Ok((1, per(3600)))
+    );
+    for bad in ["0/s", "-1/s", "5", "5/d", "/s", "x/s", "5/s/s", ""] {
+        assert!(RateLimit::parse(bad).is_err(), "{bad}");
+    }
+}
+
+/// A config built in code with a provider resource validates like a loaded one.
+#[test]
+fn builder_provider_resource_validates() {
+    let mut config = Config::default();
+    config
+        .resources
+        .insert("db".into(), ResourceConfig::provider("neon"));
+    let errors = config.validate().expect_err("no instance").0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key.as_deref(), Some("resources.db.provider"));
+    config
+        .providers
+        .instances
+        .insert("neon".into(), ProviderInstanceConfig::default());
+    config.validate().expect("valid");
+}

@@ -52,6 +52,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     for (name, svc) in &config.services {
         c.service(name, svc);
     }
+    c.providers();
     c.resources();
     c.cycles();
     c.routes();
@@ -362,7 +363,11 @@ impl Checker<'_> {
                     "invalid port `0`: expected 1-65535",
                 );
             }
-            self.resource_container(&base, res);
+            if res.is_provider() {
+                self.resource_provider(&base, res);
+            } else {
+                self.resource_container(&base, res);
+            }
             if let Some(probe) = &res.health {
                 // A resource's probe runs against whatever port its adapter publishes.
                 self.probe(&join_key(&base, "health"), probe, None, RefScope::Global);
@@ -371,11 +376,132 @@ impl Checker<'_> {
         }
     }
 
+    /// `[providers.NAME]` instances: a rate limit that parses, one way to give the token.
+    /// Provider-specific keys (`extra`) are not judged here: the provider checks them at
+    /// `runtime up` and `plan`, where it is known which keys it takes.
+    fn providers(&mut self) {
+        let providers = &self.config.providers;
+        for (name, instance) in &providers.instances {
+            let base = join_key("providers", name);
+            if let Some(problem) = name_problem(name) {
+                self.issue(
+                    base.clone(),
+                    Anchor::Key,
+                    format!("invalid provider instance name: {problem}"),
+                );
+            }
+            if let Some(Err(problem)) = instance.parsed_rate_limit() {
+                self.issue(join_key(&base, "rate_limit"), Anchor::Value, problem);
+            }
+            if instance.token.is_some() && instance.token_file.is_some() {
+                self.issue(
+                    join_key(&base, "token_file"),
+                    Anchor::Key,
+                    "`token` and `token_file` are both set; give the token one way",
+                );
+            }
+            if instance
+                .provider
+                .as_deref()
+                .is_some_and(|p| p.trim().is_empty())
+            {
+                self.issue(
+                    join_key(&base, "provider"),
+                    Anchor::Value,
+                    "the provider id is empty",
+                );
+            }
+            if let Some(url) = &instance.base_url
+                && Url::parse(url).is_err()
+            {
+                self.issue(
+                    join_key(&base, "base_url"),
+                    Anchor::Value,
+                    format!("invalid URL `{url}`"),
+                );
+            }
+        }
+    }
+
+    /// What a provider resource needs: an instance that exists, a non-zero interval, and
+    /// `on_down` from its own set (`delete` only with `confirm_delete = true`). Its
+    /// provider-specific keys are the provider's to check (at `runtime up` and `plan`).
+    fn resource_provider(&mut self, base: &str, res: &super::model::ResourceConfig) {
+        use super::model::OnDown;
+        if let Some(instance) = &res.provider
+            && !self.config.providers.instances.contains_key(instance)
+        {
+            let known: Vec<&str> = self
+                .config
+                .providers
+                .instances
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let known = if known.is_empty() {
+                "there are none".to_owned()
+            } else {
+                format!("known: {}", known.join(", "))
+            };
+            self.issue(
+                join_key(base, "provider"),
+                Anchor::Value,
+                format!(
+                    "unknown provider instance `{instance}`: expected a [providers.{instance}] \
+                     table ({known})"
+                ),
+            );
+        }
+        if res.interval.is_some_and(|i| i.0.is_zero()) {
+            self.issue(
+                join_key(base, "interval"),
+                Anchor::Value,
+                "the interval must be longer than 0",
+            );
+        }
+        match res.on_down {
+            OnDown::Stop | OnDown::Remove | OnDown::RemoveVolumes => self.issue(
+                join_key(base, "on_down"),
+                Anchor::Value,
+                "`stop`, `remove` and `remove_volumes` are for containers; a provider resource \
+                 takes keep, pause or delete",
+            ),
+            OnDown::Delete if !res.confirm_delete => self.issue(
+                join_key(base, "on_down"),
+                Anchor::Value,
+                "`on_down = \"delete\"` deletes the resource at `runtime down`; confirm it \
+                 with `confirm_delete = true` beside it",
+            ),
+            _ => {}
+        }
+    }
+
     /// What only a container resource needs: an image for `docker`, named volumes (never a
     /// host path: bind mounts are not something a config gets by accident), absolute
     /// mount paths, a container port to publish.
     fn resource_container(&mut self, base: &str, res: &super::model::ResourceConfig) {
         use super::model::Template;
+        if res.on_down.is_provider_value() {
+            self.issue(
+                join_key(base, "on_down"),
+                Anchor::Value,
+                "`keep`, `pause` and `delete` are for provider resources; a container takes \
+                 stop, remove or remove_volumes",
+            );
+        }
+        for key in ["interval", "confirm_delete"] {
+            let set = match key {
+                "interval" => res.interval.is_some(),
+                _ => res.confirm_delete,
+            };
+            if set {
+                self.issue(
+                    join_key(base, key),
+                    Anchor::Key,
+                    format!("`{key}` is for provider resources (with `provider = \"...\"`)"),
+                );
+            }
+        }
         match &res.image {
             Some(image) if image.trim().is_empty() || image.chars().any(char::is_whitespace) => {
                 self.issue(

@@ -167,6 +167,14 @@ impl<'de> Deserializer<'de> for ValueDeserializer {
                 Ok(out)
             }
             Value::Object(entries) => {
+                // A `provider` key comes first: what a resource's other keys mean (a
+                // container's, or a provider's own) depends on it, and this way each is
+                // judged, and any error reported, at its own key.
+                let mut entries: Vec<(String, Value)> = entries.into_iter().collect();
+                if let Some(i) = entries.iter().position(|(k, _)| k == "provider") {
+                    let first = entries.remove(i);
+                    entries.insert(0, first);
+                }
                 let mut map = MapDeserializer::new(
                     entries
                         .into_iter()
