@@ -1,1 +1,1660 @@
 //! The `http-api` provider: any HTTP/REST API as a resource, its endpoints, auth, state mapping and commands declared in config.
+//!
+//! An instance (`[providers.NAME] provider = "http-api"`) gives the `base_url`, the `token` and
+//! how it is sent (`auth` = `bearer` | `api-key` | `basic` | `custom-header` | `none`), and a
+//! `rate_limit`. A resource declares its `start`, `stop`, `status` and `health` endpoints
+//! (`{ method, path, body }`, paths with `{key}` filled from the resource's string keys), where
+//! the state is in the status answer (`state_pointer`, a JSON pointer) and what the provider's
+//! words mean (`state_map`), and typed `commands`.
+//!
+//! A started resource lives while its observe loop maps the status to a live state; its run
+//! ends when the status maps to `stopped` or `failed`. Unknown provider values never fail it:
+//! `…ING` reads as starting/stopping, anything else keeps the last state with a warning line.
+
+use crate::command::{CommandSpec, ParamKind, ParamSpec, ParamValue, ValidatedParams, validate};
+use crate::http::{
+    Auth, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url,
+};
+use crate::metadata::{
+    AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
+};
+use crate::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
+use crate::provider::{
+    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+};
+use crate::ratelimit::{Rate, TokenBucket};
+use crate::result::{CommandResult, MASK, PlannedRequest, mask_text};
+use crate::retry::{RetryPolicy, send_with_retry};
+use kinfra_core::Secret;
+use kinfra_core::event::ExitInfo;
+use kinfra_core::resource::{
+    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run,
+};
+use kinfra_core::state::Health;
+use kinfra_core::status::LogStream;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::warn;
+
+/// The provider's id.
+pub const ID: &str = "http-api";
+/// The one resource type it runs.
+pub const RESOURCE_TYPE: &str = "api";
+/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
+pub const KINFRA_KEYS: &[&str] = &[
+    "provider",
+    "interval",
+    "on_down",
+    "depends_on",
+    "restart",
+    "health",
+    "scale_to_zero",
+];
+/// The observe interval when the resource sets none.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// Output lines kept for [`Resource::logs`].
+const LOG_LINES: usize = 500;
+/// Observes of `stopped` right after a start (before any live state) that end the run.
+const STALE_STOPPED_OBSERVES: u32 = 3;
+
+/// A kinfra state a provider's value maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MappedState {
+    /// Up and serving.
+    Running,
+    /// Coming up.
+    Starting,
+    /// Going down.
+    Stopping,
+    /// Down.
+    Stopped,
+    /// Scaled to zero; wakes on demand.
+    Sleeping,
+    /// Broken.
+    Failed,
+    /// Under maintenance (up, not to be touched).
+    Maintenance,
+}
+
+impl MappedState {
+    /// The contract name, e.g. `running`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Starting => "starting",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Sleeping => "sleeping",
+            Self::Failed => "failed",
+            Self::Maintenance => "maintenance",
+        }
+    }
+
+    /// The state named `name` (any case).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "running" => Self::Running,
+            "starting" => Self::Starting,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            "sleeping" => Self::Sleeping,
+            "failed" => Self::Failed,
+            "maintenance" => Self::Maintenance,
+            _ => return None,
+        })
+    }
+
+    fn observed(self) -> Observed {
+        match self {
+            Self::Running | Self::Starting | Self::Stopping | Self::Maintenance => {
+                Observed::Running
+            }
+            Self::Stopped | Self::Sleeping => Observed::Idle,
+            Self::Failed => Observed::Exited(ExitInfo {
+                code: Some(1),
+                signal: None,
+            }),
+        }
+    }
+}
+
+/// A declared endpoint: `{ method, path, body? }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// The method.
+    pub method: Method,
+    /// The path template (`/projects/{project_id}`), joined to the instance's `base_url`.
+    pub path: String,
+    /// The JSON body; its strings are templates too.
+    pub body: Option<Value>,
+}
+
+/// A command declared in a resource's config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredCommand {
+    /// Its typed spec.
+    pub spec: CommandSpec,
+    /// The request it sends. Parameters not used in the path go to the body (or, for GET,
+    /// the query) unless a body is declared.
+    pub endpoint: Endpoint,
+}
+
+/// A resource's config, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSpec {
+    /// The `start` endpoint.
+    pub start: Option<Endpoint>,
+    /// The `stop` endpoint.
+    pub stop: Option<Endpoint>,
+    /// The `status` endpoint.
+    pub status: Option<Endpoint>,
+    /// The `health` endpoint.
+    pub health: Option<Endpoint>,
+    /// Where the state is in the status answer (a JSON pointer); the whole answer without it.
+    pub state_pointer: Option<String>,
+    /// Provider value → kinfra state.
+    pub state_map: BTreeMap<String, MappedState>,
+    /// The declared commands.
+    pub commands: Vec<DeclaredCommand>,
+    /// The resource's string keys, for `{key}` in templates.
+    pub vars: BTreeMap<String, String>,
+    /// The observe interval.
+    pub interval: Duration,
+}
+
+fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
+    ResourceProblem {
+        key: Some(key.to_owned()),
+        message: message.into(),
+    }
+}
+
+fn parse_method(text: &str) -> Option<Method> {
+    let upper = text.to_ascii_uppercase();
+    match upper.as_str() {
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" => {
+            Method::from_bytes(upper.as_bytes()).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The `{name}` placeholders of `template`.
+fn placeholders(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        names.push(after[..close].to_owned());
+        rest = &after[close + 1..];
+    }
+    names
+}
+
+fn parse_endpoint(
+    key: &str,
+    value: &Value,
+    known: &dyn Fn(&str) -> bool,
+    problems: &mut Vec<ResourceProblem>,
+) -> Option<Endpoint> {
+    let Some(table) = value.as_object() else {
+        problems.push(problem(key, "expected a table { method, path, body }"));
+        return None;
+    };
+    let mut ok = true;
+    for k in table.keys() {
+        if !matches!(k.as_str(), "method" | "path" | "body") {
+            problems.push(problem(
+                &format!("{key}.{k}"),
+                "unknown key (expected method, path, body)",
+            ));
+            ok = false;
+        }
+    }
+    let method = match table.get("method") {
+        None => Some(Method::GET),
+        Some(m) => match m.as_str().and_then(parse_method) {
+            Some(m) => Some(m),
+            None => {
+                problems.push(problem(
+                    &format!("{key}.method"),
+                    "expected GET, POST, PUT, PATCH, DELETE or HEAD",
+                ));
+                None
+            }
+        },
+    };
+    let path = match table.get("path").and_then(Value::as_str) {
+        Some(p) => {
+            for name in placeholders(p) {
+                if !known(&name) {
+                    problems.push(problem(
+                        &format!("{key}.path"),
+                        format!("`{{{name}}}` names no string key of the resource"),
+                    ));
+                    ok = false;
+                }
+            }
+            Some(p.to_owned())
+        }
+        None => {
+            problems.push(problem(
+                &format!("{key}.path"),
+                "missing (required), a string",
+            ));
+            None
+        }
+    };
+    match (ok, method, path) {
+        (true, Some(method), Some(path)) => Some(Endpoint {
+            method,
+            path,
+            body: table.get("body").cloned(),
+        }),
+        _ => None,
+    }
+}
+
+fn parse_param_kind(text: &str) -> Option<ParamKind> {
+    Some(match text {
+        "string" => ParamKind::String,
+        "integer" | "int" => ParamKind::Integer {
+            min: None,
+            max: None,
+        },
+        "number" => ParamKind::Number {
+            min: None,
+            max: None,
+        },
+        "boolean" | "bool" => ParamKind::Boolean,
+        "duration" => ParamKind::Duration,
+        "secret" => ParamKind::Secret,
+        _ => return None,
+    })
+}
+
+fn parse_command(
+    index: usize,
+    value: &Value,
+    vars: &BTreeMap<String, String>,
+    problems: &mut Vec<ResourceProblem>,
+) -> Option<DeclaredCommand> {
+    let key = format!("commands[{index}]");
+    let Some(table) = value.as_object() else {
+        problems.push(problem(
+            &key,
+            "expected a table { id, method, path, params, description }",
+        ));
+        return None;
+    };
+    let before = problems.len();
+    for k in table.keys() {
+        if !matches!(
+            k.as_str(),
+            "id" | "method" | "path" | "body" | "params" | "description"
+        ) {
+            problems.push(problem(&format!("{key}.{k}"), "unknown key"));
+        }
+    }
+    let id = table.get("id").and_then(Value::as_str).unwrap_or_default();
+    if id.is_empty() {
+        problems.push(problem(
+            &format!("{key}.id"),
+            "missing (required), a string",
+        ));
+    }
+    let mut params = Vec::new();
+    match table.get("params") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let pkey = format!("{key}.params[{i}]");
+                let name = item.get("name").and_then(Value::as_str);
+                let kind = item.get("kind").and_then(Value::as_str).unwrap_or("string");
+                let required = item
+                    .get("required")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let Some(name) = name.filter(|n| !n.is_empty()) else {
+                    problems.push(problem(
+                        &format!("{pkey}.name"),
+                        "missing (required), a string",
+                    ));
+                    continue;
+                };
+                let Some(kind) = parse_param_kind(kind) else {
+                    problems.push(problem(
+                        &format!("{pkey}.kind"),
+                        format!("`{kind}`: expected string, integer, number, boolean, duration or secret"),
+                    ));
+                    continue;
+                };
+                params.push(ParamSpec {
+                    name: name.to_owned(),
+                    kind,
+                    required,
+                    default: item.get("default").cloned(),
+                    description: item
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+            }
+        }
+        Some(_) => problems.push(problem(&format!("{key}.params"), "expected an array")),
+    }
+    let endpoint_value = Value::Object(
+        table
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "method" | "path" | "body"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
+    let known = |n: &str| vars.contains_key(n) || names.iter().any(|p| p == n);
+    let endpoint = parse_endpoint(&key, &endpoint_value, &known, problems);
+    if problems.len() > before {
+        return None;
+    }
+    Some(DeclaredCommand {
+        spec: CommandSpec {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            description: table
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            category: "custom".into(),
+            resource_type: Some(RESOURCE_TYPE.into()),
+            params,
+            dry_run: true,
+            confirm: false,
+        },
+        endpoint: endpoint?,
+    })
+}
+
+impl ApiSpec {
+    /// Parses a resource's config; every problem at once.
+    pub fn parse(config: &Map<String, Value>) -> Result<Self, Vec<ResourceProblem>> {
+        let mut problems = Vec::new();
+        let vars: BTreeMap<String, String> = config
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+            .collect();
+        let known = |n: &str| vars.contains_key(n);
+        let mut endpoint = |key: &str| {
+            config
+                .get(key)
+                .and_then(|v| parse_endpoint(key, v, &known, &mut problems))
+        };
+        let start = endpoint("start");
+        let stop = endpoint("stop");
+        let status = endpoint("status");
+        // `health` is also kinfra's own key (its probes): a table with a `path` is ours.
+        let health = match config.get("health") {
+            Some(v) if v.get("path").is_some() => {
+                parse_endpoint("health", v, &known, &mut problems)
+            }
+            _ => None,
+        };
+        let state_pointer = match config.get("state_pointer") {
+            None => None,
+            Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => Some(p.clone()),
+            Some(_) => {
+                problems.push(problem(
+                    "state_pointer",
+                    "expected a JSON pointer such as \"/project/status\"",
+                ));
+                None
+            }
+        };
+        let mut state_map = BTreeMap::new();
+        match config.get("state_map") {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (value, state) in map {
+                    match state.as_str().and_then(MappedState::parse) {
+                        Some(s) => {
+                            state_map.insert(value.clone(), s);
+                        }
+                        None => problems.push(problem(
+                            &format!("state_map.{value}"),
+                            "expected running, starting, stopping, stopped, sleeping, failed or maintenance",
+                        )),
+                    }
+                }
+            }
+            Some(_) => problems.push(problem("state_map", "expected a table")),
+        }
+        let mut commands: Vec<DeclaredCommand> = Vec::new();
+        match config.get("commands") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(c) = parse_command(i, item, &vars, &mut problems) {
+                        if commands.iter().any(|d| d.spec.id == c.spec.id) {
+                            problems.push(problem(
+                                &format!("commands[{i}].id"),
+                                format!("`{}` is declared twice", c.spec.id),
+                            ));
+                        } else {
+                            commands.push(c);
+                        }
+                    }
+                }
+            }
+            Some(_) => problems.push(problem("commands", "expected an array of tables")),
+        }
+        let interval = match config.get("interval") {
+            None => DEFAULT_INTERVAL,
+            Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    problems.push(problem("interval", "must be more than zero"));
+                    DEFAULT_INTERVAL
+                }
+                Err(reason) => {
+                    problems.push(problem("interval", reason));
+                    DEFAULT_INTERVAL
+                }
+            },
+            Some(_) => {
+                problems.push(problem("interval", "expected a duration such as \"30s\""));
+                DEFAULT_INTERVAL
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            start,
+            stop,
+            status,
+            health,
+            state_pointer,
+            state_map,
+            commands,
+            vars,
+            interval,
+        })
+    }
+
+    /// Maps the provider's `value` to a kinfra state: through `state_map`, then a kinfra state
+    /// name, then `…ING` (starting or stopping). `None` when it means nothing known.
+    pub fn map_state(&self, value: &str) -> Option<MappedState> {
+        if let Some(s) = self.state_map.get(value) {
+            return Some(*s);
+        }
+        if let Some((_, s)) = self
+            .state_map
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(value))
+        {
+            return Some(*s);
+        }
+        if let Some(s) = MappedState::parse(value) {
+            return Some(s);
+        }
+        let upper = value.to_ascii_uppercase();
+        if upper.ends_with("ING") {
+            let down = [
+                "STOP",
+                "SUSPEND",
+                "PAUS",
+                "DELET",
+                "TERMINAT",
+                "SHUT",
+                "SCALING_DOWN",
+                "DEPROVISION",
+            ];
+            return Some(if down.iter().any(|d| upper.contains(d)) {
+                MappedState::Stopping
+            } else {
+                MappedState::Starting
+            });
+        }
+        None
+    }
+
+    /// The state value in a status answer, by `state_pointer`.
+    fn state_value(&self, answer: &Value) -> Option<String> {
+        let found = match &self.state_pointer {
+            Some(p) => answer.pointer(p)?,
+            None => answer,
+        };
+        match found {
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The command `id`, when the resource declares it.
+    pub fn command(&self, id: &str) -> Option<&DeclaredCommand> {
+        self.commands.iter().find(|c| c.spec.id == id)
+    }
+}
+
+/// Where and how an instance's requests go.
+#[derive(Debug, Clone)]
+struct Target {
+    base: String,
+    auth: Auth,
+    token: Option<Secret>,
+    bucket: Option<TokenBucket>,
+}
+
+fn config_str<'a>(ctx: &'a InstanceContext, key: &str) -> Option<&'a str> {
+    ctx.config.get(key).and_then(Value::as_str)
+}
+
+/// The instance's auth, base URL and rate; every problem at once.
+fn instance_parts(
+    ctx: &InstanceContext,
+) -> Result<(String, Auth, Option<Rate>), Vec<ResourceProblem>> {
+    let mut problems = Vec::new();
+    let base = ctx
+        .base_url
+        .clone()
+        .or_else(|| config_str(ctx, "base_url").map(str::to_owned));
+    let base = match base {
+        None => {
+            problems.push(problem(
+                "base_url",
+                "missing (required for the http-api provider)",
+            ));
+            String::new()
+        }
+        Some(b) => match Url::parse(&b) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => b.trim_end_matches('/').to_owned(),
+            _ => {
+                problems.push(problem("base_url", format!("`{b}` is not an http(s) URL")));
+                String::new()
+            }
+        },
+    };
+    let kind = config_str(ctx, "auth").unwrap_or(if ctx.token.is_some() {
+        "bearer"
+    } else {
+        "none"
+    });
+    let mut token = || match &ctx.token {
+        Some(t) => Some(t.clone()),
+        None => {
+            problems.push(problem(
+                "token",
+                format!("auth `{kind}` needs a token (token or token_file)"),
+            ));
+            None
+        }
+    };
+    let auth = match kind {
+        "none" => Some(Auth::None),
+        "bearer" => token().map(Auth::Bearer),
+        "basic" => {
+            let password = token();
+            match (config_str(ctx, "user"), password) {
+                (Some(user), Some(password)) => Some(Auth::Basic {
+                    user: user.to_owned(),
+                    password,
+                }),
+                (None, _) => {
+                    problems.push(problem("user", "missing (required by auth = \"basic\")"));
+                    None
+                }
+                _ => None,
+            }
+        }
+        "custom-header" => {
+            let value = token();
+            match (config_str(ctx, "auth_header"), value) {
+                (Some(name), Some(value)) => Some(Auth::Header {
+                    name: name.to_owned(),
+                    value,
+                }),
+                (None, _) => {
+                    problems.push(problem(
+                        "auth_header",
+                        "missing (required by auth = \"custom-header\")",
+                    ));
+                    None
+                }
+                _ => None,
+            }
+        }
+        "api-key" => {
+            let value = token();
+            match (
+                config_str(ctx, "auth_header"),
+                config_str(ctx, "auth_query"),
+                value,
+            ) {
+                (Some(name), None, Some(value)) => Some(Auth::Header {
+                    name: name.to_owned(),
+                    value,
+                }),
+                (None, Some(name), Some(value)) => Some(Auth::Query {
+                    name: name.to_owned(),
+                    value,
+                }),
+                (Some(_), Some(_), _) => {
+                    problems.push(problem(
+                        "auth_query",
+                        "set auth_header or auth_query, not both",
+                    ));
+                    None
+                }
+                (None, None, _) => {
+                    problems.push(problem(
+                        "auth_header",
+                        "auth = \"api-key\" needs auth_header or auth_query",
+                    ));
+                    None
+                }
+                _ => None,
+            }
+        }
+        other => {
+            problems.push(problem(
+                "auth",
+                format!("`{other}`: expected bearer, api-key, basic, custom-header or none"),
+            ));
+            None
+        }
+    };
+    let rate = match ctx.config.get("rate_limit") {
+        None => None,
+        Some(Value::String(text)) => match text.parse::<Rate>() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                problems.push(problem("rate_limit", e.to_string()));
+                None
+            }
+        },
+        Some(_) => {
+            problems.push(problem("rate_limit", "expected a rate such as \"5/s\""));
+            None
+        }
+    };
+    match auth {
+        Some(auth) if problems.is_empty() => Ok((base, auth, rate)),
+        _ => Err(problems),
+    }
+}
+
+/// Every `{name}` used in the resource's endpoint and command templates.
+fn template_keys(config: &Map<String, Value>) -> Vec<String> {
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.extend(placeholders(s)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            Value::Object(map) => map.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for key in ["start", "stop", "status", "health", "commands"] {
+        if let Some(v) = config.get(key) {
+            walk(v, &mut out);
+        }
+    }
+    out
+}
+
+/// Percent-encodes a value put into a path (everything but RFC 3986's unreserved characters).
+fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `template` with every `{name}` replaced by `value(name)` (left as it is when unknown).
+fn render(template: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                let name = &after[..close];
+                match value(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        out.push('{');
+                        out.push_str(name);
+                        out.push('}');
+                    }
+                }
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str(&rest[open..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A body's strings rendered; a string that is exactly `{name}` becomes the typed value.
+fn render_body(body: &Value, value: &dyn Fn(&str) -> Option<Value>) -> Value {
+    match body {
+        Value::String(s) => {
+            let names = placeholders(s);
+            if names.len() == 1
+                && *s == format!("{{{}}}", names[0])
+                && let Some(v) = value(&names[0])
+            {
+                return v;
+            }
+            Value::String(render(s, &|n| {
+                value(n).map(|v| match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                })
+            }))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| render_body(v, value)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), render_body(v, value)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn param_text(value: &ParamValue) -> String {
+    match value.to_json_exposed() {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+impl Target {
+    /// The request for `endpoint` with `vars` and `params` filled in.
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        vars: &BTreeMap<String, String>,
+        params: Option<&ValidatedParams>,
+    ) -> Result<HttpRequest, HttpError> {
+        let mut used = Vec::new();
+        let path = render(&endpoint.path, &|name| {
+            if let Some(v) = params.and_then(|p| p.get(name)) {
+                return Some(encode_segment(&param_text(v)));
+            }
+            vars.get(name).map(|v| encode_segment(v))
+        });
+        for name in placeholders(&endpoint.path) {
+            used.push(name);
+        }
+        let text = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let mut url = Url::parse(&text).map_err(|e| HttpError::Invalid {
+            url: text.clone(),
+            reason: e.to_string(),
+        })?;
+        let typed = |name: &str| -> Option<Value> {
+            if let Some(v) = params.and_then(|p| p.get(name)) {
+                return Some(v.to_json_exposed());
+            }
+            vars.get(name).map(|v| Value::String(v.clone()))
+        };
+        let mut body = endpoint.body.as_ref().map(|b| render_body(b, &typed));
+        if let (Some(params), None) = (params, &endpoint.body) {
+            let rest: Map<String, Value> = params
+                .iter()
+                .filter(|(name, _)| !used.iter().any(|u| u == name))
+                .map(|(name, v)| (name.to_owned(), v.to_json_exposed()))
+                .collect();
+            if !rest.is_empty() {
+                if endpoint.method == Method::GET || endpoint.method == Method::HEAD {
+                    let mut pairs = url.query_pairs_mut();
+                    for (name, v) in &rest {
+                        let v = match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        pairs.append_pair(name, &v);
+                    }
+                } else {
+                    body = Some(Value::Object(rest));
+                }
+            }
+        }
+        let mut request = HttpRequest::new(endpoint.method.clone(), url).auth(self.auth.clone());
+        request.body = body;
+        Ok(request)
+    }
+
+    /// What `request` looks like on the wire, secrets still in (mask before showing).
+    fn planned(&self, request: &HttpRequest) -> PlannedRequest {
+        let mut url = request.url.clone();
+        let mut headers = Vec::new();
+        match &request.auth {
+            Auth::None => {}
+            Auth::Bearer(t) => {
+                headers.push(("Authorization".into(), format!("Bearer {}", t.expose())))
+            }
+            Auth::Basic { .. } => headers.push(("Authorization".into(), format!("Basic {MASK}"))),
+            Auth::Header { name, value } => headers.push((name.clone(), value.expose().to_owned())),
+            Auth::Query { name, value } => {
+                url.query_pairs_mut().append_pair(name, value.expose());
+            }
+        }
+        headers.extend(request.headers.iter().cloned());
+        if request.body.is_some() {
+            headers.push(("Content-Type".into(), "application/json".into()));
+        }
+        PlannedRequest {
+            method: request.method.to_string(),
+            url: url.to_string(),
+            headers,
+            body: request.body.clone(),
+        }
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        self.token.iter().collect()
+    }
+
+    fn mask(&self, text: &str) -> String {
+        let values: Vec<&str> = self.token.iter().map(|t| t.expose()).collect();
+        mask_text(text, &values)
+    }
+}
+
+/// The `http-api` provider. Instances share one HTTP client; each instance has its own token
+/// bucket (its `rate_limit`).
+pub struct HttpApiProvider {
+    metadata: ProviderMetadata,
+    http_config: HttpConfig,
+    http: OnceLock<HttpClient>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for HttpApiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApiProvider").finish_non_exhaustive()
+    }
+}
+
+/// The `http-api` provider with the default HTTP timeouts.
+pub fn provider() -> Arc<dyn Provider> {
+    Arc::new(HttpApiProvider::new())
+}
+
+fn endpoint_key(name: &str, what: &str) -> ConfigKeySpec {
+    ConfigKeySpec {
+        name: name.into(),
+        required: false,
+        kind: ConfigKind::Table,
+        description: format!(
+            "{what}: {{ method, path, body }}; `{{key}}` in the path is the resource's key"
+        ),
+    }
+}
+
+fn metadata() -> ProviderMetadata {
+    ProviderMetadata {
+        id: ID.into(),
+        name: ID.into(),
+        display_name: "HTTP API".into(),
+        description: "Any HTTP/REST API as a resource: start, stop, status and health endpoints, \
+                      the state read by a JSON pointer and mapped by a table, typed commands \
+                      declared in config."
+            .into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        category: Category::Custom,
+        capabilities: vec![Capability::Monitor, Capability::DryRun],
+        resource_types: vec![ResourceTypeSpec {
+            name: RESOURCE_TYPE.into(),
+            description: "An API-managed thing, observed through its status endpoint.".into(),
+            config: vec![
+                endpoint_key("start", "Called to bring it up"),
+                endpoint_key("stop", "Called to bring it down"),
+                endpoint_key("status", "Read every `interval` for the state"),
+                endpoint_key("health", "A 2xx answer is healthy"),
+                ConfigKeySpec {
+                    name: "state_pointer".into(),
+                    required: false,
+                    kind: ConfigKind::String,
+                    description: "JSON pointer to the state in the status answer, e.g. /project/status".into(),
+                },
+                ConfigKeySpec {
+                    name: "state_map".into(),
+                    required: false,
+                    kind: ConfigKind::Table,
+                    description: "Provider value → running, starting, stopping, stopped, sleeping, failed or maintenance".into(),
+                },
+                ConfigKeySpec {
+                    name: "commands".into(),
+                    required: false,
+                    kind: ConfigKind::Array,
+                    description: "Typed commands: [{ id, method, path, params = [{ name, kind, required }], description }]".into(),
+                },
+            ],
+        }],
+        auth_methods: vec![
+            AuthMethod::Bearer,
+            AuthMethod::ApiKey,
+            AuthMethod::Basic,
+            AuthMethod::CustomHeader,
+            AuthMethod::None,
+        ],
+    }
+}
+
+impl Default for HttpApiProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpApiProvider {
+    /// The provider with the default HTTP timeouts.
+    pub fn new() -> Self {
+        Self::with_http_config(HttpConfig::default())
+    }
+
+    /// The provider with `config`'s HTTP timeouts.
+    pub fn with_http_config(config: HttpConfig) -> Self {
+        Self {
+            metadata: metadata(),
+            http_config: config,
+            http: OnceLock::new(),
+            buckets: Mutex::new(HashMap::new()),
+            retry: RetryPolicy {
+                max_attempts: 4,
+                max_elapsed: Duration::from_secs(60),
+                ..RetryPolicy::default()
+            },
+        }
+    }
+
+    /// The retry policy of start, stop and commands (the observe loop has its own backoff).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    fn http(&self) -> Result<HttpClient, ResourceError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c.clone());
+        }
+        let client = HttpClient::new(self.http_config.clone())
+            .map_err(|e| ResourceError::Invalid(e.to_string()))?;
+        Ok(self.http.get_or_init(|| client).clone())
+    }
+
+    fn target(&self, ctx: &InstanceContext) -> Result<Target, Vec<ResourceProblem>> {
+        let (base, auth, rate) = instance_parts(ctx)?;
+        let bucket = rate.map(|rate| {
+            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            buckets
+                .entry(ctx.instance.clone())
+                .or_insert_with(|| TokenBucket::new(rate))
+                .clone()
+        });
+        Ok(Target {
+            base,
+            auth,
+            token: ctx.token.clone(),
+            bucket,
+        })
+    }
+
+    /// The commands `decl` declares, as typed specs (http-api commands are per resource).
+    pub fn resource_commands(decl: &ResourceDecl) -> Result<Vec<CommandSpec>, ProviderError> {
+        let spec =
+            ApiSpec::parse(&decl.config).map_err(|problems| ProviderError::InvalidResource {
+                resource: decl.name.clone(),
+                problems,
+            })?;
+        Ok(spec.commands.into_iter().map(|c| c.spec).collect())
+    }
+
+    /// Validates `params` against the declared command `id` (every problem at once) and runs
+    /// it (see [`Provider::execute`]).
+    pub async fn run_command(
+        &self,
+        instance: &InstanceContext,
+        decl: &ResourceDecl,
+        id: &str,
+        params: &Map<String, Value>,
+        dry_run: bool,
+    ) -> Result<CommandResult, ProviderError> {
+        let spec =
+            ApiSpec::parse(&decl.config).map_err(|problems| ProviderError::InvalidResource {
+                resource: decl.name.clone(),
+                problems,
+            })?;
+        let command = spec
+            .command(id)
+            .ok_or_else(|| ProviderError::UnknownCommand {
+                provider: ID.into(),
+                command: id.into(),
+            })?
+            .spec
+            .clone();
+        let params = validate(&command, params)?;
+        self.execute(instance, decl, &command, params, dry_run)
+            .await
+    }
+
+    /// The [`HttpApiResource`] for `decl` (the concrete type behind [`Provider::resource`]).
+    pub fn api_resource(
+        &self,
+        instance: &InstanceContext,
+        decl: &ResourceDecl,
+    ) -> Result<HttpApiResource, ProviderError> {
+        let invalid = |problems| ProviderError::InvalidResource {
+            resource: decl.name.clone(),
+            problems,
+        };
+        let spec = ApiSpec::parse(&decl.config).map_err(invalid)?;
+        let target = self.target(instance).map_err(invalid)?;
+        let http = self.http()?;
+        let (events, _) = broadcast::channel(256);
+        Ok(HttpApiResource {
+            inner: Arc::new(Inner {
+                name: decl.name.clone(),
+                spec,
+                target,
+                http,
+                retry: self.retry,
+                last: Mutex::new(None),
+                logs: Mutex::new(VecDeque::new()),
+                events,
+                live: Mutex::new(None),
+                runs: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+impl Provider for HttpApiProvider {
+    fn metadata(&self) -> &ProviderMetadata {
+        &self.metadata
+    }
+
+    /// Empty: http-api commands are declared per resource (see
+    /// [`HttpApiProvider::resource_commands`]).
+    fn commands(&self) -> &[CommandSpec] {
+        &[]
+    }
+
+    fn validate_resource<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Vec<ResourceProblem>> {
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
+                // The resource's own string keys used in a template (`{project_id}`) are its.
+                let used = template_keys(&decl.config);
+                problems.extend(
+                    check_config(spec, &decl.config, KINFRA_KEYS)
+                        .into_iter()
+                        .filter(|p| {
+                            !p.key.as_ref().is_some_and(|k| {
+                                used.contains(k) && decl.config.get(k).is_some_and(Value::is_string)
+                            })
+                        }),
+                );
+            }
+            if let Err(found) = ApiSpec::parse(&decl.config) {
+                for p in found {
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
+            if let Err(found) = instance_parts(instance) {
+                problems.extend(found);
+            }
+            problems
+        })
+    }
+
+    fn resource(
+        &self,
+        instance: &InstanceContext,
+        decl: &ResourceDecl,
+    ) -> Result<Box<dyn Resource>, ProviderError> {
+        Ok(Box::new(self.api_resource(instance, decl)?))
+    }
+
+    fn execute<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        resource: &'a ResourceDecl,
+        command: &'a CommandSpec,
+        params: ValidatedParams,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
+        Box::pin(async move {
+            let invalid = |problems| ProviderError::InvalidResource {
+                resource: resource.name.clone(),
+                problems,
+            };
+            let spec = ApiSpec::parse(&resource.config).map_err(invalid)?;
+            let declared =
+                spec.command(&command.id)
+                    .ok_or_else(|| ProviderError::UnknownCommand {
+                        provider: ID.into(),
+                        command: command.id.clone(),
+                    })?;
+            let target = self.target(instance).map_err(invalid)?;
+            let mut secrets = target.secrets();
+            secrets.extend(params.secrets());
+            let values: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+            let failed = |reason: String| ProviderError::Command {
+                command: command.id.clone(),
+                reason: mask_text(&reason, &values),
+            };
+            let request = target
+                .request(&declared.endpoint, &spec.vars, Some(&params))
+                .map_err(|e| failed(e.to_string()))?;
+            if dry_run {
+                return Ok(CommandResult::planned(
+                    &[target.planned(&request)],
+                    &secrets,
+                ));
+            }
+            let http = self.http()?;
+            let response = send_with_retry(&http, target.bucket.as_ref(), &request, &self.retry)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let mut result = CommandResult::ok(answer_data(&response));
+            result.operation = response
+                .header("operation-id")
+                .or_else(|| response.header("location"))
+                .filter(|_| response.status == 202)
+                .map(str::to_owned);
+            Ok(result.mask(&secrets))
+        })
+    }
+}
+
+fn answer_data(response: &HttpResponse) -> Value {
+    if response.body.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()))
+}
+
+/// A live run: its exit (set once) and the observe loop's status.
+struct Live {
+    id: String,
+    exit: watch::Sender<Option<ExitInfo>>,
+    observed: watch::Receiver<ObservedStatus>,
+}
+
+struct Inner {
+    name: String,
+    spec: ApiSpec,
+    target: Target,
+    http: HttpClient,
+    retry: RetryPolicy,
+    /// The last provider value and what it mapped to.
+    last: Mutex<Option<(String, MappedState)>>,
+    logs: Mutex<VecDeque<OutputLine>>,
+    events: broadcast::Sender<OutputLine>,
+    live: Mutex<Option<Live>>,
+    runs: AtomicU64,
+}
+
+/// Waits for the run's exit; `None` when its sender is gone without one.
+async fn wait_exit(exit: &mut watch::Receiver<Option<ExitInfo>>) -> Option<ExitInfo> {
+    match exit.wait_for(Option::is_some).await {
+        Ok(info) => *info,
+        Err(_) => None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    fn line(&self, stream: LogStream, text: String) {
+        let line = OutputLine {
+            stream,
+            text: self.target.mask(&text),
+        };
+        {
+            let mut logs = lock(&self.logs);
+            if logs.len() >= LOG_LINES {
+                logs.pop_front();
+            }
+            logs.push_back(line.clone());
+        }
+        let _ = self.events.send(line);
+    }
+
+    /// One GET of `status`: the provider's value.
+    async fn fetch_state(&self, endpoint: &Endpoint) -> Result<String, HttpError> {
+        let request = self.target.request(endpoint, &self.spec.vars, None)?;
+        if let Some(bucket) = &self.target.bucket {
+            bucket.acquire().await;
+        }
+        let response = self.http.send(&request).await?;
+        let answer: Value = response.json()?;
+        self.spec
+            .state_value(&answer)
+            .ok_or_else(|| HttpError::Decode {
+                url: response.url.clone(),
+                reason: match &self.spec.state_pointer {
+                    Some(p) => format!("no state (a string) at `{p}`"),
+                    None => "the answer is not a state string".into(),
+                },
+            })
+    }
+
+    /// Maps `value` and records it: unknown values keep the last state with a warning line.
+    fn record(&self, value: &str) -> Option<MappedState> {
+        let mapped = self.spec.map_state(value);
+        let mut last = lock(&self.last);
+        let previous = last.as_ref().map(|(_, s)| *s);
+        match mapped {
+            Some(state) => {
+                let changed = last.as_ref().is_none_or(|(v, s)| v != value || *s != state);
+                *last = Some((value.to_owned(), state));
+                drop(last);
+                if changed {
+                    self.line(
+                        LogStream::System,
+                        format!("provider state `{value}` → {}", state.as_str()),
+                    );
+                }
+                Some(state)
+            }
+            None => {
+                drop(last);
+                let kept = previous.map(MappedState::as_str).unwrap_or("unknown");
+                warn!(resource = %self.name, value, kept, "Unknown provider state; keeping the last state.");
+                self.line(
+                    LogStream::Stderr,
+                    format!("warning: unknown provider state `{value}`; keeping {kept}"),
+                );
+                previous
+            }
+        }
+    }
+
+    async fn call(&self, what: &str, endpoint: &Endpoint) -> Result<(), ResourceError> {
+        let request = self
+            .target
+            .request(endpoint, &self.spec.vars, None)
+            .map_err(|e| ResourceError::op(what, self.target.mask(&e.to_string())))?;
+        self.line(
+            LogStream::System,
+            format!("{what}: {} {}", request.method, request.redacted_url()),
+        );
+        send_with_retry(
+            &self.http,
+            self.target.bucket.as_ref(),
+            &request,
+            &self.retry,
+        )
+        .await
+        .map_err(|e| ResourceError::op(what, self.target.mask(&e.to_string())))?;
+        Ok(())
+    }
+
+    fn current_run(&self) -> Option<(String, watch::Receiver<Option<ExitInfo>>)> {
+        let live = lock(&self.live);
+        live.as_ref()
+            .filter(|l| l.exit.borrow().is_none())
+            .map(|l| (l.id.clone(), l.exit.subscribe()))
+    }
+
+    /// A [`Run`] following the live run's exit and output.
+    fn run_handle(
+        &self,
+        id: String,
+        mut exit: watch::Receiver<Option<ExitInfo>>,
+        adopted: bool,
+    ) -> Run {
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let mut events = self.events.subscribe();
+        tokio::spawn(async move {
+            let info = loop {
+                tokio::select! {
+                    info = wait_exit(&mut exit) => break info,
+                    line = events.recv() => match line {
+                        Ok(line) => { let _ = out_tx.send(line).await; }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            break wait_exit(&mut exit).await;
+                        }
+                    },
+                }
+            };
+            while let Ok(line) = events.try_recv() {
+                let _ = out_tx.send(line).await;
+            }
+            drop(out_tx);
+            if let Some(info) = info {
+                let _ = exit_tx.send(info);
+            }
+        });
+        Run {
+            id,
+            pid: None,
+            adopted,
+            output: out_rx,
+            exit: exit_rx,
+        }
+    }
+}
+
+/// A resource of the `http-api` provider (see the module docs).
+pub struct HttpApiResource {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HttpApiResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApiResource")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpApiResource {
+    /// The last kinfra state and the provider's value it came from.
+    pub fn state(&self) -> Option<(String, MappedState)> {
+        lock(&self.inner.last).clone()
+    }
+
+    /// The live run's observe status (`last_sync`, `provider_state`), when a run is live.
+    pub fn observed(&self) -> Option<watch::Receiver<ObservedStatus>> {
+        lock(&self.inner.live).as_ref().map(|l| l.observed.clone())
+    }
+
+    /// The parsed config.
+    pub fn spec(&self) -> &ApiSpec {
+        &self.inner.spec
+    }
+}
+
+impl Resource for HttpApiResource {
+    fn kind(&self) -> &'static str {
+        "http-api"
+    }
+
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if let Some((id, exit)) = inner.current_run() {
+                return Ok(inner.run_handle(id, exit, true));
+            }
+            if let Some(endpoint) = &inner.spec.start {
+                inner.call("start", endpoint).await?;
+            }
+            let n = inner.runs.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = format!("{}#{n}", inner.name);
+            let (exit_tx, exit_rx) = watch::channel(None::<ExitInfo>);
+            // Subscribe the run before the loop can publish anything.
+            let run = inner.run_handle(id.clone(), exit_rx.clone(), false);
+            let Some(status) = inner.spec.status.clone() else {
+                // Nothing to observe: it runs until stopped.
+                *lock(&inner.last) = Some(("".into(), MappedState::Running));
+                let (_, observed) = watch::channel(ObservedStatus::default());
+                *lock(&inner.live) = Some(Live {
+                    id,
+                    exit: exit_tx,
+                    observed,
+                });
+                return Ok(run);
+            };
+            let stale_stopped = Arc::new(AtomicU32::new(0));
+            let observe_fn = {
+                let inner = inner.clone();
+                let exit_tx = exit_tx.clone();
+                move || {
+                    let inner = inner.clone();
+                    let exit_tx = exit_tx.clone();
+                    let status = status.clone();
+                    let stale_stopped = stale_stopped.clone();
+                    Box::pin(async move {
+                        let value = inner
+                            .fetch_state(&status)
+                            .await
+                            .map_err(ObserveError::from)?;
+                        let ended = match inner.record(&value) {
+                            Some(MappedState::Failed) => Some(1),
+                            Some(MappedState::Stopped) => {
+                                // Right after a start the API may still say stopped.
+                                let seen_live = stale_stopped.load(Ordering::Relaxed) == u32::MAX;
+                                let stale = stale_stopped
+                                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                        Some(if n == u32::MAX { n } else { n + 1 })
+                                    })
+                                    .unwrap_or(0);
+                                (seen_live || stale + 1 >= STALE_STOPPED_OBSERVES).then_some(0)
+                            }
+                            Some(_) => {
+                                stale_stopped.store(u32::MAX, Ordering::Relaxed);
+                                None
+                            }
+                            None => None,
+                        };
+                        if let Some(code) = ended {
+                            exit_tx.send_if_modified(|e| {
+                                if e.is_none() {
+                                    *e = Some(ExitInfo {
+                                        code: Some(code),
+                                        signal: None,
+                                    });
+                                    true
+                                } else {
+                                    false
+                                }
+                            });
+                        }
+                        Ok(value)
+                    })
+                        as std::pin::Pin<
+                            Box<
+                                dyn std::future::Future<Output = Result<String, ObserveError>>
+                                    + Send,
+                            >,
+                        >
+                }
+            };
+            let mut stop_rx = exit_rx;
+            let stop = async move {
+                let _ = stop_rx.wait_for(Option::is_some).await;
+            };
+            let (observed, _task) =
+                observe::spawn(ObserveConfig::every(inner.spec.interval), observe_fn, stop);
+            *lock(&inner.live) = Some(Live {
+                id,
+                exit: exit_tx,
+                observed,
+            });
+            Ok(run)
+        })
+    }
+
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let called = match &inner.spec.stop {
+                Some(endpoint) => inner.call("stop", endpoint).await,
+                None => Ok(()),
+            };
+            let live = lock(&inner.live)
+                .as_ref()
+                .map(|l| (l.exit.clone(), l.exit.subscribe()));
+            if let Some((exit_tx, mut exit_rx)) = live {
+                if called.is_ok() && inner.spec.status.is_some() && inner.spec.stop.is_some() {
+                    // The observe loop ends the run when the status says stopped.
+                    let _ = tokio::time::timeout(grace, exit_rx.wait_for(Option::is_some)).await;
+                }
+                exit_tx.send_if_modified(|e| {
+                    if e.is_none() {
+                        *e = Some(ExitInfo {
+                            code: Some(0),
+                            signal: None,
+                        });
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            called
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<Observed, ResourceError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let Some(endpoint) = &inner.spec.status else {
+                let live = inner.current_run().is_some();
+                return Ok(if live {
+                    Observed::Running
+                } else {
+                    Observed::Idle
+                });
+            };
+            match inner.fetch_state(endpoint).await {
+                Ok(value) => Ok(inner
+                    .record(&value)
+                    .map(MappedState::observed)
+                    .unwrap_or(Observed::Idle)),
+                Err(error) => {
+                    let last = lock(&inner.last).as_ref().map(|(_, s)| *s);
+                    match (crate::retry::classify(&error), last) {
+                        (crate::retry::Failure::RateLimited(_), Some(state)) => {
+                            Ok(state.observed())
+                        }
+                        _ => Err(ResourceError::op(
+                            "status",
+                            inner.target.mask(&error.to_string()),
+                        )),
+                    }
+                }
+            }
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<Health, ResourceError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let Some(endpoint) = &inner.spec.health else {
+                return Ok(Health::Unknown);
+            };
+            let request = inner
+                .target
+                .request(endpoint, &inner.spec.vars, None)
+                .map_err(|e| ResourceError::op("health", inner.target.mask(&e.to_string())))?;
+            if let Some(bucket) = &inner.target.bucket {
+                bucket.acquire().await;
+            }
+            Ok(match inner.http.send(&request).await {
+                Ok(_) => Health::Healthy,
+                Err(error) => {
+                    inner.line(LogStream::Stderr, format!("health check failed: {error}"));
+                    Health::Unhealthy
+                }
+            })
+        })
+    }
+
+    fn has_own_health(&self) -> bool {
+        self.inner.spec.health.is_some()
+    }
+
+    fn connection(&self) -> Connection {
+        let url = Url::parse(&self.inner.target.base).ok();
+        Connection {
+            host: url
+                .as_ref()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default(),
+            port: url.as_ref().and_then(Url::port_or_known_default),
+            url: Some(Secret::new(self.inner.target.base.clone())),
+            fields: BTreeMap::new(),
+        }
+    }
+
+    fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
+        Box::pin(async move {
+            let logs = lock(&self.inner.logs);
+            let skip = logs.len().saturating_sub(tail);
+            Ok(logs.iter().skip(skip).cloned().collect())
+        })
+    }
+
+    fn remove(&self, _volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {
+        // Nothing was created by kinfra: the API owns the thing.
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(config: Value) -> ApiSpec {
+        let Value::Object(map) = config else {
+            panic!("not an object")
+        };
+        ApiSpec::parse(&map).expect("valid spec")
+    }
+
+    #[test]
+    fn unknown_values_map_by_their_ing_or_not_at_all() {
+        let s = spec(json!({ "state_map": { "ACTIVE": "running", "IDLE": "sleeping" } }));
+        assert_eq!(s.map_state("ACTIVE"), Some(MappedState::Running));
+        assert_eq!(s.map_state("idle"), Some(MappedState::Sleeping));
+        assert_eq!(s.map_state("stopped"), Some(MappedState::Stopped));
+        assert_eq!(s.map_state("PROVISIONING"), Some(MappedState::Starting));
+        assert_eq!(s.map_state("SUSPENDING"), Some(MappedState::Stopping));
+        assert_eq!(s.map_state("WEIRD"), None);
+    }
+
+    #[test]
+    fn templates_fill_keys_and_typed_body_values() {
+        let vars: BTreeMap<String, String> = [("id".to_owned(), "a b".to_owned())].into();
+        let path = render("/p/{id}/x/{nope}", &|n| {
+            vars.get(n).map(|v| encode_segment(v))
+        });
+        assert_eq!(path, "/p/a%20b/x/{nope}");
+        let body = render_body(&json!({"n": "{n}", "t": "n={n}"}), &|n| {
+            (n == "n").then(|| json!(3))
+        });
+        assert_eq!(body, json!({"n": 3, "t": "n=3"}));
+    }
+}

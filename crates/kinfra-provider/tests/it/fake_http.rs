@@ -69,10 +69,15 @@ impl Seen {
     }
 }
 
+/// Answers a request from the test's own state (a stateful fake); `None` falls through to
+/// the default reply.
+pub type Handler = Arc<dyn Fn(&Seen) -> Option<Reply> + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     script: VecDeque<Reply>,
     default: Option<Reply>,
+    handler: Option<Handler>,
     seen: Vec<Seen>,
 }
 
@@ -129,6 +134,12 @@ impl FakeHttp {
     /// Replaces the default reply.
     pub fn set_default(&self, reply: Reply) {
         self.state.lock().expect("lock").default = Some(reply);
+    }
+
+    /// Answers requests the script does not with `handler` (before the default).
+    #[allow(dead_code)]
+    pub fn route(&self, handler: impl Fn(&Seen) -> Option<Reply> + Send + Sync + 'static) {
+        self.state.lock().expect("lock").handler = Some(Arc::new(handler));
     }
 
     pub fn url(&self, path: &str) -> Url {
@@ -201,9 +212,14 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, arrived: Arc<Not
             at: Instant::now(),
         });
         let default = state.default.clone();
+        let routed = match (&state.handler, state.seen.last()) {
+            (Some(handler), Some(seen)) if state.script.is_empty() => handler(seen),
+            _ => None,
+        };
         state
             .script
             .pop_front()
+            .or(routed)
             .or(default)
             .expect("a default reply")
     };

@@ -2,6 +2,7 @@
 
 mod fake_http;
 mod http;
+mod http_api_provider;
 mod observe;
 mod operation;
 mod plugin;
