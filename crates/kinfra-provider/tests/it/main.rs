@@ -1,5 +1,6 @@
 //! kinfra-provider's integration tests: one binary, real processes and sockets.
 
+mod command_provider;
 mod fake_http;
 mod http;
 mod http_api_provider;
