@@ -12,10 +12,11 @@ pub fn check(arg: &ConfigArg, print: bool) -> anyhow::Result<ExitCode> {
         ConfigSource::Embedded => "no kinfra.toml here; the built-in default config".into(),
     };
     println!(
-        "ok: {name}: project `{}`, {} services, {} resources, {} routes",
+        "ok: {name}: project `{}`, {} services, {} resources, {} providers, {} routes",
         config.project.name,
         config.services.len(),
         config.resources.len(),
+        config.providers.instances.len(),
         config.routes.len()
     );
     if print {

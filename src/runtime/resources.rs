@@ -49,7 +49,7 @@ pub(super) async fn container_resources(
     stored_ports: Option<&mut BTreeMap<String, u16>>,
     store: Option<&Store>,
 ) -> Result<Vec<(String, kinfra_supervisor::ResourceSpec)>, StartError> {
-    if config.resources.is_empty() {
+    if config.resources.values().all(|r| r.is_provider()) {
         return Ok(Vec::new());
     }
     let registry = match stored_ports.as_deref() {

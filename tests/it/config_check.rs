@@ -321,3 +321,134 @@ fn bad_usage_exits_2_and_version_prints() {
     assert!(out.status.success());
     assert!(stdout(&out).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// A config with provider instances and provider resources passes; the summary counts the
+/// instances; provider keys are left to the provider; references to provider resources
+/// pass; the token never reaches `--print`.
+#[test]
+fn provider_config_passes_and_counts_providers() {
+    let p = Project::with_config(
+        r#"
+[project]
+name = "cloud"
+
+[providers]
+plugin_dirs = ["plugins"]
+
+[providers.neon]
+token = "neon-token-5f1c2a"
+rate_limit = "5/s"
+
+[providers.ops]
+provider = "command"
+rate_limit = "30/m"
+
+[resources.db]
+provider = "neon"
+project_id = "proj-1"
+interval = "10s"
+on_down = "delete"
+confirm_delete = true
+
+[resources.tunnel]
+provider = "ops"
+start = ["cloudflared", "tunnel", "run"]
+
+[services.api]
+command = "sleep 100"
+env = { DATABASE_URL = "${resources.db.url}" }
+"#,
+    );
+    let out = p.run(&["config", "check", "--print"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("2 resources"), "{text}");
+    assert!(text.contains("2 providers"), "{text}");
+    assert!(text.contains("project_id = \"proj-1\""), "{text}");
+    assert!(
+        !text.contains("neon-token-5f1c2a"),
+        "the token leaked:\n{text}"
+    );
+}
+
+/// Provider mistakes: exit 2 with the file, the line and the key.
+#[test]
+fn bad_provider_configs_exit_2_with_location() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "rate_limit that does not parse",
+            "[providers.neon]\nrate_limit = \"5 per second\"\n",
+            &[
+                "kinfra.toml:2",
+                "providers.neon.rate_limit",
+                "5 per second",
+                "N/s",
+            ],
+        ),
+        (
+            "resource naming no provider instance",
+            "[providers.neon]\n\n[resources.db]\nprovider = \"neom\"\n",
+            &[
+                "kinfra.toml:4",
+                "resources.db.provider",
+                "unknown provider instance `neom`",
+            ],
+        ),
+        (
+            "on_down = delete without confirmation",
+            "[providers.neon]\n\n[resources.db]\nprovider = \"neon\"\non_down = \"delete\"\n",
+            &[
+                "kinfra.toml:5",
+                "resources.db.on_down",
+                "confirm_delete = true",
+            ],
+        ),
+        (
+            "Docker key on a provider resource",
+            "[providers.neon]\n\n[resources.db]\nimage = \"postgres:16\"\nprovider = \"neon\"\n",
+            &["kinfra.toml:4", "resources.db.image", "container key"],
+        ),
+        (
+            "token and token_file",
+            "[providers.neon]\ntoken = \"t\"\ntoken_file = \"t.txt\"\n",
+            &["kinfra.toml:3", "providers.neon.token_file", "both set"],
+        ),
+        (
+            "interval of 0",
+            "[providers.neon]\n\n[resources.db]\nprovider = \"neon\"\ninterval = \"0s\"\n",
+            &["kinfra.toml:5", "resources.db.interval"],
+        ),
+        (
+            "provider on_down on a container",
+            "[resources.cache]\ntemplate = \"redis\"\non_down = \"keep\"\n",
+            &[
+                "kinfra.toml:3",
+                "resources.cache.on_down",
+                "stop, remove or remove_volumes",
+            ],
+        ),
+        (
+            "unknown key on a container",
+            "[resources.cache]\ntemplate = \"redis\"\nproject_id = \"p\"\n",
+            &["kinfra.toml:3", "resources.cache.project_id", "unknown key"],
+        ),
+    ];
+    for (name, text, fragments) in cases {
+        let p = Project::with_config(text);
+        let out = p.run(&["config", "check"]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{name}: expected exit 2, stdout {} stderr {}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let err = stderr(&out);
+        for fragment in *fragments {
+            assert!(
+                err.contains(fragment),
+                "{name}: {fragment:?} not in:\n{err}"
+            );
+        }
+    }
+}

@@ -233,6 +233,25 @@ impl Config {
         }
     }
 
+    /// A path of this config (`[providers] plugin_dirs`, a `token_file`, ...) resolved
+    /// against its base dir (the config file's directory); absolute paths stay as they are.
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// `[providers] plugin_dirs`, resolved against the config file's directory.
+    pub fn provider_plugin_dirs(&self) -> Vec<PathBuf> {
+        self.providers
+            .plugin_dirs
+            .iter()
+            .map(|dir| self.resolve_path(dir))
+            .collect()
+    }
+
     /// The state dir, resolved against the config's base dir.
     pub fn state_dir(&self) -> PathBuf {
         if self.project.state_dir.is_absolute() {

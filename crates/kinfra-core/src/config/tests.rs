@@ -1586,6 +1586,18 @@ fn providers_in_three_formats() {
     assert_eq!(ops.base_url.as_deref(), Some("https://api.example.com/v2"));
     assert!(ops.extra.is_empty());
 
+    assert_eq!(
+        toml.provider_plugin_dirs(),
+        vec![
+            PathBuf::from("/srv/app/plugins"),
+            PathBuf::from("/opt/kinfra/providers")
+        ]
+    );
+    assert_eq!(
+        ops.token_file.as_deref().map(|f| toml.resolve_path(f)),
+        Some(PathBuf::from("/srv/app/secrets/ops.token"))
+    );
+
     let db = &toml.resources["main_db"];
     assert!(db.is_provider());
     assert_eq!(db.provider.as_deref(), Some("neon"));
