@@ -1209,6 +1209,8 @@ struct Live {
     id: String,
     exit: watch::Sender<Option<ExitInfo>>,
     observed: watch::Receiver<ObservedStatus>,
+    /// The observe loop (ends with the run; aborted when the resource is dropped).
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Inner {
@@ -1384,6 +1386,17 @@ impl std::fmt::Debug for HttpApiResource {
     }
 }
 
+impl Drop for HttpApiResource {
+    fn drop(&mut self) {
+        // The observe loop holds the resource's state: it must not outlive it.
+        if let Some(live) = lock(&self.inner.live).take()
+            && let Some(task) = live.task
+        {
+            task.abort();
+        }
+    }
+}
+
 impl HttpApiResource {
     /// The last kinfra state and the provider's value it came from.
     pub fn state(&self) -> Option<(String, MappedState)> {
@@ -1432,6 +1445,7 @@ impl Resource for HttpApiResource {
                     id,
                     exit: exit_tx,
                     observed,
+                    task: None,
                 });
                 return Ok(run);
             };
@@ -1494,12 +1508,13 @@ impl Resource for HttpApiResource {
             let stop = async move {
                 let _ = stop_rx.wait_for(Option::is_some).await;
             };
-            let (observed, _task) =
+            let (observed, task) =
                 observe::spawn(ObserveConfig::every(inner.spec.interval), observe_fn, stop);
             *lock(&inner.live) = Some(Live {
                 id,
                 exit: exit_tx,
                 observed,
+                task: Some(task),
             });
             Ok(run)
         })

@@ -386,6 +386,19 @@ async fn a_declared_command_dry_runs_without_sending_and_runs_for_real() {
     );
     let shown = serde_json::to_string(&planned).expect("json");
     assert!(!shown.contains(TOKEN), "{shown}");
+    // An API key in the query is masked in the planned URL.
+    let query = instance(&server, json!({ "auth": "api-key", "auth_query": "key" }));
+    let planned_query = provider
+        .run_command(&query, &d, "scale", &params, true)
+        .await
+        .expect("dry-run");
+    assert_eq!(
+        planned_query.requests[0].url,
+        format!(
+            "http://{}/v1/projects/p1/endpoints/ep%201?key=****",
+            server.addr
+        )
+    );
     assert!(
         server.seen().is_empty(),
         "a dry-run sent {:?}",
