@@ -17,6 +17,10 @@
 //! `routes[0].service`, `services.api.args[1]`; a map key with characters other than
 //! `[A-Za-z0-9_-]` is quoted: `services.api.env."A.B"`.
 //!
+//! A resource with `provider = "..."` is a cloud resource: Docker-only keys are errors there,
+//! and keys kinfra does not know are kept (`extra`) for the provider, which checks them at
+//! `runtime up` and `plan`; `[providers]` holds `plugin_dirs` beside the instance tables.
+//!
 //! `${...}` references ([`interpolate`]) are resolved later, when a service is spawned;
 //! loading only checks that they are well formed and name services and resources that exist.
 
