@@ -6,6 +6,10 @@
 //! is a shell string (run by `sh -c`) or an argv array, runs in its own process group with
 //! kinfra's death signal ([`kinfra_core::child::tie_to_parent`]) and is killed with its whole
 //! group when it outlives its `timeout` or the call waiting on it is dropped.
+//! (The death signal follows the forking thread: commands are spawned from the runtime's
+//! worker threads, which live as long as kinfra's runtime.) A command that exits normally
+//! may leave a daemon behind in its group (`cloudflared ... &`): that is the command's
+//! business, and its output keeps reaching the log.
 //!
 //! How `status` reads the state: `status_map` (regex → state, first match in key order) on
 //! its stdout, then `status_running`: `exit0` (the default: exit code 0 is running, any other
@@ -1002,6 +1006,20 @@ impl CommandResource {
             config: Arc::new(config),
             live: SharedLive::default(),
         }
+    }
+}
+
+impl Drop for CommandResource {
+    /// A dropped resource stops watching: the watcher ends, and with it the run's exit and
+    /// output channels (the run is lost track of, not ended).
+    fn drop(&mut self) {
+        let run = lock_live(&self.live).run.take();
+        if let Some(mut run) = run
+            && let Some(watcher) = run.watcher.take()
+        {
+            watcher.abort();
+        }
+        self.sink.detach();
     }
 }
 

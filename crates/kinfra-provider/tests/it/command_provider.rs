@@ -320,3 +320,18 @@ async fn a_dry_run_of_start_sends_nothing() {
     assert!(ran.success && !ran.dry_run);
     assert!(Path::new(&state).exists());
 }
+
+#[tokio::test]
+async fn a_dropped_resource_stops_watching_its_run() {
+    let r = resource(json!({ "status": "true", "interval": "100ms" }));
+    let mut run = r.start().await.expect("start");
+    assert!(run.adopted, "status said running before start: adopted");
+    drop(r);
+    let exit = tokio::time::timeout(HANG, &mut run.exit)
+        .await
+        .expect("the exit channel closes");
+    assert!(exit.is_err(), "lost track of, not ended: {exit:?}");
+    let closed =
+        tokio::time::timeout(HANG, async { while run.output.recv().await.is_some() {} }).await;
+    assert!(closed.is_ok(), "the output channel closes");
+}
