@@ -37,9 +37,13 @@ pub struct Catalog {
     pub searched: Vec<PathBuf>,
 }
 
-/// The providers compiled into kinfra.
+/// The providers compiled into kinfra: `command` (CLI tools as resources) and `http-api`
+/// (any HTTP/REST API described in config).
 pub fn builtin() -> Vec<Arc<dyn Provider>> {
-    Vec::new()
+    vec![
+        kinfra_provider::builtin::command::provider(),
+        kinfra_provider::builtin::http_api::provider(),
+    ]
 }
 
 /// The built-ins plus the plugins found in `plugin_dirs`, `<state_dir>/providers` and `PATH`.

@@ -8,11 +8,13 @@ use kinfra::providers::{Catalog, ProviderSource, catalog};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The catalog for the config in `arg` (its state dir) plus `plugin_dirs` from the command
-/// line.
+/// The catalog for the config in `arg` (its state dir and `[providers] plugin_dirs`), with
+/// the command line's `plugin_dirs` searched first.
 async fn load_catalog(arg: &ConfigArg, plugin_dirs: &[PathBuf]) -> anyhow::Result<Catalog> {
-    let state_dir = load::state_dir(arg)?;
-    Ok(catalog(&state_dir, plugin_dirs, Vec::new()).await)
+    let (config, _) = load::load(arg)?;
+    let mut dirs = plugin_dirs.to_vec();
+    dirs.extend(config.provider_plugin_dirs());
+    Ok(catalog(&config.state_dir(), &dirs, Vec::new()).await)
 }
 
 fn source_text(source: Option<&ProviderSource>) -> String {
@@ -49,7 +51,7 @@ pub async fn list(
         return Ok(ExitCode::SUCCESS);
     }
     if providers.is_empty() {
-        println!("no providers (built in: none yet; plugins: see `kinfra providers discover`)");
+        println!("no providers");
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows = vec![[

@@ -63,6 +63,29 @@ fn plugins_are_discovered_listed_and_shown_and_skips_say_why() {
         "{text}"
     );
 
+    // The built-ins are listed beside it, and a plugin cannot replace one.
+    for id in ["command", "http-api"] {
+        let entry = list
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["id"] == id))
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"));
+        assert_eq!(entry["from"]["source"], "builtin", "{entry}");
+    }
+    let out = p.run(&["providers", "show", "command", "--plugin-dir", dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("status (required)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // `[providers] plugin_dirs` in the config is searched too (relative to the config).
+    let p2 = Project::with_config(&format!(
+        "[project]\nname = \"pv2\"\n[providers]\nplugin_dirs = [\"{dir}\"]\n"
+    ));
+    let out = p2.run(&["providers", "show", "pyfake"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // An unknown provider is the user's input error.
     let out = p.run(&["providers", "show", "nope", "--plugin-dir", dir]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
