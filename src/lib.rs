@@ -15,8 +15,8 @@ pub mod embedded;
 mod lock;
 mod maintenance;
 mod ownership;
-pub mod providers;
 mod procstat;
+pub mod providers;
 mod runtime;
 
 pub use kinfra_bus as bus;
