@@ -269,7 +269,15 @@ pub fn main() -> ExitCode {
                         eprintln!("error: {e}");
                     }
                 }
-                None => eprintln!("error: {error:#}"),
+                None => match error.downcast_ref::<kinfra::StartError>() {
+                    // One problem a line, each its own `error:` line.
+                    Some(kinfra::StartError::ProviderResources(problems)) => {
+                        for line in problems.lines() {
+                            eprintln!("error: {line}");
+                        }
+                    }
+                    _ => eprintln!("error: {error:#}"),
+                },
             }
             ExitCode::from(exit_code(&error))
         }

@@ -64,6 +64,7 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
         RuntimeOptions {
             events: Some(events),
             config_file,
+            ..RuntimeOptions::default()
         },
     )
     .await?;

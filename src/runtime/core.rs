@@ -153,6 +153,8 @@ pub(super) struct RuntimeCore {
     pub(super) proxy_enabled: bool,
     /// The dashboard's access rules, when it runs (a reload updates the hosts it answers to).
     pub(super) dashboard_policy: Option<kinfra_dashboard::auth::AccessPolicy>,
+    /// Providers the application registered in code (reloads build resources with them too).
+    pub(super) providers: Vec<Arc<dyn kinfra_provider::provider::Provider>>,
     /// Keys changed by the last reload that wait for a restart of kinfra.
     pub(super) pending_restart: std::sync::Mutex<Vec<String>>,
     /// The proxy's request counters, when it runs.

@@ -3,6 +3,7 @@
 mod core;
 mod dashboard;
 mod metrics;
+mod providers;
 mod reload;
 mod resources;
 mod start;
@@ -78,6 +79,10 @@ pub enum StartError {
     /// The state dir, or a secret file in it, belongs to another user or others may write it.
     #[error(transparent)]
     UnsafePath(#[from] crate::ownership::UnsafePath),
+    /// A `[resources.NAME]` with a provider cannot be built: its provider is not installed,
+    /// or refused its keys (every problem, one per line).
+    #[error("{0}")]
+    ProviderResources(String),
     /// The dashboard token file could not be read or written.
     #[error("dashboard token file {}: {source}", .path.display())]
     Token {
@@ -106,6 +111,7 @@ impl StartError {
             self,
             StartError::Config(_)
                 | StartError::UnsafePath(_)
+                | StartError::ProviderResources(_)
                 | StartError::Dashboard(DashboardError::TokenRequired { .. })
         )
     }
@@ -120,7 +126,7 @@ pub enum ShutdownError {
 }
 
 /// Knobs for [`start_with`] that are not part of the config file.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RuntimeOptions {
     /// Use this event channel (subscribe to it before starting to see every event, including
     /// the first ones). A new one is made when absent.
@@ -128,6 +134,26 @@ pub struct RuntimeOptions {
     /// The file the config was read from: `kinfra runtime reload` and SIGHUP re-read it.
     /// Without it, only [`Runtime::reload`] with a new `Config` can change the services.
     pub config_file: Option<PathBuf>,
+    /// Providers the application registers in code, used beside the built-in ones by
+    /// `[providers.X] provider = "<id>"` (a built-in's id cannot be taken).
+    pub providers: Vec<Arc<dyn kinfra_provider::provider::Provider>>,
+}
+
+impl std::fmt::Debug for RuntimeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeOptions")
+            .field("events", &self.events.is_some())
+            .field("config_file", &self.config_file)
+            .field(
+                "providers",
+                &self
+                    .providers
+                    .iter()
+                    .map(|p| p.metadata().id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// A running kinfra. Dropping it without [`Runtime::shutdown`] leaves the children to the

@@ -3,6 +3,7 @@
 
 use super::core::RuntimeCore;
 use super::dashboard::{dashboard_hosts, interpolated_routes};
+use super::providers::provider_resources;
 use super::resources::container_resources;
 use kinfra_core::ConfigErrors;
 use kinfra_core::config::{Config, ProxyConfig, ServiceConfig};
@@ -307,7 +308,7 @@ impl RuntimeCore {
             ),
             None => None,
         };
-        let specs = container_resources(
+        let mut specs = container_resources(
             &partial,
             &self.state_dir,
             &self.events,
@@ -316,6 +317,11 @@ impl RuntimeCore {
         )
         .await
         .map_err(|e| ReloadError::Resources(e.to_string()))?;
+        specs.extend(
+            provider_resources(&partial, &self.state_dir, &self.providers)
+                .await
+                .map_err(|e| ReloadError::Resources(e.to_string()))?,
+        );
         self.supervisor.add_resources(specs)?;
         Ok(out)
     }

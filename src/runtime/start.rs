@@ -7,6 +7,7 @@
 
 use super::core::{LateControl, RuntimeCore, sample_processes};
 use super::dashboard::{dashboard_hosts, dashboard_token, interpolated_routes, secret_values};
+use super::providers::provider_resources;
 use super::reload::effective_services;
 use super::resources::container_resources;
 use super::{AbortOnDrop, ProxyFacts, Runtime, RuntimeOptions, StartError, shutdown_timeout};
@@ -93,14 +94,22 @@ pub(super) async fn start_subsystems(
         late: &late,
     })
     .await?;
-    let supervisor =
-        match start_supervisor(&config, &state_dir, &events, store.as_ref(), persistence).await {
-            Ok(supervisor) => supervisor,
-            Err(error) => {
-                edge.stop().await;
-                return Err(error);
-            }
-        };
+    let supervisor = match start_supervisor(
+        &config,
+        &state_dir,
+        &events,
+        store.as_ref(),
+        persistence,
+        &options.providers,
+    )
+    .await
+    {
+        Ok(supervisor) => supervisor,
+        Err(error) => {
+            edge.stop().await;
+            return Err(error);
+        }
+    };
     let Edge { bus, proxy, acme } = edge;
 
     let (shutdown_requested, _) = watch::channel(None);
@@ -122,6 +131,7 @@ pub(super) async fn start_subsystems(
         proxy_enabled: proxy.is_some(),
         proxy_metrics: proxy.as_ref().map(ProxyServer::metrics),
         pending_restart: std::sync::Mutex::new(Vec::new()),
+        providers: options.providers.clone(),
         dashboard_policy: listeners
             .dashboard
             .is_some()
@@ -274,16 +284,17 @@ async fn start_proxy_and_acme(at: EdgeInputs<'_>, edge: &mut Edge) -> Result<(),
     Ok(())
 }
 
-/// Builds the container resources (ports from the same registry as the services') and starts
-/// the supervisor with them and the services.
+/// Builds the container resources (ports from the same registry as the services') and the
+/// provider resources, and starts the supervisor with them and the services.
 async fn start_supervisor(
     config: &Config,
     state_dir: &Path,
     events: &EventSender,
     store: Option<&Store>,
     mut persistence: Option<Persistence>,
+    providers: &[Arc<dyn kinfra_provider::provider::Provider>],
 ) -> Result<Supervisor, StartError> {
-    let resources = container_resources(
+    let mut resources = container_resources(
         config,
         state_dir,
         events,
@@ -291,6 +302,7 @@ async fn start_supervisor(
         store,
     )
     .await?;
+    resources.extend(provider_resources(config, state_dir, providers).await?);
     let options = SupervisorOptions {
         project: config.project.name.clone(),
         state_dir: state_dir.to_path_buf(),

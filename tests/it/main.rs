@@ -11,6 +11,7 @@ mod docker;
 mod edge;
 mod library;
 mod ownership;
+mod provider_resources;
 mod providers;
 mod proxy;
 mod reload;

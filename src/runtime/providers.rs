@@ -1,0 +1,139 @@
+//! `[resources.NAME]` blocks with a `provider` as supervisor resources: each is built by the
+//! provider of its `[providers.X]` instance (built in, registered by the application, or a
+//! discovered plugin), after the provider checked the resource's keys.
+
+use super::StartError;
+use crate::providers::catalog;
+use kinfra_core::Secret;
+use kinfra_core::config::{Config, ResourceConfig};
+use kinfra_provider::provider::{InstanceContext, Provider, ResourceDecl};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The provider resources of `config` (none when it has no `provider = ...` resource; plugin
+/// discovery only runs then). A resource whose provider is not installed, or whose keys its
+/// provider refuses, fails the start with every problem named.
+pub(super) async fn provider_resources(
+    config: &Config,
+    state_dir: &Path,
+    extra: &[Arc<dyn Provider>],
+) -> Result<Vec<(String, kinfra_supervisor::ResourceSpec)>, StartError> {
+    let wanted: Vec<(&String, &ResourceConfig)> = config
+        .resources
+        .iter()
+        .filter(|(_, r)| r.is_provider())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let catalog = catalog(state_dir, &config.provider_plugin_dirs(), extra.to_vec()).await;
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    for (name, resource) in wanted {
+        let Some(instance_name) = resource.provider.as_deref() else {
+            continue;
+        };
+        // Validation made sure the instance exists.
+        let Some(instance) = config.providers.instances.get(instance_name) else {
+            problems.push(format!(
+                "resources.{name}.provider: no [providers.{instance_name}] instance"
+            ));
+            continue;
+        };
+        let id = instance.provider_id(instance_name);
+        let Some(provider) = catalog.registry.get(id) else {
+            problems.push(format!(
+                "resources.{name}: provider `{id}` (of [providers.{instance_name}]) is not built in \
+                 and no plugin kinfra-provider-{id} was found (see `kinfra providers discover`)"
+            ));
+            continue;
+        };
+        let context = match instance_context(config, instance_name) {
+            Ok(context) => context,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        let decl = resource_decl(name, resource);
+        let refused = provider.validate_resource(&context, &decl).await;
+        if !refused.is_empty() {
+            problems.extend(
+                refused
+                    .iter()
+                    .map(|p| format!("resources.{name} (provider `{id}`): {p}")),
+            );
+            continue;
+        }
+        match provider.resource(&context, &decl) {
+            Ok(built) => out.push((
+                name.clone(),
+                kinfra_supervisor::ResourceSpec::from_config(Arc::from(built), resource),
+            )),
+            Err(error) => problems.push(format!("resources.{name} (provider `{id}`): {error}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(StartError::ProviderResources(problems.join("\n")))
+    }
+}
+
+/// What a provider sees of its `[providers.NAME]` instance: the token (from `token`, or read
+/// from `token_file`, which must be the user's own and not writable by others), `base_url`,
+/// and the table's other keys.
+fn instance_context(config: &Config, instance_name: &str) -> Result<InstanceContext, String> {
+    let Some(instance) = config.providers.instances.get(instance_name) else {
+        return Err(format!("no [providers.{instance_name}] instance"));
+    };
+    let token = match (&instance.token, &instance.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(file)) => {
+            let path = config.resolve_path(file);
+            crate::ownership::check_private(&path)
+                .map_err(|e| format!("providers.{instance_name}.token_file: {e}"))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "providers.{instance_name}.token_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            Some(Secret::new(text.trim()))
+        }
+        (None, None) => None,
+    };
+    let mut table: serde_json::Map<String, serde_json::Value> = instance
+        .extra
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(rate) = &instance.rate_limit {
+        table.insert("rate_limit".into(), rate.clone().into());
+    }
+    Ok(InstanceContext {
+        instance: instance_name.to_owned(),
+        token,
+        base_url: instance.base_url.clone(),
+        config: table,
+    })
+}
+
+/// The resource's table as its provider reads it: its own keys plus kinfra's `interval`.
+fn resource_decl(name: &str, resource: &ResourceConfig) -> ResourceDecl {
+    let mut table: serde_json::Map<String, serde_json::Value> = resource
+        .extra
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    table.insert(
+        "interval".into(),
+        humantime::format_duration(resource.observe_interval().0)
+            .to_string()
+            .into(),
+    );
+    ResourceDecl {
+        name: name.to_owned(),
+        config: table,
+    }
+}
