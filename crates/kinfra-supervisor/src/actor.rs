@@ -238,7 +238,7 @@ pub(crate) fn describe_exit(exit: &ExitInfo) -> String {
     }
 }
 
-fn fmt_delay(d: Duration) -> String {
+pub(crate) fn fmt_delay(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else {

@@ -518,7 +518,7 @@ impl ResourceActor {
                 self.mode = Mode::Backoff(tokio::time::Instant::now() + delay);
                 self.set_state(
                     ServiceState::Backoff,
-                    format!("{why}; restarting in {}", humantime::format_duration(delay)),
+                    format!("{why}; restarting in {}", crate::actor::fmt_delay(delay)),
                 );
             }
         }
