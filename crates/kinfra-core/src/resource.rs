@@ -10,7 +10,7 @@
 use crate::event::ExitInfo;
 use crate::secret::Secret;
 use crate::state::Health;
-use crate::status::LogStream;
+use crate::status::{LastSync, LogStream};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -124,6 +124,16 @@ impl Connection {
     }
 }
 
+/// What a provider resource knows of its last sync with the provider: shown beside `state`
+/// and `health` in status (DESIGN, "Usable vs in sync").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncFacts {
+    /// The last sync's outcome; `None` before the first one ended.
+    pub last_sync: Option<LastSync>,
+    /// The provider's raw state (`ACTIVE`) from the last successful sync.
+    pub provider_state: Option<String>,
+}
+
 /// Something the supervisor runs. Implemented by the process adapter (kinfra-supervisor) and
 /// the Docker adapter (kinfra-docker); both pass the same conformance suite.
 ///
@@ -170,6 +180,13 @@ pub trait Resource: Send + Sync + 'static {
 
     /// Removes what [`Resource::start`] created, and its data volumes when `volumes`.
     fn remove(&self, volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>>;
+
+    /// The resource's last sync with its provider, for resources that poll one (cloud and
+    /// provider resources); `None` (the default) for the rest. Called when status is read, so
+    /// it must answer at once from what the adapter already knows (no I/O).
+    fn sync(&self) -> Option<SyncFacts> {
+        None
+    }
 }
 
 #[cfg(test)]

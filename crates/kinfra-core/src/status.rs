@@ -74,6 +74,26 @@ pub struct ServiceStatus {
     /// Resident memory of the process and its descendants, in bytes (when sampled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// How the last sync with the provider went (provider resources only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<LastSync>,
+    /// The provider's own word for the state (`ACTIVE`), before kinfra mapped it
+    /// (provider resources only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_state: Option<String>,
+}
+
+/// The outcome of a resource's last sync with its provider, so a failing poll is never
+/// hidden behind an old `running`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSync {
+    /// When it ended (RFC 3339, UTC).
+    pub at: String,
+    /// Whether the provider answered.
+    pub ok: bool,
+    /// Why it failed (secrets masked); `None` when `ok`.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Counts over all resources.
@@ -189,6 +209,8 @@ mod tests {
             logs: vec![],
             cpu_percent: None,
             memory_bytes: None,
+            last_sync: None,
+            provider_state: None,
         };
         let services = BTreeMap::from([
             ("a".to_string(), mk(ServiceState::Running)),

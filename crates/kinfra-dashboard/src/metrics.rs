@@ -162,6 +162,8 @@ mod tests {
             logs: vec![],
             cpu_percent: None,
             memory_bytes: None,
+            last_sync: None,
+            provider_state: None,
         };
         let report = StatusReport::new("p", BTreeMap::from([("we\"ird".to_string(), s)]));
         let text = render(&report, 11, "");

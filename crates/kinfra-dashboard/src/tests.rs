@@ -49,6 +49,8 @@ impl RuntimeControl for Fake {
             logs: vec![line("api", "hello").line],
             cpu_percent: Some(12.5),
             memory_bytes: Some(4 << 20),
+            last_sync: None,
+            provider_state: None,
         };
         StatusReport::new("demo", BTreeMap::from([("api".to_string(), api)]))
     }

@@ -290,6 +290,8 @@ mod tests {
             logs: Vec::new(),
             cpu_percent: None,
             memory_bytes: None,
+            last_sync: None,
+            provider_state: None,
         }
     }
 

@@ -445,11 +445,14 @@ impl Supervisor {
                         logs: h.sink.tail(STATUS_LOG_LINES),
                         cpu_percent: None,
                         memory_bytes: None,
+                        last_sync: None,
+                        provider_state: None,
                     },
                 )
             })
             .chain(read(&self.inner.resources).iter().map(|(name, h)| {
                 let s = h.snap.borrow().clone();
+                let sync = h.spec.resource.sync().unwrap_or_default();
                 let uptime_s = s.started_at.map(|t| t.elapsed().as_secs());
                 (
                     name.clone(),
@@ -467,6 +470,8 @@ impl Supervisor {
                         logs: h.sink.tail(STATUS_LOG_LINES),
                         cpu_percent: None,
                         memory_bytes: None,
+                        last_sync: sync.last_sync,
+                        provider_state: sync.provider_state,
                     },
                 )
             }))

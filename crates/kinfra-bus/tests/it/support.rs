@@ -249,6 +249,8 @@ impl RuntimeControl for FakeControl {
                         logs: vec![],
                         cpu_percent: None,
                         memory_bytes: None,
+                        last_sync: None,
+                        provider_state: None,
                     },
                 )
             })

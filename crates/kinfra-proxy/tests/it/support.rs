@@ -71,6 +71,8 @@ impl FakeControl {
                     logs: Vec::new(),
                     cpu_percent: None,
                     memory_bytes: None,
+                    last_sync: None,
+                    provider_state: None,
                 });
             let from = entry.state;
             entry.state = state;

@@ -3,7 +3,11 @@
 
 use crate::support::*;
 use kinfra_core::config::{BackoffConfig, DependCondition, Dur, RestartPolicy};
+use kinfra_core::resource::{
+    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run, SyncFacts,
+};
 use kinfra_core::state::ServiceState;
+use kinfra_core::status::LastSync;
 use kinfra_supervisor::conformance::{self, Fixtures, HELLO};
 use kinfra_supervisor::{ProcessResource, ResourceSpec, Supervisor};
 use std::collections::BTreeMap;
@@ -263,5 +267,89 @@ async fn resource_output_is_not_cut_off_at_its_exit() {
         "the last line never reached the log: {:?}",
         sup.logs(Some("flood"), 5)
     );
+    sup.shutdown(SECS(5)).await;
+}
+
+/// A process resource that also reports sync facts, like a provider resource.
+struct Synced {
+    process: ProcessResource,
+    facts: std::sync::Mutex<Option<SyncFacts>>,
+}
+
+impl Resource for Synced {
+    fn kind(&self) -> &'static str {
+        "synced"
+    }
+    fn name(&self) -> &str {
+        self.process.name()
+    }
+    fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
+        self.process.start()
+    }
+    fn stop(&self, grace: std::time::Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        self.process.stop(grace)
+    }
+    fn status(&self) -> BoxFuture<'_, Result<Observed, ResourceError>> {
+        self.process.status()
+    }
+    fn health(&self) -> BoxFuture<'_, Result<kinfra_core::state::Health, ResourceError>> {
+        self.process.health()
+    }
+    fn connection(&self) -> Connection {
+        self.process.connection()
+    }
+    fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
+        self.process.logs(tail)
+    }
+    fn remove(&self, volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {
+        self.process.remove(volumes)
+    }
+    fn sync(&self) -> Option<SyncFacts> {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resources_sync_facts_appear_in_status_beside_its_state() {
+    let project = Project::new();
+    let adapter = Arc::new(Synced {
+        process: ProcessResource::shell(
+            "cloud",
+            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+            None,
+        ),
+        facts: std::sync::Mutex::new(None),
+    });
+    let mut spec = ResourceSpec::new(adapter.clone());
+    fast(&mut spec);
+    let sup = Supervisor::start(
+        &BTreeMap::new(),
+        project.opts().with_resources(vec![("cloud".into(), spec)]),
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "cloud", ServiceState::Running, SECS(10)).await;
+    let before = status_of(&sup, "cloud");
+    assert_eq!((before.last_sync, before.provider_state), (None, None));
+    let failed = LastSync {
+        at: "2026-01-01T00:00:00Z".into(),
+        ok: false,
+        error: Some("status failed: HTTP 500".into()),
+    };
+    *adapter.facts.lock().expect("facts") = Some(SyncFacts {
+        last_sync: Some(failed.clone()),
+        provider_state: Some("ACTIVE".into()),
+    });
+    let after = status_of(&sup, "cloud");
+    assert_eq!(
+        after.state,
+        ServiceState::Running,
+        "a failed sync keeps the state"
+    );
+    assert_eq!(after.last_sync, Some(failed));
+    assert_eq!(after.provider_state.as_deref(), Some("ACTIVE"));
+    let json = serde_json::to_value(&after).expect("json");
+    assert_eq!(json["last_sync"]["ok"], false);
+    assert_eq!(json["provider_state"], "ACTIVE");
     sup.shutdown(SECS(5)).await;
 }
