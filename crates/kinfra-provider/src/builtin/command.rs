@@ -32,10 +32,10 @@ use crate::provider::{
 use crate::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
-    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run,
+    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run, SyncFacts,
 };
 use kinfra_core::state::Health;
-use kinfra_core::status::LogStream;
+use kinfra_core::status::{LastSync, LogStream};
 use regex::Regex;
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
@@ -729,7 +729,46 @@ struct StatusReading {
     stdout: String,
 }
 
+/// The last status reading's outcome, shown in status as `last_sync` and `provider_state`.
+type SyncRecord = Arc<Mutex<Option<SyncFacts>>>;
+
+/// Runs the status command and records how it went in `sync`: the first line of its output
+/// (masked) is the provider's state; a failure keeps the last one.
 async fn read_status(
+    config: &CommandConfig,
+    sink: &Arc<OutputSink>,
+    sync: &SyncRecord,
+) -> Result<StatusReading, ResourceError> {
+    let reading = read_status_once(config, sink).await;
+    let at = kinfra_core::event::now_rfc3339();
+    let mut record = sync.lock().unwrap_or_else(|p| p.into_inner());
+    let facts = record.get_or_insert_with(SyncFacts::default);
+    match &reading {
+        Ok(r) => {
+            facts.provider_state = r
+                .stdout
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_owned);
+            facts.last_sync = Some(LastSync {
+                at,
+                ok: true,
+                error: None,
+            });
+        }
+        Err(error) => {
+            facts.last_sync = Some(LastSync {
+                at,
+                ok: false,
+                error: Some(sink.mask(&error.to_string())),
+            });
+        }
+    }
+    reading
+}
+
+async fn read_status_once(
     config: &CommandConfig,
     sink: &Arc<OutputSink>,
 ) -> Result<StatusReading, ResourceError> {
@@ -912,7 +951,7 @@ impl Provider for CommandProvider {
             let resource = CommandResource::new(&resource.name, config, instance);
             let sink = &resource.sink;
             if which == "status" {
-                let reading = read_status(&resource.config, sink).await?;
+                let reading = read_status(&resource.config, sink, &resource.sync).await?;
                 return Ok(CommandResult::ok(json!({
                     "state": reading.state.as_str(),
                     "exit_code": reading.code,
@@ -993,6 +1032,7 @@ pub struct CommandResource {
     config: Arc<CommandConfig>,
     sink: Arc<OutputSink>,
     live: SharedLive,
+    sync: SyncRecord,
 }
 
 impl CommandResource {
@@ -1005,6 +1045,7 @@ impl CommandResource {
             sink: Arc::new(OutputSink::new(secrets)),
             config: Arc::new(config),
             live: SharedLive::default(),
+            sync: SyncRecord::default(),
         }
     }
 }
@@ -1032,11 +1073,12 @@ async fn watch_run(
     generation: u64,
     mut seen_running: bool,
     name: String,
+    sync: SyncRecord,
 ) {
     loop {
         let jitter = 0.9 + 0.2 * kinfra_core::random::unit_f64();
         tokio::time::sleep(config.interval.mul_f64(jitter)).await;
-        let reading = match read_status(&config, &sink).await {
+        let reading = match read_status(&config, &sink, &sync).await {
             Ok(r) => r,
             Err(error) => {
                 sink.push(LogStream::System, "status", &error.to_string());
@@ -1094,7 +1136,7 @@ impl Resource for CommandResource {
             if !already_live {
                 // Adopt what is already running rather than starting it twice.
                 let running = matches!(
-                    read_status(&self.config, &self.sink).await,
+                    read_status(&self.config, &self.sink, &self.sync).await,
                     Ok(StatusReading {
                         state: CommandState::Running,
                         ..
@@ -1133,6 +1175,7 @@ impl Resource for CommandResource {
                 generation,
                 adopted,
                 self.name.clone(),
+                self.sync.clone(),
             ));
             live.run = Some(LiveRun {
                 generation,
@@ -1181,9 +1224,14 @@ impl Resource for CommandResource {
 
     fn status(&self) -> BoxFuture<'_, Result<Observed, ResourceError>> {
         Box::pin(async move {
-            let reading = read_status(&self.config, &self.sink).await?;
+            let reading = read_status(&self.config, &self.sink, &self.sync).await?;
             Ok(observed(&reading))
         })
+    }
+
+    /// From the last status command (the periodic one, or one the supervisor asked for).
+    fn sync(&self) -> Option<SyncFacts> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn health(&self) -> BoxFuture<'_, Result<Health, ResourceError>> {

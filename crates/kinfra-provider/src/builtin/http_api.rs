@@ -28,10 +28,10 @@ use crate::retry::{RetryPolicy, send_with_retry};
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
-    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run,
+    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run, SyncFacts,
 };
 use kinfra_core::state::Health;
-use kinfra_core::status::LogStream;
+use kinfra_core::status::{LastSync, LogStream};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -1628,6 +1628,29 @@ impl Resource for HttpApiResource {
             let logs = lock(&self.inner.logs);
             let skip = logs.len().saturating_sub(tail);
             Ok(logs.iter().skip(skip).cloned().collect())
+        })
+    }
+
+    /// From the live run's observe loop: the last poll's outcome (its error masked) and the
+    /// provider's raw value (the last one recorded when the loop has none yet).
+    fn sync(&self) -> Option<SyncFacts> {
+        let observed = lock(&self.inner.live)
+            .as_ref()
+            .map(|l| l.observed.borrow().clone())?;
+        let provider_state = observed.provider_state.or_else(|| {
+            lock(&self.inner.last)
+                .as_ref()
+                .map(|(value, _)| value.clone())
+                .filter(|v| !v.is_empty())
+        });
+        let last_sync = observed.last_sync.map(|s| LastSync {
+            at: s.at,
+            ok: s.ok,
+            error: s.error.map(|e| self.inner.target.mask(&e)),
+        });
+        (last_sync.is_some() || provider_state.is_some()).then_some(SyncFacts {
+            last_sync,
+            provider_state,
         })
     }
 

@@ -302,6 +302,46 @@ async fn a_500_burst_keeps_the_state_and_recovers() {
     r.stop(Duration::from_secs(5)).await.expect("stop");
 }
 
+/// What status shows (`Resource::sync`): a failing poll is `last_sync.ok = false` with the
+/// error while `provider_state` keeps the last value, and a good poll clears it again.
+#[tokio::test]
+async fn a_500_burst_shows_in_the_sync_facts_and_clears_on_recovery() {
+    let server = FakeHttp::start(Reply::json(200, &status_body("ACTIVE"))).await;
+    server.script([
+        Reply::json(200, &status_body("ACTIVE")),
+        Reply::status(500),
+        Reply::status(500),
+    ]);
+    let provider = HttpApiProvider::new();
+    let r = api(
+        &provider,
+        &server,
+        json!({ "auth": "api-key", "auth_query": "key" }),
+        &project(json!({})),
+    );
+    assert_eq!(r.sync(), None, "nothing synced before a run");
+    let mut run = r.start().await.expect("start");
+    let mut observed = r.observed().expect("live");
+    wait_for(&mut observed, "a failure", |s| s.consecutive_failures >= 1).await;
+    let failing = r.sync().expect("sync facts while live");
+    assert_eq!(failing.provider_state.as_deref(), Some("ACTIVE"));
+    let last = failing.last_sync.expect("a sync ended");
+    assert!(!last.ok, "{last:?}");
+    let error = last.error.expect("the failure's text");
+    assert!(error.contains("500"), "{error}");
+    assert!(!error.contains(TOKEN), "the key leaked: {error}");
+    assert!(run.exit.try_recv().is_err(), "a 500 ended the run");
+    wait_for(&mut observed, "recovery", |s| {
+        s.consecutive_failures == 0 && s.observes >= 4
+    })
+    .await;
+    let recovered = r.sync().expect("sync facts");
+    assert_eq!(recovered.provider_state.as_deref(), Some("ACTIVE"));
+    let last = recovered.last_sync.expect("a sync ended");
+    assert!(last.ok && last.error.is_none(), "{last:?}");
+    r.stop(Duration::from_secs(5)).await.expect("stop");
+}
+
 #[tokio::test]
 async fn a_slow_answer_is_a_timeout_naming_the_url_not_the_token() {
     let server =
