@@ -223,6 +223,31 @@ async fn handle(
                 };
                 send(&mut write, &response).await
             }
+            ControlRequest::Command {
+                resource,
+                command,
+                params,
+                dry_run,
+                yes,
+            } => {
+                let call = kinfra_core::view::CommandCall {
+                    resource,
+                    command,
+                    params,
+                    dry_run,
+                    yes,
+                };
+                let response = match control.command(call).await {
+                    Ok(result) => ControlResponse::CommandResult { result },
+                    Err(kinfra_core::view::CommandError::Input(problems)) => {
+                        ControlResponse::CommandRefused { problems }
+                    }
+                    Err(kinfra_core::view::CommandError::Failed(error)) => {
+                        ControlResponse::Error { error }
+                    }
+                };
+                send(&mut write, &response).await
+            }
             ControlRequest::Reload => {
                 let response = match control.reload().await {
                     Ok(outcome) => ControlResponse::Reloaded { outcome },

@@ -14,12 +14,12 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 
 /// An open control connection.
-struct Connection {
+pub(super) struct Connection {
     lines: Lines<BufReader<OwnedReadHalf>>,
     write: tokio::net::unix::OwnedWriteHalf,
 }
 
-async fn connect(state_dir: &Path) -> anyhow::Result<Connection> {
+pub(super) async fn connect(state_dir: &Path) -> anyhow::Result<Connection> {
     let path: PathBuf = state_dir.join(SOCKET_FILE);
     let not_running = || {
         NotRunning(format!(
@@ -80,7 +80,7 @@ async fn connect(state_dir: &Path) -> anyhow::Result<Connection> {
 }
 
 impl Connection {
-    async fn send(&mut self, request: &ControlRequest) -> anyhow::Result<()> {
+    pub(super) async fn send(&mut self, request: &ControlRequest) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
         self.write
@@ -101,7 +101,10 @@ impl Connection {
         }
     }
 
-    async fn next_within(&mut self, limit: Duration) -> anyhow::Result<Option<ControlResponse>> {
+    pub(super) async fn next_within(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Option<ControlResponse>> {
         tokio::time::timeout(limit, self.next())
             .await
             .map_err(|_| anyhow::anyhow!("the runtime did not answer within {limit:?}"))?

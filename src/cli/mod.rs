@@ -6,6 +6,7 @@ mod demo;
 mod load;
 mod output;
 mod providers;
+mod resource;
 mod up;
 
 use clap::{Args, Parser, Subcommand};
@@ -45,6 +46,10 @@ enum Command {
     /// The providers kinfra knows: built in, and plugins (`kinfra-provider-<id>` executables)
     /// found in plugin dirs, the state dir's `providers/` and `PATH`.
     Providers(ProvidersArgs),
+    /// Run a provider resource's command in the running runtime, e.g. `kinfra resource db
+    /// scale --param replicas=2 --dry-run`. Parameters are typed by the command's spec; see
+    /// `kinfra providers show ID` for a provider's commands.
+    Resource(ResourceArgs),
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -176,6 +181,28 @@ struct ProvidersArgs {
     plugin_dirs: Vec<PathBuf>,
     /// JSON instead of a table.
     #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ResourceArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The resource (a `[resources.NAME]` with a `provider`).
+    resource: String,
+    /// The command's id.
+    command: String,
+    /// A parameter, `KEY=VALUE` (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Send nothing; print the requests it would send (secrets masked).
+    #[arg(long)]
+    dry_run: bool,
+    /// Confirm a command that needs it (a delete, say).
+    #[arg(long)]
+    yes: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
     json: bool,
 }
 
@@ -345,6 +372,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 providers::discover(&args.config, &args.plugin_dirs, args.json).await
             }
         },
+        Command::Resource(args) => {
+            resource::run(
+                &args.config,
+                resource::CommandArgs {
+                    resource: args.resource,
+                    command: args.command,
+                    params: args.params,
+                    dry_run: args.dry_run,
+                    yes: args.yes,
+                    json: args.json,
+                },
+            )
+            .await
+        }
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

@@ -12,7 +12,9 @@ use kinfra_core::event::{Event, EventKind, EventSender};
 use kinfra_core::state::ServiceState;
 use kinfra_core::status::{RunRecord, ServiceLogLine, StatusReport};
 use kinfra_core::view::ALL_SERVICES;
-use kinfra_core::view::{Action, ActionError, BoxFuture, ReloadOutcome, RuntimeControl};
+use kinfra_core::view::{
+    Action, ActionError, BoxFuture, CommandCall, CommandError, ReloadOutcome, RuntimeControl,
+};
 use kinfra_proxy::ProxyServer;
 use kinfra_store::Store;
 use kinfra_supervisor::Supervisor;
@@ -114,6 +116,15 @@ impl RuntimeControl for LateControl {
         }
     }
 
+    fn command(&self, call: CommandCall) -> BoxFuture<'_, Result<serde_json::Value, CommandError>> {
+        Box::pin(async move {
+            match self.core.get() {
+                Some(core) => core.run_command(call).await,
+                None => Err(CommandError::Failed("the runtime is still starting".into())),
+            }
+        })
+    }
+
     fn reload(&self) -> BoxFuture<'_, Result<ReloadOutcome, String>> {
         Box::pin(async move {
             match self.core.get() {
@@ -155,6 +166,8 @@ pub(super) struct RuntimeCore {
     pub(super) dashboard_policy: Option<kinfra_dashboard::auth::AccessPolicy>,
     /// Providers the application registered in code (reloads build resources with them too).
     pub(super) providers: Vec<Arc<dyn kinfra_provider::provider::Provider>>,
+    /// What each provider resource's commands need, by resource (reloads update it).
+    pub(super) command_targets: std::sync::Mutex<BTreeMap<String, super::providers::CommandTarget>>,
     /// Keys changed by the last reload that wait for a restart of kinfra.
     pub(super) pending_restart: std::sync::Mutex<Vec<String>>,
     /// The proxy's request counters, when it runs.
@@ -332,6 +345,15 @@ impl RuntimeControl for RuntimeCore {
                 }
                 _ => self.supervisor.act(action, &service).await,
             }
+        })
+    }
+
+    fn command(&self, call: CommandCall) -> BoxFuture<'_, Result<serde_json::Value, CommandError>> {
+        Box::pin(async move {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(CommandError::Failed("the runtime is shutting down".into()));
+            }
+            self.run_command(call).await
         })
     }
 

@@ -1,5 +1,6 @@
 //! The runtime's lifecycle: start the subsystems in order, expose them, stop them all.
 
+mod commands;
 mod core;
 mod dashboard;
 mod metrics;

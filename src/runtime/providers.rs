@@ -7,8 +7,31 @@ use crate::providers::catalog;
 use kinfra_core::Secret;
 use kinfra_core::config::{Config, ResourceConfig};
 use kinfra_provider::provider::{InstanceContext, Provider, ResourceDecl};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+
+/// What a provider resource's commands need, kept from its build: its provider, the
+/// instance it belongs to and its declaration.
+#[derive(Clone)]
+pub(super) struct CommandTarget {
+    /// The provider that built it.
+    pub(super) provider: Arc<dyn Provider>,
+    /// Its `[providers.X]` instance.
+    pub(super) instance: InstanceContext,
+    /// Its `[resources.NAME]` table.
+    pub(super) decl: ResourceDecl,
+}
+
+/// The provider resources built from a config: their supervisor specs, and beside them what
+/// their commands need, by resource name.
+#[derive(Default)]
+pub(super) struct ProviderResources {
+    /// For the supervisor.
+    pub(super) specs: Vec<(String, kinfra_supervisor::ResourceSpec)>,
+    /// For commands.
+    pub(super) targets: BTreeMap<String, CommandTarget>,
+}
 
 /// The provider resources of `config` (none when it has no `provider = ...` resource; plugin
 /// discovery only runs then). A resource whose provider is not installed, or whose keys its
@@ -17,18 +40,18 @@ pub(super) async fn provider_resources(
     config: &Config,
     state_dir: &Path,
     extra: &[Arc<dyn Provider>],
-) -> Result<Vec<(String, kinfra_supervisor::ResourceSpec)>, StartError> {
+) -> Result<ProviderResources, StartError> {
     let wanted: Vec<(&String, &ResourceConfig)> = config
         .resources
         .iter()
         .filter(|(_, r)| r.is_provider())
         .collect();
     if wanted.is_empty() {
-        return Ok(Vec::new());
+        return Ok(ProviderResources::default());
     }
     let catalog = catalog(state_dir, &config.provider_plugin_dirs(), extra.to_vec()).await;
     let mut problems = Vec::new();
-    let mut out = Vec::new();
+    let mut out = ProviderResources::default();
     for (name, resource) in wanted {
         let Some(instance_name) = resource.provider.as_deref() else {
             continue;
@@ -66,10 +89,20 @@ pub(super) async fn provider_resources(
             continue;
         }
         match provider.resource(&context, &decl) {
-            Ok(built) => out.push((
-                name.clone(),
-                kinfra_supervisor::ResourceSpec::from_config(Arc::from(built), resource),
-            )),
+            Ok(built) => {
+                out.specs.push((
+                    name.clone(),
+                    kinfra_supervisor::ResourceSpec::from_config(Arc::from(built), resource),
+                ));
+                out.targets.insert(
+                    name.clone(),
+                    CommandTarget {
+                        provider: provider.clone(),
+                        instance: context,
+                        decl,
+                    },
+                );
+            }
             Err(error) => problems.push(format!("resources.{name} (provider `{id}`): {error}")),
         }
     }

@@ -289,6 +289,7 @@ impl RuntimeCore {
             .filter(|n| !new.resources.contains_key(*n))
             .cloned()
             .collect();
+        self.forget_command_targets(out.removed.iter().chain(&out.changed));
         for name in out.removed.iter().chain(&out.changed) {
             if let Err(error) = self.supervisor.remove_resource(name).await {
                 tracing::warn!(resource = %name, %error, "Cannot stop a resource for a reload.");
@@ -317,11 +318,11 @@ impl RuntimeCore {
         )
         .await
         .map_err(|e| ReloadError::Resources(e.to_string()))?;
-        specs.extend(
-            provider_resources(&partial, &self.state_dir, &self.providers)
-                .await
-                .map_err(|e| ReloadError::Resources(e.to_string()))?,
-        );
+        let built = provider_resources(&partial, &self.state_dir, &self.providers)
+            .await
+            .map_err(|e| ReloadError::Resources(e.to_string()))?;
+        specs.extend(built.specs);
+        self.set_command_targets(built.targets);
         self.supervisor.add_resources(specs)?;
         Ok(out)
     }

@@ -7,7 +7,7 @@
 
 use super::core::{LateControl, RuntimeCore, sample_processes};
 use super::dashboard::{dashboard_hosts, dashboard_token, interpolated_routes, secret_values};
-use super::providers::provider_resources;
+use super::providers::{CommandTarget, provider_resources};
 use super::reload::effective_services;
 use super::resources::container_resources;
 use super::{AbortOnDrop, ProxyFacts, Runtime, RuntimeOptions, StartError, shutdown_timeout};
@@ -94,7 +94,7 @@ pub(super) async fn start_subsystems(
         late: &late,
     })
     .await?;
-    let supervisor = match start_supervisor(
+    let (supervisor, command_targets) = match start_supervisor(
         &config,
         &state_dir,
         &events,
@@ -104,7 +104,7 @@ pub(super) async fn start_subsystems(
     )
     .await
     {
-        Ok(supervisor) => supervisor,
+        Ok(started) => started,
         Err(error) => {
             edge.stop().await;
             return Err(error);
@@ -132,6 +132,7 @@ pub(super) async fn start_subsystems(
         proxy_metrics: proxy.as_ref().map(ProxyServer::metrics),
         pending_restart: std::sync::Mutex::new(Vec::new()),
         providers: options.providers.clone(),
+        command_targets: std::sync::Mutex::new(command_targets),
         dashboard_policy: listeners
             .dashboard
             .is_some()
@@ -293,7 +294,7 @@ async fn start_supervisor(
     store: Option<&Store>,
     mut persistence: Option<Persistence>,
     providers: &[Arc<dyn kinfra_provider::provider::Provider>],
-) -> Result<Supervisor, StartError> {
+) -> Result<(Supervisor, BTreeMap<String, CommandTarget>), StartError> {
     let mut resources = container_resources(
         config,
         state_dir,
@@ -302,7 +303,8 @@ async fn start_supervisor(
         store,
     )
     .await?;
-    resources.extend(provider_resources(config, state_dir, providers).await?);
+    let built = provider_resources(config, state_dir, providers).await?;
+    resources.extend(built.specs);
     let options = SupervisorOptions {
         project: config.project.name.clone(),
         state_dir: state_dir.to_path_buf(),
@@ -314,7 +316,10 @@ async fn start_supervisor(
         resources,
         persistence,
     };
-    Ok(Supervisor::start(&effective_services(config), options).await?)
+    Ok((
+        Supervisor::start(&effective_services(config), options).await?,
+        built.targets,
+    ))
 }
 
 /// Serves the dashboard and the control socket on the listeners bound at the start.

@@ -4,7 +4,7 @@
 //! `kinfra runtime stop` (its stop command runs), and a dependent service waits for it; an
 //! uninstalled provider and a key the provider refuses fail `runtime up` with exit 2.
 
-use crate::support::{Project, pids_tagged, stderr, unique_tag, wait_for};
+use crate::support::{Project, pids_tagged, stderr, stdout, unique_tag, wait_for};
 use std::time::Duration;
 
 fn config(tag: &str, extra: &str) -> String {
@@ -85,5 +85,154 @@ fn an_uninstalled_provider_or_a_refused_key_fails_runtime_up_naming_it() {
                 .any(|l| l.starts_with("error: resources.flag") && l.contains("`status`: missing")),
         "{err}"
     );
+    assert!(pids_tagged(&tag).is_empty());
+}
+
+/// The Python test plugin of kinfra-provider (a real external executable).
+fn plugin_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/kinfra-provider/tests/plugins")
+}
+
+#[test]
+fn a_command_provider_resource_command_dry_run_plans_and_runs_nothing() {
+    let tag = unique_tag("provider-cmd");
+    let p = Project::with_config(&config(&tag, ""));
+    let mut up = p.up(&[], &[]);
+    let state = |p: &Project| crate::cli::status_json(p)["services"]["flag"]["state"].clone();
+    wait_for(Duration::from_secs(20), "flag running", || {
+        (state(&p) == "running").then_some(())
+    });
+    let out = p.run(&["runtime", "stop", "flag"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(Duration::from_secs(20), "flag stopped", || {
+        (state(&p) == "stopped").then_some(())
+    });
+    assert!(!p.path().join("flag.state").exists());
+
+    let out = p.run(&["resource", "flag", "start", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("dry run") && text.contains("EXEC") && text.contains("touch flag.state"),
+        "{text}"
+    );
+    let out = p.run(&["resource", "flag", "start", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON result");
+    assert_eq!(result["dry_run"], true, "{result}");
+    assert_eq!(result["requests"][0]["method"], "EXEC", "{result}");
+    assert!(
+        !p.path().join("flag.state").exists(),
+        "a dry-run ran the start command"
+    );
+
+    let out = p.run(&["resource", "flag", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`nope`") && stderr(&out).contains("start, stop, status"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&["resource", "nothing-here", "start"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown resource `nothing-here`"),
+        "{}",
+        stderr(&out)
+    );
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}
+
+#[test]
+fn a_plugin_resource_command_is_typed_masked_and_survives_a_plugin_crash() {
+    let tag = unique_tag("provider-plugin");
+    let token = "tok-Zq81-do-not-show";
+    let dir = plugin_dir();
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"pp\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [providers]\nplugin_dirs = [\"{}\"]\n\
+         [providers.fake]\nprovider = \"pyfake\"\ntoken = \"{token}\"\n\
+         [resources.thing]\nprovider = \"fake\"\ninterval = \"200ms\"\nproject_id = \"p1\"\n",
+        dir.display()
+    ));
+    let mut up = p.up(&[], &[]);
+    let state = |p: &Project| crate::cli::status_json(p)["services"]["thing"]["state"].clone();
+    wait_for(Duration::from_secs(20), "thing running", || {
+        (state(&p) == "running").then_some(())
+    });
+
+    let out = p.run(&["resource", "thing", "scale", "--param", "replicas=two"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("parameter `replicas`: expected an integer, got `two`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&[
+        "resource",
+        "thing",
+        "scale",
+        "--param",
+        "replicas=11",
+        "--param",
+        "x=1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`replicas`: 11 is out of range") && err.contains("`x`: unknown parameter"),
+        "every problem at once: {err}"
+    );
+
+    for json in [false, true] {
+        let mut args = vec![
+            "resource",
+            "thing",
+            "scale",
+            "--param",
+            "replicas=2",
+            "--dry-run",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let out = p.run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!all.contains(token), "the token leaked: {all}");
+        if json {
+            let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+            assert_eq!(result["dry_run"], true, "{result}");
+            assert_eq!(result["requests"][0]["method"], "POST", "{result}");
+            assert_eq!(result["requests"][0]["body"]["replicas"], 2, "{result}");
+            assert_eq!(result["requests"][0]["body"]["echo"], "****", "{result}");
+        } else {
+            assert!(
+                all.contains("POST https://api.fake.example/things/p1/scale?token=****"),
+                "{all}"
+            );
+            assert!(all.contains("\"replicas\": 2"), "{all}");
+        }
+    }
+
+    let out = p.run(&["resource", "thing", "crash"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("crash"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(token), "{}", stderr(&out));
+    let out = p.run(&["runtime", "status"]);
+    assert!(
+        out.status.success(),
+        "status still answers: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("thing"), "{}", stdout(&out));
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
     assert!(pids_tagged(&tag).is_empty());
 }

@@ -44,6 +44,23 @@ pub enum ControlRequest {
         /// At most this many runs.
         limit: usize,
     },
+    /// Run a provider resource's command. Answered with `CommandResult`, `CommandRefused`
+    /// (input errors) or `Error` (it failed).
+    Command {
+        /// The resource.
+        resource: String,
+        /// The command's id.
+        command: String,
+        /// Its parameters (string values are typed by the command's spec).
+        #[serde(default)]
+        params: serde_json::Map<String, serde_json::Value>,
+        /// Send nothing; answer with the planned requests.
+        #[serde(default)]
+        dry_run: bool,
+        /// Confirms a command that needs it.
+        #[serde(default)]
+        yes: bool,
+    },
 }
 
 /// Facts about a running runtime, for the CLI.
@@ -97,6 +114,16 @@ pub enum ControlResponse {
     History {
         /// The runs.
         runs: Vec<RunRecord>,
+    },
+    /// A command's result, secrets masked.
+    CommandResult {
+        /// `{success, data, warnings, dry_run, operation, requests}`.
+        result: serde_json::Value,
+    },
+    /// A command was refused for its input: every problem, one each.
+    CommandRefused {
+        /// The problems.
+        problems: Vec<String>,
     },
     /// No more lines follow.
     End,

@@ -123,6 +123,19 @@ pub trait RuntimeControl: Send + Sync + 'static {
         Box::pin(async { Err("this runtime keeps no run history".to_owned()) })
     }
 
+    /// Runs a provider resource's typed command. `params` are checked against the command's
+    /// spec (string values of integer, number and boolean parameters are parsed, as the CLI
+    /// sends text). Resolves with the command's result as JSON (`{success, data, warnings,
+    /// dry_run, operation, requests}`), secrets masked.
+    fn command(&self, call: CommandCall) -> BoxFuture<'_, Result<serde_json::Value, CommandError>> {
+        let _ = call;
+        Box::pin(async {
+            Err(CommandError::Failed(
+                "this runtime runs no commands".to_owned(),
+            ))
+        })
+    }
+
     /// Metrics of other subsystems (bus, store, proxy), already in the Prometheus text
     /// format, appended to `/metrics`.
     fn extra_metrics(&self) -> String {
@@ -143,4 +156,35 @@ pub struct ReloadOutcome {
     /// Changed keys that only take effect when kinfra restarts (`proxy.http`,
     /// `dashboard.listen`, ...); the runtime keeps running with their old values.
     pub needs_restart: Vec<String>,
+}
+
+/// A provider resource's command to run (see [`RuntimeControl::command`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandCall {
+    /// The resource.
+    pub resource: String,
+    /// The command's id.
+    pub command: String,
+    /// Its parameters by name.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Send nothing; answer with the requests it would send.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Confirms a command that needs it (a delete, say).
+    #[serde(default)]
+    pub yes: bool,
+}
+
+/// Why a command did not run, or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum CommandError {
+    /// The request is wrong (unknown resource or command, invalid parameters, a missing
+    /// confirmation): every problem, one each, naming what is at fault.
+    #[error("{}", .0.join("\n"))]
+    Input(Vec<String>),
+    /// The command ran and failed (secrets masked).
+    #[error("{0}")]
+    Failed(String),
 }

@@ -175,6 +175,13 @@ pub trait Provider: Send + Sync + 'static {
         self.commands().iter().find(|c| c.id == id)
     }
 
+    /// The commands a resource declared as `decl` offers: the provider's own by default; a
+    /// provider whose commands are declared per resource (http-api) adds them.
+    fn resource_commands(&self, decl: &ResourceDecl) -> Vec<CommandSpec> {
+        let _ = decl;
+        self.commands().to_vec()
+    }
+
     /// Every problem with a resource's declaration (empty when it is fine).
     fn validate_resource<'a>(
         &'a self,

@@ -1102,6 +1102,11 @@ impl Provider for HttpApiProvider {
         &[]
     }
 
+    /// The commands `decl` declares (none when its declaration does not parse).
+    fn resource_commands(&self, decl: &ResourceDecl) -> Vec<CommandSpec> {
+        HttpApiProvider::resource_commands(decl).unwrap_or_default()
+    }
+
     fn validate_resource<'a>(
         &'a self,
         instance: &'a InstanceContext,
