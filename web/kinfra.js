@@ -54,7 +54,8 @@ function makeCard(name) {
   const fields = {
     name: f(".name"), state: f(".state"), message: f(".message"), kind: f(".kind"), health: f(".health"),
     port: f(".port"), pid: f(".pid"), uptime: f(".uptime"), restarts: f(".restarts"),
-    cpu: f(".cpu"), mem: f(".mem"), logs: f(".logs"), why: f(".why"), res: root.querySelectorAll(".res"),
+    cpu: f(".cpu"), mem: f(".mem"), prov: f(".prov"), pstate: f(".provider-state"), syncErr: f(".sync-error"),
+    logs: f(".logs"), why: f(".why"), res: root.querySelectorAll(".res"),
     buttons: root.querySelectorAll("button.act"), loglink: f(".loglink"),
   };
   fields.name.textContent = name;
@@ -112,6 +113,12 @@ function upsert(name, s) {
     f.cpu.textContent = s.cpu_percent != null ? `${s.cpu_percent.toFixed(1)}%` : "–";
     f.mem.textContent = s.memory_bytes != null ? fmtBytes(s.memory_bytes) : "–";
   }
+  // Usable vs in sync: the provider's own word, and a failing poll never hidden.
+  f.prov.hidden = s.provider_state == null;
+  f.pstate.textContent = s.provider_state ?? "";
+  const syncFailed = s.last_sync != null && !s.last_sync.ok;
+  f.syncErr.hidden = !syncFailed;
+  f.syncErr.textContent = syncFailed ? `sync failed: ${s.last_sync.error || "unknown error"}` : "";
   S.logs.set(name, (s.logs || []).slice(-LOG_LINES).map((line) => ({ key: logKey(line), line })));
   renderLogs(name);
   updateButtons(name);

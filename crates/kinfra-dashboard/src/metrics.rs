@@ -136,6 +136,21 @@ pub fn render(report: &StatusReport, next_seq: u64, extra: &str) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP kinfra_resource_last_sync_ok 1 when the resource's last sync with its provider worked."
+    );
+    let _ = writeln!(out, "# TYPE kinfra_resource_last_sync_ok gauge");
+    for (name, s) in &report.services {
+        if let Some(sync) = &s.last_sync {
+            let _ = writeln!(
+                out,
+                "kinfra_resource_last_sync_ok{{resource=\"{}\"}} {}",
+                label(name),
+                u8::from(sync.ok)
+            );
+        }
+    }
     out.push_str(extra);
     out
 }
@@ -180,5 +195,44 @@ mod tests {
         assert!(text.contains(
             "kinfra_service_state{service=\"we\\\"ird\",kind=\"process\",state=\"sleeping\"} 0\n"
         ));
+        assert!(
+            !text.contains("kinfra_resource_last_sync_ok{"),
+            "only for resources that sync"
+        );
+    }
+
+    #[test]
+    fn last_sync_is_a_gauge_per_resource_that_syncs() {
+        let mk = |ok| ServiceStatus {
+            kind: "http-api".into(),
+            state: ServiceState::Running,
+            health: Health::Unknown,
+            status_message: String::new(),
+            port: None,
+            pid: None,
+            uptime_s: None,
+            uptime: None,
+            restarts: 0,
+            last_exit: None,
+            logs: vec![],
+            cpu_percent: None,
+            memory_bytes: None,
+            last_sync: Some(kinfra_core::status::LastSync {
+                at: "2026-01-01T00:00:00Z".into(),
+                ok,
+                error: (!ok).then(|| "HTTP 500".into()),
+            }),
+            provider_state: Some("ACTIVE".into()),
+        };
+        let report = StatusReport::new(
+            "p",
+            BTreeMap::from([
+                ("good".to_string(), mk(true)),
+                ("bad".to_string(), mk(false)),
+            ]),
+        );
+        let text = render(&report, 1, "");
+        assert!(text.contains("kinfra_resource_last_sync_ok{resource=\"good\"} 1\n"));
+        assert!(text.contains("kinfra_resource_last_sync_ok{resource=\"bad\"} 0\n"));
     }
 }
