@@ -236,3 +236,65 @@ fn a_plugin_resource_command_is_typed_masked_and_survives_a_plugin_crash() {
     assert!(up.wait_exit(Duration::from_secs(30)).success());
     assert!(pids_tagged(&tag).is_empty());
 }
+
+/// Usable vs in sync (DESIGN): `/__status__` shows the provider's raw state and how the last
+/// status poll went. A status command that fails (with `status_running` set, a non-zero exit
+/// is an error, not a state) shows as `last_sync.ok = false` with its error, while the state
+/// and `provider_state` stay what the last good poll said; a good poll clears it.
+#[test]
+fn status_shows_the_provider_state_and_a_failing_sync_beside_the_state() {
+    let tag = unique_tag("provider-sync");
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"ps\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [providers.sh]\nprovider = \"command\"\n\
+         [resources.cloud]\nprovider = \"sh\"\ninterval = \"200ms\"\n\
+         start = \"echo ACTIVE > cloud.state\"\nstatus = \"cat cloud.state\"\n\
+         status_running = \"^ACTIVE$\"\nstatus_map = {{ \"^PAUSED$\" = \"stopped\" }}\n"
+    ));
+    let mut up = p.up(&[], &[]);
+    let addr = up.dashboard_addr();
+    let cloud = || -> Option<serde_json::Value> {
+        let (code, body) = crate::support::http_get(&addr, "/__status__").ok()?;
+        let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200).then(|| status["services"]["cloud"].clone())
+    };
+    let synced = wait_for(Duration::from_secs(20), "cloud running and in sync", || {
+        cloud().filter(|c| {
+            c["state"] == "running"
+                && c["last_sync"]["ok"] == true
+                && c["provider_state"] == "ACTIVE"
+        })
+    });
+    assert!(synced["last_sync"]["at"].as_str().is_some(), "{synced}");
+    assert!(synced["last_sync"]["error"].is_null(), "{synced}");
+
+    std::fs::remove_file(p.path().join("cloud.state")).expect("remove the state file");
+    let failing = wait_for(Duration::from_secs(20), "the failed sync shown", || {
+        cloud().filter(|c| c["last_sync"]["ok"] == false)
+    });
+    assert_eq!(
+        failing["state"], "running",
+        "a failing poll keeps the state: {failing}"
+    );
+    assert_eq!(failing["provider_state"], "ACTIVE", "{failing}");
+    let error = failing["last_sync"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("status command") && error.contains("exit code 1"),
+        "{failing}"
+    );
+    let (_, metrics) = crate::support::http_get(&addr, "/metrics").expect("GET /metrics");
+    assert!(
+        metrics.contains("kinfra_resource_last_sync_ok{resource=\"cloud\"} 0"),
+        "{metrics}"
+    );
+
+    std::fs::write(p.path().join("cloud.state"), "ACTIVE\n").expect("restore the state file");
+    wait_for(Duration::from_secs(20), "back in sync", || {
+        cloud().filter(|c| c["last_sync"]["ok"] == true && c["state"] == "running")
+    });
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}
