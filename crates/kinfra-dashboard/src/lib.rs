@@ -7,6 +7,7 @@
 
 pub mod accept;
 pub mod auth;
+mod command;
 pub mod metrics;
 mod server;
 pub mod sse;
@@ -123,6 +124,7 @@ fn router_closing(
         .route("/kinfra/session", get(session))
         .route("/__status__", get(status))
         .route("/__events__", get(events))
+        .route("/__action__/command/{resource}", post(command::command))
         .route("/__action__/{action}/{service}", post(action))
         .route("/__logs__/{service}", get(logs))
         .route("/__logs__/{service}/stream", get(log_stream))
