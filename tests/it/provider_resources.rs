@@ -298,3 +298,55 @@ fn status_shows_the_provider_state_and_a_failing_sync_beside_the_state() {
     assert!(up.wait_exit(Duration::from_secs(30)).success());
     assert!(pids_tagged(&tag).is_empty());
 }
+
+#[test]
+fn an_http_api_resource_offers_its_declared_commands() {
+    let tag = unique_tag("provider-http");
+    let token = "api-tok-7Hq2-secret";
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"ph\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [providers.api]\nprovider = \"http-api\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         token = \"{token}\"\n\
+         [resources.db]\nprovider = \"api\"\ninterval = \"1s\"\nproject_id = \"p1\"\n\
+         status = {{ method = \"GET\", path = \"/projects/{{project_id}}\" }}\n\
+         state_pointer = \"/project/status\"\nstate_map = {{ ACTIVE = \"running\" }}\n\
+         [[resources.db.commands]]\nid = \"scale\"\nmethod = \"POST\"\n\
+         path = \"/projects/{{project_id}}/endpoints/{{endpoint}}\"\n\
+         params = [{{ name = \"endpoint\", kind = \"string\", required = true }}, \
+         {{ name = \"replicas\", kind = \"integer\", required = true }}]\n"
+    ));
+    let mut up = p.up(&[], &[]);
+
+    let out = p.run(&["resource", "db", "scale", "--param", "replicas=x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`replicas`: expected an integer, got `x`"),
+        "{err}"
+    );
+    let out = p.run(&[
+        "resource",
+        "db",
+        "scale",
+        "--param",
+        "endpoint=e1",
+        "--param",
+        "replicas=3",
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(token), "the token leaked: {text}");
+    let result: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(result["requests"][0]["method"], "POST", "{result}");
+    assert_eq!(
+        result["requests"][0]["url"], "http://127.0.0.1:9/v1/projects/p1/endpoints/e1",
+        "{result}"
+    );
+    assert_eq!(result["requests"][0]["body"]["replicas"], 3, "{result}");
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+}
