@@ -7,7 +7,7 @@ use super::core::RuntimeCore;
 use super::providers::CommandTarget;
 use kinfra_core::Secret;
 use kinfra_core::view::{CommandCall, CommandError};
-use kinfra_provider::command::{self, CommandSpec, ParamKind};
+use kinfra_provider::command::{self, CommandSpec, ParamKind, ValidatedParams};
 use kinfra_provider::result::mask_text;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -70,37 +70,8 @@ impl RuntimeCore {
                 }
             )));
         };
-        let mut problems = Vec::new();
-        let params = match typed_params(spec, call.params) {
-            Ok(params) => params,
-            Err(errors) => {
-                problems.extend(errors.problems.iter().map(ToString::to_string));
-                Map::new()
-            }
-        };
-        let validated = if problems.is_empty() {
-            match command::validate(spec, &params) {
-                Ok(validated) => Some(validated),
-                Err(errors) => {
-                    problems.extend(errors.problems.iter().map(ToString::to_string));
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        if call.dry_run && !spec.dry_run {
-            problems.push(format!("command `{}` does not support a dry-run", spec.id));
-        }
-        if spec.confirm && !call.yes && !call.dry_run {
-            problems.push(format!(
-                "command `{}` needs confirmation: pass --yes (`\"yes\": true`)",
-                spec.id
-            ));
-        }
-        let Some(validated) = validated.filter(|_| problems.is_empty()) else {
-            return Err(CommandError::Input(problems));
-        };
+        let validated =
+            checked(spec, call.params, call.dry_run, call.yes).map_err(CommandError::Input)?;
         let mut secrets: Vec<Secret> = target.instance.secrets().into_iter().cloned().collect();
         secrets.extend(validated.secrets().into_iter().cloned());
         let secret_refs: Vec<&Secret> = secrets.iter().collect();
@@ -121,14 +92,53 @@ impl RuntimeCore {
     }
 }
 
+/// `params` checked against `spec`, typed, with every problem at once: the parameters', a
+/// dry-run the command does not support, a missing confirmation (a dry-run needs none: it
+/// sends nothing).
+fn checked(
+    spec: &CommandSpec,
+    params: Map<String, Value>,
+    dry_run: bool,
+    yes: bool,
+) -> Result<ValidatedParams, Vec<String>> {
+    let (params, failed) = typed_params(spec, params);
+    let mut problems: Vec<String> = failed.iter().map(|(_, p)| p.clone()).collect();
+    // The rest is checked too; a parameter whose text did not parse is not also "missing".
+    let validated = match command::validate(spec, &params) {
+        Ok(validated) => Some(validated),
+        Err(errors) => {
+            problems.extend(errors.problems.iter().map(ToString::to_string).filter(|p| {
+                !failed
+                    .iter()
+                    .any(|(key, _)| p.starts_with(&format!("parameter `{key}`")))
+            }));
+            None
+        }
+    };
+    if dry_run && !spec.dry_run {
+        problems.push(format!("command `{}` does not support a dry-run", spec.id));
+    }
+    if spec.confirm && !yes && !dry_run {
+        problems.push(format!(
+            "command `{}` needs confirmation: pass --yes (`\"yes\": true`)",
+            spec.id
+        ));
+    }
+    match validated.filter(|_| problems.is_empty()) {
+        Some(validated) => Ok(validated),
+        None => Err(problems),
+    }
+}
+
 /// `params` with the string values of integer, number and boolean parameters parsed by the
-/// spec (the CLI sends text); everything else as given.
+/// spec (the CLI sends text), everything else as given; and the keys whose text did not
+/// parse, each with its problem.
 fn typed_params(
     spec: &CommandSpec,
     params: Map<String, Value>,
-) -> Result<Map<String, Value>, command::ParamErrors> {
-    let mut texts = Vec::new();
+) -> (Map<String, Value>, Vec<(String, String)>) {
     let mut out = Map::new();
+    let mut failed = Vec::new();
     for (key, value) in params {
         let parsed_kind = spec.params.iter().find(|p| p.name == key).is_some_and(|p| {
             matches!(
@@ -137,16 +147,112 @@ fn typed_params(
             )
         });
         match value {
-            Value::String(text) if parsed_kind => texts.push((key, text)),
+            Value::String(text) if parsed_kind => {
+                match command::parse_cli_params(spec, &[(key.as_str(), text.as_str())]) {
+                    Ok(typed) => out.extend(typed),
+                    Err(errors) => {
+                        failed.extend(errors.problems.iter().map(|p| (key.clone(), p.to_string())))
+                    }
+                }
+            }
             other => {
                 out.insert(key, other);
             }
         }
     }
-    let pairs: Vec<(&str, &str)> = texts
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    out.extend(command::parse_cli_params(spec, &pairs)?);
-    Ok(out)
+    (out, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinfra_provider::command::ParamSpec;
+    use serde_json::json;
+
+    fn spec(confirm: bool, dry_run: bool) -> CommandSpec {
+        CommandSpec {
+            id: "delete".into(),
+            name: "Delete".into(),
+            description: String::new(),
+            category: String::new(),
+            resource_type: None,
+            params: vec![
+                ParamSpec {
+                    name: "replicas".into(),
+                    kind: ParamKind::Integer {
+                        min: Some(0),
+                        max: None,
+                    },
+                    required: true,
+                    default: None,
+                    description: String::new(),
+                },
+                ParamSpec {
+                    name: "force".into(),
+                    kind: ParamKind::Boolean,
+                    required: false,
+                    default: None,
+                    description: String::new(),
+                },
+            ],
+            dry_run,
+            confirm,
+        }
+    }
+
+    fn params(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn text_params_are_typed_and_every_problem_is_named() {
+        let ok = checked(
+            &spec(false, true),
+            params(json!({"replicas": "2", "force": "yes"})),
+            false,
+            false,
+        );
+        let ok = ok.unwrap_or_default();
+        assert_eq!(ok.integer("replicas"), Some(2));
+        let err = checked(
+            &spec(false, false),
+            params(json!({"replicas": "two", "force": "maybe"})),
+            true,
+            false,
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(err.len(), 3, "{err:?}");
+        assert!(
+            err[0].contains("`force`") && err[1].contains("`replicas`"),
+            "{err:?}"
+        );
+        assert!(err[2].contains("does not support a dry-run"), "{err:?}");
+        // A bad text, an unknown parameter and a missing one: all named, none twice.
+        let err = checked(
+            &spec(false, true),
+            params(json!({"force": "maybe", "colour": "red"})),
+            false,
+            false,
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(err.len(), 3, "{err:?}");
+        for key in ["`force`", "`colour`", "`replicas`: missing"] {
+            assert!(err.iter().any(|p| p.contains(key)), "{key}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_confirm_command_needs_yes_unless_it_is_a_dry_run() {
+        let s = spec(true, true);
+        let p = || params(json!({"replicas": 1}));
+        let err = checked(&s, p(), false, false).err().unwrap_or_default();
+        assert!(
+            err.len() == 1 && err[0].contains("needs confirmation"),
+            "{err:?}"
+        );
+        assert!(checked(&s, p(), false, true).is_ok());
+        assert!(checked(&s, p(), true, false).is_ok());
+    }
 }
