@@ -2,7 +2,10 @@
 //!
 //! `status` replies with the `/__status__` document; `restart`, `stop` and `start` take
 //! `{"service": "api"}` and reply `{"success": true, "service": "api"}` or
-//! `{"success": false, "error": "..."}`. Every bad request gets a JSON error reply. At most
+//! `{"success": false, "error": "..."}`. `command` takes the body of
+//! `POST /__action__/command/{resource}` plus the resource,
+//! `{"resource", "command", "params", "dry_run", "yes"}`, and replies with the command's result
+//! or `{"success": false, "error": "...", "problems": [...]}`. Every bad request gets a JSON error reply. At most
 //! [`MAX_IN_FLIGHT`] requests are handled at once; a request beyond that is answered at once
 //! with a "busy" error, so a flood costs neither unbounded memory nor tasks.
 
@@ -10,7 +13,7 @@ use crate::redact::Redactor;
 use crate::state::Shared;
 use crate::transport::{BusMessage, Subscription, Transport};
 use bytes::Bytes;
-use kinfra_core::view::{Action, RuntimeControl};
+use kinfra_core::view::{Action, CommandCall, CommandError, RuntimeControl};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ pub const MAX_IN_FLIGHT: usize = 32;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The actions served, for error messages.
-const ACTIONS: &str = "status, restart, stop or start";
+const ACTIONS: &str = "status, restart, stop, start or command";
 
 #[derive(Debug, Deserialize)]
 struct ServiceRequest {
@@ -119,6 +122,9 @@ pub(crate) async fn handle(ctx: &ControlContext, msg: &BusMessage) -> String {
             Err(error) => error_reply(None, &format!("cannot serialise the status: {error}")),
         };
     }
+    if action == "command" {
+        return command(ctx, body).await;
+    }
     let parsed: Result<Action, _> = action.parse();
     let Ok(action) = parsed else {
         return error_reply(
@@ -142,6 +148,33 @@ pub(crate) async fn handle(ctx: &ControlContext, msg: &BusMessage) -> String {
                 .to_string()
         }
         Err(error) => error_reply(Some(&request.service), &error.to_string()),
+    }
+}
+
+/// Runs a provider resource's command: the reply is the result, or every problem.
+async fn command(ctx: &ControlContext, body: serde_json::Value) -> String {
+    let call: CommandCall = match serde_json::from_value(body) {
+        Ok(call) => call,
+        Err(error) => {
+            let problem = format!(
+                "bad request: {error}; expected {{\"resource\", \"command\", \"params\", \"dry_run\", \"yes\"}}"
+            );
+            return json!({"success": false, "error": problem, "problems": [problem]}).to_string();
+        }
+    };
+    let (resource, name) = (call.resource.clone(), call.command.clone());
+    match ctx.control.command(call).await {
+        Ok(result) => {
+            tracing::info!(resource = %resource, command = %name, "Command over the bus.");
+            result.to_string()
+        }
+        Err(CommandError::Input(problems)) => {
+            json!({"success": false, "error": problems.join("; "), "problems": problems})
+                .to_string()
+        }
+        Err(CommandError::Failed(error)) => {
+            json!({"success": false, "error": error, "problems": []}).to_string()
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! Subjects: events on `kinfra.<project>.events.<resource>.<kind>` (the JSON of
 //! [`kinfra_core::Event`], with its `seq`), control requests on
-//! `kinfra.<project>.control.<action>` (`status`, `restart`, `stop`, `start`). The bus only
+//! `kinfra.<project>.control.<action>` (`status`, `restart`, `stop`, `start`, `command`). The bus only
 //! knows [`RuntimeControl`]; it reads events from it and acts through it.
 //!
 //! While the server is unreachable the runtime goes on: events wait in a bounded buffer (the

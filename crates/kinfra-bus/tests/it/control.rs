@@ -194,3 +194,82 @@ async fn a_request_flood_is_answered_with_bounded_concurrency() {
     assert_eq!(reply["project"], "test");
     bus.shutdown(Duration::from_secs(3)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_command_runs_over_the_bus_like_the_http_action() {
+    let server = NatsServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let control = FakeControl::new();
+    let bus = Bus::start(
+        options(&control, state.path(), Some(server.url())),
+        control.clone(),
+    )
+    .await
+    .unwrap();
+    let steer = client(&server.url()).await;
+
+    let body =
+        r#"{"resource": "db", "command": "scale", "params": {"replicas": 3}, "dry_run": true}"#;
+    let reply = control_request(&steer, "command", body).await;
+    assert_eq!(reply["success"], true, "{reply}");
+    assert_eq!(reply["dry_run"], true);
+    assert_eq!(reply["data"]["replicas"], 3);
+    assert_eq!(reply["requests"][0], "POST /scale");
+
+    // Every input problem comes back, as the HTTP action's 400 does.
+    let reply = control_request(
+        &steer,
+        "command",
+        r#"{"resource": "db", "command": "scale"}"#,
+    )
+    .await;
+    assert_eq!(reply["success"], false, "{reply}");
+    let problems = reply["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 2, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("`replicas`: missing")
+    );
+
+    // A command that ran and failed: its error, the secret masked (control_request checks).
+    let reply = control_request(
+        &steer,
+        "command",
+        r#"{"resource": "db", "command": "fail"}"#,
+    )
+    .await;
+    assert_eq!(reply["success"], false, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("upstream said no"),
+        "{reply}"
+    );
+
+    // A body without a resource or command never reaches the runtime.
+    for body in [
+        "",
+        r#"{"command": "scale"}"#,
+        r#"{"resource": "db", "command": 1}"#,
+    ] {
+        let reply = control_request(&steer, "command", body).await;
+        assert_eq!(reply["success"], false, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("bad request"),
+            "{reply}"
+        );
+        assert_eq!(
+            reply["problems"].as_array().map(Vec::len),
+            Some(1),
+            "{reply}"
+        );
+    }
+    let calls = control.commands.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls[0].dry_run && !calls[0].yes && calls[0].params["replicas"] == 3);
+    assert!(control.actions().is_empty());
+    bus.shutdown(Duration::from_secs(3)).await;
+}

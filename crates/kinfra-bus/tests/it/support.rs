@@ -7,7 +7,9 @@ use kinfra_core::config::types::Dur;
 use kinfra_core::event::{EventKind, EventSender};
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::{ServiceLogLine, ServiceStatus, StatusReport};
-use kinfra_core::view::{Action, ActionError, BoxFuture, RuntimeControl};
+use kinfra_core::view::{
+    Action, ActionError, BoxFuture, CommandCall, CommandError, RuntimeControl,
+};
 use kinfra_core::{Event, Secret};
 use std::collections::BTreeMap;
 use std::io;
@@ -195,6 +197,8 @@ pub struct FakeControl {
     in_flight: AtomicUsize,
     /// Most `act` calls running at once.
     pub max_in_flight: AtomicUsize,
+    /// Every command call, in order.
+    pub commands: Mutex<Vec<CommandCall>>,
 }
 
 impl FakeControl {
@@ -207,6 +211,7 @@ impl FakeControl {
             slow_for: Duration::from_millis(300),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            commands: Mutex::new(Vec::new()),
         })
     }
 
@@ -294,6 +299,38 @@ impl RuntimeControl for FakeControl {
     }
 
     fn request_shutdown(&self, _reason: &str) {}
+
+    /// Resource `db` has `scale` (parameter `replicas` required; a dry-run answers with the
+    /// request it would send) and `fail` (fails, with the secret in its error).
+    fn command(&self, call: CommandCall) -> BoxFuture<'_, Result<serde_json::Value, CommandError>> {
+        Box::pin(async move {
+            if let Ok(mut calls) = self.commands.lock() {
+                calls.push(call.clone());
+            }
+            if call.resource != "db" {
+                return Err(CommandError::Input(vec![format!(
+                    "unknown resource `{}`",
+                    call.resource
+                )]));
+            }
+            match call.command.as_str() {
+                "scale" if call.params.contains_key("replicas") => Ok(serde_json::json!({
+                    "success": true,
+                    "dry_run": call.dry_run,
+                    "data": {"replicas": call.params["replicas"]},
+                    "requests": if call.dry_run { vec!["POST /scale"] } else { vec![] },
+                })),
+                "scale" => Err(CommandError::Input(vec![
+                    "parameter `replicas`: missing".into(),
+                    "command `scale` needs confirmation".into(),
+                ])),
+                "fail" => Err(CommandError::Failed(format!("upstream said no ({SECRET})"))),
+                other => Err(CommandError::Input(vec![format!(
+                    "resource `db` has no command `{other}`"
+                )])),
+            }
+        })
+    }
 }
 
 /// Bus options for the tests: the secret masked, fast reconnects, events to `control`.
