@@ -350,3 +350,130 @@ fn an_http_api_resource_offers_its_declared_commands() {
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
 }
+
+/// A plugin that crashes fails its own resources with a clear message while the runtime and
+/// the other services carry on: the Python plugin's `crash` command makes the child exit 3;
+/// its resource (`restart = "no"`) ends `failed` with a status message and a log line naming
+/// the plugin crash, and a plain service next to it keeps running with the same PID.
+#[test]
+fn a_plugin_crash_fails_its_resource_with_the_reason_and_others_carry_on() {
+    let tag = unique_tag("provider-crash");
+    let dir = plugin_dir();
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"pc\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [providers]\nplugin_dirs = [\"{}\"]\n\
+         [providers.fake]\nprovider = \"pyfake\"\ntoken = \"tok-crash\"\n\
+         [resources.thing]\nprovider = \"fake\"\ninterval = \"200ms\"\nproject_id = \"p1\"\n\
+         restart = \"no\"\n\
+         [services.app]\ncommand = \"exec sleep 1000\"\n",
+        dir.display()
+    ));
+    let mut up = p.up(&[], &[]);
+    let thing = |p: &Project| crate::cli::status_json(p)["services"]["thing"].clone();
+    wait_for(Duration::from_secs(20), "thing running", || {
+        (thing(&p)["state"] == "running").then_some(())
+    });
+    let app_pid = wait_for(Duration::from_secs(20), "app running", || {
+        crate::cli::running_pid(&p, "app")
+    });
+
+    let out = p.run(&["resource", "thing", "crash"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    let failed = wait_for(Duration::from_secs(20), "thing failed", || {
+        Some(thing(&p)).filter(|t| t["state"] == "failed")
+    });
+    let message = failed["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("plugin `pyfake` crashed") && message.contains("exit code 3"),
+        "{failed}"
+    );
+    let out = p.run(&["runtime", "logs", "thing"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("plugin `pyfake` crashed"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        crate::cli::running_pid(&p, "app"),
+        Some(app_pid),
+        "the other service carried on"
+    );
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}
+
+/// Every command execution is kept in the store's history: `kinfra runtime history NAME`
+/// lists a resource's dry-runs and real runs with how they went, parameter names only.
+#[test]
+fn runtime_history_lists_a_resource_s_command_executions() {
+    let tag = unique_tag("provider-hist");
+    let secret = "sekrit-Hq27-do-not-show";
+    let p = Project::with_config(
+        &config(&tag, "")
+            .replace("[env]\n", &format!("[env]\nFLAG_TOKEN = \"{secret}\"\n"))
+            .replace(
+                "stop = \"rm -f flag.state\"",
+                "stop = \"rm -f flag.state $FLAG_TOKEN.none\"",
+            ),
+    );
+    let mut up = p.up(&[], &[]);
+    let state = |p: &Project| crate::cli::status_json(p)["services"]["flag"]["state"].clone();
+    wait_for(Duration::from_secs(20), "flag running", || {
+        (state(&p) == "running").then_some(())
+    });
+
+    let out = p.run(&["resource", "flag", "start", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.run(&["resource", "flag", "stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!p.path().join("flag.state").exists(), "the stop ran");
+
+    // The store writes in batches: wait until both are on record.
+    let commands = wait_for(Duration::from_secs(20), "two commands on record", || {
+        let out = p.run(&["runtime", "history", "flag", "--json"]);
+        let text = stdout(&out);
+        assert!(!text.contains(secret), "a secret in the history: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let commands = json["commands"].as_array()?.clone();
+        (commands.len() == 2).then_some(commands)
+    });
+    // Newest first.
+    assert_eq!(commands[0]["command"], "stop", "{commands:?}");
+    assert_eq!(commands[0]["dry_run"], false, "{commands:?}");
+    assert_eq!(commands[0]["success"], true, "{commands:?}");
+    assert_eq!(commands[1]["command"], "start", "{commands:?}");
+    assert_eq!(commands[1]["dry_run"], true, "{commands:?}");
+    assert_eq!(commands[1]["resource"], "flag", "{commands:?}");
+
+    let out = p.run(&["runtime", "history", "flag"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(secret), "{text}");
+    let line = |cmd: &str| {
+        text.lines()
+            .find(|l| l.starts_with(cmd))
+            .unwrap_or_else(|| panic!("no `{cmd}` line: {text}"))
+            .to_owned()
+    };
+    assert!(
+        text.contains("COMMAND") && text.contains("DRY-RUN"),
+        "{text}"
+    );
+    assert!(
+        line("start").contains(" yes ") && line("start").ends_with("ok"),
+        "{text}"
+    );
+    assert!(
+        line("stop").contains(" no ") && line("stop").ends_with("ok"),
+        "{text}"
+    );
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}

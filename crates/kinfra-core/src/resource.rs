@@ -187,6 +187,13 @@ pub trait Resource: Send + Sync + 'static {
     fn sync(&self) -> Option<SyncFacts> {
         None
     }
+
+    /// Why the last run ended, when the adapter knows more than its [`ExitInfo`] says (a
+    /// provider plugin that crashed under it); the supervisor adds it to the status message.
+    /// `None` (the default) otherwise. Answers at once (no I/O).
+    fn exit_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -733,6 +733,7 @@ impl Provider for PluginProvider {
             decl: decl.clone(),
             run: Mutex::new(None),
             connection: Mutex::new(Connection::default()),
+            exit_reason: Arc::new(Mutex::new(None)),
         }))
     }
 
@@ -780,13 +781,16 @@ struct LiveRun {
 
 /// A resource run by a plugin: `start`, `stop`, `status`, `health` and `logs` are calls;
 /// `remove` is `stop` with `remove: true`. If the plugin exits on its own while a run is
-/// live, the run ends with the plugin's exit.
+/// live, the run ends with the plugin's exit, a log line and [`Resource::exit_reason`] naming
+/// the crash, so the supervisor's restart policy applies (the next start spawns a new child).
 pub struct PluginResource {
     process: Arc<PluginProcess>,
     instance: InstanceContext,
     decl: ResourceDecl,
     run: Mutex<Option<LiveRun>>,
     connection: Mutex<Connection>,
+    /// Why the last run ended, when the plugin crashed under it.
+    exit_reason: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -843,6 +847,14 @@ struct LogLineAnswer {
     text: String,
 }
 
+/// The guard of `mutex`, also after a panic elsewhere poisoned it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 fn stdout() -> kinfra_core::status::LogStream {
     kinfra_core::status::LogStream::Stdout
 }
@@ -893,6 +905,7 @@ impl Resource for PluginResource {
                 };
             }
             let (out_tx, out_rx) = mpsc::channel(64);
+            let crash_output = out_tx.clone();
             let (exit_tx, exit_rx) = oneshot::channel();
             let adopted = {
                 let mut live = self.live();
@@ -904,15 +917,35 @@ impl Resource for PluginResource {
                 adopted
             };
             let id = answer.id.unwrap_or_else(|| self.decl.name.clone());
-            // The plugin dying on its own ends the run with its exit.
+            *lock(&self.exit_reason) = None;
+            // The plugin dying on its own ends the run with its exit, saying why.
             let (tx, exit) = oneshot::channel();
+            let reason = self.exit_reason.clone();
+            let plugin = self.process.plugin().to_owned();
             tokio::spawn(async move {
                 let mut tx = tx;
                 let info = tokio::select! {
                     own = exit_rx => own.ok(),
-                    crash = crashes.recv() => crash.ok(),
+                    crash = crashes.recv() => match crash {
+                        Ok(info) => {
+                            let why = format!("plugin `{plugin}` crashed");
+                            let _ = crash_output.try_send(OutputLine {
+                                stream: kinfra_core::status::LogStream::Stderr,
+                                text: format!("{why} ({}); the run ends with it", exit_text(&info)),
+                            });
+                            *lock(&reason) = Some(why);
+                            Some(info)
+                        }
+                        // Missed exits still mean the child is gone.
+                        Err(broadcast::error::RecvError::Lagged(_)) => Some(ExitInfo {
+                            code: None,
+                            signal: None,
+                        }),
+                        Err(broadcast::error::RecvError::Closed) => None,
+                    },
                     _ = tx.closed() => None,
                 };
+                drop(crash_output);
                 if let Some(info) = info {
                     let _ = tx.send(info);
                 }
@@ -991,6 +1024,10 @@ impl Resource for PluginResource {
                 })
                 .collect())
         })
+    }
+
+    fn exit_reason(&self) -> Option<String> {
+        lock(&self.exit_reason).clone()
     }
 
     fn remove(&self, volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {

@@ -464,7 +464,10 @@ impl ResourceActor {
     async fn on_exit(&mut self, exit: Option<ExitInfo>) {
         let pid = self.live.as_ref().and_then(|l| l.pid);
         let ran = self.end_live().await.unwrap_or_default();
-        let shown = exit.map_or_else(|| "an unknown exit".to_owned(), |e| e.to_string());
+        let mut shown = exit.map_or_else(|| "an unknown exit".to_owned(), |e| e.to_string());
+        if let Some(reason) = self.spec.resource.exit_reason() {
+            shown = format!("{shown} ({reason})");
+        }
         self.sink.system(format!("Exited with {shown}"));
         if let (Some(pid), Some(exit)) = (pid, exit) {
             self.shared.events.emit(EventKind::ProcessExited {

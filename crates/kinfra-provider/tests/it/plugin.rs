@@ -281,8 +281,9 @@ async fn a_crash_names_the_plugin_ends_live_runs_and_the_next_call_starts_a_new_
     let resource = provider
         .resource(&ctx, &decl("db", json!({"project_id": "p-1"})))
         .expect("resource");
-    let run = resource.start().await.expect("start");
+    let mut run = resource.start().await.expect("start");
     let first_pid = provider.process(&ctx).pid().await.expect("a child runs");
+    assert_eq!(resource.exit_reason(), None);
 
     let err = run_command(&provider, "crash", json!({}), false).await;
     let Err(ProviderError::Plugin(PluginError::Crashed {
@@ -305,6 +306,16 @@ async fn a_crash_names_the_plugin_ends_live_runs_and_the_next_call_starts_a_new_
         .expect("the run ended")
         .expect("with an exit");
     assert_eq!(exit.code, Some(3));
+    // It says why: a line in its output and the reason the supervisor shows.
+    let line = run.output.try_recv().expect("a line about the crash");
+    assert_eq!(
+        line.text,
+        "plugin `pyfake` crashed (exit code 3); the run ends with it"
+    );
+    assert_eq!(
+        resource.exit_reason().as_deref(),
+        Some("plugin `pyfake` crashed")
+    );
 
     // The next call starts a new child (which knows nothing of the old one's resources).
     assert_eq!(resource.status().await, Ok(Observed::Absent));
@@ -314,6 +325,12 @@ async fn a_crash_names_the_plugin_ends_live_runs_and_the_next_call_starts_a_new_
         gone(first_pid).await,
         "crashed child {first_pid} not reaped"
     );
+    // A new start (the supervisor's restart) runs in the new child and clears the reason.
+    let restarted = resource.start().await.expect("a start after the crash");
+    assert!(!restarted.adopted);
+    assert_eq!(resource.exit_reason(), None);
+    assert_eq!(provider.process(&ctx).pid().await, Some(second_pid));
+    assert_eq!(resource.status().await, Ok(Observed::Running));
     provider.shutdown().await;
 }
 
