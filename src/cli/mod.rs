@@ -358,7 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client::action(&config, action, &service).await
         }
         Command::Config(ConfigCommand::Check { config, print }) => {
-            config_cmd::check(&config, print)
+            config_cmd::check(&config, print).await
         }
         Command::Dashboard(DashboardCommand::Url { config }) => {
             client::dashboard_url(&config).await

@@ -4,7 +4,7 @@ mod commands;
 mod core;
 mod dashboard;
 mod metrics;
-mod providers;
+pub(crate) mod providers;
 mod reload;
 mod resources;
 mod start;

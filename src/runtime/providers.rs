@@ -116,7 +116,7 @@ pub(super) async fn provider_resources(
 /// What a provider sees of its `[providers.NAME]` instance: the token (from `token`, or read
 /// from `token_file`, which must be the user's own and not writable by others), `base_url`,
 /// and the table's other keys.
-fn instance_context(config: &Config, instance_name: &str) -> Result<InstanceContext, String> {
+pub fn instance_context(config: &Config, instance_name: &str) -> Result<InstanceContext, String> {
     let Some(instance) = config.providers.instances.get(instance_name) else {
         return Err(format!("no [providers.{instance_name}] instance"));
     };
@@ -153,7 +153,7 @@ fn instance_context(config: &Config, instance_name: &str) -> Result<InstanceCont
 }
 
 /// The resource's table as its provider reads it: its own keys plus kinfra's `interval`.
-fn resource_decl(name: &str, resource: &ResourceConfig) -> ResourceDecl {
+pub fn resource_decl(name: &str, resource: &ResourceConfig) -> ResourceDecl {
     let mut table: serde_json::Map<String, serde_json::Value> = resource
         .extra
         .iter()

@@ -323,19 +323,25 @@ fn bad_usage_exits_2_and_version_prints() {
 }
 
 /// A config with provider instances and provider resources passes; the summary counts the
-/// instances; provider keys are left to the provider; references to provider resources
-/// pass; the token never reaches `--print`.
+/// instances; provider keys are checked by the provider (a discovered plugin, the Python
+/// test plugin, and the built-in `command`); references to provider resources pass; the
+/// token never reaches `--print`.
 #[test]
 fn provider_config_passes_and_counts_providers() {
-    let p = Project::with_config(
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/kinfra-provider/tests/plugins")
+        .display()
+        .to_string();
+    let p = Project::with_config(&format!(
         r#"
 [project]
 name = "cloud"
 
 [providers]
-plugin_dirs = ["plugins"]
+plugin_dirs = ["{plugins}"]
 
 [providers.neon]
+provider = "pyfake"
 token = "neon-token-5f1c2a"
 rate_limit = "5/s"
 
@@ -353,12 +359,13 @@ confirm_delete = true
 [resources.tunnel]
 provider = "ops"
 start = ["cloudflared", "tunnel", "run"]
+status = "pgrep cloudflared"
 
 [services.api]
 command = "sleep 100"
-env = { DATABASE_URL = "${resources.db.url}" }
-"#,
-    );
+env = {{ DATABASE_URL = "${{resources.db.url}}" }}
+"#
+    ));
     let out = p.run(&["config", "check", "--print"]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
@@ -451,4 +458,55 @@ fn bad_provider_configs_exit_2_with_location() {
             );
         }
     }
+}
+
+/// Each provider resource's keys are checked by its provider (the built-in `command` here),
+/// and an instance of a provider that is nowhere is an error: exit 2, every problem with the
+/// file, the line and the key.
+#[test]
+fn provider_resources_are_checked_by_their_provider() {
+    let p = Project::with_config(
+        "[project]\nname = \"pc\"\n\
+         [providers.sh]\nprovider = \"command\"\n\
+         [providers.nowhere]\nprovider = \"not-installed-anywhere\"\n\
+         [resources.typo]\nprovider = \"sh\"\nstatus = \"true\"\nstatsu = \"true\"\n\
+         [resources.bare]\nprovider = \"sh\"\nstart = \"true\"\n",
+    );
+    let out = p.run(&["config", "check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout {} stderr {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    // Line 10: `statsu`, the command provider's unknown key.
+    assert!(
+        err.contains("kinfra.toml:10:1: resources.typo.statsu: unknown key"),
+        "{err}"
+    );
+    // `status` is missing in [resources.bare]: located at the table (line 11).
+    assert!(
+        err.contains("kinfra.toml:11:12: resources.bare.status: missing (required)"),
+        "{err}"
+    );
+    // The instance whose provider is not installed, at its `provider` key (line 6).
+    assert!(
+        err.contains(
+            "kinfra.toml:6:1: providers.nowhere.provider: provider `not-installed-anywhere`"
+        ),
+        "{err}"
+    );
+
+    // Fixed, it passes.
+    p.write(
+        "kinfra.toml",
+        "[project]\nname = \"pc\"\n\
+         [providers.sh]\nprovider = \"command\"\n\
+         [resources.ok]\nprovider = \"sh\"\nstatus = \"true\"\n",
+    );
+    let out = p.run(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 providers"), "{}", stdout(&out));
 }

@@ -266,6 +266,44 @@ impl Config {
     }
 }
 
+/// A key path in the config's dotted form (`resources.db.status`; a segment with characters
+/// other than `[A-Za-z0-9_-]` is quoted), for [`locate_problems`].
+pub fn key_path(segments: &[&str]) -> String {
+    segments
+        .iter()
+        .fold(String::new(), |path, segment| join_key(&path, segment))
+}
+
+/// Locates problems found after loading (a provider's check of its resources' keys) in the
+/// config text they came from, as loading locates its own: each `(key path, message)` becomes
+/// a [`ConfigError`] at the key's line and column, or at its nearest written ancestor (the
+/// table) when the key itself was not written; a key set by a `KINFRA_*` variable of `env`
+/// names that variable. Text that does not parse gives errors without positions.
+pub fn locate_problems(
+    text: &str,
+    format: Format,
+    origin: &str,
+    env: &[(String, String)],
+    problems: impl IntoIterator<Item = (String, String)>,
+) -> Vec<ConfigError> {
+    let parsed = match format {
+        Format::Toml => toml_tree::parse(text),
+        Format::Yaml => yaml_tree::parse(text),
+        Format::Json => json_tree::parse(text),
+    };
+    let map = match parsed {
+        Ok((mut tree, mut map)) => {
+            overrides::apply(&mut tree, &mut map, env);
+            map
+        }
+        Err(_) => SourceMap::default(),
+    };
+    problems
+        .into_iter()
+        .map(|(key, message)| located(origin, &map, Some(&key), Anchor::Key, message))
+        .collect()
+}
+
 fn syntax_error(origin: &str, e: SyntaxError) -> ConfigError {
     ConfigError {
         origin: origin.to_owned(),
