@@ -218,7 +218,16 @@ async fn handle(
             }
             ControlRequest::History { service, limit } => {
                 let response = match control.history(service.as_deref(), limit).await {
-                    Ok(runs) => ControlResponse::History { runs },
+                    Ok(runs) => {
+                        let commands = match &service {
+                            Some(name) => control.command_history(name, limit).await,
+                            None => Ok(Vec::new()),
+                        };
+                        match commands {
+                            Ok(commands) => ControlResponse::History { runs, commands },
+                            Err(error) => ControlResponse::Error { error },
+                        }
+                    }
                     Err(error) => ControlResponse::Error { error },
                 };
                 send(&mut write, &response).await

@@ -247,13 +247,27 @@ pub async fn history(
     conn.send(&ControlRequest::History { service, limit })
         .await?;
     match conn.next_within(Duration::from_secs(30)).await? {
-        Some(ControlResponse::History { runs }) => {
+        Some(ControlResponse::History { runs, commands }) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
-            } else if runs.is_empty() {
-                println!("no runs recorded");
+                // The runs as before; a resource's command executions beside them.
+                if commands.is_empty() {
+                    println!("{}", serde_json::to_string_pretty(&runs)?);
+                } else {
+                    let both = serde_json::json!({"runs": runs, "commands": commands});
+                    println!("{}", serde_json::to_string_pretty(&both)?);
+                }
             } else {
-                print!("{}", history_table(&runs));
+                if runs.is_empty() && commands.is_empty() {
+                    println!("no runs recorded");
+                } else if !runs.is_empty() {
+                    print!("{}", history_table(&runs));
+                }
+                if !commands.is_empty() {
+                    if !runs.is_empty() {
+                        println!();
+                    }
+                    print!("{}", command_table(&commands));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -304,4 +318,36 @@ pub async fn dashboard_url(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
     let (token, _) = kinfra::dashboard_token(&config, &state_dir)?;
     println!("http://{addr}/kinfra/login#{}", token.expose());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A resource's command executions as a table, newest first (parameter names only).
+fn command_table(commands: &[kinfra_core::status::CommandRecord]) -> String {
+    let mut rows = vec![vec![
+        "COMMAND".to_string(),
+        "AT".into(),
+        "DRY-RUN".into(),
+        "PARAMS".into(),
+        "OPERATION".into(),
+        "RESULT".into(),
+    ]];
+    for c in commands {
+        let result = match (&c.error, c.success) {
+            (Some(error), _) => format!("failed: {error}"),
+            (None, true) => "ok".into(),
+            (None, false) => "failed".into(),
+        };
+        rows.push(vec![
+            c.command.clone(),
+            c.timestamp.clone(),
+            if c.dry_run { "yes" } else { "no" }.into(),
+            if c.params.is_empty() {
+                "-".into()
+            } else {
+                c.params.join(",")
+            },
+            c.operation.clone().unwrap_or_else(|| "-".into()),
+            result,
+        ]);
+    }
+    super::output::table(&rows)
 }

@@ -6,6 +6,7 @@
 use super::core::RuntimeCore;
 use super::providers::CommandTarget;
 use kinfra_core::Secret;
+use kinfra_core::event::EventKind;
 use kinfra_core::view::{CommandCall, CommandError};
 use kinfra_provider::command::{self, CommandSpec, ParamKind, ValidatedParams};
 use kinfra_provider::result::mask_text;
@@ -70,6 +71,8 @@ impl RuntimeCore {
                 }
             )));
         };
+        let mut param_names: Vec<String> = call.params.keys().cloned().collect();
+        param_names.sort();
         let validated =
             checked(spec, call.params, call.dry_run, call.yes).map_err(CommandError::Input)?;
         let mut secrets: Vec<Secret> = target.instance.secrets().into_iter().cloned().collect();
@@ -86,8 +89,23 @@ impl RuntimeCore {
                 call.dry_run,
             )
             .await
-            .map_err(|error| CommandError::Failed(mask_text(&error.to_string(), &values)))?;
-        let result = result.mask(&secret_refs);
+            .map(|result| result.mask(&secret_refs))
+            .map_err(|error| mask_text(&error.to_string(), &values));
+        // Every execution is kept in the store's history (`kinfra runtime history NAME`).
+        let (success, operation, error) = match &result {
+            Ok(result) => (result.success, result.operation.clone(), None),
+            Err(error) => (false, None, Some(error.clone())),
+        };
+        self.events.emit(EventKind::CommandExecuted {
+            resource: call.resource,
+            command: call.command,
+            params: param_names,
+            dry_run: call.dry_run,
+            success,
+            operation,
+            error,
+        });
+        let result = result.map_err(CommandError::Failed)?;
         serde_json::to_value(&result).map_err(|e| CommandError::Failed(e.to_string()))
     }
 }

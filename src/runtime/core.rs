@@ -10,7 +10,7 @@ use kinfra_bus::Bus;
 use kinfra_core::config::Config;
 use kinfra_core::event::{Event, EventKind, EventSender};
 use kinfra_core::state::ServiceState;
-use kinfra_core::status::{RunRecord, ServiceLogLine, StatusReport};
+use kinfra_core::status::{CommandRecord, RunRecord, ServiceLogLine, StatusReport};
 use kinfra_core::view::ALL_SERVICES;
 use kinfra_core::view::{
     Action, ActionError, BoxFuture, CommandCall, CommandError, ReloadOutcome, RuntimeControl,
@@ -314,6 +314,23 @@ impl RuntimeControl for RuntimeCore {
                 .history(service.as_deref(), limit)
                 .await
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    fn command_history(
+        &self,
+        resource: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, String>> {
+        let resource = resource.to_owned();
+        Box::pin(async move {
+            match &self.store {
+                Some(store) => store
+                    .command_history(&resource, limit)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Ok(Vec::new()),
+            }
         })
     }
 

@@ -114,6 +114,10 @@ pub enum ControlResponse {
     History {
         /// The runs.
         runs: Vec<RunRecord>,
+        /// Recent command executions of the resource asked about, newest first (none when
+        /// all services were asked about).
+        #[serde(default)]
+        commands: Vec<crate::status::CommandRecord>,
     },
     /// A command's result, secrets masked.
     CommandResult {

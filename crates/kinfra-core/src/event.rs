@@ -159,6 +159,27 @@ pub enum EventKind {
         /// Delay before the next attempt, in milliseconds.
         retry_in_ms: u64,
     },
+    /// A provider resource's command was run (or refused after it was sent). Parameter values
+    /// are never kept (they may hold secrets): only their names.
+    CommandExecuted {
+        /// The resource.
+        resource: String,
+        /// The command's id.
+        command: String,
+        /// The names of the parameters given, sorted.
+        #[serde(default)]
+        params: Vec<String>,
+        /// A dry-run: nothing was sent.
+        dry_run: bool,
+        /// The command succeeded.
+        success: bool,
+        /// The long-running operation it started, when the provider reports one.
+        #[serde(default)]
+        operation: Option<String>,
+        /// Why it failed (secrets masked).
+        #[serde(default)]
+        error: Option<String>,
+    },
 }
 
 impl EventKind {
@@ -173,6 +194,7 @@ impl EventKind {
             | Self::RestartScheduled { service, .. }
             | Self::CrashLoop { service, .. }
             | Self::PortAssigned { service, .. } => service,
+            Self::CommandExecuted { resource, .. } => resource,
             Self::CertIssued { .. } | Self::CertRenewalFailed { .. } => "acme",
             Self::MaintenanceChanged { service, .. } if service != "*" => service,
             Self::RuntimeStarted { .. }
@@ -202,6 +224,7 @@ impl EventKind {
             Self::BusStateChanged { .. } => "bus_state_changed",
             Self::CertIssued { .. } => "cert_issued",
             Self::CertRenewalFailed { .. } => "cert_renewal_failed",
+            Self::CommandExecuted { .. } => "command_executed",
         }
     }
 }

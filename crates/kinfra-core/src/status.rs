@@ -333,3 +333,28 @@ impl RunRecord {
         self.ended_at.is_none()
     }
 }
+
+/// One execution of a provider resource's command (`kinfra runtime history NAME`). Parameter
+/// values are never kept (they may hold secrets): only their names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// When it ran, RFC 3339.
+    pub timestamp: String,
+    /// The resource.
+    pub resource: String,
+    /// The command's id.
+    pub command: String,
+    /// The names of the parameters given, sorted.
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// A dry-run: nothing was sent.
+    pub dry_run: bool,
+    /// It succeeded.
+    pub success: bool,
+    /// The long-running operation it started, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// Why it failed (secrets masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -2,7 +2,7 @@
 //! and act on it, without knowing how the runtime is put together.
 
 use crate::event::Event;
-use crate::status::{LogLine, RunRecord, ServiceLogLine, StatusReport};
+use crate::status::{CommandRecord, LogLine, RunRecord, ServiceLogLine, StatusReport};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -121,6 +121,17 @@ pub trait RuntimeControl: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<RunRecord>, String>> {
         let _ = (service, limit);
         Box::pin(async { Err("this runtime keeps no run history".to_owned()) })
+    }
+
+    /// Recent executions of one resource's commands, newest first, from the store; survives
+    /// restarts of kinfra. A runtime without a store has none.
+    fn command_history(
+        &self,
+        resource: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, String>> {
+        let _ = (resource, limit);
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// Runs a provider resource's typed command. `params` are checked against the command's

@@ -3,8 +3,10 @@
 use crate::error::StoreError;
 use crate::records::{RunRecord, StoredEvent};
 use crate::{Store, json_of};
+use kinfra_core::event::EventKind;
 use kinfra_core::event::{Event, ExitInfo};
 use kinfra_core::persist::ServiceHistory;
+use kinfra_core::status::CommandRecord;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -202,6 +204,50 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The most recent executions of `resource`'s commands, newest first (kept as
+    /// `command_executed` events, so bounded as events are).
+    pub async fn command_history(
+        &self,
+        resource: &str,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let rows: Vec<EventRow> = self
+            .select(
+                "command history",
+                "SELECT n, boot, data FROM event WHERE kind = 'command_executed' \
+                 AND resource = $r ORDER BY n DESC LIMIT $l",
+                json!({"r": resource, "l": limit}),
+            )
+            .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event: Event =
+                serde_json::from_str(&row.data).map_err(|e| StoreError::malformed("event", e))?;
+            if let EventKind::CommandExecuted {
+                resource,
+                command,
+                params,
+                dry_run,
+                success,
+                operation,
+                error,
+            } = event.kind
+            {
+                records.push(CommandRecord {
+                    timestamp: event.timestamp,
+                    resource,
+                    command,
+                    params,
+                    dry_run,
+                    success,
+                    operation,
+                    error,
+                });
+            }
+        }
+        Ok(records)
     }
 
     /// How many events are stored.
