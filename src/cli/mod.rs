@@ -216,6 +216,11 @@ enum ProvidersCommand {
     },
     /// Scan for plugins and say what was found, and why anything else was not used.
     Discover,
+    /// The config's `[providers.X]` instances: provider id, where it comes from, how many
+    /// resources use it, and its lifecycle state, computed offline from the config (`ready`
+    /// when the provider is installed and the token readable, else `failed` with the reason);
+    /// not read from a running runtime.
+    Instances,
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,6 +375,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Some(ProvidersCommand::Discover) => {
                 providers::discover(&args.config, &args.plugin_dirs, args.json).await
+            }
+            Some(ProvidersCommand::Instances) => {
+                providers::instances(&args.config, &args.plugin_dirs, args.json).await
             }
         },
         Command::Resource(args) => {

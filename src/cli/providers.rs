@@ -3,8 +3,9 @@
 
 use super::{ConfigArg, InputError, load};
 use kinfra::providers::sdk::command::{CommandSpec, ParamKind};
+use kinfra::providers::sdk::lifecycle::InstanceState;
 use kinfra::providers::sdk::metadata::ProviderMetadata;
-use kinfra::providers::{Catalog, ProviderSource, catalog};
+use kinfra::providers::{Catalog, ProviderSource, catalog, instance_context};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -251,4 +252,121 @@ pub async fn discover(
         println!("no plugins found");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One `[providers.X]` instance as `kinfra providers instances` shows it.
+#[derive(serde::Serialize)]
+struct InstanceRow {
+    /// The instance's name.
+    name: String,
+    /// The provider's id.
+    provider: String,
+    /// Where the provider comes from; `missing` when it is nowhere.
+    from: serde_json::Value,
+    /// How many `[resources.NAME]` use the instance.
+    resources: usize,
+    /// The lifecycle state, computed from the config.
+    state: InstanceState,
+    /// Why the state is `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// `kinfra providers instances [--json]`: the configured instances with their provider,
+/// where it comes from, how many resources use each, and a lifecycle state computed offline
+/// from the config (`ready` when the provider is installed and the token, if any, readable;
+/// `failed` with the reason otherwise). A running runtime is not asked.
+pub async fn instances(
+    arg: &ConfigArg,
+    plugin_dirs: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (config, _) = load::load(arg)?;
+    let rows = if config.providers.instances.is_empty() {
+        Vec::new()
+    } else {
+        let mut dirs = plugin_dirs.to_vec();
+        dirs.extend(config.provider_plugin_dirs());
+        let catalog = catalog(&config.state_dir(), &dirs, Vec::new()).await;
+        instance_rows(&config, &catalog)
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no provider instances ([providers.NAME] tables) in the config");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = vec![[
+        "INSTANCE".to_owned(),
+        "PROVIDER".into(),
+        "FROM".into(),
+        "RESOURCES".into(),
+        "STATE".into(),
+    ]];
+    for row in &rows {
+        table.push([
+            row.name.clone(),
+            row.provider.clone(),
+            match row.from.get("source").and_then(|s| s.as_str()) {
+                Some("plugin") => row
+                    .from
+                    .get("path")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("plugin")
+                    .to_owned(),
+                Some("builtin") => "built in".into(),
+                _ => "missing".into(),
+            },
+            row.resources.to_string(),
+            match &row.reason {
+                Some(reason) => format!("{}: {reason}", row.state.as_str()),
+                None => row.state.as_str().to_owned(),
+            },
+        ]);
+    }
+    print!("{}", super::output::table(&table));
+    println!("(states computed from the config, not read from a running runtime)");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn instance_rows(config: &kinfra::Config, catalog: &Catalog) -> Vec<InstanceRow> {
+    config
+        .providers
+        .instances
+        .iter()
+        .map(|(name, instance)| {
+            let id = instance.provider_id(name);
+            let resources = config
+                .resources
+                .values()
+                .filter(|r| r.provider.as_deref() == Some(name.as_str()))
+                .count();
+            let source = catalog.source(id);
+            let from = match source {
+                Some(source) => serde_json::to_value(source).unwrap_or_default(),
+                None => serde_json::json!({ "source": "missing" }),
+            };
+            let reason = if source.is_none() {
+                Some(format!(
+                    "provider `{id}` is not built in and no plugin kinfra-provider-{id} was found"
+                ))
+            } else {
+                instance_context(config, name).err()
+            };
+            InstanceRow {
+                name: name.clone(),
+                provider: id.to_owned(),
+                from,
+                resources,
+                state: if reason.is_some() {
+                    InstanceState::Failed
+                } else {
+                    InstanceState::Ready
+                },
+                reason,
+            }
+        })
+        .collect()
 }

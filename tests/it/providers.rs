@@ -95,3 +95,73 @@ fn plugins_are_discovered_listed_and_shown_and_skips_say_why() {
         stderr(&out)
     );
 }
+
+/// `kinfra providers instances`: each configured instance with its provider, where that comes
+/// from, how many resources use it and its state, computed from the config: `ready` for an
+/// installed provider, `failed` with the reason for a provider that is nowhere or a token
+/// file that cannot be read.
+#[test]
+fn instances_show_provider_source_resources_and_state() {
+    let p = Project::with_config(
+        "[project]\nname = \"pi\"\n\
+         [providers.sh]\nprovider = \"command\"\n\
+         [providers.nowhere]\nprovider = \"not-installed-anywhere\"\n\
+         [providers.api]\nprovider = \"http-api\"\ntoken_file = \"no-such-token\"\n\
+         [resources.a]\nprovider = \"sh\"\nstatus = \"true\"\n\
+         [resources.b]\nprovider = \"sh\"\nstatus = \"true\"\n\
+         [resources.c]\nprovider = \"nowhere\"\n",
+    );
+    let out = p.run(&["providers", "instances", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON list");
+    let row = |name: &str| {
+        rows.as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == name))
+            .unwrap_or_else(|| panic!("{name} not listed: {rows}"))
+            .clone()
+    };
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
+
+    let sh = row("sh");
+    assert_eq!(sh["provider"], "command", "{sh}");
+    assert_eq!(sh["from"]["source"], "builtin", "{sh}");
+    assert_eq!(sh["resources"], 2, "{sh}");
+    assert_eq!(sh["state"], "ready", "{sh}");
+    assert!(sh.get("reason").is_none(), "{sh}");
+
+    let nowhere = row("nowhere");
+    assert_eq!(nowhere["provider"], "not-installed-anywhere", "{nowhere}");
+    assert_eq!(nowhere["from"]["source"], "missing", "{nowhere}");
+    assert_eq!(nowhere["resources"], 1, "{nowhere}");
+    assert_eq!(nowhere["state"], "failed", "{nowhere}");
+    assert!(
+        nowhere["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("kinfra-provider-not-installed-anywhere")),
+        "{nowhere}"
+    );
+
+    let api = row("api");
+    assert_eq!(api["state"], "failed", "{api}");
+    assert_eq!(api["resources"], 0, "{api}");
+    assert!(
+        api["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("providers.api.token_file")),
+        "{api}"
+    );
+
+    // The table says the same, and that the states come from the config.
+    let out = p.run(&["providers", "instances"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("nowhere"))
+        .unwrap_or_else(|| panic!("no nowhere row:\n{text}"));
+    assert!(
+        line.contains("missing") && line.contains("failed: provider `not-installed-anywhere`"),
+        "{text}"
+    );
+    assert!(text.contains("not read from a running runtime"), "{text}");
+}
