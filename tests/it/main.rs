@@ -12,6 +12,7 @@ mod edge;
 mod library;
 mod ownership;
 mod provider_resources;
+mod provider_secrets;
 mod providers;
 mod proxy;
 mod reload;
