@@ -147,6 +147,15 @@ pub trait RuntimeControl: Send + Sync + 'static {
         })
     }
 
+    /// The typed commands of a provider resource, as JSON (its `CommandSpec`s: `{id, name,
+    /// description, params, dry_run, confirm, ...}`), for the dashboard's command list. A
+    /// resource that is not a provider resource has none; an unknown one is an error for
+    /// people.
+    fn commands(&self, resource: &str) -> Result<Vec<serde_json::Value>, String> {
+        let _ = resource;
+        Ok(Vec::new())
+    }
+
     /// Metrics of other subsystems (bus, store, proxy), already in the Prometheus text
     /// format, appended to `/metrics`.
     fn extra_metrics(&self) -> String {

@@ -3,10 +3,14 @@
 //! (the token, or a session from the same origin). Input errors answer 400 with every
 //! problem; a command that ran and failed answers 502; otherwise the result JSON
 //! (`{success, data, warnings, dry_run, operation, requests}`, secrets masked).
+//!
+//! `GET /__commands__/{resource}`: the resource's commands (`{"resource", "commands"}`, each
+//! a `CommandSpec`), read like the status (a client on this machine, or the token).
 
 use super::{AppState, denied};
+use crate::auth::Client;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use kinfra_core::view::{CommandCall, CommandError};
@@ -67,6 +71,26 @@ pub(super) async fn command(
     }
 }
 
+/// Lists `resource`'s commands; an unknown resource answers 404.
+pub(super) async fn commands(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+    Path(resource): Path<String>,
+) -> Response {
+    if let Err(d) = state.policy.check_read(&headers, &client) {
+        return denied(&d);
+    }
+    match state.control.commands(&resource) {
+        Ok(commands) => (
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(json!({ "resource": resource, "commands": commands })),
+        )
+            .into_response(),
+        Err(error) => super::json_error(StatusCode::NOT_FOUND, error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::*;
@@ -112,6 +136,17 @@ mod tests {
             Box::pin(async { Ok(()) })
         }
         fn request_shutdown(&self, _reason: &str) {}
+        fn commands(&self, resource: &str) -> Result<Vec<Value>, String> {
+            match resource {
+                "db" => Ok(vec![json!({
+                    "id": "scale", "name": "Scale", "description": "", "category": "",
+                    "params": [{"name": "replicas", "kind": {"type": "integer"}, "required": true}],
+                    "dry_run": true, "confirm": false,
+                })]),
+                "web" => Ok(Vec::new()),
+                other => Err(format!("unknown resource `{other}`")),
+            }
+        }
         fn command(&self, call: CommandCall) -> BoxFuture<'_, Result<Value, CommandError>> {
             Box::pin(async move {
                 if let Ok(mut calls) = self.calls.lock() {
@@ -195,6 +230,71 @@ mod tests {
     }
 
     const BEARER: (&str, &str) = ("authorization", "Bearer test-token-0123456789");
+
+    async fn get(
+        app: &Router,
+        uri: &str,
+        peer: [u8; 4],
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut b = HttpRequest::builder()
+            .method("GET")
+            .uri(uri)
+            .header("host", "127.0.0.1:9000");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let request = b
+            .extension(ConnectionEnds {
+                peer: SocketAddr::from((peer, 40000)),
+                local: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            })
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_resource_s_commands_are_read_like_the_status() {
+        let (_, app) = app();
+        const HERE: [u8; 4] = [127, 0, 0, 1];
+        const ELSEWHERE: [u8; 4] = [10, 0, 0, 7];
+        // From this machine no token is needed.
+        let (code, body) = get(&app, "/__commands__/db", HERE, &[]).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["resource"], "db", "{body}");
+        assert_eq!(body["commands"][0]["id"], "scale", "{body}");
+        assert_eq!(body["commands"][0]["dry_run"], true, "{body}");
+        // From another machine only with the token.
+        let (code, _) = get(&app, "/__commands__/db", ELSEWHERE, &[]).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        let (code, body) = get(&app, "/__commands__/db", ELSEWHERE, &[BEARER]).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["commands"].as_array().map(Vec::len), Some(1), "{body}");
+        // A resource without commands has none; an unknown one is not found.
+        let (code, body) = get(&app, "/__commands__/web", HERE, &[]).await;
+        assert_eq!(
+            (code, body["commands"].clone()),
+            (StatusCode::OK, json!([]))
+        );
+        let (code, body) = get(&app, "/__commands__/nope", HERE, &[]).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains("`nope`")),
+            "{body}"
+        );
+    }
 
     #[tokio::test]
     async fn commands_need_the_token_and_same_origin_and_answer_by_kind() {

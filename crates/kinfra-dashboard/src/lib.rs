@@ -125,6 +125,7 @@ fn router_closing(
         .route("/__status__", get(status))
         .route("/__events__", get(events))
         .route("/__action__/command/{resource}", post(command::command))
+        .route("/__commands__/{resource}", get(command::commands))
         .route("/__action__/{action}/{service}", post(action))
         .route("/__logs__/{service}", get(logs))
         .route("/__logs__/{service}/stream", get(log_stream))
