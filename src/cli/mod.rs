@@ -5,6 +5,7 @@ mod config_cmd;
 mod demo;
 mod load;
 mod output;
+mod plan;
 mod providers;
 mod resource;
 mod up;
@@ -50,6 +51,16 @@ enum Command {
     /// scale --param replicas=2 --dry-run`. Parameters are typed by the command's spec; see
     /// `kinfra providers show ID` for a provider's commands.
     Resource(ResourceArgs),
+    /// What `runtime up` would do with each provider resource (noop, create, resume) and the
+    /// calls it would make, read from each resource's status and its start command's dry-run;
+    /// sends nothing that changes state. Also says what `runtime down` would do (on_down).
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// JSON: `{resources: [{name, kind, action, reason, calls, on_down}]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -394,6 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Plan { config, json } => plan::run(&config, json).await,
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

@@ -11,6 +11,7 @@ mod docker;
 mod edge;
 mod library;
 mod ownership;
+mod plan;
 mod provider_resources;
 mod provider_secrets;
 mod providers;

@@ -1,0 +1,101 @@
+//! `kinfra plan` through the binary: a `command` provider resource whose status command says
+//! stopped plans `resume` with its dry-run start call (and nothing runs: the state file its
+//! start would create stays absent); once the state file exists it plans `noop`; services and
+//! containers are listed as local; a config with a refused key exits 2.
+
+use crate::support::{Project, stderr, stdout};
+
+fn config(extra: &str) -> String {
+    format!(
+        "[project]\nname = \"pl\"\n\
+         [providers.sh]\nprovider = \"command\"\n\
+         [resources.flag]\nprovider = \"sh\"\non_down = \"pause\"\n\
+         start = \"touch flag.state\"\nstop = \"rm -f flag.state\"\nstatus = \"test -f flag.state\"\n\
+         [services.app]\ncommand = \"exec sleep 1000\"\n\
+         {extra}"
+    )
+}
+
+fn entry(plan: &serde_json::Value, name: &str) -> serde_json::Value {
+    plan["resources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in the plan: {plan}"))
+}
+
+#[test]
+fn plan_reads_status_and_dry_runs_start_without_changing_anything() {
+    let p = Project::with_config(&config(""));
+
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON plan");
+    let flag = entry(&plan, "flag");
+    assert_eq!(flag["kind"], "command", "{flag}");
+    assert_eq!(flag["action"], "resume", "{flag}");
+    assert_eq!(flag["on_down"], "pause", "{flag}");
+    assert_eq!(flag["calls"][0]["method"], "EXEC", "{flag}");
+    assert_eq!(flag["calls"][0]["url"], "touch flag.state", "{flag}");
+    let app = entry(&plan, "app");
+    assert_eq!(app["kind"], "process", "{app}");
+    assert_eq!(app["action"], "local", "{app}");
+    assert!(app["calls"].as_array().is_some_and(Vec::is_empty), "{app}");
+    assert!(
+        !p.path().join("flag.state").exists(),
+        "plan ran the start command"
+    );
+
+    let out = p.run(&["plan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(|l| l.starts_with("flag")
+            && l.contains("resume")
+            && l.contains("EXEC touch flag.state")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("app") && l.contains("not planned (local)")),
+        "{text}"
+    );
+    assert!(!p.path().join("flag.state").exists());
+
+    p.write("flag.state", "");
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON plan");
+    let flag = entry(&plan, "flag");
+    assert_eq!(flag["action"], "noop", "{flag}");
+    assert!(
+        flag["calls"].as_array().is_some_and(Vec::is_empty),
+        "{flag}"
+    );
+}
+
+#[test]
+fn plan_shows_a_status_error_per_resource_and_exits_2_on_a_bad_config() {
+    // A status command that fails with a pattern set is an error, not a state.
+    let p = Project::with_config(
+        "[project]\nname = \"pe\"\n[providers.sh]\nprovider = \"command\"\n\
+         [resources.cloud]\nprovider = \"sh\"\n\
+         start = \"true\"\nstatus = \"exit 7\"\nstatus_running = \"^ACTIVE$\"\n",
+    );
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON plan");
+    let cloud = entry(&plan, "cloud");
+    assert_eq!(cloud["action"], "unknown", "{cloud}");
+    assert!(
+        cloud["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("unknown: ")),
+        "{cloud}"
+    );
+
+    let p = Project::with_config(&config("").replace("status = ", "stauts = "));
+    let out = p.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("status"), "{}", stderr(&out));
+}
