@@ -172,3 +172,110 @@ async fn builder_config_runs() {
     rt.shutdown().await.expect("shutdown");
     assert!(pids_tagged(&tag).is_empty());
 }
+
+/// The README's "own provider" snippet, compiled here and compared with the README's text.
+async fn own_provider(
+    config: Config,
+) -> Result<
+    (
+        kinfra::Runtime,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ),
+    kinfra::StartError,
+> {
+    // README: own provider (begin)
+    use kinfra::providers::sdk::simple::{SimpleProvider, State};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let up = Arc::new(AtomicBool::new(false)); // stands for the app's real queue
+    let (on_start, on_stop, on_status) = (up.clone(), up.clone(), up.clone());
+    let queue = SimpleProvider::new("my-queue", "My queue")
+        .on_start(move |_config| {
+            let up = on_start.clone();
+            async move {
+                up.store(true, SeqCst);
+                Ok(())
+            }
+        })
+        .on_stop(move |_config| {
+            let up = on_stop.clone();
+            async move {
+                up.store(false, SeqCst);
+                Ok(())
+            }
+        })
+        .on_status(move |_config| {
+            let up = on_status.load(SeqCst);
+            async move { Ok(if up { State::Running } else { State::Stopped }) }
+        })
+        .build();
+    let mut options = kinfra::RuntimeOptions::default();
+    options.providers.push(queue);
+    let rt = kinfra::start_with(config, options).await?;
+    // README: own provider (end)
+    Ok((rt, up))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_provider_in_code_runs_a_resource() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "[project]\nname = \"ownprov\"\nstate_dir = \"{}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nhttp = \"127.0.0.1:0\"\n\
+         [providers.q]\nprovider = \"my-queue\"\n\
+         [resources.jobs]\nprovider = \"q\"\ninterval = \"100ms\"\n",
+        dir.path().join("state").display()
+    );
+    let config = Config::parse(
+        &toml,
+        kinfra::config::Format::Toml,
+        "test.toml",
+        dir.path(),
+        &[],
+    )
+    .expect("valid config");
+    let (rt, up) = own_provider(config).await.expect("runtime starts");
+    let state = |rt: &kinfra::Runtime| rt.control().status().services.get("jobs").map(|s| s.state);
+    wait_for(Duration::from_secs(20), "jobs running", || {
+        (state(&rt) == Some(ServiceState::Running)).then_some(())
+    });
+    assert!(
+        up.load(std::sync::atomic::Ordering::SeqCst),
+        "start closure was not called"
+    );
+    // The observe loop's answers reach status as the provider's state.
+    wait_for(Duration::from_secs(20), "provider_state running", || {
+        let jobs = &rt.control().status().services["jobs"];
+        (jobs.provider_state.as_deref() == Some("running")).then_some(())
+    });
+
+    rt.stop("jobs").await.expect("stop jobs");
+    wait_for(Duration::from_secs(20), "jobs stopped", || {
+        (state(&rt) == Some(ServiceState::Stopped)).then_some(())
+    });
+    assert!(
+        !up.load(std::sync::atomic::Ordering::SeqCst),
+        "stop closure was not called"
+    );
+    rt.shutdown().await.expect("shutdown");
+
+    // The README shows the snippet above, word for word.
+    let source = include_str!("library.rs");
+    let begin = source
+        .find("// README: own provider (begin)\n")
+        .expect("begin marker");
+    let end = source
+        .find("    // README: own provider (end)")
+        .expect("end marker");
+    let snippet: String = source[begin..end]
+        .lines()
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(snippet.lines().count() < 30, "README snippet too long");
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(&format!("```rust\n{snippet}```")),
+        "README.md lacks:\n{snippet}"
+    );
+}

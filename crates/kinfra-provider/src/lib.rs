@@ -22,3 +22,4 @@ pub mod provider;
 pub mod ratelimit;
 pub mod registry;
 pub mod retry;
+pub mod simple;
