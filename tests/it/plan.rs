@@ -99,3 +99,68 @@ fn plan_shows_a_status_error_per_resource_and_exits_2_on_a_bad_config() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("status"), "{}", stderr(&out));
 }
+
+/// A fake API on 127.0.0.1 that answers every request with `body` and records the request
+/// lines it got.
+fn fake_api(body: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            log.lock().expect("lock").push(line.trim().to_owned());
+            // Read the headers (the GET has no body).
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn an_http_api_resource_plans_its_start_endpoint_without_sending_it() {
+    let (addr, seen) = fake_api("{\"project\":{\"status\":\"SUSPENDED\"}}");
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"ph\"\n[providers.api]\nprovider = \"http-api\"\n\
+         base_url = \"http://{addr}/v1\"\ntoken = \"tok-plan-secret\"\n\
+         [resources.db]\nprovider = \"api\"\nproject_id = \"p1\"\n\
+         status = {{ method = \"GET\", path = \"/projects/{{project_id}}\" }}\n\
+         start = {{ method = \"POST\", path = \"/projects/{{project_id}}/start\" }}\n\
+         state_pointer = \"/project/status\"\n\
+         state_map = {{ ACTIVE = \"running\", SUSPENDED = \"stopped\" }}\n"
+    ));
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON plan");
+    let db = entry(&plan, "db");
+    assert_eq!(db["kind"], "http-api", "{db}");
+    assert_eq!(db["action"], "resume", "{db}");
+    assert!(
+        db["calls"][0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("start endpoint POST /projects/{project_id}/start")),
+        "{db}"
+    );
+    let requests = seen.lock().expect("lock").clone();
+    assert!(
+        !requests.is_empty() && requests.iter().all(|r| r.starts_with("GET ")),
+        "only status reads were sent: {requests:?}"
+    );
+    assert!(!stdout(&out).contains("tok-plan-secret"));
+}
