@@ -535,3 +535,69 @@ impl Resource for SimpleResource {
         lock(&self.sync).clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+
+    fn decl() -> ResourceDecl {
+        let Value::Object(config) = json!({ "provider": "q", "interval": "20ms" }) else {
+            panic!("not an object");
+        };
+        ResourceDecl {
+            name: "jobs".into(),
+            config,
+        }
+    }
+
+    /// 0 stopped, 1 running, 2 failed: what the status closure says.
+    fn provider(state: Arc<AtomicU8>) -> Arc<dyn Provider> {
+        let (on_start, on_status) = (state.clone(), state);
+        SimpleProvider::new("my-queue", "My queue")
+            .on_start(move |_| {
+                let state = on_start.clone();
+                async move {
+                    state.store(1, SeqCst);
+                    Ok(())
+                }
+            })
+            .on_status(move |_| {
+                let state = on_status.load(SeqCst);
+                async move {
+                    Ok([State::Stopped, State::Running, State::Failed][usize::from(state)])
+                }
+            })
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_run_ends_when_status_says_failed_or_stopped() {
+        let state = Arc::new(AtomicU8::new(0));
+        let resource = provider(state.clone())
+            .resource(&InstanceContext::default(), &decl())
+            .expect("resource");
+        let run = resource.start().await.expect("start");
+        assert!(!run.adopted);
+        assert_eq!(state.load(SeqCst), 1, "start closure called");
+        state.store(2, SeqCst);
+        let exit = tokio::time::timeout(Duration::from_secs(20), run.exit)
+            .await
+            .expect("run ends in time")
+            .expect("exit known");
+        assert_eq!(exit.code, Some(1));
+        let facts = resource.sync().expect("sync facts");
+        assert_eq!(facts.provider_state.as_deref(), Some("failed"));
+
+        // Already running: adopted, start not called again; stop ends the run with 0.
+        state.store(1, SeqCst);
+        let run = resource.start().await.expect("start");
+        assert!(run.adopted);
+        resource.stop(Duration::from_secs(1)).await.expect("stop");
+        let exit = tokio::time::timeout(Duration::from_secs(20), run.exit)
+            .await
+            .expect("run ends in time")
+            .expect("exit known");
+        assert_eq!(exit.code, Some(0));
+    }
+}
