@@ -57,9 +57,11 @@ function makeCard(name) {
     cpu: f(".cpu"), mem: f(".mem"), prov: f(".prov"), pstate: f(".provider-state"), syncErr: f(".sync-error"),
     logs: f(".logs"), why: f(".why"), res: root.querySelectorAll(".res"),
     buttons: root.querySelectorAll("button.act"), loglink: f(".loglink"),
+    cmds: f(".cmds"), cmdList: f(".cmd-list"), cmdOut: f(".cmd-out"),
   };
   fields.name.textContent = name;
   fields.loglink.href = `/__logs__/${encodeURIComponent(name)}`;
+  fields.cmds.addEventListener("toggle", () => { if (fields.cmds.open) loadCommands(name); });
   for (const b of fields.buttons) {
     b.addEventListener("click", () => {
       let action = b.dataset.action;
@@ -119,10 +121,90 @@ function upsert(name, s) {
   const syncFailed = s.last_sync != null && !s.last_sync.ok;
   f.syncErr.hidden = !syncFailed;
   f.syncErr.textContent = syncFailed ? `sync failed: ${s.last_sync.error || "unknown error"}` : "";
+  f.cmds.hidden = !isProviderResource(s);
   S.logs.set(name, (s.logs || []).slice(-LOG_LINES).map((line) => ({ key: logKey(line), line })));
   renderLogs(name);
   updateButtons(name);
   applyFilter(name);
+}
+
+// A provider resource (not a process or a container) has typed commands.
+function isProviderResource(s) {
+  return s.provider_state != null || !["process", "docker"].includes(s.kind);
+}
+
+function commandLine(ul, text, cls) {
+  const li = document.createElement("li");
+  if (cls) li.className = cls;
+  li.textContent = text;
+  ul.appendChild(li);
+}
+
+// Lists a provider resource's commands (read when its "Commands" is opened), each with a
+// dry-run button.
+async function loadCommands(name) {
+  const card = S.cards.get(name);
+  if (!card) return;
+  const ul = card.fields.cmdList;
+  ul.replaceChildren();
+  try {
+    const r = await fetch(`/__commands__/${encodeURIComponent(name)}`, { credentials: "same-origin" });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    const commands = body.commands || [];
+    if (commands.length === 0) commandLine(ul, "no commands", "cmd-none");
+    for (const c of commands) {
+      const li = document.createElement("li");
+      li.dataset.command = c.id;
+      const label = document.createElement("span");
+      label.className = "cmd-name";
+      label.textContent = c.id;
+      label.title = c.description || c.name || c.id;
+      const b = document.createElement("button");
+      b.className = "dry";
+      b.textContent = "Dry run";
+      b.disabled = !c.dry_run;
+      b.title = c.dry_run ? `plan ${c.id} on ${name}; nothing is sent` : `${c.id} has no dry-run`;
+      b.addEventListener("click", () => dryRun(name, c.id, b));
+      li.append(label, b);
+      ul.appendChild(li);
+    }
+  } catch (e) {
+    commandLine(ul, `commands: ${e.message || e}`, "cmd-problem");
+  }
+}
+
+// Dry-runs a command with no parameters: shows the planned requests, or what is wrong.
+async function dryRun(name, command, button) {
+  const card = S.cards.get(name);
+  if (!card) return;
+  const out = card.fields.cmdOut;
+  button.disabled = true;
+  let lines, ok = false;
+  try {
+    const r = await fetch(`/__action__/command/${encodeURIComponent(name)}`, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ command, params: {}, dry_run: true }),
+    });
+    const body = await r.json().catch(() => ({}));
+    ok = r.ok;
+    if (r.ok) {
+      const planned = (body.requests || []).map((q) => `${q.method} ${q.url}`);
+      lines = [`${command} (dry run):`, ...(planned.length ? planned : ["nothing to send"]),
+        ...(body.warnings || []).map((w) => `warning: ${w}`)];
+    } else {
+      lines = [`${command}:`, ...(body.problems || [body.error || r.statusText])];
+    }
+  } catch (e) {
+    lines = [`${command}: ${e}`];
+  } finally {
+    button.disabled = false;
+  }
+  out.textContent = lines.join("\n");
+  out.classList.toggle("problem", !ok);
+  out.hidden = false;
 }
 
 function updateButtons(name) {

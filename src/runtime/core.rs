@@ -125,6 +125,13 @@ impl RuntimeControl for LateControl {
         })
     }
 
+    fn commands(&self, resource: &str) -> Result<Vec<serde_json::Value>, String> {
+        match self.core.get() {
+            Some(core) => core.commands(resource),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn reload(&self) -> BoxFuture<'_, Result<ReloadOutcome, String>> {
         Box::pin(async move {
             match self.core.get() {
@@ -282,6 +289,27 @@ impl RuntimeControl for RuntimeCore {
 
     fn extra_metrics(&self) -> String {
         runtime_metrics(self)
+    }
+
+    fn commands(&self, resource: &str) -> Result<Vec<serde_json::Value>, String> {
+        let target = match self.command_targets.lock() {
+            Ok(held) => held.get(resource).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(resource).cloned(),
+        };
+        match target {
+            Some(target) => Ok(target
+                .provider
+                .resource_commands(&target.decl)
+                .iter()
+                .filter_map(|spec| serde_json::to_value(spec).ok())
+                .collect()),
+            None if self.supervisor.status().contains_key(resource)
+                || self.current_config().services.contains_key(resource) =>
+            {
+                Ok(Vec::new())
+            }
+            None => Err(format!("unknown resource `{resource}`")),
+        }
     }
 
     fn history(

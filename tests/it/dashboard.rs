@@ -363,3 +363,64 @@ fn two_hundred_services_stay_usable() {
         pids_tagged(&tag).is_empty().then_some(())
     });
 }
+
+/// A provider resource's card lists its commands when "Commands" is opened; "Dry run" shows
+/// the planned request (a process's card has no command list).
+#[test]
+fn a_provider_resource_card_lists_its_commands_and_dry_runs_one() {
+    let tag = unique_tag("e2e-cmd");
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"dash\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [providers.sh]\nprovider = \"command\"\n\
+         [resources.flag]\nprovider = \"sh\"\ninterval = \"200ms\"\n\
+         start = \"touch flag.state\"\nstop = \"rm -f flag.state\"\nstatus = \"test -f flag.state\"\n\
+         [services.web]\ncommand = \"echo web up; exec sleep 1000\"\n"
+    ));
+    let mut up = p.up(&[], &[]);
+    let out = p.run(&["dashboard", "url"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let login = stdout(&out).trim().to_string();
+
+    let browser = Browser::start(1280, 900);
+    browser.goto(&login);
+    browser.wait_js(
+        Duration::from_secs(20),
+        "both cards, logged in",
+        "return location.pathname === '/kinfra' \
+           && document.querySelectorAll('.card').length === 2 \
+           && document.querySelector('#session').textContent.includes('signed in')",
+    );
+    assert_eq!(
+        browser.js(
+            "return [document.querySelector('.card[data-name=\"web\"] .cmds').hidden, \
+                     document.querySelector('.card[data-name=\"flag\"] .cmds').hidden]",
+            json!([])
+        ),
+        json!([true, false])
+    );
+    browser.click(".card[data-name=\"flag\"] .cmds summary");
+    browser.wait_js(
+        Duration::from_secs(10),
+        "flag's commands, start among them",
+        "return [...document.querySelectorAll('.card[data-name=\"flag\"] .cmd-list li')] \
+           .some(li => li.dataset.command === 'start')",
+    );
+    browser.click(".card[data-name=\"flag\"] li[data-command=\"start\"] button.dry");
+    let shown = browser.wait_js(
+        Duration::from_secs(10),
+        "the planned EXEC of start",
+        "const o = document.querySelector('.card[data-name=\"flag\"] .cmd-out'); \
+         return (!o.hidden && o.textContent.includes('EXEC')) ? o.textContent : null",
+    );
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(
+        shown.contains("start (dry run)") && shown.contains("touch flag.state"),
+        "{shown}"
+    );
+    artifact("dashboard-commands.png", &browser.screenshot());
+    drop(browser);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}
