@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 /// What a provider sees of a `[providers.X]` instance and of a `[resources.NAME]` table, as
 /// the runtime builds them (`kinfra config check` and `kinfra providers instances` use them too).
-pub use crate::runtime::providers::{instance_context, resource_decl};
+pub use crate::runtime::providers::{
+    BuiltResource, build_resource, instance_context, resource_decl,
+};
 pub use kinfra_provider as sdk;
 
 /// Where a provider comes from.

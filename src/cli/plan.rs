@@ -6,7 +6,7 @@ use super::{ConfigArg, InputError, load};
 use kinfra::providers::sdk::command::validate;
 use kinfra::providers::sdk::provider::{InstanceContext, Provider, ResourceDecl};
 use kinfra::providers::sdk::result::PlannedRequest;
-use kinfra::providers::{catalog, instance_context, resource_decl};
+use kinfra::providers::{build_resource, catalog};
 use kinfra_core::config::{Config, ResourceConfig};
 use kinfra_core::resource::Observed;
 use serde::Serialize;
@@ -136,47 +136,14 @@ async fn plan(config: &Config) -> anyhow::Result<Plan> {
             resources.push(local(name, "docker", Some(resource.on_down)));
             continue;
         };
-        let Some(instance_name) = resource.provider.as_deref() else {
-            continue;
-        };
-        let Some(instance) = config.providers.instances.get(instance_name) else {
-            problems.push(format!(
-                "resources.{name}.provider: no [providers.{instance_name}] instance"
-            ));
-            continue;
-        };
-        let id = instance.provider_id(instance_name);
-        let Some(provider) = catalog.registry.get(id) else {
-            problems.push(format!(
-                "resources.{name}: provider `{id}` (of [providers.{instance_name}]) is not built in \
-                 and no plugin kinfra-provider-{id} was found (see `kinfra providers discover`)"
-            ));
-            continue;
-        };
-        let context = match instance_context(config, instance_name) {
-            Ok(context) => context,
-            Err(problem) => {
-                problems.push(problem);
-                continue;
-            }
-        };
-        let decl = resource_decl(name, resource);
-        let refused = provider.validate_resource(&context, &decl).await;
-        if !refused.is_empty() {
-            problems.extend(
-                refused
-                    .iter()
-                    .map(|p| format!("resources.{name} (provider `{id}`): {p}")),
-            );
-            continue;
-        }
-        let built = match provider.resource(&context, &decl) {
-            Ok(built) => built,
-            Err(error) => {
-                problems.push(format!("resources.{name} (provider `{id}`): {error}"));
-                continue;
-            }
-        };
+        let (provider, context, decl, built) =
+            match build_resource(catalog, config, name, resource).await {
+                Ok(b) => (b.provider, b.instance, b.decl, b.resource),
+                Err(refused) => {
+                    problems.extend(refused);
+                    continue;
+                }
+            };
         let observed = tokio::time::timeout(STATUS_LIMIT, built.status()).await;
         let (action, reason) = match observed {
             Ok(Ok(Observed::Running)) => ("noop", "running".to_owned()),
@@ -196,7 +163,7 @@ async fn plan(config: &Config) -> anyhow::Result<Plan> {
             ),
         };
         let calls = match action {
-            "create" | "resume" => start_calls(provider, &context, &decl).await,
+            "create" | "resume" => start_calls(&provider, &context, &decl).await,
             _ => Vec::new(),
         };
         resources.push(Entry {

@@ -3,9 +3,10 @@
 //! discovered plugin), after the provider checked the resource's keys.
 
 use super::StartError;
-use crate::providers::catalog;
+use crate::providers::{Catalog, catalog};
 use kinfra_core::Secret;
 use kinfra_core::config::{Config, ResourceConfig};
+use kinfra_core::resource::Resource;
 use kinfra_provider::provider::{InstanceContext, Provider, ResourceDecl};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,57 +54,25 @@ pub(super) async fn provider_resources(
     let mut problems = Vec::new();
     let mut out = ProviderResources::default();
     for (name, resource) in wanted {
-        let Some(instance_name) = resource.provider.as_deref() else {
-            continue;
-        };
-        // Validation made sure the instance exists.
-        let Some(instance) = config.providers.instances.get(instance_name) else {
-            problems.push(format!(
-                "resources.{name}.provider: no [providers.{instance_name}] instance"
-            ));
-            continue;
-        };
-        let id = instance.provider_id(instance_name);
-        let Some(provider) = catalog.registry.get(id) else {
-            problems.push(format!(
-                "resources.{name}: provider `{id}` (of [providers.{instance_name}]) is not built in \
-                 and no plugin kinfra-provider-{id} was found (see `kinfra providers discover`)"
-            ));
-            continue;
-        };
-        let context = match instance_context(config, instance_name) {
-            Ok(context) => context,
-            Err(problem) => {
-                problems.push(problem);
-                continue;
-            }
-        };
-        let decl = resource_decl(name, resource);
-        let refused = provider.validate_resource(&context, &decl).await;
-        if !refused.is_empty() {
-            problems.extend(
-                refused
-                    .iter()
-                    .map(|p| format!("resources.{name} (provider `{id}`): {p}")),
-            );
-            continue;
-        }
-        match provider.resource(&context, &decl) {
+        match build_resource(&catalog, config, name, resource).await {
             Ok(built) => {
                 out.specs.push((
                     name.clone(),
-                    kinfra_supervisor::ResourceSpec::from_config(Arc::from(built), resource),
+                    kinfra_supervisor::ResourceSpec::from_config(
+                        Arc::from(built.resource),
+                        resource,
+                    ),
                 ));
                 out.targets.insert(
                     name.clone(),
                     CommandTarget {
-                        provider: provider.clone(),
-                        instance: context,
-                        decl,
+                        provider: built.provider,
+                        instance: built.instance,
+                        decl: built.decl,
                     },
                 );
             }
-            Err(error) => problems.push(format!("resources.{name} (provider `{id}`): {error}")),
+            Err(refused) => problems.extend(refused),
         }
     }
     if problems.is_empty() {
@@ -111,6 +80,63 @@ pub(super) async fn provider_resources(
     } else {
         Err(StartError::ProviderResources(problems.join("\n")))
     }
+}
+
+/// One provider resource, built after its provider checked its keys.
+pub struct BuiltResource {
+    /// The provider that built it.
+    pub provider: Arc<dyn Provider>,
+    /// Its `[providers.X]` instance as the provider sees it.
+    pub instance: InstanceContext,
+    /// Its `[resources.NAME]` table as the provider reads it.
+    pub decl: ResourceDecl,
+    /// The resource the supervisor drives.
+    pub resource: Box<dyn Resource>,
+}
+
+/// Builds `[resources.name]` through the provider of its `[providers.X]` instance from
+/// `catalog`, after the provider checked its keys. The error is every problem, one line each,
+/// naming the resource (and the key, when the provider names one).
+pub async fn build_resource(
+    catalog: &Catalog,
+    config: &Config,
+    name: &str,
+    resource: &ResourceConfig,
+) -> Result<BuiltResource, Vec<String>> {
+    let Some(instance_name) = resource.provider.as_deref() else {
+        return Err(vec![format!("resources.{name}: not a provider resource")]);
+    };
+    // Validation made sure the instance exists.
+    let Some(instance) = config.providers.instances.get(instance_name) else {
+        return Err(vec![format!(
+            "resources.{name}.provider: no [providers.{instance_name}] instance"
+        )]);
+    };
+    let id = instance.provider_id(instance_name);
+    let Some(provider) = catalog.registry.get(id) else {
+        return Err(vec![format!(
+            "resources.{name}: provider `{id}` (of [providers.{instance_name}]) is not built in \
+             and no plugin kinfra-provider-{id} was found (see `kinfra providers discover`)"
+        )]);
+    };
+    let context = instance_context(config, instance_name).map_err(|problem| vec![problem])?;
+    let decl = resource_decl(name, resource);
+    let refused = provider.validate_resource(&context, &decl).await;
+    if !refused.is_empty() {
+        return Err(refused
+            .iter()
+            .map(|p| format!("resources.{name} (provider `{id}`): {p}"))
+            .collect());
+    }
+    let built = provider
+        .resource(&context, &decl)
+        .map_err(|error| vec![format!("resources.{name} (provider `{id}`): {error}")])?;
+    Ok(BuiltResource {
+        provider: provider.clone(),
+        instance: context,
+        decl,
+        resource: built,
+    })
 }
 
 /// What a provider sees of its `[providers.NAME]` instance: the token (from `token`, or read
