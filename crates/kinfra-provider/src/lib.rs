@@ -22,4 +22,5 @@ pub mod provider;
 pub mod ratelimit;
 pub mod registry;
 pub mod retry;
+pub mod run_slot;
 pub mod simple;

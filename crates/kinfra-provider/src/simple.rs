@@ -15,6 +15,7 @@ use crate::metadata::{AuthMethod, Capability, Category, ProviderMetadata, Resour
 use crate::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use crate::provider::{InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem};
 use crate::result::CommandResult;
+use crate::run_slot::{RunSlot, SyncRecord};
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
     BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run, SyncFacts,
@@ -23,7 +24,7 @@ use kinfra_core::state::Health;
 use kinfra_core::status::LastSync;
 use serde_json::{Map, Value, json};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -235,7 +236,7 @@ impl Provider for SimpleProvider {
             config: decl.config.clone(),
             hooks: self.hooks.clone(),
             interval,
-            live: SharedLive::default(),
+            live: RunSlot::default(),
             sync: SyncRecord::default(),
         }))
     }
@@ -293,70 +294,14 @@ fn interval(decl: &ResourceDecl) -> Result<Duration, ResourceProblem> {
     }
 }
 
-/// A run in progress. Dropping it ends its observe loop (and the loop's watcher).
-struct LiveRun {
-    generation: u64,
-    exit: oneshot::Sender<ExitInfo>,
-    _output: mpsc::Sender<OutputLine>,
-    _stop_observing: oneshot::Sender<()>,
-}
-
-#[derive(Default)]
-struct Live {
-    generation: u64,
-    run: Option<LiveRun>,
-}
-
-type SharedLive = Arc<Mutex<Live>>;
-type SyncRecord = Arc<Mutex<Option<SyncFacts>>>;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Ends the live run of `generation` (any, when `None`) with `info`.
-fn end_run(live: &SharedLive, generation: Option<u64>, info: ExitInfo) {
-    let run = {
-        let mut live = lock(live);
-        match &live.run {
-            Some(run) if generation.is_none_or(|g| g == run.generation) => live.run.take(),
-            _ => None,
-        }
-    };
-    if let Some(run) = run {
-        let _ = run.exit.send(info);
-    }
-}
-
-/// Records one status answer as the resource's last sync.
-fn record(sync: &SyncRecord, answer: &Result<State, String>) {
-    let mut record = lock(sync);
-    let facts = record.get_or_insert_with(SyncFacts::default);
-    let at = kinfra_core::event::now_rfc3339();
-    match answer {
-        Ok(state) => {
-            facts.provider_state = Some(state.as_str().into());
-            facts.last_sync = Some(LastSync {
-                at,
-                ok: true,
-                error: None,
-            });
-        }
-        Err(error) => {
-            facts.last_sync = Some(LastSync {
-                at,
-                ok: false,
-                error: Some(error.clone()),
-            });
-        }
-    }
-}
+/// What a run holds for its life: its output sender and the observe loop's stop signal.
+type Held = (mpsc::Sender<OutputLine>, oneshot::Sender<()>);
 
 /// Follows a run's observe loop: records each answer and ends the run when status says failed,
 /// or stopped/absent after having said running. Ends with the loop.
 async fn watch_run(
     mut observed: watch::Receiver<ObservedStatus>,
-    live: SharedLive,
+    live: RunSlot<Held>,
     sync: SyncRecord,
     generation: u64,
     mut seen_running: bool,
@@ -366,17 +311,16 @@ async fn watch_run(
         let Some(last) = status.last_sync else {
             continue;
         };
-        {
-            let mut record = lock(&sync);
-            let facts = record.get_or_insert_with(SyncFacts::default);
-            facts.provider_state.clone_from(&status.provider_state);
-            facts.last_sync = Some(LastSync {
+        let ok = last.ok;
+        sync.set(
+            LastSync {
                 at: last.at,
                 ok: last.ok,
                 error: last.error,
-            });
-        }
-        if !last.ok {
+            },
+            status.provider_state.clone(),
+        );
+        if !ok {
             continue;
         }
         let code = match status.provider_state.as_deref().and_then(State::parse) {
@@ -388,8 +332,7 @@ async fn watch_run(
             Some(State::Failed) => 1,
             _ => continue,
         };
-        end_run(
-            &live,
+        live.end(
             Some(generation),
             ExitInfo {
                 code: Some(code),
@@ -407,7 +350,7 @@ struct SimpleResource {
     config: Map<String, Value>,
     hooks: Hooks,
     interval: Duration,
-    live: SharedLive,
+    live: RunSlot<Held>,
     sync: SyncRecord,
 }
 
@@ -416,7 +359,10 @@ impl SimpleResource {
         let answer = (self.hooks.status)(self.config.clone())
             .await
             .map_err(|e| e.to_string());
-        record(&self.sync, &answer);
+        match &answer {
+            Ok(state) => self.sync.ok(Some(state.as_str().into())),
+            Err(error) => self.sync.failed(error.clone()),
+        }
         answer.map_err(|reason| ResourceError::op(format!("{} status", self.kind_id), reason))
     }
 }
@@ -424,7 +370,7 @@ impl SimpleResource {
 impl Drop for SimpleResource {
     /// A dropped resource stops observing (the run is lost track of, not ended).
     fn drop(&mut self) {
-        lock(&self.live).run.take();
+        self.live.forget();
     }
 }
 
@@ -439,7 +385,7 @@ impl Resource for SimpleResource {
 
     fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
         Box::pin(async move {
-            let mut adopted = lock(&self.live).run.is_some();
+            let mut adopted = self.live.is_live();
             if !adopted {
                 adopted = matches!(self.read_status().await, Ok(State::Running));
                 if !adopted {
@@ -468,15 +414,7 @@ impl Resource for SimpleResource {
                     let _ = stop_rx.await;
                 },
             );
-            let mut live = lock(&self.live);
-            live.generation += 1;
-            let generation = live.generation;
-            live.run = Some(LiveRun {
-                generation,
-                exit: exit_tx,
-                _output: out_tx,
-                _stop_observing: stop_tx,
-            });
+            let generation = self.live.begin(|_| (exit_tx, (out_tx, stop_tx)));
             tokio::spawn(watch_run(
                 observed,
                 self.live.clone(),
@@ -499,8 +437,7 @@ impl Resource for SimpleResource {
             (self.hooks.stop)(self.config.clone())
                 .await
                 .map_err(|e| ResourceError::op(format!("{} stop", self.kind_id), e))?;
-            end_run(
-                &self.live,
+            self.live.end(
                 None,
                 ExitInfo {
                     code: Some(0),
@@ -532,7 +469,7 @@ impl Resource for SimpleResource {
     }
 
     fn sync(&self) -> Option<SyncFacts> {
-        lock(&self.sync).clone()
+        self.sync.facts()
     }
 }
 

@@ -30,12 +30,13 @@ use crate::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use crate::result::{CommandResult, PlannedRequest, mask_text};
+use crate::run_slot::{AbortOnDrop, RunSlot, SyncRecord};
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
     BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run, SyncFacts,
 };
 use kinfra_core::state::Health;
-use kinfra_core::status::{LastSync, LogStream};
+use kinfra_core::status::LogStream;
 use regex::Regex;
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
@@ -45,7 +46,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tracing::warn;
 
 /// The provider's id (`provider = "command"`).
@@ -514,7 +514,9 @@ struct OutputSink {
 
 #[derive(Default)]
 struct SinkInner {
-    run: Option<mpsc::Sender<OutputLine>>,
+    /// The live run's output channel; the run (in its [`RunSlot`]) holds the sender, so the
+    /// channel closes when the run ends, whatever the sink still points at.
+    run: Option<mpsc::WeakSender<OutputLine>>,
     kept: VecDeque<OutputLine>,
 }
 
@@ -548,17 +550,13 @@ impl OutputSink {
             inner.kept.pop_front();
         }
         inner.kept.push_back(line.clone());
-        if let Some(tx) = &inner.run {
+        if let Some(tx) = inner.run.as_ref().and_then(mpsc::WeakSender::upgrade) {
             let _ = tx.try_send(line);
         }
     }
 
-    fn attach(&self, tx: mpsc::Sender<OutputLine>) {
-        self.lock().run = Some(tx);
-    }
-
-    fn detach(&self) {
-        self.lock().run = None;
+    fn attach(&self, tx: &mpsc::Sender<OutputLine>) {
+        self.lock().run = Some(tx.downgrade());
     }
 
     fn tail(&self, n: usize) -> Vec<OutputLine> {
@@ -729,9 +727,6 @@ struct StatusReading {
     stdout: String,
 }
 
-/// The last status reading's outcome, shown in status as `last_sync` and `provider_state`.
-type SyncRecord = Arc<Mutex<Option<SyncFacts>>>;
-
 /// Runs the status command and records how it went in `sync`: the first line of its output
 /// (masked) is the provider's state; a failure keeps the last one.
 async fn read_status(
@@ -740,30 +735,14 @@ async fn read_status(
     sync: &SyncRecord,
 ) -> Result<StatusReading, ResourceError> {
     let reading = read_status_once(config, sink).await;
-    let at = kinfra_core::event::now_rfc3339();
-    let mut record = sync.lock().unwrap_or_else(|p| p.into_inner());
-    let facts = record.get_or_insert_with(SyncFacts::default);
     match &reading {
-        Ok(r) => {
-            facts.provider_state = r
-                .stdout
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .map(str::to_owned);
-            facts.last_sync = Some(LastSync {
-                at,
-                ok: true,
-                error: None,
-            });
-        }
-        Err(error) => {
-            facts.last_sync = Some(LastSync {
-                at,
-                ok: false,
-                error: Some(sink.mask(&error.to_string())),
-            });
-        }
+        Ok(r) => sync.ok(r
+            .stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(str::to_owned)),
+        Err(error) => sync.failed(sink.mask(&error.to_string())),
     }
     reading
 }
@@ -984,54 +963,15 @@ impl Provider for CommandProvider {
     }
 }
 
-/// A run in progress: where its exit goes and the task watching its status.
-struct LiveRun {
-    generation: u64,
-    exit: oneshot::Sender<ExitInfo>,
-    watcher: Option<JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct Live {
-    generation: u64,
-    run: Option<LiveRun>,
-}
-
-type SharedLive = Arc<Mutex<Live>>;
-
-fn lock_live(live: &SharedLive) -> MutexGuard<'_, Live> {
-    match live.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-/// Ends the live run of `generation` (any, when `None`) with `info`, closing its output.
-fn end_run(live: &SharedLive, sink: &OutputSink, generation: Option<u64>, info: ExitInfo) {
-    let run = {
-        let mut live = lock_live(live);
-        match &live.run {
-            Some(run) if generation.is_none_or(|g| g == run.generation) => live.run.take(),
-            _ => None,
-        }
-    };
-    if let Some(mut run) = run {
-        sink.detach();
-        if let Some(watcher) = run.watcher.take()
-            && generation.is_none()
-        {
-            watcher.abort();
-        }
-        let _ = run.exit.send(info);
-    }
-}
+/// What a live run holds: the task watching its status, and its output channel's sender.
+type Held = (AbortOnDrop, mpsc::Sender<OutputLine>);
 
 /// A resource run by commands; see the module docs.
 pub struct CommandResource {
     name: String,
     config: Arc<CommandConfig>,
     sink: Arc<OutputSink>,
-    live: SharedLive,
+    live: RunSlot<Held>,
     sync: SyncRecord,
 }
 
@@ -1044,7 +984,7 @@ impl CommandResource {
             name: name.to_owned(),
             sink: Arc::new(OutputSink::new(secrets)),
             config: Arc::new(config),
-            live: SharedLive::default(),
+            live: RunSlot::default(),
             sync: SyncRecord::default(),
         }
     }
@@ -1054,13 +994,7 @@ impl Drop for CommandResource {
     /// A dropped resource stops watching: the watcher ends, and with it the run's exit and
     /// output channels (the run is lost track of, not ended).
     fn drop(&mut self) {
-        let run = lock_live(&self.live).run.take();
-        if let Some(mut run) = run
-            && let Some(watcher) = run.watcher.take()
-        {
-            watcher.abort();
-        }
-        self.sink.detach();
+        self.live.forget();
     }
 }
 
@@ -1069,7 +1003,7 @@ impl Drop for CommandResource {
 async fn watch_run(
     config: Arc<CommandConfig>,
     sink: Arc<OutputSink>,
-    live: SharedLive,
+    live: RunSlot<Held>,
     generation: u64,
     mut seen_running: bool,
     name: String,
@@ -1112,7 +1046,7 @@ async fn watch_run(
             "status",
             &format!("says {}: run ended ({first})", reading.state.as_str()),
         );
-        end_run(&live, &sink, Some(generation), info);
+        live.end(Some(generation), info);
         return;
     }
 }
@@ -1130,9 +1064,9 @@ impl Resource for CommandResource {
         Box::pin(async move {
             let (out_tx, out_rx) = mpsc::channel(OUTPUT_ROOM);
             let (exit_tx, exit_rx) = oneshot::channel();
-            let already_live = lock_live(&self.live).run.is_some();
+            let already_live = self.live.is_live();
             let mut adopted = already_live;
-            self.sink.attach(out_tx);
+            self.sink.attach(&out_tx);
             if !already_live {
                 // Adopt what is already running rather than starting it twice.
                 let running = matches!(
@@ -1155,32 +1089,21 @@ impl Resource for CommandResource {
                         Ok(_) => None,
                     };
                     if let Some(reason) = failure {
-                        self.sink.detach();
                         return Err(ResourceError::op("start command", reason));
                     }
                 }
             }
-            let mut live = lock_live(&self.live);
-            live.generation += 1;
-            let generation = live.generation;
-            if let Some(mut old) = live.run.take()
-                && let Some(w) = old.watcher.take()
-            {
-                w.abort();
-            }
-            let watcher = tokio::spawn(watch_run(
-                self.config.clone(),
-                self.sink.clone(),
-                self.live.clone(),
-                generation,
-                adopted,
-                self.name.clone(),
-                self.sync.clone(),
-            ));
-            live.run = Some(LiveRun {
-                generation,
-                exit: exit_tx,
-                watcher: Some(watcher),
+            self.live.begin(|generation| {
+                let watcher = tokio::spawn(watch_run(
+                    self.config.clone(),
+                    self.sink.clone(),
+                    self.live.clone(),
+                    generation,
+                    adopted,
+                    self.name.clone(),
+                    self.sync.clone(),
+                ));
+                (exit_tx, (AbortOnDrop(watcher), out_tx))
             });
             Ok(Run {
                 id: self.name.clone(),
@@ -1209,9 +1132,7 @@ impl Resource for CommandResource {
                     ));
                 }
             }
-            end_run(
-                &self.live,
-                &self.sink,
+            self.live.end(
                 None,
                 ExitInfo {
                     code: Some(0),
@@ -1231,7 +1152,7 @@ impl Resource for CommandResource {
 
     /// From the last status command (the periodic one, or one the supervisor asked for).
     fn sync(&self) -> Option<SyncFacts> {
-        self.sync.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sync.facts()
     }
 
     fn health(&self) -> BoxFuture<'_, Result<Health, ResourceError>> {
