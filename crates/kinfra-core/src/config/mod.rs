@@ -198,6 +198,7 @@ impl Config {
             Ok(mut config) => {
                 config.base_dir = base_dir.to_path_buf();
                 config.origin = origin.to_owned();
+                config.resolve_file_paths();
                 errors.extend(
                     validate::check(&config)
                         .into_iter()
@@ -244,6 +245,44 @@ impl Config {
             path.to_path_buf()
         } else {
             self.base_dir.join(path)
+        }
+    }
+
+    /// Makes the file paths of a loaded config absolute against its base dir (the config
+    /// file's directory), so they mean the same whatever the runtime's working directory:
+    /// `proxy.pages_dir`, the bus's key, credential and TLS files, `bus.nats_server` when it
+    /// is a path (a bare name is looked up on PATH), and `acme.ca_roots`. Paths that are
+    /// resolved where they are used (`plugin_dirs`, `token_file`, `working_dir`) stay.
+    fn resolve_file_paths(&mut self) {
+        let base = self.base_dir.clone();
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(dir) = &mut self.proxy.pages_dir {
+            resolve(dir);
+        }
+        let bus = &mut self.bus;
+        for path in [
+            &mut bus.nkey_file,
+            &mut bus.credentials,
+            &mut bus.tls_ca,
+            &mut bus.tls_cert,
+            &mut bus.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(path);
+        }
+        if let Some(path) = &mut bus.nats_server
+            && path.components().count() > 1
+        {
+            resolve(path);
+        }
+        if let Some(acme) = &mut self.acme {
+            acme.ca_roots.iter_mut().for_each(resolve);
         }
     }
 

@@ -1019,6 +1019,37 @@ fn from_file_picks_format_origin_and_base_dir() {
     assert!(missing.0[0].message.starts_with("cannot read the file"));
 }
 
+/// Relative file paths mean the same whatever directory the runtime is started from: they
+/// resolve against the config file's directory; absolute paths and a bare `nats_server` name
+/// (looked up on PATH) stay.
+#[test]
+fn relative_file_paths_resolve_against_the_config_directory() {
+    let text = "[proxy]\npages_dir = \"pages\"\n\
+                [bus]\nurl = \"nats://127.0.0.1:4222\"\ncredentials = \"secrets/app.creds\"\n\
+                tls_ca = \"/etc/ca.pem\"\nnats_server = \"nats-server\"\n";
+    let config = load(Format::Toml, text, &[]).unwrap();
+    assert_eq!(
+        config.proxy.pages_dir,
+        Some(PathBuf::from("/srv/app/pages"))
+    );
+    assert_eq!(
+        config.bus.credentials,
+        Some(PathBuf::from("/srv/app/secrets/app.creds"))
+    );
+    assert_eq!(config.bus.tls_ca, Some(PathBuf::from("/etc/ca.pem")));
+    assert_eq!(config.bus.nats_server, Some(PathBuf::from("nats-server")));
+    let local = load(
+        Format::Toml,
+        "[bus]\nnats_server = \"bin/nats-server\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        local.bus.nats_server,
+        Some(PathBuf::from("/srv/app/bin/nats-server"))
+    );
+}
+
 #[test]
 fn an_empty_file_is_the_default_config() {
     for format in [Format::Toml, Format::Yaml] {
