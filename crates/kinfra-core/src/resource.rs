@@ -9,7 +9,7 @@
 
 use crate::event::ExitInfo;
 use crate::secret::Secret;
-use crate::state::Health;
+use crate::state::{Health, ServiceState};
 use crate::status::{LastSync, LogStream};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -134,6 +134,18 @@ pub struct SyncFacts {
     pub provider_state: Option<String>,
 }
 
+/// A state a resource's provider reports beyond what its run says (see
+/// [`Resource::reported_state`]): a cloud project paused outside kinfra, under maintenance, or
+/// in the middle of a long operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedState {
+    /// The kinfra state it means.
+    pub state: ServiceState,
+    /// What to show as the status message (the provider's word, an operation's progress, a
+    /// failure's reason); never a secret.
+    pub message: String,
+}
+
 /// Something the supervisor runs. Implemented by the process adapter (kinfra-supervisor) and
 /// the Docker adapter (kinfra-docker); both pass the same conformance suite.
 ///
@@ -193,6 +205,23 @@ pub trait Resource: Send + Sync + 'static {
     /// `None` (the default) otherwise. Answers at once (no I/O).
     fn exit_reason(&self) -> Option<String> {
         None
+    }
+
+    /// What the resource's provider says it is doing, when that says more than the run: the
+    /// supervisor shows a reported `Starting`, `Stopping` or `Maintenance` (with its message)
+    /// while the run is live, and `Running` with its message once the provider says it is up;
+    /// when the run ends, a reported `Stopped`, `Sleeping` or `Failed` is final (shown with
+    /// its message, no restart policy). `None` (the default): the run and the probes decide.
+    /// Answers at once (no I/O).
+    fn reported_state(&self) -> Option<ReportedState> {
+        None
+    }
+
+    /// Lets go of the live run without changing the thing itself (`runtime down` of a provider
+    /// resource whose `on_down` is `keep`): the run's exit resolves, the cloud resource stays
+    /// as it is. The default stops it, for adapters whose thing cannot outlive kinfra's watch.
+    fn release(&self, grace: Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        self.stop(grace)
     }
 }
 

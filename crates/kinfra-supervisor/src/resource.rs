@@ -13,7 +13,7 @@ use kinfra_core::config::{
     ResourceConfig, RestartPolicy,
 };
 use kinfra_core::event::{EventKind, ExitInfo};
-use kinfra_core::resource::{Observed, OutputLine, Resource, Run};
+use kinfra_core::resource::{Observed, OutputLine, ReportedState, Resource, Run};
 use kinfra_core::state::{Health, ServiceState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -266,7 +266,10 @@ impl ResourceActor {
                             self.on_exit(exit).await;
                         }
                         Some(ev) = self.probe_rx.recv() => self.on_probe(ev),
-                        _ = tokio::time::sleep(poll) => self.poll_health().await,
+                        _ = tokio::time::sleep(poll) => {
+                            self.poll_health().await;
+                            self.apply_reported();
+                        }
                     }
                 }
             }
@@ -409,11 +412,44 @@ impl ResourceActor {
             if has_checks {
                 self.set_health(Health::Healthy, "all checks pass".into());
             }
-            self.set_state(ServiceState::Running, "Running");
+            let message = match self.spec.resource.reported_state() {
+                Some(r) if r.state == ServiceState::Running => r.message,
+                _ => "Running".to_owned(),
+            };
+            self.set_state(ServiceState::Running, message);
         } else if self.state() == ServiceState::Running
             && (self.probe_ok == Some(false) || self.own_health == Health::Unhealthy)
         {
             self.set_health(Health::Unhealthy, "a check fails".into());
+        }
+    }
+
+    /// Shows what the provider reports while the run is live (see
+    /// [`Resource::reported_state`]): its `Starting`, `Stopping` or `Maintenance` with the
+    /// message, and `Running` once kinfra's own probe (if any) passes; the adapter's health
+    /// then only marks it unhealthy, as for a running resource.
+    fn apply_reported(&mut self) {
+        let Some(ReportedState { state, message }) = self.spec.resource.reported_state() else {
+            return;
+        };
+        match state {
+            ServiceState::Starting | ServiceState::Stopping | ServiceState::Maintenance => {
+                self.set_state(state, message);
+            }
+            ServiceState::Running => {
+                let probe_ok = self.spec.health.is_none() || self.probe_ok == Some(true);
+                if !probe_ok {
+                    return;
+                }
+                self.set_state(ServiceState::Running, message);
+                match self.own_health {
+                    Health::Healthy => self.set_health(Health::Healthy, "all checks pass".into()),
+                    Health::Unhealthy => self.set_health(Health::Unhealthy, "a check fails".into()),
+                    _ => {}
+                }
+            }
+            // Final states are read when the run ends.
+            _ => {}
         }
     }
 
@@ -482,6 +518,18 @@ impl ResourceActor {
             s.last_exit = exit;
             s.health = Health::Unknown;
         });
+        if let Some(ReportedState { state, message }) = self.spec.resource.reported_state()
+            && matches!(
+                state,
+                ServiceState::Stopped | ServiceState::Sleeping | ServiceState::Failed
+            )
+        {
+            // The provider says how it ended (paused outside kinfra, a failed restore): shown
+            // as it is; restarting would not change it.
+            self.mode = Mode::Idle;
+            self.set_state(state, message);
+            return;
+        }
         let success = exit.is_some_and(|e| e.success());
         let next = self
             .restarts
@@ -529,8 +577,19 @@ impl ResourceActor {
 
     /// Stops the run (if any) within `grace` and waits for its exit report.
     async fn stop_live(&mut self, grace: Duration) {
+        self.end_run(grace, false).await;
+    }
+
+    /// Ends the run: stops the resource, or with `keep` lets go of it and leaves the thing
+    /// as it is ([`Resource::release`], `on_down = "keep"` at shutdown).
+    async fn end_run(&mut self, grace: Duration, keep: bool) {
         self.set_state(ServiceState::Stopping, "Stopping");
-        if let Err(error) = self.spec.resource.stop(grace).await {
+        let ended = if keep {
+            self.spec.resource.release(grace).await
+        } else {
+            self.spec.resource.stop(grace).await
+        };
+        if let Err(error) = ended {
             warn!(resource = %self.name, %error, "Stop failed.");
             self.sink.system_warn(format!("Stop failed: {error}"));
         }
@@ -597,7 +656,7 @@ impl ResourceActor {
                 let _ = reply.send(());
             }
             Command::Shutdown(grace, reply) => {
-                self.stop_live(grace).await;
+                self.end_run(grace, self.spec.on_down == OnDown::Keep).await;
                 let removal = match self.spec.on_down {
                     OnDown::Stop => None,
                     OnDown::Remove => Some(false),

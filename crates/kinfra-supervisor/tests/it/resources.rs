@@ -353,3 +353,152 @@ async fn a_resources_sync_facts_appear_in_status_beside_its_state() {
     assert_eq!(json["provider_state"], "ACTIVE");
     sup.shutdown(SECS(5)).await;
 }
+
+/// A process resource whose "provider" reports states (like a cloud project) and counts how
+/// it was ended: stopped or released.
+struct Reporting {
+    process: ProcessResource,
+    reported: std::sync::Mutex<Option<kinfra_core::resource::ReportedState>>,
+    stops: std::sync::atomic::AtomicU32,
+    releases: std::sync::atomic::AtomicU32,
+}
+
+impl Reporting {
+    fn new(name: &str) -> Self {
+        Self {
+            process: ProcessResource::shell(
+                name,
+                "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+                None,
+            ),
+            reported: std::sync::Mutex::new(None),
+            stops: Default::default(),
+            releases: Default::default(),
+        }
+    }
+
+    fn report(&self, state: ServiceState, message: &str) {
+        *self.reported.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(kinfra_core::resource::ReportedState {
+                state,
+                message: message.into(),
+            });
+    }
+}
+
+impl Resource for Reporting {
+    fn kind(&self) -> &'static str {
+        "reporting"
+    }
+    fn name(&self) -> &str {
+        self.process.name()
+    }
+    fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
+        self.process.start()
+    }
+    fn stop(&self, grace: std::time::Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        self.stops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.process.stop(grace)
+    }
+    fn release(&self, grace: std::time::Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        self.releases
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.process.stop(grace)
+    }
+    fn status(&self) -> BoxFuture<'_, Result<Observed, ResourceError>> {
+        self.process.status()
+    }
+    fn health(&self) -> BoxFuture<'_, Result<kinfra_core::state::Health, ResourceError>> {
+        self.process.health()
+    }
+    fn connection(&self) -> Connection {
+        self.process.connection()
+    }
+    fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
+        self.process.logs(tail)
+    }
+    fn remove(&self, volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {
+        self.process.remove(volumes)
+    }
+    fn reported_state(&self) -> Option<kinfra_core::resource::ReportedState> {
+        self.reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+async fn expect_message(sup: &Supervisor, name: &str, state: ServiceState, message: &str) {
+    assert!(
+        wait_for(SECS(10), || {
+            let s = status_of(sup, name);
+            s.state == state && s.status_message == message
+        })
+        .await,
+        "{name} never showed {state} `{message}`: {:?}",
+        status_of(sup, name)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_reported_state_is_shown_and_a_reported_stop_is_final() {
+    let project = Project::new();
+    let adapter = Arc::new(Reporting::new("cloud"));
+    let mut spec = ResourceSpec::new(adapter.clone());
+    fast(&mut spec);
+    spec.restart = RestartPolicy::Always;
+    spec.on_down = kinfra_core::config::OnDown::Keep;
+    let sup = Supervisor::start(
+        &BTreeMap::new(),
+        project.opts().with_resources(vec![("cloud".into(), spec)]),
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "cloud", ServiceState::Running, SECS(10)).await;
+    adapter.report(ServiceState::Starting, "RESTORING (restore sent 12s ago)");
+    expect_message(
+        &sup,
+        "cloud",
+        ServiceState::Starting,
+        "RESTORING (restore sent 12s ago)",
+    )
+    .await;
+    adapter.report(ServiceState::Running, "ACTIVE_HEALTHY");
+    expect_message(&sup, "cloud", ServiceState::Running, "ACTIVE_HEALTHY").await;
+    adapter.report(ServiceState::Maintenance, "UPGRADING");
+    expect_message(&sup, "cloud", ServiceState::Maintenance, "UPGRADING").await;
+    // Paused outside kinfra: the run ends and the provider says stopped. Not a restart.
+    adapter.report(ServiceState::Stopped, "INACTIVE (paused outside kinfra)");
+    adapter
+        .process
+        .stop(SECS(5))
+        .await
+        .expect("stop the process");
+    expect_message(
+        &sup,
+        "cloud",
+        ServiceState::Stopped,
+        "INACTIVE (paused outside kinfra)",
+    )
+    .await;
+    assert_eq!(status_of(&sup, "cloud").restarts, 0, "no restart policy");
+    // Started again: runs; `on_down = "keep"` releases it at shutdown instead of stopping it.
+    *adapter.reported.lock().expect("reported") = None;
+    sup.act(kinfra_core::view::Action::Start, "cloud")
+        .await
+        .expect("start");
+    expect_state(&sup, "cloud", ServiceState::Running, SECS(10)).await;
+    let stops = adapter.stops.load(std::sync::atomic::Ordering::Relaxed);
+    sup.shutdown(SECS(5)).await;
+    assert_eq!(
+        adapter.releases.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "keep releases"
+    );
+    assert_eq!(
+        adapter.stops.load(std::sync::atomic::Ordering::Relaxed),
+        stops,
+        "keep never stops the thing"
+    );
+}
