@@ -1,0 +1,14 @@
+//! kinfra-cloud's integration tests: one binary; every provider talks to a stateful fake
+//! through Stoplight Prism, which checks each exchange against the provider's own spec.
+
+#[allow(dead_code)]
+#[path = "../../../kinfra-provider/tests/it/fake_http.rs"]
+mod fake_http;
+#[allow(dead_code)]
+#[path = "../support/neon_fake.rs"]
+mod neon_fake;
+#[allow(dead_code)]
+#[path = "../support/prism.rs"]
+mod prism;
+
+mod harness;
