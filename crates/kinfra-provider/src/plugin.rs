@@ -6,28 +6,57 @@
 //! [`kinfra_core::child::tie_to_parent`] (own process group, SIGKILL when the forking thread
 //! dies: the call runs on a runtime worker thread, which lives as long as the runtime) and
 //! `kill_on_drop`, one call at a time, each bounded by a timeout. A plugin that
-//! exits, hangs past the timeout, prints something that is not JSON-RPC or answers with the
-//! wrong shape gives a [`PluginError`] naming the plugin and what happened; the child is then
-//! gone (killed when needed) and **the next call starts a new one**. Dropping the process
-//! sends `shutdown`, waits a short grace and kills the child by its PID (SIGKILL to the
-//! process group it leads, so what it started goes too). Its stderr lines go to
-//! tracing at debug, with the instance's secrets masked.
+//! exits, hangs past the timeout, prints something that is not JSON-RPC or answers with a
+//! frame of the wrong shape gives a [`PluginError`] naming the plugin and what happened; the
+//! child is then gone (killed when needed) and **the next call starts a new one**. Its exit
+//! goes out with its cause ([`PluginExit`]: crashed, timed out, garbage, wrong shape), so
+//! the runs it held end saying which. A JSON-RPC error, or a `result` of the wrong shape,
+//! fails the call and keeps the child. Dropping the process sends `shutdown`, waits a short
+//! grace and kills the child by its PID (SIGKILL to the process group it leads, so what it
+//! started goes too). Its stderr lines go to tracing at debug, with the instance's secrets
+//! masked.
 //!
 //! [`PluginProvider`] implements [`Provider`] by forwarding, with one child per provider
 //! instance; its resources ([`PluginResource`]) call `start`, `stop`, `status`, `health` and
-//! `logs`. Every call carries the instance (`name`, `token`, `base_url`, `config`) and the
-//! resource (`name`, `config`) in its params.
+//! `logs`, and poll `status` every `interval` while a run is live.
+//!
+//! # Params and answers
+//!
+//! Every call carries the instance (`name`, `token`, `base_url`, `config`: the whole
+//! `[providers.NAME]` table) and the resource (`name`, `config`) in its params. The
+//! resource's `config` is its `[resources.NAME]` table's own keys (those kinfra does not
+//! read) plus kinfra's [`KINFRA_RESOURCE_KEYS`]: only `interval` (the observe period, a
+//! duration string such as `"30s"`). kinfra's other keys (`provider`, `depends_on`,
+//! `restart`, `stop_grace`, `on_down`, a `health` probe table, ...) are not sent, so
+//! `validate` may refuse any key it does not know beside those.
+//!
+//! - `describe` → `{metadata, commands}` ([`Description`]).
+//! - `validate` → `{problems: [{key?, message}]}`; kinfra adds its own problems
+//!   (a bad `interval`).
+//! - `start` → `{id?, connection?: {host, port?, url?, fields?}}`.
+//! - `stop` (params also `grace_ms`; `remove`, `volumes` for a remove) → anything.
+//! - `status` → `{state, code?, provider_state?}`: `state` is `absent`, `idle`, `running` or
+//!   `exited` (then `code` is its exit code); `provider_state` is the thing's state in the
+//!   provider's own words (`"ACTIVE"`), shown as the resource's `provider_state` (the state's
+//!   name when absent). The run ends when `state` says `exited`, or `idle`/`absent` after it
+//!   said `running`.
+//! - `health` → `{health: "healthy" | "unhealthy" | "unknown"}`.
+//! - `logs` (params also `tail`) → `{lines: [{stream?, text}]}`.
+//! - `execute` (params also `command`, `params`, `dry_run`) → a [`CommandResult`].
+//! - `shutdown` → anything, then exit.
 
 use crate::command::{CommandSpec, ValidatedParams};
 use crate::metadata::ProviderMetadata;
+use crate::observe::{self, ObserveConfig, ObserveError};
 use crate::provider::{InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem};
 use crate::result::CommandResult;
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
-    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run,
+    BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run, SyncFacts,
 };
 use kinfra_core::state::Health;
+use kinfra_core::status::LastSync;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -108,8 +137,12 @@ pub enum PluginError {
         /// The start of the line (secrets masked).
         line: String,
     },
-    /// JSON that is not the answer expected; the plugin was killed.
-    #[error("plugin `{plugin}` answered `{method}` with the wrong shape: {detail}; killed it")]
+    /// JSON that is not the answer expected: a frame that is not JSON-RPC (the plugin was
+    /// killed) or a `result` of the wrong shape (the child stays).
+    #[error(
+        "plugin `{plugin}` answered `{method}` with the wrong shape: {detail}{}",
+        if *killed { "; killed it" } else { "" }
+    )]
     WrongShape {
         /// The plugin's id.
         plugin: String,
@@ -117,6 +150,17 @@ pub enum PluginError {
         method: String,
         /// What was wrong.
         detail: String,
+        /// Whether the child was killed for it.
+        killed: bool,
+    },
+    /// The child a call was bound to (the one that started a resource's run) is gone; no new
+    /// one was started for the call.
+    #[error("plugin `{plugin}`: the child that served the run is gone (during `{method}`)")]
+    Gone {
+        /// The plugin's id.
+        plugin: String,
+        /// The call.
+        method: String,
     },
     /// The plugin answered with a JSON-RPC error.
     #[error("plugin `{plugin}` refused `{method}`: {message} (code {code})")]
@@ -149,6 +193,75 @@ impl From<PluginError> for ResourceError {
     }
 }
 
+/// Why a plugin child ended without kinfra asking it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitCause {
+    /// It exited on its own (or closed its stdout).
+    Crashed,
+    /// kinfra killed it: no answer to `method` within `after`.
+    TimedOut {
+        /// The call.
+        method: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// kinfra killed it: a line on stdout that is not JSON during `method`.
+    Garbage {
+        /// The call.
+        method: String,
+    },
+    /// kinfra killed it: a frame that is not a JSON-RPC answer to `method`.
+    WrongShape {
+        /// The call.
+        method: String,
+    },
+}
+
+/// An exit of a plugin child nobody asked for, and why it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginExit {
+    /// The plugin's id.
+    pub plugin: String,
+    /// How the child ended.
+    pub info: ExitInfo,
+    /// Why.
+    pub cause: ExitCause,
+}
+
+impl PluginExit {
+    /// The fault in a few words: "plugin `x` crashed (exit code 3)", "plugin `x` timed out
+    /// during `status` after 5s", "plugin `x` printed garbage on stdout during `status`" or
+    /// "plugin `x` answered `status` with the wrong shape".
+    pub fn reason(&self) -> String {
+        let plugin = &self.plugin;
+        match &self.cause {
+            ExitCause::Crashed => format!("plugin `{plugin}` crashed ({})", exit_text(&self.info)),
+            ExitCause::TimedOut { method, after } => format!(
+                "plugin `{plugin}` timed out during `{method}` after {}",
+                humantime::format_duration(*after)
+            ),
+            ExitCause::Garbage { method } => {
+                format!("plugin `{plugin}` printed garbage on stdout during `{method}`")
+            }
+            ExitCause::WrongShape { method } => {
+                format!("plugin `{plugin}` answered `{method}` with the wrong shape")
+            }
+        }
+    }
+
+    /// The line a run that ends with this exit gets in its output.
+    fn output_line(&self) -> String {
+        match self.cause {
+            ExitCause::Crashed => format!("{}; the run ends with it", self.reason()),
+            _ => format!(
+                "{}; kinfra killed it ({}); the run ends with it",
+                self.reason(),
+                exit_text(&self.info)
+            ),
+        }
+    }
+}
+
 /// A JSON-RPC answer: its `result` or its `error`.
 enum Answer {
     Result(Value),
@@ -166,6 +279,10 @@ enum Failure {
 /// A live child and its pipes.
 struct Conn {
     pid: u32,
+    /// Which spawn of its [`PluginProcess`] this is (1 for the first).
+    generation: u64,
+    /// Why kinfra kills it, set just before the kill (`None`: it ended on its own).
+    cause: Arc<Mutex<Option<ExitCause>>>,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     /// Dropped (or sent) to kill the child; the waiter task owns it.
@@ -319,8 +436,10 @@ pub struct PluginProcess {
     options: PluginOptions,
     secrets: Vec<Secret>,
     conn: tokio::sync::Mutex<Option<Conn>>,
+    /// Children spawned so far.
+    spawns: std::sync::atomic::AtomicU64,
     /// Exits nobody asked for (crashes, kills after a timeout or garbage).
-    exits: broadcast::Sender<ExitInfo>,
+    exits: broadcast::Sender<PluginExit>,
 }
 
 impl std::fmt::Debug for PluginProcess {
@@ -342,6 +461,7 @@ impl PluginProcess {
             options,
             secrets,
             conn: tokio::sync::Mutex::new(None),
+            spawns: std::sync::atomic::AtomicU64::new(0),
             exits: broadcast::channel(4).0,
         }
     }
@@ -356,8 +476,8 @@ impl PluginProcess {
         self.conn.lock().await.as_ref().map(|c| c.pid)
     }
 
-    /// Exits of the child nobody asked for, from now on.
-    pub fn subscribe_exits(&self) -> broadcast::Receiver<ExitInfo> {
+    /// Exits of the child nobody asked for, with their cause, from now on.
+    pub fn subscribe_exits(&self) -> broadcast::Receiver<PluginExit> {
         self.exits.subscribe()
     }
 
@@ -396,6 +516,12 @@ impl PluginProcess {
         let orderly = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let exits = self.exits.clone();
         let orderly_flag = orderly.clone();
+        let cause: Arc<Mutex<Option<ExitCause>>> = Arc::new(Mutex::new(None));
+        let kill_cause = cause.clone();
+        let generation = self
+            .spawns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let plugin = self.plugin.clone();
         tokio::spawn(async move {
             let status = tokio::select! {
@@ -426,13 +552,21 @@ impl PluginProcess {
                 },
             };
             if !orderly_flag.load(std::sync::atomic::Ordering::Acquire) {
-                tracing::warn!(plugin = %plugin, pid, status = %exit_text(&info), "Plugin exited.");
-                let _ = exits.send(info);
+                let exit = PluginExit {
+                    plugin: plugin.clone(),
+                    info,
+                    cause: lock(&kill_cause).take().unwrap_or(ExitCause::Crashed),
+                };
+                let reason = exit.reason();
+                tracing::warn!(plugin = %plugin, pid, status = %exit_text(&info), %reason, "Plugin exited.");
+                let _ = exits.send(exit);
             }
             let _ = exit_tx.send(Some(info));
         });
         Ok(Conn {
             pid,
+            generation,
+            cause,
             stdin,
             stdout: BufReader::new(stdout),
             kill: Some(kill_tx),
@@ -445,12 +579,37 @@ impl PluginProcess {
     /// Calls `method` and returns its `result`. See the module docs for what each failure
     /// does to the child.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, PluginError> {
+        self.call_on(None, method, params)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// [`PluginProcess::call`], bound to child `bound` when given: when that child is gone
+    /// the call fails with [`PluginError::Gone`] instead of starting a new one. Also says
+    /// which child answered.
+    async fn call_on(
+        &self,
+        bound: Option<u64>,
+        method: &str,
+        params: Value,
+    ) -> Result<(Value, u64), PluginError> {
         let mut guard = self.conn.lock().await;
-        let conn = match guard.take() {
-            Some(conn) if conn.exited.borrow().is_none() => conn,
-            _ => self.spawn()?,
+        let live = guard.take().filter(|c| c.exited.borrow().is_none());
+        let gone = || PluginError::Gone {
+            plugin: self.plugin.clone(),
+            method: method.to_owned(),
+        };
+        let conn = match (live, bound) {
+            (Some(conn), Some(generation)) if conn.generation != generation => {
+                *guard = Some(conn);
+                return Err(gone());
+            }
+            (Some(conn), _) => conn,
+            (None, Some(_)) => return Err(gone()),
+            (None, None) => self.spawn()?,
         };
         let conn = guard.insert(conn);
+        let generation = conn.generation;
         let id = conn.next_id;
         conn.next_id += 1;
         let line = request_line(id, method, params);
@@ -458,7 +617,7 @@ impl PluginProcess {
         let method = method.to_owned();
         let plugin = self.plugin.clone();
         match outcome {
-            Ok(Ok(Answer::Result(result))) => Ok(result),
+            Ok(Ok(Answer::Result(result))) => Ok((result, generation)),
             Ok(Ok(Answer::Error(error))) => {
                 let code = error.get("code").and_then(Value::as_i64);
                 let message = error.get("message").and_then(Value::as_str);
@@ -470,17 +629,25 @@ impl PluginProcess {
                         message: quote(message, &self.secrets),
                     }),
                     _ => {
-                        drop(guard.take());
+                        let cause = ExitCause::WrongShape {
+                            method: method.clone(),
+                        };
+                        self.kill(guard.take(), cause).await;
                         Err(PluginError::WrongShape {
                             plugin,
                             method,
                             detail: "`error` without a code and a message".into(),
+                            killed: true,
                         })
                     }
                 }
             }
             Err(_) => {
-                drop(guard.take());
+                let cause = ExitCause::TimedOut {
+                    method: method.clone(),
+                    after: self.options.timeout,
+                };
+                self.kill(guard.take(), cause).await;
                 Err(PluginError::Timeout {
                     plugin,
                     method,
@@ -488,7 +655,10 @@ impl PluginProcess {
                 })
             }
             Ok(Err(Failure::Garbage(line))) => {
-                drop(guard.take());
+                let cause = ExitCause::Garbage {
+                    method: method.clone(),
+                };
+                self.kill(guard.take(), cause).await;
                 Err(PluginError::Garbage {
                     plugin,
                     method,
@@ -496,11 +666,15 @@ impl PluginProcess {
                 })
             }
             Ok(Err(Failure::Shape(detail))) => {
-                drop(guard.take());
+                let cause = ExitCause::WrongShape {
+                    method: method.clone(),
+                };
+                self.kill(guard.take(), cause).await;
                 Err(PluginError::WrongShape {
                     plugin,
                     method,
                     detail: quote(&detail, &self.secrets),
+                    killed: true,
                 })
             }
             Ok(Err(failure @ (Failure::Closed | Failure::Io(_)))) => {
@@ -534,20 +708,51 @@ impl PluginProcess {
         }
     }
 
+    /// Kills the child for `cause` and waits (up to the shutdown grace) until it is reaped,
+    /// so that its exit has gone out to [`PluginProcess::subscribe_exits`] when the failed
+    /// call returns.
+    async fn kill(&self, conn: Option<Conn>, cause: ExitCause) {
+        let Some(conn) = conn else {
+            return;
+        };
+        *lock(&conn.cause) = Some(cause);
+        let mut exited = conn.exited.clone();
+        drop(conn);
+        let _ = tokio::time::timeout(
+            self.options.shutdown_grace,
+            exited.wait_for(Option::is_some),
+        )
+        .await;
+    }
+
+    /// [`PluginProcess::call_on`], its result deserialized as `T`.
+    async fn call_on_as<T: DeserializeOwned>(
+        &self,
+        bound: Option<u64>,
+        method: &str,
+        params: Value,
+    ) -> Result<(T, u64), PluginError> {
+        let (value, generation) = self.call_on(bound, method, params).await?;
+        let answer = serde_json::from_value(value).map_err(|e| PluginError::WrongShape {
+            plugin: self.plugin.clone(),
+            method: method.to_owned(),
+            // serde quotes the offending value, which may be a secret.
+            detail: quote(&e.to_string(), &self.secrets),
+            killed: false,
+        })?;
+        Ok((answer, generation))
+    }
+
     /// [`PluginProcess::call`], its result deserialized as `T` (a mismatch is
-    /// [`PluginError::WrongShape`]).
+    /// [`PluginError::WrongShape`]; the child stays).
     pub async fn call_as<T: DeserializeOwned>(
         &self,
         method: &str,
         params: Value,
     ) -> Result<T, PluginError> {
-        let value = self.call(method, params).await?;
-        serde_json::from_value(value).map_err(|e| PluginError::WrongShape {
-            plugin: self.plugin.clone(),
-            method: method.to_owned(),
-            // serde quotes the offending value, which may be a secret.
-            detail: quote(&e.to_string(), &self.secrets),
-        })
+        self.call_on_as(None, method, params)
+            .await
+            .map(|(answer, _)| answer)
     }
 
     /// Sends `shutdown`, waits the grace, then kills the child. Nothing runs afterwards
@@ -613,6 +818,33 @@ fn instance_json(instance: &InstanceContext) -> Value {
         "base_url": instance.base_url,
         "config": instance.config,
     })
+}
+
+/// kinfra's own keys in the resource table a plugin gets (beside the resource's own keys):
+/// `interval`, the observe period as a duration string ("30s"). Nothing else of kinfra's
+/// (`provider`, `depends_on`, `restart`, a `health` probe table, ...) is sent, so a plugin's
+/// `validate` may refuse every other key it does not know.
+pub const KINFRA_RESOURCE_KEYS: &[&str] = &["interval"];
+
+/// The observe period of a resource whose table has no `interval`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The resource's `interval` (kinfra writes it into every provider resource's table).
+fn interval(decl: &ResourceDecl) -> Result<Duration, ResourceProblem> {
+    match decl.config.get("interval") {
+        None => Ok(DEFAULT_INTERVAL),
+        Some(Value::String(text)) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err(ResourceProblem {
+                key: Some("interval".into()),
+                message: format!("expected a duration above 0 such as \"30s\", not `{text}`"),
+            }),
+        },
+        Some(_) => Err(ResourceProblem {
+            key: Some("interval".into()),
+            message: "expected a duration such as \"30s\"".into(),
+        }),
+    }
 }
 
 fn resource_json(decl: &ResourceDecl) -> Value {
@@ -708,17 +940,20 @@ impl Provider for PluginProvider {
         Box::pin(async move {
             let params =
                 json!({"instance": instance_json(instance), "resource": resource_json(decl)});
+            // kinfra's own keys are kinfra's to judge.
+            let mut problems: Vec<ResourceProblem> = interval(decl).err().into_iter().collect();
             match self
                 .process(instance)
                 .call_as::<ValidateAnswer>("validate", params)
                 .await
             {
-                Ok(answer) => answer.problems,
-                Err(e) => vec![ResourceProblem {
+                Ok(answer) => problems.extend(answer.problems),
+                Err(e) => problems.push(ResourceProblem {
                     key: None,
                     message: e.to_string(),
-                }],
+                }),
             }
+            problems
         })
     }
 
@@ -727,13 +962,19 @@ impl Provider for PluginProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<Box<dyn Resource>, ProviderError> {
+        let interval = interval(decl).map_err(|problem| ProviderError::InvalidResource {
+            resource: decl.name.clone(),
+            problems: vec![problem],
+        })?;
         Ok(Box::new(PluginResource {
             process: self.process(instance),
             instance: instance.clone(),
             decl: decl.clone(),
+            interval,
             run: Mutex::new(None),
             connection: Mutex::new(Connection::default()),
             exit_reason: Arc::new(Mutex::new(None)),
+            sync: Arc::new(Mutex::new(None)),
         }))
     }
 
@@ -763,6 +1004,7 @@ impl Provider for PluginProvider {
                     plugin: self.metadata.id.clone(),
                     method: "execute".into(),
                     detail: "a dry-run answered without `dry_run: true`".into(),
+                    killed: false,
                 }
                 .into());
             }
@@ -773,24 +1015,68 @@ impl Provider for PluginProvider {
     }
 }
 
-/// The live run of a plugin resource: where its exit goes.
+/// A live run of a plugin resource. Dropping it stops its observe loop.
 struct LiveRun {
-    exit: oneshot::Sender<ExitInfo>,
-    _output: mpsc::Sender<OutputLine>,
+    /// Set once, by whoever ends the run (stop, the observe loop, the plugin's exit).
+    end: Arc<watch::Sender<Option<ExitInfo>>>,
+    /// The observe loop.
+    observe: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        self.observe.abort();
+    }
+}
+
+/// How a run's end came about.
+enum Ended {
+    /// Stop, or the observe loop, ended it (`None`: the run was dropped).
+    Own(Option<ExitInfo>),
+    /// The plugin's child exited under it.
+    Lost(Result<PluginExit, broadcast::error::RecvError>),
+    /// The supervisor dropped the run.
+    LetGo,
+}
+
+/// Ends the run behind `end` with `info`, unless it has ended already.
+fn end_once(end: &watch::Sender<Option<ExitInfo>>, info: ExitInfo) {
+    end.send_if_modified(|e| {
+        if e.is_none() {
+            *e = Some(info);
+            true
+        } else {
+            false
+        }
+    });
 }
 
 /// A resource run by a plugin: `start`, `stop`, `status`, `health` and `logs` are calls;
-/// `remove` is `stop` with `remove: true`. If the plugin exits on its own while a run is
-/// live, the run ends with the plugin's exit, a log line and [`Resource::exit_reason`] naming
-/// the crash, so the supervisor's restart policy applies (the next start spawns a new child).
+/// `remove` is `stop` with `remove: true`.
+///
+/// A run is observed: every `interval` (jittered, backing off after failures; see
+/// [`crate::observe`]) the loop asks `status` of the child that served `start`, keeps the
+/// answer as [`Resource::sync`] (`last_sync`, and `provider_state`: the plugin's own word, or
+/// the state's name) and ends the run when the plugin says `exited` (with its code), or
+/// `idle`/`absent` after it said `running` (code 0). A poll the plugin refuses (a JSON-RPC
+/// error) or answers with a result of the wrong shape is a failed sync; the run goes on.
+///
+/// If the child exits while a run is live (it crashed, or kinfra killed it after a timeout, a
+/// garbage line or a frame of the wrong shape, during a poll or any other call), the run ends
+/// with the child's exit, a line in its output and [`Resource::exit_reason`] naming the fault
+/// ([`PluginExit::reason`]), so the supervisor's restart policy applies (the next start
+/// spawns a new child).
 pub struct PluginResource {
     process: Arc<PluginProcess>,
     instance: InstanceContext,
     decl: ResourceDecl,
+    interval: Duration,
     run: Mutex<Option<LiveRun>>,
     connection: Mutex<Connection>,
-    /// Why the last run ended, when the plugin crashed under it.
+    /// Why the last run ended, when the plugin's child was lost under it.
     exit_reason: Arc<Mutex<Option<String>>>,
+    /// What the observe loop learnt last (kept after the run ends).
+    sync: Arc<Mutex<Option<SyncFacts>>>,
 }
 
 #[derive(Deserialize)]
@@ -813,7 +1099,7 @@ struct ConnectionAnswer {
     fields: BTreeMap<String, Secret>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum StateAnswer {
     Absent,
@@ -822,11 +1108,24 @@ enum StateAnswer {
     Exited,
 }
 
+impl StateAnswer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "absent",
+            Self::Idle => "idle",
+            Self::Running => "running",
+            Self::Exited => "exited",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct StatusAnswer {
     state: StateAnswer,
     #[serde(default)]
     code: Option<i32>,
+    #[serde(default)]
+    provider_state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -859,6 +1158,100 @@ fn stdout() -> kinfra_core::status::LogStream {
     kinfra_core::status::LogStream::Stdout
 }
 
+/// Records one poll's outcome as the resource's sync facts.
+fn record_sync(sync: &Mutex<Option<SyncFacts>>, outcome: Result<&str, &str>) {
+    let mut record = lock(sync);
+    let facts = record.get_or_insert_with(SyncFacts::default);
+    let at = kinfra_core::event::now_rfc3339();
+    facts.last_sync = Some(match outcome {
+        Ok(state) => {
+            facts.provider_state = Some(state.to_owned());
+            LastSync {
+                at,
+                ok: true,
+                error: None,
+            }
+        }
+        Err(error) => LastSync {
+            at,
+            ok: false,
+            error: Some(error.to_owned()),
+        },
+    });
+}
+
+/// What one run's observe loop needs.
+struct Poll {
+    process: Arc<PluginProcess>,
+    params: Value,
+    /// The child that served `start`: polls never start another.
+    child: u64,
+    end: Arc<watch::Sender<Option<ExitInfo>>>,
+    sync: Arc<Mutex<Option<SyncFacts>>>,
+    /// Held through a poll and its record, so a lost child ends the run after the record.
+    busy: Arc<tokio::sync::Mutex<()>>,
+    seen_running: std::sync::atomic::AtomicBool,
+    secrets: Vec<Secret>,
+}
+
+impl Poll {
+    /// Asks `status`, records the answer and ends the run when it says so.
+    async fn once(&self) -> Result<String, ObserveError> {
+        let _busy = self.busy.lock().await;
+        if self.end.borrow().is_some() {
+            return Err(ObserveError::Failed("the run has ended".into()));
+        }
+        let answer = self
+            .process
+            .call_on_as::<StatusAnswer>(Some(self.child), "status", self.params.clone())
+            .await;
+        let answer = match answer {
+            Ok((answer, _)) => answer,
+            // The child is gone under the run: its exit ends the run and says why.
+            Err(error @ PluginError::Gone { .. }) => {
+                return Err(ObserveError::Failed(error.to_string()));
+            }
+            Err(error) => {
+                let error = error.to_string();
+                record_sync(&self.sync, Err(&error));
+                return Err(ObserveError::Failed(error));
+            }
+        };
+        let word = match &answer.provider_state {
+            Some(word) => {
+                let values: Vec<&str> = self.secrets.iter().map(|s| s.expose()).collect();
+                crate::result::mask_text(word, &values)
+            }
+            None => answer.state.as_str().to_owned(),
+        };
+        record_sync(&self.sync, Ok(&word));
+        let seen_running = &self.seen_running;
+        let ended = match answer.state {
+            StateAnswer::Running => {
+                seen_running.store(true, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            StateAnswer::Exited => Some(ExitInfo {
+                code: answer.code,
+                signal: None,
+            }),
+            StateAnswer::Idle | StateAnswer::Absent
+                if seen_running.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Some(ExitInfo {
+                    code: Some(0),
+                    signal: None,
+                })
+            }
+            StateAnswer::Idle | StateAnswer::Absent => None,
+        };
+        if let Some(info) = ended {
+            end_once(&self.end, info);
+        }
+        Ok(word)
+    }
+}
+
 impl PluginResource {
     fn params(&self, extra: Map<String, Value>) -> Value {
         let mut params = Map::new();
@@ -869,10 +1262,14 @@ impl PluginResource {
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Option<LiveRun>> {
-        match self.run.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        lock(&self.run)
+    }
+}
+
+impl Drop for PluginResource {
+    /// A dropped resource stops observing (its run is lost track of, not ended).
+    fn drop(&mut self) {
+        self.live().take();
     }
 }
 
@@ -887,67 +1284,95 @@ impl Resource for PluginResource {
 
     fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
         Box::pin(async move {
-            let mut crashes = self.process.subscribe_exits();
-            let answer: StartAnswer = self
+            let mut lost = self.process.subscribe_exits();
+            let (answer, child): (StartAnswer, u64) = self
                 .process
-                .call_as("start", self.params(Map::new()))
+                .call_on_as(None, "start", self.params(Map::new()))
                 .await?;
             if let Some(c) = answer.connection {
-                let mut conn = match self.connection.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                *conn = Connection {
+                *lock(&self.connection) = Connection {
                     host: c.host,
                     port: c.port,
                     url: c.url,
                     fields: c.fields,
                 };
             }
-            let (out_tx, out_rx) = mpsc::channel(64);
-            let crash_output = out_tx.clone();
-            let (exit_tx, exit_rx) = oneshot::channel();
+            let id = answer.id.unwrap_or_else(|| self.decl.name.clone());
+            *lock(&self.exit_reason) = None;
+            let (end_tx, mut end_rx) = watch::channel(None::<ExitInfo>);
+            let end = Arc::new(end_tx);
+            let busy = Arc::new(tokio::sync::Mutex::new(()));
+            let poll = Arc::new(Poll {
+                process: self.process.clone(),
+                params: self.params(Map::new()),
+                child,
+                end: end.clone(),
+                sync: self.sync.clone(),
+                busy: busy.clone(),
+                seen_running: std::sync::atomic::AtomicBool::new(false),
+                secrets: self.instance.token.iter().cloned().collect(),
+            });
+            let mut stop = end_rx.clone();
+            let (_, observe) = observe::spawn(
+                ObserveConfig::every(self.interval),
+                move || {
+                    let poll = poll.clone();
+                    async move { poll.once().await }
+                },
+                async move {
+                    let _ = stop.wait_for(Option::is_some).await;
+                },
+            );
             let adopted = {
                 let mut live = self.live();
-                let adopted = live.as_ref().is_some_and(|r| !r.exit.is_closed());
+                let adopted = live.as_ref().is_some_and(|r| r.end.borrow().is_none());
                 *live = Some(LiveRun {
-                    exit: exit_tx,
-                    _output: out_tx,
+                    end: Arc::clone(&end),
+                    observe,
                 });
                 adopted
             };
-            let id = answer.id.unwrap_or_else(|| self.decl.name.clone());
-            *lock(&self.exit_reason) = None;
-            // The plugin dying on its own ends the run with its exit, saying why.
-            let (tx, exit) = oneshot::channel();
+            // The run's end goes to the supervisor; the child's exit under it ends it too,
+            // saying why (after a poll in flight has recorded its failure).
+            let (out_tx, out_rx) = mpsc::channel(64);
+            let (exit_tx, exit) = oneshot::channel();
+            let end = Arc::downgrade(&end);
             let reason = self.exit_reason.clone();
-            let plugin = self.process.plugin().to_owned();
+            let grace = self.process.options.timeout;
             tokio::spawn(async move {
-                let mut tx = tx;
-                let info = tokio::select! {
-                    own = exit_rx => own.ok(),
-                    crash = crashes.recv() => match crash {
-                        Ok(info) => {
-                            let why = format!("plugin `{plugin}` crashed");
-                            let _ = crash_output.try_send(OutputLine {
-                                stream: kinfra_core::status::LogStream::Stderr,
-                                text: format!("{why} ({}); the run ends with it", exit_text(&info)),
-                            });
-                            *lock(&reason) = Some(why);
-                            Some(info)
-                        }
-                        // Missed exits still mean the child is gone.
-                        Err(broadcast::error::RecvError::Lagged(_)) => Some(ExitInfo {
-                            code: None,
-                            signal: None,
-                        }),
-                        Err(broadcast::error::RecvError::Closed) => None,
-                    },
-                    _ = tx.closed() => None,
+                let mut exit_tx = exit_tx;
+                let unknown = ExitInfo {
+                    code: None,
+                    signal: None,
                 };
-                drop(crash_output);
+                let ended = tokio::select! {
+                    own = end_rx.wait_for(Option::is_some) => Ended::Own(own.ok().and_then(|e| *e)),
+                    lost = lost.recv() => Ended::Lost(lost),
+                    () = exit_tx.closed() => Ended::LetGo,
+                };
+                let info = match ended {
+                    Ended::Own(info) => info,
+                    Ended::Lost(Ok(exit)) => {
+                        let _ = tokio::time::timeout(grace, busy.lock()).await;
+                        let _ = out_tx.try_send(OutputLine {
+                            stream: kinfra_core::status::LogStream::Stderr,
+                            text: exit.output_line(),
+                        });
+                        *lock(&reason) = Some(exit.reason());
+                        Some(exit.info)
+                    }
+                    // Missed exits still mean the child is gone.
+                    Ended::Lost(Err(broadcast::error::RecvError::Lagged(_))) => Some(unknown),
+                    Ended::Lost(Err(broadcast::error::RecvError::Closed)) => None,
+                    // The supervisor let go of the run: stop observing.
+                    Ended::LetGo => Some(unknown),
+                };
+                if let (Some(info), Some(end)) = (info, end.upgrade()) {
+                    end_once(&end, info);
+                }
+                drop(out_tx);
                 if let Some(info) = info {
-                    let _ = tx.send(info);
+                    let _ = exit_tx.send(info);
                 }
             });
             Ok(Run {
@@ -966,10 +1391,13 @@ impl Resource for PluginResource {
             extra.insert("grace_ms".into(), json!(grace.as_millis() as u64));
             self.process.call("stop", self.params(extra)).await?;
             if let Some(run) = self.live().take() {
-                let _ = run.exit.send(ExitInfo {
-                    code: Some(0),
-                    signal: None,
-                });
+                end_once(
+                    &run.end,
+                    ExitInfo {
+                        code: Some(0),
+                        signal: None,
+                    },
+                );
             }
             Ok(())
         })
@@ -1004,10 +1432,7 @@ impl Resource for PluginResource {
     }
 
     fn connection(&self) -> Connection {
-        match self.connection.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.connection).clone()
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
@@ -1028,6 +1453,11 @@ impl Resource for PluginResource {
 
     fn exit_reason(&self) -> Option<String> {
         lock(&self.exit_reason).clone()
+    }
+
+    /// The observe loop's last word: `last_sync` and `provider_state` (kept after the run).
+    fn sync(&self) -> Option<SyncFacts> {
+        lock(&self.sync).clone()
     }
 
     fn remove(&self, volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {

@@ -1,9 +1,12 @@
 //! The plugin host against a real plugin written in Python (tests/plugins/kinfra-provider-pyfake):
 //! discovery from a plugin dir, describe, validate, start/status/stop, a dry-run with the token
-//! masked, and the misbehaviours: a crash, garbage on stdout, a wrong shape, a hang.
+//! masked, and the misbehaviours: a crash, garbage on stdout, a wrong shape, a hang. A plugin
+//! resource's observe loop: `last_sync` and `provider_state`, a run that ends when the plugin
+//! says the thing exited, a failed poll that keeps the child (a failed sync) and one that
+//! kills it (the run ends, naming the fault).
 
 use kinfra_core::Secret;
-use kinfra_core::resource::Observed;
+use kinfra_core::resource::{Observed, Resource, SyncFacts};
 use kinfra_core::state::Health;
 use kinfra_provider::command::validate;
 use kinfra_provider::discovery::{SkipReason, discover};
@@ -116,6 +119,28 @@ async fn group_gone(pgid: i32) -> bool {
     false
 }
 
+/// Polls `check` every 20 ms until it gives something; panics naming `what` after `limit`.
+async fn until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The resource's sync facts once its last sync says `ok`.
+fn sync_with(resource: &dyn Resource, ok: bool) -> Option<SyncFacts> {
+    resource
+        .sync()
+        .filter(|f| f.last_sync.as_ref().is_some_and(|s| s.ok == ok))
+}
+
 #[tokio::test]
 async fn discovery_reports_what_it_found_and_why_not_the_rest() {
     require_python();
@@ -210,6 +235,18 @@ async fn start_status_stop_and_a_masked_dry_run() {
     assert_eq!(
         text,
         ["`project_id`: missing (required)", "`colour`: unknown key"]
+    );
+    // kinfra's `interval` is kinfra's to judge; the plugin takes it.
+    let problems = provider
+        .validate_resource(
+            &ctx,
+            &decl("db", json!({"project_id": "p-1", "interval": "soon"})),
+        )
+        .await;
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        text,
+        ["`interval`: expected a duration above 0 such as \"30s\", not `soon`"]
     );
 
     let db = decl("db", json!({"project_id": "p-1"}));
@@ -314,7 +351,7 @@ async fn a_crash_names_the_plugin_ends_live_runs_and_the_next_call_starts_a_new_
     );
     assert_eq!(
         resource.exit_reason().as_deref(),
-        Some("plugin `pyfake` crashed")
+        Some("plugin `pyfake` crashed (exit code 3)")
     );
 
     // The next call starts a new child (which knows nothing of the old one's resources).
@@ -422,4 +459,165 @@ async fn dropping_the_provider_stops_its_children() {
     drop(resource);
     drop(provider);
     assert!(gone(pid).await, "child {pid} outlived its provider");
+}
+
+/// The observe loop polls `status` every `interval`: the sync facts carry the plugin's own word
+/// for the state, and the run ends with the code the plugin reports when it says the thing
+/// exited (nobody asked kinfra to stop it).
+#[tokio::test]
+async fn a_plugin_resource_observes_its_status_and_ends_when_the_plugin_says_exited() {
+    let (_dir, provider) = provider(Duration::from_secs(20)).await;
+    let ctx = instance();
+    let config = json!({"project_id": "p-1", "interval": "100ms", "misbehave": "exit",
+        "misbehave_after": 5});
+    let resource = provider
+        .resource(&ctx, &decl("db", config))
+        .expect("resource");
+    let run = resource.start().await.expect("start");
+    let facts = until("good sync", Duration::from_secs(10), || {
+        sync_with(resource.as_ref(), true)
+    })
+    .await;
+    let last = facts.last_sync.clone().expect("a last sync");
+    assert!(last.error.is_none() && !last.at.is_empty(), "{facts:?}");
+    assert_eq!(facts.provider_state.as_deref(), Some("ACTIVE"), "{facts:?}");
+
+    let exit = tokio::time::timeout(Duration::from_secs(10), run.exit)
+        .await
+        .expect("the run ended")
+        .expect("with an exit");
+    assert_eq!(exit.code, Some(4));
+    let facts = resource.sync().expect("sync facts after the run");
+    assert_eq!(facts.provider_state.as_deref(), Some("TERMINATED"));
+    assert_eq!(resource.exit_reason(), None, "the plugin did not fail");
+    provider.shutdown().await;
+}
+
+/// A poll the plugin answers with a JSON-RPC error or a result of the wrong shape keeps the
+/// child: a failed sync naming the fault, not the end of the run.
+#[tokio::test]
+async fn a_failed_poll_that_keeps_the_child_is_a_failed_sync_and_the_run_goes_on() {
+    for (how, says) in [
+        (
+            "error",
+            "plugin `pyfake` refused `status`: the fake cloud is down (code -32000)",
+        ),
+        (
+            "badshape",
+            "plugin `pyfake` answered `status` with the wrong shape: unknown variant `sideways`",
+        ),
+    ] {
+        let (_dir, provider) = provider(Duration::from_secs(20)).await;
+        let ctx = instance();
+        let config = json!({"project_id": "p-1", "interval": "100ms", "misbehave": how,
+            "misbehave_after": 1});
+        let resource = provider
+            .resource(&ctx, &decl("db", config))
+            .expect("resource");
+        let mut run = resource.start().await.expect("start");
+        let pid = provider.process(&ctx).pid().await.expect("a child runs");
+        let facts = until("failed sync", Duration::from_secs(10), || {
+            sync_with(resource.as_ref(), false)
+        })
+        .await;
+        let error = facts
+            .last_sync
+            .and_then(|s| s.error)
+            .expect("the failed sync's error");
+        assert!(error.starts_with(says), "{how}: {error}");
+        assert!(!error.contains("killed"), "{how}: {error}");
+        assert_eq!(
+            facts.provider_state.as_deref(),
+            Some("ACTIVE"),
+            "{how}: the last good word stays"
+        );
+        assert!(
+            matches!(
+                run.exit.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            ),
+            "{how}: the run ended on a failed sync"
+        );
+        assert_eq!(provider.process(&ctx).pid().await, Some(pid), "{how}");
+        assert_eq!(resource.exit_reason(), None, "{how}");
+
+        resource.stop(Duration::from_secs(1)).await.expect("stop");
+        let exit = tokio::time::timeout(Duration::from_secs(10), run.exit)
+            .await
+            .expect("the run ended")
+            .expect("with an exit");
+        assert_eq!(exit.code, Some(0), "{how}");
+        provider.shutdown().await;
+    }
+}
+
+/// A poll that kills the child (garbage on stdout, a frame that is not JSON-RPC, no answer
+/// within the timeout) or during which the plugin crashes ends the run, and the exit reason,
+/// the output line and the failed sync say which it was.
+#[tokio::test]
+async fn a_poll_that_loses_the_child_ends_the_run_naming_the_fault() {
+    for (how, timeout, reason, signal) in [
+        (
+            "garbage",
+            Duration::from_secs(20),
+            "plugin `pyfake` printed garbage on stdout during `status`",
+            true,
+        ),
+        (
+            "badframe",
+            Duration::from_secs(20),
+            "plugin `pyfake` answered `status` with the wrong shape",
+            true,
+        ),
+        (
+            "hang",
+            Duration::from_millis(700),
+            "plugin `pyfake` timed out during `status` after 700ms",
+            true,
+        ),
+        (
+            "crash",
+            Duration::from_secs(20),
+            "plugin `pyfake` crashed (exit code 3)",
+            false,
+        ),
+    ] {
+        let (_dir, provider) = provider(timeout).await;
+        let ctx = instance();
+        let config = json!({"project_id": "p-1", "interval": "100ms", "misbehave": how,
+            "misbehave_after": 2});
+        let resource = provider
+            .resource(&ctx, &decl("db", config))
+            .expect("resource");
+        let mut run = resource.start().await.expect("start");
+        let pid = provider.process(&ctx).pid().await.expect("a child runs");
+        let exit = tokio::time::timeout(Duration::from_secs(20), run.exit)
+            .await
+            .unwrap_or_else(|_| panic!("{how}: the run did not end"))
+            .expect("with an exit");
+        if signal {
+            assert_eq!(exit.signal, Some(libc::SIGKILL), "{how}: {exit:?}");
+        } else {
+            assert_eq!(exit.code, Some(3), "{how}: {exit:?}");
+        }
+        assert_eq!(resource.exit_reason().as_deref(), Some(reason), "{how}");
+        let line = run.output.try_recv().expect("a line about the fault");
+        assert!(
+            line.text.starts_with(reason) && line.text.ends_with("the run ends with it"),
+            "{how}: {}",
+            line.text
+        );
+        let facts = resource.sync().expect("sync facts");
+        let last = facts.last_sync.expect("a last sync");
+        assert!(!last.ok, "{how}");
+        assert!(
+            last.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("`status`"),
+            "{how}: {last:?}"
+        );
+        assert!(gone(pid).await, "{how}: child {pid} still there");
+        provider.shutdown().await;
+    }
 }
