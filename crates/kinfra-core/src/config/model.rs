@@ -535,7 +535,8 @@ pub struct ResourceConfig {
     pub env: BTreeMap<String, String>,
     /// Named volumes: volume name -> path in the container.
     pub volumes: BTreeMap<String, String>,
-    /// Readiness probe.
+    /// Readiness probe (a table). On a provider resource, a string or a list `health` is the
+    /// provider's own key (the command provider's health command) and sits in `extra`.
     pub health: Option<ProbeConfig>,
     /// What it waits for.
     pub depends_on: DependsOn,
@@ -621,6 +622,51 @@ impl<'de> DeserializeSeed<'de> for Reject {
     }
 }
 
+/// A provider resource's `health`: kinfra's probe, or the provider's own key.
+enum ProviderHealth {
+    /// A table: kinfra's readiness probe.
+    Probe(ProbeConfig),
+    /// A string or a list: the provider's (the command provider's health command).
+    Provider(serde_json::Value),
+}
+
+/// Reads a provider resource's `health`: a table as a [`ProbeConfig`] through the same map
+/// access (so its errors keep their keys and lines), a string or a list as the provider's.
+struct ProviderHealthSeed;
+
+impl<'de> DeserializeSeed<'de> for ProviderHealthSeed {
+    type Value = ProviderHealth;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ProviderHealth, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ProviderHealthSeed {
+    type Value = ProviderHealth;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a probe table, or the provider's health command (a string or a list)")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ProviderHealth, E> {
+        Ok(ProviderHealth::Provider(serde_json::Value::String(
+            v.to_owned(),
+        )))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<ProviderHealth, E> {
+        Ok(ProviderHealth::Provider(serde_json::Value::String(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ProviderHealth, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            items.push(item);
+        }
+        Ok(ProviderHealth::Provider(serde_json::Value::Array(items)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ProviderHealth, A::Error> {
+        ProbeConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+            .map(ProviderHealth::Probe)
+    }
+}
+
 fn docker_key_message(key: &str, provider: &str) -> String {
     format!(
         "`{key}` is a container key; a provider resource (provider = \"{provider}\") does not \
@@ -660,6 +706,14 @@ impl<'de> Deserialize<'de> for ResourceConfig {
                         "provider" => r.provider = Some(map.next_value()?),
                         "interval" => r.interval = map.next_value()?,
                         "confirm_delete" => r.confirm_delete = map.next_value()?,
+                        "health" if r.provider.is_some() => {
+                            match map.next_value_seed(ProviderHealthSeed)? {
+                                ProviderHealth::Probe(probe) => r.health = Some(probe),
+                                ProviderHealth::Provider(value) => {
+                                    r.extra.insert(key, value);
+                                }
+                            }
+                        }
                         "health" => r.health = map.next_value()?,
                         "depends_on" => r.depends_on = map.next_value()?,
                         "restart" => r.restart = map.next_value()?,

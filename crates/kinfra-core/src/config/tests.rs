@@ -1859,3 +1859,62 @@ fn builder_provider_resource_validates() {
         .insert("neon".into(), ProviderInstanceConfig::default());
     config.validate().expect("valid");
 }
+
+/// `health` on a provider resource: a table is kinfra's probe (its errors at their key, as
+/// anywhere); a string or a list is the provider's own key (the command provider's health
+/// command), kept for the provider. A container's `health` stays a probe table.
+#[test]
+fn provider_resource_health_is_a_probe_table_or_the_provider_s_key() {
+    let toml = "[providers.sh]\nprovider = \"command\"\n\n\
+                [resources.a]\nprovider = \"sh\"\nstart = \"x\"\nhealth = \"true\"\n\n\
+                [resources.b]\nprovider = \"sh\"\nhealth = [\"test\", \"-f\", \"up\"]\n\n\
+                [resources.c]\nprovider = \"sh\"\nhealth = { exec = \"true\", interval = \"1s\" }\n";
+    let json = "{\"providers\": {\"sh\": {\"provider\": \"command\"}}, \"resources\": {\
+                \"a\": {\"health\": \"true\", \"provider\": \"sh\", \"start\": \"x\"},\
+                \"b\": {\"provider\": \"sh\", \"health\": [\"test\", \"-f\", \"up\"]},\
+                \"c\": {\"provider\": \"sh\", \"health\": {\"exec\": \"true\", \"interval\": \"1s\"}}}}";
+    for (format, text) in [(Format::Toml, toml), (Format::Json, json)] {
+        let config = load(format, text, &[]).expect("load");
+        let a = &config.resources["a"];
+        assert_eq!(a.health, None, "{format:?}");
+        assert_eq!(a.extra["health"], serde_json::json!("true"), "{format:?}");
+        assert_eq!(a.extra["start"], serde_json::json!("x"), "{format:?}");
+        let b = &config.resources["b"];
+        assert_eq!(
+            b.extra["health"],
+            serde_json::json!(["test", "-f", "up"]),
+            "{format:?}"
+        );
+        let c = &config.resources["c"];
+        assert!(!c.extra.contains_key("health"), "{format:?}");
+        let probe = c.health.as_ref().expect("a probe table");
+        assert!(probe.exec.is_some(), "{format:?}");
+        assert_eq!(probe.interval, Dur::from_secs(1), "{format:?}");
+    }
+
+    check_case(
+        Format::Toml,
+        "[providers.sh]\nprovider = \"command\"\n\n\
+         [resources.c]\nprovider = \"sh\"\nhealth = { exec = \"true\", intervl = \"1s\" }\n\n\
+         [resources.d]\nprovider = \"sh\"\nhealth = 5\n\n\
+         [resources.cache]\ntemplate = \"redis\"\nhealth = \"true\"\n",
+        &[
+            (
+                Some(6),
+                Some("resources.c.health.intervl"),
+                "unknown key `intervl` in resources.c.health",
+            ),
+            (
+                Some(10),
+                Some("resources.d.health"),
+                "wrong type: expected a probe table, or the provider's health command (a string \
+                 or a list)",
+            ),
+            (
+                Some(14),
+                Some("resources.cache.health"),
+                "wrong type: expected a table",
+            ),
+        ],
+    );
+}
