@@ -8,6 +8,7 @@
 
 use crate::http::HttpError;
 use crate::retry::{Failure, classify};
+use kinfra_core::status::LastSync;
 use serde::Serialize;
 use std::future::Future;
 use std::time::Duration;
@@ -15,22 +16,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-/// The outcome of the last observe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SyncStatus {
-    /// When it ended (RFC 3339, UTC).
-    pub at: String,
-    /// Whether the provider answered.
-    pub ok: bool,
-    /// Why it failed (`None` when `ok`).
-    pub error: Option<String>,
-}
-
 /// What the loop knows of a resource: published after every observe.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ObservedStatus {
-    /// The last observe's outcome; `None` before the first one ends.
-    pub last_sync: Option<SyncStatus>,
+    /// The last observe's outcome (the same `last_sync` status shows); `None` before the
+    /// first one ends.
+    pub last_sync: Option<LastSync>,
     /// The provider's own word for the state, from the last successful observe.
     pub provider_state: Option<String>,
     /// Failed observes in a row (0 after a success).
@@ -135,7 +126,7 @@ pub async fn run<F, Fut, S>(
                 Ok(state) => {
                     s.provider_state = Some(state.clone());
                     s.consecutive_failures = 0;
-                    s.last_sync = Some(SyncStatus {
+                    s.last_sync = Some(LastSync {
                         at,
                         ok: true,
                         error: None,
@@ -143,7 +134,7 @@ pub async fn run<F, Fut, S>(
                 }
                 Err(error) => {
                     s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-                    s.last_sync = Some(SyncStatus {
+                    s.last_sync = Some(LastSync {
                         at,
                         ok: false,
                         error: Some(error.to_string()),

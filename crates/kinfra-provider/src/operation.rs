@@ -5,6 +5,7 @@
 
 use crate::http::{HttpError, HttpResponse, Url};
 use crate::retry::{Backoff, Failure, classify};
+use serde_json::Value;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -119,4 +120,96 @@ pub fn operation_url(response: &HttpResponse, request_url: &Url) -> Option<Url> 
         .iter()
         .find_map(|name| response.header(name))
         .and_then(|target| request_url.join(target).ok())
+}
+
+/// How an operation's state is read from a JSON poll answer: the value at `pointer` is
+/// `done`, `failed` (compared without case) or, anything else, still pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationStates {
+    /// JSON pointer to the state in a poll answer, e.g. `/status`.
+    pub pointer: String,
+    /// Values meaning it finished successfully.
+    pub done: Vec<String>,
+    /// Values meaning it failed.
+    pub failed: Vec<String>,
+    /// JSON pointer to the provider's reason for a failure; the state itself without it.
+    pub reason: Option<String>,
+}
+
+impl OperationStates {
+    /// The state value in `answer` and what it means; `None` when `answer` holds no state
+    /// (a string, number or boolean) at `pointer`.
+    pub fn read(&self, answer: &Value) -> Option<(String, OperationStatus)> {
+        let value = json_text(answer.pointer(&self.pointer)?)?;
+        let is = |list: &[String]| list.iter().any(|v| v.eq_ignore_ascii_case(&value));
+        let status = if is(&self.done) {
+            OperationStatus::Done
+        } else if is(&self.failed) {
+            let reason = self
+                .reason
+                .as_deref()
+                .and_then(|p| answer.pointer(p))
+                .and_then(|v| match v {
+                    Value::Null => None,
+                    Value::String(s) if s.is_empty() => None,
+                    other => json_text(other).or_else(|| Some(other.to_string())),
+                })
+                .unwrap_or_else(|| format!("the operation's state is `{value}`"));
+            OperationStatus::Failed(reason)
+        } else {
+            OperationStatus::Pending
+        };
+        Some((value, status))
+    }
+}
+
+/// A scalar JSON value as text (`"a"` → `a`, `3` → `3`, `true` → `true`).
+pub fn json_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn states_read_by_pointer_with_the_reason_of_a_failure() {
+        let states = OperationStates {
+            pointer: "/operation/status".into(),
+            done: vec!["finished".into()],
+            failed: vec!["failed".into(), "error".into()],
+            reason: Some("/operation/error".into()),
+        };
+        let read = |v: Value| states.read(&v);
+        assert_eq!(
+            read(json!({"operation": {"status": "FINISHED"}})),
+            Some(("FINISHED".into(), OperationStatus::Done))
+        );
+        assert_eq!(
+            read(json!({"operation": {"status": "running"}})),
+            Some(("running".into(), OperationStatus::Pending))
+        );
+        assert_eq!(
+            read(json!({"operation": {"status": "error", "error": "quota exceeded"}})),
+            Some((
+                "error".into(),
+                OperationStatus::Failed("quota exceeded".into())
+            ))
+        );
+        assert_eq!(
+            read(json!({"operation": {"status": "failed"}})),
+            Some((
+                "failed".into(),
+                OperationStatus::Failed("the operation's state is `failed`".into())
+            ))
+        );
+        assert_eq!(read(json!({"operation": {}})), None);
+        assert_eq!(read(json!({"operation": {"status": {"x": 1}}})), None);
+    }
 }

@@ -126,6 +126,9 @@ pub struct CommandResult {
     /// The id of the asynchronous operation it started, when there is one.
     #[serde(default)]
     pub operation: Option<String>,
+    /// The state that operation ended in (provider's words), when it was followed to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_state: Option<String>,
     /// For a dry-run: the requests it would send, masked.
     #[serde(default)]
     pub requests: Vec<PlannedRequest>,
@@ -140,6 +143,7 @@ impl CommandResult {
             warnings: Vec::new(),
             dry_run: false,
             operation: None,
+            operation_state: None,
             requests: Vec::new(),
         }
     }
@@ -152,6 +156,7 @@ impl CommandResult {
             warnings: Vec::new(),
             dry_run: true,
             operation: None,
+            operation_state: None,
             requests: requests.iter().map(|r| r.masked(secrets)).collect(),
         }
     }
@@ -167,6 +172,7 @@ impl CommandResult {
             .map(|w| mask_text(w, &values))
             .collect();
         self.operation = self.operation.map(|o| mask_text(&o, &values));
+        self.operation_state = self.operation_state.map(|o| mask_text(&o, &values));
         self.requests = self.requests.iter().map(|r| r.masked(secrets)).collect();
         self
     }

@@ -13,18 +13,21 @@
 
 use crate::command::{CommandSpec, ParamKind, ParamSpec, ParamValue, ValidatedParams, validate};
 use crate::http::{
-    Auth, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url,
+    Auth, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url, redact_url,
 };
 use crate::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
 use crate::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
+use crate::operation::{
+    OperationError, OperationStates, OperationStatus, OperationTracker, json_text, operation_url,
+};
 use crate::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::result::{CommandResult, MASK, PlannedRequest, mask_text};
-use crate::retry::{RetryPolicy, send_with_retry};
+use crate::retry::{Backoff, RetryPolicy, send_with_retry};
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
@@ -56,6 +59,12 @@ pub const KINFRA_KEYS: &[&str] = &[
 ];
 /// The observe interval when the resource sets none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long an operation may take when its `timeout` is not set.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// The first delay between operation polls when its `interval` is not set.
+pub const DEFAULT_OPERATION_INTERVAL: Duration = Duration::from_secs(1);
+/// The cap of the delay between operation polls (unless `interval` is longer).
+const OPERATION_MAX_INTERVAL: Duration = Duration::from_secs(15);
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
 /// Observes of `stopped` right after a start (before any live state) that end the run.
@@ -143,6 +152,63 @@ pub struct DeclaredCommand {
     pub endpoint: Endpoint,
 }
 
+/// How the asynchronous operations a start, stop or command begins are followed
+/// (`operation = { status, id, pointer, done, failed, reason, interval, timeout }` on the
+/// resource, or on the instance for all its resources).
+///
+/// An answer begins an operation when it is a `202 Accepted`, or when `id` finds an id in it.
+/// The operation is polled at `status` (a path template where `{id}` is the operation's id),
+/// else at the 202's `Operation-Location` / `Location`, until the value at `pointer` is one of
+/// `done` or `failed`, or `timeout` passes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationSpec {
+    /// The path template polled; `None`: the 202's `Operation-Location` or `Location`.
+    pub status: Option<String>,
+    /// JSON pointer to the operation's id in the answer that began it; without it the
+    /// `Operation-Id` header.
+    pub id: Option<String>,
+    /// How a poll answer is read.
+    pub states: OperationStates,
+    /// The first delay between polls (growing up to 15 s, or `interval` when longer).
+    pub interval: Duration,
+    /// The longest an operation may take.
+    pub timeout: Duration,
+}
+
+impl OperationSpec {
+    fn tracker(&self) -> OperationTracker {
+        OperationTracker {
+            backoff: Backoff {
+                initial: self.interval,
+                max: self.interval.max(OPERATION_MAX_INTERVAL),
+            },
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// An operation followed to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedOperation {
+    /// Its id (the polled path when the provider named none).
+    pub id: String,
+    /// The state it ended in, in the provider's words.
+    pub state: String,
+    /// Polls made.
+    pub polls: u32,
+}
+
+/// What became of an answer that may have begun an operation.
+#[derive(Debug)]
+enum Settled {
+    /// It began none (or no `operation` is configured).
+    NoOperation,
+    /// It began one (its id, when known) but names nowhere to poll it.
+    Unfollowable(Option<String>),
+    /// It began one, followed to its successful end.
+    Done(TrackedOperation),
+}
+
 /// A resource's config, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiSpec {
@@ -164,6 +230,8 @@ pub struct ApiSpec {
     pub vars: BTreeMap<String, String>,
     /// The observe interval.
     pub interval: Duration,
+    /// How its operations are followed (the instance's when the resource sets none).
+    pub operation: Option<OperationSpec>,
 }
 
 fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
@@ -260,21 +328,220 @@ fn parse_endpoint(
     }
 }
 
-fn parse_param_kind(text: &str) -> Option<ParamKind> {
+fn parse_pointer(
+    key: &str,
+    value: Option<&Value>,
+    problems: &mut Vec<ResourceProblem>,
+) -> Option<String> {
+    match value {
+        None => None,
+        Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => Some(p.clone()),
+        Some(_) => {
+            problems.push(problem(key, "expected a JSON pointer such as \"/status\""));
+            None
+        }
+    }
+}
+
+fn parse_duration_key(
+    key: &str,
+    value: Option<&Value>,
+    default: Duration,
+    problems: &mut Vec<ResourceProblem>,
+) -> Duration {
+    match value {
+        None => default,
+        Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(problem(key, "must be more than zero"));
+                default
+            }
+            Err(reason) => {
+                problems.push(problem(key, reason));
+                default
+            }
+        },
+        Some(_) => {
+            problems.push(problem(key, "expected a duration such as \"30s\""));
+            default
+        }
+    }
+}
+
+fn parse_values(
+    key: &str,
+    value: Option<&Value>,
+    problems: &mut Vec<ResourceProblem>,
+) -> Vec<String> {
+    match value {
+        None => Vec::new(),
+        Some(Value::Array(items)) => {
+            let values: Vec<String> = items.iter().filter_map(json_text).collect();
+            if values.len() != items.len() {
+                problems.push(problem(key, "expected an array of strings"));
+            }
+            values
+        }
+        Some(_) => {
+            problems.push(problem(key, "expected an array of strings"));
+            Vec::new()
+        }
+    }
+}
+
+/// Parses an `operation` table; `known` says which `{name}`s its `status` path may use
+/// besides `{id}`.
+fn parse_operation(
+    value: &Value,
+    known: &dyn Fn(&str) -> bool,
+    problems: &mut Vec<ResourceProblem>,
+) -> Option<OperationSpec> {
+    let Some(table) = value.as_object() else {
+        problems.push(problem(
+            "operation",
+            "expected a table { status, id, pointer, done, failed, reason, interval, timeout }",
+        ));
+        return None;
+    };
+    let before = problems.len();
+    for k in table.keys() {
+        if !matches!(
+            k.as_str(),
+            "status" | "id" | "pointer" | "done" | "failed" | "reason" | "interval" | "timeout"
+        ) {
+            problems.push(problem(
+                &format!("operation.{k}"),
+                "unknown key (expected status, id, pointer, done, failed, reason, interval, timeout)",
+            ));
+        }
+    }
+    let status = match table.get("status") {
+        None => None,
+        Some(Value::String(path)) => {
+            for name in placeholders(path) {
+                if name != "id" && !known(&name) {
+                    problems.push(problem(
+                        "operation.status",
+                        format!(
+                            "`{{{name}}}` is neither `{{id}}` nor a string key of the resource"
+                        ),
+                    ));
+                }
+            }
+            Some(path.clone())
+        }
+        Some(_) => {
+            problems.push(problem(
+                "operation.status",
+                "expected a path such as \"/operations/{id}\"",
+            ));
+            None
+        }
+    };
+    let id = parse_pointer("operation.id", table.get("id"), problems);
+    let pointer = match table.get("pointer") {
+        None => {
+            problems.push(problem(
+                "operation.pointer",
+                "missing (required): the JSON pointer to the operation's state, e.g. \"/status\"",
+            ));
+            None
+        }
+        found => parse_pointer("operation.pointer", found, problems),
+    };
+    let done = parse_values("operation.done", table.get("done"), problems);
+    match table.get("done") {
+        None => problems.push(problem(
+            "operation.done",
+            "missing (required): the states meaning the operation finished, e.g. [\"finished\"]",
+        )),
+        Some(Value::Array(items)) if items.is_empty() => problems.push(problem(
+            "operation.done",
+            "name at least one state meaning the operation finished",
+        )),
+        Some(_) => {}
+    }
+    let failed = parse_values("operation.failed", table.get("failed"), problems);
+    let reason = parse_pointer("operation.reason", table.get("reason"), problems);
+    let interval = parse_duration_key(
+        "operation.interval",
+        table.get("interval"),
+        DEFAULT_OPERATION_INTERVAL,
+        problems,
+    );
+    let timeout = parse_duration_key(
+        "operation.timeout",
+        table.get("timeout"),
+        DEFAULT_OPERATION_TIMEOUT,
+        problems,
+    );
+    if problems.len() > before {
+        return None;
+    }
+    Some(OperationSpec {
+        status,
+        id,
+        states: OperationStates {
+            pointer: pointer?,
+            done,
+            failed,
+            reason,
+        },
+        interval,
+        timeout,
+    })
+}
+
+/// A parameter's kind from its `kind` (and, by kind, `values`, `min`, `max`).
+fn parse_param_kind(
+    pkey: &str,
+    item: &Value,
+    problems: &mut Vec<ResourceProblem>,
+) -> Option<ParamKind> {
+    let text = item.get("kind").and_then(Value::as_str).unwrap_or("string");
+    let bound = |name: &str, problems: &mut Vec<ResourceProblem>| match item.get(name) {
+        None => None,
+        Some(v) if v.is_number() => Some(v.clone()),
+        Some(_) => {
+            problems.push(problem(&format!("{pkey}.{name}"), "expected a number"));
+            None
+        }
+    };
     Some(match text {
         "string" => ParamKind::String,
         "integer" | "int" => ParamKind::Integer {
-            min: None,
-            max: None,
+            min: bound("min", problems).and_then(|v| v.as_i64()),
+            max: bound("max", problems).and_then(|v| v.as_i64()),
         },
         "number" => ParamKind::Number {
-            min: None,
-            max: None,
+            min: bound("min", problems).and_then(|v| v.as_f64()),
+            max: bound("max", problems).and_then(|v| v.as_f64()),
         },
         "boolean" | "bool" => ParamKind::Boolean,
         "duration" => ParamKind::Duration,
         "secret" => ParamKind::Secret,
-        _ => return None,
+        "enum" => {
+            let key = format!("{pkey}.values");
+            let values = parse_values(&key, item.get("values"), problems);
+            if values.is_empty() {
+                problems.push(problem(
+                    &key,
+                    "an enum needs its values, e.g. [\"small\", \"large\"]",
+                ));
+                return None;
+            }
+            ParamKind::Enum { values }
+        }
+        other => {
+            problems.push(problem(
+                &format!("{pkey}.kind"),
+                format!(
+                    "`{other}`: expected string, integer, number, boolean, enum, duration or secret"
+                ),
+            ));
+            return None;
+        }
     })
 }
 
@@ -296,7 +563,7 @@ fn parse_command(
     for k in table.keys() {
         if !matches!(
             k.as_str(),
-            "id" | "method" | "path" | "body" | "params" | "description"
+            "id" | "method" | "path" | "body" | "params" | "description" | "confirm"
         ) {
             problems.push(problem(&format!("{key}.{k}"), "unknown key"));
         }
@@ -315,7 +582,6 @@ fn parse_command(
             for (i, item) in items.iter().enumerate() {
                 let pkey = format!("{key}.params[{i}]");
                 let name = item.get("name").and_then(Value::as_str);
-                let kind = item.get("kind").and_then(Value::as_str).unwrap_or("string");
                 let required = item
                     .get("required")
                     .and_then(Value::as_bool)
@@ -327,11 +593,7 @@ fn parse_command(
                     ));
                     continue;
                 };
-                let Some(kind) = parse_param_kind(kind) else {
-                    problems.push(problem(
-                        &format!("{pkey}.kind"),
-                        format!("`{kind}`: expected string, integer, number, boolean, duration or secret"),
-                    ));
+                let Some(kind) = parse_param_kind(&pkey, item, problems) else {
                     continue;
                 };
                 params.push(ParamSpec {
@@ -349,6 +611,14 @@ fn parse_command(
         }
         Some(_) => problems.push(problem(&format!("{key}.params"), "expected an array")),
     }
+    let confirm = match table.get("confirm") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            problems.push(problem(&format!("{key}.confirm"), "expected true or false"));
+            false
+        }
+    };
     let endpoint_value = Value::Object(
         table
             .iter()
@@ -375,7 +645,7 @@ fn parse_command(
             resource_type: Some(RESOURCE_TYPE.into()),
             params,
             dry_run: true,
-            confirm: false,
+            confirm,
         },
         endpoint: endpoint?,
     })
@@ -453,24 +723,15 @@ impl ApiSpec {
             }
             Some(_) => problems.push(problem("commands", "expected an array of tables")),
         }
-        let interval = match config.get("interval") {
-            None => DEFAULT_INTERVAL,
-            Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    problems.push(problem("interval", "must be more than zero"));
-                    DEFAULT_INTERVAL
-                }
-                Err(reason) => {
-                    problems.push(problem("interval", reason));
-                    DEFAULT_INTERVAL
-                }
-            },
-            Some(_) => {
-                problems.push(problem("interval", "expected a duration such as \"30s\""));
-                DEFAULT_INTERVAL
-            }
-        };
+        let interval = parse_duration_key(
+            "interval",
+            config.get("interval"),
+            DEFAULT_INTERVAL,
+            &mut problems,
+        );
+        let operation = config
+            .get("operation")
+            .and_then(|v| parse_operation(v, &known, &mut problems));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -484,6 +745,7 @@ impl ApiSpec {
             commands,
             vars,
             interval,
+            operation,
         })
     }
 
@@ -551,16 +813,24 @@ struct Target {
     auth: Auth,
     token: Option<Secret>,
     bucket: Option<TokenBucket>,
+    /// The instance's `operation`, for resources that set none.
+    operation: Option<OperationSpec>,
 }
 
 fn config_str<'a>(ctx: &'a InstanceContext, key: &str) -> Option<&'a str> {
     ctx.config.get(key).and_then(Value::as_str)
 }
 
-/// The instance's auth, base URL and rate; every problem at once.
-fn instance_parts(
-    ctx: &InstanceContext,
-) -> Result<(String, Auth, Option<Rate>), Vec<ResourceProblem>> {
+/// What an instance's config says: where and how requests go.
+struct InstanceParts {
+    base: String,
+    auth: Auth,
+    rate: Option<Rate>,
+    operation: Option<OperationSpec>,
+}
+
+/// The instance's auth, base URL, rate and `operation`; every problem at once.
+fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourceProblem>> {
     let mut problems = Vec::new();
     let base = ctx
         .base_url
@@ -685,8 +955,18 @@ fn instance_parts(
             None
         }
     };
+    // The instance's resources differ: its status path may use any of their keys.
+    let operation = ctx
+        .config
+        .get("operation")
+        .and_then(|v| parse_operation(v, &|_| true, &mut problems));
     match auth {
-        Some(auth) if problems.is_empty() => Ok((base, auth, rate)),
+        Some(auth) if problems.is_empty() => Ok(InstanceParts {
+            base,
+            auth,
+            rate,
+            operation,
+        }),
         _ => Err(problems),
     }
 }
@@ -702,7 +982,7 @@ fn template_keys(config: &Map<String, Value>) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    for key in ["start", "stop", "status", "health", "commands"] {
+    for key in ["start", "stop", "status", "health", "commands", "operation"] {
         if let Some(v) = config.get(key) {
             walk(v, &mut out);
         }
@@ -875,6 +1155,128 @@ impl Target {
         self.token.iter().collect()
     }
 
+    /// The operation `response` (the answer to `request`) began, when `spec` says how to
+    /// follow it: its id and where to poll it (`None` when nothing says where).
+    fn begun(
+        &self,
+        spec: &OperationSpec,
+        vars: &BTreeMap<String, String>,
+        request: &HttpRequest,
+        response: &HttpResponse,
+    ) -> Option<(Option<String>, Option<Url>)> {
+        let from_body = spec.id.as_deref().and_then(|pointer| {
+            let answer: Value = serde_json::from_slice(&response.body).ok()?;
+            json_text(answer.pointer(pointer)?).filter(|id| !id.is_empty())
+        });
+        if response.status != 202 && from_body.is_none() {
+            return None;
+        }
+        let id = from_body.or_else(|| response.header("operation-id").map(str::to_owned));
+        let url = match (&spec.status, &id) {
+            (Some(path), Some(id)) => {
+                let mut vars = vars.clone();
+                vars.insert("id".into(), id.clone());
+                let endpoint = Endpoint {
+                    method: Method::GET,
+                    path: path.clone(),
+                    body: None,
+                };
+                self.request(&endpoint, &vars, None).ok().map(|r| r.url)
+            }
+            _ => None,
+        };
+        Some((id, url.or_else(|| operation_url(response, &request.url))))
+    }
+
+    /// One poll of the operation at `url`: its state value and what it means. The instance's
+    /// credentials go only to the instance's own origin.
+    async fn poll_operation(
+        &self,
+        http: &HttpClient,
+        states: &OperationStates,
+        url: &Url,
+    ) -> Result<(String, OperationStatus), HttpError> {
+        let mut request = HttpRequest::get(url.clone());
+        if Url::parse(&self.base).is_ok_and(|base| base.origin() == url.origin()) {
+            request = request.auth(self.auth.clone());
+        }
+        if let Some(bucket) = &self.bucket {
+            bucket.acquire().await;
+        }
+        let response = http.send(&request).await?;
+        let answer: Value = response.json()?;
+        states.read(&answer).ok_or_else(|| HttpError::Decode {
+            url: response.url.clone(),
+            reason: format!("no operation state at `{}`", states.pointer),
+        })
+    }
+
+    /// Follows the operation `response` (to `request`) began, when `spec` (the resource's or
+    /// else the instance's `operation`) says how; `began` hears of it before the first poll.
+    async fn settle(
+        &self,
+        http: &HttpClient,
+        spec: Option<&OperationSpec>,
+        vars: &BTreeMap<String, String>,
+        request: &HttpRequest,
+        response: &HttpResponse,
+        began: &(dyn Fn(&str, &Url) + Sync),
+    ) -> Result<Settled, String> {
+        let Some(spec) = spec.or(self.operation.as_ref()) else {
+            return Ok(Settled::NoOperation);
+        };
+        let Some((id, url)) = self.begun(spec, vars, request, response) else {
+            return Ok(Settled::NoOperation);
+        };
+        let Some(url) = url else {
+            return Ok(Settled::Unfollowable(id.map(|id| self.mask(&id))));
+        };
+        let id = self.mask(&id.unwrap_or_else(|| url.path().to_owned()));
+        began(&id, &url);
+        self.follow(http, spec, &id, &url).await.map(Settled::Done)
+    }
+
+    /// Polls the operation `id` at `url` until it is done (its final state), failed or timed
+    /// out; the error is said in words naming the operation, secrets masked.
+    async fn follow(
+        &self,
+        http: &HttpClient,
+        spec: &OperationSpec,
+        id: &str,
+        url: &Url,
+    ) -> Result<TrackedOperation, String> {
+        let last = Mutex::new(String::new());
+        let tracked = spec
+            .tracker()
+            .track(|| {
+                let last = &last;
+                async move {
+                    let (value, status) = self.poll_operation(http, &spec.states, url).await?;
+                    *lock(last) = value;
+                    Ok(status)
+                }
+            })
+            .await;
+        let state = std::mem::take(&mut *lock(&last));
+        match tracked {
+            Ok(polls) => Ok(TrackedOperation {
+                id: id.to_owned(),
+                state,
+                polls,
+            }),
+            Err(error) => Err(self.mask(&match error {
+                OperationError::Failed { reason } => {
+                    format!("operation {id} failed ({state}): {reason}")
+                }
+                OperationError::Timeout { after, polls } => format!(
+                    "operation {id} still pending after {} ({polls} polls, last state `{state}`)",
+                    kinfra_core::config::format_duration(after)
+                ),
+                OperationError::Poll(error) => format!("polling operation {id} failed: {error}"),
+            })),
+        }
+    }
+
     fn mask(&self, text: &str) -> String {
         let values: Vec<&str> = self.token.iter().map(|t| t.expose()).collect();
         mask_text(text, &values)
@@ -946,10 +1348,16 @@ fn metadata() -> ProviderMetadata {
                     description: "Provider value → running, starting, stopping, stopped, sleeping, failed or maintenance".into(),
                 },
                 ConfigKeySpec {
+                    name: "operation".into(),
+                    required: false,
+                    kind: ConfigKind::Table,
+                    description: "How a 202 (or an id at `id`) is followed: { status = \"/operations/{id}\", id, pointer = \"/status\", done = [..], failed = [..], reason, interval, timeout = \"10m\" }; start and stop wait for it".into(),
+                },
+                ConfigKeySpec {
                     name: "commands".into(),
                     required: false,
                     kind: ConfigKind::Array,
-                    description: "Typed commands: [{ id, method, path, params = [{ name, kind, required }], description }]".into(),
+                    description: "Typed commands: [{ id, method, path, body, params = [{ name, kind, required, default, description, values, min, max }], description, confirm }]".into(),
                 },
             ],
         }],
@@ -1006,7 +1414,12 @@ impl HttpApiProvider {
     }
 
     fn target(&self, ctx: &InstanceContext) -> Result<Target, Vec<ResourceProblem>> {
-        let (base, auth, rate) = instance_parts(ctx)?;
+        let InstanceParts {
+            base,
+            auth,
+            rate,
+            operation,
+        } = instance_parts(ctx)?;
         let bucket = rate.map(|rate| {
             let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             buckets
@@ -1019,6 +1432,7 @@ impl HttpApiProvider {
             auth,
             token: ctx.token.clone(),
             bucket,
+            operation,
         })
     }
 
@@ -1191,11 +1605,38 @@ impl Provider for HttpApiProvider {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             let mut result = CommandResult::ok(answer_data(&response));
-            result.operation = response
-                .header("operation-id")
-                .or_else(|| response.header("location"))
-                .filter(|_| response.status == 202)
-                .map(str::to_owned);
+            let settled = target
+                .settle(
+                    &http,
+                    spec.operation.as_ref(),
+                    &spec.vars,
+                    &request,
+                    &response,
+                    &|_, _| {},
+                )
+                .await
+                .map_err(failed)?;
+            match settled {
+                Settled::NoOperation => {
+                    result.operation = response
+                        .header("operation-id")
+                        .or_else(|| response.header("location"))
+                        .filter(|_| response.status == 202)
+                        .map(str::to_owned);
+                }
+                Settled::Unfollowable(id) => {
+                    result.warnings.push(
+                        "the answer began an operation but names nowhere to poll it \
+                         (set operation.status); not waited for"
+                            .into(),
+                    );
+                    result.operation = id;
+                }
+                Settled::Done(op) => {
+                    result.operation = Some(op.id);
+                    result.operation_state = Some(op.state);
+                }
+            }
             Ok(result.mask(&secrets))
         })
     }
@@ -1319,7 +1760,7 @@ impl Inner {
             LogStream::System,
             format!("{what}: {} {}", request.method, request.redacted_url()),
         );
-        send_with_retry(
+        let response = send_with_retry(
             &self.http,
             self.target.bucket.as_ref(),
             &request,
@@ -1327,7 +1768,54 @@ impl Inner {
         )
         .await
         .map_err(|e| ResourceError::op(what, self.target.mask(&e.to_string())))?;
-        Ok(())
+        let began = |id: &str, url: &Url| {
+            self.line(
+                LogStream::System,
+                format!(
+                    "{what}: operation {id} accepted; polling {}",
+                    redact_url(url)
+                ),
+            );
+        };
+        let settled = self
+            .target
+            .settle(
+                &self.http,
+                self.spec.operation.as_ref(),
+                &self.spec.vars,
+                &request,
+                &response,
+                &began,
+            )
+            .await;
+        match settled {
+            Ok(Settled::NoOperation) => Ok(()),
+            Ok(Settled::Unfollowable(id)) => {
+                self.line(
+                    LogStream::Stderr,
+                    format!(
+                        "warning: {what}: the answer began operation {} but names nowhere to \
+                         poll it (set operation.status); not waiting for it",
+                        id.as_deref().unwrap_or("(no id)")
+                    ),
+                );
+                Ok(())
+            }
+            Ok(Settled::Done(op)) => {
+                self.line(
+                    LogStream::System,
+                    format!(
+                        "{what}: operation {} ended `{}` after {} polls",
+                        op.id, op.state, op.polls
+                    ),
+                );
+                Ok(())
+            }
+            Err(reason) => {
+                self.line(LogStream::Stderr, format!("{what}: {reason}"));
+                Err(ResourceError::op(what, reason))
+            }
+        }
     }
 
     fn current_run(&self) -> Option<(String, watch::Receiver<Option<ExitInfo>>)> {
@@ -1649,9 +2137,8 @@ impl Resource for HttpApiResource {
                 .filter(|v| !v.is_empty())
         });
         let last_sync = observed.last_sync.map(|s| LastSync {
-            at: s.at,
-            ok: s.ok,
             error: s.error.map(|e| self.inner.target.mask(&e)),
+            ..s
         });
         (last_sync.is_some() || provider_state.is_some()).then_some(SyncFacts {
             last_sync,

@@ -543,3 +543,392 @@ async fn config_problems_are_named_by_key() {
             .is_empty()
     );
 }
+
+/// `operation` settings polling fast (the intervals of a real API are seconds).
+fn operation(extra: Value) -> Value {
+    let mut op = object(json!({
+        "pointer": "/status",
+        "done": ["finished"],
+        "failed": ["failed", "error"],
+        "reason": "/error",
+        "interval": "20ms",
+        "timeout": "60s",
+    }));
+    op.extend(object(extra));
+    Value::Object(op)
+}
+
+/// A fake API whose start and stop begin operations: `POST …/start` answers 202 with a
+/// `Location` (`/v1/operations/op-start`), `POST …/stop` answers 202 with the id in its body
+/// (`{"operation": {"id": "op-stop"}}`). Each operation answers `polls[id]` (in order, the
+/// last one repeated); the project turns ACTIVE / SUSPENDED only when its operation says
+/// `finished`.
+fn async_project(server: &FakeHttp, polls: &[(&'static str, Vec<Value>)]) {
+    let state = Arc::new(Mutex::new((
+        "SUSPENDED",
+        polls
+            .iter()
+            .map(|(id, answers)| (*id, answers.clone()))
+            .collect::<std::collections::HashMap<_, _>>(),
+    )));
+    server.route(move |seen| {
+        let mut guard = state.lock().expect("lock");
+        let (project, polls) = &mut *guard;
+        let reply = match (seen.method.as_str(), seen.target.as_str()) {
+            ("POST", "/v1/projects/p1/start") => Reply::json(202, r#"{"accepted":true}"#)
+                .header("Location", "/v1/operations/op-start"),
+            ("POST", "/v1/projects/p1/stop") => {
+                Reply::json(202, r#"{"operation":{"id":"op-stop"}}"#)
+            }
+            ("GET", "/v1/projects/p1") => Reply::json(200, &status_body(project)),
+            ("GET", target) => {
+                let id = target.strip_prefix("/v1/operations/")?;
+                let answers = polls.get_mut(id)?;
+                let answer = if answers.len() > 1 {
+                    answers.remove(0)
+                } else {
+                    answers.first()?.clone()
+                };
+                if answer["status"] == "finished" {
+                    *project = if id == "op-start" {
+                        "ACTIVE"
+                    } else {
+                        "SUSPENDED"
+                    };
+                }
+                Reply::json(200, &answer.to_string())
+            }
+            _ => return None,
+        };
+        Some(reply)
+    });
+}
+
+fn async_decl(op: Value) -> ResourceDecl {
+    project(json!({
+        "start": { "method": "POST", "path": "/projects/{project_id}/start" },
+        "stop": { "method": "POST", "path": "/projects/{project_id}/stop" },
+        "operation": op,
+    }))
+}
+
+fn targets(server: &FakeHttp) -> Vec<String> {
+    server
+        .seen()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.target))
+        .collect()
+}
+
+/// A 202 start is followed: `start()` (the supervisor's `starting`) lasts through the pending
+/// polls of its `Location` until the operation says done, and only then does the observe loop
+/// read the project; a 202 stop names its id in the body and is polled at `operation.status`.
+#[tokio::test]
+async fn a_202_start_and_stop_stay_pending_through_their_operation_until_done() {
+    let server = FakeHttp::start(Reply::status(404)).await;
+    let running = json!({ "status": "running" });
+    let finished = json!({ "status": "finished" });
+    async_project(
+        &server,
+        &[
+            (
+                "op-start",
+                vec![running.clone(), running.clone(), finished.clone()],
+            ),
+            ("op-stop", vec![running.clone(), finished.clone()]),
+        ],
+    );
+    let provider = HttpApiProvider::new();
+    let d = async_decl(operation(json!({
+        "status": "/operations/{id}",
+        "id": "/operation/id",
+    })));
+    assert!(
+        provider
+            .validate_resource(&instance(&server, json!({})), &d)
+            .await
+            .is_empty()
+    );
+    let r = api(&provider, &server, json!({}), &d);
+    let mut run = tokio::time::timeout(Duration::from_secs(60), r.start())
+        .await
+        .expect("no hang")
+        .expect("start");
+    // Nothing was read of the project before the operation finished.
+    let seen = targets(&server);
+    assert_eq!(
+        seen[..4],
+        [
+            "POST /v1/projects/p1/start",
+            "GET /v1/operations/op-start",
+            "GET /v1/operations/op-start",
+            "GET /v1/operations/op-start",
+        ],
+        "{seen:?}"
+    );
+    assert!(
+        server.seen()[1].header("authorization").is_some(),
+        "the poll of the instance's own origin carries its credentials"
+    );
+    let mut observed = r.observed().expect("a live run");
+    wait_for(&mut observed, "ACTIVE", |s| {
+        s.provider_state.as_deref() == Some("ACTIVE")
+    })
+    .await;
+    assert!(run.exit.try_recv().is_err(), "the run ended while running");
+
+    let before = server.seen().len();
+    tokio::time::timeout(Duration::from_secs(60), r.stop(Duration::from_secs(60)))
+        .await
+        .expect("no hang")
+        .expect("stop");
+    let seen: Vec<String> = targets(&server)
+        .into_iter()
+        .skip(before)
+        .filter(|t| !t.ends_with("/projects/p1"))
+        .collect();
+    assert_eq!(
+        seen[..3],
+        [
+            "POST /v1/projects/p1/stop",
+            "GET /v1/operations/op-stop",
+            "GET /v1/operations/op-stop",
+        ],
+        "{seen:?}"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(60), run.exit)
+        .await
+        .expect("the run ends")
+        .expect("an exit");
+    assert_eq!(exit.code, Some(0));
+    let logs: Vec<String> = r
+        .logs(100)
+        .await
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    for line in [
+        // No id in the start's answer: the operation is named by its Location.
+        "start: operation /v1/operations/op-start accepted",
+        "start: operation /v1/operations/op-start ended `finished` after 3 polls",
+        "stop: operation op-stop ended `finished` after 2 polls",
+    ] {
+        assert!(logs.iter().any(|l| l.contains(line)), "{line} in {logs:?}");
+    }
+}
+
+/// A failed operation fails the start with the provider's reason (and the operation's id);
+/// no run begins.
+#[tokio::test]
+async fn a_202_start_whose_operation_fails_fails_with_the_providers_reason() {
+    let server = FakeHttp::start(Reply::status(404)).await;
+    async_project(
+        &server,
+        &[(
+            "op-start",
+            vec![
+                json!({ "status": "running" }),
+                json!({ "status": "error", "error": "quota exceeded for s3cret-token" }),
+            ],
+        )],
+    );
+    let provider = HttpApiProvider::new();
+    let r = api(
+        &provider,
+        &server,
+        json!({}),
+        &async_decl(operation(json!({}))),
+    );
+    let error = tokio::time::timeout(Duration::from_secs(60), r.start())
+        .await
+        .expect("no hang")
+        .expect_err("the operation failed")
+        .to_string();
+    assert!(error.starts_with("start failed"), "{error}");
+    assert!(
+        error.contains("operation /v1/operations/op-start failed"),
+        "{error}"
+    );
+    assert!(error.contains("quota exceeded"), "{error}");
+    assert!(!error.contains(TOKEN), "{error}");
+    assert!(r.observed().is_none(), "a run began after a failed start");
+    assert!(
+        !targets(&server).contains(&"GET /v1/projects/p1".to_owned()),
+        "{:?}",
+        targets(&server)
+    );
+}
+
+/// An operation that never ends fails the start when its `timeout` passes.
+#[tokio::test]
+async fn a_202_start_whose_operation_stays_pending_times_out() {
+    let server = FakeHttp::start(Reply::status(404)).await;
+    async_project(
+        &server,
+        &[("op-start", vec![json!({ "status": "running" })])],
+    );
+    let provider = HttpApiProvider::new();
+    let r = api(
+        &provider,
+        &server,
+        json!({}),
+        &async_decl(operation(json!({ "timeout": "300ms" }))),
+    );
+    let error = tokio::time::timeout(Duration::from_secs(60), r.start())
+        .await
+        .expect("no hang")
+        .expect_err("a timeout")
+        .to_string();
+    assert!(error.contains("still pending after 300ms"), "{error}");
+    assert!(error.contains("last state `running`"), "{error}");
+    assert!(r.observed().is_none());
+    let polls = targets(&server)
+        .iter()
+        .filter(|t| t.starts_with("GET /v1/operations/"))
+        .count();
+    assert!(polls >= 2, "{:?}", targets(&server));
+}
+
+/// A declared command answered with a 202 is followed when the instance says how: its result
+/// carries the operation's id and final state.
+#[tokio::test]
+async fn a_command_answered_202_carries_its_operation_and_final_state() {
+    let server = FakeHttp::start(Reply::status(404)).await;
+    server.route(|seen| match (seen.method.as_str(), seen.target.as_str()) {
+        ("POST", "/v1/projects/p1/restart") => Some(
+            Reply::json(202, r#"{"operation":{"id":"op-7"}}"#)
+                .header("Operation-Location", "/v1/ops/op-7"),
+        ),
+        ("GET", "/v1/ops/op-7") => Some(Reply::json(200, r#"{"status":"FINISHED"}"#)),
+        _ => None,
+    });
+    let provider = HttpApiProvider::new();
+    let d = project(json!({
+        "commands": [{ "id": "restart", "method": "POST", "path": "/projects/{project_id}/restart" }],
+    }));
+    // On the instance this time; the resource sets none.
+    let inst = instance(
+        &server,
+        json!({ "operation": operation(json!({ "id": "/operation/id" })) }),
+    );
+    assert!(provider.validate_resource(&inst, &d).await.is_empty());
+    let result = provider
+        .run_command(&inst, &d, "restart", &Map::new(), false)
+        .await
+        .expect("restart");
+    assert!(result.success);
+    assert_eq!(result.operation.as_deref(), Some("op-7"));
+    assert_eq!(result.operation_state.as_deref(), Some("FINISHED"));
+    assert_eq!(
+        targets(&server),
+        ["POST /v1/projects/p1/restart", "GET /v1/ops/op-7"]
+    );
+    let shown = serde_json::to_value(&result).expect("json");
+    assert_eq!(shown["operation_state"], "FINISHED");
+
+    // A failed one is the command's failure, in the provider's words.
+    server.route(|seen| match (seen.method.as_str(), seen.target.as_str()) {
+        ("POST", "/v1/projects/p1/restart") => {
+            Some(Reply::json(202, "{}").header("Location", "/v1/ops/op-8"))
+        }
+        ("GET", "/v1/ops/op-8") => Some(Reply::json(
+            200,
+            r#"{"status":"failed","error":{"code":"busy"}}"#,
+        )),
+        _ => None,
+    });
+    let error = provider
+        .run_command(&inst, &d, "restart", &Map::new(), false)
+        .await
+        .expect_err("the operation failed")
+        .to_string();
+    assert!(error.contains("operation /v1/ops/op-8 failed"), "{error}");
+    assert!(error.contains(r#"{"code":"busy"}"#), "{error}");
+}
+
+#[tokio::test]
+async fn operation_problems_are_named_by_key() {
+    let server = FakeHttp::start(Reply::json(200, "{}")).await;
+    let provider = HttpApiProvider::new();
+    let d = async_decl(json!({
+        "status": "/operations/{op}",
+        "done": "finished",
+        "timeout": "soon",
+        "colour": "red",
+    }));
+    let problems = provider
+        .validate_resource(&instance(&server, json!({})), &d)
+        .await;
+    let keys: Vec<&str> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    for key in [
+        "operation.status",
+        "operation.pointer",
+        "operation.done",
+        "operation.timeout",
+        "operation.colour",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {problems:?}");
+    }
+    let inst = instance(
+        &server,
+        json!({ "operation": { "pointer": 3, "done": [] } }),
+    );
+    let problems = provider.validate_resource(&inst, &project(json!({}))).await;
+    let keys: Vec<&str> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    assert!(keys.contains(&"operation.pointer"), "{problems:?}");
+    assert!(keys.contains(&"operation.done"), "{problems:?}");
+}
+
+/// Declared commands can need confirmation and take enum (and bounded) parameters; a bad
+/// declaration is named by key.
+#[tokio::test]
+async fn declared_commands_take_confirm_enums_and_bounds() {
+    let server = FakeHttp::start(Reply::json(200, "{}")).await;
+    let provider = HttpApiProvider::new();
+    let d = project(json!({
+        "commands": [{
+            "id": "resize",
+            "method": "POST",
+            "path": "/projects/{project_id}/resize",
+            "confirm": true,
+            "params": [
+                { "name": "tier", "kind": "enum", "values": ["small", "large"], "required": true },
+                { "name": "cpus", "kind": "integer", "min": 1, "max": 8 },
+            ],
+        }],
+    }));
+    let specs = HttpApiProvider::resource_commands(&d).expect("commands");
+    assert!(specs[0].confirm);
+    let params = object(json!({ "tier": "huge", "cpus": 9 }));
+    let error = provider
+        .run_command(&instance(&server, json!({})), &d, "resize", &params, true)
+        .await
+        .expect_err("bad values");
+    let ProviderError::Params(errors) = error else {
+        panic!("not a params error: {error}");
+    };
+    assert_eq!(errors.problems.len(), 2, "{errors}");
+    let bad = project(json!({
+        "commands": [{
+            "id": "resize",
+            "path": "/x",
+            "confirm": "yes",
+            "params": [
+                { "name": "tier", "kind": "enum" },
+                { "name": "cpus", "kind": "integer", "min": "one" },
+            ],
+        }],
+    }));
+    let problems = provider
+        .validate_resource(&instance(&server, json!({})), &bad)
+        .await;
+    let keys: Vec<&str> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    for key in [
+        "commands[0].confirm",
+        "commands[0].params[0].values",
+        "commands[0].params[1].min",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {problems:?}");
+    }
+}
