@@ -254,42 +254,54 @@ pub async fn discover(
     Ok(ExitCode::SUCCESS)
 }
 
-/// One `[providers.X]` instance as `kinfra providers instances` shows it.
+/// One `[providers.X]` instance as `kinfra providers instances` shows it: the same shape
+/// whether read from a running runtime (`live`) or computed from the config.
 #[derive(serde::Serialize)]
 struct InstanceRow {
     /// The instance's name.
     name: String,
     /// The provider's id.
     provider: String,
-    /// Where the provider comes from; `missing` when it is nowhere.
+    /// Where the provider comes from (`{"source": "builtin"}`, `{"source": "plugin",
+    /// "path": ...}`); `{"source": "missing"}` when it is nowhere.
     from: serde_json::Value,
-    /// How many `[resources.NAME]` use the instance.
-    resources: usize,
-    /// The lifecycle state, computed from the config.
-    state: InstanceState,
-    /// Why the state is `failed`.
+    /// The `[resources.NAME]` that use the instance.
+    resources: Vec<String>,
+    /// The lifecycle state.
+    state: String,
+    /// Why it is in that state (always set when `failed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// When it entered the state (live rows only: the config alone cannot say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    /// Read from a running runtime (true) or computed from the config (false).
+    live: bool,
 }
 
 /// `kinfra providers instances [--json]`: the configured instances with their provider,
-/// where it comes from, how many resources use each, and a lifecycle state computed offline
-/// from the config (`ready` when the provider is installed and the token, if any, readable;
-/// `failed` with the reason otherwise). A running runtime is not asked.
+/// where it comes from, the resources that use each, and its lifecycle state. A runtime
+/// running for this config is asked (over its control socket) and its live states are
+/// shown; with none running, the states are computed offline from the config (`ready` when
+/// the provider is installed and the token, if any, readable; `failed` with the reason
+/// otherwise), and the table says so.
 pub async fn instances(
     arg: &ConfigArg,
     plugin_dirs: &[PathBuf],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let (config, _) = load::load(arg)?;
-    let rows = if config.providers.instances.is_empty() {
-        Vec::new()
-    } else {
-        let mut dirs = plugin_dirs.to_vec();
-        dirs.extend(config.provider_plugin_dirs());
-        let catalog = catalog(&config.state_dir(), &dirs, Vec::new()).await;
-        instance_rows(&config, &catalog)
+    let rows = match live_rows(&config.state_dir()).await? {
+        Some(rows) => rows,
+        None if config.providers.instances.is_empty() => Vec::new(),
+        None => {
+            let mut dirs = plugin_dirs.to_vec();
+            dirs.extend(config.provider_plugin_dirs());
+            let catalog = catalog(&config.state_dir(), &dirs, Vec::new()).await;
+            instance_rows(&config, &catalog)
+        }
     };
+    let live = rows.first().is_some_and(|r| r.live);
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -319,16 +331,63 @@ pub async fn instances(
                 Some("builtin") => "built in".into(),
                 _ => "missing".into(),
             },
-            row.resources.to_string(),
+            if row.resources.is_empty() {
+                "-".to_owned()
+            } else {
+                row.resources.join(", ")
+            },
             match &row.reason {
-                Some(reason) => format!("{}: {reason}", row.state.as_str()),
-                None => row.state.as_str().to_owned(),
+                Some(reason) => format!("{}: {reason}", row.state),
+                None => row.state.clone(),
             },
         ]);
     }
     print!("{}", super::output::table(&table));
-    println!("(states computed from the config, not read from a running runtime)");
+    if live {
+        println!("(live states read from the running runtime)");
+    } else {
+        println!("(states computed from the config, not read from a running runtime)");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The instances as the runtime running on `state_dir` lives them; `None` when no runtime
+/// runs there (its control socket is absent or refuses connections, or this user cannot
+/// reach it).
+async fn live_rows(state_dir: &std::path::Path) -> anyhow::Result<Option<Vec<InstanceRow>>> {
+    let mut conn = match super::client::connect(state_dir).await {
+        Ok(conn) => conn,
+        Err(error) if error.is::<super::NotRunning>() => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    conn.send(&kinfra::ControlRequest::Status).await?;
+    let report = match conn.next_within(std::time::Duration::from_secs(10)).await? {
+        Some(kinfra::ControlResponse::Status { report }) => report,
+        Some(kinfra::ControlResponse::Error { error }) => anyhow::bail!("{error}"),
+        other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
+    };
+    Ok(Some(
+        report
+            .providers
+            .into_iter()
+            .map(|(name, instance)| {
+                let mut from = serde_json::json!({ "source": instance.source });
+                if let Some(path) = instance.path {
+                    from["path"] = path.into();
+                }
+                InstanceRow {
+                    name,
+                    provider: instance.provider,
+                    from,
+                    resources: instance.resources,
+                    state: instance.state,
+                    reason: instance.reason,
+                    since: Some(instance.since),
+                    live: true,
+                }
+            })
+            .collect(),
+    ))
 }
 
 fn instance_rows(config: &kinfra::Config, catalog: &Catalog) -> Vec<InstanceRow> {
@@ -340,9 +399,10 @@ fn instance_rows(config: &kinfra::Config, catalog: &Catalog) -> Vec<InstanceRow>
             let id = instance.provider_id(name);
             let resources = config
                 .resources
-                .values()
-                .filter(|r| r.provider.as_deref() == Some(name.as_str()))
-                .count();
+                .iter()
+                .filter(|(_, r)| r.provider.as_deref() == Some(name.as_str()))
+                .map(|(resource, _)| resource.clone())
+                .collect();
             let source = catalog.source(id);
             let from = match source {
                 Some(source) => serde_json::to_value(source).unwrap_or_default(),
@@ -364,8 +424,12 @@ fn instance_rows(config: &kinfra::Config, catalog: &Catalog) -> Vec<InstanceRow>
                     InstanceState::Failed
                 } else {
                     InstanceState::Ready
-                },
+                }
+                .as_str()
+                .to_owned(),
                 reason,
+                since: None,
+                live: false,
             }
         })
         .collect()

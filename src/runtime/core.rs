@@ -173,6 +173,9 @@ pub(super) struct RuntimeCore {
     pub(super) dashboard_policy: Option<kinfra_dashboard::auth::AccessPolicy>,
     /// Providers the application registered in code (reloads build resources with them too).
     pub(super) providers: Vec<Arc<dyn kinfra_provider::provider::Provider>>,
+    /// The lifecycle of each `[providers.X]` instance (reloads add, remove and initialize
+    /// them again; `follow_instances` moves them with their resources).
+    pub(super) instances: super::providers::ProviderInstances,
     /// What each provider resource's commands need, by resource (reloads update it).
     pub(super) command_targets: std::sync::Mutex<BTreeMap<String, super::providers::CommandTarget>>,
     /// Keys changed by the last reload that wait for a restart of kinfra.
@@ -276,6 +279,7 @@ impl RuntimeControl for RuntimeCore {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
+        report.providers = self.instances.report();
         if self.proxy_enabled {
             report.routes = self
                 .current_config()

@@ -1,16 +1,24 @@
 //! `[resources.NAME]` blocks with a `provider` as supervisor resources: each is built by the
 //! provider of its `[providers.X]` instance (built in, registered by the application, or a
-//! discovered plugin), after the provider checked the resource's keys.
+//! discovered plugin), after the provider checked the resource's keys. Beside them, the
+//! lifecycle of each `[providers.X]` instance as the runtime lives it ([`ProviderInstances`]).
 
 use super::StartError;
-use crate::providers::{Catalog, catalog};
+use super::core::RuntimeCore;
+use crate::providers::{Catalog, ProviderSource, catalog};
 use kinfra_core::Secret;
-use kinfra_core::config::{Config, ResourceConfig};
+use kinfra_core::config::{Config, ProviderInstanceConfig, ResourceConfig};
+use kinfra_core::event::{Event, EventKind};
 use kinfra_core::resource::Resource;
+use kinfra_core::state::ServiceState;
+use kinfra_core::status::{ProviderInstanceStatus, ServiceStatus};
+use kinfra_provider::lifecycle::{InstanceState, InstanceStatus};
 use kinfra_provider::provider::{InstanceContext, Provider, ResourceDecl};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use tokio::sync::broadcast;
 
 /// What a provider resource's commands need, kept from its build: its provider, the
 /// instance it belongs to and its declaration.
@@ -34,13 +42,28 @@ pub(super) struct ProviderResources {
     pub(super) targets: BTreeMap<String, CommandTarget>,
 }
 
-/// The provider resources of `config` (none when it has no `provider = ...` resource; plugin
-/// discovery only runs then). A resource whose provider is not installed, or whose keys its
-/// provider refuses, fails the start with every problem named.
-pub(super) async fn provider_resources(
+/// The providers `config` can use: the built-ins, `extra` (registered in code) and the
+/// discovered plugins; `None` when the config has neither a `[providers.X]` instance nor a
+/// provider resource (plugin discovery only runs when it has one).
+pub(super) async fn runtime_catalog(
     config: &Config,
     state_dir: &Path,
     extra: &[Arc<dyn Provider>],
+) -> Option<Catalog> {
+    if config.providers.instances.is_empty()
+        && !config.resources.values().any(ResourceConfig::is_provider)
+    {
+        return None;
+    }
+    Some(catalog(state_dir, &config.provider_plugin_dirs(), extra.to_vec()).await)
+}
+
+/// The provider resources of `config`, built through `catalog` (see [`runtime_catalog`]). A
+/// resource whose provider is not installed, or whose keys its provider refuses, fails the
+/// start with every problem named.
+pub(super) async fn provider_resources(
+    config: &Config,
+    catalog: Option<&Catalog>,
 ) -> Result<ProviderResources, StartError> {
     let wanted: Vec<(&String, &ResourceConfig)> = config
         .resources
@@ -50,11 +73,15 @@ pub(super) async fn provider_resources(
     if wanted.is_empty() {
         return Ok(ProviderResources::default());
     }
-    let catalog = catalog(state_dir, &config.provider_plugin_dirs(), extra.to_vec()).await;
+    let Some(catalog) = catalog else {
+        return Err(StartError::ProviderResources(
+            "provider resources need the provider catalog, which was not built".into(),
+        ));
+    };
     let mut problems = Vec::new();
     let mut out = ProviderResources::default();
     for (name, resource) in wanted {
-        match build_resource(&catalog, config, name, resource).await {
+        match build_resource(catalog, config, name, resource).await {
             Ok(built) => {
                 out.specs.push((
                     name.clone(),
@@ -137,6 +164,242 @@ pub async fn build_resource(
         decl,
         resource: built,
     })
+}
+
+/// One `[providers.X]` instance as the runtime lives it.
+struct LiveInstance {
+    /// Its table as last initialized (a reload that changes it starts the instance anew).
+    config: ProviderInstanceConfig,
+    /// The provider's id.
+    provider: String,
+    /// Where the provider comes from; `None` when it is nowhere.
+    source: Option<ProviderSource>,
+    /// The `[resources.NAME]` that use it.
+    resources: Vec<String>,
+    /// Where it is in its lifecycle, moved only through [`InstanceStatus::transition`].
+    status: InstanceStatus,
+}
+
+impl LiveInstance {
+    fn new(name: &str, config: &ProviderInstanceConfig) -> Self {
+        Self {
+            config: config.clone(),
+            provider: config.provider_id(name).to_owned(),
+            source: None,
+            resources: Vec::new(),
+            status: InstanceStatus::new(),
+        }
+    }
+
+    /// Moves to `to` (with `reason`); a move the lifecycle refuses is logged and changes
+    /// nothing.
+    fn move_to(&mut self, name: &str, to: InstanceState, reason: Option<String>) {
+        if self.status.state == to && self.status.message == reason {
+            return;
+        }
+        match self.status.transition(to, reason) {
+            Ok(()) => {
+                tracing::debug!(instance = %name, state = %to, "Provider instance changed state.");
+            }
+            Err(error) => {
+                tracing::warn!(instance = %name, %error, "Provider instance transition refused.");
+            }
+        }
+    }
+
+    /// Initializing: finds its provider in `catalog` and reads its token; then ready, or
+    /// failed with the reason.
+    fn initialize(&mut self, name: &str, config: &Config, catalog: Option<&Catalog>) {
+        self.move_to(name, InstanceState::Initializing, None);
+        self.source = catalog.and_then(|c| c.source(&self.provider)).cloned();
+        let checked = match &self.source {
+            None => Err(missing_provider(&self.provider, catalog)),
+            Some(_) => instance_context(config, name).map(|_| ()),
+        };
+        match checked {
+            Ok(()) => self.move_to(name, InstanceState::Ready, None),
+            Err(reason) => {
+                tracing::warn!(instance = %name, %reason, "Provider instance failed.");
+                self.move_to(name, InstanceState::Failed, Some(reason));
+            }
+        }
+    }
+
+    fn report(&self) -> ProviderInstanceStatus {
+        let (source, path) = match &self.source {
+            Some(ProviderSource::Builtin) => ("builtin", None),
+            Some(ProviderSource::Plugin { path }) => ("plugin", Some(path.display().to_string())),
+            None => ("missing", None),
+        };
+        ProviderInstanceStatus {
+            provider: self.provider.clone(),
+            source: source.to_owned(),
+            path,
+            state: self.status.state.as_str().to_owned(),
+            reason: self.status.message.clone(),
+            resources: self.resources.clone(),
+            since: self.status.since.clone(),
+        }
+    }
+}
+
+/// Why provider `id` cannot be used: nowhere, or its plugin was found but skipped (it could
+/// not start, answered garbage, ...).
+fn missing_provider(id: &str, catalog: Option<&Catalog>) -> String {
+    let skipped: Vec<String> = catalog
+        .map(|c| {
+            c.discovery
+                .skipped
+                .iter()
+                .filter(|s| s.id == id)
+                .map(|s| format!("{} skipped: {}", s.path.display(), s.reason))
+                .collect()
+        })
+        .unwrap_or_default();
+    if skipped.is_empty() {
+        format!("provider `{id}` is not built in and no plugin kinfra-provider-{id} was found")
+    } else {
+        format!(
+            "provider `{id}` is not built in and its plugin cannot be used ({})",
+            skipped.join("; ")
+        )
+    }
+}
+
+/// The lifecycle of every `[providers.X]` instance of the running config:
+/// `uninitialized → initializing → ready ⇄ active`, `failed` with the reason, `terminated`
+/// at shutdown. Ready and active follow the instance's resources (active while one of them
+/// is starting or running); reloads add, remove and initialize instances again.
+#[derive(Default)]
+pub(super) struct ProviderInstances {
+    entries: std::sync::Mutex<BTreeMap<String, LiveInstance>>,
+}
+
+impl ProviderInstances {
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LiveInstance>> {
+        match self.entries.lock() {
+            Ok(held) => held,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// True when bringing the instances in line with `config` needs the provider catalog:
+    /// an instance is new, changed or failed (it is initialized again).
+    pub(super) fn need_catalog(&self, config: &Config) -> bool {
+        let entries = self.entries();
+        config.providers.instances.iter().any(|(name, instance)| {
+            entries.get(name).is_none_or(|e| {
+                e.config != *instance
+                    || matches!(
+                        e.status.state,
+                        InstanceState::Uninitialized | InstanceState::Failed
+                    )
+            })
+        })
+    }
+
+    /// Brings the instances in line with `config`: removed ones are dropped, new and changed
+    /// ones start anew and are initialized, failed ones are initialized again (a token file
+    /// created since, a plugin installed since); each one's resources are listed again.
+    pub(super) fn reconcile(&self, config: &Config, catalog: Option<&Catalog>) {
+        let mut entries = self.entries();
+        entries.retain(|name, _| config.providers.instances.contains_key(name));
+        for (name, instance) in &config.providers.instances {
+            let entry = entries
+                .entry(name.clone())
+                .or_insert_with(|| LiveInstance::new(name, instance));
+            if entry.config != *instance {
+                *entry = LiveInstance::new(name, instance);
+            }
+            entry.resources = config
+                .resources
+                .iter()
+                .filter(|(_, r)| r.provider.as_deref() == Some(name.as_str()))
+                .map(|(resource, _)| resource.clone())
+                .collect();
+            if matches!(
+                entry.status.state,
+                InstanceState::Uninitialized | InstanceState::Failed
+            ) {
+                entry.initialize(name, config, catalog);
+            }
+        }
+    }
+
+    /// Ready ⇄ active from the states of the resources (`services`: the supervisor's
+    /// snapshot): active while at least one of an instance's resources is starting or
+    /// running, ready when none is.
+    pub(super) fn follow(&self, services: &BTreeMap<String, ServiceStatus>) {
+        for (name, entry) in self.entries().iter_mut() {
+            let used = entry.resources.iter().any(|r| {
+                services.get(r).is_some_and(|s| {
+                    matches!(s.state, ServiceState::Starting | ServiceState::Running)
+                })
+            });
+            match (entry.status.state, used) {
+                (InstanceState::Ready, true) => entry.move_to(name, InstanceState::Active, None),
+                (InstanceState::Active, false) => entry.move_to(name, InstanceState::Ready, None),
+                _ => {}
+            }
+        }
+    }
+
+    /// Every instance terminated (the runtime is stopping), with `reason`.
+    pub(super) fn terminate(&self, reason: &str) {
+        for (name, entry) in self.entries().iter_mut() {
+            if entry.status.state != InstanceState::Terminated {
+                entry.move_to(name, InstanceState::Terminated, Some(reason.to_owned()));
+            }
+        }
+    }
+
+    /// The instances for `/__status__`, by name.
+    pub(super) fn report(&self) -> BTreeMap<String, ProviderInstanceStatus> {
+        self.entries()
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.report()))
+            .collect()
+    }
+}
+
+/// Keeps the core's provider instances in step with their resources: on each state change
+/// (or a missed stretch of events) ready ⇄ active from the supervisor's snapshot; at
+/// `RuntimeStopping`, every instance terminated. Ends then, or when the core is gone.
+pub(super) async fn follow_instances(
+    core: Weak<RuntimeCore>,
+    mut events: broadcast::Receiver<Event>,
+) {
+    if let Some(core) = core.upgrade() {
+        core.instances.follow(&core.supervisor.status());
+    }
+    loop {
+        let event = events.recv().await;
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        match event {
+            Ok(Event {
+                kind: EventKind::StateChanged { .. },
+                ..
+            }) => core.instances.follow(&core.supervisor.status()),
+            Ok(Event {
+                kind: EventKind::RuntimeStopping { .. },
+                ..
+            }) => {
+                core.instances.terminate("the runtime is stopping");
+                return;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if core.shutting_down.load(Ordering::SeqCst) {
+                    core.instances.terminate("the runtime is stopping");
+                    return;
+                }
+                core.instances.follow(&core.supervisor.status());
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// What a provider sees of its `[providers.NAME]` instance: the token (from `token`, or read

@@ -3,10 +3,10 @@
 
 use super::core::RuntimeCore;
 use super::dashboard::{dashboard_hosts, interpolated_routes};
-use super::providers::provider_resources;
+use super::providers::{provider_resources, runtime_catalog};
 use super::resources::container_resources;
 use kinfra_core::ConfigErrors;
-use kinfra_core::config::{Config, ProxyConfig, ServiceConfig};
+use kinfra_core::config::{Config, ProxyConfig, ResourceConfig, ServiceConfig};
 use kinfra_core::event::EventKind;
 use kinfra_core::view::Action;
 use kinfra_supervisor::{ReloadSummary, SupervisorError};
@@ -150,6 +150,15 @@ pub(super) fn effective_services(config: &Config) -> BTreeMap<String, ServiceCon
         .collect()
 }
 
+/// True when `resource` is a provider resource whose `[providers.X]` table differs between
+/// `old` and `new` (a new token, base URL, ...): it is built again with the new instance.
+fn instance_changed(old: &Config, new: &Config, resource: &ResourceConfig) -> bool {
+    resource
+        .provider
+        .as_deref()
+        .is_some_and(|i| old.providers.instances.get(i) != new.providers.instances.get(i))
+}
+
 /// One line for people about what a reload did.
 pub(super) fn describe_reload(report: &ReloadReport) -> String {
     let list = |v: &[String]| {
@@ -210,8 +219,23 @@ impl RuntimeCore {
             // The proxy forwards the dashboard's paths on every route host.
             policy.set_allowed_hosts(dashboard_hosts(&new));
         }
+        // The provider catalog (plugin discovery) only when something needs it: a provider
+        // resource to build, an instance to initialize.
+        let catalog = if self.instances.need_catalog(&new)
+            || new.resources.iter().any(|(name, r)| {
+                r.is_provider()
+                    && (old.resources.get(name) != Some(r) || instance_changed(&old, &new, r))
+            }) {
+            runtime_catalog(&new, &self.state_dir, &self.providers).await
+        } else {
+            None
+        };
         // Resources before services: services that depend on a new or changed one wait for it.
-        let resources = self.apply_resources(&old, &new).await?;
+        let resources = self.apply_resources(&old, &new, catalog.as_ref()).await?;
+        // Instances added, removed, changed or failed are initialized (again); then ready or
+        // active by what their resources do now.
+        self.instances.reconcile(&new, catalog.as_ref());
+        self.instances.follow(&self.supervisor.status());
         let mut summary = self.supervisor.apply(&effective_services(&new)).await?;
         // Services that depend on a changed resource get its new connection.
         for name in &resources.changed {
@@ -269,13 +293,16 @@ impl RuntimeCore {
         &self,
         old: &Config,
         new: &Config,
+        catalog: Option<&crate::providers::Catalog>,
     ) -> Result<ReloadSummary, ReloadError> {
         let mut out = ReloadSummary::default();
         let mut rebuild = BTreeMap::new();
         for (name, cfg) in &new.resources {
             match old.resources.get(name) {
                 None => out.added.push(name.clone()),
-                Some(before) if before != cfg => out.changed.push(name.clone()),
+                Some(before) if before != cfg || instance_changed(old, new, cfg) => {
+                    out.changed.push(name.clone())
+                }
                 Some(_) => {
                     out.unchanged.push(name.clone());
                     continue;
@@ -318,7 +345,7 @@ impl RuntimeCore {
         )
         .await
         .map_err(|e| ReloadError::Resources(e.to_string()))?;
-        let built = provider_resources(&partial, &self.state_dir, &self.providers)
+        let built = provider_resources(&partial, catalog)
             .await
             .map_err(|e| ReloadError::Resources(e.to_string()))?;
         specs.extend(built.specs);

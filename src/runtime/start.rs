@@ -7,7 +7,9 @@
 
 use super::core::{LateControl, RuntimeCore, sample_processes};
 use super::dashboard::{dashboard_hosts, dashboard_token, interpolated_routes, secret_values};
-use super::providers::{CommandTarget, provider_resources};
+use super::providers::{
+    CommandTarget, ProviderInstances, follow_instances, provider_resources, runtime_catalog,
+};
 use super::reload::effective_services;
 use super::resources::container_resources;
 use super::{AbortOnDrop, ProxyFacts, Runtime, RuntimeOptions, StartError, shutdown_timeout};
@@ -94,7 +96,7 @@ pub(super) async fn start_subsystems(
         late: &late,
     })
     .await?;
-    let (supervisor, command_targets) = match start_supervisor(
+    let (supervisor, command_targets, instances) = match start_supervisor(
         &config,
         &state_dir,
         &events,
@@ -132,6 +134,7 @@ pub(super) async fn start_subsystems(
         proxy_metrics: proxy.as_ref().map(ProxyServer::metrics),
         pending_restart: std::sync::Mutex::new(Vec::new()),
         providers: options.providers.clone(),
+        instances,
         command_targets: std::sync::Mutex::new(command_targets),
         dashboard_policy: listeners
             .dashboard
@@ -140,6 +143,11 @@ pub(super) async fn start_subsystems(
         acme: std::sync::Mutex::new(acme),
     });
     late.set(core.clone());
+    // Ends by itself at `RuntimeStopping` or once the core is gone.
+    drop(tokio::spawn(follow_instances(
+        Arc::downgrade(&core),
+        events.subscribe(),
+    )));
     if let Some(proxy) = &proxy {
         proxy.refresh(&*core);
     }
@@ -286,7 +294,9 @@ async fn start_proxy_and_acme(at: EdgeInputs<'_>, edge: &mut Edge) -> Result<(),
 }
 
 /// Builds the container resources (ports from the same registry as the services') and the
-/// provider resources, and starts the supervisor with them and the services.
+/// provider resources, and starts the supervisor with them and the services. The provider
+/// instances are initialized first (provider found, token read: ready, or failed with the
+/// reason).
 async fn start_supervisor(
     config: &Config,
     state_dir: &Path,
@@ -294,7 +304,14 @@ async fn start_supervisor(
     store: Option<&Store>,
     mut persistence: Option<Persistence>,
     providers: &[Arc<dyn kinfra_provider::provider::Provider>],
-) -> Result<(Supervisor, BTreeMap<String, CommandTarget>), StartError> {
+) -> Result<
+    (
+        Supervisor,
+        BTreeMap<String, CommandTarget>,
+        ProviderInstances,
+    ),
+    StartError,
+> {
     let mut resources = container_resources(
         config,
         state_dir,
@@ -303,7 +320,10 @@ async fn start_supervisor(
         store,
     )
     .await?;
-    let built = provider_resources(config, state_dir, providers).await?;
+    let catalog = runtime_catalog(config, state_dir, providers).await;
+    let instances = ProviderInstances::default();
+    instances.reconcile(config, catalog.as_ref());
+    let built = provider_resources(config, catalog.as_ref()).await?;
     resources.extend(built.specs);
     let options = SupervisorOptions {
         project: config.project.name.clone(),
@@ -319,6 +339,7 @@ async fn start_supervisor(
     Ok((
         Supervisor::start(&effective_services(config), options).await?,
         built.targets,
+        instances,
     ))
 }
 

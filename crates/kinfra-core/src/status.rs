@@ -136,6 +136,35 @@ pub struct StatusReport {
     /// (`proxy.http`, ...). Everything else in the report describes what runs now.
     #[serde(default)]
     pub pending_restart: Vec<String>,
+    /// The configured provider instances (`[providers.NAME]`), by name, with where each is
+    /// in its lifecycle (when there are any). Never holds a token.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, ProviderInstanceStatus>,
+}
+
+/// One configured provider instance (`[providers.NAME]`) as the runtime lives it: its
+/// provider, where that comes from, its lifecycle state and the resources that use it. No
+/// token, token file contents or other secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInstanceStatus {
+    /// The provider's id.
+    pub provider: String,
+    /// Where the provider comes from: `builtin`, `plugin`, or `missing` when it is nowhere.
+    pub source: String,
+    /// The plugin's executable (plugins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The lifecycle state: `uninitialized`, `initializing`, `ready`, `active`,
+    /// `suspended`, `terminated` or `failed`.
+    pub state: String,
+    /// Why it is in that state (always set when `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The `[resources.NAME]` that use the instance.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// When it entered the state (RFC 3339, UTC).
+    pub since: String,
 }
 
 impl StatusReport {
@@ -163,6 +192,7 @@ impl StatusReport {
             routes: Vec::new(),
             certificates: Vec::new(),
             pending_restart: Vec::new(),
+            providers: BTreeMap::new(),
         }
     }
 }
