@@ -1,7 +1,9 @@
 //! The benchmark harness (`bench/run`) runs in its smallest mode against this build of kinfra
 //! and writes well-formed results. No performance figure is asserted: only that every section
 //! ran, peers included, and produced positive numbers. The peers (wrk, nginx, Caddy,
-//! supervisord) must be installed (`./x test` does); `--smoke` installs nothing.
+//! supervisord) must be installed (`./x test` does); `--smoke` installs nothing. The providers
+//! section (http-api resources against the harness's fake API) must poll every resource, and a
+//! partial run (`--only providers`) must keep the other sections of the previous results.
 
 use crate::support::{kill, kinfra_bin};
 use std::process::{Command, Stdio};
@@ -44,37 +46,44 @@ fn require_peers() {
     );
 }
 
-#[test]
-fn harness_smoke_mode_writes_well_formed_results() {
-    require_peers();
-    let out = tempfile::tempdir().expect("temp dir");
+/// Runs `bench/run --smoke` with `extra` arguments, writing under `out` (its stderr to
+/// `out/harness.log`); kills it after a bound that catches a hang.
+fn run_harness(out: &std::path::Path, extra: &[&str], what: &str) -> std::process::ExitStatus {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run");
-    let log = out.path().join("harness.log");
     let mut child = Command::new("python3")
         .arg(script)
         .args(["--smoke", "--no-install", "--kinfra", kinfra_bin(), "--out"])
-        .arg(out.path())
+        .arg(out)
+        .args(extra)
         .env_remove("KINFRA_BIN")
         .env_remove("BENCH_LOAD")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // To a file, not a pipe: nobody reads a pipe until the harness exits.
-        .stderr(std::fs::File::create(&log).expect("harness log"))
+        .stderr(std::fs::File::create(out.join("harness.log")).expect("harness log"))
         .spawn()
         .expect("run bench/run");
     let started = Instant::now();
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().expect("wait for bench/run") {
-            break status;
+            return status;
         }
-        if started.elapsed() > Duration::from_secs(240) {
+        if started.elapsed() > Duration::from_secs(300) {
             // The harness kills what it started when it gets SIGTERM.
             kill(child.id(), libc::SIGTERM);
             let _ = child.wait();
-            panic!("bench/run --smoke did not finish within 240 s");
+            panic!("{what} did not finish within 300 s");
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+#[test]
+fn harness_smoke_mode_writes_well_formed_results() {
+    require_peers();
+    let out = tempfile::tempdir().expect("temp dir");
+    let log = out.path().join("harness.log");
+    let status = run_harness(out.path(), &[], "bench/run --smoke");
     assert!(
         status.success(),
         "bench/run --smoke failed: {}",
@@ -128,10 +137,86 @@ fn harness_smoke_mode_writes_well_formed_results() {
         r["supervisor"]
     );
 
+    // Providers: the observe loop of http-api resources against the harness's fake API.
+    let resources = positive(&r, "providers.unlimited.resources");
+    for case in ["unlimited", "rate_limited"] {
+        positive(&r, &format!("providers.{case}.requests"));
+        positive(&r, &format!("providers.{case}.rps"));
+        positive(&r, &format!("providers.{case}.expected_rps"));
+        positive(&r, &format!("providers.{case}.max_in_1s"));
+        positive(&r, &format!("providers.{case}.period_median_s"));
+        positive(&r, &format!("providers.{case}.rss_mib"));
+        assert!(
+            r["providers"][case]["cpu_percent"].is_number(),
+            "{}",
+            r["providers"][case]
+        );
+        let p = &r["providers"][case];
+        assert_eq!(p["non_200"], 0, "the fake refused requests: {p}");
+        assert_eq!(
+            p["running_at_end"].as_f64(),
+            Some(resources),
+            "not every resource was running: {p}"
+        );
+        assert_eq!(
+            p["resources_polled"].as_f64(),
+            Some(resources),
+            "not every resource was polled in the window: {p}"
+        );
+    }
+    assert_eq!(r["providers"]["rate_limited"]["rate_limit"], "5/s");
+    positive(&r, "providers.baseline.rss_mib");
+    // Every section names the run that measured it.
+    for section in ["proxy", "supervisor", "logs", "boot", "sse", "providers"] {
+        assert_eq!(
+            r[section]["run"]["mode"], "smoke",
+            "{section}: {}",
+            r[section]
+        );
+        assert!(r[section]["run"]["date"].is_string(), "{section}");
+    }
+
     let md = std::fs::read_to_string(out.path().join("RESULTS.md")).expect("RESULTS.md");
     assert!(md.starts_with("# Benchmark results"), "{md}");
     assert!(
-        md.contains("## Supervisor") && md.contains("## Boot"),
+        md.contains("## Supervisor") && md.contains("## Boot") && md.contains("## Providers"),
+        "{md}"
+    );
+
+    // A partial run replaces its own sections and keeps the others, each with its run.
+    let status = run_harness(
+        out.path(),
+        &["--only", "providers"],
+        "bench/run --smoke --only providers",
+    );
+    assert!(
+        status.success(),
+        "bench/run --smoke --only providers failed: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text =
+        std::fs::read_to_string(out.path().join("results/latest.json")).expect("latest.json");
+    let merged: serde_json::Value = serde_json::from_str(&text).expect("well-formed JSON");
+    assert_eq!(
+        merged["kept_from_previous"],
+        serde_json::json!(["proxy", "supervisor", "logs", "boot", "sse"]),
+        "{}",
+        merged["kept_from_previous"]
+    );
+    assert_eq!(
+        merged["proxy"], r["proxy"],
+        "the proxy section was not kept as it was"
+    );
+    assert_ne!(
+        merged["providers"]["run"], r["providers"]["run"],
+        "the providers section was not measured again"
+    );
+    positive(&merged, "providers.unlimited.requests");
+    let md = std::fs::read_to_string(out.path().join("RESULTS.md")).expect("RESULTS.md");
+    assert!(
+        md.contains("## Proxy")
+            && md.contains("## Providers")
+            && md.contains("kept from earlier runs"),
         "{md}"
     );
 }
