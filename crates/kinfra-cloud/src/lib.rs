@@ -7,3 +7,4 @@
 //! or answer that leaves the spec (see `tests/support/prism.rs`).
 
 pub mod neon;
+pub mod supabase;

@@ -12,3 +12,7 @@ mod neon_fake;
 mod prism;
 
 mod harness;
+#[allow(dead_code)]
+#[path = "../support/supabase_fake.rs"]
+mod supabase_fake;
+mod supabase;

@@ -1,0 +1,1602 @@
+//! The `supabase` provider: a Supabase project (`project_ref`) as a resource, through the
+//! Management API (`https://api.supabase.com`, bearer token).
+//!
+//! Starting a resource resumes the project (`POST /v1/projects/{ref}/restore` when it is
+//! paused) and stopping it pauses it (`POST /v1/projects/{ref}/pause`). Both take minutes in
+//! real life, so neither blocks: the restore or pause is an operation the resource tracks,
+//! with its progress in the status message, while `GET /v1/projects/{ref}` is read every
+//! `interval`. The project's `status` maps to kinfra's states (DESIGN's table):
+//! `COMING_UP RESTORING RESTARTING` starting, `ACTIVE_HEALTHY` running,
+//! `ACTIVE_UNHEALTHY` running and unhealthy, `PAUSING GOING_DOWN` stopping, `INACTIVE` stopped,
+//! `INIT_FAILED RESTORE_FAILED PAUSE_FAILED` failed, `UPGRADING RESIZING` maintenance and
+//! `REMOVED` absent; any other value keeps the last state with a warning. Health comes from
+//! `GET /v1/projects/{ref}/health` (db, auth, rest, storage), naming the unhealthy services.
+//!
+//! Connection facts (secrets): the direct database URL (the project's `database.host`, port
+//! 5432, user and database `postgres`) and the pooler's (`connection_string` of
+//! `GET /v1/projects/{ref}/config/database/pooler`), with the resource's `db_password` put in:
+//! the Management API never hands out the database password.
+//!
+//! Commands: `list-branches`, `create-branch {name}`, `delete-branch {id}` (needs
+//! confirmation) and `cancel-restore`, each with a dry-run.
+
+use kinfra_core::Secret;
+use kinfra_core::event::ExitInfo;
+use kinfra_core::resource::{
+    BoxFuture, Connection, Observed, OutputLine, ReportedState, Resource, ResourceError, Run,
+    SyncFacts,
+};
+use kinfra_core::state::{Health, ServiceState};
+use kinfra_core::status::{LastSync, LogStream};
+use kinfra_provider::command::{CommandSpec, ParamKind, ParamSpec, ValidatedParams};
+use kinfra_provider::http::{
+    Auth, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url,
+};
+use kinfra_provider::metadata::{
+    AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
+};
+use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
+use kinfra_provider::operation::{OperationStatus, OperationTracker};
+use kinfra_provider::provider::{
+    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+};
+use kinfra_provider::ratelimit::{Rate, TokenBucket};
+use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
+use kinfra_provider::retry::{Backoff, RetryPolicy, send_with_retry};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::warn;
+
+/// The provider's id.
+pub const ID: &str = "supabase";
+/// The one resource type it runs.
+pub const RESOURCE_TYPE: &str = "project";
+/// The Management API.
+pub const DEFAULT_BASE_URL: &str = "https://api.supabase.com";
+/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
+pub const KINFRA_KEYS: &[&str] = &[
+    "provider",
+    "interval",
+    "on_down",
+    "depends_on",
+    "restart",
+    "health",
+    "scale_to_zero",
+    "confirm_delete",
+    "stop_grace",
+];
+/// The observe interval when the resource sets none.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// The longest a restore or a pause may take before the resource calls it failed.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// The services whose health is read.
+pub const HEALTH_SERVICES: &[&str] = &["db", "auth", "rest", "storage"];
+/// What Supabase puts in a pooler connection string where the password goes.
+const PASSWORD_PLACEHOLDER: &str = "[YOUR-PASSWORD]";
+/// Output lines kept for [`Resource::logs`].
+const LOG_LINES: usize = 500;
+
+/// What a project `status` means in kinfra's state model (DESIGN's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectState {
+    /// COMING_UP, RESTORING, RESTARTING (and other `…ING` values going up).
+    Starting,
+    /// ACTIVE_HEALTHY (`healthy`) or ACTIVE_UNHEALTHY.
+    Running {
+        /// False for ACTIVE_UNHEALTHY.
+        healthy: bool,
+    },
+    /// PAUSING, GOING_DOWN.
+    Stopping,
+    /// INACTIVE: paused.
+    Stopped,
+    /// INIT_FAILED, RESTORE_FAILED, PAUSE_FAILED.
+    Failed,
+    /// UPGRADING, RESIZING: up, under the provider's maintenance.
+    Maintenance,
+    /// REMOVED: the project is gone.
+    Absent,
+}
+
+/// Maps a project's `status`; `None` for a value that says nothing known (kept as the last
+/// state, with a warning).
+pub fn map_status(status: &str) -> Option<ProjectState> {
+    Some(match status {
+        "COMING_UP" | "RESTORING" | "RESTARTING" => ProjectState::Starting,
+        "ACTIVE_HEALTHY" => ProjectState::Running { healthy: true },
+        "ACTIVE_UNHEALTHY" => ProjectState::Running { healthy: false },
+        "PAUSING" | "GOING_DOWN" => ProjectState::Stopping,
+        "INACTIVE" => ProjectState::Stopped,
+        "INIT_FAILED" | "RESTORE_FAILED" | "PAUSE_FAILED" => ProjectState::Failed,
+        "UPGRADING" | "RESIZING" => ProjectState::Maintenance,
+        "REMOVED" => ProjectState::Absent,
+        other if other.ends_with("ING") => {
+            let down = ["PAUS", "STOP", "DOWN", "SHUT", "DELET", "REMOV", "SUSPEND"];
+            if down.iter().any(|d| other.contains(d)) {
+                ProjectState::Stopping
+            } else {
+                ProjectState::Starting
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Why a failed status is failed, in words.
+fn failure_text(status: &str, project: &str) -> String {
+    match status {
+        "RESTORE_FAILED" => format!("RESTORE_FAILED: restoring project `{project}` failed"),
+        "PAUSE_FAILED" => format!("PAUSE_FAILED: pausing project `{project}` failed"),
+        "INIT_FAILED" => format!("INIT_FAILED: project `{project}` failed to initialise"),
+        other => format!("{other}: project `{project}` failed"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
+    ResourceProblem {
+        key: Some(key.to_owned()),
+        message: message.into(),
+    }
+}
+
+/// A project ref is 20 lower-case letters (the spec's pattern).
+pub fn valid_ref(text: &str) -> bool {
+    text.len() == 20 && text.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+/// `"1m 20s"`-style text of a duration, whole seconds.
+fn since_text(d: Duration) -> String {
+    humantime_secs(d.as_secs())
+}
+
+fn humantime_secs(secs: u64) -> String {
+    let (m, s) = (secs / 60, secs % 60);
+    match m {
+        0 => format!("{s}s"),
+        m if s == 0 => format!("{m}m"),
+        m => format!("{m}m {s}s"),
+    }
+}
+
+/// Percent-encodes a value put into a URL's user info or path.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Where and how an instance's requests go.
+#[derive(Debug, Clone)]
+struct Api {
+    instance: String,
+    base: String,
+    token: Secret,
+    bucket: Option<TokenBucket>,
+}
+
+/// The instance's base URL, token and rate; every problem at once.
+fn instance_parts(
+    ctx: &InstanceContext,
+) -> Result<(String, Secret, Option<Rate>), Vec<ResourceProblem>> {
+    let mut problems = Vec::new();
+    let base = ctx
+        .base_url
+        .clone()
+        .or_else(|| {
+            ctx.config
+                .get("base_url")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+    let base = match Url::parse(&base) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => base.trim_end_matches('/').to_owned(),
+        _ => {
+            problems.push(problem(
+                "base_url",
+                format!("`{base}` is not an http(s) URL"),
+            ));
+            String::new()
+        }
+    };
+    let token = ctx.token.clone();
+    if token.is_none() {
+        problems.push(problem(
+            "token",
+            format!(
+                "provider instance `{}` needs a Supabase access token (token or token_file)",
+                ctx.instance
+            ),
+        ));
+    }
+    let rate = match ctx.config.get("rate_limit") {
+        None => None,
+        Some(Value::String(text)) => match text.parse::<Rate>() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                problems.push(problem("rate_limit", e.to_string()));
+                None
+            }
+        },
+        Some(_) => {
+            problems.push(problem("rate_limit", "expected a rate such as \"5/s\""));
+            None
+        }
+    };
+    match token {
+        Some(token) if problems.is_empty() => Ok((base, token, rate)),
+        _ => Err(problems),
+    }
+}
+
+/// A resource's own keys, parsed.
+#[derive(Debug, Clone)]
+struct ProjectSpec {
+    project_ref: String,
+    db_password: Option<Secret>,
+    interval: Duration,
+    operation_timeout: Duration,
+}
+
+fn parse_duration_key(
+    config: &Map<String, Value>,
+    key: &str,
+    default: Duration,
+    problems: &mut Vec<ResourceProblem>,
+) -> Duration {
+    match config.get(key) {
+        None => default,
+        Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(problem(key, "must be more than zero"));
+                default
+            }
+            Err(reason) => {
+                problems.push(problem(key, reason));
+                default
+            }
+        },
+        Some(_) => {
+            problems.push(problem(key, "expected a duration such as \"30s\""));
+            default
+        }
+    }
+}
+
+impl ProjectSpec {
+    fn parse(config: &Map<String, Value>) -> Result<Self, Vec<ResourceProblem>> {
+        let mut problems = Vec::new();
+        let project_ref = match config.get("project_ref") {
+            Some(Value::String(r)) if valid_ref(r) => r.clone(),
+            Some(Value::String(r)) => {
+                problems.push(problem(
+                    "project_ref",
+                    format!("`{r}` is not a Supabase project ref (20 lower-case letters)"),
+                ));
+                String::new()
+            }
+            Some(_) => {
+                problems.push(problem("project_ref", "expected a string"));
+                String::new()
+            }
+            None => {
+                problems.push(problem("project_ref", "missing (required)"));
+                String::new()
+            }
+        };
+        let db_password = match config.get("db_password") {
+            None => None,
+            Some(Value::String(p)) => Some(Secret::new(p.clone())),
+            Some(_) => {
+                problems.push(problem("db_password", "expected a string (secret)"));
+                None
+            }
+        };
+        let interval = parse_duration_key(config, "interval", DEFAULT_INTERVAL, &mut problems);
+        let operation_timeout = parse_duration_key(
+            config,
+            "operation_timeout",
+            DEFAULT_OPERATION_TIMEOUT,
+            &mut problems,
+        );
+        if problems.is_empty() {
+            Ok(Self {
+                project_ref,
+                db_password,
+                interval,
+                operation_timeout,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+impl Api {
+    fn url(&self, path: &str) -> Result<Url, HttpError> {
+        let text = format!("{}{path}", self.base);
+        Url::parse(&text).map_err(|e| HttpError::Invalid {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> Result<HttpRequest, HttpError> {
+        Ok(HttpRequest::new(method, self.url(path)?).auth(Auth::Bearer(self.token.clone())))
+    }
+
+    fn secrets<'a>(&'a self, extra: &'a [&'a Secret]) -> Vec<&'a Secret> {
+        let mut all = vec![&self.token];
+        all.extend(extra.iter().copied());
+        all
+    }
+
+    /// `request` as a dry-run shows it, secrets still in (mask before showing).
+    fn planned(&self, request: &HttpRequest) -> PlannedRequest {
+        let mut headers = vec![(
+            "Authorization".to_owned(),
+            format!("Bearer {}", self.token.expose()),
+        )];
+        if request.body.is_some() {
+            headers.push(("Content-Type".into(), "application/json".into()));
+        }
+        PlannedRequest {
+            method: request.method.to_string(),
+            url: request.url.to_string(),
+            headers,
+            body: request.body.clone(),
+        }
+    }
+}
+
+/// The commands every project offers.
+fn command_specs() -> Vec<CommandSpec> {
+    let command =
+        |id: &str, description: &str, params: Vec<ParamSpec>, confirm: bool| CommandSpec {
+            id: id.into(),
+            name: id.into(),
+            description: description.into(),
+            category: "database".into(),
+            resource_type: Some(RESOURCE_TYPE.into()),
+            params,
+            dry_run: true,
+            confirm,
+        };
+    let string = |name: &str, description: &str| ParamSpec {
+        name: name.into(),
+        kind: ParamKind::String,
+        required: true,
+        default: None,
+        description: description.into(),
+    };
+    vec![
+        command(
+            "list-branches",
+            "Lists the project's database branches (GET /v1/projects/{ref}/branches).",
+            vec![],
+            false,
+        ),
+        command(
+            "create-branch",
+            "Creates a database branch (POST /v1/projects/{ref}/branches).",
+            vec![string("name", "The branch's name.")],
+            false,
+        ),
+        command(
+            "delete-branch",
+            "Deletes a database branch (DELETE /v1/branches/{id}); needs confirmation.",
+            vec![string("id", "The branch's id or ref (from list-branches).")],
+            true,
+        ),
+        command(
+            "cancel-restore",
+            "Cancels the project's restoration in progress (POST /v1/projects/{ref}/restore/cancel).",
+            vec![],
+            false,
+        ),
+    ]
+}
+
+fn metadata() -> ProviderMetadata {
+    let key = |name: &str, required: bool, kind: ConfigKind, description: &str| ConfigKeySpec {
+        name: name.into(),
+        required,
+        kind,
+        description: description.into(),
+    };
+    ProviderMetadata {
+        id: ID.into(),
+        name: ID.into(),
+        display_name: "Supabase".into(),
+        description: "Supabase projects through the Management API: restore and pause \
+                      (tracked to completion), status and service health, the database's \
+                      direct and pooler URLs as secrets, database branches."
+            .into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        category: Category::Database,
+        capabilities: vec![Capability::Monitor, Capability::Restore, Capability::DryRun],
+        resource_types: vec![ResourceTypeSpec {
+            name: RESOURCE_TYPE.into(),
+            description: "A Supabase project: runs while ACTIVE_HEALTHY, paused when stopped."
+                .into(),
+            config: vec![
+                key(
+                    "project_ref",
+                    true,
+                    ConfigKind::String,
+                    "The project's ref (20 lower-case letters).",
+                ),
+                key(
+                    "db_password",
+                    false,
+                    ConfigKind::Secret,
+                    "The database password, put into the connection URLs (the API never returns it).",
+                ),
+                key(
+                    "operation_timeout",
+                    false,
+                    ConfigKind::Duration,
+                    "How long a restore or pause may take before it counts as failed (default 20m).",
+                ),
+            ],
+        }],
+        auth_methods: vec![AuthMethod::Bearer],
+    }
+}
+
+/// The `supabase` provider.
+pub struct SupabaseProvider {
+    metadata: ProviderMetadata,
+    commands: Vec<CommandSpec>,
+    http_config: HttpConfig,
+    http: OnceLock<HttpClient>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for SupabaseProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupabaseProvider").finish_non_exhaustive()
+    }
+}
+
+impl Default for SupabaseProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `supabase` provider with the default HTTP timeouts.
+pub fn provider() -> Arc<dyn Provider> {
+    Arc::new(SupabaseProvider::new())
+}
+
+impl SupabaseProvider {
+    /// The provider with the default HTTP timeouts.
+    pub fn new() -> Self {
+        Self::with_http_config(HttpConfig::default())
+    }
+
+    /// The provider with `config`'s HTTP timeouts.
+    pub fn with_http_config(config: HttpConfig) -> Self {
+        Self {
+            metadata: metadata(),
+            commands: command_specs(),
+            http_config: config,
+            http: OnceLock::new(),
+            buckets: Mutex::new(HashMap::new()),
+            retry: RetryPolicy {
+                max_attempts: 4,
+                max_elapsed: Duration::from_secs(60),
+                ..RetryPolicy::default()
+            },
+        }
+    }
+
+    /// The retry policy of restore, pause and commands (the observe loop has its own backoff).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    fn http(&self) -> Result<HttpClient, ResourceError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c.clone());
+        }
+        let client = HttpClient::new(self.http_config.clone())
+            .map_err(|e| ResourceError::Invalid(e.to_string()))?;
+        Ok(self.http.get_or_init(|| client).clone())
+    }
+
+    fn api(&self, ctx: &InstanceContext) -> Result<Api, Vec<ResourceProblem>> {
+        let (base, token, rate) = instance_parts(ctx)?;
+        let bucket = rate.map(|rate| {
+            lock(&self.buckets)
+                .entry(ctx.instance.clone())
+                .or_insert_with(|| TokenBucket::new(rate))
+                .clone()
+        });
+        Ok(Api {
+            instance: ctx.instance.clone(),
+            base,
+            token,
+            bucket,
+        })
+    }
+
+    /// The [`SupabaseResource`] for `decl` (the concrete type behind [`Provider::resource`]).
+    pub fn project_resource(
+        &self,
+        instance: &InstanceContext,
+        decl: &ResourceDecl,
+    ) -> Result<SupabaseResource, ProviderError> {
+        let invalid = |problems| ProviderError::InvalidResource {
+            resource: decl.name.clone(),
+            problems,
+        };
+        let spec = ProjectSpec::parse(&decl.config).map_err(invalid)?;
+        let api = self.api(instance).map_err(invalid)?;
+        let http = self.http()?;
+        Ok(SupabaseResource {
+            inner: Arc::new(Inner {
+                name: decl.name.clone(),
+                spec,
+                api,
+                http,
+                retry: self.retry,
+                view: Mutex::new(View::default()),
+                logs: Mutex::new(VecDeque::new()),
+                live: Mutex::new(None),
+                observed: Mutex::new(None),
+                runs: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+impl Provider for SupabaseProvider {
+    fn metadata(&self) -> &ProviderMetadata {
+        &self.metadata
+    }
+
+    fn commands(&self) -> &[CommandSpec] {
+        &self.commands
+    }
+
+    fn validate_resource<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Vec<ResourceProblem>> {
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
+                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
+            }
+            if let Err(found) = ProjectSpec::parse(&decl.config) {
+                for p in found {
+                    let same_key = problems.iter().any(|q| q.key == p.key);
+                    if !same_key {
+                        problems.push(p);
+                    }
+                }
+            }
+            if let Err(found) = instance_parts(instance) {
+                problems.extend(found);
+            }
+            problems
+        })
+    }
+
+    fn resource(
+        &self,
+        instance: &InstanceContext,
+        decl: &ResourceDecl,
+    ) -> Result<Box<dyn Resource>, ProviderError> {
+        Ok(Box::new(self.project_resource(instance, decl)?))
+    }
+
+    fn execute<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        resource: &'a ResourceDecl,
+        command: &'a CommandSpec,
+        params: ValidatedParams,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
+        Box::pin(async move {
+            let invalid = |problems| ProviderError::InvalidResource {
+                resource: resource.name.clone(),
+                problems,
+            };
+            let spec = ProjectSpec::parse(&resource.config).map_err(invalid)?;
+            let api = self.api(instance).map_err(invalid)?;
+            let param_secrets = params.secrets();
+            let mut extra: Vec<&Secret> = param_secrets;
+            if let Some(p) = &spec.db_password {
+                extra.push(p);
+            }
+            let secrets = api.secrets(&extra);
+            let values: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+            let failed = |reason: String| ProviderError::Command {
+                command: command.id.clone(),
+                reason: mask_text(&reason, &values),
+            };
+            let project = &spec.project_ref;
+            let request = match command.id.as_str() {
+                "list-branches" => {
+                    api.request(Method::GET, &format!("/v1/projects/{project}/branches"))
+                }
+                "create-branch" => {
+                    let name = params.str("name").unwrap_or_default();
+                    api.request(Method::POST, &format!("/v1/projects/{project}/branches"))
+                        .map(|r| r.json(json!({ "branch_name": name })))
+                }
+                "delete-branch" => {
+                    let id = params.str("id").unwrap_or_default();
+                    api.request(Method::DELETE, &format!("/v1/branches/{}", encode(id)))
+                }
+                "cancel-restore" => api.request(
+                    Method::POST,
+                    &format!("/v1/projects/{project}/restore/cancel"),
+                ),
+                other => {
+                    return Err(ProviderError::UnknownCommand {
+                        provider: ID.into(),
+                        command: other.into(),
+                    });
+                }
+            }
+            .map_err(|e| failed(e.to_string()))?;
+            if dry_run {
+                return Ok(CommandResult::planned(&[api.planned(&request)], &secrets));
+            }
+            let http = self.http()?;
+            let response = send_with_retry(&http, api.bucket.as_ref(), &request, &self.retry)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            Ok(CommandResult::ok(answer_data(&response)).mask(&secrets))
+        })
+    }
+}
+
+fn answer_data(response: &HttpResponse) -> Value {
+    if response.body.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()))
+}
+
+/// An operation the resource started and follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    /// A restore: sent at `since`, or (`sent == false`) waiting for a pause to end first.
+    Restore { since: Instant, sent: bool },
+    /// A pause sent at `since`.
+    Pause { since: Instant },
+}
+
+/// The pooler's connection facts.
+#[derive(Debug, Clone)]
+struct Pooler {
+    host: String,
+    port: u16,
+    user: String,
+    database: String,
+    url: String,
+}
+
+/// What the resource knows of its project (answers `reported_state`, `health`, `connection`
+/// without I/O).
+#[derive(Debug, Default)]
+struct View {
+    /// The last `status` the API gave.
+    status: Option<String>,
+    /// What the last known status meant (unknown values keep it).
+    state: Option<ProjectState>,
+    /// The services that were not healthy at the last health read.
+    unhealthy: Vec<String>,
+    /// Whether the last health read answered.
+    health_read: bool,
+    /// The operation in flight.
+    operation: Option<Operation>,
+    /// Why the project failed (a failed status, a refused token, a timeout).
+    failure: Option<String>,
+    /// The project's `database.host`.
+    db_host: Option<String>,
+    /// The pooler, once read.
+    pooler: Option<Pooler>,
+}
+
+/// A live run.
+struct Live {
+    generation: u64,
+    exit: Option<oneshot::Sender<ExitInfo>>,
+    output: mpsc::Sender<OutputLine>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Inner {
+    name: String,
+    spec: ProjectSpec,
+    api: Api,
+    http: HttpClient,
+    retry: RetryPolicy,
+    view: Mutex<View>,
+    logs: Mutex<VecDeque<OutputLine>>,
+    live: Mutex<Option<Live>>,
+    observed: Mutex<Option<watch::Receiver<ObservedStatus>>>,
+    runs: AtomicU64,
+}
+
+/// The project as `GET /v1/projects/{ref}` gives it (the parts used).
+#[derive(Debug, Clone)]
+struct ProjectAnswer {
+    status: String,
+    db_host: Option<String>,
+}
+
+impl Inner {
+    fn secret_values(&self) -> Vec<&str> {
+        let mut values = vec![self.api.token.expose()];
+        if let Some(p) = &self.spec.db_password {
+            values.push(p.expose());
+        }
+        values
+    }
+
+    fn mask(&self, text: &str) -> String {
+        mask_text(text, &self.secret_values())
+    }
+
+    fn line(&self, stream: LogStream, text: String) {
+        let line = OutputLine {
+            stream,
+            text: self.mask(&text),
+        };
+        {
+            let mut logs = lock(&self.logs);
+            if logs.len() >= LOG_LINES {
+                logs.pop_front();
+            }
+            logs.push_back(line.clone());
+        }
+        if let Some(live) = lock(&self.live).as_ref()
+            && live.exit.is_some()
+        {
+            let _ = live.output.try_send(line);
+        }
+    }
+
+    fn project_path(&self) -> String {
+        format!("/v1/projects/{}", self.spec.project_ref)
+    }
+
+    /// A failed call as the resource's error: a refused token and an unknown project are
+    /// permanent (retrying gives the same answer), an unreachable API is the engine missing.
+    fn error(&self, what: &str, error: &HttpError) -> ResourceError {
+        let instance = &self.api.instance;
+        let shown = self.mask(&error.to_string());
+        match error {
+            HttpError::Status {
+                code: code @ (401 | 403),
+                ..
+            } => ResourceError::Invalid(format!(
+                "{what}: provider instance `{instance}`: the Supabase API refused the token \
+                 (HTTP {code}); check its token: {shown}"
+            )),
+            HttpError::Status { code: 404, .. } => ResourceError::Invalid(format!(
+                "{what}: Supabase project `{}` not found (HTTP 404) with provider instance \
+                 `{instance}`: {shown}",
+                self.spec.project_ref
+            )),
+            HttpError::Connect { .. } => ResourceError::EngineUnavailable {
+                engine: format!("the Supabase API (provider instance `{instance}`)"),
+                reason: shown,
+            },
+            _ => ResourceError::op(what, shown),
+        }
+    }
+
+    /// One GET of the project.
+    async fn fetch_project(&self) -> Result<ProjectAnswer, HttpError> {
+        let request = self.api.request(Method::GET, &self.project_path())?;
+        if let Some(bucket) = &self.api.bucket {
+            bucket.acquire().await;
+        }
+        let response = self.http.send(&request).await?;
+        let answer: Value = response.json()?;
+        let status = answer
+            .get("status")
+            .and_then(Value::as_str)
+            .ok_or_else(|| HttpError::Decode {
+                url: response.url.clone(),
+                reason: "no `status` (a string) in the project".into(),
+            })?
+            .to_owned();
+        let db_host = answer
+            .pointer("/database/host")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(ProjectAnswer { status, db_host })
+    }
+
+    /// One read of the services' health: the names of those not healthy.
+    async fn fetch_health(&self) -> Result<Vec<String>, HttpError> {
+        let mut request = self
+            .api
+            .request(Method::GET, &format!("{}/health", self.project_path()))?;
+        {
+            let mut pairs = request.url.query_pairs_mut();
+            for service in HEALTH_SERVICES {
+                pairs.append_pair("services", service);
+            }
+        }
+        if let Some(bucket) = &self.api.bucket {
+            bucket.acquire().await;
+        }
+        let response = self.http.send(&request).await?;
+        let answer: Vec<Value> = response.json()?;
+        Ok(answer
+            .iter()
+            .filter(|s| s.get("status").and_then(Value::as_str) != Some("ACTIVE_HEALTHY"))
+            .map(|s| {
+                let name = s.get("name").and_then(Value::as_str).unwrap_or("?");
+                match s.get("error").and_then(Value::as_str) {
+                    Some(e) if !e.is_empty() => format!("{name} ({e})"),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect())
+    }
+
+    /// One read of the pooler's config (the primary database's).
+    async fn fetch_pooler(&self) -> Result<Option<Pooler>, HttpError> {
+        let request = self.api.request(
+            Method::GET,
+            &format!("{}/config/database/pooler", self.project_path()),
+        )?;
+        if let Some(bucket) = &self.api.bucket {
+            bucket.acquire().await;
+        }
+        let response = self.http.send(&request).await?;
+        let answer: Vec<Value> = response.json()?;
+        let primary = answer
+            .iter()
+            .find(|p| p.get("database_type").and_then(Value::as_str) == Some("PRIMARY"))
+            .or_else(|| answer.first());
+        Ok(primary.and_then(|p| {
+            let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
+            Some(Pooler {
+                host: text("db_host")?,
+                port: p
+                    .get("db_port")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u16::try_from(n).ok())?,
+                user: text("db_user")?,
+                database: text("db_name")?,
+                url: text("connection_string")?,
+            })
+        }))
+    }
+
+    /// Sends `method path` with the provider's retries.
+    async fn call(&self, what: &str, method: Method, path: &str) -> Result<(), ResourceError> {
+        let request = self
+            .api
+            .request(method, path)
+            .map_err(|e| self.error(what, &e))?;
+        self.line(
+            LogStream::System,
+            format!("{what}: {} {}", request.method, request.redacted_url()),
+        );
+        send_with_retry(&self.http, self.api.bucket.as_ref(), &request, &self.retry)
+            .await
+            .map_err(|e| self.error(what, &e))?;
+        Ok(())
+    }
+
+    /// Records a project answer; returns what its status means (the last state for an unknown
+    /// one, which also logs a warning).
+    fn record(&self, answer: &ProjectAnswer) -> Option<ProjectState> {
+        let mapped = map_status(&answer.status);
+        let mut view = lock(&self.view);
+        let changed = view.status.as_deref() != Some(answer.status.as_str());
+        view.status = Some(answer.status.clone());
+        if answer.db_host.is_some() {
+            view.db_host = answer.db_host.clone();
+        }
+        match mapped {
+            Some(state) => {
+                view.state = Some(state);
+                if !matches!(state, ProjectState::Running { .. }) {
+                    view.health_read = false;
+                    view.unhealthy.clear();
+                }
+                drop(view);
+                if changed {
+                    self.line(
+                        LogStream::System,
+                        format!("project status {}", answer.status),
+                    );
+                }
+                Some(state)
+            }
+            None => {
+                let kept = view.state;
+                view.health_read = false;
+                drop(view);
+                if changed {
+                    warn!(resource = %self.name, status = %answer.status, "Unknown Supabase project status; keeping the last state.");
+                    self.line(
+                        LogStream::Stderr,
+                        format!(
+                            "warning: unknown project status `{}`; keeping the last state",
+                            answer.status
+                        ),
+                    );
+                }
+                kept
+            }
+        }
+    }
+
+    /// One observe of a live run: reads the project (and its health and pooler once up),
+    /// moves the operation along and ends the run when the project is paused, failed or gone.
+    async fn observe_once(self: &Arc<Self>, generation: u64) -> Result<String, ObserveError> {
+        let answer = match self.fetch_project().await {
+            Ok(a) => a,
+            Err(error) => {
+                if matches!(
+                    error,
+                    HttpError::Status {
+                        code: 401 | 403 | 404,
+                        ..
+                    }
+                ) {
+                    let failure = self.error("observe", &error).to_string();
+                    lock(&self.view).failure = Some(failure.clone());
+                    self.line(LogStream::Stderr, failure);
+                    self.end_run(generation, 1);
+                }
+                return Err(ObserveError::from(error));
+            }
+        };
+        // Act on what this answer says; an unknown status changes nothing (its state is kept).
+        let state = self.record(&answer).filter(|_| map_status(&answer.status).is_some());
+        let operation = lock(&self.view).operation;
+        match state {
+            Some(ProjectState::Running { .. }) => {
+                if matches!(operation, Some(Operation::Restore { .. })) {
+                    lock(&self.view).operation = None;
+                    self.line(LogStream::System, "restore finished".into());
+                }
+                match self.fetch_health().await {
+                    Ok(unhealthy) => {
+                        let mut view = lock(&self.view);
+                        view.unhealthy = unhealthy;
+                        view.health_read = true;
+                    }
+                    Err(error) => {
+                        lock(&self.view).health_read = false;
+                        self.line(LogStream::Stderr, format!("health check failed: {error}"));
+                    }
+                }
+                if lock(&self.view).pooler.is_none() {
+                    match self.fetch_pooler().await {
+                        Ok(pooler) => lock(&self.view).pooler = pooler,
+                        Err(error) => self.line(
+                            LogStream::Stderr,
+                            format!("reading the pooler's config failed: {error}"),
+                        ),
+                    }
+                }
+            }
+            Some(ProjectState::Stopped) => match operation {
+                Some(Operation::Restore { sent: false, .. }) => {
+                    // The pause that was under way has ended: restore now.
+                    match self
+                        .call(
+                            "restore",
+                            Method::POST,
+                            &format!("{}/restore", self.project_path()),
+                        )
+                        .await
+                    {
+                        Ok(()) => {
+                            lock(&self.view).operation = Some(Operation::Restore {
+                                since: Instant::now(),
+                                sent: true,
+                            })
+                        }
+                        Err(error) => self.line(LogStream::Stderr, error.to_string()),
+                    }
+                }
+                Some(Operation::Restore { .. }) => {
+                    // The API may still say INACTIVE right after the restore was sent.
+                }
+                _ => self.end_run(generation, 0),
+            },
+            Some(ProjectState::Failed) => {
+                let failure = failure_text(&answer.status, &self.spec.project_ref);
+                {
+                    let mut view = lock(&self.view);
+                    view.failure = Some(failure.clone());
+                    view.operation = None;
+                }
+                self.line(LogStream::Stderr, failure);
+                self.end_run(generation, 1);
+            }
+            Some(ProjectState::Absent) => {
+                let failure = format!(
+                    "REMOVED: Supabase project `{}` was removed",
+                    self.spec.project_ref
+                );
+                lock(&self.view).failure = Some(failure.clone());
+                self.line(LogStream::Stderr, failure);
+                self.end_run(generation, 1);
+            }
+            _ => {}
+        }
+        // A restore that takes too long fails the run.
+        if let Some(Operation::Restore { since, .. }) = lock(&self.view).operation
+            && since.elapsed() > self.spec.operation_timeout
+        {
+            let failure = format!(
+                "the restore of project `{}` did not finish within {} (status {})",
+                self.spec.project_ref,
+                since_text(self.spec.operation_timeout),
+                answer.status
+            );
+            {
+                let mut view = lock(&self.view);
+                view.failure = Some(failure.clone());
+                view.operation = None;
+            }
+            self.line(LogStream::Stderr, failure);
+            self.end_run(generation, 1);
+        }
+        Ok(answer.status)
+    }
+
+    /// Ends run `generation` (if it is still the live one) with exit `code`.
+    fn end_run(&self, generation: u64, code: i32) {
+        let mut live = lock(&self.live);
+        if let Some(l) = live.as_mut()
+            && l.generation == generation
+            && let Some(exit) = l.exit.take()
+        {
+            let _ = exit.send(ExitInfo {
+                code: Some(code),
+                signal: None,
+            });
+            let _ = l.stop.send(true);
+        }
+    }
+
+    fn live_generation(&self) -> Option<u64> {
+        lock(&self.live)
+            .as_ref()
+            .filter(|l| l.exit.is_some())
+            .map(|l| l.generation)
+    }
+
+    /// Begins a run and its observe loop.
+    fn begin_run(self: &Arc<Self>, adopted: bool) -> Run {
+        let generation = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let observe_fn = {
+            let inner = self.clone();
+            move || {
+                let inner = inner.clone();
+                async move { inner.observe_once(generation).await }
+            }
+        };
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        let (observed, task) =
+            observe::spawn(ObserveConfig::every(self.spec.interval), observe_fn, stop);
+        *lock(&self.observed) = Some(observed);
+        let previous = lock(&self.live).replace(Live {
+            generation,
+            exit: Some(exit_tx),
+            output: out_tx,
+            stop: stop_tx,
+            task: Some(task),
+        });
+        if let Some(mut old) = previous {
+            let _ = old.stop.send(true);
+            if let Some(task) = old.task.take() {
+                task.abort();
+            }
+        }
+        Run {
+            id: format!("{}#{generation}", self.spec.project_ref),
+            pid: None,
+            adopted,
+            output: out_rx,
+            exit: exit_rx,
+        }
+    }
+
+    /// Follows a pause to its end (INACTIVE) in the background; the handle ends with it.
+    fn track_pause(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let tracker = OperationTracker {
+                backoff: Backoff {
+                    initial: (inner.spec.interval / 4).min(Duration::from_secs(1)),
+                    max: inner.spec.interval,
+                },
+                timeout: inner.spec.operation_timeout,
+            };
+            let poll = || {
+                let inner = inner.clone();
+                async move {
+                    let answer = inner.fetch_project().await?;
+                    Ok(match inner.record(&answer) {
+                        Some(ProjectState::Stopped) => OperationStatus::Done,
+                        Some(ProjectState::Failed) => OperationStatus::Failed(failure_text(
+                            &answer.status,
+                            &inner.spec.project_ref,
+                        )),
+                        Some(ProjectState::Absent) => {
+                            OperationStatus::Failed("REMOVED: the project was removed".into())
+                        }
+                        _ => OperationStatus::Pending,
+                    })
+                }
+            };
+            let outcome = tracker.track(poll).await;
+            let mut view = lock(&inner.view);
+            if matches!(view.operation, Some(Operation::Pause { .. })) {
+                view.operation = None;
+            }
+            drop(view);
+            match outcome {
+                Ok(_) => inner.line(LogStream::System, "pause finished".into()),
+                Err(error) => {
+                    let text = inner.mask(&format!("pause: {error}"));
+                    lock(&inner.view).failure = Some(text.clone());
+                    inner.line(LogStream::Stderr, text);
+                }
+            }
+        })
+    }
+
+    /// The direct database URL (`postgresql://postgres[:pw]@host:5432/postgres`).
+    fn direct_url(&self, host: &str) -> String {
+        match &self.spec.db_password {
+            Some(pw) => format!(
+                "postgresql://postgres:{}@{host}:5432/postgres",
+                encode(pw.expose())
+            ),
+            None => format!("postgresql://postgres@{host}:5432/postgres"),
+        }
+    }
+}
+
+/// A resource of the `supabase` provider (see the module docs).
+pub struct SupabaseResource {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SupabaseResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupabaseResource")
+            .field("name", &self.inner.name)
+            .field("project_ref", &self.inner.spec.project_ref)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SupabaseResource {
+    fn drop(&mut self) {
+        // The observe loop holds the resource's state: it must not outlive it.
+        if let Some(mut live) = lock(&self.inner.live).take()
+            && let Some(task) = live.task.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl SupabaseResource {
+    /// The project's last status as the API gave it.
+    pub fn provider_status(&self) -> Option<String> {
+        lock(&self.inner.view).status.clone()
+    }
+
+    /// The project ref.
+    pub fn project_ref(&self) -> &str {
+        &self.inner.spec.project_ref
+    }
+}
+
+impl Resource for SupabaseResource {
+    fn kind(&self) -> &'static str {
+        "supabase"
+    }
+
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Resumes the project: reads it once (a refused token, an unknown project or an
+    /// unreachable API fail here), sends the restore when it is paused (or schedules it
+    /// after a pause under way), and returns at once; the observe loop follows the restore.
+    fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if inner.live_generation().is_some() {
+                // A live run: the supervisor gets a fresh handle on a new generation.
+                return Ok(inner.begin_run(true));
+            }
+            lock(&inner.view).failure = None;
+            let answer = inner
+                .fetch_project()
+                .await
+                .map_err(|e| inner.error("start", &e))?;
+            let state = inner.record(&answer);
+            let project = &inner.spec.project_ref;
+            let adopted = match state {
+                Some(ProjectState::Stopped) | Some(ProjectState::Failed)
+                    if answer.status != "INIT_FAILED" =>
+                {
+                    inner
+                        .call(
+                            "restore",
+                            Method::POST,
+                            &format!("{}/restore", inner.project_path()),
+                        )
+                        .await?;
+                    lock(&inner.view).operation = Some(Operation::Restore {
+                        since: Instant::now(),
+                        sent: true,
+                    });
+                    false
+                }
+                Some(ProjectState::Stopping) => {
+                    inner.line(
+                        LogStream::System,
+                        format!("project is {}: restoring once it is paused", answer.status),
+                    );
+                    lock(&inner.view).operation = Some(Operation::Restore {
+                        since: Instant::now(),
+                        sent: false,
+                    });
+                    false
+                }
+                Some(ProjectState::Failed) => {
+                    return Err(ResourceError::Invalid(failure_text(
+                        &answer.status,
+                        project,
+                    )));
+                }
+                Some(ProjectState::Absent) => {
+                    return Err(ResourceError::Invalid(format!(
+                        "REMOVED: Supabase project `{project}` was removed"
+                    )));
+                }
+                _ => true,
+            };
+            Ok(inner.begin_run(adopted))
+        })
+    }
+
+    /// Pauses the project: sends the pause (unless it is paused or pausing already), follows
+    /// it in the background and waits for it up to `grace`; the run ends either way.
+    fn stop(&self, grace: Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let state = lock(&inner.view).state;
+            let sent = match state {
+                Some(ProjectState::Stopped) | Some(ProjectState::Stopping) => Ok(()),
+                _ => {
+                    inner
+                        .call(
+                            "pause",
+                            Method::POST,
+                            &format!("{}/pause", inner.project_path()),
+                        )
+                        .await
+                }
+            };
+            if sent.is_ok() {
+                lock(&inner.view).operation = Some(Operation::Pause {
+                    since: Instant::now(),
+                });
+                let mut tracker = inner.track_pause();
+                if tokio::time::timeout(grace, &mut tracker).await.is_err() {
+                    inner.line(
+                        LogStream::System,
+                        format!(
+                            "the pause goes on after {}; it is followed in the background",
+                            since_text(grace)
+                        ),
+                    );
+                }
+            }
+            if let Some(generation) = inner.live_generation() {
+                inner.end_run(generation, 0);
+            }
+            sent
+        })
+    }
+
+    /// Lets go of the run; the project stays as it is (`on_down = "keep"`).
+    fn release(&self, _grace: Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        Box::pin(async move {
+            if let Some(generation) = self.inner.live_generation() {
+                self.inner.end_run(generation, 0);
+            }
+            Ok(())
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<Observed, ResourceError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let answer = inner
+                .fetch_project()
+                .await
+                .map_err(|e| inner.error("status", &e))?;
+            Ok(match inner.record(&answer) {
+                Some(ProjectState::Stopped) => Observed::Idle,
+                Some(ProjectState::Failed) => Observed::Exited(ExitInfo {
+                    code: Some(1),
+                    signal: None,
+                }),
+                Some(ProjectState::Absent) => Observed::Absent,
+                Some(_) => Observed::Running,
+                None => Observed::Idle,
+            })
+        })
+    }
+
+    /// From the last observe: healthy when ACTIVE_HEALTHY with every service healthy,
+    /// unhealthy when ACTIVE_UNHEALTHY or a service is not, unknown otherwise. No I/O.
+    fn health(&self) -> BoxFuture<'_, Result<Health, ResourceError>> {
+        Box::pin(async move {
+            let view = lock(&self.inner.view);
+            let known = view.status.as_deref().and_then(map_status).is_some();
+            Ok(match view.state.filter(|_| known) {
+                Some(ProjectState::Running { healthy: false }) => Health::Unhealthy,
+                Some(ProjectState::Running { healthy: true }) if view.health_read => {
+                    if view.unhealthy.is_empty() {
+                        Health::Healthy
+                    } else {
+                        Health::Unhealthy
+                    }
+                }
+                _ => Health::Unknown,
+            })
+        })
+    }
+
+    fn has_own_health(&self) -> bool {
+        true
+    }
+
+    fn connection(&self) -> Connection {
+        let inner = &self.inner;
+        let view = lock(&inner.view);
+        let host = view
+            .db_host
+            .clone()
+            .unwrap_or_else(|| format!("db.{}.supabase.co", inner.spec.project_ref));
+        let direct = inner.direct_url(&host);
+        let mut fields = BTreeMap::new();
+        fields.insert("direct_url".to_owned(), Secret::new(direct.clone()));
+        fields.insert("user".to_owned(), Secret::new("postgres"));
+        fields.insert("database".to_owned(), Secret::new("postgres"));
+        if let Some(pw) = &inner.spec.db_password {
+            fields.insert("password".to_owned(), pw.clone());
+        }
+        if let Some(pooler) = &view.pooler {
+            let url = match &inner.spec.db_password {
+                Some(pw) => pooler
+                    .url
+                    .replace(PASSWORD_PLACEHOLDER, &encode(pw.expose())),
+                None => pooler.url.clone(),
+            };
+            fields.insert("pooler_url".to_owned(), Secret::new(url));
+            fields.insert("pooler_host".to_owned(), Secret::new(pooler.host.clone()));
+            fields.insert(
+                "pooler_port".to_owned(),
+                Secret::new(pooler.port.to_string()),
+            );
+            fields.insert("pooler_user".to_owned(), Secret::new(pooler.user.clone()));
+            fields.insert(
+                "pooler_database".to_owned(),
+                Secret::new(pooler.database.clone()),
+            );
+        }
+        Connection {
+            host,
+            port: Some(5432),
+            url: Some(Secret::new(direct)),
+            fields,
+        }
+    }
+
+    fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
+        Box::pin(async move {
+            let logs = lock(&self.inner.logs);
+            let skip = logs.len().saturating_sub(tail);
+            Ok(logs.iter().skip(skip).cloned().collect())
+        })
+    }
+
+    /// kinfra never deletes a Supabase project: the project is the user's.
+    fn remove(&self, _volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {
+        Box::pin(async move {
+            self.inner.line(
+                LogStream::System,
+                "kinfra does not delete Supabase projects; the project is left as it is".into(),
+            );
+            Ok(())
+        })
+    }
+
+    fn sync(&self) -> Option<SyncFacts> {
+        let inner = &self.inner;
+        let observed = lock(&inner.observed).as_ref().map(|o| o.borrow().clone());
+        let provider_state = lock(&inner.view).status.clone();
+        let last_sync = observed.and_then(|o| o.last_sync).map(|s| LastSync {
+            at: s.at,
+            ok: s.ok,
+            error: s.error.map(|e| inner.mask(&e)),
+        });
+        (last_sync.is_some() || provider_state.is_some()).then_some(SyncFacts {
+            last_sync,
+            provider_state,
+        })
+    }
+
+    fn exit_reason(&self) -> Option<String> {
+        lock(&self.inner.view).failure.clone()
+    }
+
+    fn reported_state(&self) -> Option<ReportedState> {
+        let view = lock(&self.inner.view);
+        let report = |state: ServiceState, message: String| {
+            Some(ReportedState {
+                state,
+                message: self.inner.mask(&message),
+            })
+        };
+        if let Some(failure) = &view.failure {
+            return report(ServiceState::Failed, failure.clone());
+        }
+        let status = view.status.clone()?;
+        let known = map_status(&status).is_some();
+        let suffix = if known {
+            String::new()
+        } else {
+            format!(" (unknown status {status}; last known state kept)")
+        };
+        match (view.state?, view.operation) {
+            (
+                ProjectState::Stopped | ProjectState::Stopping | ProjectState::Starting,
+                Some(Operation::Restore { since, sent }),
+            ) => report(
+                ServiceState::Starting,
+                if sent {
+                    format!(
+                        "{status}: restore requested {} ago{suffix}",
+                        since_text(since.elapsed())
+                    )
+                } else {
+                    format!(
+                        "{status}: restoring once the pause under way ends ({} so far){suffix}",
+                        since_text(since.elapsed())
+                    )
+                },
+            ),
+            (ProjectState::Starting, _) => {
+                report(ServiceState::Starting, format!("{status}{suffix}"))
+            }
+            (ProjectState::Running { .. }, _) => {
+                let mut message = status.clone();
+                if !view.unhealthy.is_empty() {
+                    message.push_str(&format!("; unhealthy: {}", view.unhealthy.join(", ")));
+                }
+                report(ServiceState::Running, format!("{message}{suffix}"))
+            }
+            (ProjectState::Stopping, Some(Operation::Pause { since })) => report(
+                ServiceState::Stopping,
+                format!(
+                    "{status}: pause requested {} ago{suffix}",
+                    since_text(since.elapsed())
+                ),
+            ),
+            (ProjectState::Stopping, _) => report(
+                ServiceState::Stopping,
+                format!("{status}: pausing (outside kinfra){suffix}"),
+            ),
+            (ProjectState::Stopped, Some(Operation::Pause { .. })) => {
+                report(ServiceState::Stopped, format!("{status}: paused{suffix}"))
+            }
+            (ProjectState::Stopped, _) => report(
+                ServiceState::Stopped,
+                format!("{status}: paused outside kinfra{suffix}"),
+            ),
+            (ProjectState::Maintenance, _) => report(
+                ServiceState::Maintenance,
+                format!("{status}: under Supabase maintenance{suffix}"),
+            ),
+            (ProjectState::Failed | ProjectState::Absent, _) => {
+                report(ServiceState::Failed, format!("{status}{suffix}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_as_design_says() {
+        use ProjectState::*;
+        for (status, state) in [
+            ("COMING_UP", Starting),
+            ("RESTORING", Starting),
+            ("RESTARTING", Starting),
+            ("ACTIVE_HEALTHY", Running { healthy: true }),
+            ("ACTIVE_UNHEALTHY", Running { healthy: false }),
+            ("PAUSING", Stopping),
+            ("GOING_DOWN", Stopping),
+            ("INACTIVE", Stopped),
+            ("INIT_FAILED", Failed),
+            ("RESTORE_FAILED", Failed),
+            ("PAUSE_FAILED", Failed),
+            ("UPGRADING", Maintenance),
+            ("RESIZING", Maintenance),
+            ("REMOVED", Absent),
+            ("WARMING", Starting),
+            ("SHUTTING_DOWN_SLOWLY", Stopping),
+        ] {
+            assert_eq!(map_status(status), Some(state), "{status}");
+        }
+        assert_eq!(map_status("UNKNOWN"), None);
+        assert_eq!(map_status("SOMETHING_NEW"), None);
+    }
+
+    #[test]
+    fn refs_are_twenty_lower_case_letters() {
+        assert!(valid_ref("abcdefghijklmnopqrst"));
+        assert!(!valid_ref("abcdefghijklmnopqrs"));
+        assert!(!valid_ref("abcdefghijklmnopqrs1"));
+        assert!(!valid_ref("ABCDEFGHIJKLMNOPQRST"));
+    }
+
+    #[test]
+    fn durations_read_in_minutes_and_seconds() {
+        assert_eq!(since_text(Duration::from_secs(5)), "5s");
+        assert_eq!(since_text(Duration::from_secs(120)), "2m");
+        assert_eq!(since_text(Duration::from_secs(95)), "1m 35s");
+    }
+}
