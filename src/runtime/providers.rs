@@ -459,3 +459,141 @@ pub fn resource_decl(name: &str, resource: &ResourceConfig) -> ResourceDecl {
         config: table,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinfra_core::config::Format;
+
+    fn config(dir: &Path, text: &str) -> Config {
+        match Config::parse(text, Format::Toml, "test", dir, &[]) {
+            Ok(config) => config,
+            Err(errors) => panic!("config: {errors}"),
+        }
+    }
+
+    const TEXT: &str = "[project]\nname = \"t\"\n\
+        [providers.sh]\nprovider = \"command\"\n\
+        [providers.locked]\nprovider = \"http-api\"\ntoken_file = \"token\"\n\
+        [providers.nowhere]\nprovider = \"not-installed-anywhere\"\n\
+        [resources.flag]\nprovider = \"sh\"\nstatus = \"true\"\n";
+
+    fn services(states: &[(&str, &str)]) -> BTreeMap<String, ServiceStatus> {
+        states
+            .iter()
+            .map(|(name, state)| {
+                let status = serde_json::json!({
+                    "kind": "provider", "state": state, "health": "unknown",
+                    "status_message": "", "port": null, "pid": null, "uptime_s": null,
+                    "uptime": null, "restarts": 0, "last_exit": null, "logs": [],
+                });
+                match serde_json::from_value(status) {
+                    Ok(status) => ((*name).to_owned(), status),
+                    Err(error) => panic!("status: {error}"),
+                }
+            })
+            .collect()
+    }
+
+    fn state(instances: &ProviderInstances, name: &str) -> (String, Option<String>) {
+        let report = instances.report();
+        let entry = report
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing: {report:?}"));
+        (entry.state.clone(), entry.reason.clone())
+    }
+
+    #[tokio::test]
+    async fn instances_initialize_follow_their_resources_and_terminate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path(), TEXT);
+        let catalog = runtime_catalog(&config, dir.path(), &[]).await;
+        let instances = ProviderInstances::default();
+        instances.reconcile(&config, catalog.as_ref());
+        assert_eq!(state(&instances, "sh"), ("ready".into(), None));
+        let (locked, reason) = state(&instances, "locked");
+        assert_eq!(locked, "failed");
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("providers.locked.token_file") && r.contains("token")),
+            "{reason:?}"
+        );
+        let report = instances.report();
+        assert_eq!(report["nowhere"].source, "missing");
+        assert_eq!(report["sh"].source, "builtin");
+        assert_eq!(report["sh"].resources, ["flag"]);
+
+        for (flag, want) in [
+            ("starting", "active"),
+            ("running", "active"),
+            ("stopping", "ready"),
+            ("running", "active"),
+            ("failed", "ready"),
+        ] {
+            instances.follow(&services(&[("flag", flag)]));
+            assert_eq!(state(&instances, "sh").0, want, "flag {flag}");
+        }
+        // A failed instance does not become active by a resource of another one.
+        assert_eq!(state(&instances, "locked").0, "failed");
+
+        instances.terminate("the runtime is stopping");
+        for name in ["sh", "locked", "nowhere"] {
+            assert_eq!(
+                state(&instances, name),
+                ("terminated".into(), Some("the runtime is stopping".into()))
+            );
+        }
+        // Nothing leaves terminated.
+        instances.follow(&services(&[("flag", "running")]));
+        assert_eq!(state(&instances, "sh").0, "terminated");
+    }
+
+    #[tokio::test]
+    async fn a_reload_retries_failed_instances_and_starts_changed_ones_anew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = config(dir.path(), TEXT);
+        let instances = ProviderInstances::default();
+        let catalog = runtime_catalog(&first, dir.path(), &[]).await;
+        instances.reconcile(&first, catalog.as_ref());
+        instances.follow(&services(&[("flag", "running")]));
+        assert_eq!(state(&instances, "sh").0, "active");
+        assert!(
+            instances.need_catalog(&first),
+            "a failed instance is retried"
+        );
+
+        // The token file appears; `sh` changes (it starts anew); `nowhere` goes.
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0k\n").expect("write token");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let second = config(
+            dir.path(),
+            &TEXT
+                .replace(
+                    "[providers.nowhere]\nprovider = \"not-installed-anywhere\"\n",
+                    "",
+                )
+                .replace(
+                    "[providers.sh]\nprovider = \"command\"\n",
+                    "[providers.sh]\nprovider = \"command\"\nbase_url = \"http://127.0.0.1:9\"\n",
+                ),
+        );
+        let catalog = runtime_catalog(&second, dir.path(), &[]).await;
+        instances.reconcile(&second, catalog.as_ref());
+        assert_eq!(state(&instances, "locked"), ("ready".into(), None));
+        assert_eq!(state(&instances, "sh").0, "ready", "changed: anew");
+        assert!(!instances.report().contains_key("nowhere"));
+        assert!(
+            !instances.need_catalog(&second),
+            "nothing to initialize: no discovery"
+        );
+        assert!(
+            !serde_json::to_string(&instances.report())
+                .expect("json")
+                .contains("t0k"),
+            "the token never shows"
+        );
+    }
+}

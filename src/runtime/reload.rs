@@ -370,3 +370,32 @@ impl RuntimeCore {
         self.apply(config).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinfra_core::config::Format;
+
+    fn config(text: &str) -> Config {
+        match Config::parse(text, Format::Toml, "test", std::path::Path::new("."), &[]) {
+            Ok(config) => config,
+            Err(errors) => panic!("config: {errors}"),
+        }
+    }
+
+    #[test]
+    fn a_changed_instance_rebuilds_its_resources_only() {
+        let text = "[project]\nname = \"t\"\n\
+            [providers.a]\nprovider = \"command\"\n[providers.b]\nprovider = \"command\"\n\
+            [resources.on_a]\nprovider = \"a\"\nstatus = \"true\"\n\
+            [resources.on_b]\nprovider = \"b\"\nstatus = \"true\"\n";
+        let old = config(text);
+        let new = config(&text.replace(
+            "[providers.a]\nprovider = \"command\"\n",
+            "[providers.a]\nprovider = \"command\"\nbase_url = \"http://127.0.0.1:9\"\n",
+        ));
+        assert!(instance_changed(&old, &new, &new.resources["on_a"]));
+        assert!(!instance_changed(&old, &new, &new.resources["on_b"]));
+        assert!(!instance_changed(&old, &old, &old.resources["on_a"]));
+    }
+}
