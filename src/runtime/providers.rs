@@ -441,7 +441,10 @@ pub fn instance_context(config: &Config, instance_name: &str) -> Result<Instance
     })
 }
 
-/// The resource's table as its provider reads it: its own keys plus kinfra's `interval`.
+/// The resource's table as its provider reads it: its own keys plus kinfra's `interval`, the
+/// only kinfra key it carries ([`kinfra_provider::plugin::KINFRA_RESOURCE_KEYS`], documented
+/// in the plugin protocol: a plugin's `validate` refuses any other key it does not know, so a
+/// new kinfra key added here must be added there too).
 pub fn resource_decl(name: &str, resource: &ResourceConfig) -> ResourceDecl {
     let mut table: serde_json::Map<String, serde_json::Value> = resource
         .extra

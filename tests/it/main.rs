@@ -12,6 +12,7 @@ mod edge;
 mod library;
 mod ownership;
 mod plan;
+mod plugin_faults;
 mod provider_resources;
 mod provider_secrets;
 mod providers;
