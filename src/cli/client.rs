@@ -249,13 +249,9 @@ pub async fn history(
     match conn.next_within(Duration::from_secs(30)).await? {
         Some(ControlResponse::History { runs, commands }) => {
             if json {
-                // The runs as before; a resource's command executions beside them.
-                if commands.is_empty() {
-                    println!("{}", serde_json::to_string_pretty(&runs)?);
-                } else {
-                    let both = serde_json::json!({"runs": runs, "commands": commands});
-                    println!("{}", serde_json::to_string_pretty(&both)?);
-                }
+                // One shape whatever the data: scripts read `.runs` and `.commands`.
+                let both = serde_json::json!({"runs": runs, "commands": commands});
+                println!("{}", serde_json::to_string_pretty(&both)?);
             } else {
                 if runs.is_empty() && commands.is_empty() {
                     println!("no runs recorded");

@@ -427,6 +427,13 @@ fn runtime_history_lists_a_resource_s_command_executions() {
         (state(&p) == "running").then_some(())
     });
 
+    // Before any command: the same `{runs, commands}` shape, `commands` empty.
+    let out = p.run(&["runtime", "history", "flag", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("history json");
+    assert!(json["runs"].is_array(), "{json}");
+    assert_eq!(json["commands"], serde_json::json!([]), "{json}");
+
     let out = p.run(&["resource", "flag", "start", "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = p.run(&["resource", "flag", "stop"]);
@@ -439,6 +446,7 @@ fn runtime_history_lists_a_resource_s_command_executions() {
         let text = stdout(&out);
         assert!(!text.contains(secret), "a secret in the history: {text}");
         let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        assert!(json["runs"].is_array(), "{json}");
         let commands = json["commands"].as_array()?.clone();
         (commands.len() == 2).then_some(commands)
     });
