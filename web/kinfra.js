@@ -140,8 +140,9 @@ function commandLine(ul, text, cls) {
   ul.appendChild(li);
 }
 
-// Lists a provider resource's commands (read when its "Commands" is opened), each with a
-// dry-run button.
+// Lists a provider resource's commands (read when its "Commands" is opened): each with an
+// input per parameter (typed by its kind; required ones marked, defaults filled in), a
+// "Dry run" and a "Run" button, and its result or problems under the form.
 async function loadCommands(name) {
   const card = S.cards.get(name);
   if (!card) return;
@@ -153,32 +154,155 @@ async function loadCommands(name) {
     if (!r.ok) throw new Error(body.error || r.statusText);
     const commands = body.commands || [];
     if (commands.length === 0) commandLine(ul, "no commands", "cmd-none");
-    for (const c of commands) {
-      const li = document.createElement("li");
-      li.dataset.command = c.id;
-      const label = document.createElement("span");
-      label.className = "cmd-name";
-      label.textContent = c.id;
-      label.title = c.description || c.name || c.id;
-      const b = document.createElement("button");
-      b.className = "dry";
-      b.textContent = "Dry run";
-      b.disabled = !c.dry_run;
-      b.title = c.dry_run ? `plan ${c.id} on ${name}; nothing is sent` : `${c.id} has no dry-run`;
-      b.addEventListener("click", () => dryRun(name, c.id, b));
-      li.append(label, b);
-      ul.appendChild(li);
-    }
+    for (const c of commands) ul.appendChild(commandForm(name, c));
   } catch (e) {
     commandLine(ul, `commands: ${e.message || e}`, "cmd-problem");
   }
 }
 
-// Dry-runs a command with no parameters: shows the planned requests, or what is wrong.
-async function dryRun(name, command, button) {
-  const card = S.cards.get(name);
-  if (!card) return;
-  const out = card.fields.cmdOut;
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+// One input for a parameter spec ({name, kind: {type, ...}, required, default, description}).
+function paramInput(p) {
+  const kind = p.kind || { type: "string" };
+  let input;
+  switch (kind.type) {
+    case "integer":
+    case "number":
+      input = el("input");
+      input.type = "number";
+      input.step = kind.type === "integer" ? "1" : "any";
+      if (kind.min != null) input.min = String(kind.min);
+      if (kind.max != null) input.max = String(kind.max);
+      break;
+    case "boolean":
+      input = el("input");
+      input.type = "checkbox";
+      input.checked = p.default === true;
+      break;
+    case "enum":
+      input = el("select");
+      if (!p.required || p.default == null) input.appendChild(el("option", "", p.required ? "choose…" : "—")).value = "";
+      for (const v of kind.values || []) input.appendChild(el("option", "", v)).value = v;
+      break;
+    case "secret":
+      input = el("input");
+      input.type = "password";
+      input.autocomplete = "off";
+      break;
+    default:
+      input = el("input");
+      input.type = "text";
+      if (kind.type === "duration") input.placeholder = "e.g. 30s";
+  }
+  input.name = p.name;
+  input.dataset.kind = kind.type;
+  if (p.required) { input.required = true; input.setAttribute("aria-required", "true"); }
+  if (p.default != null && kind.type !== "boolean") input.value = typeof p.default === "string" ? p.default : JSON.stringify(p.default);
+  input.title = p.description || `${p.name} (${kind.type})`;
+  return input;
+}
+
+// The parameters the form holds: empty fields are left out (the runtime names a missing
+// required one); numbers and booleans go typed; text the browser could not read as a number
+// goes as it is, for the runtime to name.
+function formParams(form) {
+  const params = {};
+  for (const input of form.querySelectorAll("input, select")) {
+    const kind = input.dataset.kind;
+    if (kind === "boolean") {
+      if (input.checked || input.dataset.touched === "1") params[input.name] = input.checked;
+      continue;
+    }
+    const text = input.value;
+    if (text === "") continue;
+    if (kind === "integer" || kind === "number") {
+      const n = Number(text);
+      params[input.name] = Number.isFinite(n) ? n : text;
+    } else {
+      params[input.name] = text;
+    }
+  }
+  return params;
+}
+
+function commandForm(name, c) {
+  const li = el("li", "cmd");
+  li.dataset.command = c.id;
+  const head = el("div", "cmd-head");
+  const label = el("span", "cmd-name", c.id);
+  label.title = c.description || c.name || c.id;
+  head.appendChild(label);
+  if (c.confirm) head.appendChild(el("span", "cmd-confirm", "asks to confirm"));
+  const dry = el("button", "dry", "Dry run");
+  dry.type = "button";
+  dry.disabled = !c.dry_run;
+  dry.title = c.dry_run ? `plan ${c.id} on ${name}; nothing is sent` : `${c.id} has no dry-run`;
+  const run = el("button", c.confirm ? "run danger" : "run", "Run");
+  run.type = "button";
+  run.title = `${c.id} on ${name}` + (c.confirm ? " (asks to confirm first)" : "");
+  if (!S.auth) {
+    dry.disabled = run.disabled = true;
+    dry.title = run.title = "log in to act";
+  }
+  head.append(dry, run);
+  const form = el("form", "cmd-form");
+  form.noValidate = true;
+  for (const p of c.params || []) {
+    const row = el("label", p.required ? "cmd-param required" : "cmd-param");
+    row.dataset.param = p.name;
+    const text = el("span", "param-name", p.name);
+    if (p.required) {
+      const mark = el("abbr", "req", "*");
+      mark.title = "required";
+      text.appendChild(mark);
+    }
+    const input = paramInput(p);
+    input.addEventListener("change", () => { input.dataset.touched = "1"; });
+    row.append(text, input);
+    if (p.description) row.appendChild(el("small", "param-desc", p.description));
+    form.appendChild(row);
+  }
+  const out = el("pre", "cmd-result");
+  out.hidden = true;
+  form.addEventListener("submit", (e) => { e.preventDefault(); if (!dry.disabled) dry.click(); });
+  dry.addEventListener("click", () => runCommand(name, c, form, out, dry, true));
+  run.addEventListener("click", () => runCommand(name, c, form, out, run, false));
+  li.append(head, form, out);
+  return li;
+}
+
+// What a command's answer says, line by line.
+function resultLines(c, body, dryRun) {
+  if (dryRun) {
+    const planned = [];
+    for (const q of body.requests || []) {
+      planned.push(`${q.method} ${q.url}`);
+      if (q.body != null) planned.push(`  ${JSON.stringify(q.body)}`);
+    }
+    return [`${c.id} (dry run):`, ...(planned.length ? planned : ["nothing to send"]),
+      ...(body.warnings || []).map((w) => `warning: ${w}`)];
+  }
+  const lines = [`${c.id}: ${body.success ? "done" : "did not succeed"}`];
+  if (body.operation) lines.push(`operation ${body.operation}${body.operation_state ? ` ended ${body.operation_state}` : ""}`);
+  if (body.data != null) lines.push(typeof body.data === "string" ? body.data : JSON.stringify(body.data, null, 2));
+  for (const w of body.warnings || []) lines.push(`warning: ${w}`);
+  return lines;
+}
+
+// Runs (or dry-runs) a command with the form's parameters; a command that needs confirmation
+// asks first and then sends `yes`. Shows the result, or every problem the runtime named.
+async function runCommand(name, c, form, out, button, dryRun) {
+  const call = { command: c.id, params: formParams(form), dry_run: dryRun };
+  if (!dryRun && c.confirm) {
+    if (!window.confirm(`Run ${c.id} on ${name}? It needs confirmation.`)) return;
+    call.yes = true;
+  }
   button.disabled = true;
   let lines, ok = false;
   try {
@@ -186,21 +310,17 @@ async function dryRun(name, command, button) {
       method: "POST",
       credentials: "same-origin",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ command, params: {}, dry_run: true }),
+      body: JSON.stringify(call),
     });
     const body = await r.json().catch(() => ({}));
-    ok = r.ok;
-    if (r.ok) {
-      const planned = (body.requests || []).map((q) => `${q.method} ${q.url}`);
-      lines = [`${command} (dry run):`, ...(planned.length ? planned : ["nothing to send"]),
-        ...(body.warnings || []).map((w) => `warning: ${w}`)];
-    } else {
-      lines = [`${command}:`, ...(body.problems || [body.error || r.statusText])];
-    }
+    ok = r.ok && body.success !== false;
+    if (r.ok) lines = resultLines(c, body, dryRun);
+    else if (r.status === 400) lines = [`${c.id}: refused`, ...(body.problems || [body.error || r.statusText])];
+    else lines = [`${c.id}: ${body.error || r.statusText}`];
   } catch (e) {
-    lines = [`${command}: ${e}`];
+    lines = [`${c.id}: ${e}`];
   } finally {
-    button.disabled = false;
+    button.disabled = !S.auth || (dryRun && !c.dry_run);
   }
   out.textContent = lines.join("\n");
   out.classList.toggle("problem", !ok);
@@ -317,6 +437,8 @@ function describe(e) {
     case "cert_renewal_failed": return `certificate for ${e.domains.join(", ")} failed (attempt ${e.attempt}): ${e.error}`;
     case "bus_state_changed": return `bus: ${e.state}${e.message ? ` (${e.message})` : ""}`;
     case "maintenance_changed": return `${e.service === "*" ? "everything" : e.service}: maintenance ${e.on ? "on" : "off"}`;
+    case "command_executed": return `${e.resource}: ${e.command}${e.dry_run ? " (dry run)" : ""} ` +
+      (e.success ? "ok" : `failed${e.error ? `: ${e.error}` : ""}`) + (e.operation ? ` (operation ${e.operation})` : "");
     case "runtime_started": return `runtime ${e.project} started`;
     case "runtime_stopping": return `runtime stopping (${e.reason})`;
     default: return `${e.type}${e.service ? ` ${e.service}` : ""}`;

@@ -365,16 +365,35 @@ fn two_hundred_services_stay_usable() {
 }
 
 /// A provider resource's card lists its commands when "Commands" is opened; "Dry run" shows
-/// the planned request (a process's card has no command list).
+/// the planned request (a process's card has no command list). A command's parameters are
+/// typed inputs (required ones marked, defaults filled in): a dry-run with a required one
+/// left empty shows the missing-parameter problem, filled in it shows the planned request;
+/// "Run" on a command that needs confirmation asks first and sends `yes`.
 #[test]
 fn a_provider_resource_card_lists_its_commands_and_dry_runs_one() {
     let tag = unique_tag("e2e-cmd");
+    // Nothing listens on the API's port: dry-runs send nothing, and the one real run fails
+    // to connect (after confirmation).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let p = Project::with_config(&format!(
         "[project]\nname = \"dash\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
          [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
          [providers.sh]\nprovider = \"command\"\n\
+         [providers.cloud]\nprovider = \"http-api\"\nbase_url = \"http://{closed}/v1\"\nauth = \"none\"\n\
          [resources.flag]\nprovider = \"sh\"\ninterval = \"200ms\"\n\
          start = \"touch flag.state\"\nstop = \"rm -f flag.state\"\nstatus = \"test -f flag.state\"\n\
+         [resources.db]\nprovider = \"cloud\"\nproject_id = \"p1\"\ncommands = [\n\
+           {{ id = \"scale\", method = \"POST\", path = \"/projects/{{project_id}}/scale\", \
+              description = \"Set the size.\", params = [\n\
+               {{ name = \"replicas\", kind = \"integer\", required = true, description = \"How many.\" }},\n\
+               {{ name = \"tier\", kind = \"enum\", values = [\"small\", \"large\"], default = \"small\" }},\n\
+               {{ name = \"force\", kind = \"boolean\" }},\n\
+               {{ name = \"key\", kind = \"secret\" }},\n\
+           ] }},\n\
+           {{ id = \"drop\", method = \"DELETE\", path = \"/projects/{{project_id}}\", confirm = true }},\n\
+         ]\n\
          [services.web]\ncommand = \"echo web up; exec sleep 1000\"\n"
     ));
     let mut up = p.up(&[], &[]);
@@ -386,18 +405,19 @@ fn a_provider_resource_card_lists_its_commands_and_dry_runs_one() {
     browser.goto(&login);
     browser.wait_js(
         Duration::from_secs(20),
-        "both cards, logged in",
+        "three cards, logged in",
         "return location.pathname === '/kinfra' \
-           && document.querySelectorAll('.card').length === 2 \
+           && document.querySelectorAll('.card').length === 3 \
            && document.querySelector('#session').textContent.includes('signed in')",
     );
     assert_eq!(
         browser.js(
             "return [document.querySelector('.card[data-name=\"web\"] .cmds').hidden, \
-                     document.querySelector('.card[data-name=\"flag\"] .cmds').hidden]",
+                     document.querySelector('.card[data-name=\"flag\"] .cmds').hidden, \
+                     document.querySelector('.card[data-name=\"db\"] .cmds').hidden]",
             json!([])
         ),
-        json!([true, false])
+        json!([true, false, false])
     );
     browser.click(".card[data-name=\"flag\"] .cmds summary");
     browser.wait_js(
@@ -410,13 +430,129 @@ fn a_provider_resource_card_lists_its_commands_and_dry_runs_one() {
     let shown = browser.wait_js(
         Duration::from_secs(10),
         "the planned EXEC of start",
-        "const o = document.querySelector('.card[data-name=\"flag\"] .cmd-out'); \
+        "const o = document.querySelector('.card[data-name=\"flag\"] li[data-command=\"start\"] .cmd-result'); \
          return (!o.hidden && o.textContent.includes('EXEC')) ? o.textContent : null",
     );
     let shown = shown.as_str().unwrap_or_default();
     assert!(
         shown.contains("start (dry run)") && shown.contains("touch flag.state"),
         "{shown}"
+    );
+
+    // The http-api resource's declared commands: one input per parameter, by kind.
+    browser.click(".card[data-name=\"db\"] .cmds summary");
+    browser.wait_js(
+        Duration::from_secs(10),
+        "db's scale form",
+        "return document.querySelector('.card[data-name=\"db\"] li[data-command=\"scale\"] form') !== null",
+    );
+    let scale = ".card[data-name=\"db\"] li[data-command=\"scale\"]";
+    let inputs = browser.js(
+        &format!(
+            "const li = document.querySelector('{scale}'); \
+             const i = (n) => li.querySelector(`[name=\"${{n}}\"]`); \
+             return {{ replicas: [i('replicas').type, i('replicas').required, \
+                        li.querySelector('label[data-param=\"replicas\"] .req') !== null], \
+                      tier: [i('tier').tagName, i('tier').value], \
+                      force: [i('force').type, i('force').checked], \
+                      key: i('key').type, \
+                      dropRun: document.querySelector('.card[data-name=\"db\"] li[data-command=\"drop\"] button.run').className }}"
+        ),
+        json!([]),
+    );
+    assert_eq!(
+        inputs,
+        json!({
+            "replicas": ["number", true, true],
+            "tier": ["SELECT", "small"],
+            "force": ["checkbox", false],
+            "key": "password",
+            "dropRun": "run danger",
+        })
+    );
+    // A dry-run with the required parameter left empty: the runtime's problem, named.
+    browser.click(&format!("{scale} button.dry"));
+    let problem = browser.wait_js(
+        Duration::from_secs(10),
+        "the missing-parameter problem",
+        &format!(
+            "const o = document.querySelector('{scale} .cmd-result'); \
+             return (!o.hidden && o.classList.contains('problem')) ? o.textContent : null"
+        ),
+    );
+    let problem = problem.as_str().unwrap_or_default();
+    assert!(
+        problem.contains("scale: refused")
+            && problem.contains("parameter `replicas`: missing (required)"),
+        "{problem}"
+    );
+    // Filled in: the planned request, typed body with the default.
+    browser.js(
+        &format!("document.querySelector('{scale} [name=\"replicas\"]').value = '3'; return true"),
+        json!([]),
+    );
+    browser.click(&format!("{scale} button.dry"));
+    let planned = browser.wait_js(
+        Duration::from_secs(10),
+        "the planned POST of scale",
+        &format!(
+            "const o = document.querySelector('{scale} .cmd-result'); \
+             return (!o.hidden && !o.classList.contains('problem') && o.textContent.includes('POST')) \
+               ? o.textContent : null"
+        ),
+    );
+    let planned = planned.as_str().unwrap_or_default();
+    assert!(
+        planned.contains("scale (dry run)")
+            && planned.contains(&format!("POST http://{closed}/v1/projects/p1/scale"))
+            && planned.contains(r#"{"replicas":3,"tier":"small"}"#),
+        "{planned}"
+    );
+
+    // Each execution shows in the timeline, in words.
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the dry-run in the timeline",
+        "return [...document.querySelectorAll('#timeline li')] \
+           .some(li => li.textContent.includes('db: scale (dry run) ok'))",
+    );
+
+    // "Run" on a command that needs confirmation asks; declined, nothing is sent.
+    let drop_cmd = ".card[data-name=\"db\"] li[data-command=\"drop\"]";
+    browser.js(
+        "window.__asked = []; window.confirm = (q) => { window.__asked.push(q); return false; }; return true",
+        json!([]),
+    );
+    browser.click(&format!("{drop_cmd} button.run"));
+    assert_eq!(
+        browser.js(
+            &format!(
+                "return [window.__asked.length, document.querySelector('{drop_cmd} .cmd-result').hidden]"
+            ),
+            json!([])
+        ),
+        json!([1, true])
+    );
+    // Accepted: it is sent with `yes` (no confirmation problem) and fails to reach the API.
+    browser.js(
+        "window.confirm = (q) => { window.__asked.push(q); return true; }; return true",
+        json!([]),
+    );
+    browser.click(&format!("{drop_cmd} button.run"));
+    let failed = browser.wait_js(
+        Duration::from_secs(60),
+        "the run's failure",
+        &format!(
+            "const o = document.querySelector('{drop_cmd} .cmd-result'); \
+             return (!o.hidden) ? o.textContent : null"
+        ),
+    );
+    let failed = failed.as_str().unwrap_or_default();
+    assert!(
+        failed.starts_with("drop: ")
+            && !failed.contains("needs confirmation")
+            && failed.contains("connection failed"),
+        "{failed}"
     );
     artifact("dashboard-commands.png", &browser.screenshot());
     drop(browser);
