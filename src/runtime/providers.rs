@@ -509,7 +509,17 @@ mod tests {
     #[tokio::test]
     async fn instances_initialize_follow_their_resources_and_terminate() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = config(dir.path(), TEXT);
+        // A plugin that cannot start: discovery skips it, and the instance says why.
+        std::fs::create_dir(dir.path().join("plugins")).expect("mkdir");
+        let broken = dir.path().join("plugins/kinfra-provider-broken");
+        std::fs::write(&broken, "#!/bin/sh\necho no >&2\nexit 3\n").expect("write plugin");
+        std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let text = format!(
+            "{TEXT}[providers]\nplugin_dirs = [\"plugins\"]\n\
+             [providers.cracked]\nprovider = \"broken\"\n"
+        );
+        let config = config(dir.path(), &text);
         let catalog = runtime_catalog(&config, dir.path(), &[]).await;
         let instances = ProviderInstances::default();
         instances.reconcile(&config, catalog.as_ref());
@@ -520,6 +530,14 @@ mod tests {
             reason
                 .as_deref()
                 .is_some_and(|r| r.contains("providers.locked.token_file") && r.contains("token")),
+            "{reason:?}"
+        );
+        let (cracked, reason) = state(&instances, "cracked");
+        assert_eq!(cracked, "failed");
+        assert!(
+            reason.as_deref().is_some_and(|r| {
+                r.contains("kinfra-provider-broken skipped") && r.contains("describe failed")
+            }),
             "{reason:?}"
         );
         let report = instances.report();
@@ -541,7 +559,7 @@ mod tests {
         assert_eq!(state(&instances, "locked").0, "failed");
 
         instances.terminate("the runtime is stopping");
-        for name in ["sh", "locked", "nowhere"] {
+        for name in ["sh", "locked", "nowhere", "cracked"] {
             assert_eq!(
                 state(&instances, name),
                 ("terminated".into(), Some("the runtime is stopping".into()))
