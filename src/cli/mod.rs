@@ -227,10 +227,10 @@ enum ProvidersCommand {
     },
     /// Scan for plugins and say what was found, and why anything else was not used.
     Discover,
-    /// The config's `[providers.X]` instances: provider id, where it comes from, how many
-    /// resources use it, and its lifecycle state, computed offline from the config (`ready`
-    /// when the provider is installed and the token readable, else `failed` with the reason);
-    /// not read from a running runtime.
+    /// The config's `[providers.X]` instances: provider id, where it comes from, the
+    /// resources that use it, and its lifecycle state: live from the runtime running for this
+    /// config, else computed offline from the config (`ready` when the provider is installed
+    /// and the token readable, else `failed` with the reason).
     Instances,
 }
 
