@@ -10,6 +10,12 @@
 //! A started resource lives while its observe loop maps the status to a live state; its run
 //! ends when the status maps to `stopped` or `failed`. Unknown provider values never fail it:
 //! `…ING` reads as starting/stopping, anything else keeps the last state with a warning line.
+//!
+//! Asynchronous APIs: with an `operation` table (on the resource, or on the instance for all
+//! its resources; see [`OperationSpec`]) a start, stop or command answered `202 Accepted` (or
+//! with an id at `operation.id`) is polled to its end: start and stop return only then (the
+//! resource stays `starting` / `stopping`), a failed or timed-out operation fails them with the
+//! provider's reason, and a command's result carries the operation's id and final state.
 
 use crate::command::{CommandSpec, ParamKind, ParamSpec, ParamValue, ValidatedParams, validate};
 use crate::http::{
