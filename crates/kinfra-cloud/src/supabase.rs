@@ -981,7 +981,9 @@ impl Inner {
             }
         };
         // Act on what this answer says; an unknown status changes nothing (its state is kept).
-        let state = self.record(&answer).filter(|_| map_status(&answer.status).is_some());
+        let state = self
+            .record(&answer)
+            .filter(|_| map_status(&answer.status).is_some());
         let operation = lock(&self.view).operation;
         match state {
             Some(ProjectState::Running { .. }) => {
@@ -1310,7 +1312,20 @@ impl Resource for SupabaseResource {
     fn stop(&self, grace: Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let state = lock(&inner.view).state;
+            let (state, status) = {
+                let view = lock(&inner.view);
+                (view.state, view.status.clone())
+            };
+            let failed_for_good =
+                matches!(state, Some(ProjectState::Failed | ProjectState::Absent))
+                    && status.as_deref() != Some("PAUSE_FAILED");
+            if failed_for_good {
+                // Nothing runs to pause (a failed restore, a removed project).
+                if let Some(generation) = inner.live_generation() {
+                    inner.end_run(generation, 1);
+                }
+                return Ok(());
+            }
             let sent = match state {
                 Some(ProjectState::Stopped) | Some(ProjectState::Stopping) => Ok(()),
                 _ => {

@@ -183,6 +183,9 @@ async fn a_restore_that_ends_in_restore_failed_fails_the_run_with_the_reason() {
         "{:?}",
         res.exit_reason()
     );
+    // Stopping a failed project sends no pause (nothing runs to pause).
+    res.stop(HANG).await.expect("stop");
+    assert_eq!(fake.count(&r, "/pause"), 0, "{:?}", fake.requests(&r));
     assert_no_secret(&res, "").await;
     prism.assert_clean(&r);
 }
@@ -328,7 +331,7 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
     let before = fake.count(&r, &format!("GET /v1/projects/{r} "));
     fake.inject(
         &r,
-        &format!("GET /v1/projects/{r}"),
+        &format!("GET /v1/projects/{r}$"),
         Reply::json(429, r#"{"message":"slow down"}"#).header("Retry-After", "1"),
         1,
     );
@@ -353,7 +356,7 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
     // A burst of 500s: last_sync shows the error, the state stays, then it clears.
     fake.inject(
         &r,
-        &format!("GET /v1/projects/{r}"),
+        &format!("GET /v1/projects/{r}$"),
         Reply::json(500, r#"{"message":"Failed to retrieve project"}"#),
         3,
     );
@@ -387,7 +390,7 @@ async fn malformed_json_is_a_sync_error_not_a_crash() {
     .await;
     fake.inject(
         &r,
-        &format!("GET /v1/projects/{r}"),
+        &format!("GET /v1/projects/{r}$"),
         Reply::json(200, r#"{"status": "ACTIVE_HEA"#),
         2,
     );
@@ -606,7 +609,11 @@ async fn the_health_query_s_comma_form_leaves_the_spec() {
         }
     };
     assert_eq!(get("services=db&services=auth".into()).await, 200);
-    assert!(prism.violations(&r).is_empty(), "{:?}", prism.violations(&r));
+    assert!(
+        prism.violations(&r).is_empty(),
+        "{:?}",
+        prism.violations(&r)
+    );
     get("services=db,auth".into()).await;
     assert_eq!(prism.violations(&r).len(), 1, "{:?}", prism.exchanges(&r));
 }

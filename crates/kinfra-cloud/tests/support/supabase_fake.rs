@@ -182,7 +182,8 @@ impl SupabaseFake {
         });
     }
 
-    /// The next `times` requests of `r` whose `METHOD target` contains `pattern` get `reply`.
+    /// The next `times` requests of `r` whose `METHOD target` contains `pattern` get `reply`
+    /// (`pattern` ending in `$`: whose `METHOD target` is exactly the rest).
     pub fn inject(&self, r: &str, pattern: &str, reply: Reply, times: usize) {
         self.with(r, |p| {
             p.faults.push_back(Fault {
@@ -238,7 +239,11 @@ impl SupabaseFake {
         p.requests
             .push(format!("{} {} {}", seen.method, seen.target, seen.body));
         let line = format!("{} {}", seen.method, seen.target);
-        if let Some(i) = p.faults.iter().position(|f| line.contains(&f.pattern)) {
+        let matches = |pattern: &str| match pattern.strip_suffix('$') {
+            Some(exact) => line == exact,
+            None => line.contains(pattern),
+        };
+        if let Some(i) = p.faults.iter().position(|f| matches(&f.pattern)) {
             let fault = &mut p.faults[i];
             let reply = fault.reply.clone();
             fault.times -= 1;
