@@ -16,3 +16,4 @@ mod harness;
 #[path = "../support/supabase_fake.rs"]
 mod supabase_fake;
 mod supabase;
+mod neon;

@@ -2,7 +2,8 @@
 //! without the internet"): a stateful fake written in the tests, Stoplight Prism in proxy mode
 //! in front of it (`prism proxy <spec> <fake> --errors`), and a relay in front of Prism that
 //! records every exchange and whether Prism found a violation (the `sl-violations` header, or
-//! an error Prism made up itself: an invalid request, an unknown path, missing credentials).
+//! an error Prism made up itself, as `application/problem+json`: an invalid request, an
+//! unknown path, missing credentials, an upstream answer that is not JSON).
 //!
 //! ```text
 //! provider ──► relay (records) ──► prism proxy (checks against the spec) ──► fake
@@ -375,11 +376,10 @@ async fn relay(
     let problem = headers
         .get("content-type")
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    // Prism answers its own errors (an invalid request, an unknown path, missing credentials,
+    // an upstream answer it could not read) as problem+json; the fakes never do.
     if violation.is_none() && problem {
-        let text = String::from_utf8_lossy(&bytes);
-        if text.contains("stoplight.io/prism/errors") {
-            violation = Some(text.into_owned());
-        }
+        violation = Some(String::from_utf8_lossy(&bytes).into_owned());
     }
     record(status, violation);
     let mut response = axum::response::Response::new(axum::body::Body::from(bytes));
