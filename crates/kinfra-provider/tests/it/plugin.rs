@@ -469,7 +469,7 @@ async fn a_plugin_resource_observes_its_status_and_ends_when_the_plugin_says_exi
     let (_dir, provider) = provider(Duration::from_secs(20)).await;
     let ctx = instance();
     let config = json!({"project_id": "p-1", "interval": "100ms", "misbehave": "exit",
-        "misbehave_after": 5});
+        "misbehave_after": 10});
     let resource = provider
         .resource(&ctx, &decl("db", config))
         .expect("resource");
@@ -585,12 +585,14 @@ async fn a_poll_that_loses_the_child_ends_the_run_naming_the_fault() {
         let (_dir, provider) = provider(timeout).await;
         let ctx = instance();
         let config = json!({"project_id": "p-1", "interval": "100ms", "misbehave": how,
-            "misbehave_after": 2});
+            "misbehave_after": 3});
         let resource = provider
             .resource(&ctx, &decl("db", config))
             .expect("resource");
-        let mut run = resource.start().await.expect("start");
+        // The first status call starts the child (the run may lose it soon after its start).
+        assert_eq!(resource.status().await, Ok(Observed::Absent), "{how}");
         let pid = provider.process(&ctx).pid().await.expect("a child runs");
+        let mut run = resource.start().await.expect("start");
         let exit = tokio::time::timeout(Duration::from_secs(20), run.exit)
             .await
             .unwrap_or_else(|_| panic!("{how}: the run did not end"))
