@@ -1338,7 +1338,8 @@ impl Resource for PluginResource {
             let (exit_tx, exit) = oneshot::channel();
             let end = Arc::downgrade(&end);
             let reason = self.exit_reason.clone();
-            let grace = self.process.options.timeout;
+            // A poll in flight finishes within one call timeout.
+            let poll_bound = self.process.options.timeout;
             tokio::spawn(async move {
                 let mut exit_tx = exit_tx;
                 let unknown = ExitInfo {
@@ -1353,7 +1354,7 @@ impl Resource for PluginResource {
                 let info = match ended {
                     Ended::Own(info) => info,
                     Ended::Lost(Ok(exit)) => {
-                        let _ = tokio::time::timeout(grace, busy.lock()).await;
+                        let _ = tokio::time::timeout(poll_bound, busy.lock()).await;
                         let _ = out_tx.try_send(OutputLine {
                             stream: kinfra_core::status::LogStream::Stderr,
                             text: exit.output_line(),
