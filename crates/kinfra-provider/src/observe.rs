@@ -1,5 +1,6 @@
-//! The observe loop of a cloud resource: every `interval` (±10% jitter, so a hundred resources
-//! do not poll in lockstep) it asks the provider for the resource's state and publishes
+//! The observe loop of a cloud resource: every `interval` (±10% jitter, and a first observe at
+//! a random point of the first interval, so a hundred resources started together poll evenly
+//! spread rather than in bursts) it asks the provider for the resource's state and publishes
 //! `last_sync` (`at`, `ok`, `error`) and the last `provider_state` on a `watch` channel.
 //!
 //! A failing observe keeps the last known state (only `last_sync` changes) and backs off; a
@@ -66,14 +67,45 @@ pub struct ObserveConfig {
     /// The cap of the delay after failures (which doubles from `interval`); never below
     /// `interval`.
     pub max_backoff: Duration,
+    /// When the first observe runs: at once, or at a uniformly random point of the first
+    /// interval (the default), which spreads resources started together over the interval.
+    pub first: FirstObserve,
+}
+
+/// When an observe loop's first observe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstObserve {
+    /// After a uniformly random part of the interval: loops started at the same moment
+    /// (a runtime booting a hundred resources) end up evenly spread, never polling in a burst.
+    #[default]
+    Spread,
+    /// At once (the caller has no state yet and wants one).
+    AtOnce,
 }
 
 impl ObserveConfig {
-    /// `interval`, backing off up to eight times it.
+    /// `interval`, backing off up to eight times it, the first observe spread.
     pub fn every(interval: Duration) -> Self {
         Self {
             interval,
             max_backoff: interval.saturating_mul(8),
+            first: FirstObserve::Spread,
+        }
+    }
+
+    /// The same with the first observe at once.
+    pub fn at_once(self) -> Self {
+        Self {
+            first: FirstObserve::AtOnce,
+            ..self
+        }
+    }
+
+    /// The delay before the first observe.
+    pub fn first_delay(&self) -> Duration {
+        match self.first {
+            FirstObserve::AtOnce => Duration::ZERO,
+            FirstObserve::Spread => self.interval.mul_f64(kinfra_core::random::unit_f64()),
         }
     }
 
@@ -100,7 +132,8 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Runs the observe loop until `stop` completes, publishing on `status` after every observe.
-/// The first observe runs at once. `observe` returns the provider's state string.
+/// The first observe runs after [`ObserveConfig::first_delay`]. `observe` returns the
+/// provider's state string.
 pub async fn run<F, Fut, S>(
     config: ObserveConfig,
     mut observe: F,
@@ -112,6 +145,14 @@ pub async fn run<F, Fut, S>(
     S: Future<Output = ()>,
 {
     tokio::pin!(stop);
+    let first = config.first_delay();
+    if !first.is_zero() {
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            () = tokio::time::sleep(first) => {}
+        }
+    }
     loop {
         let answer = tokio::select! {
             biased;
@@ -191,6 +232,7 @@ mod tests {
         let config = ObserveConfig {
             interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(60),
+            first: FirstObserve::Spread,
         };
         for _ in 0..200 {
             let d = config.next_delay();
@@ -208,5 +250,23 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    /// Loops started together spread their first observe over the whole first interval
+    /// (what keeps a hundred resources from polling in one burst); `at_once` does not wait.
+    #[test]
+    fn the_first_observe_is_spread_over_the_interval_unless_at_once() {
+        let config = ObserveConfig::every(Duration::from_secs(10));
+        let firsts: Vec<Duration> = (0..1000).map(|_| config.first_delay()).collect();
+        assert!(firsts.iter().all(|d| *d < Duration::from_secs(10)));
+        assert!(
+            firsts.iter().any(|d| *d < Duration::from_secs(1)),
+            "none early"
+        );
+        assert!(
+            firsts.iter().any(|d| *d > Duration::from_secs(9)),
+            "none late"
+        );
+        assert_eq!(config.at_once().first_delay(), Duration::ZERO);
     }
 }

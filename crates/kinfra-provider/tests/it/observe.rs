@@ -3,7 +3,7 @@
 
 use crate::fake_http::{FakeHttp, Reply};
 use kinfra_provider::http::{HttpClient, HttpConfig, HttpRequest};
-use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
+use kinfra_provider::observe::{self, FirstObserve, ObserveConfig, ObserveError, ObservedStatus};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
@@ -62,6 +62,7 @@ async fn a_500_burst_keeps_the_last_state_and_marks_the_sync_failed_until_it_rec
     let config = ObserveConfig {
         interval: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
+        first: FirstObserve::AtOnce,
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (mut rx, task) = observe::spawn(
@@ -160,7 +161,7 @@ async fn the_loop_stops_while_waiting_and_sends_nothing_after() {
     let server = FakeHttp::start(Reply::json(200, r#"{"state":"ACTIVE"}"#)).await;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (mut rx, task) = observe::spawn(
-        ObserveConfig::every(Duration::from_secs(3600)),
+        ObserveConfig::every(Duration::from_secs(3600)).at_once(),
         observe_state(http(), server.url("/state")),
         async move {
             let _ = stop_rx.await;
