@@ -26,6 +26,7 @@ use crate::command::{CommandSpec, ValidatedParams};
 use crate::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
+use crate::observe::ObserveConfig;
 use crate::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
@@ -1009,9 +1010,12 @@ async fn watch_run(
     name: String,
     sync: SyncRecord,
 ) {
+    // The observe loop's timing: the first read spread over the interval, then ±10 %.
+    let timing = ObserveConfig::every(config.interval);
+    let mut wait = timing.first_delay();
     loop {
-        let jitter = 0.9 + 0.2 * kinfra_core::random::unit_f64();
-        tokio::time::sleep(config.interval.mul_f64(jitter)).await;
+        tokio::time::sleep(wait).await;
+        wait = timing.next_delay();
         let reading = match read_status(&config, &sink, &sync).await {
             Ok(r) => r,
             Err(error) => {
