@@ -42,12 +42,15 @@ pub struct Catalog {
     pub searched: Vec<PathBuf>,
 }
 
-/// The providers compiled into kinfra: `command` (CLI tools as resources) and `http-api`
-/// (any HTTP/REST API described in config).
+/// The providers compiled into kinfra: `command` (CLI tools as resources), `http-api` (any
+/// HTTP/REST API described in config) and the cloud providers of `kinfra_cloud` (`neon`,
+/// `supabase`).
 pub fn builtin() -> Vec<Arc<dyn Provider>> {
     vec![
         kinfra_provider::builtin::command::provider(),
         kinfra_provider::builtin::http_api::provider(),
+        kinfra_cloud::neon::provider(),
+        kinfra_cloud::supabase::provider(),
     ]
 }
 

@@ -10,6 +10,15 @@ mod dashboard;
 mod docker;
 mod edge;
 mod library;
+mod neon;
+/// The cloud providers' spec-checking harness (Prism in front of the provider SDK's fake HTTP
+/// server), shared by neon.rs and supabase.rs: include it here only, once.
+#[allow(dead_code)]
+#[path = "../../crates/kinfra-provider/tests/it/fake_http.rs"]
+mod fake_http;
+#[allow(dead_code)]
+#[path = "../../crates/kinfra-cloud/tests/support/prism.rs"]
+mod prism;
 mod ownership;
 mod plan;
 mod plugin_faults;

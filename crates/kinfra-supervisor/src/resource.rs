@@ -354,6 +354,12 @@ impl ResourceActor {
             exit,
         } = run;
         let conn = self.spec.resource.connection();
+        // Dependents resolve `${resources.NAME.FIELD}` when they spawn: a cloud resource
+        // learns its connection facts while it starts, so they are taken again here.
+        match self.shared.resource_conns.write() {
+            Ok(mut conns) => conns.insert(self.name.clone(), conn.clone()),
+            Err(p) => p.into_inner().insert(self.name.clone(), conn.clone()),
+        };
         // The status knows the run before the log does: whoever sees its start line or its
         // output in the log finds its pid in the status.
         self.update(|s| {
