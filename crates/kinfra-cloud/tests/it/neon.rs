@@ -802,3 +802,60 @@ async fn secrets_stay_out_of_logs_errors_and_sync() {
     assert!(shown.contains("****"), "{shown}");
     prism.assert_clean(&project);
 }
+
+#[tokio::test]
+async fn an_unreachable_api_is_engine_unavailable_for_this_resource() {
+    // A port nothing listens on (bound, then closed).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let resource = provider()
+        .with_retry(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .endpoint_resource(
+            &instance(&format!("http://{closed}"), TOKEN),
+            &decl(json!({ "project_id": "p-gone", "endpoint_id": "ep-gone" })),
+        )
+        .expect("resource");
+    let error = within("start", resource.start())
+        .await
+        .expect_err("unreachable");
+    assert!(
+        matches!(error, ResourceError::EngineUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_permanent());
+    let text = error.to_string();
+    assert!(text.contains(&format!("`{INSTANCE}`")), "{text}");
+    assert!(!text.contains(TOKEN), "{text}");
+}
+
+#[tokio::test]
+async fn a_slow_api_times_out_naming_the_call() {
+    let (prism, fake) = neon();
+    let (project, endpoint, _) = fake.project("slow", "idle");
+    let slow = Reply::json(200, "{}").delayed(Duration::from_secs(5));
+    fake.inject(&project, "GET /projects", slow, 1);
+    let resource = NeonProvider::with_http_config(kinfra_provider::http::HttpConfig {
+        request_timeout: Duration::from_millis(500),
+        ..kinfra_provider::http::HttpConfig::default()
+    })
+    .with_retry(RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    })
+    .endpoint_resource(
+        &instance(&prism.url, TOKEN),
+        &decl(json!({ "project_id": project, "endpoint_id": endpoint })),
+    )
+    .expect("resource");
+    let error = within("start", resource.start())
+        .await
+        .expect_err("timed out");
+    assert!(!error.is_permanent(), "a timeout may pass: {error:?}");
+    let text = error.to_string();
+    assert!(text.contains("no answer within"), "{text}");
+    assert!(text.contains(&endpoint), "{text}");
+}
