@@ -31,4 +31,5 @@ mod scenarios;
 mod security;
 mod startup;
 mod store;
+mod supabase;
 mod support;
