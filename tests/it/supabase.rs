@@ -193,3 +193,48 @@ fn providers_show_supabase_lists_every_command_with_its_parameters() {
         assert!(human.contains(word), "{word} missing:\n{human}");
     }
 }
+
+#[test]
+fn a_dependent_started_once_the_project_is_restored_gets_its_direct_and_pooler_urls() {
+    let (prism, fake) = supabase();
+    let r = fake.project("rooturls", "INACTIVE");
+    let tag = crate::support::unique_tag("supabase-urls");
+    let p = project(
+        &prism.url,
+        &r,
+        &format!(
+            "[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+             [services.app]\ncommand = \"env > app.env && exec sleep 1000\"\n\
+             env = {{ DIRECT = \"${{resources.db.url}}\", POOLER = \"${{resources.db.pooler_url}}\" }}\n\
+             depends_on = {{ db = \"healthy\" }}\n"
+        ),
+    );
+    let mut up = p.up(&[], &[]);
+    wait_for(LIMIT, "app running with its env written", || {
+        let (code, body) = http_get(&up.dashboard_addr(), "/__status__").ok()?;
+        let status: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && status["services"]["app"]["state"] == "running").then_some(())?;
+        std::fs::read_to_string(p.path().join("app.env"))
+            .ok()
+            .filter(|e| e.contains("POOLER="))
+    });
+    let env = std::fs::read_to_string(p.path().join("app.env")).expect("app.env");
+    assert!(
+        env.contains(&format!(
+            "DIRECT=postgresql://postgres:{DB_PASSWORD}@db.{r}.supabase.co:5432/postgres\n"
+        )),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!(
+            "POOLER=postgresql://postgres.{r}:{DB_PASSWORD}@aws-0-eu-central-1.pooler.supabase.com:6543/postgres\n"
+        )),
+        "{env}"
+    );
+    let (_, body) = db(&up).expect("status");
+    assert_no_secret(&up, &body);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    assert!(crate::support::pids_tagged(&tag).is_empty());
+    prism.assert_clean(&r);
+}

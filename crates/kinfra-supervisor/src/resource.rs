@@ -173,11 +173,27 @@ impl ResourceActor {
         self.snap.borrow().state
     }
 
+    /// Takes the resource's connection facts again for dependents, which resolve
+    /// `${resources.NAME.FIELD}` when they spawn: a cloud resource learns them while it
+    /// starts (a run begins) and once it runs (a database pooler known only when active).
+    fn take_connection(&self) -> kinfra_core::resource::Connection {
+        let conn = self.spec.resource.connection();
+        match self.shared.resource_conns.write() {
+            Ok(mut conns) => conns.insert(self.name.clone(), conn.clone()),
+            Err(p) => p.into_inner().insert(self.name.clone(), conn.clone()),
+        };
+        conn
+    }
+
     fn set_state(&self, to: ServiceState, message: impl Into<String>) {
         let message = message.into();
         let from = self.state();
         if from == to && self.snap.borrow().message == message {
             return;
+        }
+        if to == ServiceState::Running && from != ServiceState::Running {
+            // Before dependents waiting for it can see it running.
+            self.take_connection();
         }
         self.update(|s| {
             s.state = to;
@@ -353,13 +369,7 @@ impl ResourceActor {
             output,
             exit,
         } = run;
-        let conn = self.spec.resource.connection();
-        // Dependents resolve `${resources.NAME.FIELD}` when they spawn: a cloud resource
-        // learns its connection facts while it starts, so they are taken again here.
-        match self.shared.resource_conns.write() {
-            Ok(mut conns) => conns.insert(self.name.clone(), conn.clone()),
-            Err(p) => p.into_inner().insert(self.name.clone(), conn.clone()),
-        };
+        let conn = self.take_connection();
         // The status knows the run before the log does: whoever sees its start line or its
         // output in the log finds its pid in the status.
         self.update(|s| {
