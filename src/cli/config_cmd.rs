@@ -90,7 +90,14 @@ async fn provider_problems(config: &Config) -> Vec<(String, String)> {
                 continue;
             }
         };
-        let decl = resource_decl(name, resource);
+        let decl = match resource_decl(name, resource) {
+            Ok(decl) => decl,
+            Err(problem) => {
+                let (key, message) = split_problem(&problem, instance_name);
+                problems.push((key, message));
+                continue;
+            }
+        };
         for problem in provider.validate_resource(&context, &decl).await {
             let key = match &problem.key {
                 Some(key) => key_path(&["resources", name, key]),
@@ -102,10 +109,14 @@ async fn provider_problems(config: &Config) -> Vec<(String, String)> {
     problems
 }
 
-/// `instance_context`'s problems read `providers.X.token_file: what`; split off the key.
+/// `instance_context`'s and `resource_decl`'s problems read `providers.X.token_file: what` or
+/// `resources.X.KEY: what`; split off the key.
 fn split_problem(problem: &str, instance: &str) -> (String, String) {
     match problem.split_once(": ") {
-        Some((key, message)) if key.starts_with("providers.") && !key.contains(' ') => {
+        Some((key, message))
+            if (key.starts_with("providers.") || key.starts_with("resources."))
+                && !key.contains(' ') =>
+        {
             (key.to_owned(), message.to_owned())
         }
         _ => (key_path(&["providers", instance]), problem.to_owned()),

@@ -147,7 +147,7 @@ pub async fn build_resource(
         )]);
     };
     let context = instance_context(config, instance_name).map_err(|problem| vec![problem])?;
-    let decl = resource_decl(name, resource);
+    let decl = resource_decl(name, resource).map_err(|problem| vec![problem])?;
     let refused = provider.validate_resource(&context, &decl).await;
     if !refused.is_empty() {
         return Err(refused
@@ -402,15 +402,53 @@ pub(super) async fn follow_instances(
     }
 }
 
+/// `${VAR}` (and `${VAR:-default}`) in a provider's or provider resource's string values,
+/// from kinfra's environment: `token = "${NEON_API_KEY}"`. Other references
+/// (`${resources.X.Y}`, `${PORT}`) mean nothing there and are errors naming `key`; so is an
+/// unset variable without a default. Messages name the variable, never a value.
+fn env_interpolated(key: &str, text: &str) -> Result<String, String> {
+    let lookup = |name: &str| {
+        if name == "PORT" || name.contains('.') {
+            None
+        } else {
+            std::env::var(name).ok()
+        }
+    };
+    kinfra_core::config::interpolate::interpolate(text, &lookup).map_err(|e| format!("{key}: {e}"))
+}
+
+/// [`env_interpolated`] over every string in a JSON value (tables and lists included).
+fn env_interpolated_value(key: &str, value: &mut serde_json::Value) -> Result<(), String> {
+    match value {
+        serde_json::Value::String(text) => *text = env_interpolated(key, text)?,
+        serde_json::Value::Array(items) => {
+            for item in items {
+                env_interpolated_value(key, item)?;
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                env_interpolated_value(&format!("{key}.{k}"), v)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// What a provider sees of its `[providers.NAME]` instance: the token (from `token`, or read
 /// from `token_file`, which must be the user's own and not writable by others), `base_url`,
-/// and the table's other keys.
+/// and the table's other keys, with `${VAR}` filled in from the environment.
 pub fn instance_context(config: &Config, instance_name: &str) -> Result<InstanceContext, String> {
     let Some(instance) = config.providers.instances.get(instance_name) else {
         return Err(format!("no [providers.{instance_name}] instance"));
     };
+    let key = |k: &str| format!("providers.{instance_name}.{k}");
     let token = match (&instance.token, &instance.token_file) {
-        (Some(token), _) => Some(token.clone()),
+        (Some(token), _) => Some(Secret::new(env_interpolated(
+            &key("token"),
+            token.expose(),
+        )?)),
         (None, Some(file)) => {
             let path = config.resolve_path(file);
             crate::ownership::check_private(&path)
@@ -425,18 +463,23 @@ pub fn instance_context(config: &Config, instance_name: &str) -> Result<Instance
         }
         (None, None) => None,
     };
-    let mut table: serde_json::Map<String, serde_json::Value> = instance
-        .extra
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut table = serde_json::Map::new();
+    for (k, v) in &instance.extra {
+        let mut value = v.clone();
+        env_interpolated_value(&key(k), &mut value)?;
+        table.insert(k.clone(), value);
+    }
     if let Some(rate) = &instance.rate_limit {
         table.insert("rate_limit".into(), rate.clone().into());
     }
+    let base_url = match &instance.base_url {
+        Some(url) => Some(env_interpolated(&key("base_url"), url)?),
+        None => None,
+    };
     Ok(InstanceContext {
         instance: instance_name.to_owned(),
         token,
-        base_url: instance.base_url.clone(),
+        base_url,
         config: table,
     })
 }
@@ -445,22 +488,25 @@ pub fn instance_context(config: &Config, instance_name: &str) -> Result<Instance
 /// only kinfra key it carries ([`kinfra_provider::plugin::KINFRA_RESOURCE_KEYS`], documented
 /// in the plugin protocol: a plugin's `validate` refuses any other key it does not know, so a
 /// new kinfra key added here must be added there too).
-pub fn resource_decl(name: &str, resource: &ResourceConfig) -> ResourceDecl {
-    let mut table: serde_json::Map<String, serde_json::Value> = resource
-        .extra
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+/// `${VAR}` in its string values is filled in from the environment (an unset one is an error
+/// naming the key).
+pub fn resource_decl(name: &str, resource: &ResourceConfig) -> Result<ResourceDecl, String> {
+    let mut table = serde_json::Map::new();
+    for (k, v) in &resource.extra {
+        let mut value = v.clone();
+        env_interpolated_value(&format!("resources.{name}.{k}"), &mut value)?;
+        table.insert(k.clone(), value);
+    }
     table.insert(
         "interval".into(),
         humantime::format_duration(resource.observe_interval().0)
             .to_string()
             .into(),
     );
-    ResourceDecl {
+    Ok(ResourceDecl {
         name: name.to_owned(),
         config: table,
-    }
+    })
 }
 
 #[cfg(test)]

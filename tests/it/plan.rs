@@ -101,7 +101,7 @@ fn plan_shows_a_status_error_per_resource_and_exits_2_on_a_bad_config() {
 }
 
 /// A fake API on 127.0.0.1 that answers every request with `body` and records the request
-/// lines it got.
+/// lines it got, each followed by ` | ` and its `Authorization` header (empty without one).
 fn fake_api(body: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -114,14 +114,22 @@ fn fake_api(body: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
             let mut line = String::new();
             let _ = reader.read_line(&mut line);
-            log.lock().expect("lock").push(line.trim().to_owned());
             // Read the headers (the GET has no body).
+            let mut auth = String::new();
             loop {
                 let mut header = String::new();
                 if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
                     break;
                 }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("authorization")
+                {
+                    auth = value.trim().to_owned();
+                }
             }
+            log.lock()
+                .expect("lock")
+                .push(format!("{} | {auth}", line.trim()));
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -163,4 +171,48 @@ fn an_http_api_resource_plans_its_start_endpoint_without_sending_it() {
         "only status reads were sent: {requests:?}"
     );
     assert!(!stdout(&out).contains("tok-plan-secret"));
+}
+
+/// `${VAR}` in a provider instance (token, base_url) and in a provider resource's keys is
+/// filled in from kinfra's environment, as DESIGN's `token = "${NEON_API_KEY}"` shows; an
+/// unset variable is an input error naming the key (not a literal `${...}` sent as the token).
+#[test]
+fn provider_tokens_urls_and_keys_take_environment_variables() {
+    let (addr, seen) = fake_api("{\"project\":{\"status\":\"ACTIVE\"}}");
+    let p = Project::with_config(
+        "[project]\nname = \"penv\"\n[providers.api]\nprovider = \"http-api\"\n\
+         base_url = \"http://${PENV_API}/v1\"\ntoken = \"${PENV_TOKEN}\"\n\
+         [resources.db]\nprovider = \"api\"\nproject_id = \"${PENV_PROJECT:-p1}\"\n\
+         status = { method = \"GET\", path = \"/projects/{project_id}\" }\n\
+         state_pointer = \"/project/status\"\n\
+         state_map = { ACTIVE = \"running\" }\n",
+    );
+    let env = [
+        ("PENV_API", addr.as_str()),
+        ("PENV_TOKEN", "tok-from-env"),
+        ("PENV_PROJECT", "p7"),
+    ];
+    let out = p.run_env(&["plan", "--json"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let requests = seen.lock().expect("lock").clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("GET /v1/projects/p7 ") && r.ends_with("| Bearer tok-from-env")),
+        "the status read used the variables' values: {requests:?}"
+    );
+
+    let out = p.run_env(&["config", "check"], &env[..2]);
+    assert!(
+        out.status.success(),
+        "the default fills PENV_PROJECT: {}",
+        stderr(&out)
+    );
+    let out = p.run_env(&["config", "check"], &env[1..]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("providers.api.base_url") && err.contains("PENV_API"),
+        "{err}"
+    );
 }
