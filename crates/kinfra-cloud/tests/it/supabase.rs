@@ -617,3 +617,38 @@ async fn the_health_query_s_comma_form_leaves_the_spec() {
     get("services=db,auth".into()).await;
     assert_eq!(prism.violations(&r).len(), 1, "{:?}", prism.exchanges(&r));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
+    // Nothing listens on port 1.
+    let res = resource("http://127.0.0.1:1", "unreachableprojectxx");
+    let error = res.start().await.expect_err("no API");
+    assert!(
+        matches!(error, ResourceError::EngineUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("`supa`"), "{error}");
+
+    let (prism, fake) = supabase();
+    let r = fake.project("slow", "ACTIVE_HEALTHY");
+    let provider = SupabaseProvider::with_http_config(kinfra_provider::http::HttpConfig {
+        request_timeout: Duration::from_millis(300),
+        ..kinfra_provider::http::HttpConfig::default()
+    });
+    let res = provider
+        .project_resource(&instance(&prism.url, TOKEN), &decl(&r))
+        .expect("resource");
+    fake.inject(
+        &r,
+        &format!("GET /v1/projects/{r}$"),
+        crate::fake_http::Reply::json(200, "{}").delayed(Duration::from_secs(3)),
+        1,
+    );
+    let error = res.start().await.expect_err("too slow");
+    assert!(!error.is_permanent(), "a timeout may pass: {error:?}");
+    assert!(error.to_string().contains("no answer within"), "{error}");
+    // The next read answers in time.
+    let run = res.start().await.expect("start");
+    res.release(HANG).await.expect("release");
+    assert_eq!(exit_code(run).await, Some(0));
+}
