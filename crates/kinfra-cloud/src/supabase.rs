@@ -818,11 +818,21 @@ impl Inner {
 
     /// One GET of the project.
     async fn fetch_project(&self) -> Result<ProjectAnswer, HttpError> {
+        self.read_project(false).await
+    }
+
+    /// One GET of the project; with `retry`, rate limits (their `Retry-After`) and transient
+    /// failures are retried within the provider's policy (a start is not failed by a 429).
+    async fn read_project(&self, retry: bool) -> Result<ProjectAnswer, HttpError> {
         let request = self.api.request(Method::GET, &self.project_path())?;
-        if let Some(bucket) = &self.api.bucket {
-            bucket.acquire().await;
-        }
-        let response = self.http.send(&request).await?;
+        let response = if retry {
+            send_with_retry(&self.http, self.api.bucket.as_ref(), &request, &self.retry).await?
+        } else {
+            if let Some(bucket) = &self.api.bucket {
+                bucket.acquire().await;
+            }
+            self.http.send(&request).await?
+        };
         let answer: Value = response.json()?;
         let status = answer
             .get("status")
@@ -1257,7 +1267,7 @@ impl Resource for SupabaseResource {
             }
             lock(&inner.view).failure = None;
             let answer = inner
-                .fetch_project()
+                .read_project(true)
                 .await
                 .map_err(|e| inner.error("start", &e))?;
             let state = inner.record(&answer);

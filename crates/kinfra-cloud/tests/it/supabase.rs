@@ -642,8 +642,9 @@ async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
         &r,
         &format!("GET /v1/projects/{r}$"),
         crate::fake_http::Reply::json(200, "{}").delayed(Duration::from_secs(3)),
-        1,
+        4,
     );
+    // Every attempt of the start's read (four by the provider's retry policy) is too slow.
     let error = res.start().await.expect_err("too slow");
     assert!(!error.is_permanent(), "a timeout may pass: {error:?}");
     assert!(error.to_string().contains("no answer within"), "{error}");
@@ -651,4 +652,23 @@ async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
     let run = res.start().await.expect("start");
     res.release(HANG).await.expect("release");
     assert_eq!(exit_code(run).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_start_waits_for_retry_after_instead_of_failing() {
+    let (prism, fake) = supabase();
+    let r = fake.project("limitedstart", "INACTIVE");
+    fake.inject(
+        &r,
+        &format!("GET /v1/projects/{r}$"),
+        Reply::json(429, r#"{"message":"Rate limit exceeded"}"#).header("Retry-After", "1"),
+        1,
+    );
+    let res = resource(&prism.url, &r);
+    let run = res.start().await.expect("the start waits and goes on");
+    assert_eq!(fake.count(&r, &format!("GET /v1/projects/{r} ")), 2);
+    assert_eq!(fake.count(&r, "/restore"), 1);
+    res.release(HANG).await.expect("release");
+    assert_eq!(exit_code(run).await, Some(0));
+    prism.assert_clean(&r);
 }
