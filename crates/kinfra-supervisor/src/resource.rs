@@ -15,6 +15,7 @@ use kinfra_core::config::{
 use kinfra_core::event::{EventKind, ExitInfo};
 use kinfra_core::resource::{Observed, OutputLine, ReportedState, Resource, Run};
 use kinfra_core::state::{Health, ServiceState};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -131,6 +132,9 @@ pub(crate) struct ResourceActor {
     probe_rx: mpsc::Receiver<ProbeEvent>,
     probe_ok: Option<bool>,
     own_health: Health,
+    /// Commands that arrived while a start was in flight, handled after it (a stop, halt,
+    /// restart or shutdown goes first: it interrupted the start).
+    deferred: VecDeque<Command>,
 }
 
 impl ResourceActor {
@@ -161,6 +165,7 @@ impl ResourceActor {
             probe_rx,
             probe_ok: None,
             own_health: Health::Unknown,
+            deferred: VecDeque::new(),
         }
     }
 
@@ -224,6 +229,12 @@ impl ResourceActor {
 
     pub async fn run(mut self) {
         loop {
+            if let Some(cmd) = self.deferred.pop_front() {
+                if self.handle(cmd).await {
+                    return;
+                }
+                continue;
+            }
             match self.mode {
                 Mode::WaitDeps => {
                     if self.deps_met() {
@@ -342,7 +353,38 @@ impl ResourceActor {
             ServiceState::Starting,
             format!("Starting {}", self.spec.resource.kind()),
         );
-        match self.spec.resource.start().await {
+        // A start may wait minutes (a cloud operation): commands keep arriving meanwhile. A
+        // stop, halt, restart or shutdown interrupts it (the start future is dropped, which
+        // cancels what it was waiting for, and the command then stops the resource); any
+        // other command waits its turn.
+        let resource = self.spec.resource.clone();
+        let start = resource.start();
+        tokio::pin!(start);
+        let started = loop {
+            tokio::select! {
+                result = &mut start => break Some(result),
+                cmd = self.cmds.recv() => match cmd {
+                    Some(
+                        cmd @ (Command::Stop(_)
+                        | Command::Halt(_)
+                        | Command::Restart(_)
+                        | Command::Shutdown(..)),
+                    ) => {
+                        self.deferred.push_front(cmd);
+                        break None;
+                    }
+                    Some(cmd) => self.deferred.push_back(cmd),
+                    None => break Some(start.as_mut().await),
+                },
+            }
+        };
+        let Some(started) = started else {
+            self.mode = Mode::Idle;
+            self.sink.system("Start interrupted by a stop.");
+            self.set_state(ServiceState::Stopping, "Start interrupted");
+            return;
+        };
+        match started {
             Ok(run) => self.on_started(run),
             Err(error) => {
                 warn!(resource = %self.name, %error, "Start failed.");

@@ -502,3 +502,105 @@ async fn a_provider_reported_state_is_shown_and_a_reported_stop_is_final() {
         "keep never stops the thing"
     );
 }
+
+/// A resource whose start never ends (a cloud operation that takes minutes): counts the
+/// starts given up (their future dropped) and the stops.
+#[derive(Default)]
+struct Hanging {
+    abandoned: Arc<std::sync::atomic::AtomicU32>,
+    stops: std::sync::atomic::AtomicU32,
+}
+
+/// Counts one when dropped.
+struct CountOnDrop(Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Resource for Hanging {
+    fn kind(&self) -> &'static str {
+        "hanging"
+    }
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
+        let guard = CountOnDrop(self.abandoned.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<Result<Run, ResourceError>>().await
+        })
+    }
+    fn stop(&self, _grace: std::time::Duration) -> BoxFuture<'_, Result<(), ResourceError>> {
+        self.stops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+    fn status(&self) -> BoxFuture<'_, Result<Observed, ResourceError>> {
+        Box::pin(async { Ok(Observed::Idle) })
+    }
+    fn health(&self) -> BoxFuture<'_, Result<kinfra_core::state::Health, ResourceError>> {
+        Box::pin(async { Ok(kinfra_core::state::Health::Unknown) })
+    }
+    fn connection(&self) -> Connection {
+        Connection::default()
+    }
+    fn logs(&self, _tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn remove(&self, _volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A stop, and the runtime's shutdown, never wait behind a start that takes minutes: they
+/// interrupt it (the start is given up, then the resource is stopped), so `runtime stop` and
+/// `runtime down` stay bounded whatever a provider's operation does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_or_shutdown_interrupts_a_start_that_takes_minutes() {
+    use kinfra_core::view::Action;
+    use std::sync::atomic::Ordering::SeqCst;
+    let project = Project::new();
+    let adapter = Arc::new(Hanging::default());
+    let mut spec = ResourceSpec::new(adapter.clone());
+    fast(&mut spec);
+    let sup = Arc::new(
+        Supervisor::start(
+            &BTreeMap::new(),
+            project.opts().with_resources(vec![("slow".into(), spec)]),
+        )
+        .await
+        .expect("start"),
+    );
+    expect_state(&sup, "slow", ServiceState::Starting, SECS(10)).await;
+    tokio::time::timeout(SECS(10), sup.act(Action::Stop, "slow"))
+        .await
+        .expect("the stop waited behind the start")
+        .expect("stop");
+    expect_state(&sup, "slow", ServiceState::Stopped, SECS(10)).await;
+    assert_eq!(
+        adapter.abandoned.load(SeqCst),
+        1,
+        "the start was not given up"
+    );
+    assert_eq!(
+        adapter.stops.load(SeqCst),
+        1,
+        "the resource was not stopped"
+    );
+
+    // Started again by hand (its reply waits on the start), then the supervisor shuts down.
+    let starter = {
+        let sup = sup.clone();
+        tokio::spawn(async move { sup.act(Action::Start, "slow").await })
+    };
+    expect_state(&sup, "slow", ServiceState::Starting, SECS(10)).await;
+    tokio::time::timeout(SECS(20), sup.shutdown(SECS(2)))
+        .await
+        .expect("the shutdown waited behind the start");
+    assert_eq!(adapter.abandoned.load(SeqCst), 2);
+    assert_eq!(adapter.stops.load(SeqCst), 2);
+    let _ = tokio::time::timeout(SECS(10), starter).await;
+}
