@@ -1602,7 +1602,7 @@ mod tests {
             ("RESIZING", Maintenance),
             ("REMOVED", Absent),
             ("WARMING", Starting),
-            ("SHUTTING_DOWN_SLOWLY", Stopping),
+            ("SUSPENDING", Stopping),
         ] {
             assert_eq!(map_status(status), Some(state), "{status}");
         }
