@@ -21,6 +21,7 @@ pub mod plugin;
 pub mod provider;
 pub mod ratelimit;
 pub mod registry;
+pub mod rest;
 pub mod retry;
 pub mod run_slot;
 pub mod simple;
