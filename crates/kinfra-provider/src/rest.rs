@@ -283,7 +283,7 @@ impl RestClients {
 }
 
 /// A failed call: the error, and its text with the token masked (the one to show).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CallError {
     /// What went wrong.
     pub http: HttpError,
@@ -384,11 +384,54 @@ impl RestApi {
         Ok(request)
     }
 
-    fn call_error(&self, http: HttpError) -> CallError {
+    /// `http` as a [`CallError`], its text with the token masked.
+    pub fn call_error(&self, http: HttpError) -> CallError {
         CallError {
             text: self.mask(&http.to_string()),
             http,
         }
+    }
+
+    /// The request as a dry-run shows it for a path only known in words once sent
+    /// (`/branches/<id of branch `dev`>`): `path_text` goes after the base URL as it is.
+    pub fn planned_at(
+        &self,
+        method: Method,
+        path_text: &str,
+        body: Option<Value>,
+    ) -> PlannedRequest {
+        let Ok(base) = Url::parse(&self.base) else {
+            return PlannedRequest {
+                method: method.to_string(),
+                url: format!("{}{path_text}", self.base),
+                headers: Vec::new(),
+                body,
+            };
+        };
+        let mut request = HttpRequest::new(method, base).auth(self.auth.clone());
+        request.body = body;
+        let mut planned = request.planned();
+        // The auth's query pair (an api-key in the query), if any, stays on the URL.
+        let query = Url::parse(&planned.url)
+            .ok()
+            .and_then(|u| u.query().map(str::to_owned));
+        planned.url = match query {
+            Some(q) => format!("{}{path_text}?{q}", self.base),
+            None => format!("{}{path_text}", self.base),
+        };
+        planned
+    }
+
+    /// Sends `request` once through the instance's token bucket, without retries (a poll
+    /// whose loop has its own backoff). The request is sent as it is (its own auth).
+    pub async fn send_once(&self, request: &HttpRequest) -> Result<HttpResponse, CallError> {
+        if let Some(bucket) = &self.bucket {
+            bucket.acquire().await;
+        }
+        self.http
+            .send(request)
+            .await
+            .map_err(|http| self.call_error(http))
     }
 
     /// Sends `request` through the instance's token bucket, with retries.
@@ -514,5 +557,28 @@ mod tests {
         assert_eq!(planned.url, "http://127.0.0.1:9/things/a%20b?q=1");
         assert_eq!(planned.headers[0].1, "Bearer tok-secret-1");
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn a_path_known_only_in_words_is_shown_as_it_is_with_the_auth() {
+        let clients = RestClients::new(
+            "the Test API",
+            Some("http://127.0.0.1:9/v2"),
+            TokenNeed::Optional,
+        );
+        let api = clients.api(&ctx(json!({}), Some("tok-2"))).expect("api");
+        let planned = api.planned_at(Method::DELETE, "/b/<id of branch `x`>", None);
+        assert_eq!(planned.url, "http://127.0.0.1:9/v2/b/<id of branch `x`>");
+        assert_eq!(planned.headers[0].1, "Bearer tok-2");
+        let keyed = api.with_auth(Auth::Query {
+            name: "key".into(),
+            value: Secret::new("tok-2"),
+        });
+        let planned = keyed.planned_at(Method::GET, "/b/<x>", Some(json!({"a": 1})));
+        assert_eq!(planned.url, "http://127.0.0.1:9/v2/b/<x>?key=tok-2");
+        assert_eq!(
+            planned.headers,
+            [("Content-Type".to_owned(), "application/json".to_owned())]
+        );
     }
 }
