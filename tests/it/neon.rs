@@ -1,7 +1,7 @@
 //! The `neon` provider through `kinfra runtime up`, against the stateful Neon fake behind
 //! Prism (crates/kinfra-cloud's harness): a dependent service waits for the endpoint to be
 //! active and gets `${resources.db.url}`; `runtime stop db` suspends it; an endpoint
-//! suspended outside kinfra shows sleeping; `runtime down` (on_down = keep) leaves it alone;
+//! suspended outside kinfra shows sleeping, and running again once woken there; `runtime down` (on_down = keep) leaves it alone;
 //! `kinfra providers show neon` lists every command with its parameters.
 
 #[allow(dead_code)]
@@ -115,6 +115,12 @@ fn a_dependent_waits_for_the_active_endpoint_gets_its_url_and_stop_suspends_it()
     fake.set_state(&project, &endpoint, "idle");
     let db = wait_state(&p, &up, "db", "sleeping");
     assert_eq!(db["provider_state"], "idle", "{db}");
+    // Woken by a connection (outside kinfra): observed and taken up again, no restart.
+    fake.set_state(&project, &endpoint, "active");
+    let db = wait_state(&p, &up, "db", "running");
+    assert_eq!(db["restarts"], 0, "{db}");
+    fake.set_state(&project, &endpoint, "idle");
+    wait_state(&p, &up, "db", "sleeping");
 
     // Nothing kinfra shows holds the token, the password or the URL.
     let shown = format!(

@@ -50,6 +50,12 @@ pub struct ResourceSpec {
     pub on_down: OnDown,
     /// Log ring and file settings.
     pub log: LogConfig,
+    /// For a provider resource: how often it is observed after its provider reported it
+    /// stopped or sleeping outside kinfra's doing (paused in a console, a Neon compute gone
+    /// idle), so that when it runs again (restored there, woken by a connection) it is taken
+    /// up again (`start` adopts it) rather than shown stopped until someone starts it.
+    /// `None`: not observed then.
+    pub observe_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for ResourceSpec {
@@ -75,6 +81,7 @@ impl ResourceSpec {
             stop_grace: Duration::from_secs(10),
             on_down: OnDown::Stop,
             log: LogConfig::default(),
+            observe_interval: None,
         }
     }
 
@@ -86,6 +93,7 @@ impl ResourceSpec {
             health: cfg.health.clone(),
             stop_grace: cfg.stop_grace.0,
             on_down: cfg.on_down,
+            observe_interval: cfg.provider.is_some().then(|| cfg.observe_interval().0),
             ..Self::new(resource)
         }
     }
@@ -135,6 +143,10 @@ pub(crate) struct ResourceActor {
     /// Commands that arrived while a start was in flight, handled after it (a stop, halt,
     /// restart or shutdown goes first: it interrupted the start).
     deferred: VecDeque<Command>,
+    /// Idle because the provider reported it stopped or sleeping outside kinfra: observed
+    /// every [`ResourceSpec::observe_interval`] to take it up again when it runs. Any command
+    /// ends this (the user decides from then on).
+    watching: bool,
 }
 
 impl ResourceActor {
@@ -166,6 +178,7 @@ impl ResourceActor {
             probe_ok: None,
             own_health: Health::Unknown,
             deferred: VecDeque::new(),
+            watching: false,
         }
     }
 
@@ -262,14 +275,23 @@ impl ResourceActor {
                         }
                     }
                 }
-                Mode::Idle => match self.cmds.recv().await {
-                    Some(cmd) => {
-                        if self.handle(cmd).await {
-                            return;
+                Mode::Idle => {
+                    let watch = self.spec.observe_interval.filter(|_| self.watching);
+                    tokio::select! {
+                        cmd = self.cmds.recv() => match cmd {
+                            Some(cmd) => {
+                                self.watching = false;
+                                if self.handle(cmd).await {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        },
+                        () = tokio::time::sleep(watch.unwrap_or_default()), if watch.is_some() => {
+                            self.observe_idle().await;
                         }
                     }
-                    None => return,
-                },
+                }
                 Mode::Active => {
                     let poll = if self.state() == ServiceState::Starting {
                         HEALTH_POLL_STARTING
@@ -538,6 +560,25 @@ impl ResourceActor {
         }
     }
 
+    /// One observe of a resource stopped or sleeping outside kinfra: when it runs again, it
+    /// is taken up (started, which adopts what runs) as if it had never stopped.
+    async fn observe_idle(&mut self) {
+        match self.spec.resource.status().await {
+            Ok(Observed::Running) => {
+                info!(resource = %self.name, "Running again outside kinfra; taking it up.");
+                self.sink
+                    .system("Running again (started or woken outside kinfra); taking it up.");
+                self.watching = false;
+                self.mode = Mode::Active;
+                self.launch().await;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(resource = %self.name, %error, "Observe of a stopped resource failed.");
+            }
+        }
+    }
+
     async fn observed_exit(&self) -> Option<ExitInfo> {
         match self.spec.resource.status().await {
             Ok(Observed::Exited(e)) => Some(e),
@@ -583,8 +624,10 @@ impl ResourceActor {
             )
         {
             // The provider says how it ended (paused outside kinfra, a failed restore): shown
-            // as it is; restarting would not change it.
+            // as it is; restarting would not change it. A stopped or sleeping one is observed,
+            // to be taken up again when it runs.
             self.mode = Mode::Idle;
+            self.watching = state != ServiceState::Failed && self.spec.observe_interval.is_some();
             self.set_state(state, message);
             return;
         }

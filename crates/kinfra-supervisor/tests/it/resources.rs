@@ -604,3 +604,45 @@ async fn a_stop_or_shutdown_interrupts_a_start_that_takes_minutes() {
     assert_eq!(adapter.stops.load(SeqCst), 2);
     let _ = tokio::time::timeout(SECS(10), starter).await;
 }
+
+/// A provider resource gone to sleep outside kinfra (a Neon compute idle after its suspend
+/// timeout) or paused there is observed at its interval, and taken up again when it runs
+/// (woken by a connection, restored in a console): running again without a restart counted
+/// and without anyone typing `runtime start`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_asleep_outside_kinfra_is_taken_up_again_when_it_wakes() {
+    let project = Project::new();
+    let adapter = Arc::new(Reporting::new("db"));
+    let mut spec = ResourceSpec::new(adapter.clone());
+    fast(&mut spec);
+    spec.observe_interval = Some(std::time::Duration::from_millis(100));
+    let sup = Supervisor::start(
+        &BTreeMap::new(),
+        project.opts().with_resources(vec![("db".into(), spec)]),
+    )
+    .await
+    .expect("start");
+    expect_state(&sup, "db", ServiceState::Running, SECS(10)).await;
+    adapter.report(ServiceState::Sleeping, "idle (wakes on connect)");
+    adapter.process.stop(SECS(5)).await.expect("idle");
+    expect_message(
+        &sup,
+        "db",
+        ServiceState::Sleeping,
+        "idle (wakes on connect)",
+    )
+    .await;
+
+    // Woken outside kinfra: the observe sees it run, and the supervisor takes it up.
+    *adapter.reported.lock().expect("reported") = None;
+    let woken = adapter.process.start().await.expect("woken outside");
+    expect_state(&sup, "db", ServiceState::Running, SECS(10)).await;
+    assert_eq!(status_of(&sup, "db").restarts, 0, "a wake is no restart");
+    assert!(
+        sup.logs(Some("db"), 50)
+            .is_ok_and(|l| l.iter().any(|l| l.line.message.contains("Running again"))),
+        "the log says why it runs again"
+    );
+    drop(woken);
+    sup.shutdown(SECS(5)).await;
+}
