@@ -24,9 +24,7 @@ use kinfra_core::resource::{
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::{LastSync, LogStream};
 use kinfra_provider::command::{CommandSpec, ParamKind, ParamSpec, ValidatedParams};
-use kinfra_provider::http::{
-    Auth, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url,
-};
+use kinfra_provider::http::{HttpConfig, HttpError, Method, Url};
 use kinfra_provider::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
@@ -35,14 +33,14 @@ use kinfra_provider::operation::{OperationError, OperationStatus, OperationTrack
 use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
-use kinfra_provider::ratelimit::{Rate, TokenBucket};
-use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
-use kinfra_provider::retry::{Backoff, RetryPolicy, send_with_retry};
-use kinfra_provider::run_slot::{RunSlot, SyncRecord};
+use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
+use kinfra_provider::result::{CommandResult, mask_text};
+use kinfra_provider::retry::{Backoff, RetryPolicy};
+use kinfra_provider::run_slot::{RunSlot, SyncRecord, lock};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
@@ -69,17 +67,6 @@ const KINFRA_KEYS: &[&str] = &["provider", "interval"];
 const LOG_LINES: usize = 500;
 /// Longest a suspend timeout may be (the spec's maximum: a week).
 const MAX_SUSPEND_TIMEOUT: i64 = 604_800;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
-    ResourceProblem {
-        key: Some(key.to_owned()),
-        message: message.into(),
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Metadata and commands
@@ -320,7 +307,7 @@ fn duration_key(
     match kinfra_core::config::parse_duration(text) {
         Ok(d) => Some(d),
         Err(reason) => {
-            problems.push(problem(key, reason));
+            problems.push(ResourceProblem::at(key, reason));
             None
         }
     }
@@ -343,21 +330,24 @@ impl Settings {
         let mut problems = Vec::new();
         let project_id = str_key(config, "project_id").unwrap_or_default().to_owned();
         if project_id.is_empty() && !config.contains_key("project_id") {
-            problems.push(problem("project_id", "missing (required)"));
+            problems.push(ResourceProblem::at("project_id", "missing (required)"));
         } else if !valid_id(&project_id) {
-            problems.push(problem(
+            problems.push(ResourceProblem::at(
                 "project_id",
                 format!("`{project_id}` is not a Neon project id (a-z, 0-9 and -)"),
             ));
         }
         let endpoint = match (str_key(config, "endpoint_id"), str_key(config, "branch")) {
             (Some(_), Some(_)) => {
-                problems.push(problem("branch", "set endpoint_id or branch, not both"));
+                problems.push(ResourceProblem::at(
+                    "branch",
+                    "set endpoint_id or branch, not both",
+                ));
                 None
             }
             (Some(id), None) if valid_id(id) => Some(EndpointRef::Id(id.to_owned())),
             (Some(id), None) => {
-                problems.push(problem(
+                problems.push(ResourceProblem::at(
                     "endpoint_id",
                     format!("`{id}` is not a Neon endpoint id (a-z, 0-9 and -)"),
                 ));
@@ -367,12 +357,12 @@ impl Settings {
                 Some(EndpointRef::Branch(branch.to_owned()))
             }
             (None, Some(_)) => {
-                problems.push(problem("branch", "empty branch name"));
+                problems.push(ResourceProblem::at("branch", "empty branch name"));
                 None
             }
             (None, None) => {
                 if !config.contains_key("endpoint_id") && !config.contains_key("branch") {
-                    problems.push(problem(
+                    problems.push(ResourceProblem::at(
                         "endpoint_id",
                         "missing: set endpoint_id (the compute endpoint) or branch (its name)",
                     ));
@@ -386,7 +376,7 @@ impl Settings {
                 if (60..=MAX_SUSPEND_TIMEOUT).contains(&secs) {
                     Some(secs)
                 } else {
-                    problems.push(problem(
+                    problems.push(ResourceProblem::at(
                         "suspend_timeout",
                         "must be between 60s and 7d (Neon's limits)",
                     ));
@@ -427,58 +417,6 @@ impl Settings {
                 self.project_id
             ),
         }
-    }
-}
-
-/// The instance's API access: base URL, token, rate. Every problem at once.
-fn instance_parts(
-    ctx: &InstanceContext,
-) -> Result<(String, Secret, Option<Rate>), Vec<ResourceProblem>> {
-    let mut problems = Vec::new();
-    let base = ctx
-        .base_url
-        .clone()
-        .or_else(|| str_key(&ctx.config, "base_url").map(str::to_owned))
-        .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
-    match Url::parse(&base) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-        _ => problems.push(problem(
-            "base_url",
-            format!("`{base}` is not an http(s) URL"),
-        )),
-    }
-    let token = match &ctx.token {
-        Some(t) if !t.expose().is_empty() => Some(t.clone()),
-        _ => {
-            problems.push(problem(
-                "token",
-                format!(
-                    "[providers.{}] needs a Neon API key (token or token_file)",
-                    ctx.instance
-                ),
-            ));
-            None
-        }
-    };
-    let rate = match ctx.config.get("rate_limit") {
-        None => None,
-        Some(Value::String(text)) => match text.parse::<Rate>() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                problems.push(problem("rate_limit", e.to_string()));
-                None
-            }
-        },
-        Some(_) => {
-            problems.push(problem("rate_limit", "expected a rate such as \"5/s\""));
-            None
-        }
-    };
-    match token {
-        Some(token) if problems.is_empty() => {
-            Ok((base.trim_end_matches('/').to_owned(), token, rate))
-        }
-        _ => Err(problems),
     }
 }
 
@@ -530,169 +468,28 @@ struct BranchInfo {
     current_state: Option<String>,
 }
 
-/// What a failed call means, with the words to show (free of secrets).
-#[derive(Debug, Clone)]
-struct CallError {
-    http: HttpError,
-    text: String,
-}
-
-/// One instance's access to the API.
-#[derive(Clone)]
-struct Api {
-    instance: String,
-    base: String,
-    token: Secret,
-    http: HttpClient,
-    bucket: Option<TokenBucket>,
-    retry: RetryPolicy,
-}
-
-impl std::fmt::Debug for Api {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api")
-            .field("instance", &self.instance)
-            .field("base", &self.base)
-            .finish_non_exhaustive()
-    }
-}
-
-/// `path` with every segment percent-encoded where it is not a plain id.
-fn encode(segment: &str) -> String {
-    let mut out = String::new();
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-impl Api {
-    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, HttpError> {
-        let text = format!("{}{path}", self.base);
-        let mut url = Url::parse(&text).map_err(|e| HttpError::Invalid {
-            url: text.clone(),
-            reason: e.to_string(),
-        })?;
-        if !query.is_empty() {
-            let mut pairs = url.query_pairs_mut();
-            for (k, v) in query {
-                pairs.append_pair(k, v);
-            }
-        }
-        Ok(url)
-    }
-
-    fn request(
+/// The Neon calls beyond a plain request: branches by name, operations followed to their end.
+trait NeonCalls {
+    /// The project's branches.
+    async fn branches(&self, project: &str) -> Result<Vec<BranchInfo>, CallError>;
+    /// Polls `op` until it finished (or failed, or `timeout` passed).
+    async fn track(
         &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> Result<HttpRequest, HttpError> {
-        let mut request =
-            HttpRequest::new(method, self.url(path, query)?).auth(Auth::Bearer(self.token.clone()));
-        request.body = body;
-        Ok(request)
-    }
-
-    /// What `request` looks like on the wire (the token in; mask before showing).
-    fn planned(&self, request: &HttpRequest) -> PlannedRequest {
-        let mut headers = vec![(
-            "Authorization".to_owned(),
-            format!("Bearer {}", self.token.expose()),
-        )];
-        if request.body.is_some() {
-            headers.push(("Content-Type".into(), "application/json".into()));
-        }
-        PlannedRequest {
-            method: request.method.to_string(),
-            url: request.url.to_string(),
-            headers,
-            body: request.body.clone(),
-        }
-    }
-
-    /// A request shown with a placeholder for an id only known once sent (a branch by name).
-    fn planned_with(
+        project: &str,
+        op: &OperationInfo,
+        timeout: Duration,
+    ) -> Result<(), OperationError>;
+    /// Tracks every operation of an answer; the first failure is the error (with the
+    /// operation's action and reason).
+    async fn track_all(
         &self,
-        method: Method,
-        path_text: String,
-        body: Option<Value>,
-    ) -> PlannedRequest {
-        let mut headers = vec![(
-            "Authorization".to_owned(),
-            format!("Bearer {}", self.token.expose()),
-        )];
-        if body.is_some() {
-            headers.push(("Content-Type".into(), "application/json".into()));
-        }
-        PlannedRequest {
-            method: method.to_string(),
-            url: format!("{}{path_text}", self.base),
-            headers,
-            body,
-        }
-    }
+        project: &str,
+        ops: &[OperationInfo],
+        timeout: Duration,
+    ) -> Result<(), String>;
+}
 
-    fn mask(&self, text: &str) -> String {
-        mask_text(text, &[self.token.expose()])
-    }
-
-    async fn send(&self, request: &HttpRequest) -> Result<HttpResponse, CallError> {
-        send_with_retry(&self.http, self.bucket.as_ref(), request, &self.retry)
-            .await
-            .map_err(|http| CallError {
-                text: self.mask(&http.to_string()),
-                http,
-            })
-    }
-
-    async fn call<T: for<'de> Deserialize<'de>>(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> Result<T, CallError> {
-        let request = self
-            .request(method, path, query, body)
-            .map_err(|http| CallError {
-                text: self.mask(&http.to_string()),
-                http,
-            })?;
-        let answer = self.send(&request).await?;
-        answer.json::<T>().map_err(|http| CallError {
-            text: self.mask(&http.to_string()),
-            http,
-        })
-    }
-
-    /// `error` as the resource's error: a refused token fails for good naming the instance,
-    /// a 404 names `what`, an unreachable API is the engine being unavailable.
-    fn resource_error(&self, op: &str, what: &str, error: &CallError) -> ResourceError {
-        match &error.http {
-            HttpError::Status {
-                code: code @ (401 | 403),
-                ..
-            } => ResourceError::Invalid(format!(
-                "{op}: the Neon API refused the token of provider instance `{}` ({code}): {}",
-                self.instance, error.text
-            )),
-            HttpError::Status { code: 404, .. } => {
-                ResourceError::Invalid(format!("{op}: {what} not found (404): {}", error.text))
-            }
-            HttpError::Connect { reason, .. } => ResourceError::EngineUnavailable {
-                engine: format!("the Neon API of provider instance `{}`", self.instance),
-                reason: self.mask(reason),
-            },
-            _ => ResourceError::op(op, &error.text),
-        }
-    }
-
+impl NeonCalls for RestApi {
     async fn branches(&self, project: &str) -> Result<Vec<BranchInfo>, CallError> {
         #[derive(Deserialize)]
         struct Answer {
@@ -701,7 +498,7 @@ impl Api {
         let answer: Answer = self
             .call(
                 Method::GET,
-                &format!("/projects/{}/branches", encode(project)),
+                &format!("/projects/{}/branches", encode_segment(project)),
                 &[],
                 None,
             )
@@ -709,7 +506,6 @@ impl Api {
         Ok(answer.branches)
     }
 
-    /// Polls `operation` until it finished (or failed, or `timeout` passed).
     async fn track(
         &self,
         project: &str,
@@ -732,8 +528,8 @@ impl Api {
         };
         let path = format!(
             "/projects/{}/operations/{}",
-            encode(project),
-            encode(&op.id)
+            encode_segment(project),
+            encode_segment(&op.id)
         );
         tracker
             .track(|| async {
@@ -741,19 +537,16 @@ impl Api {
                 struct Answer {
                     operation: OperationInfo,
                 }
-                let request = self.request(Method::GET, &path, &[], None)?;
-                if let Some(bucket) = &self.bucket {
-                    bucket.acquire().await;
-                }
-                let answer: Answer = self.http.send(&request).await?.json()?;
+                let request = self
+                    .request(Method::GET, &path, &[], None)
+                    .map_err(|e| e.http)?;
+                let answer: Answer = self.send_once(&request).await.map_err(|e| e.http)?.json()?;
                 Ok(operation_status(&answer.operation).unwrap_or(OperationStatus::Pending))
             })
             .await
             .map(|_| ())
     }
 
-    /// Tracks every operation of an answer; the first failure is the error (with the
-    /// operation's action and reason).
     async fn track_all(
         &self,
         project: &str,
@@ -857,10 +650,7 @@ fn state_text(e: &EndpointInfo) -> String {
 pub struct NeonProvider {
     metadata: ProviderMetadata,
     commands: Vec<CommandSpec>,
-    http_config: HttpConfig,
-    http: OnceLock<HttpClient>,
-    buckets: Mutex<HashMap<String, TokenBucket>>,
-    retry: RetryPolicy,
+    clients: RestClients,
 }
 
 impl std::fmt::Debug for NeonProvider {
@@ -891,52 +681,21 @@ impl NeonProvider {
         Self {
             metadata: metadata(),
             commands: commands(),
-            http_config: config,
-            http: OnceLock::new(),
-            buckets: Mutex::new(HashMap::new()),
-            retry: RetryPolicy {
-                max_attempts: 4,
-                max_elapsed: Duration::from_secs(60),
-                ..RetryPolicy::default()
-            },
+            clients: RestClients::new(
+                "the Neon API",
+                Some(DEFAULT_BASE_URL),
+                TokenNeed::Required("a Neon API key"),
+            )
+            .with_http_config(config),
         }
     }
 
     /// The retry policy of calls (the observe loop has its own backoff).
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    fn http(&self) -> Result<HttpClient, ResourceError> {
-        if let Some(c) = self.http.get() {
-            return Ok(c.clone());
+    pub fn with_retry(self, retry: RetryPolicy) -> Self {
+        Self {
+            clients: self.clients.with_retry(retry),
+            ..self
         }
-        let client = HttpClient::new(self.http_config.clone())
-            .map_err(|e| ResourceError::Invalid(e.to_string()))?;
-        Ok(self.http.get_or_init(|| client).clone())
-    }
-
-    fn api(&self, ctx: &InstanceContext) -> Result<Api, ProviderError> {
-        let (base, token, rate) =
-            instance_parts(ctx).map_err(|problems| ProviderError::InvalidResource {
-                resource: format!("[providers.{}]", ctx.instance),
-                problems,
-            })?;
-        let bucket = rate.map(|rate| {
-            lock(&self.buckets)
-                .entry(ctx.instance.clone())
-                .or_insert_with(|| TokenBucket::new(rate))
-                .clone()
-        });
-        Ok(Api {
-            instance: ctx.instance.clone(),
-            base,
-            token,
-            http: self.http()?,
-            bucket,
-            retry: self.retry,
-        })
     }
 
     /// The [`NeonResource`] for `decl` (the concrete type behind [`Provider::resource`]).
@@ -950,7 +709,7 @@ impl NeonProvider {
                 resource: decl.name.clone(),
                 problems,
             })?;
-        let api = self.api(instance)?;
+        let api = self.clients.api(instance)?;
         Ok(NeonResource {
             inner: Arc::new(Inner {
                 name: decl.name.clone(),
@@ -990,25 +749,25 @@ fn find_branch<'a>(branches: &'a [BranchInfo], name: &str) -> Option<&'a BranchI
 impl NeonProvider {
     async fn run_command(
         &self,
-        api: &Api,
+        api: &RestApi,
         settings: &Settings,
         command: &CommandSpec,
         params: &ValidatedParams,
         dry_run: bool,
     ) -> Result<CommandResult, String> {
-        let project = encode(&settings.project_id);
+        let project = encode_segment(&settings.project_id);
         let branches_path = format!("/projects/{project}/branches");
         let text = |e: CallError| e.text;
         let param = |name: &str| params.str(name).unwrap_or_default().to_owned();
         let timeout = settings.operation_timeout;
-        let secrets = [&api.token];
+        let secrets = api.secrets();
         match command.id.as_str() {
             "list-branches" => {
                 let request = api
                     .request(Method::GET, &branches_path, &[], None)
                     .map_err(|e| e.to_string())?;
                 if dry_run {
-                    return Ok(CommandResult::planned(&[api.planned(&request)], &secrets));
+                    return Ok(CommandResult::planned(&[request.planned()], &secrets));
                 }
                 let branches = api.branches(&settings.project_id).await.map_err(text)?;
                 Ok(CommandResult::ok(json!({
@@ -1032,7 +791,7 @@ impl NeonProvider {
                         let list = api
                             .request(Method::GET, &branches_path, &[], None)
                             .map_err(|e| e.to_string())?;
-                        planned.push(api.planned(&list));
+                        planned.push(list.planned());
                     }
                     let request = api
                         .request(
@@ -1042,7 +801,7 @@ impl NeonProvider {
                             Some(body(parent_text.as_deref())),
                         )
                         .map_err(|e| e.to_string())?;
-                    planned.push(api.planned(&request));
+                    planned.push(request.planned());
                     return Ok(CommandResult::planned(&planned, &secrets));
                 }
                 let parent_id = match &parent {
@@ -1088,10 +847,10 @@ impl NeonProvider {
                         .request(Method::GET, &branches_path, &[], None)
                         .map_err(|e| e.to_string())?;
                     let planned = [
-                        api.planned(&list),
-                        api.planned_with(
+                        list.planned(),
+                        api.planned_at(
                             Method::DELETE,
-                            format!("/projects/{project}/branches/<id of branch `{name}`>"),
+                            &format!("/projects/{project}/branches/<id of branch `{name}`>"),
                             None,
                         ),
                     ];
@@ -1109,7 +868,7 @@ impl NeonProvider {
                 let answer: Answer = api
                     .call(
                         Method::DELETE,
-                        &format!("{branches_path}/{}", encode(&branch.id)),
+                        &format!("{branches_path}/{}", encode_segment(&branch.id)),
                         &[],
                         None,
                     )
@@ -1141,10 +900,12 @@ impl NeonProvider {
                         .request(Method::GET, &branches_path, &[], None)
                         .map_err(|e| e.to_string())?;
                     let planned = [
-                        api.planned(&list),
-                        api.planned_with(
+                        list.planned(),
+                        api.planned_at(
                             Method::POST,
-                            format!("/projects/{project}/branches/<id of branch `{name}`>/restore"),
+                            &format!(
+                                "/projects/{project}/branches/<id of branch `{name}`>/restore"
+                            ),
                             Some(body(&format!("<id of branch `{source}`>"))),
                         ),
                     ];
@@ -1165,7 +926,7 @@ impl NeonProvider {
                 let answer: Answer = api
                     .call(
                         Method::POST,
-                        &format!("{branches_path}/{}/restore", encode(&target.id)),
+                        &format!("{branches_path}/{}/restore", encode_segment(&target.id)),
                         &[],
                         Some(body(&source_branch.id)),
                     )
@@ -1185,31 +946,29 @@ impl NeonProvider {
                 if dry_run {
                     let planned = match &settings.endpoint {
                         EndpointRef::Id(id) => vec![
-                            api.planned(
-                                &api.request(
-                                    Method::PATCH,
-                                    &endpoint_path(&encode(id)),
-                                    &[],
-                                    Some(body),
-                                )
-                                .map_err(|e| e.to_string())?,
-                            ),
+                            api.request(
+                                Method::PATCH,
+                                &endpoint_path(&encode_segment(id)),
+                                &[],
+                                Some(body),
+                            )
+                            .map_err(|e| e.to_string())?
+                            .planned(),
                         ],
                         EndpointRef::Branch(b) => vec![
-                            api.planned(
-                                &api.request(Method::GET, &branches_path, &[], None)
-                                    .map_err(|e| e.to_string())?,
-                            ),
-                            api.planned_with(
+                            api.request(Method::GET, &branches_path, &[], None)
+                                .map_err(|e| e.to_string())?
+                                .planned(),
+                            api.planned_at(
                                 Method::GET,
-                                format!(
+                                &format!(
                                     "/projects/{project}/branches/<id of branch `{b}`>/endpoints"
                                 ),
                                 None,
                             ),
-                            api.planned_with(
+                            api.planned_at(
                                 Method::PATCH,
-                                endpoint_path(&format!("<read-write endpoint of branch `{b}`>")),
+                                &endpoint_path(&format!("<read-write endpoint of branch `{b}`>")),
                                 Some(body),
                             ),
                         ],
@@ -1221,7 +980,12 @@ impl NeonProvider {
                     Resolve::Missing(m) => m,
                 })?;
                 let answer: EndpointAnswer = api
-                    .call(Method::PATCH, &endpoint_path(&encode(&id)), &[], Some(body))
+                    .call(
+                        Method::PATCH,
+                        &endpoint_path(&encode_segment(&id)),
+                        &[],
+                        Some(body),
+                    )
                     .await
                     .map_err(text)?;
                 api.track_all(&settings.project_id, &answer.operations, timeout)
@@ -1245,7 +1009,7 @@ enum Resolve {
 }
 
 /// The endpoint id `settings` mean (a branch's read-write endpoint looked up by name).
-async fn resolve_endpoint(api: &Api, settings: &Settings) -> Result<String, Resolve> {
+async fn resolve_endpoint(api: &RestApi, settings: &Settings) -> Result<String, Resolve> {
     let branch = match &settings.endpoint {
         EndpointRef::Id(id) => return Ok(id.clone()),
         EndpointRef::Branch(b) => b,
@@ -1269,8 +1033,8 @@ async fn resolve_endpoint(api: &Api, settings: &Settings) -> Result<String, Reso
             Method::GET,
             &format!(
                 "/projects/{}/branches/{}/endpoints",
-                encode(&settings.project_id),
-                encode(&found.id)
+                encode_segment(&settings.project_id),
+                encode_segment(&found.id)
             ),
             &[],
             None,
@@ -1313,9 +1077,7 @@ impl Provider for NeonProvider {
                     }
                 }
             }
-            if let Err(found) = instance_parts(instance) {
-                problems.extend(found);
-            }
+            problems.extend(self.clients.check(instance));
             problems
         })
     }
@@ -1349,8 +1111,8 @@ impl Provider for NeonProvider {
                     problems,
                 }
             })?;
-            let api = self.api(instance)?;
-            let mut secrets: Vec<&str> = vec![api.token.expose()];
+            let api = self.clients.api(instance)?;
+            let mut secrets: Vec<&str> = api.secrets().iter().map(|s| s.expose()).collect();
             secrets.extend(params.secrets().iter().map(|s| s.expose()));
             self.run_command(&api, &settings, command, &params, dry_run)
                 .await
@@ -1370,7 +1132,7 @@ type Held = (mpsc::Sender<OutputLine>, oneshot::Sender<()>);
 
 struct Inner {
     name: String,
-    api: Api,
+    api: RestApi,
     settings: Settings,
     /// The endpoint's id, once resolved.
     endpoint_id: Mutex<Option<String>>,
@@ -1390,7 +1152,12 @@ struct Inner {
 impl Inner {
     /// Every secret this resource knows (token, password, URL), for masking.
     fn secrets(&self) -> Vec<String> {
-        let mut out = vec![self.api.token.expose().to_owned()];
+        let mut out: Vec<String> = self
+            .api
+            .secrets()
+            .iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
         if let Some(c) = lock(&self.connection).as_ref() {
             out.extend(c.url.iter().map(|u| u.expose().to_owned()));
             out.extend(c.fields.values().map(|v| v.expose().to_owned()));
@@ -1422,7 +1189,7 @@ impl Inner {
         }
     }
 
-    /// [`Api::resource_error`] with every secret this resource knows masked.
+    /// [`RestApi::resource_error`] with every secret this resource knows masked.
     fn error(&self, op: &str, what: &str, error: &CallError) -> ResourceError {
         let masked = CallError {
             http: error.http.clone(),
@@ -1457,8 +1224,8 @@ impl Inner {
     fn endpoint_path(&self, id: &str, action: &str) -> String {
         format!(
             "/projects/{}/endpoints/{}{action}",
-            encode(&self.settings.project_id),
-            encode(id)
+            encode_segment(&self.settings.project_id),
+            encode_segment(id)
         )
     }
 
@@ -1615,7 +1382,7 @@ impl Inner {
                 Method::GET,
                 &format!(
                     "/projects/{}/connection_uri",
-                    encode(&self.settings.project_id)
+                    encode_segment(&self.settings.project_id)
                 ),
                 &[
                     ("endpoint_id", id),
