@@ -192,13 +192,28 @@ fn local(name: &str, kind: &str, on_down: Option<kinfra_core::config::OnDown>) -
     }
 }
 
-/// The calls the resource's start would make: the provider's `start` command as a dry-run
-/// when it offers one, else a description of its start (never sent).
+/// The calls the resource's start would make: what the provider renders for it
+/// (`planned_start`), else its `start` command as a dry-run, else a description (never sent).
 async fn start_calls(
     provider: &Arc<dyn Provider>,
     context: &InstanceContext,
     decl: &ResourceDecl,
 ) -> Vec<Call> {
+    match provider.planned_start(context, decl).await {
+        Ok(Some(requests)) => {
+            let secrets = context.secrets();
+            return requests
+                .iter()
+                .map(|r| Call::Planned(r.masked(&secrets)))
+                .collect();
+        }
+        Ok(None) => {}
+        Err(error) => {
+            return vec![Call::Note {
+                note: format!("start (cannot plan: {error})"),
+            }];
+        }
+    }
     let commands = provider.resource_commands(decl);
     let Some(start) = commands.iter().find(|c| c.id == "start" && c.dry_run) else {
         // http-api declares its start as an endpoint, sent only by the resource itself.

@@ -182,6 +182,19 @@ pub trait Provider: Send + Sync + 'static {
         self.commands().to_vec()
     }
 
+    /// The requests starting (resuming) the resource of `decl` would send, for `kinfra plan`:
+    /// rendered, never sent (reads needed to render them, such as looking an id up by name,
+    /// may be made). `Ok(None)` (the default): the provider does not say; plan then falls back
+    /// to a `start` command's dry-run, or a note.
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<crate::result::PlannedRequest>>, ProviderError>> {
+        let _ = (instance, decl);
+        Box::pin(async { Ok(None) })
+    }
+
     /// Every problem with a resource's declaration (empty when it is fine).
     fn validate_resource<'a>(
         &'a self,
