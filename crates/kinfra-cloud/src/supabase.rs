@@ -29,9 +29,7 @@ use kinfra_core::resource::{
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::{LastSync, LogStream};
 use kinfra_provider::command::{CommandSpec, ParamKind, ParamSpec, ValidatedParams};
-use kinfra_provider::http::{
-    Auth, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url,
-};
+use kinfra_provider::http::{HttpConfig, HttpError, HttpRequest, HttpResponse, Method};
 use kinfra_provider::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
@@ -40,13 +38,14 @@ use kinfra_provider::operation::{OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
-use kinfra_provider::ratelimit::{Rate, TokenBucket};
-use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
-use kinfra_provider::retry::{Backoff, RetryPolicy, send_with_retry};
+use kinfra_provider::rest::{RestApi, RestClients, TokenNeed, encode_segment};
+use kinfra_provider::result::{CommandResult, mask_text};
+use kinfra_provider::retry::{Backoff, RetryPolicy};
+use kinfra_provider::run_slot::lock;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -137,17 +136,6 @@ fn failure_text(status: &str, project: &str) -> String {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
-    ResourceProblem {
-        key: Some(key.to_owned()),
-        message: message.into(),
-    }
-}
-
 /// A project ref is 20 lower-case letters (the spec's pattern).
 pub fn valid_ref(text: &str) -> bool {
     text.len() == 20 && text.bytes().all(|b| b.is_ascii_lowercase())
@@ -164,83 +152,6 @@ fn humantime_secs(secs: u64) -> String {
         0 => format!("{s}s"),
         m if s == 0 => format!("{m}m"),
         m => format!("{m}m {s}s"),
-    }
-}
-
-/// Percent-encodes a value put into a URL's user info or path.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Where and how an instance's requests go.
-#[derive(Debug, Clone)]
-struct Api {
-    instance: String,
-    base: String,
-    token: Secret,
-    bucket: Option<TokenBucket>,
-}
-
-/// The instance's base URL, token and rate; every problem at once.
-fn instance_parts(
-    ctx: &InstanceContext,
-) -> Result<(String, Secret, Option<Rate>), Vec<ResourceProblem>> {
-    let mut problems = Vec::new();
-    let base = ctx
-        .base_url
-        .clone()
-        .or_else(|| {
-            ctx.config
-                .get("base_url")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
-    let base = match Url::parse(&base) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => base.trim_end_matches('/').to_owned(),
-        _ => {
-            problems.push(problem(
-                "base_url",
-                format!("`{base}` is not an http(s) URL"),
-            ));
-            String::new()
-        }
-    };
-    let token = ctx.token.clone();
-    if token.is_none() {
-        problems.push(problem(
-            "token",
-            format!(
-                "provider instance `{}` needs a Supabase access token (token or token_file)",
-                ctx.instance
-            ),
-        ));
-    }
-    let rate = match ctx.config.get("rate_limit") {
-        None => None,
-        Some(Value::String(text)) => match text.parse::<Rate>() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                problems.push(problem("rate_limit", e.to_string()));
-                None
-            }
-        },
-        Some(_) => {
-            problems.push(problem("rate_limit", "expected a rate such as \"5/s\""));
-            None
-        }
-    };
-    match token {
-        Some(token) if problems.is_empty() => Ok((base, token, rate)),
-        _ => Err(problems),
     }
 }
 
@@ -264,16 +175,19 @@ fn parse_duration_key(
         Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
-                problems.push(problem(key, "must be more than zero"));
+                problems.push(ResourceProblem::at(key, "must be more than zero"));
                 default
             }
             Err(reason) => {
-                problems.push(problem(key, reason));
+                problems.push(ResourceProblem::at(key, reason));
                 default
             }
         },
         Some(_) => {
-            problems.push(problem(key, "expected a duration such as \"30s\""));
+            problems.push(ResourceProblem::at(
+                key,
+                "expected a duration such as \"30s\"",
+            ));
             default
         }
     }
@@ -285,18 +199,18 @@ impl ProjectSpec {
         let project_ref = match config.get("project_ref") {
             Some(Value::String(r)) if valid_ref(r) => r.clone(),
             Some(Value::String(r)) => {
-                problems.push(problem(
+                problems.push(ResourceProblem::at(
                     "project_ref",
                     format!("`{r}` is not a Supabase project ref (20 lower-case letters)"),
                 ));
                 String::new()
             }
             Some(_) => {
-                problems.push(problem("project_ref", "expected a string"));
+                problems.push(ResourceProblem::at("project_ref", "expected a string"));
                 String::new()
             }
             None => {
-                problems.push(problem("project_ref", "missing (required)"));
+                problems.push(ResourceProblem::at("project_ref", "missing (required)"));
                 String::new()
             }
         };
@@ -304,7 +218,10 @@ impl ProjectSpec {
             None => None,
             Some(Value::String(p)) => Some(Secret::new(p.clone())),
             Some(_) => {
-                problems.push(problem("db_password", "expected a string (secret)"));
+                problems.push(ResourceProblem::at(
+                    "db_password",
+                    "expected a string (secret)",
+                ));
                 None
             }
         };
@@ -324,43 +241,6 @@ impl ProjectSpec {
             })
         } else {
             Err(problems)
-        }
-    }
-}
-
-impl Api {
-    fn url(&self, path: &str) -> Result<Url, HttpError> {
-        let text = format!("{}{path}", self.base);
-        Url::parse(&text).map_err(|e| HttpError::Invalid {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        })
-    }
-
-    fn request(&self, method: Method, path: &str) -> Result<HttpRequest, HttpError> {
-        Ok(HttpRequest::new(method, self.url(path)?).auth(Auth::Bearer(self.token.clone())))
-    }
-
-    fn secrets<'a>(&'a self, extra: &'a [&'a Secret]) -> Vec<&'a Secret> {
-        let mut all = vec![&self.token];
-        all.extend(extra.iter().copied());
-        all
-    }
-
-    /// `request` as a dry-run shows it, secrets still in (mask before showing).
-    fn planned(&self, request: &HttpRequest) -> PlannedRequest {
-        let mut headers = vec![(
-            "Authorization".to_owned(),
-            format!("Bearer {}", self.token.expose()),
-        )];
-        if request.body.is_some() {
-            headers.push(("Content-Type".into(), "application/json".into()));
-        }
-        PlannedRequest {
-            method: request.method.to_string(),
-            url: request.url.to_string(),
-            headers,
-            body: request.body.clone(),
         }
     }
 }
@@ -464,10 +344,7 @@ fn metadata() -> ProviderMetadata {
 pub struct SupabaseProvider {
     metadata: ProviderMetadata,
     commands: Vec<CommandSpec>,
-    http_config: HttpConfig,
-    http: OnceLock<HttpClient>,
-    buckets: Mutex<HashMap<String, TokenBucket>>,
-    retry: RetryPolicy,
+    clients: RestClients,
 }
 
 impl std::fmt::Debug for SupabaseProvider {
@@ -498,46 +375,21 @@ impl SupabaseProvider {
         Self {
             metadata: metadata(),
             commands: command_specs(),
-            http_config: config,
-            http: OnceLock::new(),
-            buckets: Mutex::new(HashMap::new()),
-            retry: RetryPolicy {
-                max_attempts: 4,
-                max_elapsed: Duration::from_secs(60),
-                ..RetryPolicy::default()
-            },
+            clients: RestClients::new(
+                "the Supabase API",
+                Some(DEFAULT_BASE_URL),
+                TokenNeed::Required("a Supabase access token"),
+            )
+            .with_http_config(config),
         }
     }
 
     /// The retry policy of restore, pause and commands (the observe loop has its own backoff).
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    fn http(&self) -> Result<HttpClient, ResourceError> {
-        if let Some(c) = self.http.get() {
-            return Ok(c.clone());
+    pub fn with_retry(self, retry: RetryPolicy) -> Self {
+        Self {
+            clients: self.clients.with_retry(retry),
+            ..self
         }
-        let client = HttpClient::new(self.http_config.clone())
-            .map_err(|e| ResourceError::Invalid(e.to_string()))?;
-        Ok(self.http.get_or_init(|| client).clone())
-    }
-
-    fn api(&self, ctx: &InstanceContext) -> Result<Api, Vec<ResourceProblem>> {
-        let (base, token, rate) = instance_parts(ctx)?;
-        let bucket = rate.map(|rate| {
-            lock(&self.buckets)
-                .entry(ctx.instance.clone())
-                .or_insert_with(|| TokenBucket::new(rate))
-                .clone()
-        });
-        Ok(Api {
-            instance: ctx.instance.clone(),
-            base,
-            token,
-            bucket,
-        })
     }
 
     /// The [`SupabaseResource`] for `decl` (the concrete type behind [`Provider::resource`]).
@@ -551,15 +403,12 @@ impl SupabaseProvider {
             problems,
         };
         let spec = ProjectSpec::parse(&decl.config).map_err(invalid)?;
-        let api = self.api(instance).map_err(invalid)?;
-        let http = self.http()?;
+        let api = self.clients.api(instance)?;
         Ok(SupabaseResource {
             inner: Arc::new(Inner {
                 name: decl.name.clone(),
                 spec,
                 api,
-                http,
-                retry: self.retry,
                 view: Mutex::new(View::default()),
                 logs: Mutex::new(VecDeque::new()),
                 live: Mutex::new(None),
@@ -597,9 +446,7 @@ impl Provider for SupabaseProvider {
                     }
                 }
             }
-            if let Err(found) = instance_parts(instance) {
-                problems.extend(found);
-            }
+            problems.extend(self.clients.check(instance));
             problems
         })
     }
@@ -626,13 +473,10 @@ impl Provider for SupabaseProvider {
                 problems,
             };
             let spec = ProjectSpec::parse(&resource.config).map_err(invalid)?;
-            let api = self.api(instance).map_err(invalid)?;
-            let param_secrets = params.secrets();
-            let mut extra: Vec<&Secret> = param_secrets;
-            if let Some(p) = &spec.db_password {
-                extra.push(p);
-            }
-            let secrets = api.secrets(&extra);
+            let api = self.clients.api(instance)?;
+            let mut secrets = api.secrets();
+            secrets.extend(params.secrets());
+            secrets.extend(spec.db_password.iter());
             let values: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
             let failed = |reason: String| ProviderError::Command {
                 command: command.id.clone(),
@@ -640,21 +484,35 @@ impl Provider for SupabaseProvider {
             };
             let project = &spec.project_ref;
             let request = match command.id.as_str() {
-                "list-branches" => {
-                    api.request(Method::GET, &format!("/v1/projects/{project}/branches"))
-                }
+                "list-branches" => api.request(
+                    Method::GET,
+                    &format!("/v1/projects/{project}/branches"),
+                    &[],
+                    None,
+                ),
                 "create-branch" => {
                     let name = params.str("name").unwrap_or_default();
-                    api.request(Method::POST, &format!("/v1/projects/{project}/branches"))
-                        .map(|r| r.json(json!({ "branch_name": name })))
+                    api.request(
+                        Method::POST,
+                        &format!("/v1/projects/{project}/branches"),
+                        &[],
+                        Some(json!({ "branch_name": name })),
+                    )
                 }
                 "delete-branch" => {
                     let id = params.str("id").unwrap_or_default();
-                    api.request(Method::DELETE, &format!("/v1/branches/{}", encode(id)))
+                    api.request(
+                        Method::DELETE,
+                        &format!("/v1/branches/{}", encode_segment(id)),
+                        &[],
+                        None,
+                    )
                 }
                 "cancel-restore" => api.request(
                     Method::POST,
                     &format!("/v1/projects/{project}/restore/cancel"),
+                    &[],
+                    None,
                 ),
                 other => {
                     return Err(ProviderError::UnknownCommand {
@@ -665,10 +523,10 @@ impl Provider for SupabaseProvider {
             }
             .map_err(|e| failed(e.to_string()))?;
             if dry_run {
-                return Ok(CommandResult::planned(&[api.planned(&request)], &secrets));
+                return Ok(CommandResult::planned(&[request.planned()], &secrets));
             }
-            let http = self.http()?;
-            let response = send_with_retry(&http, api.bucket.as_ref(), &request, &self.retry)
+            let response = api
+                .send(&request)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             Ok(CommandResult::ok(answer_data(&response)).mask(&secrets))
@@ -737,9 +595,7 @@ struct Live {
 struct Inner {
     name: String,
     spec: ProjectSpec,
-    api: Api,
-    http: HttpClient,
-    retry: RetryPolicy,
+    api: RestApi,
     view: Mutex<View>,
     logs: Mutex<VecDeque<OutputLine>>,
     live: Mutex<Option<Live>>,
@@ -756,7 +612,7 @@ struct ProjectAnswer {
 
 impl Inner {
     fn secret_values(&self) -> Vec<&str> {
-        let mut values = vec![self.api.token.expose()];
+        let mut values: Vec<&str> = self.api.secrets().iter().map(|s| s.expose()).collect();
         if let Some(p) = &self.spec.db_password {
             values.push(p.expose());
         }
@@ -786,6 +642,18 @@ impl Inner {
         }
     }
 
+    /// A request to `path` (the project's API).
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<HttpRequest, HttpError> {
+        self.api
+            .request(method, path, query, None)
+            .map_err(|e| e.http)
+    }
+
     fn project_path(&self) -> String {
         format!("/v1/projects/{}", self.spec.project_ref)
     }
@@ -793,7 +661,7 @@ impl Inner {
     /// A failed call as the resource's error: a refused token and an unknown project are
     /// permanent (retrying gives the same answer), an unreachable API is the engine missing.
     fn error(&self, what: &str, error: &HttpError) -> ResourceError {
-        let instance = &self.api.instance;
+        let instance = self.api.instance();
         let shown = self.mask(&error.to_string());
         match error {
             HttpError::Status {
@@ -824,15 +692,13 @@ impl Inner {
     /// One GET of the project; with `retry`, rate limits (their `Retry-After`) and transient
     /// failures are retried within the provider's policy (a start is not failed by a 429).
     async fn read_project(&self, retry: bool) -> Result<ProjectAnswer, HttpError> {
-        let request = self.api.request(Method::GET, &self.project_path())?;
+        let request = self.request(Method::GET, &self.project_path(), &[])?;
         let response = if retry {
-            send_with_retry(&self.http, self.api.bucket.as_ref(), &request, &self.retry).await?
+            self.api.send(&request).await
         } else {
-            if let Some(bucket) = &self.api.bucket {
-                bucket.acquire().await;
-            }
-            self.http.send(&request).await?
-        };
+            self.api.send_once(&request).await
+        }
+        .map_err(|e| e.http)?;
         let answer: Value = response.json()?;
         let status = answer
             .get("status")
@@ -851,19 +717,14 @@ impl Inner {
 
     /// One read of the services' health: the names of those not healthy.
     async fn fetch_health(&self) -> Result<Vec<String>, HttpError> {
-        let mut request = self
-            .api
-            .request(Method::GET, &format!("{}/health", self.project_path()))?;
-        {
-            let mut pairs = request.url.query_pairs_mut();
-            for service in HEALTH_SERVICES {
-                pairs.append_pair("services", service);
-            }
-        }
-        if let Some(bucket) = &self.api.bucket {
-            bucket.acquire().await;
-        }
-        let response = self.http.send(&request).await?;
+        let services: Vec<(&str, &str)> =
+            HEALTH_SERVICES.iter().map(|s| ("services", *s)).collect();
+        let request = self.request(
+            Method::GET,
+            &format!("{}/health", self.project_path()),
+            &services,
+        )?;
+        let response = self.api.send_once(&request).await.map_err(|e| e.http)?;
         let answer: Vec<Value> = response.json()?;
         Ok(answer
             .iter()
@@ -880,14 +741,12 @@ impl Inner {
 
     /// One read of the pooler's config (the primary database's).
     async fn fetch_pooler(&self) -> Result<Option<Pooler>, HttpError> {
-        let request = self.api.request(
+        let request = self.request(
             Method::GET,
             &format!("{}/config/database/pooler", self.project_path()),
+            &[],
         )?;
-        if let Some(bucket) = &self.api.bucket {
-            bucket.acquire().await;
-        }
-        let response = self.http.send(&request).await?;
+        let response = self.api.send_once(&request).await.map_err(|e| e.http)?;
         let answer: Vec<Value> = response.json()?;
         let primary = answer
             .iter()
@@ -911,16 +770,16 @@ impl Inner {
     /// Sends `method path` with the provider's retries.
     async fn call(&self, what: &str, method: Method, path: &str) -> Result<(), ResourceError> {
         let request = self
-            .api
-            .request(method, path)
+            .request(method, path, &[])
             .map_err(|e| self.error(what, &e))?;
         self.line(
             LogStream::System,
             format!("{what}: {} {}", request.method, request.redacted_url()),
         );
-        send_with_retry(&self.http, self.api.bucket.as_ref(), &request, &self.retry)
+        self.api
+            .send(&request)
             .await
-            .map_err(|e| self.error(what, &e))?;
+            .map_err(|e| self.error(what, &e.http))?;
         Ok(())
     }
 
@@ -1202,7 +1061,7 @@ impl Inner {
         match &self.spec.db_password {
             Some(pw) => format!(
                 "postgresql://postgres:{}@{host}:5432/postgres",
-                encode(pw.expose())
+                encode_segment(pw.expose())
             ),
             None => format!("postgresql://postgres@{host}:5432/postgres"),
         }
@@ -1443,7 +1302,7 @@ impl Resource for SupabaseResource {
             let url = match &inner.spec.db_password {
                 Some(pw) => pooler
                     .url
-                    .replace(PASSWORD_PLACEHOLDER, &encode(pw.expose())),
+                    .replace(PASSWORD_PLACEHOLDER, &encode_segment(pw.expose())),
                 None => pooler.url.clone(),
             };
             fields.insert("pooler_url".to_owned(), Secret::new(url));
