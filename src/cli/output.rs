@@ -128,6 +128,27 @@ pub fn status_table(report: &StatusReport) -> String {
             report.pending_restart.join(", ")
         ));
     }
+    if !report.providers.is_empty() {
+        let mut rows = vec![[
+            "PROVIDER INSTANCE".to_string(),
+            "PROVIDER".into(),
+            "STATE".into(),
+            "RESOURCES".into(),
+        ]];
+        for (name, p) in &report.providers {
+            rows.push([
+                name.clone(),
+                p.provider.clone(),
+                match &p.reason {
+                    Some(reason) => format!("{}: {reason}", p.state),
+                    None => p.state.clone(),
+                },
+                p.resources.join(", "),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table(&rows));
+    }
     out
 }
 

@@ -236,6 +236,15 @@ fn a_running_runtime_shows_live_instance_states() {
         "{live}"
     );
     assert!(sh.get("reason").is_none(), "{live}");
+    // The plain `runtime status` lists the instances under the services.
+    let plain = stdout(&p.run(&["runtime", "status"]));
+    assert!(
+        plain.lines().any(|l| l.starts_with("sh ")
+            && l.contains("command")
+            && l.contains("active")
+            && l.ends_with("flag")),
+        "{plain}"
+    );
     let locked = &live["locked"];
     assert_eq!(locked["state"], "failed", "{live}");
     assert_eq!(locked["resources"], serde_json::json!([]), "{live}");
