@@ -57,7 +57,7 @@ function makeCard(name) {
     cpu: f(".cpu"), mem: f(".mem"), prov: f(".prov"), pstate: f(".provider-state"), syncErr: f(".sync-error"),
     logs: f(".logs"), why: f(".why"), res: root.querySelectorAll(".res"),
     buttons: root.querySelectorAll("button.act"), loglink: f(".loglink"),
-    cmds: f(".cmds"), cmdList: f(".cmd-list"), cmdOut: f(".cmd-out"),
+    cmds: f(".cmds"), cmdList: f(".cmd-list"),
   };
   fields.name.textContent = name;
   fields.loglink.href = `/__logs__/${encodeURIComponent(name)}`;
