@@ -9,3 +9,4 @@
 pub mod neon;
 pub mod railway;
 pub mod supabase;
+pub mod vercel;
