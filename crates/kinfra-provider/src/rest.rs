@@ -326,6 +326,11 @@ impl RestApi {
         self
     }
 
+    /// How requests are authenticated.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
     /// The instance's name.
     pub fn instance(&self) -> &str {
         &self.instance
@@ -516,7 +521,6 @@ mod tests {
                 Some("https://api.example.com/v2/"),
                 TokenNeed::Required("a key"),
             )
-            .ok()
             .expect("valid");
         assert_eq!(access.base, "https://api.example.com/v2");
         assert!(access.rate.is_some());

@@ -19,7 +19,7 @@
 
 use crate::command::{CommandSpec, ParamKind, ParamSpec, ParamValue, ValidatedParams, validate};
 use crate::http::{
-    Auth, HttpClient, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url, redact_url,
+    Auth, HttpConfig, HttpError, HttpRequest, HttpResponse, Method, Url, redact_url,
 };
 use crate::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
@@ -31,9 +31,10 @@ use crate::operation::{
 use crate::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
-use crate::ratelimit::{Rate, TokenBucket};
-use crate::result::{CommandResult, MASK, PlannedRequest, mask_text};
-use crate::retry::{Backoff, RetryPolicy, send_with_retry};
+use crate::rest::{RestApi, RestClients, TokenNeed, encode_segment};
+use crate::result::{CommandResult, mask_text};
+use crate::retry::{Backoff, RetryPolicy};
+use crate::run_slot::lock;
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
@@ -42,9 +43,9 @@ use kinfra_core::resource::{
 use kinfra_core::state::Health;
 use kinfra_core::status::{LastSync, LogStream};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::warn;
@@ -240,13 +241,6 @@ pub struct ApiSpec {
     pub operation: Option<OperationSpec>,
 }
 
-fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
-    ResourceProblem {
-        key: Some(key.to_owned()),
-        message: message.into(),
-    }
-}
-
 fn parse_method(text: &str) -> Option<Method> {
     let upper = text.to_ascii_uppercase();
     match upper.as_str() {
@@ -277,14 +271,17 @@ fn parse_endpoint(
     problems: &mut Vec<ResourceProblem>,
 ) -> Option<Endpoint> {
     let Some(table) = value.as_object() else {
-        problems.push(problem(key, "expected a table { method, path, body }"));
+        problems.push(ResourceProblem::at(
+            key,
+            "expected a table { method, path, body }",
+        ));
         return None;
     };
     let mut ok = true;
     for k in table.keys() {
         if !matches!(k.as_str(), "method" | "path" | "body") {
-            problems.push(problem(
-                &format!("{key}.{k}"),
+            problems.push(ResourceProblem::at(
+                format!("{key}.{k}"),
                 "unknown key (expected method, path, body)",
             ));
             ok = false;
@@ -295,8 +292,8 @@ fn parse_endpoint(
         Some(m) => match m.as_str().and_then(parse_method) {
             Some(m) => Some(m),
             None => {
-                problems.push(problem(
-                    &format!("{key}.method"),
+                problems.push(ResourceProblem::at(
+                    format!("{key}.method"),
                     "expected GET, POST, PUT, PATCH, DELETE or HEAD",
                 ));
                 None
@@ -307,8 +304,8 @@ fn parse_endpoint(
         Some(p) => {
             for name in placeholders(p) {
                 if !known(&name) {
-                    problems.push(problem(
-                        &format!("{key}.path"),
+                    problems.push(ResourceProblem::at(
+                        format!("{key}.path"),
                         format!("`{{{name}}}` names no string key of the resource"),
                     ));
                     ok = false;
@@ -317,8 +314,8 @@ fn parse_endpoint(
             Some(p.to_owned())
         }
         None => {
-            problems.push(problem(
-                &format!("{key}.path"),
+            problems.push(ResourceProblem::at(
+                format!("{key}.path"),
                 "missing (required), a string",
             ));
             None
@@ -343,7 +340,10 @@ fn parse_pointer(
         None => None,
         Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => Some(p.clone()),
         Some(_) => {
-            problems.push(problem(key, "expected a JSON pointer such as \"/status\""));
+            problems.push(ResourceProblem::at(
+                key,
+                "expected a JSON pointer such as \"/status\"",
+            ));
             None
         }
     }
@@ -360,16 +360,19 @@ fn parse_duration_key(
         Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
-                problems.push(problem(key, "must be more than zero"));
+                problems.push(ResourceProblem::at(key, "must be more than zero"));
                 default
             }
             Err(reason) => {
-                problems.push(problem(key, reason));
+                problems.push(ResourceProblem::at(key, reason));
                 default
             }
         },
         Some(_) => {
-            problems.push(problem(key, "expected a duration such as \"30s\""));
+            problems.push(ResourceProblem::at(
+                key,
+                "expected a duration such as \"30s\"",
+            ));
             default
         }
     }
@@ -385,12 +388,12 @@ fn parse_values(
         Some(Value::Array(items)) => {
             let values: Vec<String> = items.iter().filter_map(json_text).collect();
             if values.len() != items.len() {
-                problems.push(problem(key, "expected an array of strings"));
+                problems.push(ResourceProblem::at(key, "expected an array of strings"));
             }
             values
         }
         Some(_) => {
-            problems.push(problem(key, "expected an array of strings"));
+            problems.push(ResourceProblem::at(key, "expected an array of strings"));
             Vec::new()
         }
     }
@@ -404,7 +407,7 @@ fn parse_operation(
     problems: &mut Vec<ResourceProblem>,
 ) -> Option<OperationSpec> {
     let Some(table) = value.as_object() else {
-        problems.push(problem(
+        problems.push(ResourceProblem::at(
             "operation",
             "expected a table { status, id, pointer, done, failed, reason, interval, timeout }",
         ));
@@ -416,8 +419,8 @@ fn parse_operation(
             k.as_str(),
             "status" | "id" | "pointer" | "done" | "failed" | "reason" | "interval" | "timeout"
         ) {
-            problems.push(problem(
-                &format!("operation.{k}"),
+            problems.push(ResourceProblem::at(
+                format!("operation.{k}"),
                 "unknown key (expected status, id, pointer, done, failed, reason, interval, timeout)",
             ));
         }
@@ -427,7 +430,7 @@ fn parse_operation(
         Some(Value::String(path)) => {
             for name in placeholders(path) {
                 if name != "id" && !known(&name) {
-                    problems.push(problem(
+                    problems.push(ResourceProblem::at(
                         "operation.status",
                         format!(
                             "`{{{name}}}` is neither `{{id}}` nor a string key of the resource"
@@ -438,7 +441,7 @@ fn parse_operation(
             Some(path.clone())
         }
         Some(_) => {
-            problems.push(problem(
+            problems.push(ResourceProblem::at(
                 "operation.status",
                 "expected a path such as \"/operations/{id}\"",
             ));
@@ -448,7 +451,7 @@ fn parse_operation(
     let id = parse_pointer("operation.id", table.get("id"), problems);
     let pointer = match table.get("pointer") {
         None => {
-            problems.push(problem(
+            problems.push(ResourceProblem::at(
                 "operation.pointer",
                 "missing (required): the JSON pointer to the operation's state, e.g. \"/status\"",
             ));
@@ -458,11 +461,11 @@ fn parse_operation(
     };
     let done = parse_values("operation.done", table.get("done"), problems);
     match table.get("done") {
-        None => problems.push(problem(
+        None => problems.push(ResourceProblem::at(
             "operation.done",
             "missing (required): the states meaning the operation finished, e.g. [\"finished\"]",
         )),
-        Some(Value::Array(items)) if items.is_empty() => problems.push(problem(
+        Some(Value::Array(items)) if items.is_empty() => problems.push(ResourceProblem::at(
             "operation.done",
             "name at least one state meaning the operation finished",
         )),
@@ -510,7 +513,10 @@ fn parse_param_kind(
         None => None,
         Some(v) if v.is_number() => Some(v.clone()),
         Some(_) => {
-            problems.push(problem(&format!("{pkey}.{name}"), "expected a number"));
+            problems.push(ResourceProblem::at(
+                format!("{pkey}.{name}"),
+                "expected a number",
+            ));
             None
         }
     };
@@ -531,7 +537,7 @@ fn parse_param_kind(
             let key = format!("{pkey}.values");
             let values = parse_values(&key, item.get("values"), problems);
             if values.is_empty() {
-                problems.push(problem(
+                problems.push(ResourceProblem::at(
                     &key,
                     "an enum needs its values, e.g. [\"small\", \"large\"]",
                 ));
@@ -540,8 +546,8 @@ fn parse_param_kind(
             ParamKind::Enum { values }
         }
         other => {
-            problems.push(problem(
-                &format!("{pkey}.kind"),
+            problems.push(ResourceProblem::at(
+                format!("{pkey}.kind"),
                 format!(
                     "`{other}`: expected string, integer, number, boolean, enum, duration or secret"
                 ),
@@ -559,7 +565,7 @@ fn parse_command(
 ) -> Option<DeclaredCommand> {
     let key = format!("commands[{index}]");
     let Some(table) = value.as_object() else {
-        problems.push(problem(
+        problems.push(ResourceProblem::at(
             &key,
             "expected a table { id, method, path, params, description }",
         ));
@@ -571,13 +577,13 @@ fn parse_command(
             k.as_str(),
             "id" | "method" | "path" | "body" | "params" | "description" | "confirm"
         ) {
-            problems.push(problem(&format!("{key}.{k}"), "unknown key"));
+            problems.push(ResourceProblem::at(format!("{key}.{k}"), "unknown key"));
         }
     }
     let id = table.get("id").and_then(Value::as_str).unwrap_or_default();
     if id.is_empty() {
-        problems.push(problem(
-            &format!("{key}.id"),
+        problems.push(ResourceProblem::at(
+            format!("{key}.id"),
             "missing (required), a string",
         ));
     }
@@ -593,8 +599,8 @@ fn parse_command(
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
                 let Some(name) = name.filter(|n| !n.is_empty()) else {
-                    problems.push(problem(
-                        &format!("{pkey}.name"),
+                    problems.push(ResourceProblem::at(
+                        format!("{pkey}.name"),
                         "missing (required), a string",
                     ));
                     continue;
@@ -615,13 +621,19 @@ fn parse_command(
                 });
             }
         }
-        Some(_) => problems.push(problem(&format!("{key}.params"), "expected an array")),
+        Some(_) => problems.push(ResourceProblem::at(
+            format!("{key}.params"),
+            "expected an array",
+        )),
     }
     let confirm = match table.get("confirm") {
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            problems.push(problem(&format!("{key}.confirm"), "expected true or false"));
+            problems.push(ResourceProblem::at(
+                format!("{key}.confirm"),
+                "expected true or false",
+            ));
             false
         }
     };
@@ -685,7 +697,7 @@ impl ApiSpec {
             None => None,
             Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => Some(p.clone()),
             Some(_) => {
-                problems.push(problem(
+                problems.push(ResourceProblem::at(
                     "state_pointer",
                     "expected a JSON pointer such as \"/project/status\"",
                 ));
@@ -701,14 +713,14 @@ impl ApiSpec {
                         Some(s) => {
                             state_map.insert(value.clone(), s);
                         }
-                        None => problems.push(problem(
-                            &format!("state_map.{value}"),
+                        None => problems.push(ResourceProblem::at(
+                            format!("state_map.{value}"),
                             "expected running, starting, stopping, stopped, sleeping, failed or maintenance",
                         )),
                     }
                 }
             }
-            Some(_) => problems.push(problem("state_map", "expected a table")),
+            Some(_) => problems.push(ResourceProblem::at("state_map", "expected a table")),
         }
         let mut commands: Vec<DeclaredCommand> = Vec::new();
         match config.get("commands") {
@@ -717,8 +729,8 @@ impl ApiSpec {
                 for (i, item) in items.iter().enumerate() {
                     if let Some(c) = parse_command(i, item, &vars, &mut problems) {
                         if commands.iter().any(|d| d.spec.id == c.spec.id) {
-                            problems.push(problem(
-                                &format!("commands[{i}].id"),
+                            problems.push(ResourceProblem::at(
+                                format!("commands[{i}].id"),
                                 format!("`{}` is declared twice", c.spec.id),
                             ));
                         } else {
@@ -727,7 +739,10 @@ impl ApiSpec {
                     }
                 }
             }
-            Some(_) => problems.push(problem("commands", "expected an array of tables")),
+            Some(_) => problems.push(ResourceProblem::at(
+                "commands",
+                "expected an array of tables",
+            )),
         }
         let interval = parse_duration_key(
             "interval",
@@ -815,10 +830,8 @@ impl ApiSpec {
 /// Where and how an instance's requests go.
 #[derive(Debug, Clone)]
 struct Target {
-    base: String,
-    auth: Auth,
-    token: Option<Secret>,
-    bucket: Option<TokenBucket>,
+    /// The instance's API, with its auth.
+    api: RestApi,
     /// The instance's `operation`, for resources that set none.
     operation: Option<OperationSpec>,
 }
@@ -827,37 +840,15 @@ fn config_str<'a>(ctx: &'a InstanceContext, key: &str) -> Option<&'a str> {
     ctx.config.get(key).and_then(Value::as_str)
 }
 
-/// What an instance's config says: where and how requests go.
-struct InstanceParts {
-    base: String,
-    auth: Auth,
-    rate: Option<Rate>,
-    operation: Option<OperationSpec>,
-}
-
-/// The instance's auth, base URL, rate and `operation`; every problem at once.
-fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourceProblem>> {
-    let mut problems = Vec::new();
-    let base = ctx
-        .base_url
-        .clone()
-        .or_else(|| config_str(ctx, "base_url").map(str::to_owned));
-    let base = match base {
-        None => {
-            problems.push(problem(
-                "base_url",
-                "missing (required for the http-api provider)",
-            ));
-            String::new()
-        }
-        Some(b) => match Url::parse(&b) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => b.trim_end_matches('/').to_owned(),
-            _ => {
-                problems.push(problem("base_url", format!("`{b}` is not an http(s) URL")));
-                String::new()
-            }
-        },
-    };
+/// The instance's auth and `operation`, its base URL and `rate_limit` checked; every problem
+/// at once.
+fn instance_parts(
+    ctx: &InstanceContext,
+) -> Result<(Auth, Option<OperationSpec>), Vec<ResourceProblem>> {
+    let mut problems = ctx
+        .api_access(None, TokenNeed::Optional)
+        .err()
+        .unwrap_or_default();
     let kind = config_str(ctx, "auth").unwrap_or(if ctx.token.is_some() {
         "bearer"
     } else {
@@ -866,7 +857,7 @@ fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourcePr
     let mut token = || match &ctx.token {
         Some(t) => Some(t.clone()),
         None => {
-            problems.push(problem(
+            problems.push(ResourceProblem::at(
                 "token",
                 format!("auth `{kind}` needs a token (token or token_file)"),
             ));
@@ -884,7 +875,10 @@ fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourcePr
                     password,
                 }),
                 (None, _) => {
-                    problems.push(problem("user", "missing (required by auth = \"basic\")"));
+                    problems.push(ResourceProblem::at(
+                        "user",
+                        "missing (required by auth = \"basic\")",
+                    ));
                     None
                 }
                 _ => None,
@@ -898,7 +892,7 @@ fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourcePr
                     value,
                 }),
                 (None, _) => {
-                    problems.push(problem(
+                    problems.push(ResourceProblem::at(
                         "auth_header",
                         "missing (required by auth = \"custom-header\")",
                     ));
@@ -923,14 +917,14 @@ fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourcePr
                     value,
                 }),
                 (Some(_), Some(_), _) => {
-                    problems.push(problem(
+                    problems.push(ResourceProblem::at(
                         "auth_query",
                         "set auth_header or auth_query, not both",
                     ));
                     None
                 }
                 (None, None, _) => {
-                    problems.push(problem(
+                    problems.push(ResourceProblem::at(
                         "auth_header",
                         "auth = \"api-key\" needs auth_header or auth_query",
                     ));
@@ -940,24 +934,10 @@ fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourcePr
             }
         }
         other => {
-            problems.push(problem(
+            problems.push(ResourceProblem::at(
                 "auth",
                 format!("`{other}`: expected bearer, api-key, basic, custom-header or none"),
             ));
-            None
-        }
-    };
-    let rate = match ctx.config.get("rate_limit") {
-        None => None,
-        Some(Value::String(text)) => match text.parse::<Rate>() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                problems.push(problem("rate_limit", e.to_string()));
-                None
-            }
-        },
-        Some(_) => {
-            problems.push(problem("rate_limit", "expected a rate such as \"5/s\""));
             None
         }
     };
@@ -967,12 +947,7 @@ fn instance_parts(ctx: &InstanceContext) -> Result<InstanceParts, Vec<ResourcePr
         .get("operation")
         .and_then(|v| parse_operation(v, &|_| true, &mut problems));
     match auth {
-        Some(auth) if problems.is_empty() => Ok(InstanceParts {
-            base,
-            auth,
-            rate,
-            operation,
-        }),
+        Some(auth) if problems.is_empty() => Ok((auth, operation)),
         _ => Err(problems),
     }
 }
@@ -991,19 +966,6 @@ fn template_keys(config: &Map<String, Value>) -> Vec<String> {
     for key in ["start", "stop", "status", "health", "commands", "operation"] {
         if let Some(v) = config.get(key) {
             walk(v, &mut out);
-        }
-    }
-    out
-}
-
-/// Percent-encodes a value put into a path (everything but RFC 3986's unreserved characters).
-fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
         }
     }
     out
@@ -1092,11 +1054,15 @@ impl Target {
         for name in placeholders(&endpoint.path) {
             used.push(name);
         }
-        let text = format!("{}/{}", self.base, path.trim_start_matches('/'));
-        let mut url = Url::parse(&text).map_err(|e| HttpError::Invalid {
-            url: text.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut request = self
+            .api
+            .request(
+                endpoint.method.clone(),
+                &format!("/{}", path.trim_start_matches('/')),
+                &[],
+                None,
+            )
+            .map_err(|e| e.http)?;
         let typed = |name: &str| -> Option<Value> {
             if let Some(v) = params.and_then(|p| p.get(name)) {
                 return Some(v.to_json_exposed());
@@ -1112,7 +1078,7 @@ impl Target {
                 .collect();
             if !rest.is_empty() {
                 if endpoint.method == Method::GET || endpoint.method == Method::HEAD {
-                    let mut pairs = url.query_pairs_mut();
+                    let mut pairs = request.url.query_pairs_mut();
                     for (name, v) in &rest {
                         let v = match v {
                             Value::String(s) => s.clone(),
@@ -1125,40 +1091,8 @@ impl Target {
                 }
             }
         }
-        let mut request = HttpRequest::new(endpoint.method.clone(), url).auth(self.auth.clone());
         request.body = body;
         Ok(request)
-    }
-
-    /// What `request` looks like on the wire, secrets still in (mask before showing).
-    fn planned(&self, request: &HttpRequest) -> PlannedRequest {
-        let mut url = request.url.clone();
-        let mut headers = Vec::new();
-        match &request.auth {
-            Auth::None => {}
-            Auth::Bearer(t) => {
-                headers.push(("Authorization".into(), format!("Bearer {}", t.expose())))
-            }
-            Auth::Basic { .. } => headers.push(("Authorization".into(), format!("Basic {MASK}"))),
-            Auth::Header { name, value } => headers.push((name.clone(), value.expose().to_owned())),
-            Auth::Query { name, value } => {
-                url.query_pairs_mut().append_pair(name, value.expose());
-            }
-        }
-        headers.extend(request.headers.iter().cloned());
-        if request.body.is_some() {
-            headers.push(("Content-Type".into(), "application/json".into()));
-        }
-        PlannedRequest {
-            method: request.method.to_string(),
-            url: url.to_string(),
-            headers,
-            body: request.body.clone(),
-        }
-    }
-
-    fn secrets(&self) -> Vec<&Secret> {
-        self.token.iter().collect()
     }
 
     /// The operation `response` (the answer to `request`) began, when `spec` says how to
@@ -1198,18 +1132,14 @@ impl Target {
     /// credentials go only to the instance's own origin.
     async fn poll_operation(
         &self,
-        http: &HttpClient,
         states: &OperationStates,
         url: &Url,
     ) -> Result<(String, OperationStatus), HttpError> {
         let mut request = HttpRequest::get(url.clone());
-        if Url::parse(&self.base).is_ok_and(|base| base.origin() == url.origin()) {
-            request = request.auth(self.auth.clone());
+        if Url::parse(self.api.base()).is_ok_and(|base| base.origin() == url.origin()) {
+            request = request.auth(self.api.auth().clone());
         }
-        if let Some(bucket) = &self.bucket {
-            bucket.acquire().await;
-        }
-        let response = http.send(&request).await?;
+        let response = self.api.send_once(&request).await.map_err(|e| e.http)?;
         let answer: Value = response.json()?;
         states.read(&answer).ok_or_else(|| HttpError::Decode {
             url: response.url.clone(),
@@ -1221,7 +1151,6 @@ impl Target {
     /// else the instance's `operation`) says how; `began` hears of it before the first poll.
     async fn settle(
         &self,
-        http: &HttpClient,
         spec: Option<&OperationSpec>,
         vars: &BTreeMap<String, String>,
         request: &HttpRequest,
@@ -1239,14 +1168,13 @@ impl Target {
         };
         let id = self.mask(&id.unwrap_or_else(|| url.path().to_owned()));
         began(&id, &url);
-        self.follow(http, spec, &id, &url).await.map(Settled::Done)
+        self.follow(spec, &id, &url).await.map(Settled::Done)
     }
 
     /// Polls the operation `id` at `url` until it is done (its final state), failed or timed
     /// out; the error is said in words naming the operation, secrets masked.
     async fn follow(
         &self,
-        http: &HttpClient,
         spec: &OperationSpec,
         id: &str,
         url: &Url,
@@ -1257,7 +1185,7 @@ impl Target {
             .track(|| {
                 let last = &last;
                 async move {
-                    let (value, status) = self.poll_operation(http, &spec.states, url).await?;
+                    let (value, status) = self.poll_operation(&spec.states, url).await?;
                     *lock(last) = value;
                     Ok(status)
                 }
@@ -1284,8 +1212,7 @@ impl Target {
     }
 
     fn mask(&self, text: &str) -> String {
-        let values: Vec<&str> = self.token.iter().map(|t| t.expose()).collect();
-        mask_text(text, &values)
+        self.api.mask(text)
     }
 }
 
@@ -1293,10 +1220,7 @@ impl Target {
 /// bucket (its `rate_limit`).
 pub struct HttpApiProvider {
     metadata: ProviderMetadata,
-    http_config: HttpConfig,
-    http: OnceLock<HttpClient>,
-    buckets: Mutex<HashMap<String, TokenBucket>>,
-    retry: RetryPolicy,
+    clients: RestClients,
 }
 
 impl std::fmt::Debug for HttpApiProvider {
@@ -1393,51 +1317,28 @@ impl HttpApiProvider {
     pub fn with_http_config(config: HttpConfig) -> Self {
         Self {
             metadata: metadata(),
-            http_config: config,
-            http: OnceLock::new(),
-            buckets: Mutex::new(HashMap::new()),
-            retry: RetryPolicy {
-                max_attempts: 4,
-                max_elapsed: Duration::from_secs(60),
-                ..RetryPolicy::default()
-            },
+            clients: RestClients::new("the HTTP API", None, TokenNeed::Optional)
+                .with_http_config(config),
         }
     }
 
     /// The retry policy of start, stop and commands (the observe loop has its own backoff).
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    fn http(&self) -> Result<HttpClient, ResourceError> {
-        if let Some(c) = self.http.get() {
-            return Ok(c.clone());
+    pub fn with_retry(self, retry: RetryPolicy) -> Self {
+        Self {
+            clients: self.clients.with_retry(retry),
+            ..self
         }
-        let client = HttpClient::new(self.http_config.clone())
-            .map_err(|e| ResourceError::Invalid(e.to_string()))?;
-        Ok(self.http.get_or_init(|| client).clone())
     }
 
-    fn target(&self, ctx: &InstanceContext) -> Result<Target, Vec<ResourceProblem>> {
-        let InstanceParts {
-            base,
-            auth,
-            rate,
-            operation,
-        } = instance_parts(ctx)?;
-        let bucket = rate.map(|rate| {
-            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-            buckets
-                .entry(ctx.instance.clone())
-                .or_insert_with(|| TokenBucket::new(rate))
-                .clone()
-        });
+    /// Where and how `ctx`'s requests go; its problems are said as `resource`'s.
+    fn target(&self, ctx: &InstanceContext, resource: &str) -> Result<Target, ProviderError> {
+        let (auth, operation) =
+            instance_parts(ctx).map_err(|problems| ProviderError::InvalidResource {
+                resource: resource.to_owned(),
+                problems,
+            })?;
         Ok(Target {
-            base,
-            auth,
-            token: ctx.token.clone(),
-            bucket,
+            api: self.clients.api(ctx)?.with_auth(auth),
             operation,
         })
     }
@@ -1491,16 +1392,13 @@ impl HttpApiProvider {
             problems,
         };
         let spec = ApiSpec::parse(&decl.config).map_err(invalid)?;
-        let target = self.target(instance).map_err(invalid)?;
-        let http = self.http()?;
+        let target = self.target(instance, &decl.name)?;
         let (events, _) = broadcast::channel(256);
         Ok(HttpApiResource {
             inner: Arc::new(Inner {
                 name: decl.name.clone(),
                 spec,
                 target,
-                http,
-                retry: self.retry,
                 last: Mutex::new(None),
                 logs: Mutex::new(VecDeque::new()),
                 events,
@@ -1589,8 +1487,8 @@ impl Provider for HttpApiProvider {
                         provider: ID.into(),
                         command: command.id.clone(),
                     })?;
-            let target = self.target(instance).map_err(invalid)?;
-            let mut secrets = target.secrets();
+            let target = self.target(instance, &resource.name)?;
+            let mut secrets = target.api.secrets();
             secrets.extend(params.secrets());
             let values: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
             let failed = |reason: String| ProviderError::Command {
@@ -1601,19 +1499,16 @@ impl Provider for HttpApiProvider {
                 .request(&declared.endpoint, &spec.vars, Some(&params))
                 .map_err(|e| failed(e.to_string()))?;
             if dry_run {
-                return Ok(CommandResult::planned(
-                    &[target.planned(&request)],
-                    &secrets,
-                ));
+                return Ok(CommandResult::planned(&[request.planned()], &secrets));
             }
-            let http = self.http()?;
-            let response = send_with_retry(&http, target.bucket.as_ref(), &request, &self.retry)
+            let response = target
+                .api
+                .send(&request)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             let mut result = CommandResult::ok(answer_data(&response));
             let settled = target
                 .settle(
-                    &http,
                     spec.operation.as_ref(),
                     &spec.vars,
                     &request,
@@ -1669,8 +1564,6 @@ struct Inner {
     name: String,
     spec: ApiSpec,
     target: Target,
-    http: HttpClient,
-    retry: RetryPolicy,
     /// The last provider value and what it mapped to.
     last: Mutex<Option<(String, MappedState)>>,
     logs: Mutex<VecDeque<OutputLine>>,
@@ -1685,10 +1578,6 @@ async fn wait_exit(exit: &mut watch::Receiver<Option<ExitInfo>>) -> Option<ExitI
         Ok(info) => *info,
         Err(_) => None,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Inner {
@@ -1710,10 +1599,12 @@ impl Inner {
     /// One GET of `status`: the provider's value.
     async fn fetch_state(&self, endpoint: &Endpoint) -> Result<String, HttpError> {
         let request = self.target.request(endpoint, &self.spec.vars, None)?;
-        if let Some(bucket) = &self.target.bucket {
-            bucket.acquire().await;
-        }
-        let response = self.http.send(&request).await?;
+        let response = self
+            .target
+            .api
+            .send_once(&request)
+            .await
+            .map_err(|e| e.http)?;
         let answer: Value = response.json()?;
         self.spec
             .state_value(&answer)
@@ -1766,14 +1657,12 @@ impl Inner {
             LogStream::System,
             format!("{what}: {} {}", request.method, request.redacted_url()),
         );
-        let response = send_with_retry(
-            &self.http,
-            self.target.bucket.as_ref(),
-            &request,
-            &self.retry,
-        )
-        .await
-        .map_err(|e| ResourceError::op(what, self.target.mask(&e.to_string())))?;
+        let response = self
+            .target
+            .api
+            .send(&request)
+            .await
+            .map_err(|e| ResourceError::op(what, e.text))?;
         let began = |id: &str, url: &Url| {
             self.line(
                 LogStream::System,
@@ -1786,7 +1675,6 @@ impl Inner {
         let settled = self
             .target
             .settle(
-                &self.http,
                 self.spec.operation.as_ref(),
                 &self.spec.vars,
                 &request,
@@ -2092,10 +1980,7 @@ impl Resource for HttpApiResource {
                 .target
                 .request(endpoint, &inner.spec.vars, None)
                 .map_err(|e| ResourceError::op("health", inner.target.mask(&e.to_string())))?;
-            if let Some(bucket) = &inner.target.bucket {
-                bucket.acquire().await;
-            }
-            Ok(match inner.http.send(&request).await {
+            Ok(match inner.target.api.send_once(&request).await {
                 Ok(_) => Health::Healthy,
                 Err(error) => {
                     inner.line(LogStream::Stderr, format!("health check failed: {error}"));
@@ -2110,14 +1995,15 @@ impl Resource for HttpApiResource {
     }
 
     fn connection(&self) -> Connection {
-        let url = Url::parse(&self.inner.target.base).ok();
+        let base = self.inner.target.api.base();
+        let url = Url::parse(base).ok();
         Connection {
             host: url
                 .as_ref()
                 .and_then(|u| u.host_str().map(str::to_owned))
                 .unwrap_or_default(),
             port: url.as_ref().and_then(Url::port_or_known_default),
-            url: Some(Secret::new(self.inner.target.base.clone())),
+            url: Some(Secret::new(base)),
             fields: BTreeMap::new(),
         }
     }
