@@ -1610,18 +1610,15 @@ mod tests {
             token_kind(&ctx(json!({"token_kind": "project"}))).ok(),
             Some(TokenKind::Project)
         );
-        let bad = token_kind(&ctx(json!({"token_kind": "team-ish"})))
-            .err()
-            .expect("refused");
+        let bad = token_kind(&ctx(json!({"token_kind": "team-ish"}))).expect_err("refused");
         assert_eq!(bad.key.as_deref(), Some("token_kind"));
     }
 
     #[test]
     fn every_bad_key_is_named_at_once() {
         let config = json!({"environment_id": 3, "interval": "soon", "logs": "yes"});
-        let problems = ServiceSpec::parse(config.as_object().expect("table"))
-            .err()
-            .expect("problems");
+        let problems =
+            ServiceSpec::parse(config.as_object().expect("table")).expect_err("problems");
         let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
         assert_eq!(keys, ["service_id", "environment_id", "interval", "logs"]);
     }

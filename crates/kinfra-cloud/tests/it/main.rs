@@ -17,3 +17,7 @@ mod harness;
 mod supabase_fake;
 mod supabase;
 mod neon;
+#[allow(dead_code)]
+#[path = "../support/railway_fake.rs"]
+mod railway_fake;
+mod railway;
