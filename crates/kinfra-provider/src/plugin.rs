@@ -50,13 +50,13 @@ use crate::metadata::ProviderMetadata;
 use crate::observe::{self, ObserveConfig, ObserveError};
 use crate::provider::{InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem};
 use crate::result::CommandResult;
+use crate::run_slot::{AbortOnDrop, SyncRecord, lock};
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
     BoxFuture, Connection, Observed, OutputLine, Resource, ResourceError, Run, SyncFacts,
 };
 use kinfra_core::state::Health;
-use kinfra_core::status::LastSync;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -974,7 +974,7 @@ impl Provider for PluginProvider {
             run: Mutex::new(None),
             connection: Mutex::new(Connection::default()),
             exit_reason: Arc::new(Mutex::new(None)),
-            sync: Arc::new(Mutex::new(None)),
+            sync: SyncRecord::default(),
         }))
     }
 
@@ -1020,13 +1020,7 @@ struct LiveRun {
     /// Set once, by whoever ends the run (stop, the observe loop, the plugin's exit).
     end: Arc<watch::Sender<Option<ExitInfo>>>,
     /// The observe loop.
-    observe: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for LiveRun {
-    fn drop(&mut self) {
-        self.observe.abort();
-    }
+    _observe: AbortOnDrop,
 }
 
 /// How a run's end came about.
@@ -1076,7 +1070,7 @@ pub struct PluginResource {
     /// Why the last run ended, when the plugin's child was lost under it.
     exit_reason: Arc<Mutex<Option<String>>>,
     /// What the observe loop learnt last (kept after the run ends).
-    sync: Arc<Mutex<Option<SyncFacts>>>,
+    sync: SyncRecord,
 }
 
 #[derive(Deserialize)]
@@ -1146,38 +1140,8 @@ struct LogLineAnswer {
     text: String,
 }
 
-/// The guard of `mutex`, also after a panic elsewhere poisoned it.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 fn stdout() -> kinfra_core::status::LogStream {
     kinfra_core::status::LogStream::Stdout
-}
-
-/// Records one poll's outcome as the resource's sync facts.
-fn record_sync(sync: &Mutex<Option<SyncFacts>>, outcome: Result<&str, &str>) {
-    let mut record = lock(sync);
-    let facts = record.get_or_insert_with(SyncFacts::default);
-    let at = kinfra_core::event::now_rfc3339();
-    facts.last_sync = Some(match outcome {
-        Ok(state) => {
-            facts.provider_state = Some(state.to_owned());
-            LastSync {
-                at,
-                ok: true,
-                error: None,
-            }
-        }
-        Err(error) => LastSync {
-            at,
-            ok: false,
-            error: Some(error.to_owned()),
-        },
-    });
 }
 
 /// What one run's observe loop needs.
@@ -1187,7 +1151,7 @@ struct Poll {
     /// The child that served `start`: polls never start another.
     child: u64,
     end: Arc<watch::Sender<Option<ExitInfo>>>,
-    sync: Arc<Mutex<Option<SyncFacts>>>,
+    sync: SyncRecord,
     /// Held through a poll and its record, so a lost child ends the run after the record.
     busy: Arc<tokio::sync::Mutex<()>>,
     seen_running: std::sync::atomic::AtomicBool,
@@ -1213,7 +1177,7 @@ impl Poll {
             }
             Err(error) => {
                 let error = error.to_string();
-                record_sync(&self.sync, Err(&error));
+                self.sync.failed(error.clone());
                 return Err(ObserveError::Failed(error));
             }
         };
@@ -1224,7 +1188,7 @@ impl Poll {
             }
             None => answer.state.as_str().to_owned(),
         };
-        record_sync(&self.sync, Ok(&word));
+        self.sync.ok(Some(word.clone()));
         let seen_running = &self.seen_running;
         let ended = match answer.state {
             StateAnswer::Running => {
@@ -1328,7 +1292,7 @@ impl Resource for PluginResource {
                 let adopted = live.as_ref().is_some_and(|r| r.end.borrow().is_none());
                 *live = Some(LiveRun {
                     end: Arc::clone(&end),
-                    observe,
+                    _observe: AbortOnDrop(observe),
                 });
                 adopted
             };
@@ -1458,7 +1422,7 @@ impl Resource for PluginResource {
 
     /// The observe loop's last word: `last_sync` and `provider_state` (kept after the run).
     fn sync(&self) -> Option<SyncFacts> {
-        lock(&self.sync).clone()
+        self.sync.facts()
     }
 
     fn remove(&self, volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {
