@@ -34,7 +34,7 @@ use crate::provider::{
 use crate::rest::{RestApi, RestClients, TokenNeed, encode_segment};
 use crate::result::{CommandResult, mask_text};
 use crate::retry::{Backoff, RetryPolicy};
-use crate::run_slot::lock;
+use crate::run_slot::{AbortOnDrop, lock};
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
@@ -1557,7 +1557,7 @@ struct Live {
     exit: watch::Sender<Option<ExitInfo>>,
     observed: watch::Receiver<ObservedStatus>,
     /// The observe loop (ends with the run; aborted when the resource is dropped).
-    task: Option<tokio::task::JoinHandle<()>>,
+    _task: Option<AbortOnDrop>,
 }
 
 struct Inner {
@@ -1776,11 +1776,7 @@ impl std::fmt::Debug for HttpApiResource {
 impl Drop for HttpApiResource {
     fn drop(&mut self) {
         // The observe loop holds the resource's state: it must not outlive it.
-        if let Some(live) = lock(&self.inner.live).take()
-            && let Some(task) = live.task
-        {
-            task.abort();
-        }
+        lock(&self.inner.live).take();
     }
 }
 
@@ -1832,7 +1828,7 @@ impl Resource for HttpApiResource {
                     id,
                     exit: exit_tx,
                     observed,
-                    task: None,
+                    _task: None,
                 });
                 return Ok(run);
             };
@@ -1901,7 +1897,7 @@ impl Resource for HttpApiResource {
                 id,
                 exit: exit_tx,
                 observed,
-                task: Some(task),
+                _task: Some(AbortOnDrop(task)),
             });
             Ok(run)
         })
