@@ -50,6 +50,7 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_provider::builtin::command::provider(),
         kinfra_provider::builtin::http_api::provider(),
         kinfra_cloud::neon::provider(),
+        kinfra_cloud::railway::provider(),
         kinfra_cloud::supabase::provider(),
     ]
 }

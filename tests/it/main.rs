@@ -26,6 +26,7 @@ mod provider_resources;
 mod provider_secrets;
 mod providers;
 mod proxy;
+mod railway;
 mod readme;
 mod reload;
 mod scenarios;

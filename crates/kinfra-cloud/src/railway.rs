@@ -1420,9 +1420,27 @@ impl Resource for RailwayResource {
         })
     }
 
-    /// Railway reports no health beyond the deployment's status: unknown.
+    /// From the last observe (no I/O): healthy while the latest deployment is SUCCESS (Railway
+    /// turns a deployment SUCCESS only once its own healthcheck, when it has one, passed),
+    /// unknown otherwise. So the supervisor calls the resource running once the deployment
+    /// runs, not as soon as a restart or redeploy was sent.
     fn health(&self) -> BoxFuture<'_, Result<Health, ResourceError>> {
-        Box::pin(async move { Ok(Health::Unknown) })
+        Box::pin(async move {
+            let view = lock(&self.inner.view);
+            let fresh = view.latest.as_ref().is_some_and(|d| {
+                d.status == "SKIPPED" || map_status(&d.status, d.stopped).is_some()
+            });
+            Ok(match view.state {
+                Some(DeploymentState::Running) if fresh && view.failure.is_none() => {
+                    Health::Healthy
+                }
+                _ => Health::Unknown,
+            })
+        })
+    }
+
+    fn has_own_health(&self) -> bool {
+        true
     }
 
     /// The deployment's public domain (`staticUrl`) as `host` and `https://…` as `url`.

@@ -11,7 +11,7 @@ use crate::railway_fake::{ACCOUNT_TOKEN, PROJECT_TOKEN, RailwayFake, railway};
 use kinfra_cloud::railway::{RailwayProvider, RailwayResource};
 use kinfra_core::Secret;
 use kinfra_core::resource::{Observed, Resource, ResourceError, Run};
-use kinfra_core::state::ServiceState;
+use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::LogStream;
 use kinfra_provider::command::validate;
 use kinfra_provider::http::HttpConfig;
@@ -244,6 +244,11 @@ async fn a_stopped_service_is_restarted_runs_with_its_logs_and_stops() {
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Starting), "{message}");
     assert!(message.contains("restart requested"), "{message}");
+    assert_eq!(
+        res.health().await.expect("health"),
+        Health::Unknown,
+        "not running before SUCCESS"
+    );
     until("SUCCESS shows as running", || async {
         reported(&res).0 == Some(ServiceState::Running)
     })
@@ -254,6 +259,7 @@ async fn a_stopped_service_is_restarted_runs_with_its_logs_and_stops() {
         message.contains("lifecycle-api.up.railway.app"),
         "{message}"
     );
+    assert_eq!(res.health().await.expect("health"), Health::Healthy);
     let sync = res.sync().expect("sync facts");
     assert_eq!(sync.provider_state.as_deref(), Some("SUCCESS"));
     assert!(sync.last_sync.is_some_and(|s| s.ok));
@@ -434,6 +440,7 @@ async fn sleeping_crashed_removed_skipped_and_unknown_statuses_map_as_design_say
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Running), "kept: {message}");
     assert!(message.contains("unknown status TELEPORTED"), "{message}");
+    assert_eq!(res.health().await.expect("health"), Health::Unknown);
     let logs = res.logs(1000).await.expect("logs");
     assert!(
         logs.iter().any(|l| l
