@@ -11,5 +11,6 @@ pub mod kubernetes;
 pub mod fly;
 pub mod neon;
 pub mod railway;
+pub mod render;
 pub mod supabase;
 pub mod vercel;

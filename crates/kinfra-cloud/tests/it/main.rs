@@ -21,3 +21,7 @@ mod neon;
 #[path = "../support/railway_fake.rs"]
 mod railway_fake;
 mod railway;
+#[allow(dead_code)]
+#[path = "../support/render_fake.rs"]
+mod render_fake;
+mod render;
