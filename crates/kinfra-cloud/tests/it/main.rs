@@ -25,3 +25,7 @@ mod railway;
 #[path = "../support/render_fake.rs"]
 mod render_fake;
 mod render;
+#[allow(dead_code)]
+#[path = "../support/fly_fake.rs"]
+mod fly_fake;
+mod fly;
