@@ -599,12 +599,21 @@ impl Cluster {
         &self,
         built: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<Prepared, HttpError> {
-        built
-            .map(|request| Prepared { request })
-            .map_err(|e| HttpError::Invalid {
-                url: format!("{}{}", self.server, self.path()),
-                reason: e.to_string(),
-            })
+        let mut request = built.map_err(|e| HttpError::Invalid {
+            url: format!("{}{}", self.server, self.path()),
+            reason: e.to_string(),
+        })?;
+        // kube's builder leaves an empty pair (`?&fieldManager=...`, `path?`): drop it, so the
+        // dry-run and the request sent read as kubectl's.
+        let text = request.uri().to_string();
+        let tidy = text.replacen("?&", "?", 1);
+        let tidy = tidy.strip_suffix('?').unwrap_or(&tidy);
+        if tidy != text
+            && let Ok(uri) = tidy.parse::<http::Uri>()
+        {
+            *request.uri_mut() = uri;
+        }
+        Ok(Prepared { request })
     }
 
     fn get_deployment(&self) -> Result<Prepared, HttpError> {
@@ -1831,7 +1840,7 @@ mod tests {
         let Value::Object(config) = json!({"name": "Web", "replicas": 0, "namespace": 3}) else {
             panic!("not a table");
         };
-        let problems = DeploymentSpec::parse(&config).err().expect("problems");
+        let problems = DeploymentSpec::parse(&config).expect_err("problems");
         let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
         assert_eq!(keys, ["namespace", "name", "replicas"], "{problems:?}");
     }

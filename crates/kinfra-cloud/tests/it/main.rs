@@ -29,3 +29,9 @@ mod render;
 #[path = "../support/fly_fake.rs"]
 mod fly_fake;
 mod fly;
+#[cfg(feature = "kubernetes")]
+#[allow(dead_code)]
+#[path = "../support/kubernetes_fake.rs"]
+mod kubernetes_fake;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
