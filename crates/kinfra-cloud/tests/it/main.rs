@@ -29,6 +29,10 @@ mod render;
 #[path = "../support/fly_fake.rs"]
 mod fly_fake;
 mod fly;
+#[allow(dead_code)]
+#[path = "../support/vercel_fake.rs"]
+mod vercel_fake;
+mod vercel;
 #[cfg(feature = "kubernetes")]
 #[allow(dead_code)]
 #[path = "../support/kubernetes_fake.rs"]
