@@ -382,3 +382,47 @@ fn providers_show_railway_lists_every_command_with_its_parameters() {
         assert!(human.contains(word), "{word} missing:\n{human}");
     }
 }
+
+#[test]
+fn plan_shows_the_restart_a_stopped_service_would_get_and_sends_nothing() {
+    let fake = railway();
+    let ids = fake.service("rootplan", Some("SUCCESS"));
+    fake.set_latest(&ids.0, "SUCCESS", true);
+    let p = project(&fake.url(), ACCOUNT_TOKEN, &ids, "");
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(ACCOUNT_TOKEN), "{text}");
+    let plan: Value = serde_json::from_str(&text).expect("JSON");
+    let api = plan["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["name"] == "api"))
+        .cloned()
+        .expect("api in the plan");
+    assert_eq!(api["kind"], "railway", "{api}");
+    assert_eq!(api["action"], "resume", "{api}");
+    let call = &api["calls"][0];
+    assert_eq!(call["url"], format!("{}/graphql/v2", fake.url()), "{api}");
+    assert!(
+        call["body"]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("deploymentRestart")),
+        "{api}"
+    );
+    assert_eq!(
+        call["body"]["variables"]["id"],
+        format!("{}-d0", ids.0),
+        "{api}"
+    );
+    let sent = fake.requests(&ids.0);
+    assert!(
+        sent.iter()
+            .all(|l| l.starts_with("RailwayServiceInstance ")),
+        "plan only reads: {sent:?}"
+    );
+    assert!(
+        fake.latest(&ids.0).is_some_and(|d| d.stopped),
+        "still stopped"
+    );
+    fake.assert_clean(&ids.0);
+}

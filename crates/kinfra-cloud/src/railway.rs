@@ -45,7 +45,7 @@ use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed};
-use kinfra_provider::result::{CommandResult, mask_text};
+use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Failure, classify};
 use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord};
 use serde_json::{Map, Value, json};
@@ -663,6 +663,40 @@ impl Provider for RailwayProvider {
         &self.commands
     }
 
+    /// Reads the service instance once and renders what the start would send after that
+    /// read: `deploymentRestart` of a stopped or crashed deployment, `serviceInstanceRedeploy`
+    /// when there is none to restart, nothing for one that runs or sleeps.
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let resource = self.service_resource(instance, decl)?;
+            let inner = &resource.inner;
+            let answer = inner.read(true).await.map_err(|e| ProviderError::Command {
+                command: "start".into(),
+                reason: inner.mask(&e.to_string()),
+            })?;
+            let Some((query, variables, _)) =
+                start_action(&inner.spec, answer.state(), answer.latest.as_ref())
+            else {
+                return Ok(Some(Vec::new()));
+            };
+            let request =
+                inner
+                    .graphql
+                    .request(query, variables)
+                    .map_err(|e| ProviderError::Command {
+                        command: "start".into(),
+                        reason: inner.mask(&e.to_string()),
+                    })?;
+            Ok(Some(vec![
+                request.planned().masked(&inner.graphql.api.secrets()),
+            ]))
+        })
+    }
+
     fn validate_resource<'a>(
         &'a self,
         instance: &'a InstanceContext,
@@ -760,6 +794,25 @@ impl Provider for RailwayProvider {
             }
             Ok(result.mask(&secrets))
         })
+    }
+}
+
+/// What a start sends, from what the read said: a restart of a stopped or crashed deployment,
+/// a redeploy when there is none to restart (none, removed, failed); nothing for one that
+/// runs, is on its way or sleeps (it wakes on the next request).
+fn start_action(
+    spec: &ServiceSpec,
+    state: Option<DeploymentState>,
+    latest: Option<&Deployment>,
+) -> Option<(&'static str, Value, &'static str)> {
+    match (state, latest) {
+        (Some(DeploymentState::Stopped | DeploymentState::Crashed), Some(d)) => {
+            Some((RESTART_MUTATION, json!({ "id": d.id }), "restart"))
+        }
+        (Some(DeploymentState::Absent | DeploymentState::Failed), _) | (None, None) => {
+            Some((REDEPLOY_MUTATION, spec.ids(), "redeploy"))
+        }
+        _ => None,
     }
 }
 
@@ -1272,18 +1325,7 @@ impl Resource for RailwayResource {
                 .await
                 .map_err(|e| inner.graphql.resource_error("start", &what, &e))?;
             let state = inner.record(&answer);
-            let latest = answer.latest.clone();
-            let restart = |id: &str| (RESTART_MUTATION, json!({ "id": id }), "restart");
-            let action = match (state, &latest) {
-                (Some(DeploymentState::Stopped | DeploymentState::Crashed), Some(d)) => {
-                    Some(restart(&d.id))
-                }
-                (Some(DeploymentState::Absent | DeploymentState::Failed), _) | (None, None) => {
-                    Some((REDEPLOY_MUTATION, inner.spec.ids(), "redeploy"))
-                }
-                _ => None,
-            };
-            let adopted = match action {
+            let adopted = match start_action(&inner.spec, state, answer.latest.as_ref()) {
                 Some((query, variables, how)) => {
                     inner.mutate(how, query, variables).await?;
                     let mut view = lock(&inner.view);

@@ -872,3 +872,63 @@ async fn config_problems_are_named_by_key_at_once() {
     );
     assert!(spec.config.iter().all(|k| !k.description.is_empty()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_renders_the_start_after_one_read_and_sends_nothing_else() {
+    let fake = railway();
+    let provider = RailwayProvider::new();
+    let ctx = instance(&fake.url(), ACCOUNT_TOKEN, false);
+    for (tag, status, stopped, wanted) in [
+        (
+            "planstopped",
+            Some("SUCCESS"),
+            true,
+            Some("deploymentRestart"),
+        ),
+        (
+            "plancrashed",
+            Some("CRASHED"),
+            false,
+            Some("deploymentRestart"),
+        ),
+        (
+            "planremoved",
+            Some("REMOVED"),
+            false,
+            Some("serviceInstanceRedeploy"),
+        ),
+        ("plannone", None, false, Some("serviceInstanceRedeploy")),
+        ("planrunning", Some("SUCCESS"), false, None),
+        ("plansleeping", Some("SLEEPING"), false, None),
+    ] {
+        let ids = fake.service(tag, status);
+        if stopped {
+            fake.set_latest(&ids.0, "SUCCESS", true);
+        }
+        let planned = provider
+            .planned_start(&ctx, &decl(&ids.0, &ids.1))
+            .await
+            .expect("planned")
+            .expect("the provider renders its start");
+        match wanted {
+            Some(field) => {
+                assert_eq!(planned.len(), 1, "{tag}: {planned:?}");
+                let body = planned[0].body.clone().expect("a body");
+                assert!(
+                    body["query"].as_str().is_some_and(|q| q.contains(field)),
+                    "{tag}: {body}"
+                );
+                let shown = serde_json::to_string(&planned).expect("json");
+                assert!(!shown.contains(ACCOUNT_TOKEN), "{tag}: {shown}");
+            }
+            None => assert!(planned.is_empty(), "{tag}: {planned:?}"),
+        }
+        let sent = fake.requests(&ids.0);
+        assert!(
+            sent.iter()
+                .all(|l| l.starts_with("RailwayServiceInstance ")),
+            "{tag}: only the read: {sent:?}"
+        );
+        fake.assert_clean(&ids.0);
+    }
+}
