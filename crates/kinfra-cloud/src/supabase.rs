@@ -38,7 +38,7 @@ use kinfra_provider::operation::{OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
-use kinfra_provider::rest::{RestApi, RestClients, TokenNeed, encode_segment};
+use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, mask_text};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
 use kinfra_provider::run_slot::lock;
@@ -658,29 +658,27 @@ impl Inner {
         format!("/v1/projects/{}", self.spec.project_ref)
     }
 
-    /// A failed call as the resource's error: a refused token and an unknown project are
-    /// permanent (retrying gives the same answer), an unreachable API is the engine missing.
+    /// A failed call as the resource's error ([`RestApi::resource_error`], every secret this
+    /// resource knows masked): a refused token and an unknown project are permanent (retrying
+    /// gives the same answer), an unreachable API is the engine missing.
     fn error(&self, what: &str, error: &HttpError) -> ResourceError {
-        let instance = self.api.instance();
-        let shown = self.mask(&error.to_string());
-        match error {
-            HttpError::Status {
-                code: code @ (401 | 403),
-                ..
-            } => ResourceError::Invalid(format!(
-                "{what}: provider instance `{instance}`: the Supabase API refused the token \
-                 (HTTP {code}); check its token: {shown}"
-            )),
-            HttpError::Status { code: 404, .. } => ResourceError::Invalid(format!(
-                "{what}: Supabase project `{}` not found (HTTP 404) with provider instance \
-                 `{instance}`: {shown}",
-                self.spec.project_ref
-            )),
-            HttpError::Connect { .. } => ResourceError::EngineUnavailable {
-                engine: format!("the Supabase API (provider instance `{instance}`)"),
-                reason: shown,
-            },
-            _ => ResourceError::op(what, shown),
+        let call = CallError {
+            http: error.clone(),
+            text: self.mask(&error.to_string()),
+        };
+        let project = format!(
+            "Supabase project `{}` (provider instance `{}`)",
+            self.spec.project_ref,
+            self.api.instance()
+        );
+        match self.api.resource_error(what, &project, &call) {
+            ResourceError::EngineUnavailable { engine, reason } => {
+                ResourceError::EngineUnavailable {
+                    engine,
+                    reason: self.mask(&reason),
+                }
+            }
+            other => other,
         }
     }
 
