@@ -51,6 +51,7 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_provider::builtin::http_api::provider(),
         kinfra_cloud::neon::provider(),
         kinfra_cloud::railway::provider(),
+        kinfra_cloud::render::provider(),
         kinfra_cloud::supabase::provider(),
     ]
 }

@@ -29,6 +29,7 @@ mod proxy;
 mod railway;
 mod readme;
 mod reload;
+mod render;
 mod scenarios;
 mod security;
 mod startup;

@@ -1471,10 +1471,12 @@ impl Resource for RenderResource {
         })
     }
 
+    /// The observe loop's last sync, with the provider state of the latest read (a stop's
+    /// or a status read's too, so it never lags behind the state shown).
     fn sync(&self) -> Option<SyncFacts> {
         let mut facts = self.inner.sync.facts().unwrap_or_default();
-        if facts.provider_state.is_none() {
-            facts.provider_state = lock(&self.inner.view).provider_state.clone();
+        if let Some(words) = lock(&self.inner.view).provider_state.clone() {
+            facts.provider_state = Some(words);
         }
         (facts.last_sync.is_some() || facts.provider_state.is_some()).then_some(facts)
     }
