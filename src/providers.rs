@@ -53,6 +53,7 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_cloud::railway::provider(),
         kinfra_cloud::render::provider(),
         kinfra_cloud::supabase::provider(),
+        kinfra_cloud::vercel::provider(),
     ]
 }
 

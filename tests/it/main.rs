@@ -35,4 +35,5 @@ mod security;
 mod startup;
 mod store;
 mod supabase;
+mod vercel;
 mod support;

@@ -94,6 +94,8 @@ pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 const IN_CLUSTER: &str = "in-cluster";
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
+/// Lines said outside a run kept for the next run's output.
+const PENDING_LINES: usize = 20;
 /// How much of an error answer's body an error shows.
 const EXCERPT: usize = 300;
 
@@ -1002,6 +1004,7 @@ impl KubernetesProvider {
                 logs: Mutex::new(VecDeque::new()),
                 slot: RunSlot::default(),
                 output: Mutex::new(None),
+                pending: Mutex::new(Vec::new()),
                 sync: SyncRecord::default(),
             }),
         })
@@ -1230,6 +1233,8 @@ struct Inner {
     logs: Mutex<VecDeque<OutputLine>>,
     slot: RunSlot<(AbortOnDrop, mpsc::Sender<OutputLine>)>,
     output: Mutex<Option<mpsc::WeakSender<OutputLine>>>,
+    /// Lines said before the run began (kept to the last few).
+    pending: Mutex<Vec<OutputLine>>,
     sync: SyncRecord,
 }
 
@@ -1267,8 +1272,19 @@ impl Inner {
             }
             logs.push_back(line.clone());
         }
-        if let Some(tx) = lock(&self.output).as_ref().and_then(|w| w.upgrade()) {
-            let _ = tx.try_send(line);
+        match lock(&self.output).as_ref().and_then(|w| w.upgrade()) {
+            Some(tx) => {
+                let _ = tx.try_send(line);
+            }
+            // Said while a start is under way (the scale it sends): the run's output gets it
+            // once the run begins.
+            None => {
+                let mut pending = lock(&self.pending);
+                if pending.len() >= PENDING_LINES {
+                    pending.remove(0);
+                }
+                pending.push(line);
+            }
         }
     }
 
@@ -1395,6 +1411,9 @@ impl Inner {
     fn begin_run(self: &Arc<Self>, adopted: bool) -> Run {
         let (out_tx, out_rx) = mpsc::channel(256);
         let (exit_tx, exit_rx) = oneshot::channel();
+        for line in std::mem::take(&mut *lock(&self.pending)) {
+            let _ = out_tx.try_send(line);
+        }
         *lock(&self.output) = Some(out_tx.downgrade());
         let interval = self.spec.interval;
         let generation = self.slot.begin(|generation| {
@@ -1497,6 +1516,7 @@ impl Resource for DeploymentResource {
                 view.stopping = false;
                 view.ever_ready = false;
             }
+            lock(&inner.pending).clear();
             let cluster = inner.cluster().await?;
             let deployment = match cluster.read(true).await {
                 Ok(d) => d,

@@ -136,7 +136,9 @@ impl FakeDeployment {
                 "lastUpdateTime": TIME, "lastTransitionTime": TIME
             })
         };
-        let available = if self.available >= self.desired {
+        // Available: at least the minimum (replicas less maxUnavailable, 25 % rounded down).
+        let minimum = self.desired - self.desired / 4;
+        let available = if self.available >= minimum {
             cond(
                 "Available",
                 "True",
