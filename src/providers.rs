@@ -54,6 +54,7 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_cloud::render::provider(),
         kinfra_cloud::supabase::provider(),
         kinfra_cloud::vercel::provider(),
+        kinfra_cloud::vercel::provider(),
     ]
 }
 

@@ -36,4 +36,5 @@ mod startup;
 mod store;
 mod supabase;
 mod vercel;
+mod vercel;
 mod support;

@@ -552,6 +552,7 @@ impl VercelProvider {
                 slot: RunSlot::default(),
                 output: Mutex::new(None),
                 observed: Mutex::new(None),
+                build_logged: watch::channel(None).0,
             }),
         })
     }
@@ -897,7 +898,13 @@ struct Inner {
     /// The live run's output sender, by generation.
     output: Mutex<Option<(u64, mpsc::Sender<OutputLine>)>>,
     observed: Mutex<Option<watch::Receiver<ObservedStatus>>>,
+    /// The last deployment whose build events the log follower read to their end.
+    build_logged: watch::Sender<Option<String>>,
 }
+
+/// How long a run that ends on a failed or canceled build waits for that build's last
+/// events to reach its output.
+const BUILD_LOG_DRAIN: Duration = Duration::from_secs(10);
 
 /// How a failed read ends: a refused token or an unknown project is permanent.
 fn permanent(error: &CallError) -> bool {
@@ -1188,19 +1195,38 @@ impl Inner {
             }
             Some(DeploymentState::Running) => lock(&self.view).building_since = None,
             Some(DeploymentState::Stopped) => {
+                self.await_build_log(&deployment.id).await;
                 self.line(
                     LogStream::System,
                     format!("production deployment {} was canceled", deployment.id),
                 );
                 self.end_run(generation, 0);
             }
-            Some(DeploymentState::Failed | DeploymentState::Absent) => {
+            Some(state @ (DeploymentState::Failed | DeploymentState::Absent)) => {
+                if state == DeploymentState::Failed {
+                    self.await_build_log(&deployment.id).await;
+                }
                 let failure = self.failure_text(&deployment);
                 self.fail(generation, failure);
             }
             Some(DeploymentState::Stopping) | None => {}
         }
         Ok(reading.provider_state())
+    }
+
+    /// Waits (bounded) until the log follower has read deployment `id`'s build events to
+    /// their end, so a failed or canceled build's last lines reach the run's output before
+    /// the run ends.
+    async fn await_build_log(&self, id: &str) {
+        if !self.spec.logs {
+            return;
+        }
+        let mut logged = self.build_logged.subscribe();
+        let _ = tokio::time::timeout(
+            BUILD_LOG_DRAIN,
+            logged.wait_for(|d| d.as_deref() == Some(id)),
+        )
+        .await;
     }
 
     /// Begins a run: its observe loop and (with `logs`) its log follower.
@@ -1350,6 +1376,7 @@ impl Inner {
                 tokio::time::sleep(self.stream_pause()).await;
             }
         }
+        self.build_logged.send_replace(Some(id.to_owned()));
         if state().as_deref() != Some("READY") {
             return;
         }

@@ -402,9 +402,17 @@ async fn a_failed_build_fails_the_run_with_the_error_message() {
         "the errorMessage: {message}"
     );
     assert_eq!(res.exit_reason().as_deref(), Some(message.as_str()));
-    until("the failure in the output", || async {
-        has_line(&lines, LogStream::Stderr, "ERROR: production deployment")
-    })
+    until(
+        "the failure and the failed build's last events in the output",
+        || async {
+            has_line(&lines, LogStream::Stderr, "ERROR: production deployment")
+                && has_line(
+                    &lines,
+                    LogStream::Stderr,
+                    "build: Error: Command \"npm run build\" exited with 1",
+                )
+        },
+    )
     .await;
     // Stopping a failed project sends no pause.
     res.stop(HANG).await.expect("stop");
