@@ -54,6 +54,8 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_cloud::render::provider(),
         kinfra_cloud::supabase::provider(),
         kinfra_cloud::vercel::provider(),
+        #[cfg(feature = "kubernetes")]
+        kinfra_cloud::kubernetes::provider(),
         kinfra_cloud::vercel::provider(),
     ]
 }

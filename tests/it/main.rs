@@ -9,6 +9,8 @@ mod config_check;
 mod dashboard;
 mod docker;
 mod edge;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod library;
 mod neon;
 /// The cloud providers' spec-checking harness (Prism in front of the provider SDK's fake HTTP
