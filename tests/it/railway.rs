@@ -426,3 +426,73 @@ fn plan_shows_the_restart_a_stopped_service_would_get_and_sends_nothing() {
     );
     fake.assert_clean(&ids.0);
 }
+
+#[test]
+fn faults_through_runtime_up_unreachable_unknown_service_rate_limits_and_malformed_answers() {
+    let fake = railway();
+    // Unreachable: failed, naming the instance, no restart.
+    let ids = fake.service("rootunreach", Some("SUCCESS"));
+    let p = project("http://127.0.0.1:1", ACCOUNT_TOKEN, &ids, "");
+    let mut up = p.up(&[], &[]);
+    let (failed, _) = wait_api(&up, "api failed", |d| d["state"] == "failed");
+    let message = failed["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`rw`") && message.contains("not reachable"),
+        "{failed}"
+    );
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+
+    // An unknown service: failed, named.
+    let unknown = ("svc-rootnowhere-0".to_owned(), ids.1.clone());
+    let p = project(&fake.url(), ACCOUNT_TOKEN, &unknown, "");
+    let mut up = p.up(&[], &[]);
+    let (failed, _) = wait_api(&up, "api failed", |d| d["state"] == "failed");
+    let message = failed["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("svc-rootnowhere-0") && message.contains("not found"),
+        "{failed}"
+    );
+    assert_eq!(failed["restarts"], 0, "{failed}");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+
+    // 429 with and without Retry-After, malformed JSON: last_sync shows each, the state stays.
+    let ids = fake.service("rootlimits", Some("SUCCESS"));
+    let p = project(&fake.url(), ACCOUNT_TOKEN, &ids, "");
+    let mut up = p.up(&[], &[]);
+    wait_api(&up, "api running", |d| {
+        d["state"] == "running" && d["last_sync"]["ok"] == true
+    });
+    let faults = [
+        (
+            fake_http::Reply::json(429, r#"{"message":"rate limited"}"#).header("Retry-After", "1"),
+            "retry after 1s",
+        ),
+        (
+            fake_http::Reply::json(429, r#"{"message":"rate limited"}"#),
+            "429",
+        ),
+        (
+            fake_http::Reply::json(200, r#"{"data": {"serviceInst"#),
+            "malformed JSON",
+        ),
+    ];
+    for (reply, shown) in faults {
+        fake.inject(&ids.0, "RailwayServiceInstance", reply, 1);
+        let (seen, _) = wait_api(&up, shown, |d| {
+            d["last_sync"]["ok"] == false
+                && d["last_sync"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(shown))
+        });
+        assert_eq!(seen["state"], "running", "kept: {seen}");
+        assert_eq!(seen["restarts"], 0, "not a crash: {seen}");
+        wait_api(&up, "a good sync again", |d| d["last_sync"]["ok"] == true);
+    }
+    let (_, body) = api(&up).expect("status");
+    assert_no_token(&up, &p, &body);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    fake.assert_clean(&ids.0);
+}

@@ -1318,6 +1318,7 @@ impl Resource for RailwayResource {
                 let mut view = lock(&inner.view);
                 view.failure = None;
                 view.exit_reason = None;
+                view.operation = None;
             }
             let what = inner.what();
             let answer = inner
