@@ -49,6 +49,7 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
     vec![
         kinfra_provider::builtin::command::provider(),
         kinfra_provider::builtin::http_api::provider(),
+        kinfra_cloud::fly::provider(),
         kinfra_cloud::neon::provider(),
         kinfra_cloud::railway::provider(),
         kinfra_cloud::render::provider(),

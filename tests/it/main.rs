@@ -9,6 +9,7 @@ mod config_check;
 mod dashboard;
 mod docker;
 mod edge;
+mod fly;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
 mod library;

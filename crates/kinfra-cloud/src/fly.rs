@@ -84,6 +84,8 @@ pub const KINFRA_KEYS: &[&str] = &[
 ];
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
+/// Lines kept for the next run while none is live (the run's output holds 64 unread).
+const PENDING_LINES: usize = 48;
 /// The most machines `scale` manages.
 const MAX_SCALE: i64 = 100;
 /// Fly's guest presets `size` accepts: (name, cpu kind, cpus, memory MB).
@@ -848,6 +850,7 @@ impl FlyProvider {
                 failure: Mutex::new(None),
                 events_seen: Mutex::new(HashSet::new()),
                 logs: Mutex::new(VecDeque::new()),
+                pending: Mutex::new(VecDeque::new()),
                 output: Mutex::new(None),
                 live: RunSlot::default(),
                 sync: SyncRecord::default(),
@@ -1411,6 +1414,8 @@ struct Inner {
     failure: Mutex<Option<String>>,
     events_seen: Mutex<HashSet<String>>,
     logs: Mutex<VecDeque<OutputLine>>,
+    /// Lines written while no run was live (during a start), for the next run's output.
+    pending: Mutex<VecDeque<OutputLine>>,
     /// The live run's output (a clone of what the run slot holds).
     output: Mutex<Option<mpsc::Sender<OutputLine>>>,
     live: RunSlot<Held>,
@@ -1434,8 +1439,18 @@ impl Inner {
             }
             logs.push_back(line.clone());
         }
-        if let Some(out) = lock(&self.output).as_ref() {
-            let _ = out.try_send(line);
+        match lock(&self.output).as_ref() {
+            Some(out) => {
+                let _ = out.try_send(line);
+            }
+            None => {
+                // No run to carry it yet (a start under way): the next run's output gets it.
+                let mut pending = lock(&self.pending);
+                if pending.len() >= PENDING_LINES {
+                    pending.pop_front();
+                }
+                pending.push_back(line);
+            }
         }
     }
 
@@ -1931,7 +1946,15 @@ impl Resource for FlyResource {
                     let _ = stop_rx.await;
                 },
             );
-            *lock(&inner.output) = Some(out_tx.clone());
+            {
+                // What the start wrote (its requests, the machine's events) opens the run's
+                // output, so `runtime logs` shows it too.
+                let mut output = lock(&inner.output);
+                for line in lock(&inner.pending).drain(..) {
+                    let _ = out_tx.try_send(line);
+                }
+                *output = Some(out_tx.clone());
+            }
             let generation = inner.live.begin(|_| (exit_tx, (out_tx, stop_tx)));
             tokio::spawn(watch_run(observed, inner.clone(), generation));
             inner.line(

@@ -1,0 +1,267 @@
+//! The `fly` provider through `kinfra runtime up`, against the stateful Fly Machines fake
+//! behind Prism (crates/kinfra-cloud's harness): a stopped machine is started and shows
+//! running with its raw state, `runtime stop` stops it, a machine suspended outside kinfra
+//! shows sleeping, `runtime down` (on_down = keep) leaves it alone; `kinfra resource web
+//! update|restart|scale` with and without `--dry-run` (scale needs `--yes`, a 409 is reported
+//! with Fly's reason); `kinfra providers show fly` lists every command with its parameters.
+
+#[allow(dead_code)]
+#[path = "../../crates/kinfra-cloud/tests/support/fly_fake.rs"]
+mod fly_fake;
+
+// The harness, included once in main.rs; the fake reaches it as `super::`.
+use crate::{fake_http, prism};
+
+use crate::support::{Project, Up, pids_tagged, stderr, stdout, unique_tag};
+use fly_fake::{FlyFake, TOKEN, fly};
+use std::time::Duration;
+
+fn config(tag: &str, base_url: &str, app: &str, machine: &str) -> String {
+    format!(
+        "[project]\nname = \"fly-it\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [providers.fly]\ntoken = \"{TOKEN}\"\nbase_url = \"{base_url}\"\n\
+         [resources.web]\nprovider = \"fly\"\napp = \"{app}\"\nmachine_id = \"{machine}\"\n\
+         interval = \"300ms\"\nwait_timeout = \"1s\"\n"
+    )
+}
+
+/// Waits (bounded) until `name` is in state `want`; the failure shows the status and the
+/// runtime's output.
+fn wait_state(p: &Project, up: &Up, name: &str, want: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = crate::cli::status_json(p);
+        let s = status["services"][name].clone();
+        if s["state"] == want {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{name} never {want}: {status:#}\n{}", up.lines().join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn count(fake: &FlyFake, app: &str, needle: &str) -> usize {
+    fake.requests(app)
+        .iter()
+        .filter(|r| r.contains(needle))
+        .count()
+}
+
+#[test]
+fn a_fly_machine_starts_stops_sleeps_and_is_kept_at_down() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("runtime", &["stopped"], false);
+    let id = &ids[0];
+    let tag = unique_tag("fly");
+    let p = Project::with_config(&config(&tag, &prism.url, &app, id));
+    let mut up = p.up(&[], &[]);
+
+    let web = wait_state(&p, &up, "web", "running");
+    assert_eq!(fake.state(&app, id), "started");
+    assert_eq!(web["provider_state"], "started", "{web}");
+    assert_eq!(web["last_sync"]["ok"], true, "{web}");
+    assert_eq!(count(fake, &app, "/start"), 1);
+    assert!(count(fake, &app, "/wait?state=started") >= 1);
+
+    // `runtime stop web` stops the machine.
+    let out = p.run(&["runtime", "stop", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_state(&p, &up, "web", "stopped");
+    assert_eq!(fake.state(&app, id), "stopped");
+    assert_eq!(count(fake, &app, "/stop"), 1);
+
+    // Started again, then suspended outside kinfra: it shows sleeping.
+    let out = p.run(&["runtime", "start", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_state(&p, &up, "web", "running");
+    fake.set_state(&app, id, "suspended");
+    let web = wait_state(&p, &up, "web", "sleeping");
+    assert_eq!(web["provider_state"], "suspended", "{web}");
+
+    // The machine's events and kinfra's own lines are in `runtime logs`.
+    let logs = stdout(&p.run(&["runtime", "logs", "web"]));
+    assert!(logs.contains("event: start"), "{logs}");
+    assert!(logs.contains("Starting Fly machine"), "{logs}");
+
+    // Started once more; `runtime down` with on_down = keep leaves it started.
+    let out = p.run(&["runtime", "start", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_state(&p, &up, "web", "running");
+    let shown = format!(
+        "{}\n{}\n{}",
+        stdout(&p.run(&["runtime", "status", "--json"])),
+        stdout(&p.run(&["runtime", "logs", "web"])),
+        up.lines().join("\n")
+    );
+    assert!(!shown.contains(TOKEN), "the token is shown:\n{shown}");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(
+        count(fake, &app, "/stop"),
+        1,
+        "runtime down stopped a kept machine"
+    );
+    assert_eq!(fake.state(&app, id), "started");
+    assert!(pids_tagged(&tag).is_empty());
+    prism.assert_clean(&app);
+}
+
+#[test]
+fn fly_commands_run_with_and_without_dry_run_through_the_cli() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("commands", &["started"], false);
+    let id = &ids[0];
+    let tag = unique_tag("fly-cmd");
+    let p = Project::with_config(&config(&tag, &prism.url, &app, id));
+    let mut up = p.up(&[], &[]);
+    wait_state(&p, &up, "web", "running");
+    let before = fake.requests(&app).len();
+
+    // update --dry-run: the four requests, the nonce header, the token masked, nothing sent.
+    let out = p.run(&[
+        "resource",
+        "web",
+        "update",
+        "--param",
+        "image=registry.fly.io/kinfra-test:v2",
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(result["dry_run"], true, "{result}");
+    let methods: Vec<&str> = result["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter_map(|r| r["method"].as_str())
+        .collect();
+    assert_eq!(methods, ["POST", "GET", "POST", "DELETE"], "{result}");
+    let text = result.to_string();
+    assert!(text.contains("fly-machine-lease-nonce"), "{text}");
+    assert!(text.contains("****") && !text.contains(TOKEN), "{text}");
+    let human = p.run(&["resource", "web", "restart", "--dry-run"]);
+    assert!(human.status.success(), "{}", stderr(&human));
+    assert!(
+        stdout(&human).contains(&format!(
+            "POST {}/v1/apps/{app}/machines/{id}/restart",
+            prism.url
+        )),
+        "{}",
+        stdout(&human)
+    );
+    let requests_after_dry_runs = fake.requests(&app);
+    assert!(
+        requests_after_dry_runs[before..]
+            .iter()
+            .all(|r| r.starts_with("GET") && !r.contains("/lease")),
+        "a dry-run sent something: {requests_after_dry_runs:#?}"
+    );
+
+    // update for real: under a lease, with current_version.
+    let out = p.run(&["resource", "web", "update", "--param", "env=FEATURE=on"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fake.with(&app, |a| a.machines[0].config["env"]["FEATURE"].clone()),
+        "on"
+    );
+    assert_eq!(count(fake, &app, "DELETE"), 1, "the lease was not released");
+
+    // A 409 is reported with Fly's reason (exit 1), sent once.
+    fake.inject(
+        &app,
+        &format!("POST /v1/apps/{app}/machines/{id}$"),
+        fake_http::Reply::json(
+            409,
+            r#"{"error":"machine is being replaced by another deploy"}"#,
+        ),
+        1,
+    );
+    let updates = |fake: &FlyFake| {
+        fake.requests(&app)
+            .iter()
+            .filter(|r| r.starts_with(&format!("POST /v1/apps/{app}/machines/{id} ")))
+            .count()
+    };
+    let sent = updates(fake);
+    let out = p.run(&["resource", "web", "update", "--param", "image=x:v3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("409") && err.contains("being replaced"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "{err}");
+    assert_eq!(updates(fake), sent + 1, "a 409 was retried");
+    assert_eq!(count(fake, &app, "DELETE"), 2, "the lease was not released");
+
+    // restart, and scale which needs --yes.
+    let out = p.run(&["resource", "web", "restart"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(count(fake, &app, "/restart"), 1);
+    let out = p.run(&["resource", "web", "scale", "--param", "count=2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs confirmation"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fake.with(&app, |a| a.machines.len()), 1);
+    let out = p.run(&["resource", "web", "scale", "--param", "count=2", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fake.with(&app, |a| a.machines.len()), 2);
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+    prism.assert_clean(&app);
+}
+
+#[test]
+fn providers_show_fly_lists_every_command_with_its_parameters() {
+    let p = Project::new();
+    let out = p.run(&["providers", "show", "fly", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let text = shown.to_string();
+    let commands = shown["commands"].as_array().expect("commands");
+    let by_id = |id: &str| {
+        commands
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {text}"))
+    };
+    let params = |id: &str| -> Vec<String> {
+        by_id(id)["params"]
+            .as_array()
+            .expect("params")
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(params("update"), ["image", "env", "size"]);
+    assert!(params("restart").is_empty());
+    assert_eq!(params("scale"), ["count"]);
+    assert_eq!(by_id("scale")["confirm"], true);
+    assert!(commands.iter().all(|c| c["dry_run"] == true), "{text}");
+    let out = p.run(&["providers", "show", "fly"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let human = stdout(&out);
+    for word in [
+        "update",
+        "restart",
+        "scale",
+        "image",
+        "env",
+        "size",
+        "count",
+        "app",
+        "machine_id",
+        "stop_mode",
+    ] {
+        assert!(human.contains(word), "{word} missing:\n{human}");
+    }
+}
