@@ -358,3 +358,93 @@ fn providers_show_render_lists_every_command_with_its_parameters() {
         assert!(human.contains(word), "{word} missing:\n{human}");
     }
 }
+
+#[test]
+fn faults_show_in_last_sync_and_keep_the_state_and_an_unknown_service_fails_naming_it() {
+    let (prism, fake) = render();
+    let id = fake.service("rootfaults", Some("live"), &[]);
+    let p = project(&prism.url, &id, "");
+    let mut up = p.up(&[], &[]);
+    wait_web(&p, &up, "web running", |w| w["state"] == "running");
+    // A burst of 500s: last_sync shows the error, the state stays running, then it clears.
+    fake.inject(
+        &id,
+        &format!("GET /services/{id}$"),
+        render_fake::error(500, "Internal Server Error"),
+        3,
+    );
+    let failing = wait_web(&p, &up, "the 500 in last_sync", |w| {
+        w["last_sync"]["ok"] == false
+            && w["last_sync"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("HTTP 500"))
+    });
+    assert_eq!(failing["state"], "running", "{failing}");
+    assert_eq!(failing["provider_state"], "live", "{failing}");
+    wait_web(&p, &up, "last_sync ok again", |w| {
+        w["last_sync"]["ok"] == true
+    });
+    // 429 with Retry-After: a rate limit is not a crash.
+    fake.inject(
+        &id,
+        &format!("GET /services/{id}$"),
+        render_fake::error(429, "Rate limit exceeded").header("Retry-After", "1"),
+        1,
+    );
+    let limited = wait_web(&p, &up, "the 429 in last_sync", |w| {
+        w["last_sync"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("429"))
+    });
+    assert_eq!(limited["state"], "running", "{limited}");
+    assert_eq!(limited["restarts"], 0, "{limited}");
+    wait_web(&p, &up, "last_sync ok after the wait", |w| {
+        w["last_sync"]["ok"] == true
+    });
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    prism.assert_clean(&id);
+
+    // A service id the account does not have: failed, naming it, not restarted.
+    let missing = "srv-rootmissing0";
+    let p = project(&prism.url, missing, "");
+    let mut up = p.up(&[], &[]);
+    let failed = wait_web(&p, &up, "web failed", |w| w["state"] == "failed");
+    let message = failed["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(missing) && message.contains("404"),
+        "{failed}"
+    );
+    assert_eq!(failed["restarts"], 0, "{failed}");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    prism.assert_clean(missing);
+}
+
+#[test]
+fn plan_shows_the_resume_a_suspended_service_would_get_and_sends_nothing() {
+    let (prism, fake) = render();
+    let id = fake.service("rootplan", Some("live"), &["user"]);
+    let p = project(&prism.url, &id, "");
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(TOKEN), "{text}");
+    let plan: Value = serde_json::from_str(&text).expect("JSON plan");
+    let web = plan["resources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "web"))
+        .cloned()
+        .unwrap_or_else(|| panic!("web not in the plan: {plan}"));
+    assert_eq!(web["kind"], "render", "{web}");
+    assert_eq!(web["action"], "resume", "{web}");
+    assert_eq!(web["calls"][0]["method"], "POST", "{web}");
+    assert_eq!(
+        web["calls"][0]["url"].as_str(),
+        Some(format!("{}/services/{id}/resume", prism.url).as_str()),
+        "{web}"
+    );
+    assert_eq!(fake.count(&id, "POST"), 0, "plan sent something");
+    assert!(fake.suspended(&id));
+    prism.assert_clean(&id);
+}
