@@ -496,3 +496,30 @@ fn faults_through_runtime_up_unreachable_unknown_service_rate_limits_and_malform
     assert!(up.wait_exit(LIMIT).success());
     fake.assert_clean(&ids.0);
 }
+
+#[test]
+fn every_bad_key_of_a_railway_resource_is_named_at_once() {
+    let fake = railway();
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"rw\"\n\
+         [providers.rw]\nprovider = \"railway\"\ntoken = \"{ACCOUNT_TOKEN}\"\nbase_url = \"{}\"\n\
+         token_kind = \"robot\"\n\
+         [resources.api]\nprovider = \"rw\"\nenvironment_id = 7\n\
+         operation_timeout = \"often\"\nlogs = \"yes\"\ncolour = \"blue\"\n",
+        fake.url()
+    ));
+    let out = p.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for key in [
+        "`colour`",
+        "`service_id`",
+        "`environment_id`",
+        "`operation_timeout`",
+        "`logs`",
+        "`token_kind`",
+    ] {
+        assert!(err.contains(key), "{key} not named:\n{err}");
+    }
+    assert!(!err.contains(ACCOUNT_TOKEN), "{err}");
+}
