@@ -265,3 +265,171 @@ fn providers_show_fly_lists_every_command_with_its_parameters() {
         assert!(human.contains(word), "{word} missing:\n{human}");
     }
 }
+
+/// `web` (running), `denied` (an instance whose token Fly refuses), `missing` (a machine id
+/// the app does not have), `gone` (an instance whose API is unreachable) and `raw` (straight
+/// against the fake, for answers Prism cannot pass).
+fn faults_config(tag: &str, prism: &prism::Prism, apps: &[(&str, &str); 3]) -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let resource = |name: &str, instance: &str, app: &str, machine: &str| {
+        format!(
+            "[resources.{name}]\nprovider = \"{instance}\"\napp = \"{app}\"\n\
+             machine_id = \"{machine}\"\ninterval = \"300ms\"\nwait_timeout = \"1s\"\n"
+        )
+    };
+    format!(
+        "[project]\nname = \"fly-faults\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [providers.fly]\ntoken = \"{TOKEN}\"\nbase_url = \"{url}\"\n\
+         [providers.flybad]\nprovider = \"fly\"\ntoken = \"FlyV1 wrong-token-0x5e\"\n\
+         base_url = \"{url}\"\n\
+         [providers.flygone]\nprovider = \"fly\"\ntoken = \"{TOKEN}\"\nbase_url = \"http://{closed}\"\n\
+         [providers.flyraw]\nprovider = \"fly\"\ntoken = \"{TOKEN}\"\nbase_url = \"{raw}\"\n\
+         {}{}{}{}{}",
+        resource("web", "fly", apps[0].0, apps[0].1),
+        resource("denied", "flybad", apps[1].0, apps[1].1),
+        resource("missing", "fly", apps[1].0, "e82nosuchmachine"),
+        resource("gone", "flygone", apps[1].0, apps[1].1),
+        resource("raw", "flyraw", apps[2].0, apps[2].1),
+        url = prism.url,
+        raw = prism.fake_url,
+    )
+}
+
+#[test]
+fn faults_through_runtime_up_fail_naming_the_cause_or_show_in_last_sync() {
+    let (prism, fake) = fly();
+    let (web_app, web) = fake.app("faults-web", &["started"], false);
+    let (other_app, other) = fake.app("faults-other", &["started"], false);
+    let (raw_app, raw) = fake.app("faults-raw", &["started"], false);
+    let tag = unique_tag("fly-faults");
+    let p = Project::with_config(&faults_config(
+        &tag,
+        prism,
+        &[
+            (&web_app, &web[0]),
+            (&other_app, &other[0]),
+            (&raw_app, &raw[0]),
+        ],
+    ));
+    let mut up = p.up(&[], &[]);
+    let message =
+        |s: &serde_json::Value| s["status_message"].as_str().unwrap_or_default().to_owned();
+
+    // Permanent faults: failed, naming the cause, no restart.
+    let denied = wait_state(&p, &up, "denied", "failed");
+    assert!(
+        message(&denied).contains("`flybad`") && message(&denied).contains("401"),
+        "{denied}"
+    );
+    assert_eq!(denied["restarts"], 0, "{denied}");
+    let missing = wait_state(&p, &up, "missing", "failed");
+    assert!(
+        message(&missing).contains("e82nosuchmachine") && message(&missing).contains("404"),
+        "{missing}"
+    );
+    assert_eq!(missing["restarts"], 0, "{missing}");
+    let gone = wait_state(&p, &up, "gone", "failed");
+    assert!(
+        message(&gone).contains("`flygone`") && message(&gone).contains("not reachable"),
+        "{gone}"
+    );
+    assert_eq!(gone["restarts"], 0, "{gone}");
+
+    // Passing faults of a running machine's observe: last_sync shows each, the state stays.
+    wait_state(&p, &up, "web", "running");
+    wait_state(&p, &up, "raw", "running");
+    let faults = [
+        (
+            "web",
+            web_app.as_str(),
+            fake_http::Reply::json(429, r#"{"error":"rate limited"}"#).header("Retry-After", "1"),
+            "retry after 1s",
+        ),
+        (
+            "web",
+            web_app.as_str(),
+            fake_http::Reply::json(429, r#"{"error":"rate limited"}"#),
+            "429",
+        ),
+        (
+            "web",
+            web_app.as_str(),
+            fake_http::Reply::json(503, r#"{"error":"flyd unavailable"}"#),
+            "503",
+        ),
+        (
+            "raw",
+            raw_app.as_str(),
+            fake_http::Reply::json(200, r#"{"id": "#),
+            "malformed JSON",
+        ),
+    ];
+    for (name, app, reply, shown) in faults {
+        fake.inject(app, &format!("GET /v1/apps/{app}/machines/"), reply, 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let seen = loop {
+            let s = crate::cli::status_json(&p)["services"][name].clone();
+            if s["last_sync"]["ok"] == false
+                && s["last_sync"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(shown))
+            {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{shown} never in last_sync: {s}\n{}",
+                up.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(seen["state"], "running", "kept: {seen}");
+        assert_eq!(seen["restarts"], 0, "not a crash: {seen}");
+        assert_eq!(seen["provider_state"], "started", "kept: {seen}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while crate::cli::status_json(&p)["services"][name]["last_sync"]["ok"] != true {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no good sync after {shown}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let shown = format!(
+        "{}\n{}",
+        stdout(&p.run(&["runtime", "status", "--json"])),
+        up.lines().join("\n")
+    );
+    assert!(
+        !shown.contains(TOKEN) && !shown.contains("wrong-token-0x5e"),
+        "{shown}"
+    );
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+    // Fly's spec declares none of these fault answers (Prism warns "unable to match the
+    // returned status code"): only those, on the faults, are accepted.
+    for app in [&web_app, &other_app] {
+        let bad: Vec<String> = prism
+            .violations(app)
+            .iter()
+            .filter(|e| {
+                !([401, 404, 429, 503].contains(&e.status)
+                    && e.violation
+                        .as_deref()
+                        .is_some_and(|v| v.contains("Unable to match the returned status code")))
+            })
+            .map(|e| {
+                format!(
+                    "{} {} → {}: {:?}",
+                    e.method, e.target, e.status, e.violation
+                )
+            })
+            .collect();
+        assert!(bad.is_empty(), "{bad:#?}");
+        assert!(!prism.exchanges(app).is_empty());
+    }
+}

@@ -682,11 +682,21 @@ impl Fly {
         )
     }
 
-    fn error(&self, http: HttpError) -> CallError {
-        CallError {
-            text: self.api.mask(&http.to_string()),
-            http,
-        }
+    /// A GET of `path` read as `T`: retried within the call policy, or sent once (`once`:
+    /// a poll of the observe loop, which has its own backoff and honours Retry-After).
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        once: bool,
+    ) -> Result<T, CallError> {
+        let request = self.request(Method::GET, path, query, None)?;
+        let answer = if once {
+            self.api.send_once(&request).await?
+        } else {
+            self.api.send(&request).await?
+        };
+        answer.json().map_err(|e| self.api.call_error(e))
     }
 
     fn request(
@@ -704,16 +714,12 @@ impl Fly {
         self.api.send(request).await.map(|_| ())
     }
 
-    async fn machine(&self, app: &str, id: &str) -> Result<MachineInfo, CallError> {
-        self.api
-            .call(Method::GET, &Self::machine_path(app, id, ""), &[], None)
-            .await
+    async fn machine(&self, app: &str, id: &str, once: bool) -> Result<MachineInfo, CallError> {
+        self.get(&Self::machine_path(app, id, ""), &[], once).await
     }
 
-    async fn list(&self, app: &str) -> Result<Vec<MachineInfo>, CallError> {
-        self.api
-            .call(Method::GET, &Self::machines_path(app), &[], None)
-            .await
+    async fn list(&self, app: &str, once: bool) -> Result<Vec<MachineInfo>, CallError> {
+        self.get(&Self::machines_path(app), &[], once).await
     }
 
     /// Long-polls `wait` for `state`, up to `timeout` (capped, whole seconds, at least 1).
@@ -725,6 +731,7 @@ impl Fly {
         state: &str,
         version: Option<&str>,
         timeout: Duration,
+        once: bool,
     ) -> Result<WaitOutcome, CallError> {
         let secs = timeout.min(self.wait_cap).as_secs().max(1).to_string();
         let mut query = vec![("state", state), ("timeout", secs.as_str())];
@@ -737,9 +744,14 @@ impl Fly {
             &query,
             None,
         )?;
-        match self.api.send(&request).await {
+        let answer = if once {
+            self.api.send_once(&request).await
+        } else {
+            self.api.send(&request).await
+        };
+        match answer {
             Ok(answer) => {
-                let parsed: WaitAnswer = answer.json().map_err(|e| self.error(e))?;
+                let parsed: WaitAnswer = answer.json().map_err(|e| self.api.call_error(e))?;
                 let reached =
                     parsed.ok.unwrap_or(true) && parsed.state.as_deref().is_none_or(|s| s == state);
                 Ok(if reached {
@@ -868,12 +880,12 @@ fn planned_text(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> Result<PlannedRequest, String> {
-    let mut request = fly.request(method, "/", &[], body).map_err(|e| e.text)?;
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let mut planned = request.planned();
-    planned.url = format!("{}{path_text}", fly.api.base());
+    let mut planned = fly.api.planned_at(method, path_text, body);
+    planned.headers.extend(
+        headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     Ok(planned)
 }
 
@@ -985,7 +997,7 @@ impl FlyProvider {
             match &settings.machine_id {
                 Some(id) => Ok::<Vec<String>, String>(vec![id.clone()]),
                 None => Ok(fly
-                    .list(app)
+                    .list(app, false)
                     .await
                     .map_err(|e| e.text)?
                     .into_iter()
@@ -1191,7 +1203,7 @@ async fn update_machine(
         .ok_or_else(|| format!("lease machine `{id}`: the answer has no nonce"))?;
     let outcome = async {
         let machine = fly
-            .machine(app, id)
+            .machine(app, id, false)
             .await
             .map_err(|e| format!("read machine `{id}`: {}", e.text))?;
         let version = machine.version().map(str::to_owned);
@@ -1245,7 +1257,7 @@ async fn update_machine(
 async fn scale(fly: &Fly, settings: &Settings, count: i64) -> Result<CommandResult, String> {
     let app = settings.app.as_str();
     let machines: Vec<MachineInfo> = fly
-        .list(app)
+        .list(app, false)
         .await
         .map_err(|e| e.text)?
         .into_iter()
@@ -1474,9 +1486,21 @@ impl Inner {
 
     /// Reads the machine (or the app's machines) and records what it says.
     async fn read(&self) -> Result<Vec<MachineInfo>, ResourceError> {
+        self.fetch(false)
+            .await
+            .map_err(|error| self.error("read", &error))
+    }
+
+    /// Reads the machine (or the app's machines), sent `once` or retried, and records what
+    /// it says, or the failed sync.
+    async fn fetch(&self, once: bool) -> Result<Vec<MachineInfo>, CallError> {
         let answer = match &self.settings.machine_id {
-            Some(id) => self.fly.machine(self.app(), id).await.map(|m| vec![m]),
-            None => self.fly.list(self.app()).await,
+            Some(id) => self
+                .fly
+                .machine(self.app(), id, once)
+                .await
+                .map(|m| vec![m]),
+            None => self.fly.list(self.app(), once).await,
         };
         match answer {
             Ok(machines) => {
@@ -1485,7 +1509,7 @@ impl Inner {
             }
             Err(error) => {
                 self.sync.failed(self.mask(&error.text));
-                Err(self.error("read", &error))
+                Err(error)
             }
         }
     }
@@ -1611,6 +1635,7 @@ impl Inner {
                     target,
                     version.as_deref(),
                     self.wait_timeout(),
+                    true,
                 )
                 .await
             {
@@ -1618,7 +1643,7 @@ impl Inner {
                 return Err(self.observe_error(&error));
             }
         }
-        match self.read().await {
+        match self.fetch(true).await {
             Ok(machines) => Ok(state_text(
                 &machines
                     .into_iter()
@@ -1626,7 +1651,7 @@ impl Inner {
                     .collect::<Vec<_>>(),
                 self.settings.machine_id.is_some(),
             )),
-            Err(error) => Err(ObserveError::Failed(self.mask(&error.to_string()))),
+            Err(error) => Err(self.observe_error(&error)),
         }
     }
 
@@ -1676,13 +1701,13 @@ impl Inner {
             if !left.is_zero() {
                 let _ = self
                     .fly
-                    .wait(self.app(), id, target, version.as_deref(), left)
+                    .wait(self.app(), id, target, version.as_deref(), left, false)
                     .await
                     .map_err(|e| self.error("wait", &e))?;
             }
             let machine = self
                 .fly
-                .machine(self.app(), id)
+                .machine(self.app(), id, false)
                 .await
                 .map_err(|e| self.error("read", &e))?;
             version = machine.version().map(str::to_owned);
