@@ -225,7 +225,10 @@ fn a_refused_credential_names_the_context_and_a_missing_deployment_names_it() {
     );
     let mut up = p.up(&[], &[]);
     let denied = wait_service(&p, &up, "denied", "failed", |s| s["state"] == "failed");
-    let message = denied["status_message"].as_str().unwrap_or_default().to_owned();
+    let message = denied["status_message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         message.contains("context `revoked`") && message.contains("401"),
         "{denied}"
@@ -267,4 +270,45 @@ fn providers_show_kubernetes_lists_both_commands() {
     for word in ["scale", "restart", "replicas", "namespace", "kubeconfig"] {
         assert!(human.contains(word), "`{word}` missing:\n{human}");
     }
+}
+
+#[test]
+fn plan_shows_the_scale_a_scaled_down_deployment_would_get_and_sends_nothing() {
+    let fake = kube();
+    let ns = fake.namespace("rootplan");
+    fake.deployment(&ns, "web", 0);
+    let p = project(
+        &ns,
+        &format!(
+            "[resources.web]\nprovider = \"k8s\"\nnamespace = \"{ns}\"\nname = \"web\"\nreplicas = 4\n"
+        ),
+    );
+    let plan = run_json(&p, &["plan", "--json"]);
+    let text = plan.to_string();
+    assert!(!text.contains(TOKEN), "{text}");
+    let web = plan["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["name"] == "web"))
+        .cloned()
+        .expect("web in the plan");
+    assert_eq!(web["kind"], "kubernetes", "{web}");
+    assert_eq!(web["action"], "resume", "{web}");
+    let call = &web["calls"][0];
+    assert_eq!(call["method"], "PATCH", "{web}");
+    assert_eq!(
+        call["url"],
+        format!(
+            "{}/apis/apps/v1/namespaces/{ns}/deployments/web/scale?fieldManager=kinfra",
+            fake.url
+        ),
+        "{web}"
+    );
+    assert_eq!(call["body"]["spec"]["replicas"], 4, "{web}");
+    assert!(
+        fake.writes(&ns).is_empty(),
+        "plan sent {:#?}",
+        fake.writes(&ns)
+    );
+    assert_eq!(fake.get(&ns, "web").map(|d| d.desired), Some(0));
+    fake.assert_clean(&ns);
 }

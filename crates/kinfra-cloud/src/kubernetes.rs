@@ -45,6 +45,7 @@ use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use kinfra_provider::ratelimit::{Rate, TokenBucket};
+use kinfra_provider::rest::TokenNeed;
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Backoff, Failure, RetryPolicy, classify, parse_retry_after};
 use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord};
@@ -90,8 +91,10 @@ pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 pub const FIELD_MANAGER: &str = "kinfra";
 /// The `Progressing` reason of a rollout that failed.
 pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-/// The server used in messages and dry-runs of an in-cluster instance.
+/// The context name shown for an in-cluster instance.
 const IN_CLUSTER: &str = "in-cluster";
+/// The API server's in-cluster address (what `base_url` overrides by default).
+const IN_CLUSTER_URL: &str = "https://kubernetes.default.svc";
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
 /// Lines said outside a run kept for the next run's output.
@@ -380,36 +383,22 @@ async fn load_cluster(ctx: &InstanceContext) -> Result<ClusterConfig, Vec<Resour
         }
     };
     let timeout = parse_duration_key(&ctx.config, "timeout", DEFAULT_TIMEOUT, &mut problems);
-    let rate = match ctx.config.get("rate_limit") {
-        None => None,
-        Some(Value::String(text)) => match text.parse::<Rate>() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                problems.push(at("rate_limit", e.to_string()));
-                None
+    // `base_url`, `rate_limit` and `token` are checked as every REST provider's are; no token
+    // is needed (the kubeconfig brings the credentials), one given overrides them.
+    let (rate, base_uri, instance_token) =
+        match ctx.api_access(Some(IN_CLUSTER_URL), TokenNeed::Optional) {
+            Ok(access) => {
+                let overridden = ctx.base_url.is_some() || ctx.config.contains_key("base_url");
+                let uri = overridden
+                    .then(|| access.base.parse::<http::Uri>().ok())
+                    .flatten();
+                (access.rate, uri, access.token)
             }
-        },
-        Some(_) => {
-            problems.push(at("rate_limit", "expected a rate such as \"5/s\"".into()));
-            None
-        }
-    };
-    let base_url = ctx.base_url.clone().or_else(|| {
-        ctx.config
-            .get("base_url")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    let base_uri = match &base_url {
-        None => None,
-        Some(text) => match text.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => Some(uri),
-            _ => {
-                problems.push(at("base_url", format!("`{text}` is not an http(s) URL")));
-                None
+            Err(found) => {
+                problems.extend(found);
+                (None, None, None)
             }
-        },
-    };
+        };
     let mut secrets = Vec::new();
     let loaded = match ctx.config.get("kubeconfig") {
         Some(Value::String(path)) => match Kubeconfig::read_from(path) {
@@ -503,7 +492,7 @@ async fn load_cluster(ctx: &InstanceContext) -> Result<ClusterConfig, Vec<Resour
     if let Some(uri) = base_uri {
         config.cluster_url = uri;
     }
-    if let Some(token) = ctx.token.as_ref().filter(|t| !t.expose().is_empty()) {
+    if let Some(token) = &instance_token {
         config.auth_info.token = Some(token.expose().to_owned().into());
         secrets.push(token.clone());
     }
@@ -1043,6 +1032,9 @@ impl Core {
             .clone()
             .unwrap_or_else(|| loaded.config.default_namespace.clone());
         let server = loaded.config.cluster_url.to_string();
+        // kube's rustls takes the process's crypto provider: make sure there is one (a caller
+        // such as `kinfra plan` may not have started the runtime, which installs it).
+        kinfra_core::tls::install_crypto_provider();
         let client = kube::Client::try_from(loaded.config).map_err(|e| {
             ProviderError::Resource(ResourceError::Invalid(format!(
                 "[providers.{}]: cannot make a Kubernetes client for context `{}`: {}",
@@ -1106,6 +1098,36 @@ impl Provider for KubernetesProvider {
         decl: &ResourceDecl,
     ) -> Result<Box<dyn Resource>, ProviderError> {
         Ok(Box::new(self.deployment_resource(instance, decl)?))
+    }
+
+    /// One read of the Deployment, then the scale its start would send (none when it is at
+    /// its replicas already).
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let spec = DeploymentSpec::parse(&decl.config).map_err(|problems| {
+                ProviderError::InvalidResource {
+                    resource: decl.name.clone(),
+                    problems,
+                }
+            })?;
+            let cluster = self.core.cluster(instance, &spec, &decl.name).await?;
+            let deployment = cluster
+                .read(false)
+                .await
+                .map_err(|e| ProviderError::Resource(cluster.error("plan", &e)))?;
+            if assess(&deployment).desired == spec.replicas {
+                return Ok(Some(Vec::new()));
+            }
+            let prepared = cluster
+                .patch_scale(spec.replicas)
+                .map_err(|e| ProviderError::Resource(cluster.error("plan", &e)))?;
+            let secrets: Vec<&Secret> = cluster.secrets.iter().collect();
+            Ok(Some(vec![cluster.planned(&prepared).masked(&secrets)]))
+        })
     }
 
     fn execute<'a>(

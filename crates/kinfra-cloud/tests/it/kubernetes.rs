@@ -742,3 +742,48 @@ async fn the_fake_records_what_the_api_server_would_refuse() {
     let result = std::panic::catch_unwind(|| fake.assert_clean(&ns));
     assert!(result.is_err(), "assert_clean must fail on a violation");
 }
+
+/// `kinfra plan`: one read, then the scale the start would send (nothing at its replicas).
+#[tokio::test]
+async fn the_planned_start_is_the_scale_it_would_send() {
+    let fake = kube();
+    let ns = fake.namespace("plan");
+    fake.deployment(&ns, "down", 0);
+    fake.deployment(&ns, "up", 2);
+    let ctx = instance(fake, &ns, json!({}));
+    let p = provider();
+    let planned = p
+        .planned_start(&ctx, &decl(&ns, "down", 2))
+        .await
+        .expect("a plan")
+        .expect("offered");
+    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert_eq!(planned[0].method, "PATCH");
+    assert!(planned[0].url.ends_with(&format!(
+        "/namespaces/{ns}/deployments/down/scale?fieldManager=kinfra"
+    )));
+    assert_eq!(planned[0].body, Some(json!({"spec": {"replicas": 2}})));
+    assert!(!format!("{planned:?}").contains(TOKEN));
+    let none = p
+        .planned_start(&ctx, &decl(&ns, "up", 2))
+        .await
+        .expect("a plan")
+        .expect("offered");
+    assert!(none.is_empty(), "{none:?}");
+    let error = p
+        .planned_start(&ctx, &decl(&ns, "missing", 1))
+        .await
+        .expect_err("no such Deployment");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("`{ns}/missing` not found")),
+        "{error}"
+    );
+    assert!(
+        fake.writes(&ns).is_empty(),
+        "a plan sent {:#?}",
+        fake.writes(&ns)
+    );
+    fake.assert_clean(&ns);
+}
