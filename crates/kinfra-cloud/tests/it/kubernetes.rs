@@ -14,7 +14,9 @@
 //! unreachable API, a slow one, malformed JSON), with the kubeconfig's token nowhere.
 
 use crate::fake_http::Reply;
-use crate::kubernetes_fake::{BAD_TOKEN, KubeFake, TOKEN, kube, kubeconfig_file, status};
+use crate::kubernetes_fake::{
+    BAD_TOKEN, KubeFake, TOKEN, kube, kubeconfig_file, kubeconfig_tls_file, status, tls_front,
+};
 use kinfra_cloud::kubernetes::{DeploymentResource, KubernetesProvider, RESTARTED_AT};
 use kinfra_core::resource::{Observed, Resource, ResourceError, Run};
 use kinfra_core::state::{Health, ServiceState};
@@ -784,6 +786,46 @@ async fn the_planned_start_is_the_scale_it_would_send() {
         fake.writes(&ns).is_empty(),
         "a plan sent {:#?}",
         fake.writes(&ns)
+    );
+    fake.assert_clean(&ns);
+}
+
+/// kube's TLS: the API server's certificate is checked against the kubeconfig's
+/// `certificate-authority-data`; without it (system roots) the connection is refused.
+#[tokio::test]
+async fn tls_is_checked_against_the_kubeconfigs_certificate_authority() {
+    let fake = kube();
+    let ns = fake.namespace("tls");
+    fake.deployment(&ns, "web", 1);
+    let (url, ca) = tls_front();
+    let with_ca = InstanceContext {
+        config: table(json!({
+            "kubeconfig": kubeconfig_tls_file(url, &ns, Some(ca)).display().to_string(),
+            "timeout": "5s",
+        })),
+        ..instance(fake, &ns, json!({}))
+    };
+    let r = resource(&with_ca, &decl(&ns, "web", 1));
+    assert_eq!(
+        r.status().await.expect("status over TLS"),
+        Observed::Running
+    );
+    let run = r.start().await.expect("start over TLS");
+    assert!(run.adopted);
+    r.release(HANG).await.expect("release");
+
+    let without = InstanceContext {
+        config: table(json!({
+            "kubeconfig": kubeconfig_tls_file(url, &ns, None).display().to_string(),
+            "timeout": "5s",
+        })),
+        ..with_ca
+    };
+    let r = resource(&without, &decl(&ns, "web", 1));
+    let error = r.status().await.expect_err("an unknown issuer");
+    assert!(
+        error.to_string().to_lowercase().contains("certificate"),
+        "{error}"
     );
     fake.assert_clean(&ns);
 }

@@ -660,3 +660,108 @@ pub fn kubeconfig_file(server: &str, namespace: &str) -> std::path::PathBuf {
     std::fs::write(&path, kubeconfig(server, namespace)).expect("the kubeconfig is written");
     path
 }
+
+/// A TLS front for the fake, once per test binary: `https://127.0.0.1:<port>` serving a
+/// certificate made at start (for `127.0.0.1`, self-signed) and relaying each connection to
+/// the fake. Returns the URL and the certificate's PEM (the kubeconfig's certificate
+/// authority).
+pub fn tls_front() -> &'static (String, String) {
+    static FRONT: OnceLock<(String, String)> = OnceLock::new();
+    FRONT.get_or_init(|| {
+        kinfra_core::tls::install_crypto_provider();
+        let upstream = kube().url.trim_start_matches("http://").to_owned();
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("a certificate");
+        let pem = certified.cert.pem();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("a TLS server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("kube-fake-tls".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the TLS front");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("bind");
+                    let addr = listener.local_addr().expect("addr");
+                    let _ = tx.send(format!("https://{addr}"));
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let acceptor = acceptor.clone();
+                        let upstream = upstream.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await
+                            else {
+                                return;
+                            };
+                            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                        });
+                    }
+                });
+            })
+            .expect("the TLS front's thread");
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the TLS front starts");
+        (url, pem)
+    })
+}
+
+/// Standard base64 of `bytes` (a kubeconfig's `*-data` fields).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// [`kubeconfig_file`] for the TLS front: the cluster's `certificate-authority-data` holds
+/// `ca_pem` (`None`: no certificate authority, so the system's roots are used).
+pub fn kubeconfig_tls_file(
+    server: &str,
+    namespace: &str,
+    ca_pem: Option<&str>,
+) -> std::path::PathBuf {
+    let mut text = kubeconfig(server, namespace);
+    if let Some(pem) = ca_pem {
+        text = text.replacen(
+            &format!("    server: {server}\n"),
+            &format!(
+                "    server: {server}\n    certificate-authority-data: {}\n",
+                base64(pem.as_bytes())
+            ),
+            1,
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("kinfra-kube-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let path = dir.join(format!("{namespace}-tls-{}.kubeconfig", ca_pem.is_some()));
+    std::fs::write(&path, text).expect("the kubeconfig is written");
+    path
+}
