@@ -433,3 +433,64 @@ fn faults_through_runtime_up_fail_naming_the_cause_or_show_in_last_sync() {
         assert!(!prism.exchanges(app).is_empty());
     }
 }
+
+#[test]
+fn plan_shows_the_start_and_wait_a_stopped_machine_would_get_and_sends_nothing() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("plan", &["stopped", "started"], false);
+    let config = |machine: &str| {
+        config(&unique_tag("fly-plan"), &prism.url, &app, machine)
+            .replace("[resources.web]", &format!("[resources.{machine}]"))
+    };
+    let p = Project::with_config(&format!("{}\n{}", config(&ids[0]), {
+        // The second resource's table only (same instance).
+        let second = config(&ids[1]);
+        second[second.find("[resources.").unwrap_or(0)..].to_owned()
+    }));
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON plan");
+    let entry = |name: &str| {
+        plan["resources"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in {plan}"))
+    };
+    let stopped = entry(&ids[0]);
+    assert_eq!(stopped["kind"], "fly", "{stopped}");
+    assert_eq!(stopped["action"], "resume", "{stopped}");
+    assert_eq!(stopped["on_down"], "keep", "{stopped}");
+    let calls: Vec<String> = stopped["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["method"].as_str().unwrap_or(""),
+                c["url"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(calls.len(), 2, "{stopped}");
+    assert!(
+        calls[0].starts_with("POST ") && calls[0].ends_with(&format!("/machines/{}/start", ids[0])),
+        "{calls:?}"
+    );
+    assert!(
+        calls[1].contains("/wait?state=started&timeout=1&version=01JFAKEVERSION"),
+        "{calls:?}"
+    );
+    assert!(!stopped.to_string().contains(TOKEN), "{stopped}");
+    let started = entry(&ids[1]);
+    assert_eq!(started["action"], "noop", "{started}");
+    // Reads only: the machine is still stopped, nothing but GETs reached the fake.
+    assert_eq!(fake.state(&app, &ids[0]), "stopped");
+    assert!(
+        fake.requests(&app).iter().all(|r| r.starts_with("GET ")),
+        "{:#?}",
+        fake.requests(&app)
+    );
+    prism.assert_clean(&app);
+}

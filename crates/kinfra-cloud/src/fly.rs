@@ -1336,6 +1336,66 @@ impl Provider for FlyProvider {
         &self.commands
     }
 
+    /// Reads the machine (or the app's machines) and renders what the start would send for
+    /// each that is not started: its `start` and the `wait` long-poll that follows it.
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let resource = self.machine_resource(instance, decl)?;
+            let inner = &resource.inner;
+            let refused = |reason: String| ProviderError::Command {
+                command: "start".into(),
+                reason: inner.mask(&reason),
+            };
+            let machines = inner.read().await.map_err(|e| refused(e.to_string()))?;
+            let wait = inner
+                .wait_timeout()
+                .min(inner.fly.wait_cap)
+                .as_secs()
+                .max(1)
+                .to_string();
+            let mut shown = Vec::new();
+            for m in machines
+                .iter()
+                .filter(|m| m.state != "destroyed" && m.mapped() != Some(MachineState::Running))
+            {
+                if m.state != "starting" {
+                    shown.push(
+                        planned(
+                            &inner.fly,
+                            Method::POST,
+                            &Fly::machine_path(inner.app(), &m.id, "/start"),
+                            &[],
+                            &[],
+                            None,
+                        )
+                        .map_err(refused)?,
+                    );
+                }
+                let mut query = vec![("state", "started"), ("timeout", wait.as_str())];
+                if let Some(v) = m.version() {
+                    query.push(("version", v));
+                }
+                shown.push(
+                    planned(
+                        &inner.fly,
+                        Method::GET,
+                        &Fly::machine_path(inner.app(), &m.id, "/wait"),
+                        &query,
+                        &[],
+                        None,
+                    )
+                    .map_err(refused)?,
+                );
+            }
+            let secrets = inner.fly.api.secrets();
+            Ok(Some(shown.iter().map(|r| r.masked(&secrets)).collect()))
+        })
+    }
+
     fn validate_resource<'a>(
         &'a self,
         instance: &'a InstanceContext,
