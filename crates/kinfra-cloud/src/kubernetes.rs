@@ -24,7 +24,16 @@
 //!
 //! Commands: `scale {replicas}` and `restart` (what `kubectl rollout restart` sends: the pod
 //! template's `kubectl.kubernetes.io/restartedAt` annotation, a strategic merge patch), each
-//! with a dry-run that sends nothing and shows the exact request.
+//! with a dry-run that sends nothing and shows the exact request; `kinfra plan` gets the scale
+//! a start would send (`planned_start`).
+//!
+//! Requests go through kube's client (TLS checked against the kubeconfig's certificate
+//! authority, else the system's roots) but kinfra keeps the policy: the instance's token
+//! bucket, one `timeout` per request, and retries of 429/503 (their `Retry-After`), other 5xx,
+//! timeouts and connection failures within the provider's retry policy; any other 4xx (a 409
+//! conflict included) is returned at once. kube's own retry layer is off. A credential kube
+//! finds only at request time (a `tokenFile`, an `exec` plugin) is not known to kinfra, so it
+//! cannot be shown, nor masked, in a dry-run.
 
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
@@ -483,11 +492,24 @@ async fn load_cluster(ctx: &InstanceContext) -> Result<ClusterConfig, Vec<Resour
             }
         },
     };
+    // Every problem names the instance, since a resource's problems are shown under it.
+    let named = |problems: Vec<ResourceProblem>| {
+        let prefix = format!("[providers.{}]", ctx.instance);
+        problems
+            .into_iter()
+            .map(|p| match &p.key {
+                Some(key) if !p.message.starts_with(&prefix) => {
+                    ResourceProblem::at(key.clone(), format!("{prefix} {key}: {}", p.message))
+                }
+                _ => p,
+            })
+            .collect::<Vec<_>>()
+    };
     let Some((mut config, context)) = loaded else {
-        return Err(problems);
+        return Err(named(problems));
     };
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(named(problems));
     }
     if let Some(uri) = base_uri {
         config.cluster_url = uri;
