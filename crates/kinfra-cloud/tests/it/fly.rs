@@ -1015,3 +1015,90 @@ async fn restart_and_scale_act_on_the_apps_machines() {
     assert!(refused.contains(&ids[0]), "{refused}");
     prism.assert_clean(&app);
 }
+
+#[tokio::test]
+async fn an_apps_update_goes_machine_by_machine_each_under_its_own_lease() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("appupdate", &["started", "stopped"], false);
+    let all = decl(json!({ "app": app }));
+    let result = run_command(&prism.url, &all, "update", json!({ "env": "A=1" }), false)
+        .await
+        .expect("updated");
+    let updated: Vec<&str> = result.data["updated"]
+        .as_array()
+        .expect("updated")
+        .iter()
+        .filter_map(|u| u["id"].as_str())
+        .collect();
+    assert_eq!(updated, [ids[0].as_str(), ids[1].as_str()]);
+    fake.with(&app, |a| {
+        for m in &a.machines {
+            assert_eq!(m.config["env"]["A"], "1", "{}", m.id);
+            assert!(m.lease.is_none(), "{} kept its lease", m.id);
+        }
+    });
+    for id in &ids {
+        let leases = requests_matching(fake, &app, &format!("{id}/lease"));
+        assert_eq!(leases.len(), 2, "acquire and release of {id}: {leases:?}");
+    }
+    prism.assert_clean(&app);
+}
+
+#[tokio::test]
+async fn secrets_echoed_by_the_api_stay_out_of_errors_logs_and_sync() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("secrets", &["started"], false);
+    let id = &ids[0];
+    let resource = provider()
+        .with_retry(single())
+        .machine_resource(
+            &instance(&prism.url, TOKEN),
+            &decl(
+                json!({ "app": app, "machine_id": id, "interval": "100ms", "wait_timeout": "1s" }),
+            ),
+        )
+        .expect("resource");
+    within("start", resource.start()).await.expect("adopted");
+    let echo = |status: u16| {
+        Reply::json(
+            status,
+            &json!({ "error": format!("bad token Bearer {TOKEN}") }).to_string(),
+        )
+    };
+    fake.inject(&app, "/wait?", echo(500), 1);
+    until("a failed sync", || {
+        resource
+            .sync()
+            .and_then(|s| s.last_sync)
+            .is_some_and(|l| !l.ok)
+    })
+    .await;
+    fake.inject(
+        &app,
+        &format!("POST /v1/apps/{app}/machines/{id}$"),
+        echo(409),
+        1,
+    );
+    let error = run_command(
+        &prism.url,
+        &decl(json!({ "app": app, "machine_id": id })),
+        "update",
+        json!({ "image": "x:v2" }),
+        false,
+    )
+    .await
+    .expect_err("a conflict")
+    .to_string();
+    let mut shown = format!(
+        "{error}\n{:?}\n{:?}\n",
+        resource.sync(),
+        resource.reported_state()
+    );
+    for line in within("logs", resource.logs(1000)).await.expect("logs") {
+        shown.push_str(&line.text);
+        shown.push('\n');
+    }
+    assert!(!shown.contains(TOKEN), "the token is shown:\n{shown}");
+    assert!(shown.contains("****"), "{shown}");
+    assert_clean_but(prism, &app, &[500]);
+}
