@@ -1104,7 +1104,19 @@ impl FlyProvider {
                     return Ok(CommandResult::planned(&shown, &secrets));
                 }
                 let mut restarted = Vec::new();
-                for id in targets().await? {
+                let ids = match &settings.machine_id {
+                    Some(id) => vec![id.clone()],
+                    // Only started machines restart (Fly refuses the rest).
+                    None => fly
+                        .list(app, false)
+                        .await
+                        .map_err(|e| e.text)?
+                        .into_iter()
+                        .filter(|m| m.state == "started")
+                        .map(|m| m.id)
+                        .collect(),
+                };
+                for id in ids {
                     let request = fly
                         .request(
                             Method::POST,

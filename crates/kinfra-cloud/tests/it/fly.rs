@@ -984,6 +984,14 @@ async fn restart_and_scale_act_on_the_apps_machines() {
         .expect("restarted");
     assert_eq!(restarted.data["restarted"], json!([ids[0]]));
     assert_eq!(requests_matching(fake, &app, "/restart").len(), 1);
+    // A whole app restarts its started machines only (Fly refuses the others).
+    let (whole_app, whole) = fake.app("restart-app", &["started", "stopped"], false);
+    let everything = decl(json!({ "app": whole_app }));
+    let restarted = run_command(&prism.url, &everything, "restart", json!({}), false)
+        .await
+        .expect("restarted");
+    assert_eq!(restarted.data["restarted"], json!([whole[0]]));
+    prism.assert_clean(&whole_app);
 
     let scaled = run_command(&prism.url, &one, "scale", json!({ "count": 3 }), false)
         .await
