@@ -511,3 +511,31 @@ fn providers_show_vercel_lists_every_command_with_its_parameters() {
         assert!(human.contains(word), "{word} missing:\n{human}");
     }
 }
+
+#[test]
+fn plan_shows_the_unpause_a_paused_project_would_get_and_sends_nothing() {
+    let (prism, fake) = vercel();
+    let (id, _) = fake.project("rootplan", None, true, Some("READY"));
+    let p = project(&prism.url, TOKEN, &id, "");
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(TOKEN), "{text}");
+    let plan: Value = serde_json::from_str(&text).expect("JSON plan");
+    let web = plan["resources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "web"))
+        .cloned()
+        .unwrap_or_else(|| panic!("web not in the plan: {plan}"));
+    assert_eq!(web["kind"], "vercel", "{web}");
+    assert_eq!(web["action"], "resume", "{web}");
+    assert_eq!(web["calls"][0]["method"], "POST", "{web}");
+    assert_eq!(
+        web["calls"][0]["url"].as_str(),
+        Some(format!("{}/v1/projects/{id}/unpause", prism.url).as_str()),
+        "{web}"
+    );
+    assert_eq!(fake.count(&id, "POST"), 0, "plan sent something");
+    assert!(fake.with(&id, |x| x.paused));
+    assert_clean(prism, fake, &id);
+}

@@ -772,6 +772,57 @@ impl Provider for VercelProvider {
         &self.commands
     }
 
+    /// What a start would send: one read of the project, then the unpause when it is
+    /// paused (nothing when it is not: a start only follows the production deployment).
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let resource = self.project_resource(instance, decl)?;
+            let inner = &resource.inner;
+            let failed = |text: &str| ProviderError::Command {
+                command: "start".into(),
+                reason: inner.mask(text),
+            };
+            let request = inner
+                .api
+                .request(
+                    Method::GET,
+                    &VercelApi::project_path(&inner.spec.project_id),
+                    &[],
+                    None,
+                )
+                .map_err(|e| failed(&e.text))?;
+            let answer: Value = inner
+                .api
+                .rest
+                .send(&request)
+                .await
+                .and_then(|r| r.json().map_err(|e| inner.api.rest.call_error(e)))
+                .map_err(|e| failed(&e.text))?;
+            if answer.get("paused").and_then(Value::as_bool) != Some(true) {
+                return Ok(Some(Vec::new()));
+            }
+            let unpause = inner
+                .api
+                .request(
+                    Method::POST,
+                    &format!(
+                        "/v1/projects/{}/unpause",
+                        encode_segment(&inner.spec.project_id)
+                    ),
+                    &[],
+                    None,
+                )
+                .map_err(|e| failed(&e.text))?;
+            Ok(Some(vec![
+                unpause.planned().masked(&inner.api.rest.secrets()),
+            ]))
+        })
+    }
+
     fn validate_resource<'a>(
         &'a self,
         instance: &'a InstanceContext,
@@ -893,7 +944,8 @@ struct Inner {
     api: VercelApi,
     streams: reqwest::Client,
     view: Mutex<View>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    /// The lines kept for [`Resource::logs`], numbered.
+    logs: Mutex<VecDeque<(u64, OutputLine)>>,
     slot: RunSlot<Vec<AbortOnDrop>>,
     /// The live run's output sender, by generation.
     output: Mutex<Option<(u64, mpsc::Sender<OutputLine>)>>,
@@ -926,21 +978,30 @@ impl Inner {
         format!("Vercel project `{}`", self.spec.project_id)
     }
 
+    /// Keeps a line (masked) and sends it to the live run's output. The output's lock is
+    /// taken first, so a run beginning replays exactly the lines it has not been sent.
     fn line(&self, stream: LogStream, text: String) {
         let line = OutputLine {
             stream,
             text: self.mask(&text),
         };
+        let output = lock(&self.output);
         {
             let mut logs = lock(&self.logs);
             if logs.len() >= LOG_LINES {
                 logs.pop_front();
             }
-            logs.push_back(line.clone());
+            let seq = logs.back().map_or(0, |(n, _)| n + 1);
+            logs.push_back((seq, line.clone()));
         }
-        if let Some((_, output)) = lock(&self.output).as_ref() {
+        if let Some((_, output)) = output.as_ref() {
             let _ = output.try_send(line);
         }
+    }
+
+    /// The sequence number the next line gets.
+    fn next_line(&self) -> u64 {
+        lock(&self.logs).back().map_or(0, |(n, _)| n + 1)
     }
 
     fn error(&self, op: &str, error: &CallError) -> ResourceError {
@@ -1230,11 +1291,14 @@ impl Inner {
     }
 
     /// Begins a run: its observe loop and (with `logs`) its log follower.
-    fn begin_run(self: &Arc<Self>, adopted: bool) -> Run {
+    /// The run's output opens with the lines written since line `since` (what the start said).
+    fn begin_run(self: &Arc<Self>, adopted: bool, since: u64) -> Run {
         let (out_tx, out_rx) = mpsc::channel(256);
         let (exit_tx, exit_rx) = oneshot::channel();
         let (current_tx, current_rx) = watch::channel(lock(&self.view).deployment.clone());
         let mut observed = None;
+        // The output is in place before the run's tasks start writing to it.
+        let mut output = lock(&self.output);
         let generation = self.slot.begin(|generation| {
             let observe_fn = {
                 let inner = self.clone();
@@ -1260,7 +1324,11 @@ impl Inner {
             }
             (exit_tx, held)
         });
-        *lock(&self.output) = Some((generation, out_tx));
+        for (_, line) in lock(&self.logs).iter().filter(|(n, _)| *n >= since) {
+            let _ = out_tx.try_send(line.clone());
+        }
+        *output = Some((generation, out_tx));
+        drop(output);
         *lock(&self.observed) = observed;
         Run {
             id: format!("{}#{generation}", self.spec.project_id),
@@ -1661,8 +1729,10 @@ impl Resource for VercelResource {
         Box::pin(async move {
             let inner = &self.inner;
             if inner.slot.is_live() {
-                return Ok(inner.begin_run(true));
+                return Ok(inner.begin_run(true, inner.next_line()));
             }
+            // What the start says opens the run's output.
+            let since = inner.next_line();
             {
                 let mut view = lock(&inner.view);
                 view.failure = None;
@@ -1727,7 +1797,7 @@ impl Resource for VercelResource {
                     _ => {}
                 },
             }
-            Ok(inner.begin_run(adopted))
+            Ok(inner.begin_run(adopted, since))
         })
     }
 
@@ -1869,7 +1939,7 @@ impl Resource for VercelResource {
         Box::pin(async move {
             let logs = lock(&self.inner.logs);
             let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
+            Ok(logs.iter().skip(skip).map(|(_, l)| l.clone()).collect())
         })
     }
 

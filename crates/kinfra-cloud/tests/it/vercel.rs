@@ -278,6 +278,11 @@ async fn a_paused_project_is_unpaused_and_a_deploy_streams_its_build_then_runtim
         reported(&res).0 == Some(ServiceState::Running)
     })
     .await;
+    // What the start said opens the run's output.
+    until("the unpause in the output", || async {
+        has_line(&lines, LogStream::System, "unpause: POST")
+    })
+    .await;
     // The first deployment's build events were streamed into the run's output.
     until("the first build's events", || async {
         has_line(
@@ -1113,4 +1118,48 @@ async fn config_problems_are_named_by_key() {
             .iter()
             .all(|k| !k.description.is_empty())
     );
+}
+
+/// `kinfra plan`'s view of a start: the unpause of a paused project, nothing for a running
+/// one; only the project's read is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_start_unpauses_a_paused_project_and_sends_only_a_read() {
+    let (prism, fake) = vercel();
+    let provider = provider();
+    let (paused, _) = fake.project("planpaused", Some(TEAM), true, Some("READY"));
+    let ctx = instance(&prism.url, TOKEN, Some(TEAM));
+    let planned = provider
+        .planned_start(&ctx, &decl(&paused))
+        .await
+        .expect("planned")
+        .expect("the provider says");
+    let shown: Vec<String> = planned
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.url))
+        .collect();
+    assert_eq!(
+        shown,
+        [format!(
+            "POST {}/v1/projects/{paused}/unpause?teamId={TEAM}",
+            prism.url
+        )]
+    );
+    assert!(!format!("{planned:?}").contains(TOKEN));
+    assert_eq!(
+        fake.requests(&paused)
+            .iter()
+            .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>(),
+        ["GET"],
+        "only the read was sent"
+    );
+    assert!(fake.with(&paused, |x| x.paused), "still paused");
+    let (running, _) = fake.project("planrunning", None, false, Some("READY"));
+    let planned = provider
+        .planned_start(&instance(&prism.url, TOKEN, None), &decl(&running))
+        .await
+        .expect("planned");
+    assert_eq!(planned, Some(Vec::new()));
+    assert_clean(prism, fake, &paused);
+    assert_clean(prism, fake, &running);
 }
