@@ -86,6 +86,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
+/// The shortest silence after which a log stream is reconnected (a build step can be quiet
+/// for a while).
+const STREAM_SILENCE: Duration = Duration::from_secs(60);
 /// Runtime-log row ids remembered to drop repeats after a reconnect.
 const SEEN_ROWS: usize = 2048;
 
@@ -484,8 +487,9 @@ impl VercelProvider {
         Self::with_http_config(HttpConfig::default())
     }
 
-    /// The provider with `config`'s HTTP timeouts (the log streams take its connect timeout
-    /// and use its request timeout as the longest silence on a stream).
+    /// The provider with `config`'s HTTP timeouts (the log streams take its connect timeout;
+    /// a stream silent for longer than its request timeout, and at least a minute, is
+    /// reconnected).
     pub fn with_http_config(config: HttpConfig) -> Self {
         Self {
             metadata: metadata(),
@@ -520,7 +524,7 @@ impl VercelProvider {
         kinfra_core::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(self.http_config.connect_timeout)
-            .read_timeout(self.http_config.request_timeout)
+            .read_timeout(self.http_config.request_timeout.max(STREAM_SILENCE))
             .user_agent(self.http_config.user_agent.clone())
             .build()
             .map_err(|e| ResourceError::Invalid(format!("cannot build the HTTP client: {e}")))?;
@@ -1560,7 +1564,14 @@ impl Inner {
             });
         }
         let mut pending: Vec<u8> = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // A silent stream: read what came and reconnect, nothing went wrong.
+                Err(e) if e.is_timeout() => break,
+                Err(e) => return Err(transport(e)),
+            };
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
