@@ -539,3 +539,45 @@ fn plan_shows_the_unpause_a_paused_project_would_get_and_sends_nothing() {
     assert!(fake.with(&id, |x| x.paused));
     assert_clean(prism, fake, &id);
 }
+
+#[test]
+fn a_dependent_started_once_the_project_is_ready_gets_its_deployment_url() {
+    let (prism, fake) = vercel();
+    let (id, first) = fake.project("rooturl", None, true, Some("READY"));
+    let tag = crate::support::unique_tag("vercel-url");
+    let p = project(
+        &prism.url,
+        TOKEN,
+        &id,
+        &format!(
+            "[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+             [services.app]\ncommand = \"env > app.env && exec sleep 1000\"\n\
+             env = {{ FRONTEND = \"${{resources.web.url}}\", DEPLOYMENT = \"${{resources.web.deployment_id}}\" }}\n\
+             depends_on = {{ web = \"healthy\" }}\n"
+        ),
+    );
+    let mut up = p.up(&[], &[]);
+    wait_for(LIMIT, "app running with its env written", || {
+        let (code, body) = http_get(&up.dashboard_addr(), "/__status__").ok()?;
+        let status: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && status["services"]["app"]["state"] == "running").then_some(())?;
+        std::fs::read_to_string(p.path().join("app.env"))
+            .ok()
+            .filter(|e| e.contains("FRONTEND="))
+    });
+    let env = std::fs::read_to_string(p.path().join("app.env")).expect("app.env");
+    let url = fake.deployments(&id)[0].url.clone();
+    assert!(env.contains(&format!("FRONTEND=https://{url}\n")), "{env}");
+    assert!(env.contains(&format!("DEPLOYMENT={first}\n")), "{env}");
+    assert_eq!(
+        fake.count(&id, "/unpause"),
+        1,
+        "unpaused before the dependent"
+    );
+    let (_, body) = web(&up).expect("status");
+    assert_no_token(&up, &p, &body);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    assert!(crate::support::pids_tagged(&tag).is_empty());
+    assert_clean(prism, fake, &id);
+}
