@@ -4,8 +4,9 @@
 //! and runtime logs reach `runtime logs`, `runtime stop` pauses it and `runtime start`
 //! unpauses it, a pause outside kinfra shows stopped and an unpause outside is taken up again,
 //! `runtime down` (keep) sends nothing; every command with and without `--dry-run`, a deploy
-//! followed to READY and a failed build shown failed with its reason; a refused token and a
-//! 5xx burst; the token shows nowhere.
+//! followed to READY and a failed build shown failed with its reason; a dependent gets the
+//! deployment's URL; `kinfra plan` shows the unpause; a refused token, a 5xx burst, 429 with
+//! and without Retry-After, malformed JSON and an unreachable API; the token shows nowhere.
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/vercel_fake.rs"]
@@ -580,4 +581,86 @@ fn a_dependent_started_once_the_project_is_ready_gets_its_deployment_url() {
     assert!(up.wait_exit(LIMIT).success());
     assert!(crate::support::pids_tagged(&tag).is_empty());
     assert_clean(prism, fake, &id);
+}
+
+#[test]
+fn rate_limits_and_a_malformed_answer_show_in_last_sync_and_an_unreachable_api_fails() {
+    // 429 with and without Retry-After: shown in last_sync, the state kept, no restart. (Vercel's
+    // spec declares no 429 for the project read: Prism warns on exactly those answers.)
+    let (prism, fake) = vercel();
+    let (id, _) = fake.project("root429", None, false, Some("READY"));
+    let p = project(&prism.url, TOKEN, &id, "");
+    let mut up = p.up(&[], &[]);
+    wait_web(&up, "web running", |d| {
+        d["state"] == "running" && d["last_sync"]["ok"] == true
+    });
+    for reply in [
+        fake_http::Reply::json(
+            429,
+            r#"{"error":{"code":"rate_limited","message":"slow down"}}"#,
+        )
+        .header("Retry-After", "1"),
+        fake_http::Reply::json(
+            429,
+            r#"{"error":{"code":"rate_limited","message":"slow down"}}"#,
+        ),
+    ] {
+        fake.inject(&id, &format!("GET /v9/projects/{id}"), reply, 1);
+        let (limited, _) = wait_web(&up, "the 429 in last_sync", |d| {
+            d["last_sync"]["ok"] == false
+                && d["last_sync"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("429"))
+        });
+        assert_eq!(limited["state"], "running", "kept: {limited}");
+        assert_eq!(limited["restarts"], 0, "{limited}");
+        wait_web(&up, "a good sync again", |d| d["last_sync"]["ok"] == true);
+    }
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    let unexpected: Vec<_> = prism
+        .violations(&id)
+        .into_iter()
+        .filter(|e| {
+            !(e.status == 429
+                && e.violation
+                    .as_deref()
+                    .is_some_and(|v| v.contains("Unable to match the returned status code")))
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+
+    // Malformed JSON (Prism would answer it with its own error: straight to the fake).
+    let (id, _) = fake.project("rootmalformed", None, false, Some("READY"));
+    let p = project(&prism.fake_url, TOKEN, &id, "");
+    let mut up = p.up(&[], &[]);
+    wait_web(&up, "web running", |d| d["state"] == "running");
+    fake.inject(
+        &id,
+        &format!("GET /v6/deployments?projectId={id}"),
+        fake_http::Reply::json(200, r#"{"deployments": [{"uid"#),
+        2,
+    );
+    let (malformed, _) = wait_web(&up, "the malformed answer in last_sync", |d| {
+        d["last_sync"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed JSON"))
+    });
+    assert_eq!(malformed["state"], "running", "kept: {malformed}");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+
+    // Nothing listens on port 1: failed for good, naming the instance.
+    let p = project("http://127.0.0.1:1", TOKEN, "prj_unreachable", "");
+    let mut up = p.up(&[], &[]);
+    let (failed, body) = wait_web(&up, "web failed", |d| d["state"] == "failed");
+    let message = failed["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the Vercel API of provider instance `vc`"),
+        "{failed}"
+    );
+    assert_eq!(failed["restarts"], 0, "permanent: {failed}");
+    assert_no_token(&up, &p, &body);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
 }
