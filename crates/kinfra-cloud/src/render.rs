@@ -989,10 +989,16 @@ impl Inner {
         let known = lock(&self.view).known;
         let operation = lock(&self.view).operation;
         match state.filter(|_| known) {
-            Some(ServiceStatus::Running) => {
+            Some(state @ (ServiceStatus::Running | ServiceStatus::Maintenance)) => {
+                // Up (maintenance mode is up too): the resume is done.
                 if matches!(operation, Some(Operation::Resume { .. })) {
                     lock(&self.view).operation = None;
-                    self.line(LogStream::System, "resumed: the latest deploy is live");
+                    let how = if state == ServiceStatus::Running {
+                        "the latest deploy is live"
+                    } else {
+                        "maintenance mode is on"
+                    };
+                    self.line(LogStream::System, format!("resumed: {how}"));
                 }
             }
             Some(ServiceStatus::Stopped) => match operation {
@@ -1006,7 +1012,9 @@ impl Inner {
             }
             _ => {}
         }
-        if let Some(Operation::Resume { since }) = lock(&self.view).operation
+        // Copied out first: the view's lock must not be held while the body locks it again.
+        let operation = lock(&self.view).operation;
+        if let Some(Operation::Resume { since }) = operation
             && since.elapsed() > self.spec.operation_timeout
         {
             let failure = format!(
@@ -1036,6 +1044,7 @@ impl Inner {
                 let cursor = lock(&self.cursor);
                 (cursor.start.clone(), cursor.end.clone())
             };
+            let shown_before = shown;
             let mut query: Vec<(&str, &str)> = vec![
                 ("ownerId", owner.as_str()),
                 ("resource", self.spec.service_id.as_str()),
@@ -1110,10 +1119,19 @@ impl Inner {
                 shown += 1;
             }
             let more = answer.get("hasMore").and_then(Value::as_bool) == Some(true);
+            let next_start = answer
+                .get("nextStartTime")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if more && shown == shown_before && next_start == start {
+                // A full page of lines already shown and no step forward: wait for the next
+                // poll rather than asking for the same page again.
+                break;
+            }
             let next = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_owned);
             let mut cursor = lock(&self.cursor);
             if more {
-                cursor.start = next("nextStartTime").or(last_time);
+                cursor.start = next_start.or(last_time);
                 cursor.end = next("nextEndTime");
             } else {
                 if last_time.is_some() {

@@ -828,3 +828,54 @@ async fn config_problems_are_named_by_key() {
         ["`service_id`: missing (required)"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_into_maintenance_mode_is_done_not_timed_out() {
+    let (prism, fake) = render();
+    let id = fake.service("resumemaint", Some("live"), &["user"]);
+    fake.with(&id, |s| s.maintenance = true);
+    let mut d = decl(&id);
+    d.config.insert("operation_timeout".into(), json!("1s"));
+    let res = RenderProvider::new()
+        .service_resource(&instance(&prism.url, TOKEN), &d)
+        .expect("resource");
+    let run = res.start().await.expect("start");
+    until("maintenance after the resume", || async {
+        reported(&res).0 == Some(ServiceState::Maintenance)
+    })
+    .await;
+    // Past the operation timeout: still maintenance, the resume counted as done.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (state, message) = reported(&res);
+    assert_eq!(state, Some(ServiceState::Maintenance), "{message}");
+    let logs = res.logs(100).await.expect("logs");
+    assert!(
+        logs.iter()
+            .any(|l| l.text == "resumed: maintenance mode is on"),
+        "{logs:?}"
+    );
+    res.release(HANG).await.expect("release");
+    assert_eq!(exit_code(run).await, Some(0));
+    prism.assert_clean(&id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_takes_longer_than_operation_timeout_fails_the_run() {
+    let (prism, fake) = render();
+    let id = fake.service("resumeslow", Some("live"), &["user"]);
+    fake.with(&id, |s| s.deploy_time = Duration::from_secs(60));
+    let mut d = decl(&id);
+    d.config.insert("operation_timeout".into(), json!("1s"));
+    let res = RenderProvider::new()
+        .service_resource(&instance(&prism.url, TOKEN), &d)
+        .expect("resource");
+    let run = res.start().await.expect("start");
+    assert_eq!(exit_code(run).await, Some(1), "the resume timed out");
+    let (state, message) = reported(&res);
+    assert_eq!(state, Some(ServiceState::Failed));
+    assert!(
+        message.contains("did not finish within 1s") && message.contains("update_in_progress"),
+        "{message}"
+    );
+    prism.assert_clean(&id);
+}
