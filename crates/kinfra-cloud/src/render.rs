@@ -1161,10 +1161,7 @@ impl Inner {
         }
     }
 
-    fn live_generation(&self) -> bool {
-        self.live.is_live()
-    }
-
+    /// Ends the live run, whichever it is, with exit `code`.
     fn end_live(&self, code: i32) {
         self.live.end(
             None,
@@ -1320,7 +1317,7 @@ impl Resource for RenderResource {
     fn start(&self) -> BoxFuture<'_, Result<Run, ResourceError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            if inner.live_generation() {
+            if inner.live.is_live() {
                 return Ok(inner.begin_run(true));
             }
             {
