@@ -216,19 +216,9 @@ async fn start_calls(
     }
     let commands = provider.resource_commands(decl);
     let Some(start) = commands.iter().find(|c| c.id == "start" && c.dry_run) else {
-        // http-api declares its start as an endpoint, sent only by the resource itself.
-        let note = match decl.config.get("start") {
-            Some(endpoint) => format!(
-                "start endpoint {} {} (not rendered)",
-                endpoint
-                    .get("method")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("POST"),
-                endpoint.get("path").and_then(|p| p.as_str()).unwrap_or("")
-            ),
-            None => "start (no dry-run offered by the provider)".to_owned(),
-        };
-        return vec![Call::Note { note }];
+        return vec![Call::Note {
+            note: "start (no dry-run offered by the provider)".to_owned(),
+        }];
     };
     let params = match validate(start, &serde_json::Map::new()) {
         Ok(params) => params,

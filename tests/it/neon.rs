@@ -59,6 +59,27 @@ fn a_dependent_waits_for_the_active_endpoint_gets_its_url_and_stop_suspends_it()
     });
     let tag = unique_tag("neon");
     let p = Project::with_config(&config(&tag, &prism.url, &project, &endpoint));
+
+    // `kinfra plan` first: the idle endpoint would be resumed with its start call, not sent.
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON plan");
+    let db = plan["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["name"] == "db"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(db["action"], "resume", "{plan}");
+    assert_eq!(db["calls"][0]["method"], "POST", "{plan}");
+    assert!(
+        db["calls"][0]["url"].as_str().is_some_and(
+            |u| u.ends_with(&format!("/projects/{project}/endpoints/{endpoint}/start"))
+        ),
+        "{plan}"
+    );
+    assert!(!stdout(&out).contains(TOKEN), "{plan}");
+    assert_eq!(fake.state(&project, &endpoint), "idle", "plan started it");
+
     let mut up = p.up(&[], &[]);
 
     // While the endpoint starts, the dependent waits.

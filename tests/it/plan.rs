@@ -159,10 +159,17 @@ fn an_http_api_resource_plans_its_start_endpoint_without_sending_it() {
     let db = entry(&plan, "db");
     assert_eq!(db["kind"], "http-api", "{db}");
     assert_eq!(db["action"], "resume", "{db}");
-    assert!(
-        db["calls"][0]["note"]
-            .as_str()
-            .is_some_and(|n| n.contains("start endpoint POST /projects/{project_id}/start")),
+    // The start endpoint rendered as the resource would send it (token masked), not sent.
+    let call = &db["calls"][0];
+    assert_eq!(call["method"], "POST", "{db}");
+    assert_eq!(
+        call["url"],
+        format!("http://{addr}/v1/projects/p1/start"),
+        "{db}"
+    );
+    assert_eq!(
+        call["headers"],
+        serde_json::json!([["Authorization", "****"]]),
         "{db}"
     );
     let requests = seen.lock().expect("lock").clone();

@@ -34,7 +34,7 @@ use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
-use kinfra_provider::result::{CommandResult, mask_text};
+use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
 use kinfra_provider::run_slot::{RunSlot, SyncRecord, lock};
 use serde::Deserialize;
@@ -1088,6 +1088,58 @@ impl Provider for NeonProvider {
         decl: &ResourceDecl,
     ) -> Result<Box<dyn Resource>, ProviderError> {
         Ok(Box::new(self.endpoint_resource(instance, decl)?))
+    }
+
+    /// The start's request: `POST .../endpoints/{id}/start`, or for an endpoint named by its
+    /// branch, the reads that find it and then the start (ids shown in words).
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let settings = Settings::parse(&decl.config).map_err(|problems| {
+                ProviderError::InvalidResource {
+                    resource: decl.name.clone(),
+                    problems,
+                }
+            })?;
+            let api = self.clients.api(instance)?;
+            let project = encode_segment(&settings.project_id);
+            let start = |id: &str| format!("/projects/{project}/endpoints/{id}/start");
+            let failed = |e: CallError| ProviderError::Command {
+                command: "start".into(),
+                reason: e.text,
+            };
+            let planned = match &settings.endpoint {
+                EndpointRef::Id(id) => vec![
+                    api.request(Method::POST, &start(&encode_segment(id)), &[], None)
+                        .map_err(failed)?
+                        .planned(),
+                ],
+                EndpointRef::Branch(b) => vec![
+                    api.request(
+                        Method::GET,
+                        &format!("/projects/{project}/branches"),
+                        &[],
+                        None,
+                    )
+                    .map_err(failed)?
+                    .planned(),
+                    api.planned_at(
+                        Method::GET,
+                        &format!("/projects/{project}/branches/<id of branch `{b}`>/endpoints"),
+                        None,
+                    ),
+                    api.planned_at(
+                        Method::POST,
+                        &start(&format!("<read-write endpoint of branch `{b}`>")),
+                        None,
+                    ),
+                ],
+            };
+            Ok(Some(planned))
+        })
     }
 
     fn execute<'a>(

@@ -39,7 +39,7 @@ use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
-use kinfra_provider::result::{CommandResult, mask_text};
+use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
 use kinfra_provider::run_slot::lock;
 use serde_json::{Map, Value, json};
@@ -457,6 +457,36 @@ impl Provider for SupabaseProvider {
         decl: &ResourceDecl,
     ) -> Result<Box<dyn Resource>, ProviderError> {
         Ok(Box::new(self.project_resource(instance, decl)?))
+    }
+
+    /// The start's request: `POST /v1/projects/{ref}/restore` (sent by the resource only when
+    /// the project is paused; plan asks for it when status says so).
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let spec = ProjectSpec::parse(&decl.config).map_err(|problems| {
+                ProviderError::InvalidResource {
+                    resource: decl.name.clone(),
+                    problems,
+                }
+            })?;
+            let api = self.clients.api(instance)?;
+            let request = api
+                .request(
+                    Method::POST,
+                    &format!("/v1/projects/{}/restore", spec.project_ref),
+                    &[],
+                    None,
+                )
+                .map_err(|e| ProviderError::Command {
+                    command: "start".into(),
+                    reason: e.text,
+                })?;
+            Ok(Some(vec![request.planned()]))
+        })
     }
 
     fn execute<'a>(

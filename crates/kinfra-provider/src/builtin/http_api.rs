@@ -32,7 +32,7 @@ use crate::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use crate::rest::{RestApi, RestClients, TokenNeed, encode_segment};
-use crate::result::{CommandResult, mask_text};
+use crate::result::{CommandResult, PlannedRequest, mask_text};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::run_slot::{AbortOnDrop, lock};
 use kinfra_core::Secret;
@@ -1465,6 +1465,34 @@ impl Provider for HttpApiProvider {
         decl: &ResourceDecl,
     ) -> Result<Box<dyn Resource>, ProviderError> {
         Ok(Box::new(self.api_resource(instance, decl)?))
+    }
+
+    /// The start endpoint, rendered (when the resource declares one).
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let spec = ApiSpec::parse(&decl.config).map_err(|problems| {
+                ProviderError::InvalidResource {
+                    resource: decl.name.clone(),
+                    problems,
+                }
+            })?;
+            let Some(endpoint) = &spec.start else {
+                return Ok(Some(Vec::new()));
+            };
+            let target = self.target(instance, &decl.name)?;
+            let request =
+                target
+                    .request(endpoint, &spec.vars, None)
+                    .map_err(|e| ProviderError::Command {
+                        command: "start".into(),
+                        reason: target.mask(&e.to_string()),
+                    })?;
+            Ok(Some(vec![request.planned()]))
+        })
     }
 
     fn execute<'a>(
