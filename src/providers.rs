@@ -57,7 +57,6 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_cloud::vercel::provider(),
         #[cfg(feature = "kubernetes")]
         kinfra_cloud::kubernetes::provider(),
-        kinfra_cloud::vercel::provider(),
     ]
 }
 

@@ -39,5 +39,4 @@ mod startup;
 mod store;
 mod supabase;
 mod vercel;
-mod vercel;
 mod support;

@@ -6,9 +6,9 @@
 //! Prism proxies every request to a stateful fake written in the tests and reports any request
 //! or answer that leaves the spec (see `tests/support/prism.rs`).
 
+pub mod fly;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
-pub mod fly;
 pub mod neon;
 pub mod railway;
 pub mod render;
