@@ -17,7 +17,7 @@ use std::time::Duration;
 use supabase_fake::{TOKEN, supabase};
 
 const DB_PASSWORD: &str = "sb-root-pw-7Hq2";
-const LIMIT: Duration = Duration::from_secs(30);
+const LIMIT: Duration = Duration::from_secs(90);
 
 /// A project with one Supabase resource `db` on `project_ref`, the API at `base`.
 fn project(base: &str, project_ref: &str, extra: &str) -> Project {
