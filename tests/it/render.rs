@@ -447,4 +447,17 @@ fn plan_shows_the_resume_a_suspended_service_would_get_and_sends_nothing() {
     assert_eq!(fake.count(&id, "POST"), 0, "plan sent something");
     assert!(fake.suspended(&id));
     prism.assert_clean(&id);
+
+    // Suspended by Render: no resume is planned, the reason is.
+    let billing = fake.service("rootplanbilling", Some("live"), &["billing"]);
+    let p = project(&prism.url, &billing, "");
+    let out = p.run(&["plan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_str(&stdout(&out)).expect("JSON plan");
+    let web = &plan["resources"][0];
+    assert_eq!(web["name"], "web", "{plan}");
+    let note = web["calls"][0]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("billing") && note.contains(&billing), "{web}");
+    assert_eq!(fake.count(&billing, "POST"), 0);
+    prism.assert_clean(&billing);
 }

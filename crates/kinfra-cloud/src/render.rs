@@ -41,7 +41,7 @@ use kinfra_provider::provider::{
     InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
-use kinfra_provider::result::CommandResult;
+use kinfra_provider::result::{CommandResult, PlannedRequest};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
 use kinfra_provider::run_slot::{RunSlot, SyncRecord, lock};
 use serde_json::{Map, Value, json};
@@ -541,6 +541,41 @@ impl Provider for RenderProvider {
         Ok(Box::new(self.service_resource(instance, decl)?))
     }
 
+    /// Reads the service (nothing is sent that changes it): a service suspended by its user
+    /// would get `POST /services/{id}/resume`; one up needs nothing; one suspended by Render or
+    /// whose latest deploy failed or was canceled cannot be started (the reason, as an error).
+    fn planned_start<'a>(
+        &'a self,
+        instance: &'a InstanceContext,
+        decl: &'a ResourceDecl,
+    ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
+        Box::pin(async move {
+            let resource = self.service_resource(instance, decl)?;
+            let inner = &resource.inner;
+            let (service, deploy) = inner
+                .read(true)
+                .await
+                .map_err(|e| ProviderError::Resource(inner.error("plan", &e)))?;
+            let suspended = service.suspended;
+            match inner.record(service, deploy) {
+                Some(ServiceStatus::Stopped) if suspended => {
+                    let request = inner
+                        .api
+                        .request(Method::POST, &inner.spec.path("/resume"), &[], None)
+                        .map_err(|e| ProviderError::Command {
+                            command: "start".into(),
+                            reason: e.text,
+                        })?;
+                    Ok(Some(vec![request.planned()]))
+                }
+                Some(ServiceStatus::Stopped | ServiceStatus::Failed) => Err(
+                    ProviderError::Resource(ResourceError::Invalid(inner.start_refusal())),
+                ),
+                _ => Ok(Some(Vec::new())),
+            }
+        })
+    }
+
     fn execute<'a>(
         &'a self,
         instance: &'a InstanceContext,
@@ -936,6 +971,25 @@ impl Inner {
                 d.id, d.status
             ),
             _ => format!("Render service `{id}` failed"),
+        }
+    }
+
+    /// Why a start cannot bring the service up, from the last answer (a suspension by Render,
+    /// a failed, canceled or deactivated latest deploy).
+    fn start_refusal(&self) -> String {
+        let (state, deploy) = {
+            let view = lock(&self.view);
+            (view.state, view.deploy.clone())
+        };
+        match (state, deploy) {
+            (Some(ServiceStatus::Failed), _) => self.failure_text(),
+            (_, Some(d)) => format!(
+                "{}: its latest deploy {} is {}; nothing runs (deploy it with the `deploy` command)",
+                self.what(),
+                d.id,
+                d.status
+            ),
+            (_, None) => format!("{}: nothing runs", self.what()),
         }
     }
 
@@ -1339,25 +1393,12 @@ impl Resource for RenderResource {
                     });
                     false
                 }
-                Some(ServiceStatus::Stopped) => {
-                    let view = lock(&inner.view);
-                    let deploy = view.deploy.clone();
-                    drop(view);
-                    let text = match deploy {
-                        Some(d) => format!(
-                            "{}: its latest deploy {} is {}; nothing runs (deploy it with the `deploy` command)",
-                            inner.what(),
-                            d.id,
-                            d.status
-                        ),
-                        None => format!("{}: nothing runs", inner.what()),
-                    };
-                    return Err(ResourceError::Invalid(text));
-                }
-                Some(ServiceStatus::Failed) => {
-                    let failure = inner.failure_text();
-                    lock(&inner.view).failure = Some(failure.clone());
-                    return Err(ResourceError::Invalid(failure));
+                Some(ServiceStatus::Stopped | ServiceStatus::Failed) => {
+                    let refusal = inner.start_refusal();
+                    if matches!(state, Some(ServiceStatus::Failed)) {
+                        lock(&inner.view).failure = Some(refusal.clone());
+                    }
+                    return Err(ResourceError::Invalid(refusal));
                 }
                 _ => true,
             };

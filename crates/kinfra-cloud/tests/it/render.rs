@@ -879,3 +879,48 @@ async fn a_resume_that_takes_longer_than_operation_timeout_fails_the_run() {
     );
     prism.assert_clean(&id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_start_reads_the_service_and_renders_only_a_resume_it_would_send() {
+    let (prism, fake) = render();
+    let provider = RenderProvider::new();
+    let ctx = instance(&prism.url, TOKEN);
+    let suspended = fake.service("plansuspended", Some("live"), &["user"]);
+    let planned = provider
+        .planned_start(&ctx, &decl(&suspended))
+        .await
+        .expect("planned")
+        .expect("rendered");
+    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert_eq!(planned[0].method, "POST");
+    assert_eq!(
+        planned[0].url,
+        format!("{}/services/{suspended}/resume", prism.url)
+    );
+    let live = fake.service("planlive", Some("live"), &[]);
+    let planned = provider
+        .planned_start(&ctx, &decl(&live))
+        .await
+        .expect("planned")
+        .expect("rendered");
+    assert!(
+        planned.is_empty(),
+        "a live service needs nothing: {planned:?}"
+    );
+    let billing = fake.service("planbilling", Some("live"), &["billing"]);
+    let refused = provider
+        .planned_start(&ctx, &decl(&billing))
+        .await
+        .expect_err("a billing suspension cannot be started");
+    assert!(refused.to_string().contains("billing"), "{refused}");
+    let canceled = fake.service("plancanceled", Some("canceled"), &[]);
+    let refused = provider
+        .planned_start(&ctx, &decl(&canceled))
+        .await
+        .expect_err("nothing runs");
+    assert!(refused.to_string().contains("canceled"), "{refused}");
+    for id in [&suspended, &live, &billing, &canceled] {
+        assert_eq!(fake.count(id, "POST"), 0, "plan sent something");
+        prism.assert_clean(id);
+    }
+}
