@@ -51,13 +51,14 @@ use kinfra_provider::metadata::{
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError};
 use kinfra_provider::operation::{OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
+    config_problems,
 };
 use kinfra_provider::ratelimit::{Rate, TokenBucket};
 use kinfra_provider::rest::TokenNeed;
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Backoff, Failure, RetryPolicy, classify, parse_retry_after};
-use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord};
+use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord, lock};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::Scale;
@@ -66,7 +67,7 @@ use kube::core::params::{Patch, PatchParams};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio::time::Instant;
@@ -110,10 +111,6 @@ const LOG_LINES: usize = 500;
 const PENDING_LINES: usize = 20;
 /// How much of an error answer's body an error shows.
 const EXCERPT: usize = 300;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
     ResourceProblem::at(key, message)
@@ -257,32 +254,6 @@ pub fn valid_subdomain(text: &str) -> bool {
     text.len() <= 253 && text.split('.').all(valid_label)
 }
 
-fn parse_duration_key(
-    config: &Map<String, Value>,
-    key: &str,
-    default: Duration,
-    problems: &mut Vec<ResourceProblem>,
-) -> Duration {
-    match config.get(key) {
-        None => default,
-        Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                problems.push(problem(key, "must be more than zero"));
-                default
-            }
-            Err(reason) => {
-                problems.push(problem(key, reason));
-                default
-            }
-        },
-        Some(_) => {
-            problems.push(problem(key, "expected a duration such as \"30s\""));
-            default
-        }
-    }
-}
-
 /// A resource's own keys, parsed.
 #[derive(Debug, Clone)]
 struct DeploymentSpec {
@@ -346,7 +317,7 @@ impl DeploymentSpec {
                 }
             },
         };
-        let interval = parse_duration_key(config, "interval", DEFAULT_INTERVAL, &mut problems);
+        let interval = config_duration_or(config, "interval", DEFAULT_INTERVAL, &mut problems);
         if problems.is_empty() {
             Ok(Self {
                 namespace,
@@ -391,7 +362,7 @@ async fn load_cluster(ctx: &InstanceContext) -> Result<ClusterConfig, Vec<Resour
             None
         }
     };
-    let timeout = parse_duration_key(&ctx.config, "timeout", DEFAULT_TIMEOUT, &mut problems);
+    let timeout = config_duration_or(&ctx.config, "timeout", DEFAULT_TIMEOUT, &mut problems);
     // `base_url`, `rate_limit` and `token` are checked as every REST provider's are; no token
     // is needed (the kubeconfig brings the credentials), one given overrides them.
     let (rate, base_uri, instance_token) =
@@ -854,31 +825,26 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// The commands every Deployment offers.
 fn command_specs() -> Vec<CommandSpec> {
-    let command = |id: &str, description: &str, params: Vec<ParamSpec>| CommandSpec {
-        id: id.into(),
-        name: id.into(),
-        description: description.into(),
-        category: "kubernetes".into(),
-        resource_type: Some(RESOURCE_TYPE.into()),
-        params,
-        dry_run: true,
-        confirm: false,
+    let command = |id: &str, description: &str, params: Vec<ParamSpec>| {
+        CommandSpec::new(id, id, description)
+            .in_category("kubernetes")
+            .for_resource_type(RESOURCE_TYPE)
+            .with_params(params)
+            .with_dry_run()
     };
     vec![
         command(
             "scale",
             "Scales the Deployment to `replicas` (PATCH .../deployments/{name}/scale, a merge \
              patch of spec.replicas).",
-            vec![ParamSpec {
-                name: "replicas".into(),
-                kind: ParamKind::Integer {
+            vec![ParamSpec::required(
+                "replicas",
+                ParamKind::Integer {
                     min: Some(0),
                     max: Some(i64::from(i32::MAX)),
                 },
-                required: true,
-                default: None,
-                description: "The number of pods wanted (0 scales it down).".into(),
-            }],
+                "The number of pods wanted (0 scales it down).",
+            )],
         ),
         command(
             "restart",
@@ -890,12 +856,6 @@ fn command_specs() -> Vec<CommandSpec> {
 }
 
 fn metadata() -> ProviderMetadata {
-    let key = |name: &str, required: bool, kind: ConfigKind, description: &str| ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    };
     ProviderMetadata {
         id: ID.into(),
         name: ID.into(),
@@ -915,16 +875,14 @@ fn metadata() -> ProviderMetadata {
                           0 when stopped."
                 .into(),
             config: vec![
-                key("name", true, ConfigKind::String, "The Deployment's name."),
-                key(
+                ConfigKeySpec::required("name", ConfigKind::String, "The Deployment's name."),
+                ConfigKeySpec::optional(
                     "namespace",
-                    false,
                     ConfigKind::String,
                     "Its namespace (default: the context's, else `default`).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "replicas",
-                    false,
                     ConfigKind::Integer,
                     "The replicas a start scales to (default 1; stop scales to 0).",
                 ),
@@ -998,12 +956,7 @@ impl KubernetesProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<DeploymentResource, ProviderError> {
-        let spec = DeploymentSpec::parse(&decl.config).map_err(|problems| {
-            ProviderError::InvalidResource {
-                resource: decl.name.clone(),
-                problems,
-            }
-        })?;
+        let spec = decl.parse_config(DeploymentSpec::parse)?;
         Ok(DeploymentResource {
             inner: Arc::new(Inner {
                 name: decl.name.clone(),
@@ -1096,17 +1049,13 @@ impl Provider for KubernetesProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Vec<ResourceProblem>> {
         Box::pin(async move {
-            let mut problems = Vec::new();
-            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
-            }
-            if let Err(found) = DeploymentSpec::parse(&decl.config) {
-                for p in found {
-                    if !problems.iter().any(|q| q.key == p.key) {
-                        problems.push(p);
-                    }
-                }
-            }
+            let mut problems = config_problems(
+                &self.metadata,
+                RESOURCE_TYPE,
+                &decl.config,
+                KINFRA_KEYS,
+                DeploymentSpec::parse,
+            );
             if let Err(found) = load_cluster(instance).await {
                 problems.extend(found);
             }
@@ -1130,12 +1079,7 @@ impl Provider for KubernetesProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
         Box::pin(async move {
-            let spec = DeploymentSpec::parse(&decl.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: decl.name.clone(),
-                    problems,
-                }
-            })?;
+            let spec = decl.parse_config(DeploymentSpec::parse)?;
             let cluster = self.core.cluster(instance, &spec, &decl.name).await?;
             let deployment = cluster
                 .read(false)
@@ -1161,12 +1105,7 @@ impl Provider for KubernetesProvider {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
-            let spec = DeploymentSpec::parse(&resource.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: resource.name.clone(),
-                    problems,
-                }
-            })?;
+            let spec = resource.parse_config(DeploymentSpec::parse)?;
             let cluster = self.core.cluster(instance, &spec, &resource.name).await?;
             let failed = |reason: String| ProviderError::Command {
                 command: command.id.clone(),

@@ -31,7 +31,8 @@ use kinfra_provider::metadata::{
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use kinfra_provider::operation::{OperationError, OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration,
+    config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
@@ -71,15 +72,6 @@ const MAX_SUSPEND_TIMEOUT: i64 = 604_800;
 // ---------------------------------------------------------------------------------------
 // Metadata and commands
 
-fn key(name: &str, kind: ConfigKind, required: bool, description: &str) -> ConfigKeySpec {
-    ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    }
-}
-
 fn metadata() -> ProviderMetadata {
     ProviderMetadata {
         id: ID.into(),
@@ -103,52 +95,44 @@ fn metadata() -> ProviderMetadata {
             description: "A Neon compute endpoint (read-write), started and suspended by kinfra."
                 .into(),
             config: vec![
-                key(
+                ConfigKeySpec::required(
                     "project_id",
                     ConfigKind::String,
-                    true,
                     "The Neon project, e.g. silent-bird-123456",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "endpoint_id",
                     ConfigKind::String,
-                    false,
                     "The compute endpoint, e.g. ep-cool-darkness-123456 (or set `branch`)",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "branch",
                     ConfigKind::String,
-                    false,
                     "A branch by name: its read-write endpoint (instead of `endpoint_id`)",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "database",
                     ConfigKind::String,
-                    false,
                     "The database of the connection facts (default neondb)",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "role",
                     ConfigKind::String,
-                    false,
                     "The role of the connection facts (default neondb_owner)",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "pooled",
                     ConfigKind::Boolean,
-                    false,
                     "Connect through Neon's connection pooler",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "suspend_timeout",
                     ConfigKind::Duration,
-                    false,
                     "Idle time before Neon suspends the endpoint (60s to 7d), applied at start",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "operation_timeout",
                     ConfigKind::Duration,
-                    false,
                     "Longest wait for a Neon operation (default 10m)",
                 ),
             ],
@@ -157,34 +141,12 @@ fn metadata() -> ProviderMetadata {
     }
 }
 
-fn param(name: &str, kind: ParamKind, required: bool, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind,
-        required,
-        default: None,
-        description: description.into(),
-    }
-}
-
-fn command(
-    id: &str,
-    name: &str,
-    category: &str,
-    description: &str,
-    params: Vec<ParamSpec>,
-    confirm: bool,
-) -> CommandSpec {
-    CommandSpec {
-        id: id.into(),
-        name: name.into(),
-        description: description.into(),
-        category: category.into(),
-        resource_type: Some(RESOURCE_TYPE.into()),
-        params,
-        dry_run: true,
-        confirm,
-    }
+/// A command on the endpoint, with a dry-run.
+fn command(id: &str, name: &str, category: &str, description: &str) -> CommandSpec {
+    CommandSpec::new(id, name, description)
+        .in_category(category)
+        .for_resource_type(RESOURCE_TYPE)
+        .with_dry_run()
 }
 
 fn commands() -> Vec<CommandSpec> {
@@ -194,78 +156,68 @@ fn commands() -> Vec<CommandSpec> {
             "Create branch",
             "branches",
             "Creates a branch of the project (from `parent`, else the default branch).",
-            vec![
-                param("name", ParamKind::String, true, "The new branch's name"),
-                param(
-                    "parent",
-                    ParamKind::String,
-                    false,
-                    "The parent branch's name (default: the project's default branch)",
-                ),
-            ],
-            false,
-        ),
+        )
+        .with_params(vec![
+            ParamSpec::required("name", ParamKind::String, "The new branch's name"),
+            ParamSpec::optional(
+                "parent",
+                ParamKind::String,
+                "The parent branch's name (default: the project's default branch)",
+            ),
+        ]),
         command(
             "list-branches",
             "List branches",
             "branches",
             "Lists the project's branches.",
-            Vec::new(),
-            false,
         ),
         command(
             "delete-branch",
             "Delete branch",
             "branches",
             "Deletes a branch and its endpoints (needs --yes).",
-            vec![param(
-                "name",
-                ParamKind::String,
-                true,
-                "The branch to delete",
-            )],
-            true,
-        ),
+        )
+        .with_params(vec![ParamSpec::required(
+            "name",
+            ParamKind::String,
+            "The branch to delete",
+        )])
+        .needs_confirmation(),
         command(
             "restore-branch",
             "Restore branch",
             "branches",
             "Restores a branch to its state (or `source`'s) at a point in time; the state it \
              had is kept as `<name>-before-restore`.",
-            vec![
-                param("name", ParamKind::String, true, "The branch to restore"),
-                param(
-                    "timestamp",
-                    ParamKind::String,
-                    true,
-                    "The point in time (RFC 3339, e.g. 2026-01-01T12:00:00Z)",
-                ),
-                param(
-                    "source",
-                    ParamKind::String,
-                    false,
-                    "The branch whose history to restore from (default: `name` itself)",
-                ),
-            ],
-            false,
-        ),
+        )
+        .with_params(vec![
+            ParamSpec::required("name", ParamKind::String, "The branch to restore"),
+            ParamSpec::required(
+                "timestamp",
+                ParamKind::String,
+                "The point in time (RFC 3339, e.g. 2026-01-01T12:00:00Z)",
+            ),
+            ParamSpec::optional(
+                "source",
+                ParamKind::String,
+                "The branch whose history to restore from (default: `name` itself)",
+            ),
+        ]),
         command(
             "set-suspend-timeout",
             "Set suspend timeout",
             "config",
             "Sets how long the endpoint may be idle before Neon suspends it (-1: never, 0: \
              Neon's default).",
-            vec![param(
-                "seconds",
-                ParamKind::Integer {
-                    min: Some(-1),
-                    max: Some(MAX_SUSPEND_TIMEOUT),
-                },
-                true,
-                "Idle seconds before suspending (60 to 604800, -1 never, 0 default)",
-            )],
-            false,
-        ),
+        )
+        .with_params(vec![ParamSpec::required(
+            "seconds",
+            ParamKind::Integer {
+                min: Some(-1),
+                max: Some(MAX_SUSPEND_TIMEOUT),
+            },
+            "Idle seconds before suspending (60 to 604800, -1 never, 0 default)",
+        )]),
     ]
 }
 
@@ -298,21 +250,6 @@ fn str_key<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     config.get(key).and_then(Value::as_str)
 }
 
-fn duration_key(
-    config: &Map<String, Value>,
-    key: &str,
-    problems: &mut Vec<ResourceProblem>,
-) -> Option<Duration> {
-    let text = str_key(config, key)?;
-    match kinfra_core::config::parse_duration(text) {
-        Ok(d) => Some(d),
-        Err(reason) => {
-            problems.push(ResourceProblem::at(key, reason));
-            None
-        }
-    }
-}
-
 /// Neon ids and names in a path: lowercase letters, digits and dashes only (the spec's
 /// pattern), so nothing else can be smuggled into a URL.
 fn valid_id(text: &str) -> bool {
@@ -325,7 +262,7 @@ fn valid_id(text: &str) -> bool {
 
 impl Settings {
     /// The settings of `decl`, or every problem with them (the type checks are
-    /// [`check_config`]'s).
+    /// [`kinfra_provider::provider::check_config`]'s).
     fn parse(config: &Map<String, Value>) -> Result<Self, Vec<ResourceProblem>> {
         let mut problems = Vec::new();
         let project_id = str_key(config, "project_id").unwrap_or_default().to_owned();
@@ -371,7 +308,7 @@ impl Settings {
             }
         };
         let suspend_timeout =
-            duration_key(config, "suspend_timeout", &mut problems).and_then(|d| {
+            config_duration(config, "suspend_timeout", &mut problems).and_then(|d| {
                 let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
                 if (60..=MAX_SUSPEND_TIMEOUT).contains(&secs) {
                     Some(secs)
@@ -383,9 +320,10 @@ impl Settings {
                     None
                 }
             });
-        let operation_timeout = duration_key(config, "operation_timeout", &mut problems)
+        let operation_timeout = config_duration(config, "operation_timeout", &mut problems)
             .unwrap_or(DEFAULT_OPERATION_TIMEOUT);
-        let interval = duration_key(config, "interval", &mut problems).unwrap_or(DEFAULT_INTERVAL);
+        let interval =
+            config_duration(config, "interval", &mut problems).unwrap_or(DEFAULT_INTERVAL);
         let settings = Settings {
             project_id,
             endpoint: endpoint.unwrap_or(EndpointRef::Id(String::new())),
@@ -704,11 +642,7 @@ impl NeonProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<NeonResource, ProviderError> {
-        let settings =
-            Settings::parse(&decl.config).map_err(|problems| ProviderError::InvalidResource {
-                resource: decl.name.clone(),
-                problems,
-            })?;
+        let settings = decl.parse_config(Settings::parse)?;
         let api = self.clients.api(instance)?;
         Ok(NeonResource {
             inner: Arc::new(Inner {
@@ -1065,18 +999,13 @@ impl Provider for NeonProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Vec<ResourceProblem>> {
         Box::pin(async move {
-            let mut problems = Vec::new();
-            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
-            }
-            if let Err(found) = Settings::parse(&decl.config) {
-                for p in found {
-                    let duplicate = problems.iter().any(|q| q.key == p.key);
-                    if !duplicate {
-                        problems.push(p);
-                    }
-                }
-            }
+            let mut problems = config_problems(
+                &self.metadata,
+                RESOURCE_TYPE,
+                &decl.config,
+                KINFRA_KEYS,
+                Settings::parse,
+            );
             problems.extend(self.clients.check(instance));
             problems
         })
@@ -1098,12 +1027,7 @@ impl Provider for NeonProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
         Box::pin(async move {
-            let settings = Settings::parse(&decl.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: decl.name.clone(),
-                    problems,
-                }
-            })?;
+            let settings = decl.parse_config(Settings::parse)?;
             let api = self.clients.api(instance)?;
             let project = encode_segment(&settings.project_id);
             let start = |id: &str| format!("/projects/{project}/endpoints/{id}/start");
@@ -1157,12 +1081,7 @@ impl Provider for NeonProvider {
                     command: command.id.clone(),
                 });
             }
-            let settings = Settings::parse(&resource.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: resource.name.clone(),
-                    problems,
-                }
-            })?;
+            let settings = resource.parse_config(Settings::parse)?;
             let api = self.clients.api(instance)?;
             let mut secrets: Vec<&str> = api.secrets().iter().map(|s| s.expose()).collect();
             secrets.extend(params.secrets().iter().map(|s| s.expose()));

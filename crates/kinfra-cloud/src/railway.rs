@@ -42,15 +42,16 @@ use kinfra_provider::metadata::{
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
+    config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Failure, classify};
-use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord};
+use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord, lock};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -208,10 +209,6 @@ fn known_status(status: &str) -> bool {
     ) || status.ends_with("ING")
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// `"1m 20s"`-style text of a duration, whole seconds.
 fn since_text(d: Duration) -> String {
     let secs = d.as_secs();
@@ -248,35 +245,6 @@ fn token_kind(ctx: &InstanceContext) -> Result<TokenKind, ResourceProblem> {
     }
 }
 
-fn parse_duration_key(
-    config: &Map<String, Value>,
-    key: &str,
-    default: Duration,
-    problems: &mut Vec<ResourceProblem>,
-) -> Duration {
-    match config.get(key) {
-        None => default,
-        Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                problems.push(ResourceProblem::at(key, "must be more than zero"));
-                default
-            }
-            Err(reason) => {
-                problems.push(ResourceProblem::at(key, reason));
-                default
-            }
-        },
-        Some(_) => {
-            problems.push(ResourceProblem::at(
-                key,
-                "expected a duration such as \"30s\"",
-            ));
-            default
-        }
-    }
-}
-
 /// A resource's own keys, parsed.
 #[derive(Debug, Clone)]
 struct ServiceSpec {
@@ -307,8 +275,8 @@ impl ServiceSpec {
         };
         let service_id = id("service_id");
         let environment_id = id("environment_id");
-        let interval = parse_duration_key(config, "interval", DEFAULT_INTERVAL, &mut problems);
-        let operation_timeout = parse_duration_key(
+        let interval = config_duration_or(config, "interval", DEFAULT_INTERVAL, &mut problems);
+        let operation_timeout = config_duration_or(
             config,
             "operation_timeout",
             DEFAULT_OPERATION_TIMEOUT,
@@ -460,28 +428,23 @@ impl Graphql {
 
 /// The commands every service offers.
 fn command_specs() -> Vec<CommandSpec> {
-    let command = |id: &str, description: &str, params: Vec<ParamSpec>| CommandSpec {
-        id: id.into(),
-        name: id.into(),
-        description: description.into(),
-        category: "deploy".into(),
-        resource_type: Some(RESOURCE_TYPE.into()),
-        params,
-        dry_run: true,
-        confirm: false,
+    let command = |id: &str, description: &str, params: Vec<ParamSpec>| {
+        CommandSpec::new(id, id, description)
+            .in_category("deploy")
+            .for_resource_type(RESOURCE_TYPE)
+            .with_params(params)
+            .with_dry_run()
     };
     vec![
         command(
             "deploy",
             "Deploys the service instance: a commit, or the latest one of its source \
              (serviceInstanceDeployV2); answers the new deployment's id.",
-            vec![ParamSpec {
-                name: "commit_sha".into(),
-                kind: ParamKind::String,
-                required: false,
-                default: None,
-                description: "The commit to deploy (default: the latest commit).".into(),
-            }],
+            vec![ParamSpec::optional(
+                "commit_sha",
+                ParamKind::String,
+                "The commit to deploy (default: the latest commit).",
+            )],
         ),
         command(
             "redeploy",
@@ -492,24 +455,16 @@ fn command_specs() -> Vec<CommandSpec> {
             "sleep",
             "Turns App Sleeping on or off: an idle service sleeps and wakes on the next \
              request (serviceInstanceUpdate, sleepApplication).",
-            vec![ParamSpec {
-                name: "enabled".into(),
-                kind: ParamKind::Boolean,
-                required: true,
-                default: None,
-                description: "True: let the service sleep when idle; false: keep it awake.".into(),
-            }],
+            vec![ParamSpec::required(
+                "enabled",
+                ParamKind::Boolean,
+                "True: let the service sleep when idle; false: keep it awake.",
+            )],
         ),
     ]
 }
 
 fn metadata() -> ProviderMetadata {
-    let key = |name: &str, required: bool, kind: ConfigKind, description: &str| ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    };
     ProviderMetadata {
         id: ID.into(),
         name: ID.into(),
@@ -534,28 +489,24 @@ fn metadata() -> ProviderMetadata {
                           deployment is SUCCESS."
                 .into(),
             config: vec![
-                key(
+                ConfigKeySpec::required(
                     "service_id",
-                    true,
                     ConfigKind::String,
                     "The service's id (a UUID).",
                 ),
-                key(
+                ConfigKeySpec::required(
                     "environment_id",
-                    true,
                     ConfigKind::String,
                     "The environment's id (a UUID).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "operation_timeout",
-                    false,
                     ConfigKind::Duration,
                     "How long a restart or redeploy may take before the start counts as \
                      failed (default 20m).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "logs",
-                    false,
                     ConfigKind::Boolean,
                     "Read the latest deployment's build and deploy logs into the resource's \
                      log at every observe (default true).",
@@ -632,12 +583,7 @@ impl RailwayProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<RailwayResource, ProviderError> {
-        let spec = ServiceSpec::parse(&decl.config).map_err(|problems| {
-            ProviderError::InvalidResource {
-                resource: decl.name.clone(),
-                problems,
-            }
-        })?;
+        let spec = decl.parse_config(ServiceSpec::parse)?;
         let graphql = self.graphql(instance)?;
         Ok(RailwayResource {
             inner: Arc::new(Inner {
@@ -703,17 +649,13 @@ impl Provider for RailwayProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Vec<ResourceProblem>> {
         Box::pin(async move {
-            let mut problems = Vec::new();
-            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
-            }
-            if let Err(found) = ServiceSpec::parse(&decl.config) {
-                for p in found {
-                    if !problems.iter().any(|q| q.key == p.key) {
-                        problems.push(p);
-                    }
-                }
-            }
+            let mut problems = config_problems(
+                &self.metadata,
+                RESOURCE_TYPE,
+                &decl.config,
+                KINFRA_KEYS,
+                ServiceSpec::parse,
+            );
             problems.extend(self.clients.check(instance));
             if let Err(p) = token_kind(instance) {
                 problems.push(p);
@@ -739,12 +681,7 @@ impl Provider for RailwayProvider {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
-            let spec = ServiceSpec::parse(&resource.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: resource.name.clone(),
-                    problems,
-                }
-            })?;
+            let spec = resource.parse_config(ServiceSpec::parse)?;
             let graphql = self.graphql(instance)?;
             let mut secrets = graphql.api.secrets();
             secrets.extend(params.secrets());

@@ -36,7 +36,8 @@ use kinfra_provider::metadata::{
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use kinfra_provider::operation::{OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
+    config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
@@ -164,35 +165,6 @@ struct ProjectSpec {
     operation_timeout: Duration,
 }
 
-fn parse_duration_key(
-    config: &Map<String, Value>,
-    key: &str,
-    default: Duration,
-    problems: &mut Vec<ResourceProblem>,
-) -> Duration {
-    match config.get(key) {
-        None => default,
-        Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                problems.push(ResourceProblem::at(key, "must be more than zero"));
-                default
-            }
-            Err(reason) => {
-                problems.push(ResourceProblem::at(key, reason));
-                default
-            }
-        },
-        Some(_) => {
-            problems.push(ResourceProblem::at(
-                key,
-                "expected a duration such as \"30s\"",
-            ));
-            default
-        }
-    }
-}
-
 impl ProjectSpec {
     fn parse(config: &Map<String, Value>) -> Result<Self, Vec<ResourceProblem>> {
         let mut problems = Vec::new();
@@ -225,8 +197,8 @@ impl ProjectSpec {
                 None
             }
         };
-        let interval = parse_duration_key(config, "interval", DEFAULT_INTERVAL, &mut problems);
-        let operation_timeout = parse_duration_key(
+        let interval = config_duration_or(config, "interval", DEFAULT_INTERVAL, &mut problems);
+        let operation_timeout = config_duration_or(
             config,
             "operation_timeout",
             DEFAULT_OPERATION_TIMEOUT,
@@ -247,59 +219,41 @@ impl ProjectSpec {
 
 /// The commands every project offers.
 fn command_specs() -> Vec<CommandSpec> {
-    let command =
-        |id: &str, description: &str, params: Vec<ParamSpec>, confirm: bool| CommandSpec {
-            id: id.into(),
-            name: id.into(),
-            description: description.into(),
-            category: "database".into(),
-            resource_type: Some(RESOURCE_TYPE.into()),
-            params,
-            dry_run: true,
-            confirm,
-        };
-    let string = |name: &str, description: &str| ParamSpec {
-        name: name.into(),
-        kind: ParamKind::String,
-        required: true,
-        default: None,
-        description: description.into(),
+    let command = |id: &str, description: &str| {
+        CommandSpec::new(id, id, description)
+            .in_category("database")
+            .for_resource_type(RESOURCE_TYPE)
+            .with_dry_run()
     };
+    let string =
+        |name: &str, description: &str| ParamSpec::required(name, ParamKind::String, description);
     vec![
         command(
             "list-branches",
             "Lists the project's database branches (GET /v1/projects/{ref}/branches).",
-            vec![],
-            false,
         ),
         command(
             "create-branch",
             "Creates a database branch (POST /v1/projects/{ref}/branches).",
-            vec![string("name", "The branch's name.")],
-            false,
-        ),
+        )
+        .with_params(vec![string("name", "The branch's name.")]),
         command(
             "delete-branch",
             "Deletes a database branch (DELETE /v1/branches/{id}); needs confirmation.",
-            vec![string("id", "The branch's id or ref (from list-branches).")],
-            true,
-        ),
+        )
+        .with_params(vec![string(
+            "id",
+            "The branch's id or ref (from list-branches).",
+        )])
+        .needs_confirmation(),
         command(
             "cancel-restore",
             "Cancels the project's restoration in progress (POST /v1/projects/{ref}/restore/cancel).",
-            vec![],
-            false,
         ),
     ]
 }
 
 fn metadata() -> ProviderMetadata {
-    let key = |name: &str, required: bool, kind: ConfigKind, description: &str| ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    };
     ProviderMetadata {
         id: ID.into(),
         name: ID.into(),
@@ -316,21 +270,18 @@ fn metadata() -> ProviderMetadata {
             description: "A Supabase project: runs while ACTIVE_HEALTHY, paused when stopped."
                 .into(),
             config: vec![
-                key(
+                ConfigKeySpec::required(
                     "project_ref",
-                    true,
                     ConfigKind::String,
                     "The project's ref (20 lower-case letters).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "db_password",
-                    false,
                     ConfigKind::Secret,
                     "The database password, put into the connection URLs (the API never returns it).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "operation_timeout",
-                    false,
                     ConfigKind::Duration,
                     "How long a restore or pause may take before it counts as failed (default 20m).",
                 ),
@@ -398,11 +349,7 @@ impl SupabaseProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<SupabaseResource, ProviderError> {
-        let invalid = |problems| ProviderError::InvalidResource {
-            resource: decl.name.clone(),
-            problems,
-        };
-        let spec = ProjectSpec::parse(&decl.config).map_err(invalid)?;
+        let spec = decl.parse_config(ProjectSpec::parse)?;
         let api = self.clients.api(instance)?;
         Ok(SupabaseResource {
             inner: Arc::new(Inner {
@@ -434,18 +381,13 @@ impl Provider for SupabaseProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Vec<ResourceProblem>> {
         Box::pin(async move {
-            let mut problems = Vec::new();
-            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
-            }
-            if let Err(found) = ProjectSpec::parse(&decl.config) {
-                for p in found {
-                    let same_key = problems.iter().any(|q| q.key == p.key);
-                    if !same_key {
-                        problems.push(p);
-                    }
-                }
-            }
+            let mut problems = config_problems(
+                &self.metadata,
+                RESOURCE_TYPE,
+                &decl.config,
+                KINFRA_KEYS,
+                ProjectSpec::parse,
+            );
             problems.extend(self.clients.check(instance));
             problems
         })
@@ -467,12 +409,7 @@ impl Provider for SupabaseProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
         Box::pin(async move {
-            let spec = ProjectSpec::parse(&decl.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: decl.name.clone(),
-                    problems,
-                }
-            })?;
+            let spec = decl.parse_config(ProjectSpec::parse)?;
             let api = self.clients.api(instance)?;
             let request = api
                 .request(
@@ -498,11 +435,7 @@ impl Provider for SupabaseProvider {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
-            let invalid = |problems| ProviderError::InvalidResource {
-                resource: resource.name.clone(),
-                problems,
-            };
-            let spec = ProjectSpec::parse(&resource.config).map_err(invalid)?;
+            let spec = resource.parse_config(ProjectSpec::parse)?;
             let api = self.clients.api(instance)?;
             let mut secrets = api.secrets();
             secrets.extend(params.secrets());

@@ -48,15 +48,16 @@ use kinfra_provider::metadata::{
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
+    config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest};
 use kinfra_provider::retry::RetryPolicy;
-use kinfra_provider::run_slot::{AbortOnDrop, RunSlot};
+use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, lock};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -130,10 +131,6 @@ pub fn map_ready_state(state: &str) -> Option<DeploymentState> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// `"1m 20s"`-style text of a duration, whole seconds.
 fn since_text(d: Duration) -> String {
     let secs = d.as_secs();
@@ -142,35 +139,6 @@ fn since_text(d: Duration) -> String {
         0 => format!("{s}s"),
         m if s == 0 => format!("{m}m"),
         m => format!("{m}m {s}s"),
-    }
-}
-
-fn parse_duration_key(
-    config: &Map<String, Value>,
-    key: &str,
-    default: Duration,
-    problems: &mut Vec<ResourceProblem>,
-) -> Duration {
-    match config.get(key) {
-        None => default,
-        Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                problems.push(ResourceProblem::at(key, "must be more than zero"));
-                default
-            }
-            Err(reason) => {
-                problems.push(ResourceProblem::at(key, reason));
-                default
-            }
-        },
-        Some(_) => {
-            problems.push(ResourceProblem::at(
-                key,
-                "expected a duration such as \"30s\"",
-            ));
-            default
-        }
     }
 }
 
@@ -204,8 +172,8 @@ impl ProjectSpec {
                 String::new()
             }
         };
-        let interval = parse_duration_key(config, "interval", DEFAULT_INTERVAL, &mut problems);
-        let build_timeout = parse_duration_key(
+        let interval = config_duration_or(config, "interval", DEFAULT_INTERVAL, &mut problems);
+        let build_timeout = config_duration_or(
             config,
             "build_timeout",
             DEFAULT_BUILD_TIMEOUT,
@@ -294,42 +262,27 @@ impl VercelApi {
 
 /// The commands every project offers.
 fn command_specs() -> Vec<CommandSpec> {
-    let command =
-        |id: &str, description: &str, params: Vec<ParamSpec>, confirm: bool| CommandSpec {
-            id: id.into(),
-            name: id.into(),
-            description: description.into(),
-            category: "deployment".into(),
-            resource_type: Some(RESOURCE_TYPE.into()),
-            params,
-            dry_run: true,
-            confirm,
-        };
-    let param =
-        |name: &str, kind: ParamKind, required: bool, default: Option<Value>, d: &str| ParamSpec {
-            name: name.into(),
-            kind,
-            required,
-            default,
-            description: d.into(),
-        };
+    let command = |id: &str, description: &str, params: Vec<ParamSpec>| {
+        CommandSpec::new(id, id, description)
+            .in_category("deployment")
+            .for_resource_type(RESOURCE_TYPE)
+            .with_params(params)
+            .with_dry_run()
+    };
     let deployment_id = || {
-        param(
+        ParamSpec::required(
             "deployment_id",
             ParamKind::String,
-            true,
-            None,
             "The deployment's id (dpl_…, from list-deployments).",
         )
     };
     let target = || {
-        param(
+        ParamSpec::optional(
             "target",
             ParamKind::String,
-            false,
-            Some(json!("production")),
             "The environment: production (default), staging, or a custom environment.",
         )
+        .with_default(json!("production"))
     };
     vec![
         command(
@@ -337,68 +290,53 @@ fn command_specs() -> Vec<CommandSpec> {
             "Creates a deployment from the project's linked Git repository (POST /v13/deployments).",
             vec![
                 target(),
-                param(
+                ParamSpec::optional(
                     "git_ref",
                     ParamKind::String,
-                    false,
-                    None,
                     "The branch, tag or commit to deploy (default: the project's production branch).",
                 ),
             ],
-            false,
         ),
         command(
             "redeploy",
             "Deploys an existing deployment's source again (POST /v13/deployments with deploymentId).",
             vec![deployment_id(), target()],
-            false,
         ),
         command(
             "promote",
             "Points production at an existing deployment (POST /v10/projects/{id}/promote/{deployment}).",
             vec![deployment_id()],
-            false,
         ),
         command(
             "cancel",
             "Cancels a deployment that is queued or building (PATCH /v12/deployments/{id}/cancel); needs confirmation.",
             vec![deployment_id()],
-            true,
-        ),
+        )
+        .needs_confirmation(),
         command(
             "list-deployments",
             "Lists the project's deployments, newest first (GET /v6/deployments).",
             vec![
-                param(
+                ParamSpec::optional(
                     "limit",
                     ParamKind::Integer {
                         min: Some(1),
                         max: Some(100),
                     },
-                    false,
-                    Some(json!(10)),
                     "How many (1–100, default 10).",
-                ),
-                param(
+                )
+                .with_default(json!(10)),
+                ParamSpec::optional(
                     "target",
                     ParamKind::String,
-                    false,
-                    None,
                     "Only this environment (production, staging); all when unset.",
                 ),
             ],
-            false,
         ),
     ]
 }
 
 fn metadata() -> ProviderMetadata {
-    let key = |name: &str, required: bool, kind: ConfigKind, description: &str| ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    };
     ProviderMetadata {
         id: ID.into(),
         name: ID.into(),
@@ -422,21 +360,18 @@ fn metadata() -> ProviderMetadata {
                           READY and the project is not paused; paused when stopped."
                 .into(),
             config: vec![
-                key(
+                ConfigKeySpec::required(
                     "project_id",
-                    true,
                     ConfigKind::String,
                     "The project's id (prj_…) or name.",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "build_timeout",
-                    false,
                     ConfigKind::Duration,
                     "How long a production build may stay queued or building before the run fails (default 30m).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "logs",
-                    false,
                     ConfigKind::Boolean,
                     "Stream build events and runtime logs into the resource's log (default true).",
                 ),
@@ -537,12 +472,7 @@ impl VercelProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<VercelResource, ProviderError> {
-        let spec = ProjectSpec::parse(&decl.config).map_err(|problems| {
-            ProviderError::InvalidResource {
-                resource: decl.name.clone(),
-                problems,
-            }
-        })?;
+        let spec = decl.parse_config(ProjectSpec::parse)?;
         let api = self.api(instance)?;
         let streams = self.stream_client()?;
         Ok(VercelResource {
@@ -833,17 +763,13 @@ impl Provider for VercelProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Vec<ResourceProblem>> {
         Box::pin(async move {
-            let mut problems = Vec::new();
-            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
-            }
-            if let Err(found) = ProjectSpec::parse(&decl.config) {
-                for p in found {
-                    if !problems.iter().any(|q| q.key == p.key) {
-                        problems.push(p);
-                    }
-                }
-            }
+            let mut problems = config_problems(
+                &self.metadata,
+                RESOURCE_TYPE,
+                &decl.config,
+                KINFRA_KEYS,
+                ProjectSpec::parse,
+            );
             problems.extend(self.clients.check(instance));
             if let Err(p) = team_id(instance) {
                 problems.push(p);
@@ -869,12 +795,7 @@ impl Provider for VercelProvider {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
-            let spec = ProjectSpec::parse(&resource.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: resource.name.clone(),
-                    problems,
-                }
-            })?;
+            let spec = resource.parse_config(ProjectSpec::parse)?;
             let api = self.api(instance)?;
             self.run_command(&api, &spec, command, &params, dry_run)
                 .await

@@ -36,6 +36,57 @@ pub struct CommandSpec {
     pub confirm: bool,
 }
 
+impl CommandSpec {
+    /// A command with no parameters, no category, for any of the provider's resource types,
+    /// without a dry-run or a confirmation; the builder methods below add those.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            description: description.into(),
+            category: String::new(),
+            resource_type: None,
+            params: Vec::new(),
+            dry_run: false,
+            confirm: false,
+        }
+    }
+
+    /// The same command in the group `category`.
+    pub fn in_category(mut self, category: impl Into<String>) -> Self {
+        self.category = category.into();
+        self
+    }
+
+    /// The same command, acting only on the resource type `resource_type`.
+    pub fn for_resource_type(mut self, resource_type: impl Into<String>) -> Self {
+        self.resource_type = Some(resource_type.into());
+        self
+    }
+
+    /// The same command with `params`.
+    pub fn with_params(mut self, params: Vec<ParamSpec>) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// The same command, supporting a dry-run.
+    pub fn with_dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    /// The same command, needing confirmation (`--yes`).
+    pub fn needs_confirmation(mut self) -> Self {
+        self.confirm = true;
+        self
+    }
+}
+
 /// One parameter of a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamSpec {
@@ -52,6 +103,42 @@ pub struct ParamSpec {
     /// What it means.
     #[serde(default)]
     pub description: String,
+}
+
+impl ParamSpec {
+    /// A parameter that must be given.
+    pub fn required(
+        name: impl Into<String>,
+        kind: ParamKind,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            required: true,
+            default: None,
+            description: description.into(),
+        }
+    }
+
+    /// A parameter that may be left out (no default: see [`ParamSpec::with_default`]).
+    pub fn optional(
+        name: impl Into<String>,
+        kind: ParamKind,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            required: false,
+            ..Self::required(name, kind, description)
+        }
+    }
+
+    /// The same parameter, optional, with `value` when it is not given.
+    pub fn with_default(mut self, value: Value) -> Self {
+        self.required = false;
+        self.default = Some(value);
+        self
+    }
 }
 
 /// The kind of a parameter's value.
@@ -475,23 +562,18 @@ mod tests {
     use serde_json::json;
 
     fn param(name: &str, kind: ParamKind, required: bool, default: Option<Value>) -> ParamSpec {
-        ParamSpec {
-            name: name.into(),
-            kind,
-            required,
-            default,
-            description: String::new(),
+        match (required, default) {
+            (true, _) => ParamSpec::required(name, kind, ""),
+            (false, None) => ParamSpec::optional(name, kind, ""),
+            (false, Some(value)) => ParamSpec::optional(name, kind, "").with_default(value),
         }
     }
 
     fn spec() -> CommandSpec {
-        CommandSpec {
-            id: "scale".into(),
-            name: "Scale".into(),
-            description: String::new(),
-            category: "scale".into(),
-            resource_type: None,
-            params: vec![
+        CommandSpec::new("scale", "Scale", "")
+            .in_category("scale")
+            .with_dry_run()
+            .with_params(vec![
                 param(
                     "replicas",
                     ParamKind::Integer {
@@ -523,10 +605,7 @@ mod tests {
                 param("note", ParamKind::String, false, None),
                 param("password", ParamKind::Secret, false, None),
                 param("owner", ParamKind::String, true, None),
-            ],
-            dry_run: true,
-            confirm: false,
-        }
+            ])
     }
 
     fn obj(v: Value) -> Map<String, Value> {

@@ -144,6 +144,34 @@ pub struct ConfigKeySpec {
     pub description: String,
 }
 
+impl ConfigKeySpec {
+    /// A key every resource of the type must set.
+    pub fn required(
+        name: impl Into<String>,
+        kind: ConfigKind,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            required: true,
+            kind,
+            description: description.into(),
+        }
+    }
+
+    /// A key a resource of the type may set.
+    pub fn optional(
+        name: impl Into<String>,
+        kind: ConfigKind,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            required: false,
+            ..Self::required(name, kind, description)
+        }
+    }
+}
+
 /// The kind of a config value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -10,6 +10,7 @@ use kinfra_core::Secret;
 use kinfra_core::resource::{BoxFuture, Resource, ResourceError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::time::Duration;
 
 /// A configured provider instance (`[providers.NAME]`, one account), as a provider sees it.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +40,20 @@ pub struct ResourceDecl {
     /// Its config table.
     #[serde(default)]
     pub config: Map<String, Value>,
+}
+
+impl ResourceDecl {
+    /// Its table read by a provider's `parse`; the problems `parse` finds are a
+    /// [`ProviderError::InvalidResource`] naming this resource.
+    pub fn parse_config<T>(
+        &self,
+        parse: impl FnOnce(&Map<String, Value>) -> Result<T, Vec<ResourceProblem>>,
+    ) -> Result<T, ProviderError> {
+        parse(&self.config).map_err(|problems| ProviderError::InvalidResource {
+            resource: self.name.clone(),
+            problems,
+        })
+    }
 }
 
 /// One problem with a resource's declaration, naming the key when there is one.
@@ -106,6 +121,91 @@ pub fn check_config(
         }
     }
     problems
+}
+
+/// Adds `more` to `problems`, leaving out each problem on a key already named (by
+/// `problems` or an earlier one of `more`): a provider's own parse of a table often finds
+/// again, in its own words, what [`check_config`] found first.
+pub fn merge_problems(
+    problems: &mut Vec<ResourceProblem>,
+    more: impl IntoIterator<Item = ResourceProblem>,
+) {
+    for p in more {
+        if !problems.iter().any(|q| q.key == p.key) {
+            problems.push(p);
+        }
+    }
+}
+
+/// Every problem with a resource's table, the start of most providers' `validate_resource`:
+/// [`check_config`] against `metadata`'s resource type `resource_type` (beside `kinfra_keys`),
+/// then what the provider's own `parse` of the table finds, merged by key
+/// ([`merge_problems`]).
+pub fn config_problems<T>(
+    metadata: &ProviderMetadata,
+    resource_type: &str,
+    config: &Map<String, Value>,
+    kinfra_keys: &[&str],
+    parse: impl FnOnce(&Map<String, Value>) -> Result<T, Vec<ResourceProblem>>,
+) -> Vec<ResourceProblem> {
+    let mut problems = Vec::new();
+    if let Some(spec) = metadata.resource_type(resource_type) {
+        problems.extend(check_config(spec, config, kinfra_keys));
+    }
+    if let Err(found) = parse(config) {
+        merge_problems(&mut problems, found);
+    }
+    problems
+}
+
+/// The duration at `key` of a config table (`"30s"`, `"1m30s"`): `None` when the key is
+/// absent or its value is not a duration, which is then a problem pushed to `problems`.
+pub fn config_duration(
+    config: &Map<String, Value>,
+    key: &str,
+    problems: &mut Vec<ResourceProblem>,
+) -> Option<Duration> {
+    let problem = |message: String| ResourceProblem {
+        key: Some(key.to_owned()),
+        message,
+    };
+    match config.get(key)? {
+        Value::String(text) => match kinfra_core::config::parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(reason) => {
+                problems.push(problem(reason));
+                None
+            }
+        },
+        _ => {
+            problems.push(problem(format!(
+                "expected {}",
+                kind_text(ConfigKind::Duration)
+            )));
+            None
+        }
+    }
+}
+
+/// The duration at `key` of a config table, more than zero; `default` when the key is absent,
+/// or when its value is not such a duration, which is then a problem pushed to `problems`.
+pub fn config_duration_or(
+    config: &Map<String, Value>,
+    key: &str,
+    default: Duration,
+    problems: &mut Vec<ResourceProblem>,
+) -> Duration {
+    match config_duration(config, key, problems) {
+        Some(d) if d.is_zero() => {
+            problems.push(ResourceProblem {
+                key: Some(key.to_owned()),
+                message: "must be more than zero".into(),
+            });
+            default
+        }
+        Some(d) => d,
+        None => default,
+    }
 }
 
 fn kind_text(kind: ConfigKind) -> &'static str {
@@ -228,11 +328,10 @@ mod tests {
     use serde_json::json;
 
     fn key(name: &str, kind: ConfigKind, required: bool) -> ConfigKeySpec {
-        ConfigKeySpec {
-            name: name.into(),
-            required,
-            kind,
-            description: String::new(),
+        if required {
+            ConfigKeySpec::required(name, kind, "")
+        } else {
+            ConfigKeySpec::optional(name, kind, "")
         }
     }
 
@@ -272,6 +371,87 @@ mod tests {
                 "`endpoint_id`: missing (required)",
                 "`suspend_after`: invalid duration `5 parsecs`: unknown unit `parsecs` (use ms, s, m, h or d)",
                 "`autoscale`: expected true or false",
+            ]
+        );
+    }
+
+    fn table(value: Value) -> Map<String, Value> {
+        let Value::Object(map) = value else {
+            panic!("not an object");
+        };
+        map
+    }
+
+    #[test]
+    fn a_parse_adds_only_problems_on_keys_not_named_yet() {
+        let metadata = ProviderMetadata {
+            id: "p".into(),
+            name: "p".into(),
+            display_name: "P".into(),
+            description: String::new(),
+            version: "0".into(),
+            category: crate::metadata::Category::Custom,
+            capabilities: Vec::new(),
+            resource_types: vec![ResourceTypeSpec {
+                name: "thing".into(),
+                description: String::new(),
+                config: vec![
+                    key("id", ConfigKind::String, true),
+                    key("size", ConfigKind::Integer, false),
+                ],
+            }],
+            auth_methods: Vec::new(),
+        };
+        let config = table(json!({ "id": 7, "size": 3 }));
+        let problems: Vec<String> =
+            config_problems(&metadata, "thing", &config, &["interval"], |_| {
+                Err::<(), _>(vec![
+                    ResourceProblem::at("id", "not an id"),
+                    ResourceProblem::at("size", "too small"),
+                    ResourceProblem::at("size", "still too small"),
+                ])
+            })
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(problems, ["`id`: expected a string", "`size`: too small"]);
+    }
+
+    #[test]
+    fn durations_are_read_with_every_problem_named() {
+        let config = table(json!({
+            "interval": "10s",
+            "zero": "0s",
+            "bad": "5 parsecs",
+            "number": 5,
+        }));
+        let mut problems = Vec::new();
+        let default = Duration::from_secs(30);
+        assert_eq!(
+            config_duration_or(&config, "interval", default, &mut problems),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            config_duration_or(&config, "absent", default, &mut problems),
+            default
+        );
+        assert_eq!(
+            config_duration_or(&config, "zero", default, &mut problems),
+            default
+        );
+        assert_eq!(
+            config_duration(&config, "zero", &mut problems),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(config_duration(&config, "bad", &mut problems), None);
+        assert_eq!(config_duration(&config, "number", &mut problems), None);
+        let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            problems,
+            [
+                "`zero`: must be more than zero",
+                "`bad`: invalid duration `5 parsecs`: unknown unit `parsecs` (use ms, s, m, h or d)",
+                "`number`: expected a duration such as \"30s\"",
             ]
         );
     }

@@ -119,15 +119,8 @@ pub struct SimpleProvider {
 impl SimpleProvider {
     /// A provider with id `id` (`[providers.X] provider = "<id>"`) and a name for people.
     pub fn new(id: &str, display_name: &str) -> Self {
-        let command = |id: &str, name: &str, description: &str| CommandSpec {
-            id: id.into(),
-            name: name.into(),
-            description: description.into(),
-            category: "lifecycle".into(),
-            resource_type: None,
-            params: Vec::new(),
-            dry_run: false,
-            confirm: false,
+        let command = |id: &str, name: &str, description: &str| {
+            CommandSpec::new(id, name, description).in_category("lifecycle")
         };
         Self {
             metadata: ProviderMetadata {

@@ -247,65 +247,50 @@ pub struct CommandConfig {
 
 /// The resource type's config keys (what `check_config` and `kinfra providers show` use).
 fn config_keys() -> Vec<ConfigKeySpec> {
-    let key = |name: &str, kind, required, description: &str| ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    };
     vec![
-        key(
+        ConfigKeySpec::optional(
             "start",
             ConfigKind::String,
-            false,
             "Command that brings it up: a shell string or an argv array.",
         ),
-        key(
+        ConfigKeySpec::optional(
             "stop",
             ConfigKind::String,
-            false,
             "Command that brings it down: a shell string or an argv array.",
         ),
-        key(
+        ConfigKeySpec::required(
             "status",
             ConfigKind::String,
-            true,
             "Command that observes it: a shell string or an argv array.",
         ),
-        key(
+        ConfigKeySpec::optional(
             "health",
             ConfigKind::String,
-            false,
             "Its own health check (exit 0 = healthy): a shell string or an argv array.",
         ),
-        key(
+        ConfigKeySpec::optional(
             "status_running",
             ConfigKind::String,
-            false,
             "How status says running: `exit0` (default) or a regex on its stdout.",
         ),
-        key(
+        ConfigKeySpec::optional(
             "status_map",
             ConfigKind::Table,
-            false,
             "Regex on status's stdout → running, stopped, sleeping, starting, failed or absent.",
         ),
-        key(
+        ConfigKeySpec::optional(
             "env",
             ConfigKind::Table,
-            false,
             "Environment variables for every command.",
         ),
-        key(
+        ConfigKeySpec::optional(
             "cwd",
             ConfigKind::String,
-            false,
             "Working directory for every command.",
         ),
-        key(
+        ConfigKeySpec::optional(
             "timeout",
             ConfigKind::Duration,
-            false,
             "Bound on each command (default 30s); past it the command's process group is killed.",
         ),
     ]
@@ -796,15 +781,11 @@ impl Default for CommandProvider {
 impl CommandProvider {
     /// The provider with its metadata and commands.
     pub fn new() -> Self {
-        let command = |id: &str, name: &str, description: &str| CommandSpec {
-            id: id.into(),
-            name: name.into(),
-            description: description.into(),
-            category: "lifecycle".into(),
-            resource_type: Some(RESOURCE_TYPE.into()),
-            params: Vec::new(),
-            dry_run: true,
-            confirm: false,
+        let command = |id: &str, name: &str, description: &str| {
+            CommandSpec::new(id, name, description)
+                .in_category("lifecycle")
+                .for_resource_type(RESOURCE_TYPE)
+                .with_dry_run()
         };
         Self {
             metadata: ProviderMetadata {
@@ -834,10 +815,7 @@ impl CommandProvider {
 }
 
 fn parse_decl(decl: &ResourceDecl) -> Result<CommandConfig, ProviderError> {
-    CommandConfig::parse(&decl.config).map_err(|problems| ProviderError::InvalidResource {
-        resource: decl.name.clone(),
-        problems,
-    })
+    decl.parse_config(CommandConfig::parse)
 }
 
 fn planned(config: &CommandConfig, line: &CommandLine) -> PlannedRequest {

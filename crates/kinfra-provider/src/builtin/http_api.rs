@@ -650,21 +650,17 @@ fn parse_command(
     if problems.len() > before {
         return None;
     }
+    let description = table.get("description").and_then(Value::as_str);
+    let mut spec = CommandSpec::new(id, id, description.unwrap_or_default())
+        .in_category("custom")
+        .for_resource_type(RESOURCE_TYPE)
+        .with_params(params)
+        .with_dry_run();
+    if confirm {
+        spec = spec.needs_confirmation();
+    }
     Some(DeclaredCommand {
-        spec: CommandSpec {
-            id: id.to_owned(),
-            name: id.to_owned(),
-            description: table
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            category: "custom".into(),
-            resource_type: Some(RESOURCE_TYPE.into()),
-            params,
-            dry_run: true,
-            confirm,
-        },
+        spec,
         endpoint: endpoint?,
     })
 }
@@ -1235,14 +1231,11 @@ pub fn provider() -> Arc<dyn Provider> {
 }
 
 fn endpoint_key(name: &str, what: &str) -> ConfigKeySpec {
-    ConfigKeySpec {
-        name: name.into(),
-        required: false,
-        kind: ConfigKind::Table,
-        description: format!(
-            "{what}: {{ method, path, body }}; `{{key}}` in the path is the resource's key"
-        ),
-    }
+    ConfigKeySpec::optional(
+        name,
+        ConfigKind::Table,
+        format!("{what}: {{ method, path, body }}; `{{key}}` in the path is the resource's key"),
+    )
 }
 
 fn metadata() -> ProviderMetadata {
@@ -1265,30 +1258,26 @@ fn metadata() -> ProviderMetadata {
                 endpoint_key("stop", "Called to bring it down"),
                 endpoint_key("status", "Read every `interval` for the state"),
                 endpoint_key("health", "A 2xx answer is healthy"),
-                ConfigKeySpec {
-                    name: "state_pointer".into(),
-                    required: false,
-                    kind: ConfigKind::String,
-                    description: "JSON pointer to the state in the status answer, e.g. /project/status".into(),
-                },
-                ConfigKeySpec {
-                    name: "state_map".into(),
-                    required: false,
-                    kind: ConfigKind::Table,
-                    description: "Provider value → running, starting, stopping, stopped, sleeping, failed or maintenance".into(),
-                },
-                ConfigKeySpec {
-                    name: "operation".into(),
-                    required: false,
-                    kind: ConfigKind::Table,
-                    description: "How a 202 (or an id at `id`) is followed: { status = \"/operations/{id}\", id, pointer = \"/status\", done = [..], failed = [..], reason, interval, timeout = \"10m\" }; start and stop wait for it".into(),
-                },
-                ConfigKeySpec {
-                    name: "commands".into(),
-                    required: false,
-                    kind: ConfigKind::Array,
-                    description: "Typed commands: [{ id, method, path, body, params = [{ name, kind, required, default, description, values, min, max }], description, confirm }]".into(),
-                },
+                ConfigKeySpec::optional(
+                    "state_pointer",
+                    ConfigKind::String,
+                    "JSON pointer to the state in the status answer, e.g. /project/status",
+                ),
+                ConfigKeySpec::optional(
+                    "state_map",
+                    ConfigKind::Table,
+                    "Provider value → running, starting, stopping, stopped, sleeping, failed or maintenance",
+                ),
+                ConfigKeySpec::optional(
+                    "operation",
+                    ConfigKind::Table,
+                    "How a 202 (or an id at `id`) is followed: { status = \"/operations/{id}\", id, pointer = \"/status\", done = [..], failed = [..], reason, interval, timeout = \"10m\" }; start and stop wait for it",
+                ),
+                ConfigKeySpec::optional(
+                    "commands",
+                    ConfigKind::Array,
+                    "Typed commands: [{ id, method, path, body, params = [{ name, kind, required, default, description, values, min, max }], description, confirm }]",
+                ),
             ],
         }],
         auth_methods: vec![
@@ -1345,11 +1334,7 @@ impl HttpApiProvider {
 
     /// The commands `decl` declares, as typed specs (http-api commands are per resource).
     pub fn resource_commands(decl: &ResourceDecl) -> Result<Vec<CommandSpec>, ProviderError> {
-        let spec =
-            ApiSpec::parse(&decl.config).map_err(|problems| ProviderError::InvalidResource {
-                resource: decl.name.clone(),
-                problems,
-            })?;
+        let spec = decl.parse_config(ApiSpec::parse)?;
         Ok(spec.commands.into_iter().map(|c| c.spec).collect())
     }
 
@@ -1363,11 +1348,7 @@ impl HttpApiProvider {
         params: &Map<String, Value>,
         dry_run: bool,
     ) -> Result<CommandResult, ProviderError> {
-        let spec =
-            ApiSpec::parse(&decl.config).map_err(|problems| ProviderError::InvalidResource {
-                resource: decl.name.clone(),
-                problems,
-            })?;
+        let spec = decl.parse_config(ApiSpec::parse)?;
         let command = spec
             .command(id)
             .ok_or_else(|| ProviderError::UnknownCommand {
@@ -1387,11 +1368,7 @@ impl HttpApiProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<HttpApiResource, ProviderError> {
-        let invalid = |problems| ProviderError::InvalidResource {
-            resource: decl.name.clone(),
-            problems,
-        };
-        let spec = ApiSpec::parse(&decl.config).map_err(invalid)?;
+        let spec = decl.parse_config(ApiSpec::parse)?;
         let target = self.target(instance, &decl.name)?;
         let (events, _) = broadcast::channel(256);
         Ok(HttpApiResource {
@@ -1474,12 +1451,7 @@ impl Provider for HttpApiProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Result<Option<Vec<PlannedRequest>>, ProviderError>> {
         Box::pin(async move {
-            let spec = ApiSpec::parse(&decl.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: decl.name.clone(),
-                    problems,
-                }
-            })?;
+            let spec = decl.parse_config(ApiSpec::parse)?;
             let Some(endpoint) = &spec.start else {
                 return Ok(Some(Vec::new()));
             };
@@ -1504,11 +1476,7 @@ impl Provider for HttpApiProvider {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
-            let invalid = |problems| ProviderError::InvalidResource {
-                resource: resource.name.clone(),
-                problems,
-            };
-            let spec = ApiSpec::parse(&resource.config).map_err(invalid)?;
+            let spec = resource.parse_config(ApiSpec::parse)?;
             let declared =
                 spec.command(&command.id)
                     .ok_or_else(|| ProviderError::UnknownCommand {
