@@ -198,7 +198,11 @@ fn fly_commands_run_with_and_without_dry_run_through_the_cli() {
     assert_eq!(updates(fake), sent + 1, "a 409 was retried");
     assert_eq!(count(fake, &app, "DELETE"), 2, "the lease was not released");
 
-    // restart, and scale which needs --yes.
+    // restart (once the update's replacement is done: Fly refuses to restart a machine that is
+    // not started), and scale, which needs --yes.
+    crate::support::wait_for(Duration::from_secs(30), "the machine started again", || {
+        (fake.state(&app, id) == "started").then_some(())
+    });
     let out = p.run(&["resource", "web", "restart"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(count(fake, &app, "/restart"), 1);
