@@ -51,8 +51,8 @@ use kinfra_provider::metadata::{
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError};
 use kinfra_provider::operation::{OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
-    config_problems,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    config_duration_or, config_problems,
 };
 use kinfra_provider::ratelimit::{Rate, TokenBucket};
 use kinfra_provider::rest::TokenNeed;
@@ -77,18 +77,6 @@ use tracing::{debug, warn};
 pub const ID: &str = "kubernetes";
 /// The one resource type it runs.
 pub const RESOURCE_TYPE: &str = "deployment";
-/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
-pub const KINFRA_KEYS: &[&str] = &[
-    "provider",
-    "interval",
-    "on_down",
-    "depends_on",
-    "restart",
-    "health",
-    "scale_to_zero",
-    "confirm_delete",
-    "stop_grace",
-];
 /// The observe interval when the resource sets none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest one request may take when the instance sets no `timeout`.

@@ -31,8 +31,8 @@ use kinfra_provider::metadata::{
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use kinfra_provider::operation::{OperationError, OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration,
-    config_problems,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    config_duration, config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
@@ -62,8 +62,6 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// The port of every Neon endpoint (Postgres).
 pub const POSTGRES_PORT: u16 = 5432;
-/// kinfra's own keys of a `[resources.NAME]` table as the provider sees it.
-const KINFRA_KEYS: &[&str] = &["provider", "interval"];
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
 /// Longest a suspend timeout may be (the spec's maximum: a week).

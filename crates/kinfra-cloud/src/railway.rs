@@ -42,8 +42,8 @@ use kinfra_provider::metadata::{
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
-    config_problems,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    config_duration_or, config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
@@ -67,18 +67,6 @@ pub const DEFAULT_BASE_URL: &str = "https://backboard.railway.com";
 pub const GRAPHQL_PATH: &str = "/graphql/v2";
 /// The header a project token travels in.
 pub const PROJECT_TOKEN_HEADER: &str = "Project-Access-Token";
-/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
-pub const KINFRA_KEYS: &[&str] = &[
-    "provider",
-    "interval",
-    "on_down",
-    "depends_on",
-    "restart",
-    "health",
-    "scale_to_zero",
-    "confirm_delete",
-    "stop_grace",
-];
 /// The observe interval when the resource sets none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a restart or redeploy may stay in progress before the start counts as failed.

@@ -36,8 +36,8 @@ use kinfra_provider::metadata::{
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use kinfra_provider::operation::{OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
-    config_problems,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    config_duration_or, config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
@@ -58,18 +58,6 @@ pub const ID: &str = "supabase";
 pub const RESOURCE_TYPE: &str = "project";
 /// The Management API.
 pub const DEFAULT_BASE_URL: &str = "https://api.supabase.com";
-/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
-pub const KINFRA_KEYS: &[&str] = &[
-    "provider",
-    "interval",
-    "on_down",
-    "depends_on",
-    "restart",
-    "health",
-    "scale_to_zero",
-    "confirm_delete",
-    "stop_grace",
-];
 /// The observe interval when the resource sets none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// The longest a restore or a pause may take before the resource calls it failed.

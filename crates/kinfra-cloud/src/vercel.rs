@@ -48,8 +48,8 @@ use kinfra_provider::metadata::{
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, config_duration_or,
-    config_problems,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    config_duration_or, config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest};
@@ -69,18 +69,6 @@ pub const ID: &str = "vercel";
 pub const RESOURCE_TYPE: &str = "project";
 /// The REST API.
 pub const DEFAULT_BASE_URL: &str = "https://api.vercel.com";
-/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
-pub const KINFRA_KEYS: &[&str] = &[
-    "provider",
-    "interval",
-    "on_down",
-    "depends_on",
-    "restart",
-    "health",
-    "scale_to_zero",
-    "confirm_delete",
-    "stop_grace",
-];
 /// The observe interval when the resource sets none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a production build may stay QUEUED/INITIALIZING/BUILDING in a run.

@@ -67,6 +67,22 @@ pub struct ResourceProblem {
     pub message: String,
 }
 
+/// kinfra's own keys of a `[resources.NAME]` table (not a provider's), let pass by
+/// [`check_config`] beside a resource type's keys. The runtime hands a provider only
+/// `interval` of them ([`crate::plugin::KINFRA_RESOURCE_KEYS`]); a table written out whole
+/// (a test, a tool) may carry the rest.
+pub const KINFRA_KEYS: &[&str] = &[
+    "provider",
+    "interval",
+    "on_down",
+    "depends_on",
+    "restart",
+    "health",
+    "scale_to_zero",
+    "confirm_delete",
+    "stop_grace",
+];
+
 /// Checks a resource's config table against its type's keys: every unknown key (beside
 /// `kinfra_keys`, kinfra's own such as `provider` or `interval`), missing required key and
 /// value of the wrong kind is a problem. A provider's `validate_resource` can start here.

@@ -14,28 +14,19 @@
 //! unreachable API, a slow one, malformed JSON), with the kubeconfig's token nowhere.
 
 use crate::fake_http::Reply;
+use crate::harness::{
+    self, HANG, assert_no_secret, exit_code, quick_retry, reported, table, until, until_state,
+};
 use crate::kubernetes_fake::{
     BAD_TOKEN, KubeFake, TOKEN, kube, kubeconfig_file, kubeconfig_tls_file, status, tls_front,
 };
 use kinfra_cloud::kubernetes::{DeploymentResource, KubernetesProvider, RESTARTED_AT};
-use kinfra_core::resource::{Observed, Resource, ResourceError, Run};
+use kinfra_core::resource::{Observed, Resource, ResourceError};
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_provider::command::validate;
 use kinfra_provider::provider::{InstanceContext, Provider, ProviderError, ResourceDecl};
-use kinfra_provider::retry::{Backoff, RetryPolicy};
 use serde_json::{Map, Value, json};
-use std::future::Future;
 use std::time::Duration;
-
-/// A bound that only catches a hang.
-const HANG: Duration = Duration::from_secs(30);
-
-fn table(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
-}
 
 /// The instance `k8s`: the fake's kubeconfig for `namespace`, `extra` keys added.
 fn instance(fake: &KubeFake, namespace: &str, extra: Value) -> InstanceContext {
@@ -53,28 +44,21 @@ fn instance(fake: &KubeFake, namespace: &str, extra: Value) -> InstanceContext {
 }
 
 fn decl(namespace: &str, name: &str, replicas: i64) -> ResourceDecl {
-    ResourceDecl {
-        name: "web".into(),
-        config: table(json!({
+    harness::decl(
+        "web",
+        json!({
             "provider": "k8s",
             "namespace": namespace,
             "name": name,
             "replicas": replicas,
             "interval": "100ms",
-        })),
-    }
+        }),
+    )
 }
 
 fn provider() -> KubernetesProvider {
     kinfra_core::tls::install_crypto_provider();
-    KubernetesProvider::new().with_retry(RetryPolicy {
-        max_attempts: 4,
-        max_elapsed: Duration::from_secs(10),
-        backoff: Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-        },
-    })
+    KubernetesProvider::new().with_retry(quick_retry(4))
 }
 
 fn resource(ctx: &InstanceContext, decl: &ResourceDecl) -> DeploymentResource {
@@ -83,47 +67,8 @@ fn resource(ctx: &InstanceContext, decl: &ResourceDecl) -> DeploymentResource {
         .expect("a valid resource")
 }
 
-/// Waits (bounded) until `check` says yes.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + HANG;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn reported(r: &DeploymentResource) -> (Option<ServiceState>, String) {
-    match r.reported_state() {
-        Some(s) => (Some(s.state), s.message),
-        None => (None, String::new()),
-    }
-}
-
-async fn exit_code(run: Run) -> Option<i32> {
-    tokio::time::timeout(HANG, run.exit)
-        .await
-        .expect("the run ends")
-        .ok()
-        .and_then(|e| e.code)
-}
-
-/// Nothing the resource shows holds a kubeconfig token.
-async fn assert_no_secret(r: &DeploymentResource, also: &str) {
-    let logs = r.logs(1000).await.expect("logs");
-    let mut text: Vec<String> = logs.into_iter().map(|l| l.text).collect();
-    text.push(format!("{:?}", r.reported_state()));
-    text.push(format!("{:?}", r.sync()));
-    text.push(format!("{:?}", r.exit_reason()));
-    text.push(also.to_owned());
-    for t in text {
-        assert!(!t.contains(TOKEN), "the token shows: {t}");
-        assert!(!t.contains(BAD_TOKEN), "the revoked token shows: {t}");
-    }
-}
+/// What no output may show.
+const SECRETS: &[(&str, &str)] = &[("the token", TOKEN), ("the revoked token", BAD_TOKEN)];
 
 #[tokio::test]
 async fn start_scales_to_the_replicas_through_scale_and_stop_scales_to_zero() {
@@ -156,10 +101,7 @@ async fn start_scales_to_the_replicas_through_scale_and_stop_scales_to_zero() {
             || state == Some(ServiceState::Running)
     })
     .await;
-    until("running with every replica ready", || async {
-        reported(&r).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&r, ServiceState::Running).await;
     let (_, message) = reported(&r);
     assert!(message.contains("ready 3/3"), "{message}");
     assert_eq!(r.health().await.expect("health"), Health::Healthy);
@@ -174,7 +116,7 @@ async fn start_scales_to_the_replicas_through_scale_and_stop_scales_to_zero() {
     );
 
     r.stop(HANG).await.expect("stop");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     let writes = fake.writes(&ns);
     assert_eq!(writes.len(), 2, "{writes:#?}");
     assert!(
@@ -189,7 +131,7 @@ async fn start_scales_to_the_replicas_through_scale_and_stop_scales_to_zero() {
             .any(|l| l.text.contains("scale Deployment `") && l.text.contains("to 3")),
         "{logs:?}"
     );
-    assert_no_secret(&r, "").await;
+    assert_no_secret(&r, "", SECRETS).await;
     fake.assert_clean(&ns);
 }
 
@@ -202,15 +144,12 @@ async fn a_deployment_at_its_replicas_is_adopted_and_one_scaled_to_zero_outside_
     let r = resource(&ctx, &decl(&ns, "web", 2));
     let run = r.start().await.expect("start");
     assert!(run.adopted);
-    until("running", || async {
-        reported(&r).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&r, ServiceState::Running).await;
     assert!(fake.writes(&ns).is_empty(), "{:#?}", fake.writes(&ns));
 
     // `kubectl scale --replicas=0` outside kinfra: the run ends, stopped (final).
     fake.scale_outside(&ns, "web", 0);
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     until("stopped, outside kinfra", || async {
         let (state, message) = reported(&r);
         state == Some(ServiceState::Stopped) && message.contains("outside kinfra")
@@ -229,7 +168,7 @@ async fn a_failed_rollout_fails_with_the_controllers_reason() {
     let ctx = instance(fake, &ns, json!({}));
     let r = resource(&ctx, &decl(&ns, "web", 2));
     let run = r.start().await.expect("start");
-    assert_eq!(exit_code(run).await, Some(1));
+    assert_eq!(exit_code(run.exit).await, Some(1));
     let (state, message) = reported(&r);
     assert_eq!(state, Some(ServiceState::Failed), "{message}");
     assert!(
@@ -258,10 +197,7 @@ async fn an_unknown_progressing_reason_keeps_the_last_state_with_a_warning() {
     let ctx = instance(fake, &ns, json!({}));
     let r = resource(&ctx, &decl(&ns, "web", 1));
     let run = r.start().await.expect("start");
-    until("running", || async {
-        reported(&r).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&r, ServiceState::Running).await;
     fake.change(&ns, "web", |d| d.odd_reason = Some("QuotaWobble".into()));
     until("the unknown reason seen", || async {
         reported(&r).1.contains("unknown status")
@@ -278,7 +214,7 @@ async fn an_unknown_progressing_reason_keeps_the_last_state_with_a_warning() {
         "{logs:?}"
     );
     r.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     assert!(fake.writes(&ns).is_empty(), "release sent a write");
     fake.assert_clean(&ns);
 }
@@ -411,7 +347,7 @@ async fn refused_credentials_name_the_context_and_a_missing_deployment_names_it(
         text.contains("context `revoked`") && text.contains("401"),
         "{text}"
     );
-    assert_no_secret(&r, &text).await;
+    assert_no_secret(&r, &text, SECRETS).await;
     // 403 on the scale: the same, naming the context.
     fake.deployment(&ns, "down", 0);
     let ctx = instance(fake, &ns, json!({}));
@@ -447,7 +383,7 @@ async fn refused_credentials_name_the_context_and_a_missing_deployment_names_it(
     let r = resource(&ctx, &decl(&ns, "web", 1));
     let run = r.start().await.expect("start");
     fake.delete(&ns, "web");
-    assert_eq!(exit_code(run).await, Some(1));
+    assert_eq!(exit_code(run.exit).await, Some(1));
     let (state, message) = reported(&r);
     assert_eq!(state, Some(ServiceState::Failed));
     assert!(
@@ -534,7 +470,7 @@ async fn rate_limits_are_waited_out_with_and_without_retry_after() {
     );
     assert_eq!(fake.get(&ns, "web").map(|d| d.desired), Some(1));
     r.release(HANG).await.expect("release");
-    let _ = exit_code(run).await;
+    let _ = exit_code(run.exit).await;
     fake.assert_clean(&ns);
 }
 
@@ -546,10 +482,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_keeps_the_state() {
     let ctx = instance(fake, &ns, json!({}));
     let r = resource(&ctx, &decl(&ns, "web", 1));
     let run = r.start().await.expect("start");
-    until("running", || async {
-        reported(&r).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&r, ServiceState::Running).await;
     fake.inject(
         &ns,
         "GET /apis/apps/v1/namespaces",
@@ -575,7 +508,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_keeps_the_state() {
     })
     .await;
     r.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     fake.assert_clean(&ns);
 }
 
@@ -631,7 +564,7 @@ async fn unreachable_slow_and_malformed_answers() {
     );
     let error = r.status().await.expect_err("malformed");
     assert!(error.to_string().contains("malformed JSON"), "{error}");
-    assert_no_secret(&r, &error.to_string()).await;
+    assert_no_secret(&r, &error.to_string(), SECRETS).await;
     fake.assert_clean(&ns);
 }
 

@@ -2,19 +2,17 @@
 //! against the Neon API v2 spec (`assert_clean` on the test's own project).
 
 use crate::fake_http::Reply;
+use crate::harness::{self, HANG, table, until};
 use crate::neon_fake::{PASSWORD, TOKEN, neon};
 use kinfra_cloud::neon::{EndpointState, NeonProvider};
-use kinfra_core::Secret;
 use kinfra_core::resource::{Resource, ResourceError};
 use kinfra_core::state::ServiceState;
 use kinfra_provider::command::validate;
 use kinfra_provider::provider::{InstanceContext, Provider, ProviderError, ResourceDecl};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::time::Duration;
 
-/// A generous bound that only catches a hang.
-const HANG: Duration = Duration::from_secs(60);
 /// The instance name every test uses.
 const INSTANCE: &str = "neon-test";
 
@@ -30,38 +28,17 @@ fn provider() -> NeonProvider {
 }
 
 fn instance(base_url: &str, token: &str) -> InstanceContext {
-    InstanceContext {
-        instance: INSTANCE.into(),
-        token: Some(Secret::new(token)),
-        base_url: Some(base_url.into()),
-        config: Map::new(),
-    }
+    harness::instance(INSTANCE, base_url, token, json!({}))
 }
 
 fn decl(config: Value) -> ResourceDecl {
-    let Value::Object(config) = config else {
-        panic!("not an object")
-    };
-    ResourceDecl {
-        name: "db".into(),
-        config,
-    }
+    harness::decl("db", config)
 }
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(HANG, f)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {HANG:?}"))
-}
-
-/// Waits (bounded) until `cond` holds, polling.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    within(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
 }
 
 fn requests_matching(project: &str, needle: &str) -> Vec<String> {
@@ -362,7 +339,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_the_run_goes_on() {
         failing,
         3,
     );
-    until("a failed sync", || {
+    until("a failed sync", || async {
         resource
             .sync()
             .and_then(|s| s.last_sync)
@@ -377,7 +354,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_the_run_goes_on() {
         resource.state().map(|(s, _)| s),
         Some(EndpointState::Running)
     );
-    until("a good sync again", || {
+    until("a good sync again", || async {
         resource
             .sync()
             .and_then(|s| s.last_sync)
@@ -522,13 +499,6 @@ async fn validate_resource_names_every_key() {
     assert!(fine.is_empty(), "{fine:?}");
 }
 
-fn params(pairs: Value) -> Map<String, Value> {
-    let Value::Object(map) = pairs else {
-        panic!("object")
-    };
-    map
-}
-
 async fn run_command(
     prism_url: &str,
     resource: &ResourceDecl,
@@ -538,7 +508,7 @@ async fn run_command(
 ) -> Result<kinfra_provider::result::CommandResult, ProviderError> {
     let provider = provider();
     let spec = provider.command(id).expect("command").clone();
-    let checked = validate(&spec, &params(args))?;
+    let checked = validate(&spec, &table(args))?;
     within(
         id,
         provider.execute(
@@ -782,7 +752,7 @@ async fn secrets_stay_out_of_logs_errors_and_sync() {
         echo,
         1,
     );
-    until("a failed sync", || {
+    until("a failed sync", || async {
         resource
             .sync()
             .and_then(|s| s.last_sync)

@@ -7,54 +7,40 @@
 //! Retry-After, 5xx, malformed JSON, unreachable, slow), with no token in anything shown.
 
 use crate::fake_http::Reply;
+use crate::harness::{
+    self, HANG, assert_no_secret, exit_code, quick_retry, reported, table, until, until_state,
+};
 use crate::railway_fake::{ACCOUNT_TOKEN, PROJECT_TOKEN, RailwayFake, railway};
 use kinfra_cloud::railway::{RailwayProvider, RailwayResource};
-use kinfra_core::Secret;
-use kinfra_core::resource::{Observed, Resource, ResourceError, Run};
+use kinfra_core::resource::{Observed, Resource, ResourceError};
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::LogStream;
 use kinfra_provider::command::validate;
 use kinfra_provider::http::HttpConfig;
 use kinfra_provider::provider::{InstanceContext, Provider, ResourceDecl};
 use kinfra_provider::rest::{RestClients, TokenNeed};
-use kinfra_provider::retry::{Backoff, RetryPolicy};
 use serde_json::{Map, Value, json};
-use std::future::Future;
 use std::time::Duration;
 
-/// A bound that only catches a hang.
-const HANG: Duration = Duration::from_secs(30);
-
-fn table(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 fn instance(base: &str, token: &str, project: bool) -> InstanceContext {
-    let mut config = Map::new();
-    if project {
-        config.insert("token_kind".into(), json!("project"));
-    }
-    InstanceContext {
-        instance: "rw".into(),
-        token: Some(Secret::new(token)),
-        base_url: Some(base.into()),
-        config,
-    }
+    let config = if project {
+        json!({ "token_kind": "project" })
+    } else {
+        json!({})
+    };
+    harness::instance("rw", base, token, config)
 }
 
 fn decl(service: &str, environment: &str) -> ResourceDecl {
-    ResourceDecl {
-        name: "api".into(),
-        config: table(json!({
+    harness::decl(
+        "api",
+        json!({
             "provider": "rw",
             "service_id": service,
             "environment_id": environment,
             "interval": "100ms",
-        })),
-    }
+        }),
+    )
 }
 
 /// A provider whose calls give up fast (tests of faults).
@@ -69,14 +55,7 @@ fn quick_provider(timeout: Duration) -> RailwayProvider {
             request_timeout: timeout,
             ..HttpConfig::default()
         })
-        .with_retry(RetryPolicy {
-            max_attempts: 2,
-            max_elapsed: Duration::from_secs(10),
-            backoff: Backoff {
-                initial: Duration::from_millis(50),
-                max: Duration::from_millis(200),
-            },
-        }),
+        .with_retry(quick_retry(2)),
     )
 }
 
@@ -89,34 +68,6 @@ fn resource(fake: &RailwayFake, ids: &(String, String)) -> RailwayResource {
         .expect("a valid resource")
 }
 
-/// Waits (bounded) until `check` says yes.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + HANG;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn reported(r: &RailwayResource) -> (Option<ServiceState>, String) {
-    match r.reported_state() {
-        Some(s) => (Some(s.state), s.message),
-        None => (None, String::new()),
-    }
-}
-
-async fn exit_code(run: Run) -> Option<i32> {
-    tokio::time::timeout(HANG, run.exit)
-        .await
-        .expect("the run ends")
-        .ok()
-        .and_then(|e| e.code)
-}
-
 fn count(fake: &RailwayFake, service: &str, operation: &str) -> usize {
     fake.requests(service)
         .iter()
@@ -124,20 +75,8 @@ fn count(fake: &RailwayFake, service: &str, operation: &str) -> usize {
         .count()
 }
 
-/// Nothing the resource shows holds a token.
-async fn assert_no_secret(r: &RailwayResource, also: &str) {
-    let logs = r.logs(1000).await.expect("logs");
-    let mut shown: Vec<String> = logs.iter().map(|l| l.text.clone()).collect();
-    shown.push(format!("{:?}", r.reported_state()));
-    shown.push(format!("{:?}", r.sync()));
-    shown.push(format!("{:?}", r.exit_reason()));
-    shown.push(format!("{r:?}"));
-    shown.push(also.to_owned());
-    for text in shown {
-        assert!(!text.contains(ACCOUNT_TOKEN), "the token shows: {text}");
-        assert!(!text.contains(PROJECT_TOKEN), "the token shows: {text}");
-    }
-}
+/// What no output may show.
+const SECRETS: &[(&str, &str)] = &[("the token", ACCOUNT_TOKEN), ("the token", PROJECT_TOKEN)];
 
 #[test]
 fn the_schema_check_refuses_an_invalid_field_a_bad_variable_and_a_bad_answer() {
@@ -249,10 +188,7 @@ async fn a_stopped_service_is_restarted_runs_with_its_logs_and_stops() {
         Health::Unknown,
         "not running before SUCCESS"
     );
-    until("SUCCESS shows as running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     let (_, message) = reported(&res);
     assert!(message.contains("SUCCESS"), "{message}");
     assert!(
@@ -304,7 +240,7 @@ async fn a_stopped_service_is_restarted_runs_with_its_logs_and_stops() {
     res.stop(HANG).await.expect("stop");
     assert_eq!(count(fake, &service, "RailwayDeploymentStop"), 1);
     assert!(fake.latest(&service).is_some_and(|d| d.stopped));
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Stopped), "{message}");
     assert_eq!(
@@ -312,7 +248,7 @@ async fn a_stopped_service_is_restarted_runs_with_its_logs_and_stops() {
         Observed::Idle,
         "stopped"
     );
-    assert_no_secret(&res, "").await;
+    assert_no_secret(&res, "", SECRETS).await;
     fake.assert_clean(&service);
 }
 
@@ -329,10 +265,7 @@ async fn a_service_without_a_deployment_is_redeployed_through_building_to_runnin
         state == Some(ServiceState::Starting) && message.starts_with("BUILDING")
     })
     .await;
-    until("running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     until("the build log arrives", || async {
         res.logs(1000).await.expect("logs").iter().any(|l| {
             l.text == "[build] build step failed to cache, continuing"
@@ -352,9 +285,9 @@ async fn a_service_without_a_deployment_is_redeployed_through_building_to_runnin
     assert_eq!(count(fake, &service, "RailwayServiceInstanceRedeploy"), 1);
     assert_eq!(count(fake, &service, "RailwayDeploymentRestart"), 0);
     again.release(HANG).await.expect("release");
-    assert_eq!(exit_code(adopted).await, Some(0));
+    assert_eq!(exit_code(adopted.exit).await, Some(0));
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     assert_eq!(
         count(fake, &service, "RailwayDeploymentStop"),
         0,
@@ -370,12 +303,9 @@ async fn sleeping_crashed_removed_skipped_and_unknown_statuses_map_as_design_say
     let ids = fake.service("sleepy", Some("SUCCESS"));
     let res = resource(fake, &ids);
     let run = res.start().await.expect("start");
-    until("running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     fake.set_latest(&ids.0, "SLEEPING", false);
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     assert_eq!(reported(&res).0, Some(ServiceState::Sleeping));
     assert_eq!(
         res.sync().and_then(|s| s.provider_state).as_deref(),
@@ -384,7 +314,7 @@ async fn sleeping_crashed_removed_skipped_and_unknown_statuses_map_as_design_say
     assert_eq!(res.status().await.expect("status"), Observed::Idle);
     // A sleeping service at start is not woken: shown sleeping at once.
     let run = res.start().await.expect("start asleep");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     assert_eq!(reported(&res).0, Some(ServiceState::Sleeping));
     assert_eq!(count(fake, &ids.0, "RailwayDeploymentRestart"), 0);
     fake.assert_clean(&ids.0);
@@ -394,12 +324,9 @@ async fn sleeping_crashed_removed_skipped_and_unknown_statuses_map_as_design_say
     let ids = fake.service("crashy", Some("SUCCESS"));
     let res = resource(fake, &ids);
     let run = res.start().await.expect("start");
-    until("running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     fake.set_latest(&ids.0, "CRASHED", false);
-    assert_eq!(exit_code(run).await, Some(1));
+    assert_eq!(exit_code(run.exit).await, Some(1));
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Backoff), "{message}");
     assert!(
@@ -409,10 +336,7 @@ async fn sleeping_crashed_removed_skipped_and_unknown_statuses_map_as_design_say
     );
     let run = res.start().await.expect("restart after a crash");
     assert_eq!(count(fake, &ids.0, "RailwayDeploymentRestart"), 1);
-    until("running again", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     // SKIPPED: no change; an unknown status keeps the last state with a warning.
     fake.set_latest(&ids.0, "SKIPPED", false);
     until("SKIPPED seen", || async {
@@ -455,7 +379,7 @@ async fn sleeping_crashed_removed_skipped_and_unknown_statuses_map_as_design_say
     // REMOVED outside kinfra: absent, the run ends, no restart.
     fake.clear_faults(&ids.0);
     fake.set_latest(&ids.0, "REMOVED", false);
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Stopped), "{message}");
     assert!(message.contains("absent"), "{message}");
@@ -471,7 +395,7 @@ async fn sleeping_crashed_removed_skipped_and_unknown_statuses_map_as_design_say
         .await
         .expect("start redeploys a failed deployment");
     assert_eq!(count(fake, &ids.0, "RailwayServiceInstanceRedeploy"), 1);
-    assert_eq!(exit_code(run).await, Some(1));
+    assert_eq!(exit_code(run.exit).await, Some(1));
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Failed), "{message}");
     assert!(message.contains("FAILED"), "{message}");
@@ -524,7 +448,7 @@ async fn a_refused_token_and_an_unknown_service_fail_permanently_naming_them() {
         .expect("resource");
     let run = res.start().await.expect("the project token works");
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     // An unknown service: not found, permanent, named.
     let res = resource(fake, &("svc-nowhere-1".to_owned(), ids.1.clone()));
     let error = res.start().await.expect_err("unknown");
@@ -542,11 +466,11 @@ async fn a_refused_token_and_an_unknown_service_fail_permanently_naming_them() {
         Reply::json(403, r#"{"message":"Forbidden"}"#),
         1,
     );
-    assert_eq!(exit_code(run).await, Some(1));
+    assert_eq!(exit_code(run.exit).await, Some(1));
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Failed), "{message}");
     assert!(message.contains("`rw`"), "{message}");
-    assert_no_secret(&res, &text).await;
+    assert_no_secret(&res, &text, SECRETS).await;
     fake.assert_clean(&ids.0);
 }
 
@@ -557,10 +481,7 @@ async fn rate_limits_server_errors_and_malformed_answers_show_in_last_sync_and_k
     let service = ids.0.clone();
     let res = resource(fake, &ids);
     let run = res.start().await.expect("start");
-    until("running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     let last_error = |needle: &'static str| {
         let res = &res;
         move || async move {
@@ -625,8 +546,8 @@ async fn rate_limits_server_errors_and_malformed_answers_show_in_last_sync_and_k
     until("cleared", cleared).await;
     assert_eq!(reported(&res).0, Some(ServiceState::Running));
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
-    assert_no_secret(&res, "").await;
+    assert_eq!(exit_code(run.exit).await, Some(0));
+    assert_no_secret(&res, "", SECRETS).await;
     fake.assert_clean(&service);
 }
 
@@ -665,7 +586,7 @@ async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
     assert!(error.to_string().contains("no answer within"), "{error}");
     let run = res.start().await.expect("the next read answers in time");
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

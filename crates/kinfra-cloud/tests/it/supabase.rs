@@ -4,92 +4,42 @@
 //! 404, 429, 5xx, malformed JSON), with no secret in any error, log line or dry-run.
 
 use crate::fake_http::Reply;
+use crate::harness::{
+    self, HANG, assert_no_secret, exit_code, reported, table, until, until_state,
+};
 use crate::supabase_fake::{SupabaseFake, TOKEN, supabase};
 use kinfra_cloud::supabase::{SupabaseProvider, SupabaseResource};
-use kinfra_core::Secret;
-use kinfra_core::resource::{Resource, ResourceError, Run};
+use kinfra_core::resource::{Resource, ResourceError};
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_provider::command::validate;
 use kinfra_provider::provider::{InstanceContext, Provider, ResourceDecl};
 use serde_json::{Map, Value, json};
-use std::future::Future;
 use std::time::Duration;
 
 const DB_PASSWORD: &str = "sb-db-pw-Zq81x";
-/// A bound that only catches a hang.
-const HANG: Duration = Duration::from_secs(30);
+/// What no output may show.
+const SECRETS: &[(&str, &str)] = &[("the token", TOKEN), ("the password", DB_PASSWORD)];
 
 fn instance(base: &str, token: &str) -> InstanceContext {
-    InstanceContext {
-        instance: "supa".into(),
-        token: Some(Secret::new(token)),
-        base_url: Some(base.into()),
-        config: Map::new(),
-    }
+    harness::instance("supa", base, token, json!({}))
 }
 
 fn decl(project_ref: &str) -> ResourceDecl {
-    let Value::Object(config) = json!({
-        "provider": "supa",
-        "project_ref": project_ref,
-        "db_password": DB_PASSWORD,
-        "interval": "100ms",
-    }) else {
-        unreachable!()
-    };
-    ResourceDecl {
-        name: "db".into(),
-        config,
-    }
+    harness::decl(
+        "db",
+        json!({
+            "provider": "supa",
+            "project_ref": project_ref,
+            "db_password": DB_PASSWORD,
+            "interval": "100ms",
+        }),
+    )
 }
 
 fn resource(base: &str, project_ref: &str) -> SupabaseResource {
     SupabaseProvider::new()
         .project_resource(&instance(base, TOKEN), &decl(project_ref))
         .expect("a valid resource")
-}
-
-/// Waits (bounded) until `check` says yes.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + HANG;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn reported(r: &SupabaseResource) -> (Option<ServiceState>, String) {
-    match r.reported_state() {
-        Some(s) => (Some(s.state), s.message),
-        None => (None, String::new()),
-    }
-}
-
-async fn exit_code(run: Run) -> Option<i32> {
-    tokio::time::timeout(HANG, run.exit)
-        .await
-        .expect("the run ends")
-        .ok()
-        .and_then(|e| e.code)
-}
-
-/// Nothing the resource shows holds the token or the database password.
-async fn assert_no_secret(r: &SupabaseResource, also: &str) {
-    let logs = r.logs(1000).await.expect("logs");
-    let mut shown: Vec<String> = logs.iter().map(|l| l.text.clone()).collect();
-    shown.push(format!("{:?}", r.reported_state()));
-    shown.push(format!("{:?}", r.sync()));
-    shown.push(format!("{:?}", r.exit_reason()));
-    shown.push(format!("{r:?}"));
-    shown.push(also.to_owned());
-    for text in shown {
-        assert!(!text.contains(TOKEN), "the token shows: {text}");
-        assert!(!text.contains(DB_PASSWORD), "the password shows: {text}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,10 +104,10 @@ async fn a_paused_project_is_restored_runs_healthy_gives_its_urls_and_pauses() {
     res.stop(HANG).await.expect("stop");
     assert_eq!(fake.status(&r), "INACTIVE");
     assert_eq!(fake.count(&r, "/pause"), 1, "one pause sent");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     assert_eq!(res.provider_status().as_deref(), Some("INACTIVE"));
     assert_eq!(reported(&res).0, Some(ServiceState::Stopped));
-    assert_no_secret(&res, "").await;
+    assert_no_secret(&res, "", SECRETS).await;
     prism.assert_clean(&r);
 }
 
@@ -169,7 +119,7 @@ async fn a_restore_that_ends_in_restore_failed_fails_the_run_with_the_reason() {
     let res = resource(&prism.url, &r);
     let run = res.start().await.expect("start");
     assert_eq!(
-        exit_code(run).await,
+        exit_code(run.exit).await,
         Some(1),
         "a failed restore ends the run"
     );
@@ -186,7 +136,7 @@ async fn a_restore_that_ends_in_restore_failed_fails_the_run_with_the_reason() {
     // Stopping a failed project sends no pause (nothing runs to pause).
     res.stop(HANG).await.expect("stop");
     assert_eq!(fake.count(&r, "/pause"), 0, "{:?}", fake.requests(&r));
-    assert_no_secret(&res, "").await;
+    assert_no_secret(&res, "", SECRETS).await;
     prism.assert_clean(&r);
 }
 
@@ -225,12 +175,9 @@ async fn health_names_the_unhealthy_services_and_active_unhealthy_is_unhealthy()
     .await;
     // UPGRADING is maintenance; an unknown status keeps the last state, health unknown.
     fake.set_status(&r, "UPGRADING");
-    until("UPGRADING is maintenance", || async {
-        reported(&res).0 == Some(ServiceState::Maintenance)
-    })
-    .await;
+    until_state(&res, ServiceState::Maintenance).await;
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     prism.assert_clean(&r);
 }
 
@@ -260,7 +207,7 @@ async fn an_unknown_status_keeps_the_last_state_with_a_warning() {
         "{logs:?}"
     );
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     prism.assert_clean(&r);
 }
 
@@ -275,12 +222,9 @@ async fn a_project_paused_outside_kinfra_ends_the_run_as_stopped() {
     })
     .await;
     fake.set_status(&r, "PAUSING");
-    until("PAUSING is stopping", || async {
-        reported(&res).0 == Some(ServiceState::Stopping)
-    })
-    .await;
+    until_state(&res, ServiceState::Stopping).await;
     fake.set_status(&r, "INACTIVE");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Stopped));
     assert!(message.contains("paused outside kinfra"), "{message}");
@@ -314,7 +258,7 @@ async fn a_refused_token_and_an_unknown_ref_fail_permanently_naming_them() {
     );
     let text = error.to_string();
     assert!(text.contains(missing) && text.contains("404"), "{text}");
-    assert_no_secret(&res, &text).await;
+    assert_no_secret(&res, &text, SECRETS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,8 +316,8 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
     })
     .await;
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
-    assert_no_secret(&res, "").await;
+    assert_eq!(exit_code(run.exit).await, Some(0));
+    assert_no_secret(&res, "", SECRETS).await;
     prism.assert_clean(&r);
 }
 
@@ -402,14 +346,7 @@ async fn malformed_json_is_a_sync_error_not_a_crash() {
     .await;
     assert_eq!(reported(&res).0, Some(ServiceState::Running));
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
-}
-
-fn params(pairs: Value) -> Map<String, Value> {
-    match pairs {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+    assert_eq!(exit_code(run.exit).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +400,7 @@ async fn every_command_has_a_dry_run_that_sends_nothing_and_shows_no_secret() {
         let spec = provider.command(id).expect("command");
         assert!(spec.dry_run, "{id} supports a dry-run");
         assert_eq!(spec.confirm, id == "delete-branch", "{id}");
-        let checked = validate(spec, &params(given)).expect("valid params");
+        let checked = validate(spec, &table(given)).expect("valid params");
         let result = provider
             .execute(&ctx, &d, spec, checked, true)
             .await
@@ -505,7 +442,7 @@ async fn commands_create_list_and_delete_branches_and_cancel_a_restore() {
         let d = &d;
         async move {
             let spec = provider.command(id).expect("command");
-            let checked = validate(spec, &params(given)).expect("valid");
+            let checked = validate(spec, &table(given)).expect("valid");
             provider
                 .execute(ctx, d, spec, checked, false)
                 .await
@@ -651,7 +588,7 @@ async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
     // The next read answers in time.
     let run = res.start().await.expect("start");
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,6 +606,6 @@ async fn a_rate_limited_start_waits_for_retry_after_instead_of_failing() {
     assert_eq!(fake.count(&r, &format!("GET /v1/projects/{r} ")), 2);
     assert_eq!(fake.count(&r, "/restore"), 1);
     res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run).await, Some(0));
+    assert_eq!(exit_code(run.exit).await, Some(0));
     prism.assert_clean(&r);
 }

@@ -7,9 +7,11 @@
 //! unreachable, slow, malformed JSON), with no token in any error, log line or dry-run.
 
 use crate::fake_http::Reply;
+use crate::harness::{
+    self, HANG, assert_no_secret, exit_code, quick_retry, reported, table, until, until_state,
+};
 use crate::vercel_fake::{StreamServer, TOKEN, VercelFake, vercel};
 use kinfra_cloud::vercel::{VercelProvider, VercelResource};
-use kinfra_core::Secret;
 use kinfra_core::resource::{OutputLine, Resource, ResourceError, Run};
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::LogStream;
@@ -18,86 +20,38 @@ use kinfra_provider::http::HttpConfig;
 use kinfra_provider::provider::{InstanceContext, Provider, ProviderError, ResourceDecl};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
 use serde_json::{Map, Value, json};
-use std::future::Future;
 use std::time::Duration;
 
-/// A bound that only catches a hang.
-const HANG: Duration = Duration::from_secs(30);
 const TEAM: &str = "team_kinfra_tests";
 
 fn instance(base: &str, token: &str, team: Option<&str>) -> InstanceContext {
-    let mut config = Map::new();
-    if let Some(team) = team {
-        config.insert("team_id".into(), json!(team));
-    }
-    InstanceContext {
-        instance: "vc".into(),
-        token: Some(Secret::new(token)),
-        base_url: Some(base.into()),
-        config,
-    }
+    let config = match team {
+        Some(team) => json!({ "team_id": team }),
+        None => json!({}),
+    };
+    harness::instance("vc", base, token, config)
 }
 
 fn decl(project: &str) -> ResourceDecl {
-    let Value::Object(config) = json!({
-        "provider": "vc",
-        "project_id": project,
-        "interval": "100ms",
-    }) else {
-        unreachable!()
-    };
-    ResourceDecl {
-        name: "web".into(),
-        config,
-    }
+    harness::decl(
+        "web",
+        json!({
+            "provider": "vc",
+            "project_id": project,
+            "interval": "100ms",
+        }),
+    )
 }
 
 /// A provider whose retries are quick (tests do not wait a minute for a 5xx burst).
 fn provider() -> VercelProvider {
-    VercelProvider::new().with_retry(RetryPolicy {
-        max_attempts: 3,
-        max_elapsed: Duration::from_secs(10),
-        backoff: Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-        },
-    })
+    VercelProvider::new().with_retry(quick_retry(3))
 }
 
 fn resource(base: &str, project: &str, team: Option<&str>) -> VercelResource {
     provider()
         .project_resource(&instance(base, TOKEN, team), &decl(project))
         .expect("a valid resource")
-}
-
-/// Waits (bounded) until `check` says yes.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + HANG;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn reported(r: &VercelResource) -> (Option<ServiceState>, String) {
-    match r.reported_state() {
-        Some(s) => (Some(s.state), s.message),
-        None => (None, String::new()),
-    }
-}
-
-async fn exit_code(
-    exit: tokio::sync::oneshot::Receiver<kinfra_core::event::ExitInfo>,
-) -> Option<i32> {
-    tokio::time::timeout(HANG, exit)
-        .await
-        .expect("the run ends")
-        .ok()
-        .and_then(|e| e.code)
 }
 
 /// Reads a run's output into a shared list as it comes.
@@ -126,20 +80,6 @@ fn has_line(lines: &std::sync::Mutex<Vec<OutputLine>>, stream: LogStream, text: 
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .any(|l| l.stream == stream && l.text.contains(text))
-}
-
-/// Nothing the resource shows holds the token.
-async fn assert_no_secret(r: &VercelResource, also: &str) {
-    let logs = r.logs(1000).await.expect("logs");
-    let mut shown: Vec<String> = logs.iter().map(|l| l.text.clone()).collect();
-    shown.push(format!("{:?}", r.reported_state()));
-    shown.push(format!("{:?}", r.sync()));
-    shown.push(format!("{:?}", r.exit_reason()));
-    shown.push(format!("{r:?}"));
-    shown.push(also.to_owned());
-    for text in shown {
-        assert!(!text.contains(TOKEN), "the token shows: {text}");
-    }
 }
 
 /// Every exchange of project `id` passed Prism and every body its schema.
@@ -191,13 +131,6 @@ fn assert_clean_but_undeclared(
     );
 }
 
-fn params(pairs: Value) -> Map<String, Value> {
-    match pairs {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
-}
-
 async fn execute(
     provider: &VercelProvider,
     ctx: &InstanceContext,
@@ -207,7 +140,7 @@ async fn execute(
     dry_run: bool,
 ) -> Result<kinfra_provider::result::CommandResult, ProviderError> {
     let spec = provider.command(command).expect("a command").clone();
-    let checked = validate(&spec, &params(given)).expect("valid params");
+    let checked = validate(&spec, &table(given)).expect("valid params");
     provider
         .execute(ctx, &decl(project), &spec, checked, dry_run)
         .await
@@ -260,7 +193,7 @@ async fn a_ready_project_runs_healthy_gives_its_url_and_pauses_at_stop() {
         (Some(ServiceState::Stopped), "paused".into())
     );
     assert_eq!(res.provider_status().as_deref(), Some("paused"));
-    assert_no_secret(&res, "").await;
+    assert_no_secret(&res, "", &[("the token", TOKEN)]).await;
     assert_clean(prism, fake, &p);
 }
 
@@ -274,10 +207,7 @@ async fn a_paused_project_is_unpaused_and_a_deploy_streams_its_build_then_runtim
     assert_eq!(fake.count(&p, &format!("POST /v1/projects/{p}/unpause")), 1);
     assert!(!fake.with(&p, |x| x.paused));
     let (exit, lines) = collect(run);
-    until("running after the unpause", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     // What the start said opens the run's output.
     until("the unpause in the output", || async {
         has_line(&lines, LogStream::System, "unpause: POST")
@@ -372,7 +302,7 @@ async fn a_paused_project_is_unpaused_and_a_deploy_streams_its_build_then_runtim
         !fake.with(&p, |x| x.paused),
         "release leaves the project as it is"
     );
-    assert_no_secret(&res, "").await;
+    assert_no_secret(&res, "", &[("the token", TOKEN)]).await;
     assert_clean(prism, fake, &p);
 }
 
@@ -382,10 +312,7 @@ async fn a_failed_build_fails_the_run_with_the_error_message() {
     let (p, _) = fake.project("broken", None, false, Some("READY"));
     let res = resource(&prism.url, &p, None);
     let (exit, lines) = collect(res.start().await.expect("start"));
-    until("running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     fake.with(&p, |x| x.fail_next_build = true);
     let ctx = instance(&prism.url, TOKEN, None);
     execute(&provider(), &ctx, &p, "deploy", json!({}), false)
@@ -432,10 +359,7 @@ async fn outside_changes_show_paused_canceled_and_deleted() {
     let (p, d) = fake.project("outside", None, false, Some("READY"));
     let res = resource(&prism.url, &p, None);
     let (exit, _) = collect(res.start().await.expect("start"));
-    until("running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     fake.set_paused(&p, true);
     assert_eq!(exit_code(exit).await, Some(0));
     assert_eq!(
@@ -477,10 +401,7 @@ async fn an_unknown_ready_state_keeps_the_last_state_with_a_warning() {
     let (p, d) = fake.project("unknown", None, false, Some("READY"));
     let res = resource(&prism.url, &p, None);
     let (exit, lines) = collect(res.start().await.expect("start"));
-    until("running", || async {
-        reported(&res).0 == Some(ServiceState::Running)
-    })
-    .await;
+    until_state(&res, ServiceState::Running).await;
     fake.set_state(&p, &d, "BLOCKED");
     until(
         "the unknown state is shown, the last state kept",
@@ -500,10 +421,7 @@ async fn an_unknown_ready_state_keeps_the_last_state_with_a_warning() {
     assert_eq!(res.health().await.expect("health"), Health::Unknown);
     // An unknown `…ING` one is starting.
     fake.set_state(&p, &d, "ANALYZING");
-    until("…ING is starting", || async {
-        reported(&res).0 == Some(ServiceState::Starting)
-    })
-    .await;
+    until_state(&res, ServiceState::Starting).await;
     res.release(HANG).await.expect("release");
     assert_eq!(exit_code(exit).await, Some(0));
     assert_clean(prism, fake, &p);
@@ -613,7 +531,7 @@ async fn a_refused_token_and_an_unknown_deployment_list_fail_permanently_naming_
     let (state, message) = reported(&res);
     assert_eq!(state, Some(ServiceState::Failed));
     assert!(message.contains("(401)"), "{message}");
-    assert_no_secret(&res, &text).await;
+    assert_no_secret(&res, &text, &[("the token", TOKEN)]).await;
     assert_clean(prism, fake, &p);
 }
 
@@ -697,7 +615,7 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
     .await;
     res.release(HANG).await.expect("release");
     assert_eq!(exit_code(exit).await, Some(0));
-    assert_no_secret(&res, "").await;
+    assert_no_secret(&res, "", &[("the token", TOKEN)]).await;
     assert_clean_but_undeclared(prism, fake, &p, &[429, 500]);
 }
 

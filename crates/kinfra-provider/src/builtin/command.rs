@@ -28,7 +28,8 @@ use crate::metadata::{
 };
 use crate::observe::ObserveConfig;
 use crate::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    check_config,
 };
 use crate::result::{CommandResult, PlannedRequest, mask_text};
 use crate::run_slot::{AbortOnDrop, RunSlot, SyncRecord};
@@ -54,17 +55,6 @@ pub const ID: &str = "command";
 
 /// Its one resource type.
 pub const RESOURCE_TYPE: &str = "command";
-
-/// kinfra's own keys of `[resources.NAME]`, beside the provider's.
-const KINFRA_KEYS: &[&str] = &[
-    "provider",
-    "interval",
-    "on_down",
-    "depends_on",
-    "restart",
-    "health",
-    "scale_to_zero",
-];
 
 /// The keys that hold a command (a string or an argv array).
 const COMMAND_KEYS: &[&str] = &["start", "stop", "status", "health"];

@@ -29,7 +29,8 @@ use crate::operation::{
     OperationError, OperationStates, OperationStatus, OperationTracker, json_text, operation_url,
 };
 use crate::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    check_config,
 };
 use crate::rest::{RestApi, RestClients, TokenNeed, encode_segment};
 use crate::result::{CommandResult, PlannedRequest, mask_text};
@@ -54,16 +55,6 @@ use tracing::warn;
 pub const ID: &str = "http-api";
 /// The one resource type it runs.
 pub const RESOURCE_TYPE: &str = "api";
-/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
-pub const KINFRA_KEYS: &[&str] = &[
-    "provider",
-    "interval",
-    "on_down",
-    "depends_on",
-    "restart",
-    "health",
-    "scale_to_zero",
-];
 /// The observe interval when the resource sets none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long an operation may take when its `timeout` is not set.
