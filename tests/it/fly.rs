@@ -7,7 +7,7 @@
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/fly_fake.rs"]
-mod fly_fake;
+pub(crate) mod fly_fake;
 
 // The harness, included once in main.rs; the fake reaches it as `super::`.
 use crate::{fake_http, prism};

@@ -5,6 +5,7 @@ mod acme;
 mod bench_smoke;
 mod bus;
 mod cli;
+mod cloud_mix;
 mod config_check;
 mod dashboard;
 mod docker;

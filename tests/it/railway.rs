@@ -9,7 +9,7 @@
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/railway_fake.rs"]
-mod railway_fake;
+pub(crate) mod railway_fake;
 
 // The fake HTTP server, included once in main.rs; the fake reaches it as `super::`.
 use crate::fake_http;

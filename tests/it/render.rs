@@ -9,7 +9,7 @@
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/render_fake.rs"]
-mod render_fake;
+pub(crate) mod render_fake;
 
 // The harness, included once in main.rs; the fake reaches it as `super::`.
 use crate::{fake_http, prism};

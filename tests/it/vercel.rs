@@ -10,7 +10,7 @@
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/vercel_fake.rs"]
-mod vercel_fake;
+pub(crate) mod vercel_fake;
 
 // The harness, included once in main.rs; the fake reaches it as `super::`.
 use crate::{fake_http, prism};
