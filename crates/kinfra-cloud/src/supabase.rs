@@ -876,8 +876,13 @@ impl Inner {
             }
             _ => {}
         }
-        // A restore that takes too long fails the run.
-        if let Some(Operation::Restore { since, .. }) = lock(&self.view).operation
+        // A restore that takes too long fails the run. (The view's lock is let go before the
+        // body takes it again: an `if let` on the guard would hold it through the body.)
+        let restoring_since = match lock(&self.view).operation {
+            Some(Operation::Restore { since, .. }) => Some(since),
+            _ => None,
+        };
+        if let Some(since) = restoring_since
             && since.elapsed() > self.spec.operation_timeout
         {
             let failure = format!(

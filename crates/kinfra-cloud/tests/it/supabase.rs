@@ -609,3 +609,35 @@ async fn a_rate_limited_start_waits_for_retry_after_instead_of_failing() {
     assert_eq!(exit_code(run.exit).await, Some(0));
     prism.assert_clean(&r);
 }
+
+/// A restore that outlasts the resource's `operation_timeout` fails the run naming the
+/// timeout; the check must not hang the observe loop (it once held the view's lock while
+/// taking it again: the run then never ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_past_its_timeout_fails_the_run_naming_it() {
+    let (prism, fake) = supabase();
+    let r = fake.project("slowrestore", "INACTIVE");
+    fake.with(&r, |p| p.operation_time = Duration::from_secs(3600));
+    let decl = harness::decl(
+        "db",
+        json!({
+            "provider": "supa",
+            "project_ref": r,
+            "db_password": DB_PASSWORD,
+            "interval": "100ms",
+            "operation_timeout": "1s",
+        }),
+    );
+    let res = SupabaseProvider::new()
+        .project_resource(&instance(&prism.url, TOKEN), &decl)
+        .expect("a valid resource");
+    let run = res.start().await.expect("start");
+    let exit = tokio::time::timeout(HANG, run.exit)
+        .await
+        .expect("the run ends (the timeout check did not hang)")
+        .expect("an exit");
+    assert_eq!(exit.code, Some(1));
+    let (_, message) = reported(&res);
+    assert!(message.contains("did not finish within"), "{message}");
+    prism.assert_clean(&r);
+}
