@@ -10,22 +10,22 @@ mod config_check;
 mod dashboard;
 mod docker;
 mod edge;
-mod fly;
-#[cfg(feature = "kubernetes")]
-mod kubernetes;
-mod library;
-mod neon;
 /// The cloud providers' spec-checking harness (Prism in front of the provider SDK's fake HTTP
 /// server), shared by neon.rs and supabase.rs: include it here only, once.
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-provider/tests/it/fake_http.rs"]
 mod fake_http;
-#[allow(dead_code)]
-#[path = "../../crates/kinfra-cloud/tests/support/prism.rs"]
-mod prism;
+mod fly;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
+mod library;
+mod neon;
 mod ownership;
 mod plan;
 mod plugin_faults;
+#[allow(dead_code)]
+#[path = "../../crates/kinfra-cloud/tests/support/prism.rs"]
+mod prism;
 mod provider_resources;
 mod provider_secrets;
 mod providers;
@@ -39,5 +39,5 @@ mod security;
 mod startup;
 mod store;
 mod supabase;
-mod vercel;
 mod support;
+mod vercel;

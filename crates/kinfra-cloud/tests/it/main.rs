@@ -11,31 +11,31 @@ mod neon_fake;
 #[path = "../support/prism.rs"]
 mod prism;
 
-mod harness;
-#[allow(dead_code)]
-#[path = "../support/supabase_fake.rs"]
-mod supabase_fake;
-mod supabase;
-mod neon;
-#[allow(dead_code)]
-#[path = "../support/railway_fake.rs"]
-mod railway_fake;
-mod railway;
-#[allow(dead_code)]
-#[path = "../support/render_fake.rs"]
-mod render_fake;
-mod render;
+mod fly;
 #[allow(dead_code)]
 #[path = "../support/fly_fake.rs"]
 mod fly_fake;
-mod fly;
-#[allow(dead_code)]
-#[path = "../support/vercel_fake.rs"]
-mod vercel_fake;
-mod vercel;
+mod harness;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 #[cfg(feature = "kubernetes")]
 #[allow(dead_code)]
 #[path = "../support/kubernetes_fake.rs"]
 mod kubernetes_fake;
-#[cfg(feature = "kubernetes")]
-mod kubernetes;
+mod neon;
+mod railway;
+#[allow(dead_code)]
+#[path = "../support/railway_fake.rs"]
+mod railway_fake;
+mod render;
+#[allow(dead_code)]
+#[path = "../support/render_fake.rs"]
+mod render_fake;
+mod supabase;
+#[allow(dead_code)]
+#[path = "../support/supabase_fake.rs"]
+mod supabase_fake;
+mod vercel;
+#[allow(dead_code)]
+#[path = "../support/vercel_fake.rs"]
+mod vercel_fake;
