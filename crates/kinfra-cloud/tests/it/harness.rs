@@ -9,7 +9,7 @@ use crate::neon_fake::{TOKEN, neon};
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::Resource;
-use kinfra_core::state::ServiceState;
+use kinfra_core::state::{Health, ServiceState};
 use kinfra_provider::provider::{InstanceContext, ResourceDecl};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
 use serde_json::{Map, Value};
@@ -78,6 +78,51 @@ pub(crate) async fn until_state(resource: &impl Resource, state: ServiceState) {
         reported(resource).0 == Some(state)
     })
     .await;
+}
+
+/// Waits (bounded) until `resource`'s health is healthy.
+pub(crate) async fn until_healthy(resource: &impl Resource) {
+    until("healthy", || async {
+        resource.health().await.ok() == Some(Health::Healthy)
+    })
+    .await;
+}
+
+/// Waits (bounded) until `resource`'s last sync failed with an error holding `needle` (any
+/// error for `""`).
+pub(crate) async fn until_sync_error(resource: &impl Resource, needle: &str) {
+    until(&format!("a failed sync: {needle}"), || async {
+        resource
+            .sync()
+            .and_then(|s| s.last_sync)
+            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains(needle)))
+    })
+    .await;
+}
+
+/// Waits (bounded) until `resource`'s last sync succeeded.
+pub(crate) async fn until_synced(resource: &impl Resource) {
+    until("a good sync", || async {
+        resource
+            .sync()
+            .and_then(|s| s.last_sync)
+            .is_some_and(|s| s.ok)
+    })
+    .await;
+}
+
+/// A start whose reads are all too slow fails with a timeout a retry may pass; the next start,
+/// answered in time, runs until it is released.
+pub(crate) async fn assert_slow_start_times_out_then_runs(resource: &impl Resource) {
+    let error = resource.start().await.expect_err("too slow");
+    assert!(!error.is_permanent(), "a timeout may pass: {error:?}");
+    assert!(error.to_string().contains("no answer within"), "{error}");
+    let run = resource
+        .start()
+        .await
+        .expect("the next read answers in time");
+    resource.release(HANG).await.expect("release");
+    assert_eq!(exit_code(run.exit).await, Some(0));
 }
 
 /// The state and message `resource` reports (none and empty before its first observe).

@@ -16,6 +16,7 @@
 use crate::fake_http::Reply;
 use crate::harness::{
     self, HANG, assert_no_secret, exit_code, quick_retry, reported, table, until, until_state,
+    until_sync_error, until_synced,
 };
 use crate::kubernetes_fake::{
     BAD_TOKEN, KubeFake, TOKEN, kube, kubeconfig_file, kubeconfig_tls_file, status, tls_front,
@@ -489,12 +490,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_keeps_the_state() {
         status(500, "InternalError", "etcdserver: leader changed"),
         3,
     );
-    until("a failed sync shown", || async {
-        r.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|l| !l.ok && l.error.is_some_and(|e| e.contains("HTTP 500")))
-    })
-    .await;
+    until_sync_error(&r, "HTTP 500").await;
     let (state, _) = reported(&r);
     assert_eq!(state, Some(ServiceState::Running), "the state is kept");
     assert!(
@@ -503,10 +499,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_keeps_the_state() {
             .is_some_and(|s| s.contains("ready 1/1")),
         "the provider state is kept"
     );
-    until("synced again", || async {
-        r.sync().and_then(|s| s.last_sync).is_some_and(|l| l.ok)
-    })
-    .await;
+    until_synced(&r).await;
     r.release(HANG).await.expect("release");
     assert_eq!(exit_code(run.exit).await, Some(0));
     fake.assert_clean(&ns);

@@ -2,9 +2,9 @@
 //! against the Neon API v2 spec (`assert_clean` on the test's own project).
 
 use crate::fake_http::Reply;
-use crate::harness::{self, HANG, table, until};
+use crate::harness::{self, HANG, table, until_sync_error, until_synced};
 use crate::neon_fake::{PASSWORD, TOKEN, neon};
-use kinfra_cloud::neon::{EndpointState, NeonProvider};
+use kinfra_cloud::neon::{EndpointState, NeonProvider, NeonResource};
 use kinfra_core::resource::{Resource, ResourceError};
 use kinfra_core::state::ServiceState;
 use kinfra_provider::command::validate;
@@ -39,6 +39,18 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(HANG, f)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {HANG:?}"))
+}
+
+/// The endpoint resource of `config` at `base_url`, from a provider that tries each call
+/// once.
+fn tried_once(base_url: &str, config: Value) -> NeonResource {
+    provider()
+        .with_retry(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .endpoint_resource(&instance(base_url, TOKEN), &decl(config))
+        .expect("resource")
 }
 
 fn requests_matching(project: &str, needle: &str) -> Vec<String> {
@@ -321,16 +333,10 @@ async fn a_rate_limit_with_retry_after_is_waited_out_not_failed() {
 async fn a_5xx_burst_shows_in_last_sync_and_the_run_goes_on() {
     let (prism, fake) = neon();
     let (project, endpoint, _) = fake.project("burst", "active");
-    let resource = provider()
-        .with_retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        })
-        .endpoint_resource(
-            &instance(&prism.url, TOKEN),
-            &decl(json!({ "project_id": project, "endpoint_id": endpoint, "interval": "100ms" })),
-        )
-        .expect("resource");
+    let resource = tried_once(
+        &prism.url,
+        json!({ "project_id": project, "endpoint_id": endpoint, "interval": "100ms" }),
+    );
     let mut run = within("start", resource.start()).await.expect("started");
     let failing = Reply::json(500, r#"{"code":"INTERNAL","message":"upstream exploded"}"#);
     fake.inject(
@@ -339,13 +345,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_the_run_goes_on() {
         failing,
         3,
     );
-    until("a failed sync", || async {
-        resource
-            .sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|l| !l.ok)
-    })
-    .await;
+    until_sync_error(&resource, "").await;
     let last = resource.sync().and_then(|s| s.last_sync).expect("last");
     let error = last.error.expect("an error");
     assert!(error.contains("500"), "{error}");
@@ -354,13 +354,7 @@ async fn a_5xx_burst_shows_in_last_sync_and_the_run_goes_on() {
         resource.state().map(|(s, _)| s),
         Some(EndpointState::Running)
     );
-    until("a good sync again", || async {
-        resource
-            .sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|l| l.ok)
-    })
-    .await;
+    until_synced(&resource).await;
     assert!(run.exit.try_recv().is_err(), "the run ended on a 5xx burst");
     prism.assert_clean(&project);
 }
@@ -373,30 +367,20 @@ async fn malformed_json_fails_the_call_without_a_crash() {
     // Prism cannot pass an answer that does not parse: it answers 500 itself, which the
     // harness reports as a violation.
     fake.inject(&project, "GET /projects", garbage.clone(), 1);
-    let single = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    };
-    let resource = provider()
-        .with_retry(single)
-        .endpoint_resource(
-            &instance(&prism.url, TOKEN),
-            &decl(json!({ "project_id": project, "endpoint_id": endpoint })),
-        )
-        .expect("resource");
+    let resource = tried_once(
+        &prism.url,
+        json!({ "project_id": project, "endpoint_id": endpoint }),
+    );
     within("start", resource.start())
         .await
         .expect_err("Prism refuses the malformed answer");
     assert_eq!(prism.violations(&project).len(), 1);
     // So the provider's own handling is seen straight against the fake.
     fake.inject(&project, "GET /projects", garbage, 1);
-    let direct = provider()
-        .with_retry(single)
-        .endpoint_resource(
-            &instance(&prism.fake_url, TOKEN),
-            &decl(json!({ "project_id": project, "endpoint_id": endpoint })),
-        )
-        .expect("resource");
+    let direct = tried_once(
+        &prism.fake_url,
+        json!({ "project_id": project, "endpoint_id": endpoint }),
+    );
     let error = within("start", direct.start())
         .await
         .expect_err("malformed");
@@ -729,16 +713,10 @@ async fn commands_run_against_the_api_and_track_their_operations() {
 async fn secrets_stay_out_of_logs_errors_and_sync() {
     let (prism, fake) = neon();
     let (project, endpoint, _) = fake.project("secrets", "idle");
-    let resource = provider()
-        .with_retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        })
-        .endpoint_resource(
-            &instance(&prism.url, TOKEN),
-            &decl(json!({ "project_id": project, "endpoint_id": endpoint, "interval": "100ms" })),
-        )
-        .expect("resource");
+    let resource = tried_once(
+        &prism.url,
+        json!({ "project_id": project, "endpoint_id": endpoint, "interval": "100ms" }),
+    );
     within("start", resource.start()).await.expect("started");
     let url = resource.connection().field("url").expect("url");
     // An error answer that echoes the secrets back.
@@ -752,13 +730,7 @@ async fn secrets_stay_out_of_logs_errors_and_sync() {
         echo,
         1,
     );
-    until("a failed sync", || async {
-        resource
-            .sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|l| !l.ok)
-    })
-    .await;
+    until_sync_error(&resource, "").await;
     let mut shown = format!("{:?}", resource.sync());
     let logs = within("logs", resource.logs(1000)).await.expect("logs");
     for line in logs {
@@ -779,16 +751,10 @@ async fn an_unreachable_api_is_engine_unavailable_for_this_resource() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let resource = provider()
-        .with_retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        })
-        .endpoint_resource(
-            &instance(&format!("http://{closed}"), TOKEN),
-            &decl(json!({ "project_id": "p-gone", "endpoint_id": "ep-gone" })),
-        )
-        .expect("resource");
+    let resource = tried_once(
+        &format!("http://{closed}"),
+        json!({ "project_id": "p-gone", "endpoint_id": "ep-gone" }),
+    );
     let error = within("start", resource.start())
         .await
         .expect_err("unreachable");

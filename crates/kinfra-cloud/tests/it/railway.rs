@@ -8,7 +8,8 @@
 
 use crate::fake_http::Reply;
 use crate::harness::{
-    self, HANG, assert_no_secret, exit_code, quick_retry, reported, table, until, until_state,
+    self, HANG, assert_no_secret, assert_slow_start_times_out_then_runs, exit_code, quick_retry,
+    reported, table, until, until_state,
 };
 use crate::railway_fake::{ACCOUNT_TOKEN, PROJECT_TOKEN, RailwayFake, railway};
 use kinfra_cloud::railway::{RailwayProvider, RailwayResource};
@@ -581,12 +582,7 @@ async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
         Reply::json(200, "{}").delayed(Duration::from_secs(3)),
         2,
     );
-    let error = res.start().await.expect_err("too slow");
-    assert!(!error.is_permanent(), "a timeout may pass: {error:?}");
-    assert!(error.to_string().contains("no answer within"), "{error}");
-    let run = res.start().await.expect("the next read answers in time");
-    res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run.exit).await, Some(0));
+    assert_slow_start_times_out_then_runs(&res).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

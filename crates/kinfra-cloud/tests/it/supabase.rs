@@ -5,7 +5,8 @@
 
 use crate::fake_http::Reply;
 use crate::harness::{
-    self, HANG, assert_no_secret, exit_code, reported, table, until, until_state,
+    self, HANG, assert_no_secret, assert_slow_start_times_out_then_runs, exit_code, reported,
+    table, until, until_healthy, until_state, until_sync_error, until_synced,
 };
 use crate::supabase_fake::{SupabaseFake, TOKEN, supabase};
 use kinfra_cloud::supabase::{SupabaseProvider, SupabaseResource};
@@ -163,10 +164,7 @@ async fn health_names_the_unhealthy_services_and_active_unhealthy_is_unhealthy()
     })
     .await;
     fake.with(&r, |p| p.unhealthy.clear());
-    until("healthy again", || async {
-        res.health().await.ok() == Some(Health::Healthy)
-    })
-    .await;
+    until_healthy(&res).await;
     fake.set_status(&r, "ACTIVE_UNHEALTHY");
     until("ACTIVE_UNHEALTHY is running and unhealthy", || async {
         reported(&res).0 == Some(ServiceState::Running)
@@ -187,10 +185,7 @@ async fn an_unknown_status_keeps_the_last_state_with_a_warning() {
     let r = fake.project("unknown", "ACTIVE_HEALTHY");
     let res = resource(&prism.url, &r);
     let run = res.start().await.expect("start");
-    until("running", || async {
-        res.health().await.ok() == Some(Health::Healthy)
-    })
-    .await;
+    until_healthy(&res).await;
     fake.set_status(&r, "UNKNOWN");
     until("the unknown status is seen", || async {
         res.provider_status().as_deref() == Some("UNKNOWN")
@@ -217,10 +212,7 @@ async fn a_project_paused_outside_kinfra_ends_the_run_as_stopped() {
     let r = fake.project("outside", "ACTIVE_HEALTHY");
     let res = resource(&prism.url, &r);
     let run = res.start().await.expect("start");
-    until("running", || async {
-        res.health().await.ok() == Some(Health::Healthy)
-    })
-    .await;
+    until_healthy(&res).await;
     fake.set_status(&r, "PAUSING");
     until_state(&res, ServiceState::Stopping).await;
     fake.set_status(&r, "INACTIVE");
@@ -267,10 +259,7 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
     let r = fake.project("faults", "ACTIVE_HEALTHY");
     let res = resource(&prism.url, &r);
     let run = res.start().await.expect("start");
-    until("running", || async {
-        res.health().await.ok() == Some(Health::Healthy)
-    })
-    .await;
+    until_healthy(&res).await;
     // 429 with Retry-After: the loop waits that long; the state stays.
     let before = fake.count(&r, &format!("GET /v1/projects/{r} "));
     fake.inject(
@@ -279,12 +268,7 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
         Reply::json(429, r#"{"message":"slow down"}"#).header("Retry-After", "1"),
         1,
     );
-    until("the rate limit shows in last_sync", || async {
-        res.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains("429")))
-    })
-    .await;
+    until_sync_error(&res, "429").await;
     let limited_at = std::time::Instant::now();
     let after_limit = fake.count(&r, &format!("GET /v1/projects/{r} "));
     until("observing again after the Retry-After", || async {
@@ -304,17 +288,9 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
         Reply::json(500, r#"{"message":"Failed to retrieve project"}"#),
         3,
     );
-    until("the 500 shows in last_sync", || async {
-        res.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains("HTTP 500")))
-    })
-    .await;
+    until_sync_error(&res, "HTTP 500").await;
     assert_eq!(reported(&res).0, Some(ServiceState::Running), "kept");
-    until("a good observe clears it", || async {
-        res.sync().and_then(|s| s.last_sync).is_some_and(|s| s.ok)
-    })
-    .await;
+    until_synced(&res).await;
     res.release(HANG).await.expect("release");
     assert_eq!(exit_code(run.exit).await, Some(0));
     assert_no_secret(&res, "", SECRETS).await;
@@ -328,22 +304,14 @@ async fn malformed_json_is_a_sync_error_not_a_crash() {
     let r = fake.project("malformed", "ACTIVE_HEALTHY");
     let res = resource(&prism.fake_url, &r);
     let run = res.start().await.expect("start");
-    until("running", || async {
-        res.health().await.ok() == Some(Health::Healthy)
-    })
-    .await;
+    until_healthy(&res).await;
     fake.inject(
         &r,
         &format!("GET /v1/projects/{r}$"),
         Reply::json(200, r#"{"status": "ACTIVE_HEA"#),
         2,
     );
-    until("the malformed answer shows in last_sync", || async {
-        res.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains("malformed JSON")))
-    })
-    .await;
+    until_sync_error(&res, "malformed JSON").await;
     assert_eq!(reported(&res).0, Some(ServiceState::Running));
     res.release(HANG).await.expect("release");
     assert_eq!(exit_code(run.exit).await, Some(0));
@@ -582,13 +550,7 @@ async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
         4,
     );
     // Every attempt of the start's read (four by the provider's retry policy) is too slow.
-    let error = res.start().await.expect_err("too slow");
-    assert!(!error.is_permanent(), "a timeout may pass: {error:?}");
-    assert!(error.to_string().contains("no answer within"), "{error}");
-    // The next read answers in time.
-    let run = res.start().await.expect("start");
-    res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(run.exit).await, Some(0));
+    assert_slow_start_times_out_then_runs(&res).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@
 
 use crate::fake_http::Reply;
 use crate::harness::{
-    self, HANG, assert_no_secret, exit_code, quick_retry, reported, table, until, until_state,
+    self, HANG, assert_no_secret, assert_slow_start_times_out_then_runs, exit_code, quick_retry,
+    reported, table, until, until_healthy, until_state, until_sync_error, until_synced,
 };
 use crate::vercel_fake::{StreamServer, TOKEN, VercelFake, vercel};
 use kinfra_cloud::vercel::{VercelProvider, VercelResource};
@@ -541,10 +542,7 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
     let (p, _) = fake.project("faults", None, false, Some("READY"));
     let res = resource(&prism.url, &p, None);
     let (exit, _) = collect(res.start().await.expect("start"));
-    until("running", || async {
-        res.health().await.ok() == Some(Health::Healthy)
-    })
-    .await;
+    until_healthy(&res).await;
     let reads = |fake: &VercelFake| fake.count(&p, &format!("GET /v9/projects/{p} "));
     // 429 with Retry-After: the loop waits that long; the state stays.
     fake.inject(
@@ -557,12 +555,7 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
         .header("Retry-After", "1"),
         1,
     );
-    until("the rate limit shows in last_sync", || async {
-        res.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains("429")))
-    })
-    .await;
+    until_sync_error(&res, "429").await;
     let limited_at = std::time::Instant::now();
     let after_limit = reads(fake);
     until("observing again after the Retry-After", || async {
@@ -584,16 +577,8 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
         ),
         1,
     );
-    until("the bare 429 shows", || async {
-        res.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains("429")))
-    })
-    .await;
-    until("a good observe clears it", || async {
-        res.sync().and_then(|s| s.last_sync).is_some_and(|s| s.ok)
-    })
-    .await;
+    until_sync_error(&res, "429").await;
+    until_synced(&res).await;
     // A burst of 500s: last_sync shows the error, the state stays, then it clears.
     fake.inject(
         &p,
@@ -601,18 +586,10 @@ async fn rate_limits_wait_and_server_errors_show_in_last_sync_then_clear() {
         Reply::json(500, r#"{"error":{"code":"internal","message":"boom"}}"#),
         3,
     );
-    until("the 500 shows in last_sync", || async {
-        res.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains("HTTP 500")))
-    })
-    .await;
+    until_sync_error(&res, "HTTP 500").await;
     assert_eq!(reported(&res).0, Some(ServiceState::Running), "kept");
     assert_eq!(res.provider_status().as_deref(), Some("READY"), "kept");
-    until("a good observe clears it", || async {
-        res.sync().and_then(|s| s.last_sync).is_some_and(|s| s.ok)
-    })
-    .await;
+    until_synced(&res).await;
     res.release(HANG).await.expect("release");
     assert_eq!(exit_code(exit).await, Some(0));
     assert_no_secret(&res, "", &[("the token", TOKEN)]).await;
@@ -649,22 +626,14 @@ async fn malformed_json_is_a_sync_error_not_a_crash() {
     let (p, _) = fake.project("malformed", None, false, Some("READY"));
     let res = resource(&prism.fake_url, &p, None);
     let (exit, _) = collect(res.start().await.expect("start"));
-    until("running", || async {
-        res.health().await.ok() == Some(Health::Healthy)
-    })
-    .await;
+    until_healthy(&res).await;
     fake.inject(
         &p,
         &format!("GET /v6/deployments?projectId={p}"),
         Reply::json(200, r#"{"deployments": [{"uid": "#),
         2,
     );
-    until("the malformed answer shows in last_sync", || async {
-        res.sync()
-            .and_then(|s| s.last_sync)
-            .is_some_and(|s| !s.ok && s.error.is_some_and(|e| e.contains("malformed JSON")))
-    })
-    .await;
+    until_sync_error(&res, "malformed JSON").await;
     assert_eq!(reported(&res).0, Some(ServiceState::Running));
     res.release(HANG).await.expect("release");
     assert_eq!(exit_code(exit).await, Some(0));
@@ -704,13 +673,7 @@ async fn an_unreachable_api_is_engine_unavailable_and_a_slow_one_times_out() {
         Reply::json(200, "{}").delayed(Duration::from_secs(2)),
         2,
     );
-    let error = res.start().await.expect_err("too slow");
-    assert!(!error.is_permanent(), "a timeout may pass: {error:?}");
-    assert!(error.to_string().contains("no answer within"), "{error}");
-    // The next read answers in time.
-    let (exit, _) = collect(res.start().await.expect("start"));
-    res.release(HANG).await.expect("release");
-    assert_eq!(exit_code(exit).await, Some(0));
+    assert_slow_start_times_out_then_runs(&res).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
