@@ -1109,10 +1109,7 @@ impl Provider for KubernetesProvider {
                 }
                 "restart" => cluster.patch_restart(&kinfra_core::event::now_rfc3339()),
                 other => {
-                    return Err(ProviderError::UnknownCommand {
-                        provider: ID.into(),
-                        command: other.into(),
-                    });
+                    return Err(ProviderError::unknown_command(ID, other));
                 }
             }
             .map_err(|e| failed(e.to_string()))?;

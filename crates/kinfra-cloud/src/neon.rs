@@ -1074,10 +1074,7 @@ impl Provider for NeonProvider {
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
             if !self.commands.iter().any(|c| c.id == command.id) {
-                return Err(ProviderError::UnknownCommand {
-                    provider: ID.into(),
-                    command: command.id.clone(),
-                });
+                return Err(ProviderError::unknown_command(ID, &command.id));
             }
             let settings = resource.parse_config(Settings::parse)?;
             let api = self.clients.api(instance)?;

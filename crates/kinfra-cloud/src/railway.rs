@@ -694,10 +694,7 @@ impl Provider for RailwayProvider {
                     (SLEEP_MUTATION, variables)
                 }
                 other => {
-                    return Err(ProviderError::UnknownCommand {
-                        provider: ID.into(),
-                        command: other.into(),
-                    });
+                    return Err(ProviderError::unknown_command(ID, other));
                 }
             };
             if dry_run {

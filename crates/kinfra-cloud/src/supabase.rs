@@ -466,10 +466,7 @@ impl Provider for SupabaseProvider {
                     None,
                 ),
                 other => {
-                    return Err(ProviderError::UnknownCommand {
-                        provider: ID.into(),
-                        command: other.into(),
-                    });
+                    return Err(ProviderError::unknown_command(ID, other));
                 }
             }
             .map_err(|e| failed(e.to_string()))?;

@@ -589,10 +589,7 @@ impl VercelProvider {
                     .map_err(call_failed)?
             }
             other => {
-                return Err(ProviderError::UnknownCommand {
-                    provider: ID.into(),
-                    command: other.into(),
-                });
+                return Err(ProviderError::unknown_command(ID, other));
             }
         };
         if dry_run {

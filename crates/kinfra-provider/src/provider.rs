@@ -278,6 +278,16 @@ pub enum ProviderError {
     },
 }
 
+impl ProviderError {
+    /// [`ProviderError::UnknownCommand`]: the provider `provider` has no command `command`.
+    pub fn unknown_command(provider: &str, command: &str) -> Self {
+        Self::UnknownCommand {
+            provider: provider.to_owned(),
+            command: command.to_owned(),
+        }
+    }
+}
+
 /// A provider: metadata, commands, resource validation, resources, command execution.
 pub trait Provider: Send + Sync + 'static {
     /// What it is.

@@ -866,10 +866,7 @@ impl Provider for CommandProvider {
                 "stop" => "stop",
                 "status" => "status",
                 other => {
-                    return Err(ProviderError::UnknownCommand {
-                        provider: ID.into(),
-                        command: other.into(),
-                    });
+                    return Err(ProviderError::unknown_command(ID, other));
                 }
             };
             let line = match which {

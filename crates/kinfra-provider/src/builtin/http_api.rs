@@ -1342,10 +1342,7 @@ impl HttpApiProvider {
         let spec = decl.parse_config(ApiSpec::parse)?;
         let command = spec
             .command(id)
-            .ok_or_else(|| ProviderError::UnknownCommand {
-                provider: ID.into(),
-                command: id.into(),
-            })?
+            .ok_or_else(|| ProviderError::unknown_command(ID, id))?
             .spec
             .clone();
         let params = validate(&command, params)?;
@@ -1468,12 +1465,9 @@ impl Provider for HttpApiProvider {
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
             let spec = resource.parse_config(ApiSpec::parse)?;
-            let declared =
-                spec.command(&command.id)
-                    .ok_or_else(|| ProviderError::UnknownCommand {
-                        provider: ID.into(),
-                        command: command.id.clone(),
-                    })?;
+            let declared = spec
+                .command(&command.id)
+                .ok_or_else(|| ProviderError::unknown_command(ID, &command.id))?;
             let target = self.target(instance, &resource.name)?;
             let mut secrets = target.api.secrets();
             secrets.extend(params.secrets());
