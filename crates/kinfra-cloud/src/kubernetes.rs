@@ -58,7 +58,7 @@ use kinfra_provider::ratelimit::{Rate, TokenBucket};
 use kinfra_provider::rest::TokenNeed;
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Backoff, Failure, RetryPolicy, classify, parse_retry_after};
-use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord, lock};
+use kinfra_provider::run_slot::{AbortOnDrop, LogRing, RunSlot, SyncRecord, lock};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::Scale;
@@ -66,7 +66,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::params::{Patch, PatchParams};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{OnceCell, mpsc, oneshot};
@@ -953,7 +953,7 @@ impl KubernetesProvider {
                 instance: instance.clone(),
                 cluster: OnceCell::new(),
                 view: Mutex::new(View::default()),
-                logs: Mutex::new(VecDeque::new()),
+                logs: LogRing::new(LOG_LINES),
                 slot: RunSlot::default(),
                 output: Mutex::new(None),
                 pending: Mutex::new(Vec::new()),
@@ -1198,7 +1198,7 @@ struct Inner {
     instance: InstanceContext,
     cluster: OnceCell<Cluster>,
     view: Mutex<View>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    logs: LogRing,
     slot: RunSlot<(AbortOnDrop, mpsc::Sender<OutputLine>)>,
     output: Mutex<Option<mpsc::WeakSender<OutputLine>>>,
     /// Lines said before the run began (kept to the last few).
@@ -1233,13 +1233,7 @@ impl Inner {
             stream,
             text: self.mask(&text),
         };
-        {
-            let mut logs = lock(&self.logs);
-            if logs.len() >= LOG_LINES {
-                logs.pop_front();
-            }
-            logs.push_back(line.clone());
-        }
+        self.logs.push(line.clone());
         match lock(&self.output).as_ref().and_then(|w| w.upgrade()) {
             Some(tx) => {
                 let _ = tx.try_send(line);
@@ -1635,11 +1629,7 @@ impl Resource for DeploymentResource {
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
-        Box::pin(async move {
-            let logs = lock(&self.inner.logs);
-            let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
-        })
+        Box::pin(async move { Ok(self.inner.logs.tail(tail)) })
     }
 
     /// kinfra never deletes a Deployment: it is the cluster's.

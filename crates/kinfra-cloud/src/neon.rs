@@ -37,10 +37,10 @@ use kinfra_provider::provider::{
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
-use kinfra_provider::run_slot::{RunSlot, SyncRecord, lock};
+use kinfra_provider::run_slot::{LogRing, RunSlot, SyncRecord, lock};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -651,7 +651,7 @@ impl NeonProvider {
                 connection: Mutex::new(None),
                 last: Mutex::new(None),
                 failure: Mutex::new(None),
-                logs: Mutex::new(VecDeque::new()),
+                logs: LogRing::new(LOG_LINES),
                 output: Mutex::new(None),
                 live: RunSlot::default(),
                 sync: SyncRecord::default(),
@@ -1108,7 +1108,7 @@ struct Inner {
     last: Mutex<Option<(EndpointState, String)>>,
     /// Why the last start failed, when an operation failed.
     failure: Mutex<Option<String>>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    logs: LogRing,
     /// The live run's output (a clone of what the run slot holds).
     output: Mutex<Option<mpsc::Sender<OutputLine>>>,
     live: RunSlot<Held>,
@@ -1143,13 +1143,7 @@ impl Inner {
             stream,
             text: self.mask(&text.into()),
         };
-        {
-            let mut logs = lock(&self.logs);
-            if logs.len() >= LOG_LINES {
-                logs.pop_front();
-            }
-            logs.push_back(line.clone());
-        }
+        self.logs.push(line.clone());
         if let Some(out) = lock(&self.output).as_ref() {
             let _ = out.try_send(line);
         }
@@ -1685,11 +1679,7 @@ impl Resource for NeonResource {
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
-        Box::pin(async move {
-            let logs = lock(&self.inner.logs);
-            let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
-        })
+        Box::pin(async move { Ok(self.inner.logs.tail(tail)) })
     }
 
     fn remove(&self, _volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {

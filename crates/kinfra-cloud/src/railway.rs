@@ -48,9 +48,9 @@ use kinfra_provider::provider::{
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Failure, classify};
-use kinfra_provider::run_slot::{AbortOnDrop, RunSlot, SyncRecord, lock};
+use kinfra_provider::run_slot::{AbortOnDrop, LogRing, RunSlot, SyncRecord, lock};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -579,7 +579,7 @@ impl RailwayProvider {
                 spec,
                 graphql,
                 view: Mutex::new(View::default()),
-                logs: Mutex::new(VecDeque::new()),
+                logs: LogRing::new(LOG_LINES),
                 slot: RunSlot::default(),
                 output: Mutex::new(None),
                 sync: SyncRecord::default(),
@@ -846,7 +846,7 @@ struct Inner {
     spec: ServiceSpec,
     graphql: Graphql,
     view: Mutex<View>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    logs: LogRing,
     slot: RunSlot<AbortOnDrop>,
     /// The live run's output (dropped when the run ends).
     output: Mutex<Option<(u64, mpsc::Sender<OutputLine>)>>,
@@ -870,13 +870,7 @@ impl Inner {
             stream,
             text: self.mask(&text),
         };
-        {
-            let mut logs = lock(&self.logs);
-            if logs.len() >= LOG_LINES {
-                logs.pop_front();
-            }
-            logs.push_back(line.clone());
-        }
+        self.logs.push(line.clone());
         if let Some((_, output)) = lock(&self.output).as_ref() {
             let _ = output.try_send(line);
         }
@@ -1433,11 +1427,7 @@ impl Resource for RailwayResource {
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
-        Box::pin(async move {
-            let logs = lock(&self.inner.logs);
-            let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
-        })
+        Box::pin(async move { Ok(self.inner.logs.tail(tail)) })
     }
 
     /// kinfra never deletes a Railway service: the service is the user's.

@@ -42,9 +42,9 @@ use kinfra_provider::provider::{
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
-use kinfra_provider::run_slot::lock;
+use kinfra_provider::run_slot::{LogRing, lock};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -345,7 +345,7 @@ impl SupabaseProvider {
                 spec,
                 api,
                 view: Mutex::new(View::default()),
-                logs: Mutex::new(VecDeque::new()),
+                logs: LogRing::new(LOG_LINES),
                 live: Mutex::new(None),
                 observed: Mutex::new(None),
                 runs: AtomicU64::new(0),
@@ -545,7 +545,7 @@ struct Inner {
     spec: ProjectSpec,
     api: RestApi,
     view: Mutex<View>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    logs: LogRing,
     live: Mutex<Option<Live>>,
     observed: Mutex<Option<watch::Receiver<ObservedStatus>>>,
     runs: AtomicU64,
@@ -576,13 +576,7 @@ impl Inner {
             stream,
             text: self.mask(&text),
         };
-        {
-            let mut logs = lock(&self.logs);
-            if logs.len() >= LOG_LINES {
-                logs.pop_front();
-            }
-            logs.push_back(line.clone());
-        }
+        self.logs.push(line.clone());
         if let Some(live) = lock(&self.live).as_ref()
             && live.exit.is_some()
         {
@@ -1277,11 +1271,7 @@ impl Resource for SupabaseResource {
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
-        Box::pin(async move {
-            let logs = lock(&self.inner.logs);
-            let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
-        })
+        Box::pin(async move { Ok(self.inner.logs.tail(tail)) })
     }
 
     /// kinfra never deletes a Supabase project: the project is the user's.

@@ -1,10 +1,12 @@
 //! The bookkeeping every provider resource repeats: the one live run it has at a time (tagged
 //! by a generation, so a watcher of an old run cannot end a newer one) and its last sync with
-//! the provider (`last_sync` and `provider_state`, shown beside `state` in status).
+//! the provider (`last_sync` and `provider_state`, shown beside `state` in status), and the
+//! last lines of its output ([`LogRing`]).
 
 use kinfra_core::event::ExitInfo;
-use kinfra_core::resource::SyncFacts;
+use kinfra_core::resource::{OutputLine, SyncFacts};
 use kinfra_core::status::LastSync;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -103,6 +105,40 @@ pub struct AbortOnDrop(pub JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The last lines of a resource's output, for `Resource::logs`: at most `capacity`, the oldest
+/// let go first.
+#[derive(Debug)]
+pub struct LogRing {
+    lines: Mutex<VecDeque<OutputLine>>,
+    capacity: usize,
+}
+
+impl LogRing {
+    /// An empty ring keeping at most `capacity` lines.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            lines: Mutex::new(VecDeque::new()),
+            capacity,
+        }
+    }
+
+    /// Keeps `line`, letting the oldest go when the ring is full.
+    pub fn push(&self, line: OutputLine) {
+        let mut lines = lock(&self.lines);
+        if lines.len() >= self.capacity {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// The last `n` lines kept, oldest first.
+    pub fn tail(&self, n: usize) -> Vec<OutputLine> {
+        let lines = lock(&self.lines);
+        let skip = lines.len().saturating_sub(n);
+        lines.iter().skip(skip).cloned().collect()
     }
 }
 
@@ -215,5 +251,21 @@ mod tests {
         let last = facts.last_sync.expect("last sync");
         assert!(!last.ok);
         assert_eq!(last.error.as_deref(), Some("HTTP 500"));
+    }
+
+    #[test]
+    fn a_log_ring_keeps_the_last_lines_in_order() {
+        let ring = LogRing::new(3);
+        for i in 0..5 {
+            ring.push(OutputLine {
+                stream: kinfra_core::status::LogStream::Stdout,
+                text: format!("line {i}"),
+            });
+        }
+        let texts =
+            |lines: Vec<OutputLine>| -> Vec<String> { lines.into_iter().map(|l| l.text).collect() };
+        assert_eq!(texts(ring.tail(10)), ["line 2", "line 3", "line 4"]);
+        assert_eq!(texts(ring.tail(2)), ["line 3", "line 4"]);
+        assert!(ring.tail(0).is_empty());
     }
 }

@@ -35,7 +35,7 @@ use crate::provider::{
 use crate::rest::{RestApi, RestClients, TokenNeed, encode_segment};
 use crate::result::{CommandResult, PlannedRequest, mask_text};
 use crate::retry::{Backoff, RetryPolicy};
-use crate::run_slot::{AbortOnDrop, lock};
+use crate::run_slot::{AbortOnDrop, LogRing, lock};
 use kinfra_core::Secret;
 use kinfra_core::event::ExitInfo;
 use kinfra_core::resource::{
@@ -44,7 +44,7 @@ use kinfra_core::resource::{
 use kinfra_core::state::Health;
 use kinfra_core::status::{LastSync, LogStream};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1365,7 +1365,7 @@ impl HttpApiProvider {
                 spec,
                 target,
                 last: Mutex::new(None),
-                logs: Mutex::new(VecDeque::new()),
+                logs: LogRing::new(LOG_LINES),
                 events,
                 live: Mutex::new(None),
                 runs: AtomicU64::new(0),
@@ -1547,7 +1547,7 @@ struct Inner {
     target: Target,
     /// The last provider value and what it mapped to.
     last: Mutex<Option<(String, MappedState)>>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    logs: LogRing,
     events: broadcast::Sender<OutputLine>,
     live: Mutex<Option<Live>>,
     runs: AtomicU64,
@@ -1567,13 +1567,7 @@ impl Inner {
             stream,
             text: self.target.mask(&text),
         };
-        {
-            let mut logs = lock(&self.logs);
-            if logs.len() >= LOG_LINES {
-                logs.pop_front();
-            }
-            logs.push_back(line.clone());
-        }
+        self.logs.push(line.clone());
         let _ = self.events.send(line);
     }
 
@@ -1986,11 +1980,7 @@ impl Resource for HttpApiResource {
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
-        Box::pin(async move {
-            let logs = lock(&self.inner.logs);
-            let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
-        })
+        Box::pin(async move { Ok(self.inner.logs.tail(tail)) })
     }
 
     /// From the live run's observe loop: the last poll's outcome (its error masked) and the
