@@ -521,6 +521,10 @@ struct View {
     unhealthy: Vec<String>,
     /// Whether the last health read answered.
     health_read: bool,
+    /// Whether the connection facts of a running project were read (the pooler, or its read
+    /// failed): until then it is not called running or healthy, so a dependent never starts
+    /// with facts still missing (`${resources.db.pooler_url}`).
+    facts_read: bool,
     /// The operation in flight.
     operation: Option<Operation>,
     /// Why the project failed (a failed status, a refused token, a timeout).
@@ -820,6 +824,7 @@ impl Inner {
                         ),
                     }
                 }
+                lock(&self.view).facts_read = true;
             }
             Some(ProjectState::Stopped) => match operation {
                 Some(Operation::Restore { sent: false, .. }) => {
@@ -1212,7 +1217,9 @@ impl Resource for SupabaseResource {
             let known = view.status.as_deref().and_then(map_status).is_some();
             Ok(match view.state.filter(|_| known) {
                 Some(ProjectState::Running { healthy: false }) => Health::Unhealthy,
-                Some(ProjectState::Running { healthy: true }) if view.health_read => {
+                Some(ProjectState::Running { healthy: true })
+                    if view.health_read && view.facts_read =>
+                {
                     if view.unhealthy.is_empty() {
                         Health::Healthy
                     } else {
@@ -1343,6 +1350,10 @@ impl Resource for SupabaseResource {
             (ProjectState::Starting, _) => {
                 report(ServiceState::Starting, format!("{status}{suffix}"))
             }
+            (ProjectState::Running { .. }, _) if !view.facts_read => report(
+                ServiceState::Starting,
+                format!("{status}: reading its connection facts{suffix}"),
+            ),
             (ProjectState::Running { .. }, _) => {
                 let mut message = status.clone();
                 if !view.unhealthy.is_empty() {
