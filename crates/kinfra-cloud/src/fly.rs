@@ -44,11 +44,11 @@ use kinfra_provider::provider::{
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Failure, RetryPolicy, classify};
-use kinfra_provider::run_slot::{RunSlot, SyncRecord};
+use kinfra_provider::run_slot::{RunSlot, SyncRecord, lock};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -70,18 +70,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub const LEASE_HEADER: &str = "fly-machine-lease-nonce";
 /// How long an update's lease lives (seconds) when it is not released.
 pub const LEASE_TTL_SECS: i64 = 60;
-/// kinfra's own keys of a `[resources.NAME]` table (not the provider's).
-pub const KINFRA_KEYS: &[&str] = &[
-    "provider",
-    "interval",
-    "on_down",
-    "depends_on",
-    "restart",
-    "health",
-    "scale_to_zero",
-    "confirm_delete",
-    "stop_grace",
-];
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
 /// Lines kept for the next run while none is live (the run's output holds 64 unread).
@@ -100,10 +88,6 @@ const SIZES: &[(&str, &str, i64, i64)] = &[
     ("performance-8x", "performance", 8, 16384),
     ("performance-16x", "performance", 16, 32768),
 ];
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
     ResourceProblem::at(key, message)
@@ -1416,7 +1400,11 @@ impl Provider for FlyProvider {
         Box::pin(async move {
             let mut problems = Vec::new();
             if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
+                problems.extend(check_config(
+                    spec,
+                    &decl.config,
+                    kinfra_provider::provider::KINFRA_KEYS,
+                ));
             }
             if let Err(found) = Settings::parse(&decl.config) {
                 for p in found {

@@ -58,8 +58,6 @@ pub const ID: &str = "render";
 pub const RESOURCE_TYPE: &str = "service";
 /// Render's public API.
 pub const DEFAULT_BASE_URL: &str = "https://api.render.com/v1";
-/// kinfra's own keys of a `[resources.NAME]` table that reach the provider.
-pub const KINFRA_KEYS: &[&str] = kinfra_provider::plugin::KINFRA_RESOURCE_KEYS;
 /// The observe interval when the resource sets none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// The longest a resume may take (until its deploy is live) before the resource calls it
@@ -519,7 +517,11 @@ impl Provider for RenderProvider {
         Box::pin(async move {
             let mut problems = Vec::new();
             if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(spec, &decl.config, KINFRA_KEYS));
+                problems.extend(check_config(
+                    spec,
+                    &decl.config,
+                    kinfra_provider::provider::KINFRA_KEYS,
+                ));
             }
             if let Err(found) = ServiceSpec::parse(&decl.config) {
                 for p in found {
