@@ -140,6 +140,10 @@ pub struct StatusReport {
     /// in its lifecycle (when there are any). Never holds a token.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub providers: BTreeMap<String, ProviderInstanceStatus>,
+    /// The Cloudflare tunnel (`[tunnel]`): state, id, name, hostnames with their public
+    /// URLs, connections and the last error (when configured). Never holds a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<serde_json::Value>,
 }
 
 /// One configured provider instance (`[providers.NAME]`) as the runtime lives it: its
@@ -193,6 +197,7 @@ impl StatusReport {
             certificates: Vec::new(),
             pending_restart: Vec::new(),
             providers: BTreeMap::new(),
+            tunnel: None,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Automatic HTTPS; absent means no ACME.
     pub acme: Option<AcmeConfig>,
+    /// A Cloudflare tunnel publishing the proxy's routes; absent means none.
+    pub tunnel: Option<TunnelConfig>,
     /// Directory that relative paths in this config are resolved against (the config file's
     /// directory, or the working directory). Not part of the file.
     #[serde(skip)]
@@ -1222,4 +1224,68 @@ fn default_acme_retry_max() -> Dur {
 
 fn default_acme_orders_per_hour() -> u32 {
     60
+}
+
+/// What `runtime down` does with a tunnel's DNS records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelOnDown {
+    /// Leave the tunnel and its DNS records (the next start adopts them).
+    #[default]
+    Keep,
+    /// Remove the DNS records pointing at the tunnel.
+    Delete,
+}
+
+/// `[tunnel]`: a Cloudflare tunnel that publishes the proxy's routes under public hostnames.
+/// kinfra creates or adopts the named tunnel, keeps a proxied CNAME per hostname, writes
+/// cloudflared's ingress config from `[[routes]]` and runs cloudflared as the supervised
+/// service `tunnel`. `${VAR}` in `account_id`, `zone_id`, `token` and `base_url` is filled in
+/// from the environment when the runtime starts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    /// The tunnel provider; only `cloudflare`.
+    pub provider: Option<String>,
+    /// The tunnel's name at Cloudflare; absent means `kinfra-<project>`.
+    pub name: Option<String>,
+    /// The Cloudflare account the tunnel belongs to.
+    pub account_id: Option<String>,
+    /// The zone (DNS) the hostnames live in.
+    pub zone_id: Option<String>,
+    /// Public hostnames (`app.example.com`; no scheme, port or path). At least one.
+    pub hostnames: Vec<String>,
+    /// API token (tunnel and DNS edit rights).
+    pub token: Option<Secret>,
+    /// File holding the API token, relative to the config file's directory.
+    pub token_file: Option<PathBuf>,
+    /// The Cloudflare API's base URL (tests); absent means Cloudflare's.
+    pub base_url: Option<String>,
+    /// The cloudflared program: a name looked up on PATH, or a path; absent means
+    /// `cloudflared`.
+    pub cloudflared: Option<String>,
+    /// Where cloudflared's metrics server listens (its `/ready` is the readiness probe);
+    /// absent means 127.0.0.1 on a free port.
+    pub metrics: Option<String>,
+    /// What `runtime down` does with the DNS records.
+    pub on_down: TunnelOnDown,
+}
+
+impl TunnelConfig {
+    /// The provider: `provider`, or `cloudflare`.
+    pub fn provider_id(&self) -> &str {
+        self.provider.as_deref().unwrap_or("cloudflare")
+    }
+
+    /// The tunnel's name: `name`, or `kinfra-<project>`.
+    pub fn tunnel_name(&self, project: &str) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("kinfra-{project}"))
+    }
+
+    /// The cloudflared program: `cloudflared`, or the name `cloudflared`.
+    pub fn cloudflared_program(&self) -> &str {
+        self.cloudflared.as_deref().unwrap_or("cloudflared")
+    }
 }

@@ -1918,3 +1918,80 @@ fn provider_resource_health_is_a_probe_table_or_the_provider_s_key() {
         ],
     );
 }
+
+/// `[tunnel]` loads with its defaults (provider cloudflare, name `kinfra-<project>`, on_down
+/// keep) and each bad value is an error at its key.
+#[test]
+fn tunnel_section_loads_and_is_checked() {
+    let config = match load(
+        Format::Toml,
+        "[project]\nname = \"shop\"\n\n[tunnel]\naccount_id = \"acc\"\nzone_id = \"zone\"\n\
+         hostnames = [\"app.example.com\", \"*.example.org\"]\ntoken = \"${CF_TOKEN}\"\n",
+        &[],
+    ) {
+        Ok(config) => config,
+        Err(e) => panic!("{e}"),
+    };
+    let Some(tunnel) = &config.tunnel else {
+        panic!("no [tunnel]")
+    };
+    assert_eq!(tunnel.provider_id(), "cloudflare");
+    assert_eq!(tunnel.tunnel_name("shop"), "kinfra-shop");
+    assert_eq!(tunnel.cloudflared_program(), "cloudflared");
+    assert_eq!(tunnel.on_down, TunnelOnDown::Keep);
+    assert_eq!(tunnel.hostnames.len(), 2);
+    // The token never shows.
+    assert!(!format!("{tunnel:?}").contains("CF_TOKEN"));
+
+    check_case(
+        Format::Toml,
+        "[services.tunnel]\ncommand = \"true\"\n\n\
+         [tunnel]\nprovider = \"ngrok\"\nzone_id = \"\"\n\
+         hostnames = [\"https://app.example.com\", \"app.example.com:8443\", \"app.example.com/api\", \"a.*.example.com\", \"ok.example.com\", \"ok.example.com\"]\n\
+         token = \"t\"\ntoken_file = \"f\"\nmetrics = \"localhost\"\nbase_url = \"not a url\"\n",
+        &[
+            (
+                Some(5),
+                Some("tunnel.provider"),
+                "unknown tunnel provider `ngrok`",
+            ),
+            (Some(4), Some("tunnel"), "`tunnel.account_id` is required"),
+            (Some(6), Some("tunnel.zone_id"), "`zone_id` is empty"),
+            (Some(7), Some("tunnel.hostnames[0]"), "has a scheme"),
+            (Some(7), Some("tunnel.hostnames[1]"), "has a port"),
+            (Some(7), Some("tunnel.hostnames[2]"), "has a path"),
+            (Some(7), Some("tunnel.hostnames[3]"), "not a valid hostname"),
+            (Some(7), Some("tunnel.hostnames[5]"), "listed twice"),
+            (Some(9), Some("tunnel.token_file"), "both set"),
+            (Some(11), Some("tunnel.base_url"), "invalid URL"),
+            (
+                Some(10),
+                Some("tunnel.metrics"),
+                "invalid address `localhost`",
+            ),
+            (
+                Some(1),
+                Some("services.tunnel"),
+                "the name `tunnel` is taken",
+            ),
+        ],
+    );
+    check_case(
+        Format::Toml,
+        "[proxy]\nenabled = false\n\n[tunnel]\naccount_id = \"a\"\nzone_id = \"z\"\non_down = \"remove\"\n",
+        &[(
+            Some(7),
+            Some("tunnel.on_down"),
+            "expected one of: keep, delete",
+        )],
+    );
+    check_case(
+        Format::Toml,
+        "[proxy]\nenabled = false\n\n[tunnel]\naccount_id = \"a\"\nzone_id = \"z\"\n",
+        &[
+            (Some(4), Some("tunnel.hostnames"), "at least one hostname"),
+            (Some(4), Some("tunnel"), "API token is required"),
+            (Some(4), Some("tunnel"), "forwards to the proxy"),
+        ],
+    );
+}

@@ -60,6 +60,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.acme();
     c.store();
     c.bus();
+    c.tunnel();
     c.issues
 }
 
@@ -1225,6 +1226,170 @@ fn acme_domain_problem(domain: &str) -> Option<String> {
     };
     if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) {
         return Some(format!("`{domain}` is not a valid domain name"));
+    }
+    None
+}
+
+impl Checker<'_> {
+    /// `[tunnel]`: a known provider, the account and zone, at least one hostname (a bare
+    /// DNS name, no scheme, port or path), the token one way, a metrics address that parses,
+    /// the proxy it publishes, and the service name `tunnel` left to it.
+    fn tunnel(&mut self) {
+        let Some(t) = &self.config.tunnel else {
+            return;
+        };
+        if t.provider_id() != "cloudflare" {
+            self.issue(
+                "tunnel.provider".into(),
+                Anchor::Value,
+                format!(
+                    "unknown tunnel provider `{}`: expected `cloudflare`",
+                    t.provider_id()
+                ),
+            );
+        }
+        if t.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            self.issue(
+                "tunnel.name".into(),
+                Anchor::Value,
+                "the tunnel name is empty",
+            );
+        }
+        for (key, value) in [("account_id", &t.account_id), ("zone_id", &t.zone_id)] {
+            match value.as_deref().map(str::trim) {
+                None => self.issue(
+                    "tunnel".into(),
+                    Anchor::Key,
+                    format!(
+                        "`tunnel.{key}` is required (the Cloudflare {})",
+                        &key[..key.len() - 3]
+                    ),
+                ),
+                Some("") => self.issue(
+                    format!("tunnel.{key}"),
+                    Anchor::Value,
+                    format!("`{key}` is empty"),
+                ),
+                Some(_) => {}
+            }
+        }
+        if t.hostnames.is_empty() {
+            self.issue(
+                "tunnel.hostnames".into(),
+                Anchor::Value,
+                "a tunnel needs at least one hostname (`hostnames = [\"app.example.com\"]`)",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, host) in t.hostnames.iter().enumerate() {
+            let key = join_index("tunnel.hostnames", i);
+            if let Some(problem) = tunnel_hostname_problem(host) {
+                self.issue(key, Anchor::Value, problem);
+            } else if !seen.insert(host.to_ascii_lowercase()) {
+                self.issue(key, Anchor::Value, format!("`{host}` is listed twice"));
+            }
+        }
+        match (&t.token, &t.token_file) {
+            (Some(_), Some(_)) => self.issue(
+                "tunnel.token_file".into(),
+                Anchor::Key,
+                "`token` and `token_file` are both set; give the token one way",
+            ),
+            (None, None) => self.issue(
+                "tunnel".into(),
+                Anchor::Key,
+                "the Cloudflare API token is required: set `tunnel.token` (`${VAR}` reads it from the environment) or `tunnel.token_file`",
+            ),
+            (Some(token), None) if token.expose().trim().is_empty() => {
+                self.issue("tunnel.token".into(), Anchor::Value, "the token is empty")
+            }
+            _ => {}
+        }
+        if let Some(url) = &t.base_url
+            && !url.contains("${")
+            && Url::parse(url).is_err()
+        {
+            self.issue(
+                "tunnel.base_url".into(),
+                Anchor::Value,
+                format!("invalid URL `{url}`"),
+            );
+        }
+        if t.cloudflared
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            self.issue(
+                "tunnel.cloudflared".into(),
+                Anchor::Value,
+                "the cloudflared program is empty",
+            );
+        }
+        if let Some(metrics) = &t.metrics
+            && metrics.parse::<SocketAddr>().is_err()
+        {
+            self.issue(
+                "tunnel.metrics".into(),
+                Anchor::Value,
+                format!("invalid address `{metrics}`: expected IP:PORT (`127.0.0.1:2000`)"),
+            );
+        }
+        if !self.config.proxy.enabled || self.config.proxy.http.is_none() {
+            self.issue(
+                "tunnel".into(),
+                Anchor::Key,
+                "a tunnel forwards to the proxy's HTTP listener: set [proxy] enabled = true and http = \"ADDR:PORT\"",
+            );
+        }
+        if self.config.services.contains_key("tunnel") {
+            self.issue(
+                "services.tunnel".into(),
+                Anchor::Key,
+                "the name `tunnel` is taken by [tunnel] (cloudflared runs as the service `tunnel`); rename this service",
+            );
+        }
+    }
+}
+
+/// Why `host` is not a tunnel hostname (a DNS name; `*.` only as the first label; no scheme,
+/// port or path), or `None`.
+fn tunnel_hostname_problem(host: &str) -> Option<String> {
+    if host.trim().is_empty() {
+        return Some("empty hostname".into());
+    }
+    if host.contains("://") {
+        return Some(format!(
+            "`{host}` has a scheme: give the bare hostname (`app.example.com`)"
+        ));
+    }
+    if host.contains('/') {
+        return Some(format!(
+            "`{host}` has a path: give the bare hostname (paths come from [[routes]])"
+        ));
+    }
+    if host.contains(':') {
+        return Some(format!(
+            "`{host}` has a port: give the bare hostname (cloudflared refuses ports)"
+        ));
+    }
+    let rest = host.strip_prefix("*.").unwrap_or(host);
+    let labels: Vec<&str> = rest.split('.').collect();
+    if labels.len() < 2 {
+        return Some(format!(
+            "`{host}` is not a public hostname: expected a name in the zone (`app.example.com`)"
+        ));
+    }
+    for label in labels {
+        if label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Some(format!(
+                "`{host}` is not a valid hostname (letters, digits and `-` per label; `*.` only as the first label)"
+            ));
+        }
     }
     None
 }
