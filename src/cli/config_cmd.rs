@@ -80,7 +80,7 @@ async fn provider_problems(config: &Config) -> Vec<(String, String)> {
             // Reported at the instance above.
             continue;
         };
-        let context = match instance_context(config, instance_name) {
+        let context = match instance_context(config, instance_name, provider.instance_path_keys()) {
             Ok(context) => context,
             Err(problem) => {
                 let (key, message) = split_problem(&problem, instance_name);

@@ -413,7 +413,7 @@ fn instance_rows(config: &kinfra::Config, catalog: &Catalog) -> Vec<InstanceRow>
                     "provider `{id}` is not built in and no plugin kinfra-provider-{id} was found"
                 ))
             } else {
-                instance_context(config, name).err()
+                instance_context(config, name, &[]).err()
             };
             InstanceRow {
                 name: name.clone(),

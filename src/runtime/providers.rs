@@ -146,7 +146,8 @@ pub async fn build_resource(
              and no plugin kinfra-provider-{id} was found (see `kinfra providers discover`)"
         )]);
     };
-    let context = instance_context(config, instance_name).map_err(|problem| vec![problem])?;
+    let context = instance_context(config, instance_name, provider.instance_path_keys())
+        .map_err(|problem| vec![problem])?;
     let decl = resource_decl(name, resource).map_err(|problem| vec![problem])?;
     let refused = provider.validate_resource(&context, &decl).await;
     if !refused.is_empty() {
@@ -214,7 +215,7 @@ impl LiveInstance {
         self.source = catalog.and_then(|c| c.source(&self.provider)).cloned();
         let checked = match &self.source {
             None => Err(missing_provider(&self.provider, catalog)),
-            Some(_) => instance_context(config, name).map(|_| ()),
+            Some(_) => instance_context(config, name, &[]).map(|_| ()),
         };
         match checked {
             Ok(()) => self.move_to(name, InstanceState::Ready, None),
@@ -438,8 +439,14 @@ fn env_interpolated_value(key: &str, value: &mut serde_json::Value) -> Result<()
 
 /// What a provider sees of its `[providers.NAME]` instance: the token (from `token`, or read
 /// from `token_file`, which must be the user's own and not writable by others), `base_url`,
-/// and the table's other keys, with `${VAR}` filled in from the environment.
-pub fn instance_context(config: &Config, instance_name: &str) -> Result<InstanceContext, String> {
+/// and the table's other keys, with `${VAR}` filled in from the environment and the
+/// provider's `path_keys` ([`Provider::instance_path_keys`]) resolved against the config
+/// file's directory.
+pub fn instance_context(
+    config: &Config,
+    instance_name: &str,
+    path_keys: &[&str],
+) -> Result<InstanceContext, String> {
     let Some(instance) = config.providers.instances.get(instance_name) else {
         return Err(format!("no [providers.{instance_name}] instance"));
     };
@@ -467,6 +474,12 @@ pub fn instance_context(config: &Config, instance_name: &str) -> Result<Instance
     for (k, v) in &instance.extra {
         let mut value = v.clone();
         env_interpolated_value(&key(k), &mut value)?;
+        if path_keys.contains(&k.as_str())
+            && let serde_json::Value::String(path) = &value
+        {
+            let resolved = config.resolve_path(Path::new(path));
+            value = serde_json::Value::String(resolved.display().to_string());
+        }
         table.insert(k.clone(), value);
     }
     if let Some(rate) = &instance.rate_limit {

@@ -194,6 +194,9 @@ pub struct HttpRequest {
     pub body: Option<serde_json::Value>,
     /// The credentials.
     pub auth: Auth,
+    /// Longest wait for the whole request; `None`: the client's
+    /// [`HttpConfig::request_timeout`].
+    pub timeout: Option<Duration>,
 }
 
 impl HttpRequest {
@@ -205,7 +208,14 @@ impl HttpRequest {
             headers: Vec::new(),
             body: None,
             auth: Auth::None,
+            timeout: None,
         }
+    }
+
+    /// Sets the longest wait for the whole request (else the client's default).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// A GET of `url`.
@@ -341,10 +351,11 @@ impl HttpClient {
                 .map_err(|_| invalid(format!("value of header {name}")))?;
             headers.append(name, value);
         }
+        let timeout = request.timeout.unwrap_or(self.config.request_timeout);
         let mut builder = self
             .inner
             .request(request.method.clone(), url)
-            .timeout(self.config.request_timeout)
+            .timeout(timeout)
             .headers(headers);
         match &request.auth {
             Auth::None | Auth::Query { .. } => {}
@@ -369,7 +380,7 @@ impl HttpClient {
                 HttpError::Timeout {
                     method: method.clone(),
                     url: shown.clone(),
-                    after: self.config.request_timeout,
+                    after: timeout,
                 }
             } else {
                 HttpError::Connect {

@@ -296,6 +296,13 @@ pub trait Provider: Send + Sync + 'static {
     /// The commands it offers.
     fn commands(&self) -> &[CommandSpec];
 
+    /// The keys of its instances (`[providers.NAME]`) that name files (`kubeconfig`): kinfra
+    /// resolves a relative one against the config file's directory before the provider sees
+    /// it, as it does for `token_file`. None by default.
+    fn instance_path_keys(&self) -> &[&'static str] {
+        &[]
+    }
+
     /// The command `id`, when it has one.
     fn command(&self, id: &str) -> Option<&CommandSpec> {
         self.commands().iter().find(|c| c.id == id)

@@ -46,12 +46,14 @@ pub struct ApiAccess {
     pub token: Option<Secret>,
     /// Its `rate_limit`, when set.
     pub rate: Option<Rate>,
+    /// Its `timeout`: the longest wait for one request, when set (else the client's).
+    pub timeout: Option<Duration>,
 }
 
 impl InstanceContext {
-    /// The instance's base URL (its `base_url`, else `default_base`), token and
-    /// `rate_limit`, with every problem at once (keys named: `base_url`, `token`,
-    /// `rate_limit`).
+    /// The instance's base URL (its `base_url`, else `default_base`), token,
+    /// `rate_limit` and `timeout` (per request, more than zero), with every problem at once
+    /// (keys named: `base_url`, `token`, `rate_limit`, `timeout`).
     pub fn api_access(
         &self,
         default_base: Option<&str>,
@@ -113,11 +115,16 @@ impl InstanceContext {
                 None
             }
         };
+        let timeout = crate::provider::config_duration(&self.config, "timeout", &mut problems);
+        if timeout.is_some_and(|t| t.is_zero()) {
+            problems.push(ResourceProblem::at("timeout", "must be more than zero"));
+        }
         if problems.is_empty() {
             Ok(ApiAccess {
                 base,
                 token: secret,
                 rate,
+                timeout,
             })
         } else {
             Err(problems)
@@ -278,6 +285,7 @@ impl RestClients {
             http,
             bucket,
             retry: self.retry,
+            timeout: access.timeout,
         })
     }
 }
@@ -308,6 +316,7 @@ pub struct RestApi {
     http: HttpClient,
     bucket: Option<TokenBucket>,
     retry: RetryPolicy,
+    timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for RestApi {
@@ -329,6 +338,11 @@ impl RestApi {
     /// How requests are authenticated.
     pub fn auth(&self) -> &Auth {
         &self.auth
+    }
+
+    /// The instance's per-request `timeout`, when it sets one (else the client's default).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// The instance's name.
@@ -386,6 +400,7 @@ impl RestApi {
             .map_err(|http| self.call_error(http))?;
         let mut request = HttpRequest::new(method, url).auth(self.auth.clone());
         request.body = body;
+        request.timeout = self.timeout;
         Ok(request)
     }
 
@@ -502,20 +517,32 @@ mod tests {
 
     #[test]
     fn every_instance_problem_is_reported_at_once() {
-        let bad = ctx(json!({"base_url": "ftp://x", "rate_limit": "fast"}), None);
+        let bad = ctx(
+            json!({"base_url": "ftp://x", "rate_limit": "fast", "timeout": "soon"}),
+            None,
+        );
         let problems = bad
             .api_access(None, TokenNeed::Required("an API key"))
             .err()
             .expect("problems");
         let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
-        assert_eq!(keys, ["base_url", "token", "rate_limit"], "{problems:?}");
+        assert_eq!(
+            keys,
+            ["base_url", "token", "rate_limit", "timeout"],
+            "{problems:?}"
+        );
+        let zero = ctx(json!({"timeout": "0s"}), None)
+            .api_access(Some("http://x"), TokenNeed::Optional)
+            .err()
+            .expect("a zero timeout is refused");
+        assert_eq!(zero[0].key.as_deref(), Some("timeout"), "{zero:?}");
         assert!(
             problems[1]
                 .message
                 .contains("[providers.acct] needs an API key")
         );
 
-        let good = ctx(json!({"rate_limit": "5/s"}), Some("tok"));
+        let good = ctx(json!({"rate_limit": "5/s", "timeout": "2s"}), Some("tok"));
         let access = good
             .api_access(
                 Some("https://api.example.com/v2/"),
@@ -524,6 +551,7 @@ mod tests {
             .expect("valid");
         assert_eq!(access.base, "https://api.example.com/v2");
         assert!(access.rate.is_some());
+        assert_eq!(access.timeout, Some(Duration::from_secs(2)));
         let missing = ctx(json!({}), None)
             .api_access(None, TokenNeed::Optional)
             .err()
@@ -538,7 +566,10 @@ mod tests {
             Some("http://127.0.0.1:9"),
             TokenNeed::Optional,
         );
-        let instance = ctx(json!({"rate_limit": "2/s"}), Some("tok-secret-1"));
+        let instance = ctx(
+            json!({"rate_limit": "2/s", "timeout": "750ms"}),
+            Some("tok-secret-1"),
+        );
         let a = clients.api(&instance).expect("api");
         let b = clients.api(&instance).expect("api");
         let (Some(x), Some(y)) = (&a.bucket, &b.bucket) else {
@@ -554,10 +585,15 @@ mod tests {
             reason: "tok-secret-1".into(),
         });
         assert!(!error.text.contains("tok-secret-1"), "{}", error.text);
-        let planned = a
+        let request = a
             .request(Method::GET, "/things/a%20b", &[("q", "1")], None)
-            .expect("request")
-            .planned();
+            .expect("request");
+        assert_eq!(
+            request.timeout,
+            Some(Duration::from_millis(750)),
+            "the instance's timeout rides on every request"
+        );
+        let planned = request.planned();
         assert_eq!(planned.url, "http://127.0.0.1:9/things/a%20b?q=1");
         assert_eq!(planned.headers[0].1, "Bearer tok-secret-1");
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");

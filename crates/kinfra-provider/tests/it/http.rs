@@ -184,6 +184,19 @@ async fn a_slow_answer_is_a_timeout_error() {
     assert!(matches!(error, HttpError::Timeout { .. }), "{error:?}");
 }
 
+/// A request's own timeout (an instance's `timeout`) wins over the client's default.
+#[tokio::test]
+async fn a_request_timeout_overrides_the_clients() {
+    let server = FakeHttp::start(Reply::json(200, "{}").delayed(Duration::from_secs(120))).await;
+    let http = client(Duration::from_secs(100));
+    let request = HttpRequest::get(server.url("/slow")).timeout(Duration::from_millis(300));
+    let error = bounded(http.send(&request)).await.expect_err("timeout");
+    match error {
+        HttpError::Timeout { after, .. } => assert_eq!(after, Duration::from_millis(300)),
+        other => panic!("not a timeout: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
