@@ -188,6 +188,20 @@ fn a_suspended_service_resumes_at_up_its_logs_and_commands_work_and_keep_leaves_
     );
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(canceled["data"]["status"], "canceled", "{text}");
+    // The resume's deploy still serves under the canceled one: running, both named.
+    let resumed = fake.with(&id, |s| {
+        s.deploys
+            .iter()
+            .find(|d| d.status == "live")
+            .map(|d| d.id.clone())
+    });
+    let resumed = resumed.expect("the resume's deploy is live");
+    let serving = wait_web(&p, &up, "web running on the earlier deploy", |w| {
+        w["status_message"] == format!("deploy {deploy_id} canceled; {resumed} live")
+    });
+    assert_eq!(serving["state"], "running", "{serving}");
+    assert_eq!(serving["health"], "healthy", "{serving}");
+    assert_eq!(serving["provider_state"], "canceled", "{serving}");
     // A missing parameter is an input error, named, before anything is sent.
     let (code, _, text) = command(&p, &["cancel-deploy"]);
     assert_eq!(code, Some(2), "{text}");

@@ -111,12 +111,15 @@ pub fn map_deploy_status(status: &str) -> Option<ServiceStatus> {
 }
 
 /// Maps a service's facts and its latest deploy's status (`None`: no deploy yet); `None` for
-/// an unknown deploy status.
+/// an unknown deploy status. `earlier_live`: an earlier deploy is still live, so a canceled
+/// or failed latest deploy leaves the service serving (running); stopped or failed only when
+/// nothing is live.
 pub fn map_service(
     suspended: bool,
     suspenders: &[String],
     maintenance: bool,
     deploy: Option<&str>,
+    earlier_live: bool,
 ) -> Option<ServiceStatus> {
     if suspended {
         return Some(
@@ -133,9 +136,12 @@ pub fn map_service(
     if maintenance {
         return Some(ServiceStatus::Maintenance);
     }
-    match deploy {
+    match deploy.map(map_deploy_status) {
         None => Some(ServiceStatus::Starting),
-        Some(status) => map_deploy_status(status),
+        Some(Some(ServiceStatus::Stopped | ServiceStatus::Failed)) if earlier_live => {
+            Some(ServiceStatus::Running)
+        }
+        Some(mapped) => mapped,
     }
 }
 
@@ -554,12 +560,12 @@ impl Provider for RenderProvider {
         Box::pin(async move {
             let resource = self.service_resource(instance, decl)?;
             let inner = &resource.inner;
-            let (service, deploy) = inner
+            let reading = inner
                 .read(true)
                 .await
                 .map_err(|e| ProviderError::Resource(inner.error("plan", &e)))?;
-            let suspended = service.suspended;
-            match inner.record(service, deploy) {
+            let suspended = reading.service.suspended;
+            match inner.record(reading) {
                 Some(ServiceStatus::Stopped) if suspended => {
                     let request = inner
                         .api
@@ -706,12 +712,23 @@ struct DeployAnswer {
     status: String,
 }
 
+/// One read of the service: itself, its latest deploy and, when that one is canceled or
+/// failed, the earlier deploy still live (if any).
+#[derive(Debug)]
+struct Reading {
+    service: ServiceAnswer,
+    deploy: Option<DeployAnswer>,
+    live: Option<DeployAnswer>,
+}
+
 /// What the resource knows of its service (answers `reported_state`, `health`, `connection`
 /// without I/O).
 #[derive(Debug, Default)]
 struct View {
     service: Option<ServiceAnswer>,
     deploy: Option<DeployAnswer>,
+    /// An earlier deploy still live under a canceled or failed latest one.
+    live: Option<DeployAnswer>,
     /// The provider's state in words (`live`, `suspended (user)`).
     provider_state: Option<String>,
     /// Whether the last answer's state was known.
@@ -887,9 +904,10 @@ impl Inner {
         self.api.resource_error(op, &self.what(), error)
     }
 
-    /// Reads the service and its latest deploy; `retry` retries rate limits and transient
-    /// failures within the provider's policy (a start), else one send each (a poll).
-    async fn read(&self, retry: bool) -> Result<(ServiceAnswer, Option<DeployAnswer>), CallError> {
+    /// Reads the service and its latest deploy (and, when that one is canceled or failed, the
+    /// live one: `GET …/deploys?status=live&limit=1`); `retry` retries rate limits and
+    /// transient failures within the provider's policy (a start), else one send each (a poll).
+    async fn read(&self, retry: bool) -> Result<Reading, CallError> {
         let get = |path: String, query: &'static [(&'static str, &'static str)]| async move {
             let request = self.api.request(Method::GET, &path, query, None)?;
             let response = if retry {
@@ -904,21 +922,41 @@ impl Inner {
         let service = parse_service(&self.api, &url, &service)?;
         let (url, deploys) = get(self.spec.path("/deploys"), &[("limit", "1")]).await?;
         let deploy = parse_deploys(&self.api, &url, &deploys)?;
-        Ok((service, deploy))
+        let ended = deploy.as_ref().is_some_and(|d| {
+            matches!(
+                map_deploy_status(&d.status),
+                Some(ServiceStatus::Stopped | ServiceStatus::Failed)
+            )
+        });
+        let live = if ended && !service.suspended {
+            let query = &[("status", "live"), ("limit", "1")];
+            let (url, lives) = get(self.spec.path("/deploys"), query).await?;
+            parse_deploys(&self.api, &url, &lives)?
+                .filter(|l| deploy.as_ref().is_none_or(|d| d.id != l.id))
+        } else {
+            None
+        };
+        Ok(Reading {
+            service,
+            deploy,
+            live,
+        })
     }
 
     /// Records an answer; returns what it means (the last state for an unknown deploy status,
     /// which also logs a warning).
-    fn record(
-        &self,
-        service: ServiceAnswer,
-        deploy: Option<DeployAnswer>,
-    ) -> Option<ServiceStatus> {
+    fn record(&self, reading: Reading) -> Option<ServiceStatus> {
+        let Reading {
+            service,
+            deploy,
+            live,
+        } = reading;
         let mapped = map_service(
             service.suspended,
             &service.suspenders,
             service.maintenance,
             deploy.as_ref().map(|d| d.status.as_str()),
+            live.is_some(),
         );
         let words = state_words(&service, deploy.as_ref());
         let mut view = lock(&self.view);
@@ -929,6 +967,7 @@ impl Inner {
         }
         view.service = Some(service);
         view.deploy = deploy;
+        view.live = live;
         view.known = mapped.is_some();
         match mapped {
             Some(state) => {
@@ -1025,7 +1064,7 @@ impl Inner {
     /// One observe of a live run: reads the service and its latest deploy, moves the
     /// operation along and ends the run when the service is stopped or failed.
     async fn observe_once(&self, generation: u64) -> Result<String, ObserveError> {
-        let (service, deploy) = match self.read(false).await {
+        let reading = match self.read(false).await {
             Ok(answer) => answer,
             Err(error) => {
                 if matches!(error.http.status(), Some(401 | 403 | 404)) {
@@ -1041,7 +1080,7 @@ impl Inner {
                 });
             }
         };
-        let state = self.record(service, deploy);
+        let state = self.record(reading);
         let known = lock(&self.view).known;
         let operation = lock(&self.view).operation;
         match state.filter(|_| known) {
@@ -1294,9 +1333,9 @@ impl Inner {
             timeout: grace,
         };
         let poll = || async {
-            let (service, deploy) = self.read(false).await.map_err(|e| e.http)?;
-            let suspended = service.suspended;
-            self.record(service, deploy);
+            let reading = self.read(false).await.map_err(|e| e.http)?;
+            let suspended = reading.service.suspended;
+            self.record(reading);
             Ok(if suspended {
                 OperationStatus::Done
             } else {
@@ -1381,12 +1420,12 @@ impl Resource for RenderResource {
                 view.failure = None;
                 view.operation = None;
             }
-            let (service, deploy) = inner
+            let reading = inner
                 .read(true)
                 .await
                 .map_err(|e| inner.error("start", &e))?;
-            let suspended = service.suspended;
-            let state = inner.record(service, deploy);
+            let suspended = reading.service.suspended;
+            let state = inner.record(reading);
             let adopted = match state {
                 Some(ServiceStatus::Stopped) if suspended => {
                     inner.post("resume", "/resume").await?;
@@ -1447,11 +1486,11 @@ impl Resource for RenderResource {
     fn status(&self) -> BoxFuture<'_, Result<Observed, ResourceError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let (service, deploy) = inner
+            let reading = inner
                 .read(false)
                 .await
                 .map_err(|e| inner.error("status", &e))?;
-            Ok(match inner.record(service, deploy) {
+            Ok(match inner.record(reading) {
                 Some(ServiceStatus::Stopped) | None => Observed::Idle,
                 Some(ServiceStatus::Failed) => Observed::Exited(ExitInfo {
                     code: Some(1),
@@ -1582,9 +1621,17 @@ impl Resource for RenderResource {
                     since_text(since.elapsed())
                 ),
             ),
-            (ServiceStatus::Running, _) => {
-                report(ServiceState::Running, format!("{words}{suffix}"))
-            }
+            (ServiceStatus::Running, _) => match (&view.deploy, &view.live) {
+                // A canceled or failed latest deploy over one still live: it serves.
+                (Some(latest), Some(live)) => report(
+                    ServiceState::Running,
+                    format!(
+                        "deploy {} {}; {} live{suffix}",
+                        latest.id, latest.status, live.id
+                    ),
+                ),
+                _ => report(ServiceState::Running, format!("{words}{suffix}")),
+            },
             (ServiceStatus::Maintenance, _) => report(
                 ServiceState::Maintenance,
                 format!("{words}: maintenance mode is on{suffix}"),
@@ -1648,30 +1695,49 @@ mod tests {
     fn suspensions_and_maintenance_come_before_the_deploy() {
         use ServiceStatus::*;
         assert_eq!(
-            map_service(true, &s(&["user"]), false, Some("live")),
+            map_service(true, &s(&["user"]), false, Some("live"), false),
             Some(Stopped)
         );
         assert_eq!(
-            map_service(true, &s(&[]), false, Some("live")),
+            map_service(true, &s(&[]), false, Some("live"), false),
             Some(Stopped)
         );
         assert_eq!(
-            map_service(true, &s(&["parent_service"]), false, Some("live")),
+            map_service(true, &s(&["parent_service"]), false, Some("live"), false),
             Some(Stopped)
         );
         for by in ["billing", "admin", "stuck_crashlooping", "hipaa_enablement"] {
             assert_eq!(
-                map_service(true, &s(&["user", by]), false, Some("live")),
+                map_service(true, &s(&["user", by]), false, Some("live"), false),
                 Some(Failed),
                 "{by}"
             );
         }
         assert_eq!(
-            map_service(false, &[], true, Some("live")),
+            map_service(false, &[], true, Some("live"), false),
             Some(Maintenance)
         );
-        assert_eq!(map_service(false, &[], false, None), Some(Starting));
-        assert_eq!(map_service(false, &[], false, Some("odd")), None);
+        assert_eq!(map_service(false, &[], false, None, false), Some(Starting));
+        assert_eq!(map_service(false, &[], false, Some("odd"), false), None);
+        // A canceled or failed latest deploy over an earlier live one still serves.
+        for latest in ["canceled", "build_failed"] {
+            assert_eq!(
+                map_service(false, &[], false, Some(latest), true),
+                Some(Running)
+            );
+        }
+        assert_eq!(
+            map_service(false, &[], false, Some("canceled"), false),
+            Some(Stopped)
+        );
+        assert_eq!(
+            map_service(false, &[], false, Some("build_failed"), false),
+            Some(Failed)
+        );
+        assert_eq!(
+            map_service(true, &s(&["user"]), false, Some("canceled"), true),
+            Some(Stopped)
+        );
         assert!(suspender_text("stuck_crashlooping").contains("crash-looping"));
         assert!(suspender_text("billing").contains("billing"));
     }

@@ -264,15 +264,46 @@ async fn a_service_suspended_outside_kinfra_ends_the_run_as_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deploy_that_fails_fails_the_run_with_the_reason() {
+async fn a_canceled_or_failed_latest_deploy_while_an_earlier_one_is_live_still_runs() {
+    // Render keeps serving the live deploy when a newer one is canceled or fails: running,
+    // with both deploys named; stopped or failed only once nothing is live.
     let (prism, fake) = render();
-    let id = fake.service("faileddeploy", Some("live"), &[]);
+    let id = fake.service("earlierlive", Some("live"), &[]);
+    let live = fake.latest_id(&id).expect("the live deploy");
+    let res = resource(&prism.url, &id);
+    let run = res.start().await.expect("start");
+    running(&res).await;
+    for status in ["canceled", "build_failed"] {
+        let newer = fake.push_deploy(&id, status);
+        until("the newer deploy is seen", || async {
+            res.provider_state().as_deref() == Some(status)
+        })
+        .await;
+        let (state, message) = reported(&res);
+        assert_eq!(state, Some(ServiceState::Running), "{status}: {message}");
+        assert_eq!(message, format!("deploy {newer} {status}; {live} live"));
+        assert_eq!(res.health().await.expect("health"), Health::Healthy);
+    }
+    // The live one deactivated too: nothing serves, the failed latest fails the run.
+    fake.set_deploy(&id, &live, "deactivated");
+    assert_eq!(exit_code(run).await, Some(1), "nothing live: failed");
+    let (state, message) = reported(&res);
+    assert_eq!(state, Some(ServiceState::Failed));
+    assert!(message.contains("build_failed"), "{message}");
+    assert_eq!(fake.count(&id, "POST"), 0, "{:?}", fake.requests(&id));
+    prism.assert_clean(&id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_live_a_failed_deploy_fails_the_run_and_a_canceled_one_stops_it() {
+    let (prism, fake) = render();
+    // A new service whose first deploy fails.
+    let id = fake.service("faileddeploy", None, &[]);
     let provider = RenderProvider::new();
     let ctx = instance(&prism.url, TOKEN);
     let d = decl(&id);
     let res = provider.service_resource(&ctx, &d).expect("resource");
     let run = res.start().await.expect("start");
-    running(&res).await;
     fake.with(&id, |s| s.fail_next_deploy = true);
     let spec = provider.command("deploy").expect("deploy");
     let result = provider
@@ -304,6 +335,17 @@ async fn a_deploy_that_fails_fails_the_run_with_the_reason() {
     // Starting it again fails at once with the same reason (nothing runs).
     let error = res.start().await.expect_err("the latest deploy failed");
     assert!(error.to_string().contains("build_failed"), "{error}");
+    prism.assert_clean(&id);
+
+    // A canceled first deploy: stopped, the run ends as stopped.
+    let id = fake.service("canceleddeploy", None, &[]);
+    let res = resource(&prism.url, &id);
+    let run = res.start().await.expect("start");
+    fake.push_deploy(&id, "canceled");
+    assert_eq!(exit_code(run).await, Some(0), "nothing live: stopped");
+    let (state, message) = reported(&res);
+    assert_eq!(state, Some(ServiceState::Stopped));
+    assert!(message.contains("canceled"), "{message}");
     prism.assert_clean(&id);
 }
 

@@ -282,6 +282,44 @@ impl RenderFake {
         });
     }
 
+    /// Adds a deploy with `status` as the latest one, the earlier ones left as they are (a
+    /// deploy canceled or failed outside kinfra); returns its id.
+    pub fn push_deploy(&self, id: &str, status: &str) -> String {
+        let deploy_id = format!("dep-pushed{}", self.n());
+        self.with(id, |s| {
+            s.deploys.insert(
+                0,
+                FakeDeploy {
+                    id: deploy_id.clone(),
+                    status: status.into(),
+                    trigger: "new_commit".into(),
+                    commit: None,
+                    image: None,
+                    next: None,
+                },
+            )
+        });
+        deploy_id
+    }
+
+    /// Sets the status of deploy `deploy_id` of service `id`.
+    pub fn set_deploy(&self, id: &str, deploy_id: &str, status: &str) {
+        self.with(id, |s| {
+            let d = s
+                .deploys
+                .iter_mut()
+                .find(|d| d.id == deploy_id)
+                .unwrap_or_else(|| panic!("no deploy {deploy_id}"));
+            d.status = status.into();
+            d.next = None;
+        });
+    }
+
+    /// The id of the latest deploy.
+    pub fn latest_id(&self, id: &str) -> Option<String> {
+        self.with(id, |s| s.deploys.first().map(|d| d.id.clone()))
+    }
+
     /// Writes a log line (level `info`, type `app` unless said otherwise); returns its id.
     pub fn log(&self, id: &str, message: &str, level: &str, kind: &str) -> String {
         let n = self.n();
@@ -407,9 +445,11 @@ impl RenderFake {
                     .first()
                     .and_then(|l| l.parse::<usize>().ok())
                     .unwrap_or(20);
+                let statuses = query_values(query, "status");
                 let list: Vec<Value> = s
                     .deploys
                     .iter()
+                    .filter(|d| statuses.is_empty() || statuses.contains(&d.status))
                     .take(limit)
                     .map(|d| json!({ "deploy": deploy_json(d), "cursor": d.id }))
                     .collect();
