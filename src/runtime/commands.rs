@@ -143,7 +143,7 @@ fn checked(
         ));
     }
     match validated.filter(|_| problems.is_empty()) {
-        Some(validated) => Ok(validated),
+        Some(validated) => Ok(validated.with_confirmation(yes)),
         None => Err(problems),
     }
 }

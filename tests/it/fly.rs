@@ -2,8 +2,9 @@
 //! behind Prism (crates/kinfra-cloud's harness): a stopped machine is started and shows
 //! running with its raw state, `runtime stop` stops it, a machine suspended outside kinfra
 //! shows sleeping, `runtime down` (on_down = keep) leaves it alone; `kinfra resource web
-//! update|restart|scale` with and without `--dry-run` (scale needs `--yes`, a 409 is reported
-//! with Fly's reason); `kinfra providers show fly` lists every command with its parameters.
+//! update|restart|scale` with and without `--dry-run` (scaling down needs `--yes` and names
+//! the machines, scaling up does not; a 409 is reported with Fly's reason); `kinfra providers
+//! show fly` lists every command with its parameters.
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/fly_fake.rs"]
@@ -206,17 +207,80 @@ fn fly_commands_run_with_and_without_dry_run_through_the_cli() {
     let out = p.run(&["resource", "web", "restart"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(count(fake, &app, "/restart"), 1);
-    let out = p.run(&["resource", "web", "scale", "--param", "count=2"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("needs confirmation"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(fake.with(&app, |a| a.machines.len()), 1);
-    let out = p.run(&["resource", "web", "scale", "--param", "count=2", "--yes"]);
+    // scale up clones without --yes; its dry-run says which machine it clones.
+    let out = p.run(&[
+        "resource",
+        "web",
+        "scale",
+        "--param",
+        "count=3",
+        "--dry-run",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(fake.with(&app, |a| a.machines.len()), 2);
+    assert!(stdout(&out).contains(&format!("POST {}/v1/apps/{app}/machines", prism.url)));
+    let out = p.run(&[
+        "resource",
+        "web",
+        "scale",
+        "--param",
+        "count=3",
+        "--dry-run",
+        "--json",
+    ]);
+    let planned: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(planned["data"]["clone_from"], id.as_str(), "{planned}");
+    assert_eq!(planned["data"]["clones"], 2, "{planned}");
+    assert_eq!(fake.with(&app, |a| a.machines.len()), 1, "a dry-run cloned");
+    let out = p.run(&["resource", "web", "scale", "--param", "count=3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all: Vec<String> = fake.with(&app, |a| a.machines.iter().map(|m| m.id.clone()).collect());
+    assert_eq!(all.len(), 3);
+    // scale down: the dry-run names the machines it would destroy; without --yes it is
+    // refused naming them, and nothing is destroyed; with --yes they go.
+    let out = p.run(&[
+        "resource",
+        "web",
+        "scale",
+        "--param",
+        "count=1",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for clone in &all[1..] {
+        assert!(
+            stdout(&out).contains(&format!(
+                "DELETE {}/v1/apps/{app}/machines/{clone}",
+                prism.url
+            )),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let out = p.run(&["resource", "web", "scale", "--param", "count=1"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs confirmation") && err.contains("--yes"),
+        "{err}"
+    );
+    for clone in &all[1..] {
+        assert!(err.contains(clone.as_str()), "{clone} not named: {err}");
+    }
+    assert!(!err.contains(TOKEN), "{err}");
+    assert_eq!(count(fake, &app, "?force=true"), 0, "destroyed unconfirmed");
+    let out = p.run(&["resource", "web", "scale", "--param", "count=1", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for clone in &all[1..] {
+        assert!(
+            count(
+                fake,
+                &app,
+                &format!("DELETE /v1/apps/{app}/machines/{clone}?force=true")
+            ) == 1,
+            "{clone} not destroyed: {:#?}",
+            fake.requests(&app)
+        );
+    }
 
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
@@ -249,7 +313,8 @@ fn providers_show_fly_lists_every_command_with_its_parameters() {
     assert_eq!(params("update"), ["image", "env", "size"]);
     assert!(params("restart").is_empty());
     assert_eq!(params("scale"), ["count"]);
-    assert_eq!(by_id("scale")["confirm"], true);
+    // Only scaling down needs --yes, which the command checks itself.
+    assert_eq!(by_id("scale")["confirm"], false);
     assert!(commands.iter().all(|c| c["dry_run"] == true), "{text}");
     let out = p.run(&["providers", "show", "fly"]);
     assert!(out.status.success(), "{}", stderr(&out));

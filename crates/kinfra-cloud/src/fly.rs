@@ -39,12 +39,13 @@ use kinfra_provider::metadata::{
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    config_duration, config_duration_or, config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Failure, RetryPolicy, classify};
-use kinfra_provider::run_slot::{RunSlot, SyncRecord, lock};
+use kinfra_provider::run_slot::{LogRing, RunSlot, SyncRecord, lock};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -96,15 +97,6 @@ fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
 // ---------------------------------------------------------------------------------------
 // Metadata and commands
 
-fn key(name: &str, kind: ConfigKind, required: bool, description: &str) -> ConfigKeySpec {
-    ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    }
-}
-
 fn metadata() -> ProviderMetadata {
     ProviderMetadata {
         id: ID.into(),
@@ -129,32 +121,28 @@ fn metadata() -> ProviderMetadata {
                           kinfra."
                 .into(),
             config: vec![
-                key("app", ConfigKind::String, true, "The Fly app, e.g. my-app"),
-                key(
+                ConfigKeySpec::required("app", ConfigKind::String, "The Fly app, e.g. my-app"),
+                ConfigKeySpec::optional(
                     "machine_id",
                     ConfigKind::String,
-                    false,
                     "One machine of the app, e.g. 3d8d9e1b2c4e87 (without it: every machine \
                      of the app)",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "stop_mode",
                     ConfigKind::String,
-                    false,
                     "What stopping does: `stop` (default) or `suspend` (resumed from a \
                      snapshot at the next start)",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "wait_timeout",
                     ConfigKind::Duration,
-                    false,
                     "How long one long-poll of the wait endpoint may block (1s to 60s; \
                      default: the interval)",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "operation_timeout",
                     ConfigKind::Duration,
-                    false,
                     "Longest wait for a start or stop to reach its state (default 5m)",
                 ),
             ],
@@ -163,34 +151,12 @@ fn metadata() -> ProviderMetadata {
     }
 }
 
-fn param(name: &str, kind: ParamKind, required: bool, description: &str) -> ParamSpec {
-    ParamSpec {
-        name: name.into(),
-        kind,
-        required,
-        default: None,
-        description: description.into(),
-    }
-}
-
-fn command(
-    id: &str,
-    name: &str,
-    category: &str,
-    description: &str,
-    params: Vec<ParamSpec>,
-    confirm: bool,
-) -> CommandSpec {
-    CommandSpec {
-        id: id.into(),
-        name: name.into(),
-        description: description.into(),
-        category: category.into(),
-        resource_type: Some(RESOURCE_TYPE.into()),
-        params,
-        dry_run: true,
-        confirm,
-    }
+/// A command of the machine resource type, with a dry-run.
+fn command(id: &str, name: &str, category: &str, description: &str) -> CommandSpec {
+    CommandSpec::new(id, name, description)
+        .in_category(category)
+        .for_resource_type(RESOURCE_TYPE)
+        .with_dry_run()
 }
 
 fn commands() -> Vec<CommandSpec> {
@@ -202,57 +168,51 @@ fn commands() -> Vec<CommandSpec> {
             "Changes the machine's image, environment or size (each machine of the app \
              without machine_id) under a lease, guarded by its current_version: a machine \
              changed meanwhile answers 409, reported and never retried.",
-            vec![
-                param(
-                    "image",
-                    ParamKind::String,
-                    false,
-                    "The image to run, e.g. registry.fly.io/my-app:v2",
-                ),
-                param(
-                    "env",
-                    ParamKind::String,
-                    false,
-                    "Environment to set, KEY=VALUE pairs separated by commas (merged into \
-                     the machine's own)",
-                ),
-                param(
-                    "size",
-                    ParamKind::Enum {
-                        values: SIZES.iter().map(|s| s.0.to_owned()).collect(),
-                    },
-                    false,
-                    "A guest preset, e.g. shared-cpu-1x",
-                ),
-            ],
-            false,
-        ),
+        )
+        .with_params(vec![
+            ParamSpec::optional(
+                "image",
+                ParamKind::String,
+                "The image to run, e.g. registry.fly.io/my-app:v2",
+            ),
+            ParamSpec::optional(
+                "env",
+                ParamKind::String,
+                "Environment to set, KEY=VALUE pairs separated by commas (merged into the \
+                 machine's own)",
+            ),
+            ParamSpec::optional(
+                "size",
+                ParamKind::Enum {
+                    values: SIZES.iter().map(|s| s.0.to_owned()).collect(),
+                },
+                "A guest preset, e.g. shared-cpu-1x",
+            ),
+        ]),
         command(
             "restart",
             "Restart machine",
             "lifecycle",
             "Restarts the machine (each started machine of the app without machine_id).",
-            Vec::new(),
-            false,
         ),
+        // Not `confirm` as a whole: scaling up only clones; the command itself refuses to
+        // destroy machines without --yes, naming them.
         command(
             "scale",
             "Scale app",
             "scale",
             "Sets how many machines the app has: clones the first machine (the resource's own \
-             with machine_id) or destroys the newest others, stopped ones first (needs --yes: \
-             it may destroy machines).",
-            vec![param(
-                "count",
-                ParamKind::Integer {
-                    min: Some(0),
-                    max: Some(MAX_SCALE),
-                },
-                true,
-                "How many machines the app should have",
-            )],
-            true,
-        ),
+             with machine_id) or destroys the newest others, stopped ones first. Destroying \
+             needs --yes (the refusal and the dry-run name the machines); cloning does not.",
+        )
+        .with_params(vec![ParamSpec::required(
+            "count",
+            ParamKind::Integer {
+                min: Some(0),
+                max: Some(MAX_SCALE),
+            },
+            "How many machines the app should have",
+        )]),
     ]
 }
 
@@ -281,21 +241,6 @@ struct Settings {
 
 fn str_key<'a>(config: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     config.get(key).and_then(Value::as_str)
-}
-
-fn duration_key(
-    config: &Map<String, Value>,
-    key: &str,
-    problems: &mut Vec<ResourceProblem>,
-) -> Option<Duration> {
-    let text = str_key(config, key)?;
-    match kinfra_core::config::parse_duration(text) {
-        Ok(d) => Some(d),
-        Err(reason) => {
-            problems.push(problem(key, reason));
-            None
-        }
-    }
 }
 
 /// Fly app names and machine ids in a path: lowercase letters, digits and dashes only, so
@@ -344,7 +289,7 @@ impl Settings {
                 StopMode::Stop
             }
         };
-        let wait_timeout = duration_key(config, "wait_timeout", &mut problems).and_then(|d| {
+        let wait_timeout = config_duration(config, "wait_timeout", &mut problems).and_then(|d| {
             if d >= Duration::from_secs(1) && d <= MAX_WAIT {
                 Some(d)
             } else {
@@ -355,9 +300,13 @@ impl Settings {
                 None
             }
         });
-        let operation_timeout = duration_key(config, "operation_timeout", &mut problems)
-            .unwrap_or(DEFAULT_OPERATION_TIMEOUT);
-        let interval = duration_key(config, "interval", &mut problems).unwrap_or(DEFAULT_INTERVAL);
+        let operation_timeout = config_duration_or(
+            config,
+            "operation_timeout",
+            DEFAULT_OPERATION_TIMEOUT,
+            &mut problems,
+        );
+        let interval = config_duration_or(config, "interval", DEFAULT_INTERVAL, &mut problems);
         if problems.is_empty() {
             Ok(Settings {
                 app,
@@ -831,11 +780,7 @@ impl FlyProvider {
         instance: &InstanceContext,
         decl: &ResourceDecl,
     ) -> Result<FlyResource, ProviderError> {
-        let settings =
-            Settings::parse(&decl.config).map_err(|problems| ProviderError::InvalidResource {
-                resource: decl.name.clone(),
-                problems,
-            })?;
+        let settings = decl.parse_config(Settings::parse)?;
         let fly = self.fly(instance)?;
         Ok(FlyResource {
             inner: Arc::new(Inner {
@@ -845,7 +790,7 @@ impl FlyProvider {
                 view: Mutex::new(None),
                 failure: Mutex::new(None),
                 events_seen: Mutex::new(HashSet::new()),
-                logs: Mutex::new(VecDeque::new()),
+                logs: LogRing::new(LOG_LINES),
                 pending: Mutex::new(VecDeque::new()),
                 output: Mutex::new(None),
                 live: RunSlot::default(),
@@ -1125,43 +1070,17 @@ impl FlyProvider {
                         settings.machine_id.as_deref().unwrap_or_default()
                     ));
                 }
+                let plan = ScalePlan::read(fly, settings, count).await?;
                 if dry_run {
-                    let template = settings
-                        .machine_id
-                        .clone()
-                        .unwrap_or_else(|| "<the app's first machine>".into());
-                    let shown = vec![
-                        planned(fly, Method::GET, &machines_path, &[], &[], None)?,
-                        planned(
-                            fly,
-                            Method::POST,
-                            &machines_path,
-                            &[],
-                            &[],
-                            Some(json!({
-                                "config": format!("<config of machine {template}>"),
-                                "region": format!("<region of machine {template}>"),
-                            })),
-                        )?,
-                        planned_text(
-                            fly,
-                            Method::DELETE,
-                            &format!(
-                                "/v1/apps/{}/machines/<each machine beyond {count}>?force=true",
-                                encode_segment(app)
-                            ),
-                            &[],
-                            None,
-                        )?,
-                    ];
-                    let mut result = CommandResult::planned(&shown, &secrets);
-                    result.warnings.push(format!(
-                        "the POST is sent once per machine below {count}, the DELETE once per \
-                         machine beyond it (counted when the command runs)"
-                    ));
-                    return Ok(result);
+                    return Ok(plan.dry_run(fly, &secrets));
                 }
-                scale(fly, settings, count).await
+                if !plan.destroy.is_empty() && !params.confirmed() {
+                    return Err(format!(
+                        "{}: this needs confirmation, pass --yes",
+                        plan.destroys_text()
+                    ));
+                }
+                plan.run(fly).await
             }
             other => Err(format!("unknown command `{other}`")),
         }
@@ -1249,78 +1168,187 @@ async fn update_machine(
     }
 }
 
-/// Clones or destroys the app's machines until it has `count`.
-async fn scale(fly: &Fly, settings: &Settings, count: i64) -> Result<CommandResult, String> {
-    let app = settings.app.as_str();
-    let machines: Vec<MachineInfo> = fly
-        .list(app, false)
-        .await
-        .map_err(|e| e.text)?
-        .into_iter()
-        .filter(|m| m.state != "destroyed")
-        .collect();
-    let have = i64::try_from(machines.len()).unwrap_or(i64::MAX);
-    if count > have {
-        let template = match &settings.machine_id {
-            Some(id) => machines
-                .iter()
-                .find(|m| &m.id == id)
-                .cloned()
-                .ok_or_else(|| {
-                    format!("machine `{id}` is not among the machines of app `{app}`")
-                })?,
-            None => machines
-                .first()
-                .cloned()
-                .ok_or_else(|| format!("app `{app}` has no machine to clone"))?,
-        };
-        let mut created = Vec::new();
-        for _ in have..count {
-            let mut body = json!({ "config": template.config });
-            if let Some(region) = &template.region {
-                body["region"] = json!(region);
-            }
-            let machine: MachineInfo = fly
-                .api
-                .call(Method::POST, &Fly::machines_path(app), &[], Some(body))
-                .await
-                .map_err(|e| format!("clone machine `{}`: {}", template.id, e.text))?;
-            created.push(machine.id);
-        }
-        return Ok(CommandResult::ok(json!({
-            "from": have, "to": count, "cloned_from": template.id, "created": created,
-        })));
-    }
-    let mut candidates: Vec<&MachineInfo> = machines
-        .iter()
-        .filter(|m| Some(&m.id) != settings.machine_id.as_ref())
-        .collect();
-    // Stopped ones first, then the newest.
-    candidates.sort_by(|a, b| {
-        let running = |m: &MachineInfo| m.state == "started";
-        running(a)
-            .cmp(&running(b))
-            .then_with(|| b.created_at.cmp(&a.created_at))
-    });
-    let excess = usize::try_from(have - count).unwrap_or(0);
-    let mut destroyed = Vec::new();
-    for m in candidates.into_iter().take(excess) {
-        let request = fly
-            .request(
-                Method::DELETE,
-                &Fly::machine_path(app, &m.id, ""),
-                &[("force", "true")],
-                None,
-            )
-            .map_err(|e| e.text)?;
-        fly.send_unit(&request)
+/// What `scale` does to reach `count` machines, from a fresh list of the app's machines:
+/// clone the template `clones` times, or destroy `destroy` (never the resource's own
+/// machine; stopped ones first, then the newest).
+struct ScalePlan {
+    app: String,
+    have: i64,
+    count: i64,
+    template: Option<MachineInfo>,
+    clones: i64,
+    destroy: Vec<MachineInfo>,
+}
+
+impl ScalePlan {
+    async fn read(fly: &Fly, settings: &Settings, count: i64) -> Result<Self, String> {
+        let app = settings.app.as_str();
+        let machines: Vec<MachineInfo> = fly
+            .list(app, false)
             .await
-            .map_err(|e| format!("destroy machine `{}`: {}", m.id, e.text))?;
-        destroyed.push(m.id.clone());
+            .map_err(|e| e.text)?
+            .into_iter()
+            .filter(|m| m.state != "destroyed")
+            .collect();
+        let have = i64::try_from(machines.len()).unwrap_or(i64::MAX);
+        let mut plan = ScalePlan {
+            app: app.to_owned(),
+            have,
+            count,
+            template: None,
+            clones: 0,
+            destroy: Vec::new(),
+        };
+        if count > have {
+            plan.template = Some(match &settings.machine_id {
+                Some(id) => machines
+                    .iter()
+                    .find(|m| &m.id == id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        format!("machine `{id}` is not among the machines of app `{app}`")
+                    })?,
+                None => machines
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| format!("app `{app}` has no machine to clone"))?,
+            });
+            plan.clones = count - have;
+            return Ok(plan);
+        }
+        let mut candidates: Vec<MachineInfo> = machines
+            .into_iter()
+            .filter(|m| Some(&m.id) != settings.machine_id.as_ref())
+            .collect();
+        // Stopped ones first, then the newest.
+        candidates.sort_by(|a, b| {
+            let running = |m: &MachineInfo| m.state == "started";
+            running(a)
+                .cmp(&running(b))
+                .then_with(|| b.created_at.cmp(&a.created_at))
+        });
+        candidates.truncate(usize::try_from(have - count).unwrap_or(0));
+        plan.destroy = candidates;
+        Ok(plan)
     }
-    Ok(CommandResult::ok(json!({
-        "from": have, "to": count, "destroyed": destroyed,
-    })))
+
+    fn clone_body(template: &MachineInfo) -> Value {
+        let mut body = json!({ "config": template.config });
+        if let Some(region) = &template.region {
+            body["region"] = json!(region);
+        }
+        body
+    }
+
+    fn destroy_ids(&self) -> Vec<&str> {
+        self.destroy.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    /// `scaling app x from 3 to 1 destroys machines a (stopped), b (started)`.
+    fn destroys_text(&self) -> String {
+        format!(
+            "scaling app `{}` from {} to {} destroys {} {}",
+            self.app,
+            self.have,
+            self.count,
+            if self.destroy.len() == 1 {
+                "machine"
+            } else {
+                "machines"
+            },
+            self.destroy
+                .iter()
+                .map(|m| format!("`{}` ({})", m.id, m.state))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    fn destroy_request(fly: &Fly, app: &str, id: &str) -> Result<HttpRequest, String> {
+        fly.request(
+            Method::DELETE,
+            &Fly::machine_path(app, id, ""),
+            &[("force", "true")],
+            None,
+        )
+        .map_err(|e| e.text)
+    }
+
+    /// The requests the command would send after its read, each exact (the clone's config
+    /// is the template's own, shown by reference).
+    fn dry_run(&self, fly: &Fly, secrets: &[&kinfra_core::Secret]) -> CommandResult {
+        let app = self.app.as_str();
+        // The run reads the list again first (the machines are counted when it runs).
+        let mut shown: Vec<PlannedRequest> = fly
+            .request(Method::GET, &Fly::machines_path(app), &[], None)
+            .map(|r| vec![r.planned()])
+            .unwrap_or_default();
+        let mut warnings = Vec::new();
+        if let Some(template) = &self.template {
+            let mut body = Self::clone_body(template);
+            body["config"] = json!(format!("<config of machine {}>", template.id));
+            if let Ok(request) =
+                fly.request(Method::POST, &Fly::machines_path(app), &[], Some(body))
+            {
+                for _ in 0..self.clones {
+                    shown.push(request.planned());
+                }
+            }
+        }
+        for m in &self.destroy {
+            if let Ok(request) = Self::destroy_request(fly, app, &m.id) {
+                shown.push(request.planned());
+            }
+        }
+        if !self.destroy.is_empty() {
+            warnings.push(format!("{}: running it needs --yes", self.destroys_text()));
+        }
+        let mut result = CommandResult::planned(&shown, secrets);
+        result.warnings.extend(warnings);
+        result.data = json!({
+            "from": self.have,
+            "to": self.count,
+            "clone_from": self.template.as_ref().map(|t| t.id.clone()),
+            "clones": self.clones,
+            "destroy": self.destroy_ids(),
+        });
+        result
+    }
+
+    async fn run(self, fly: &Fly) -> Result<CommandResult, String> {
+        let app = self.app.as_str();
+        if let Some(template) = &self.template {
+            let mut created = Vec::new();
+            for _ in 0..self.clones {
+                let machine: MachineInfo = fly
+                    .api
+                    .call(
+                        Method::POST,
+                        &Fly::machines_path(app),
+                        &[],
+                        Some(Self::clone_body(template)),
+                    )
+                    .await
+                    .map_err(|e| format!("clone machine `{}`: {}", template.id, e.text))?;
+                created.push(machine.id);
+            }
+            return Ok(CommandResult::ok(json!({
+                "from": self.have, "to": self.count, "cloned_from": template.id,
+                "created": created,
+            })));
+        }
+        let mut destroyed = Vec::new();
+        for m in &self.destroy {
+            let request = Self::destroy_request(fly, app, &m.id)?;
+            fly.send_unit(&request)
+                .await
+                .map_err(|e| format!("destroy machine `{}`: {}", m.id, e.text))?;
+            destroyed.push(m.id.clone());
+        }
+        Ok(CommandResult::ok(json!({
+            "from": self.have, "to": self.count, "destroyed": destroyed,
+        })))
+    }
 }
 
 impl Provider for FlyProvider {
@@ -1398,21 +1426,13 @@ impl Provider for FlyProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Vec<ResourceProblem>> {
         Box::pin(async move {
-            let mut problems = Vec::new();
-            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(
-                    spec,
-                    &decl.config,
-                    kinfra_provider::provider::KINFRA_KEYS,
-                ));
-            }
-            if let Err(found) = Settings::parse(&decl.config) {
-                for p in found {
-                    if !problems.iter().any(|q| q.key == p.key) {
-                        problems.push(p);
-                    }
-                }
-            }
+            let mut problems = config_problems(
+                &self.metadata,
+                RESOURCE_TYPE,
+                &decl.config,
+                KINFRA_KEYS,
+                Settings::parse,
+            );
             problems.extend(self.clients.check(instance));
             problems
         })
@@ -1436,17 +1456,9 @@ impl Provider for FlyProvider {
     ) -> BoxFuture<'a, Result<CommandResult, ProviderError>> {
         Box::pin(async move {
             if !self.commands.iter().any(|c| c.id == command.id) {
-                return Err(ProviderError::UnknownCommand {
-                    provider: ID.into(),
-                    command: command.id.clone(),
-                });
+                return Err(ProviderError::unknown_command(ID, &command.id));
             }
-            let settings = Settings::parse(&resource.config).map_err(|problems| {
-                ProviderError::InvalidResource {
-                    resource: resource.name.clone(),
-                    problems,
-                }
-            })?;
+            let settings = resource.parse_config(Settings::parse)?;
             let fly = self.fly(instance)?;
             let mut secrets: Vec<&str> = fly.api.secrets().iter().map(|s| s.expose()).collect();
             secrets.extend(params.secrets().iter().map(|s| s.expose()));
@@ -1485,7 +1497,7 @@ struct Inner {
     /// Why the last start failed.
     failure: Mutex<Option<String>>,
     events_seen: Mutex<HashSet<String>>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    logs: LogRing,
     /// Lines written while no run was live (during a start), for the next run's output.
     pending: Mutex<VecDeque<OutputLine>>,
     /// The live run's output (a clone of what the run slot holds).
@@ -1504,13 +1516,7 @@ impl Inner {
             stream,
             text: self.mask(&text.into()),
         };
-        {
-            let mut logs = lock(&self.logs);
-            if logs.len() >= LOG_LINES {
-                logs.pop_front();
-            }
-            logs.push_back(line.clone());
-        }
+        self.logs.push(line.clone());
         match lock(&self.output).as_ref() {
             Some(out) => {
                 let _ = out.try_send(line);
@@ -2114,11 +2120,7 @@ impl Resource for FlyResource {
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
-        Box::pin(async move {
-            let logs = lock(&self.inner.logs);
-            let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
-        })
+        Box::pin(async move { Ok(self.inner.logs.tail(tail)) })
     }
 
     fn remove(&self, _volumes: bool) -> BoxFuture<'_, Result<(), ResourceError>> {

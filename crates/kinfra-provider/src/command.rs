@@ -230,9 +230,23 @@ impl ParamValue {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ValidatedParams {
     values: BTreeMap<String, ParamValue>,
+    confirmed: bool,
 }
 
 impl ValidatedParams {
+    /// True when the caller confirmed the command (`--yes`, `"yes": true`). A command whose
+    /// need for confirmation depends on what it would do (scaling down destroys, scaling up
+    /// does not) is declared without `confirm` and checks this itself.
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// The same parameters, confirmed by the caller or not (see [`Self::confirmed`]).
+    pub fn with_confirmation(mut self, confirmed: bool) -> Self {
+        self.confirmed = confirmed;
+        self
+    }
+
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&ParamValue> {
         self.values.get(name)
@@ -485,7 +499,10 @@ pub fn validate(
         }
     }
     if problems.is_empty() {
-        Ok(ValidatedParams { values })
+        Ok(ValidatedParams {
+            values,
+            confirmed: false,
+        })
     } else {
         Err(ParamErrors {
             command: spec.id.clone(),

@@ -704,9 +704,21 @@ async fn run_command(
     args: Value,
     dry_run: bool,
 ) -> Result<CommandResult, ProviderError> {
+    run_confirmed(prism_url, resource, id, args, dry_run, false).await
+}
+
+/// [`run_command`], confirmed (`--yes`) or not.
+async fn run_confirmed(
+    prism_url: &str,
+    resource: &ResourceDecl,
+    id: &str,
+    args: Value,
+    dry_run: bool,
+    yes: bool,
+) -> Result<CommandResult, ProviderError> {
     let provider = provider();
     let spec = provider.command(id).expect("command").clone();
-    let checked = validate(&spec, &params(args))?;
+    let checked = validate(&spec, &params(args))?.with_confirmation(yes);
     within(
         id,
         provider.execute(
@@ -721,7 +733,7 @@ async fn run_command(
 }
 
 #[tokio::test]
-async fn every_command_dry_runs_without_sending_anything_and_never_shows_the_token() {
+async fn every_command_dry_runs_changing_nothing_and_never_shows_the_token() {
     let (prism, fake) = fly();
     let (app, ids) = fake.app("dryrun", &["started", "started"], false);
     let one = decl(json!({ "app": app, "machine_id": ids[0] }));
@@ -742,12 +754,8 @@ async fn every_command_dry_runs_without_sending_anything_and_never_shows_the_tok
         ),
         (&one, "restart", json!({}), vec!["POST"]),
         (&all, "restart", json!({}), vec!["GET", "POST"]),
-        (
-            &all,
-            "scale",
-            json!({ "count": 3 }),
-            vec!["GET", "POST", "DELETE"],
-        ),
+        (&all, "scale", json!({ "count": 3 }), vec!["GET", "POST"]),
+        (&all, "scale", json!({ "count": 1 }), vec!["GET", "DELETE"]),
     ];
     let provider = provider();
     for command in provider.commands() {
@@ -758,7 +766,8 @@ async fn every_command_dry_runs_without_sending_anything_and_never_shows_the_tok
             command.id
         );
     }
-    assert!(provider.command("scale").expect("scale").confirm);
+    // Scaling up needs no confirmation: the command itself refuses to destroy without it.
+    assert!(!provider.command("scale").expect("scale").confirm);
     for (resource, id, args, methods) in cases {
         let result = run_command(&prism.url, resource, id, args, true)
             .await
@@ -798,8 +807,89 @@ async fn every_command_dry_runs_without_sending_anything_and_never_shows_the_tok
     let body = update.body.as_ref().expect("a body");
     assert_eq!(body["config"]["image"], "registry.fly.io/x:v2");
     assert!(body["current_version"].is_string(), "{body}");
-    assert!(fake.requests(&app).is_empty(), "a dry-run sent something");
-    assert!(prism.exchanges(&app).is_empty());
+    // Only scale read something (the list, to name the machines it would clone or destroy).
+    let sent = fake.requests(&app);
+    assert!(
+        sent.iter()
+            .all(|r| r.starts_with(&format!("GET /v1/apps/{app}/machines "))),
+        "a dry-run sent more than a read: {sent:#?}"
+    );
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    prism.assert_clean(&app);
+}
+
+#[tokio::test]
+async fn scale_dry_runs_name_the_machines_and_only_destroying_needs_confirmation() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("scale-confirm", &["started", "stopped", "started"], false);
+    let all = decl(json!({ "app": app }));
+    // The dry-run of a scale down names the machines it would destroy: the stopped one first.
+    let planned = run_command(&prism.url, &all, "scale", json!({ "count": 1 }), true)
+        .await
+        .expect("dry-run");
+    assert_eq!(planned.data["destroy"].as_array().map(Vec::len), Some(2));
+    assert_eq!(planned.data["destroy"][0], ids[1], "{:?}", planned.data);
+    let deletes: Vec<&str> = planned
+        .requests
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.url.as_str())
+        .collect();
+    assert!(
+        deletes[0].ends_with(&format!("/machines/{}?force=true", ids[1])),
+        "{deletes:?}"
+    );
+    assert!(
+        planned
+            .warnings
+            .iter()
+            .any(|w| w.contains("--yes") && w.contains(&ids[1])),
+        "{:?}",
+        planned.warnings
+    );
+    // The dry-run of a scale up says which machine would be cloned, how often.
+    let planned = run_command(&prism.url, &all, "scale", json!({ "count": 5 }), true)
+        .await
+        .expect("dry-run");
+    assert_eq!(planned.data["clone_from"], ids[0]);
+    assert_eq!(planned.data["clones"], 2);
+    assert!(planned.warnings.is_empty(), "{:?}", planned.warnings);
+    // Down without confirmation: refused naming the machines, nothing destroyed.
+    let refused = run_command(&prism.url, &all, "scale", json!({ "count": 1 }), false)
+        .await
+        .expect_err("needs --yes")
+        .to_string();
+    assert!(
+        refused.contains("needs confirmation")
+            && refused.contains(&ids[1])
+            && refused.contains("--yes"),
+        "{refused}"
+    );
+    assert!(requests_matching(fake, &app, "DELETE").is_empty());
+    // Up without confirmation runs.
+    let up = run_command(&prism.url, &all, "scale", json!({ "count": 4 }), false)
+        .await
+        .expect("scaled up unconfirmed");
+    assert_eq!(up.data["created"].as_array().map(Vec::len), Some(1));
+    // Down confirmed runs: the stopped machine and the clone (not started, or the newest).
+    let down = run_confirmed(
+        &prism.url,
+        &all,
+        "scale",
+        json!({ "count": 2 }),
+        false,
+        true,
+    )
+    .await
+    .expect("scaled down confirmed");
+    let destroyed = down.data["destroyed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(destroyed.len(), 2, "{down:?}");
+    assert!(destroyed.contains(&json!(ids[1])), "{down:?}");
+    assert!(!destroyed.contains(&json!(ids[0])) && !destroyed.contains(&json!(ids[2])));
+    prism.assert_clean(&app);
 }
 
 #[tokio::test]
@@ -1004,9 +1094,16 @@ async fn restart_and_scale_act_on_the_apps_machines() {
         "clones of the resource's machine"
     );
     // Scaling down destroys others, never the resource's own machine.
-    let down = run_command(&prism.url, &one, "scale", json!({ "count": 1 }), false)
-        .await
-        .expect("scaled down");
+    let down = run_confirmed(
+        &prism.url,
+        &one,
+        "scale",
+        json!({ "count": 1 }),
+        false,
+        true,
+    )
+    .await
+    .expect("scaled down");
     assert_eq!(down.data["destroyed"].as_array().map(Vec::len), Some(2));
     let left: Vec<String> = fake.with(&app, |a| {
         a.machines
