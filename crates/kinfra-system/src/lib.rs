@@ -1,0 +1,5 @@
+//! System services as resources: `systemd` units over systemd's D-Bus API and, on macOS only,
+//! `launchd` jobs through `launchctl` (same provider shape, untested here: this crate's tests
+//! run on Linux).
+
+pub mod systemd;

@@ -1,0 +1,4 @@
+//! kinfra-system's tests: one binary.
+
+mod mock_systemd;
+mod systemd;
