@@ -25,7 +25,8 @@
 //! once it is READY its runtime logs (`GET /v1/projects/{id}/deployments/{id}/runtime-logs`,
 //! also a stream, rows deduplicated by `rowId` across reconnects). Every line goes into the
 //! resource's log (dashboard, `runtime logs`, the bus). A stream's connection is paced (never
-//! more than one attempt per `stream_pause`) and backs off on errors, honouring `Retry-After`.
+//! more than one attempt per `stream_pause`), takes a token from the instance's rate limit
+//! like every other request, and backs off on errors, honouring `Retry-After`.
 //!
 //! Commands (each with a dry-run): `deploy {target?, git_ref?}` (`POST /v13/deployments` from
 //! the project's linked Git repository), `redeploy {deployment_id, target?}`,
@@ -1450,6 +1451,8 @@ impl Inner {
         if let Some(token) = self.api.rest.token() {
             builder = builder.bearer_auth(token.expose());
         }
+        // Every (re)connect is one more request against the instance's rate limit.
+        self.api.rest.take_token().await;
         let shown = request.redacted_url();
         let transport = |e: reqwest::Error| StreamError {
             text: format!("GET {shown}: {}", e.without_url()),

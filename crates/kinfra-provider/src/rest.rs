@@ -442,6 +442,15 @@ impl RestApi {
         planned
     }
 
+    /// Waits for a token from the instance's bucket (when it has a `rate_limit`) and takes
+    /// it: for a request not sent by [`RestApi::send`] or [`RestApi::send_once`], such as a
+    /// log stream's (re)connect, which must count against the rate limit all the same.
+    pub async fn take_token(&self) {
+        if let Some(bucket) = &self.bucket {
+            bucket.acquire().await;
+        }
+    }
+
     /// Sends `request` once through the instance's token bucket, without retries (a poll
     /// whose loop has its own backoff). The request is sent as it is (its own auth).
     pub async fn send_once(&self, request: &HttpRequest) -> Result<HttpResponse, CallError> {

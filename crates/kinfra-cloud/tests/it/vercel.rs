@@ -619,6 +619,42 @@ async fn a_rate_limited_start_waits_for_retry_after_instead_of_failing() {
     assert_clean_but_undeclared(prism, fake, &p, &[429]);
 }
 
+/// The log streams' (re)connects take their token from the instance's bucket like every other
+/// request: with six tokens and the next one ten minutes away, no more than six requests
+/// ever reach the API, however often the streams would reconnect (through Prism each
+/// answers one line, so they reconnect every few hundred milliseconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_streams_take_a_token_from_the_rate_limit_on_every_connect() {
+    const BUDGET: usize = 6;
+    let (prism, fake) = vercel();
+    let (p, _) = fake.project("streambucket", None, false, Some("READY"));
+    let ctx = harness::instance(
+        "vc",
+        &prism.url,
+        TOKEN,
+        json!({ "rate_limit": format!("{BUDGET}/h") }),
+    );
+    let res = provider()
+        .project_resource(&ctx, &decl(&p))
+        .expect("resource");
+    let (exit, _lines) = collect(res.start().await.expect("start"));
+    until("the budget is spent", || async {
+        fake.requests(&p).len() >= BUDGET
+    })
+    .await;
+    // Without the bucket, the streams' reconnects (one every stream pause, 200 ms) would
+    // pass the budget within this while.
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < quiet {
+        let sent = fake.requests(&p);
+        assert!(sent.len() <= BUDGET, "past the rate limit: {sent:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    res.release(HANG).await.expect("release");
+    assert_eq!(exit_code(exit).await, Some(0));
+    assert_clean(prism, fake, &p);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_a_sync_error_not_a_crash() {
     // Prism would turn a malformed answer into its own error: this one talks to the fake.
