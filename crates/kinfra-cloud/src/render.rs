@@ -38,12 +38,13 @@ use kinfra_provider::metadata::{
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError};
 use kinfra_provider::operation::{OperationStatus, OperationTracker};
 use kinfra_provider::provider::{
-    InstanceContext, Provider, ProviderError, ResourceDecl, ResourceProblem, check_config,
+    InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
+    config_duration_or, config_problems,
 };
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest};
 use kinfra_provider::retry::{Backoff, RetryPolicy};
-use kinfra_provider::run_slot::{RunSlot, SyncRecord, lock};
+use kinfra_provider::run_slot::{LogRing, RunSlot, SyncRecord, lock};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -190,35 +191,6 @@ struct ServiceSpec {
     follow_logs: bool,
 }
 
-fn duration_key(
-    config: &Map<String, Value>,
-    key: &str,
-    default: Duration,
-    problems: &mut Vec<ResourceProblem>,
-) -> Duration {
-    match config.get(key) {
-        None => default,
-        Some(Value::String(text)) => match kinfra_core::config::parse_duration(text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                problems.push(ResourceProblem::at(key, "must be more than zero"));
-                default
-            }
-            Err(reason) => {
-                problems.push(ResourceProblem::at(key, reason));
-                default
-            }
-        },
-        Some(_) => {
-            problems.push(ResourceProblem::at(
-                key,
-                "expected a duration such as \"30s\"",
-            ));
-            default
-        }
-    }
-}
-
 impl ServiceSpec {
     fn parse(config: &Map<String, Value>) -> Result<Self, Vec<ResourceProblem>> {
         let mut problems = Vec::new();
@@ -242,8 +214,8 @@ impl ServiceSpec {
                 String::new()
             }
         };
-        let interval = duration_key(config, "interval", DEFAULT_INTERVAL, &mut problems);
-        let operation_timeout = duration_key(
+        let interval = config_duration_or(config, "interval", DEFAULT_INTERVAL, &mut problems);
+        let operation_timeout = config_duration_or(
             config,
             "operation_timeout",
             DEFAULT_OPERATION_TIMEOUT,
@@ -276,50 +248,33 @@ impl ServiceSpec {
 
 /// The commands every service offers.
 fn command_specs() -> Vec<CommandSpec> {
-    let command =
-        |id: &str, category: &str, description: &str, params: Vec<ParamSpec>| CommandSpec {
-            id: id.into(),
-            name: id.into(),
-            description: description.into(),
-            category: category.into(),
-            resource_type: Some(RESOURCE_TYPE.into()),
-            params,
-            dry_run: true,
-            confirm: false,
-        };
-    let param =
-        |name: &str, kind: ParamKind, required: bool, default: Option<Value>, d: &str| ParamSpec {
-            name: name.into(),
-            kind,
-            required,
-            default,
-            description: d.into(),
-        };
+    let command = |id: &str, category: &str, description: &str, params: Vec<ParamSpec>| {
+        CommandSpec::new(id, id, description)
+            .in_category(category)
+            .for_resource_type(RESOURCE_TYPE)
+            .with_params(params)
+            .with_dry_run()
+    };
     vec![
         command(
             "deploy",
             "deploy",
             "Triggers a deploy (POST /services/{id}/deploys).",
             vec![
-                param(
+                ParamSpec::optional(
                     "clear_cache",
                     ParamKind::Boolean,
-                    false,
-                    Some(Value::Bool(false)),
                     "Clear the build cache before deploying.",
-                ),
-                param(
+                )
+                .with_default(Value::Bool(false)),
+                ParamSpec::optional(
                     "commit_id",
                     ParamKind::String,
-                    false,
-                    None,
                     "The Git commit to deploy (default: the branch's latest).",
                 ),
-                param(
+                ParamSpec::optional(
                     "image_url",
                     ParamKind::String,
-                    false,
-                    None,
                     "The image to deploy (image-backed services).",
                 ),
             ],
@@ -328,11 +283,9 @@ fn command_specs() -> Vec<CommandSpec> {
             "cancel-deploy",
             "deploy",
             "Cancels a deploy in progress (POST /services/{id}/deploys/{deploy_id}/cancel).",
-            vec![param(
+            vec![ParamSpec::required(
                 "deploy_id",
                 ParamKind::String,
-                true,
-                None,
                 "The deploy's id (dep-...; see list-deploys).",
             )],
         ),
@@ -346,14 +299,12 @@ fn command_specs() -> Vec<CommandSpec> {
             "scale",
             "scale",
             "Sets the number of instances of a manually scaled service (POST /services/{id}/scale).",
-            vec![param(
+            vec![ParamSpec::required(
                 "instances",
                 ParamKind::Integer {
                     min: Some(1),
                     max: Some(100),
                 },
-                true,
-                None,
                 "The number of instances.",
             )],
         ),
@@ -379,12 +330,6 @@ fn command_specs() -> Vec<CommandSpec> {
 }
 
 fn metadata() -> ProviderMetadata {
-    let key = |name: &str, required: bool, kind: ConfigKind, description: &str| ConfigKeySpec {
-        name: name.into(),
-        required,
-        kind,
-        description: description.into(),
-    };
     ProviderMetadata {
         id: ID.into(),
         name: ID.into(),
@@ -402,21 +347,18 @@ fn metadata() -> ProviderMetadata {
                           when stopped."
                 .into(),
             config: vec![
-                key(
+                ConfigKeySpec::required(
                     "service_id",
-                    true,
                     ConfigKind::String,
                     "The service's id (srv-...).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "operation_timeout",
-                    false,
                     ConfigKind::Duration,
                     "How long a resume may take until its deploy is live (default 20m).",
                 ),
-                key(
+                ConfigKeySpec::optional(
                     "logs",
-                    false,
                     ConfigKind::Boolean,
                     "Follow the service's logs (GET /logs) into the resource's log (default true).",
                 ),
@@ -496,7 +438,7 @@ impl RenderProvider {
                 spec,
                 api,
                 view: Mutex::new(View::default()),
-                logs: Mutex::new(VecDeque::new()),
+                logs: LogRing::new(LOG_LINES),
                 output: Mutex::new(None),
                 live: RunSlot::default(),
                 sync: SyncRecord::default(),
@@ -521,21 +463,13 @@ impl Provider for RenderProvider {
         decl: &'a ResourceDecl,
     ) -> BoxFuture<'a, Vec<ResourceProblem>> {
         Box::pin(async move {
-            let mut problems = Vec::new();
-            if let Some(spec) = self.metadata.resource_type(RESOURCE_TYPE) {
-                problems.extend(check_config(
-                    spec,
-                    &decl.config,
-                    kinfra_provider::provider::KINFRA_KEYS,
-                ));
-            }
-            if let Err(found) = ServiceSpec::parse(&decl.config) {
-                for p in found {
-                    if !problems.iter().any(|q| q.key == p.key) {
-                        problems.push(p);
-                    }
-                }
-            }
+            let mut problems = config_problems(
+                &self.metadata,
+                RESOURCE_TYPE,
+                &decl.config,
+                KINFRA_KEYS,
+                ServiceSpec::parse,
+            );
             problems.extend(self.clients.check(instance));
             problems
         })
@@ -643,12 +577,7 @@ impl Provider for RenderProvider {
                 "list-deploys" => (Method::GET, spec.path("/deploys"), None),
                 "start" => (Method::POST, spec.path("/resume"), None),
                 "stop" => (Method::POST, spec.path("/suspend"), None),
-                other => {
-                    return Err(ProviderError::UnknownCommand {
-                        provider: ID.into(),
-                        command: other.into(),
-                    });
-                }
+                other => return Err(ProviderError::unknown_command(ID, other)),
             };
             let request = api
                 .request(method, &path, &[], body)
@@ -780,7 +709,7 @@ struct Inner {
     spec: ServiceSpec,
     api: RestApi,
     view: Mutex<View>,
-    logs: Mutex<VecDeque<OutputLine>>,
+    logs: LogRing,
     /// The live run's output (generation, sender): cleared when that run ends.
     output: Mutex<Option<(u64, mpsc::Sender<OutputLine>)>>,
     live: RunSlot<Held>,
@@ -884,13 +813,7 @@ impl Inner {
             stream,
             text: self.mask(&text.into()),
         };
-        {
-            let mut logs = lock(&self.logs);
-            if logs.len() >= LOG_LINES {
-                logs.pop_front();
-            }
-            logs.push_back(line.clone());
-        }
+        self.logs.push(line.clone());
         if let Some((_, out)) = lock(&self.output).as_ref() {
             let _ = out.try_send(line);
         }
@@ -1550,11 +1473,7 @@ impl Resource for RenderResource {
     }
 
     fn logs(&self, tail: usize) -> BoxFuture<'_, Result<Vec<OutputLine>, ResourceError>> {
-        Box::pin(async move {
-            let logs = lock(&self.inner.logs);
-            let skip = logs.len().saturating_sub(tail);
-            Ok(logs.iter().skip(skip).cloned().collect())
-        })
+        Box::pin(async move { Ok(self.inner.logs.tail(tail)) })
     }
 
     /// kinfra never deletes a Render service: the service is the user's.
