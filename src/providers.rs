@@ -57,6 +57,8 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_cloud::vercel::provider(),
         #[cfg(feature = "kubernetes")]
         kinfra_cloud::kubernetes::provider(),
+        #[cfg(feature = "systemd")]
+        kinfra_system::systemd::provider(),
     ]
 }
 

@@ -40,4 +40,6 @@ mod startup;
 mod store;
 mod supabase;
 mod support;
+mod systemd;
+mod tunnel;
 mod vercel;
