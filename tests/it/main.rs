@@ -41,5 +41,4 @@ mod store;
 mod supabase;
 mod support;
 mod systemd;
-mod tunnel;
 mod vercel;
