@@ -404,6 +404,46 @@ pub fn validate(text: &str) -> Vec<String> {
     problems
 }
 
+/// One rule of a config file, as cloudflared reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedRule {
+    /// Its `hostname`, when it has one.
+    pub hostname: Option<String>,
+    /// Its `path` regex, when it has one.
+    pub path: Option<String>,
+    /// Its `service`.
+    pub service: String,
+}
+
+/// The `ingress` rules of a `config.yml` text, in order (for showing a config, and for tests
+/// that follow cloudflared's matching); an error when the text is not YAML, has no `ingress`
+/// list, or a rule is not a mapping of strings with a `service`. Use [`validate`] for the
+/// rules themselves.
+pub fn parse_rules(text: &str) -> Result<Vec<ParsedRule>, String> {
+    let doc = parse_yaml(text)?;
+    let Some(Value::Array(rules)) = doc.get("ingress") else {
+        return Err("no `ingress` list".to_owned());
+    };
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let n = i + 1;
+            let text = |key: &str| match rule.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.is_empty() => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("rule #{n}: `{key}` is not a string")),
+            };
+            Ok(ParsedRule {
+                hostname: text("hostname")?,
+                path: text("path")?,
+                service: text("service")?.ok_or_else(|| format!("rule #{n} has no `service`"))?,
+            })
+        })
+        .collect()
+}
+
 /// A YAML document as JSON: mappings with string keys, sequences, scalars (plain `~`/`null`/
 /// empty are null, `true`/`false` booleans, everything else a string). Aliases and more than
 /// one document are refused.

@@ -14,4 +14,4 @@ pub use cloudflare::{
     CloudflareSettings, CloudflareTunnels, DnsAction, DnsChange, TunnelConnection, TunnelError,
     TunnelHandle,
 };
-pub use ingress::{IngressConfig, IngressError, IngressRule, validate};
+pub use ingress::{IngressConfig, IngressError, IngressRule, ParsedRule, parse_rules, validate};

@@ -8,3 +8,8 @@ mod fake_http;
 #[allow(dead_code)]
 #[path = "../../../kinfra-cloud/tests/support/prism.rs"]
 mod prism;
+
+mod cloudflare;
+#[allow(dead_code)]
+#[path = "../support/cloudflare_fake.rs"]
+mod cloudflare_fake;
