@@ -5,7 +5,10 @@
 //! suspend outside kinfra shows `stopped` (no restart), `runtime stop`/`start` suspend and
 //! resume, `on_down = "keep"` leaves it alone at down and `"pause"` suspends it, a service
 //! suspended by Render for billing shows `failed` with the reason, a refused token fails naming
-//! the instance; the token shows nowhere.
+//! the instance; 429 with and without Retry-After, a 5xx burst, an answer slower than the
+//! instance's `timeout` and malformed JSON show in last_sync with the state kept, an unknown
+//! service and an unreachable API fail naming them; a canceled deploy over a live one keeps
+//! it running; the `start`/`stop` commands too; the token shows nowhere.
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/render_fake.rs"]
@@ -23,10 +26,15 @@ const LIMIT: Duration = Duration::from_secs(40);
 
 /// A project with one Render resource `web` on `service_id`, the API at `base`.
 fn project(base: &str, service_id: &str, extra: &str) -> Project {
+    project_with(base, "", service_id, extra)
+}
+
+/// The same with `instance` added to the provider instance's table (`timeout = ...`).
+fn project_with(base: &str, instance: &str, service_id: &str, extra: &str) -> Project {
     Project::with_config(&format!(
         "[project]\nname = \"rnd\"\n\
          [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
-         [providers.render]\ntoken = \"{TOKEN}\"\nbase_url = \"{base}\"\n\
+         [providers.render]\ntoken = \"{TOKEN}\"\nbase_url = \"{base}\"\n{instance}\
          [resources.web]\nprovider = \"render\"\nservice_id = \"{service_id}\"\n\
          interval = \"200ms\"\n{extra}"
     ))
@@ -262,9 +270,38 @@ fn runtime_stop_suspends_start_resumes_and_on_down_pause_suspends_at_down() {
     });
     assert_eq!(fake.count(&id, "/resume"), 1);
 
+    // The `stop` and `start` commands: a dry-run shows the exact request and sends nothing;
+    // for real they suspend and resume the service (seen by the runtime as outside changes).
+    for (name, tail) in [("stop", "/suspend"), ("start", "/resume")] {
+        let sent = fake.count(&id, tail);
+        let (code, result, text) = command(&p, &[name, "--dry-run"]);
+        assert_eq!(code, Some(0), "{text}");
+        assert_eq!(result["requests"][0]["method"], "POST", "{text}");
+        assert_eq!(
+            result["requests"][0]["url"].as_str(),
+            Some(format!("{}/services/{id}{tail}", prism.url).as_str()),
+            "{text}"
+        );
+        assert!(text.contains("****"), "the token is masked: {text}");
+        assert_eq!(fake.count(&id, tail), sent, "a dry-run sent {tail}");
+        let (code, result, text) = command(&p, &[name]);
+        assert_eq!(code, Some(0), "{text}");
+        assert_eq!(result["success"], true, "{text}");
+        assert_eq!(fake.count(&id, tail), sent + 1, "{tail} sent once");
+        if name == "stop" {
+            wait_web(&p, &up, "web stopped by the stop command", |w| {
+                w["state"] == "stopped"
+            });
+        } else {
+            wait_web(&p, &up, "web running after the start command", |w| {
+                w["state"] == "running" && w["health"] == "healthy"
+            });
+        }
+    }
+
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
-    assert_eq!(fake.count(&id, "/suspend"), 2, "{:?}", fake.requests(&id));
+    assert_eq!(fake.count(&id, "/suspend"), 3, "{:?}", fake.requests(&id));
     assert!(fake.suspended(&id), "suspended by the time kinfra exits");
     prism.assert_clean(&id);
 }
@@ -398,23 +435,23 @@ fn faults_show_in_last_sync_and_keep_the_state_and_an_unknown_service_fails_nami
     wait_web(&p, &up, "last_sync ok again", |w| {
         w["last_sync"]["ok"] == true
     });
-    // 429 with Retry-After: a rate limit is not a crash.
-    fake.inject(
-        &id,
-        &format!("GET /services/{id}$"),
+    // 429 with and without Retry-After: a rate limit is not a crash.
+    for reply in [
         render_fake::error(429, "Rate limit exceeded").header("Retry-After", "1"),
-        1,
-    );
-    let limited = wait_web(&p, &up, "the 429 in last_sync", |w| {
-        w["last_sync"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("429"))
-    });
-    assert_eq!(limited["state"], "running", "{limited}");
-    assert_eq!(limited["restarts"], 0, "{limited}");
-    wait_web(&p, &up, "last_sync ok after the wait", |w| {
-        w["last_sync"]["ok"] == true
-    });
+        render_fake::error(429, "Rate limit exceeded"),
+    ] {
+        fake.inject(&id, &format!("GET /services/{id}$"), reply, 1);
+        let limited = wait_web(&p, &up, "the 429 in last_sync", |w| {
+            w["last_sync"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("429"))
+        });
+        assert_eq!(limited["state"], "running", "{limited}");
+        assert_eq!(limited["restarts"], 0, "{limited}");
+        wait_web(&p, &up, "last_sync ok after the wait", |w| {
+            w["last_sync"]["ok"] == true
+        });
+    }
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
     prism.assert_clean(&id);
@@ -433,6 +470,72 @@ fn faults_show_in_last_sync_and_keep_the_state_and_an_unknown_service_fails_nami
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
     prism.assert_clean(missing);
+}
+
+#[test]
+fn a_slow_answer_and_malformed_json_show_in_last_sync_and_an_unreachable_api_fails() {
+    // Slower than the instance's `timeout`: last_sync says so, the state stays.
+    let (prism, fake) = render();
+    let id = fake.service("rootslow", Some("live"), &[]);
+    let p = project_with(&prism.url, "timeout = \"1s\"\n", &id, "");
+    let mut up = p.up(&[], &[]);
+    wait_web(&p, &up, "web running", |w| {
+        w["state"] == "running" && w["last_sync"]["ok"] == true
+    });
+    let slow = render_fake::error(500, "too late").delayed(Duration::from_secs(3));
+    fake.inject(&id, &format!("GET /services/{id}$"), slow, 1);
+    let late = wait_web(&p, &up, "the timeout in last_sync", |w| {
+        w["last_sync"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer within 1s"))
+    });
+    assert_eq!(late["state"], "running", "kept: {late}");
+    assert_eq!(late["provider_state"], "live", "kept: {late}");
+    assert_eq!(late["restarts"], 0, "{late}");
+    wait_web(&p, &up, "last_sync ok again", |w| {
+        w["last_sync"]["ok"] == true
+    });
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    assert!(!up.lines().join("\n").contains(TOKEN));
+    prism.assert_clean(&id);
+
+    // Malformed JSON (Prism would answer it with its own error: straight to the fake).
+    let id = fake.service("rootmalformed", Some("live"), &[]);
+    let p = project(&prism.fake_url, &id, "");
+    let mut up = p.up(&[], &[]);
+    wait_web(&p, &up, "web running", |w| w["state"] == "running");
+    fake.inject(
+        &id,
+        &format!("GET /services/{id}$"),
+        crate::fake_http::Reply::json(200, r#"{"id": "srv-"#),
+        2,
+    );
+    let malformed = wait_web(&p, &up, "the malformed answer in last_sync", |w| {
+        w["last_sync"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed JSON"))
+    });
+    assert_eq!(malformed["state"], "running", "kept: {malformed}");
+    assert_eq!(malformed["restarts"], 0, "{malformed}");
+    wait_web(&p, &up, "last_sync ok again", |w| {
+        w["last_sync"]["ok"] == true
+    });
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+
+    // Nothing listens on port 1: failed for good, naming the instance.
+    let p = project("http://127.0.0.1:1", "srv-rootunreachable", "");
+    let mut up = p.up(&[], &[]);
+    let failed = wait_web(&p, &up, "web failed", |w| w["state"] == "failed");
+    let message = failed["status_message"].as_str().unwrap_or_default();
+    assert!(message.contains("`render`"), "{failed}");
+    assert_eq!(failed["restarts"], 0, "{failed}");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    assert!(!up.lines().join("\n").contains(TOKEN));
+    let status = stdout(&p.run(&["runtime", "status", "--json"]));
+    assert!(!status.contains(TOKEN), "{status}");
 }
 
 #[test]
