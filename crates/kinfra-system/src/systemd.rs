@@ -927,7 +927,7 @@ struct View {
 
 /// What a live run holds: its output sender, its watcher (signals and safety re-reads) and
 /// its journal follower (which owns the journalctl child: aborting it kills the child).
-type Held = (mpsc::Sender<OutputLine>, AbortOnDrop, Option<AbortOnDrop>);
+type Held = (mpsc::Sender<OutputLine>, AbortOnDrop, AbortOnDrop);
 
 struct Inner {
     name: String,
@@ -1000,16 +1000,7 @@ impl Inner {
 
     /// Why the unit failed, from what it says.
     fn failure_text(&self) -> String {
-        let facts = lock(&self.view).facts.clone();
-        let mut text = format!(
-            "systemd unit `{}` failed ({})",
-            self.spec.unit,
-            facts.words()
-        );
-        if let Some(result) = facts.result.filter(|r| r != "success") {
-            text.push_str(&format!(", result {result}"));
-        }
-        text
+        failure_text(&self.spec.unit, &lock(&self.view).facts)
     }
 
     /// Acts on the unit's current state in run `generation`: ends the run when it stopped or
@@ -1156,31 +1147,29 @@ impl Inner {
         client: SystemdClient,
         path: OwnedObjectPath,
         changes: zbus::proxy::SignalStream<'static>,
-    ) -> Run {
+    ) -> (Run, u64) {
         let (out_tx, out_rx) = mpsc::channel(256);
         let (exit_tx, exit_rx) = oneshot::channel();
         lock(&self.view).journal = None;
         let inner = self.clone();
         let generation = self.live.begin(|generation| {
+            // The output is in place before the watcher can end the run.
+            *lock(&inner.output) = Some((generation, out_tx.clone()));
             let watcher = tokio::spawn(inner.clone().watch(generation, client, path, changes));
             let journal = tokio::spawn(inner.clone().follow_journal());
             (
                 exit_tx,
-                (
-                    out_tx.clone(),
-                    AbortOnDrop(watcher),
-                    Some(AbortOnDrop(journal)),
-                ),
+                (out_tx, AbortOnDrop(watcher), AbortOnDrop(journal)),
             )
         });
-        *lock(&self.output) = Some((generation, out_tx));
-        Run {
+        let run = Run {
             id: format!("{}#{generation}", self.spec.unit),
             pid: None,
             adopted,
             output: out_rx,
             exit: exit_rx,
-        }
+        };
+        (run, generation)
     }
 
     /// Connects, loads the unit and reads it; a unit not found fails naming it.
@@ -1198,6 +1187,15 @@ impl Inner {
         }
         Ok((client, path, facts))
     }
+}
+
+/// Why `unit` failed, from what it says: `ActiveState/SubState` and a service's `Result`.
+fn failure_text(unit: &str, facts: &UnitFacts) -> String {
+    let mut text = format!("systemd unit `{unit}` failed ({})", facts.words());
+    if let Some(result) = facts.result.as_deref().filter(|r| *r != "success") {
+        text.push_str(&format!(", result {result}"));
+    }
+    text
 }
 
 /// A journal entry (one line of `journalctl -o json`) as an output line: its `MESSAGE` (a
@@ -1326,17 +1324,14 @@ impl Resource for SystemdResource {
             .await;
             match opened {
                 Ok((client, path, changes, adopted)) => {
-                    let run = inner.begin_run(adopted, client, path, changes);
+                    let (run, generation) = inner.begin_run(adopted, client, path, changes);
                     // A state read after the job (a unit failed at once) ends the run now.
                     let status = lock(&inner.view)
                         .facts
                         .active
                         .as_deref()
                         .and_then(map_active_state);
-                    if let Some(generation) = run.id.rsplit('#').next().and_then(|g| g.parse().ok())
-                    {
-                        inner.react(generation, status);
-                    }
+                    inner.react(generation, status);
                     Ok(run)
                 }
                 Err(error) => {
@@ -1511,15 +1506,10 @@ impl Resource for SystemdResource {
         let words = view.facts.words();
         let message = match status {
             UnitStatus::Failed => {
-                drop(view);
-                let text = self.inner.failure_text();
-                let view = lock(&self.inner.view);
-                let journal = view
-                    .journal
-                    .as_ref()
-                    .map(|j| format!("; {j}"))
-                    .unwrap_or_default();
-                format!("{text}{journal}")
+                format!(
+                    "{}{journal}",
+                    failure_text(&self.inner.spec.unit, &view.facts)
+                )
             }
             UnitStatus::Stopped if view.stopped_by_kinfra => {
                 format!("{words}: stopped by kinfra{journal}")

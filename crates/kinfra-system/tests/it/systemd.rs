@@ -56,6 +56,18 @@ async fn reported(
     }
 }
 
+/// Waits (bounded) until `check` gives a value.
+async fn wait_until<T>(check: impl Fn() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within 30s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn exit_code(run: Run) -> Option<i32> {
     tokio::time::timeout(Duration::from_secs(30), run.exit)
         .await
@@ -431,4 +443,31 @@ async fn the_bus_going_away_fails_the_run_and_a_restart_recovers() {
         assert_eq!(result.operation_state.as_deref(), Some("done"));
         assert_eq!(setup.mock.calls(method).await, 1, "{method}");
     }
+}
+
+/// `user = true`: the same calls on the instance's bus (here the private one standing in for
+/// the session bus), and the journal read with `--user-unit`.
+#[tokio::test]
+async fn a_user_unit_reads_its_user_journal() {
+    let setup = Setup::new().await;
+    setup.mock.add_unit("syncthing.service").await;
+    let journalctl = journalctl_stand_in(setup.path());
+    let resource = setup
+        .provider
+        .unit_resource(
+            &setup.instance(&journalctl.display().to_string()),
+            &decl(json!({ "unit": "syncthing.service", "user": true, "interval": "1h" })),
+        )
+        .expect("resource");
+    let run = resource.start().await.expect("start");
+    assert_eq!(setup.mock.calls("StartUnit").await, 1);
+    assert!(setup.mock.calls("Subscribe").await >= 1);
+    let runs = wait_until(|| {
+        let runs = journalctl_runs(setup.path());
+        (!runs.is_empty()).then_some(runs)
+    })
+    .await;
+    assert_eq!(runs[0].1, "--user-unit syncthing.service -f -o json -n 0");
+    resource.stop(Duration::from_secs(5)).await.expect("stop");
+    assert_eq!(exit_code(run).await, Some(0));
 }
