@@ -5,8 +5,9 @@
 //! unpauses it, a pause outside kinfra shows stopped and an unpause outside is taken up again,
 //! `runtime down` (keep) sends nothing; every command with and without `--dry-run`, a deploy
 //! followed to READY and a failed build shown failed with its reason; a dependent gets the
-//! deployment's URL; `kinfra plan` shows the unpause; a refused token, a 5xx burst, 429 with
-//! and without Retry-After, malformed JSON and an unreachable API; the token shows nowhere.
+//! deployment's URL; `kinfra plan` shows the unpause; a refused token, an unknown project, a
+//! 5xx burst, 429 with and without Retry-After, an answer slower than the instance's
+//! `timeout`, malformed JSON and an unreachable API; the token shows nowhere.
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/vercel_fake.rs"]
@@ -24,10 +25,15 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// A project with one Vercel resource `web` on project `id`, the API at `base`.
 fn project(base: &str, token: &str, id: &str, extra: &str) -> Project {
+    project_with(base, token, "", id, extra)
+}
+
+/// The same with `instance` added to the provider instance's table (`timeout = ...`).
+fn project_with(base: &str, token: &str, instance: &str, id: &str, extra: &str) -> Project {
     Project::with_config(&format!(
         "[project]\nname = \"vc\"\n\
          [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
-         [providers.vc]\nprovider = \"vercel\"\ntoken = \"{token}\"\nbase_url = \"{base}\"\n\
+         [providers.vc]\nprovider = \"vercel\"\ntoken = \"{token}\"\nbase_url = \"{base}\"\n{instance}\
          [resources.web]\nprovider = \"vc\"\nproject_id = \"{id}\"\ninterval = \"200ms\"\n{extra}"
     ))
 }
@@ -61,6 +67,22 @@ fn assert_no_token(up: &Up, p: &Project, body: &str) {
 fn assert_clean(prism: &prism::Prism, fake: &VercelFake, id: &str) {
     prism.assert_clean(id);
     assert_eq!(fake.body_errors(id), Vec::<String>::new());
+}
+
+/// For the fault tests: Vercel's spec declares no 404, 429 or 5xx for the reads they hit, so
+/// Prism warns on exactly those answers of `status`; only those are let through.
+fn assert_clean_but_undeclared(prism: &prism::Prism, id: &str, status: u16) {
+    let unexpected: Vec<_> = prism
+        .violations(id)
+        .into_iter()
+        .filter(|e| {
+            !(e.status == status
+                && e.violation
+                    .as_deref()
+                    .is_some_and(|v| v.contains("Unable to match the returned status code")))
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
 }
 
 #[test]
@@ -442,17 +464,7 @@ fn a_refused_token_fails_naming_the_instance_and_a_5xx_burst_shows_in_last_sync(
     assert_no_token(&up, &p, &body);
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
-    let unexpected: Vec<_> = prism
-        .violations(&id)
-        .into_iter()
-        .filter(|e| {
-            !(e.status == 500
-                && e.violation
-                    .as_deref()
-                    .is_some_and(|v| v.contains("Unable to match the returned status code")))
-        })
-        .collect();
-    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert_clean_but_undeclared(prism, &id, 500);
 }
 
 #[test]
@@ -618,17 +630,7 @@ fn rate_limits_and_a_malformed_answer_show_in_last_sync_and_an_unreachable_api_f
     }
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
-    let unexpected: Vec<_> = prism
-        .violations(&id)
-        .into_iter()
-        .filter(|e| {
-            !(e.status == 429
-                && e.violation
-                    .as_deref()
-                    .is_some_and(|v| v.contains("Unable to match the returned status code")))
-        })
-        .collect();
-    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert_clean_but_undeclared(prism, &id, 429);
 
     // Malformed JSON (Prism would answer it with its own error: straight to the fake).
     let (id, _) = fake.project("rootmalformed", None, false, Some("READY"));
@@ -663,4 +665,47 @@ fn rate_limits_and_a_malformed_answer_show_in_last_sync_and_an_unreachable_api_f
     assert_no_token(&up, &p, &body);
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
+}
+
+#[test]
+fn an_unknown_project_fails_naming_it_and_a_slow_answer_shows_in_last_sync() {
+    // A project id the account does not have: failed, named, not restarted.
+    let (prism, fake) = vercel();
+    let missing = "prj_rootmissing0";
+    let p = project(&prism.url, TOKEN, missing, "");
+    let mut up = p.up(&[], &[]);
+    let (failed, body) = wait_web(&up, "web failed", |d| d["state"] == "failed");
+    let message = failed["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(missing) && message.contains("404"),
+        "{failed}"
+    );
+    assert_eq!(failed["restarts"], 0, "permanent: {failed}");
+    assert_no_token(&up, &p, &body);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    assert_clean_but_undeclared(prism, missing, 404);
+
+    // Slower than the instance's `timeout`: last_sync says so, the state stays.
+    let (id, _) = fake.project("rootslow", None, false, Some("READY"));
+    let p = project_with(&prism.url, TOKEN, "timeout = \"1s\"\n", &id, "");
+    let mut up = p.up(&[], &[]);
+    wait_web(&up, "web running", |d| {
+        d["state"] == "running" && d["last_sync"]["ok"] == true
+    });
+    let late = fake_http::Reply::json(200, "{}").delayed(Duration::from_secs(3));
+    fake.inject(&id, &format!("GET /v9/projects/{id}"), late, 1);
+    let (late, _) = wait_web(&up, "the timeout in last_sync", |d| {
+        d["last_sync"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer within 1s"))
+    });
+    assert_eq!(late["state"], "running", "kept: {late}");
+    assert_eq!(late["provider_state"], "READY", "kept: {late}");
+    assert_eq!(late["restarts"], 0, "{late}");
+    let (_, body) = wait_web(&up, "a good sync again", |d| d["last_sync"]["ok"] == true);
+    assert_no_token(&up, &p, &body);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(LIMIT).success());
+    assert_clean(prism, fake, &id);
 }
