@@ -4,8 +4,9 @@
 //! is restarted and runs, its build and deploy logs reach `runtime logs`, `runtime stop`
 //! stops the deployment, SLEEPING outside kinfra shows sleeping and waking is taken up again,
 //! CRASHED goes through kinfra's restart policy, `runtime down` (keep) sends nothing; every
-//! command with and without `--dry-run`; a refused token and a 5xx burst; the token shows
-//! nowhere.
+//! command with and without `--dry-run`; a refused token, a 5xx burst, an unknown service,
+//! an unreachable API, 429 with and without Retry-After, malformed JSON and an answer slower
+//! than the instance's `timeout`; the token shows nowhere.
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/railway_fake.rs"]
@@ -23,10 +24,21 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// A project with one Railway resource `api` on the service `ids`, the API at `base`.
 fn project(base: &str, token: &str, ids: &(String, String), extra: &str) -> Project {
+    project_with(base, token, "", ids, extra)
+}
+
+/// The same with `instance` added to the provider instance's table (`timeout = ...`).
+fn project_with(
+    base: &str,
+    token: &str,
+    instance: &str,
+    ids: &(String, String),
+    extra: &str,
+) -> Project {
     Project::with_config(&format!(
         "[project]\nname = \"rw\"\n\
          [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
-         [providers.rw]\nprovider = \"railway\"\ntoken = \"{token}\"\nbase_url = \"{base}\"\n\
+         [providers.rw]\nprovider = \"railway\"\ntoken = \"{token}\"\nbase_url = \"{base}\"\n{instance}\
          [resources.api]\nprovider = \"rw\"\nservice_id = \"{}\"\nenvironment_id = \"{}\"\n\
          interval = \"200ms\"\n{extra}",
         ids.0, ids.1
@@ -457,9 +469,10 @@ fn faults_through_runtime_up_unreachable_unknown_service_rate_limits_and_malform
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
 
-    // 429 with and without Retry-After, malformed JSON: last_sync shows each, the state stays.
+    // 429 with and without Retry-After, malformed JSON, an answer slower than the instance's
+    // `timeout`: last_sync shows each, the state stays.
     let ids = fake.service("rootlimits", Some("SUCCESS"));
-    let p = project(&fake.url(), ACCOUNT_TOKEN, &ids, "");
+    let p = project_with(&fake.url(), ACCOUNT_TOKEN, "timeout = \"1s\"\n", &ids, "");
     let mut up = p.up(&[], &[]);
     wait_api(&up, "api running", |d| {
         d["state"] == "running" && d["last_sync"]["ok"] == true
@@ -476,6 +489,10 @@ fn faults_through_runtime_up_unreachable_unknown_service_rate_limits_and_malform
         (
             fake_http::Reply::json(200, r#"{"data": {"serviceInst"#),
             "malformed JSON",
+        ),
+        (
+            fake_http::Reply::json(503, r#"{"message":"late"}"#).delayed(Duration::from_secs(3)),
+            "no answer within 1s",
         ),
     ];
     for (reply, shown) in faults {
