@@ -13,3 +13,4 @@ mod cloudflare;
 #[allow(dead_code)]
 #[path = "../support/cloudflare_fake.rs"]
 mod cloudflare_fake;
+mod ingress;
