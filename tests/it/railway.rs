@@ -189,6 +189,12 @@ fn every_command_with_and_without_dry_run_through_the_cli() {
         assert!(!text.contains(ACCOUNT_TOKEN), "{text}");
         let result: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
         assert_eq!(result["dry_run"], true, "{result}");
+        assert!(
+            result["requests"][0]["headers"]
+                .to_string()
+                .contains("****"),
+            "the token is shown masked: {result}"
+        );
         let request = &result["requests"][0];
         assert_eq!(request["method"], "POST", "{result}");
         assert_eq!(

@@ -227,6 +227,12 @@ fn every_command_with_and_without_dry_run_through_the_cli() {
         assert!(!text.contains(TOKEN), "{text}");
         let result: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
         assert_eq!(result["dry_run"], true, "{result}");
+        assert!(
+            result["requests"][0]["headers"]
+                .to_string()
+                .contains("****"),
+            "the token is shown masked: {result}"
+        );
         let shown: Vec<String> = result["requests"]
             .as_array()
             .expect("requests")
