@@ -40,5 +40,6 @@ mod startup;
 mod store;
 mod supabase;
 mod support;
+#[cfg(feature = "systemd")]
 mod systemd;
 mod vercel;

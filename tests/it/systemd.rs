@@ -10,7 +10,6 @@
 //! answers, a plain service keeps its PID) and coming back (a restart takes the unit up again),
 //! and `runtime down` leaving the unit running (on_down = keep) with no journalctl behind.
 
-#[allow(dead_code)]
 #[path = "../../crates/kinfra-system/tests/it/mock_systemd.rs"]
 mod mock_systemd;
 
