@@ -5,10 +5,13 @@
 //! it with the `wait` endpoint (`GET …/wait?state=started&timeout=N`, a long-poll that
 //! answers once the machine reached the state or the timeout passed, then a normal read),
 //! never by tight polling. Stop stops the machine (`POST …/stop`) or suspends it
-//! (`stop_mode = "suspend"`, `POST …/suspend`). The observe loop of a single machine
-//! long-polls `wait` for the state it expects next (`stopped` while started, `started`
-//! otherwise), bounded by its timeout, then reads the machine; an app's machines are read
-//! with one list call (a long-poll per machine would hold one connection each).
+//! (`stop_mode = "suspend"`, `POST …/suspend`). While a run is live, each machine (the
+//! one, or every machine of the app) is long-polled with `wait` for the state it is expected
+//! to reach next (`stopped` while started, `started` otherwise), bounded by `wait_timeout`
+//! (≤ 60 s, Fly's cap), then read: a change made outside kinfra is seen when it happens. At
+//! most [`MAX_WAITS`] polls are open at once and one machine is never polled twice within
+//! [`MIN_WAIT_GAP`]; a failing poll backs off. The observe loop, every `interval`, reads
+//! the machine or lists the app's machines (the list sees machines appear and go).
 //!
 //! States (DESIGN's table): `created` (pending) and `starting` are starting, `started`
 //! running, `stopping`/`suspending`/`destroying` stopping, `stopped` stopped (sleeping when a
@@ -45,13 +48,13 @@ use kinfra_provider::provider::{
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use kinfra_provider::result::{CommandResult, PlannedRequest, mask_text};
 use kinfra_provider::retry::{Failure, RetryPolicy, classify};
-use kinfra_provider::run_slot::{LogRing, RunSlot, SyncRecord, lock};
+use kinfra_provider::run_slot::{AbortOnDrop, LogRing, RunSlot, SyncRecord, lock};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -71,6 +74,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub const LEASE_HEADER: &str = "fly-machine-lease-nonce";
 /// How long an update's lease lives (seconds) when it is not released.
 pub const LEASE_TTL_SECS: i64 = 60;
+/// The most `wait` long-polls one resource holds open at once (each holds a connection).
+pub const MAX_WAITS: usize = 16;
+/// The least time between the starts of two long-polls of one machine (a wait that answers
+/// at once, a machine moving quickly, is not polled tightly).
+pub const MIN_WAIT_GAP: Duration = Duration::from_secs(1);
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
 /// Lines kept for the next run while none is live (the run's output holds 64 unread).
@@ -795,6 +803,8 @@ impl FlyProvider {
                 output: Mutex::new(None),
                 live: RunSlot::default(),
                 sync: SyncRecord::default(),
+                machines: Mutex::new(Vec::new()),
+                listed: watch::channel(Vec::new()).0,
             }),
         })
     }
@@ -1475,8 +1485,9 @@ impl Provider for FlyProvider {
 // ---------------------------------------------------------------------------------------
 // The resource
 
-/// What a run holds for its life: its output sender and the observe loop's stop signal.
-type Held = (mpsc::Sender<OutputLine>, oneshot::Sender<()>);
+/// What a run holds for its life: its output sender, the observe loop's stop signal and the
+/// task long-polling its machines.
+type Held = (mpsc::Sender<OutputLine>, oneshot::Sender<()>, AbortOnDrop);
 
 /// The last thing read: the mapped state, the raw text, the machines' versions.
 #[derive(Debug, Clone)]
@@ -1485,8 +1496,6 @@ struct View {
     text: String,
     /// A state kinfra did not know was read last (the state is the one before).
     unknown: Option<String>,
-    /// The single machine's version (for `wait`).
-    version: Option<String>,
 }
 
 struct Inner {
@@ -1504,6 +1513,10 @@ struct Inner {
     output: Mutex<Option<mpsc::Sender<OutputLine>>>,
     live: RunSlot<Held>,
     sync: SyncRecord,
+    /// The machines as last read (the one, or the app's not destroyed), each long-polled.
+    machines: Mutex<Vec<MachineInfo>>,
+    /// Their ids, watched by the task that long-polls each.
+    listed: watch::Sender<Vec<String>>,
 }
 
 impl Inner {
@@ -1597,10 +1610,13 @@ impl Inner {
         } else {
             aggregate(&visible.iter().map(MachineInfo::mapped).collect::<Vec<_>>())
         };
-        let version = visible
-            .first()
-            .filter(|_| single)
-            .and_then(|m| m.version().map(str::to_owned));
+        let ids: Vec<String> = visible.iter().map(|m| m.id.clone()).collect();
+        *lock(&self.machines) = visible;
+        self.listed.send_if_modified(|listed| {
+            let changed = *listed != ids;
+            *listed = ids;
+            changed
+        });
         let mut view = lock(&self.view);
         match mapped {
             Some(state) => {
@@ -1611,7 +1627,6 @@ impl Inner {
                     state,
                     text: text.clone(),
                     unknown: None,
-                    version,
                 });
                 drop(view);
                 if changed {
@@ -1626,7 +1641,6 @@ impl Inner {
                 let kept = view.as_ref().map(|v| v.state);
                 if let Some(v) = view.as_mut() {
                     v.unknown = Some(text.clone());
-                    v.version = version;
                 }
                 drop(view);
                 warn!(resource = %self.name, state = %text, "Unknown Fly machine state; keeping the last state.");
@@ -1680,35 +1694,10 @@ impl Inner {
         lock(&self.view).as_ref().map(|v| v.state)
     }
 
-    /// One observe: a long-poll of `wait` for the state expected next (single machine),
-    /// bounded by its timeout, then a read.
+    /// One observe of the loop: a read of the machine (or a list of the app's machines,
+    /// which sees machines appear and go). Changes in between are seen by the long-polls of
+    /// [`watch_machines`].
     async fn observe(&self) -> Result<String, ObserveError> {
-        if let Some(id) = &self.settings.machine_id {
-            let (target, version) = {
-                let view = lock(&self.view);
-                let target = match view.as_ref().map(|v| v.state) {
-                    Some(MachineState::Running | MachineState::Stopping) => "stopped",
-                    Some(MachineState::Absent) => "destroyed",
-                    _ => "started",
-                };
-                (target, view.as_ref().and_then(|v| v.version.clone()))
-            };
-            if let Err(error) = self
-                .fly
-                .wait(
-                    self.app(),
-                    id,
-                    target,
-                    version.as_deref(),
-                    self.wait_timeout(),
-                    true,
-                )
-                .await
-            {
-                self.sync.failed(self.mask(&error.text));
-                return Err(self.observe_error(&error));
-            }
-        }
         match self.fetch(true).await {
             Ok(machines) => Ok(state_text(
                 &machines
@@ -1718,6 +1707,56 @@ impl Inner {
                 self.settings.machine_id.is_some(),
             )),
             Err(error) => Err(self.observe_error(&error)),
+        }
+    }
+
+    /// One long-poll of machine `id`: `wait` for the state it is expected to reach next
+    /// (bounded by the wait timeout), then a read of it.
+    async fn poll_machine(&self, id: &str) -> Result<MachineInfo, CallError> {
+        let (target, version) = {
+            let machines = lock(&self.machines);
+            let machine = machines.iter().find(|m| m.id == id);
+            (
+                machine.map_or("started", wait_target),
+                machine.and_then(|m| m.version().map(str::to_owned)),
+            )
+        };
+        self.fly
+            .wait(
+                self.app(),
+                id,
+                target,
+                version.as_deref(),
+                self.wait_timeout(),
+                true,
+            )
+            .await?;
+        self.fly.machine(self.app(), id, true).await
+    }
+
+    /// Records machine `machine` read on its own, among the others as last read.
+    fn record_machine(&self, machine: MachineInfo) {
+        let machines = {
+            let mut machines = lock(&self.machines);
+            match machines.iter_mut().find(|m| m.id == machine.id) {
+                Some(known) => *known = machine,
+                None => machines.push(machine),
+            }
+            machines.clone()
+        };
+        self.record(&machines);
+    }
+
+    /// Ends run `generation` when the state last read ends a run (stopped, sleeping, failed,
+    /// destroyed); true when it did.
+    fn end_if_over(&self, generation: u64) -> bool {
+        match self.last_state() {
+            Some(state) if state.ends_run() => {
+                let code = i32::from(matches!(state, MachineState::Failed | MachineState::Absent));
+                self.end_run(Some(generation), code);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -1974,14 +2013,89 @@ async fn watch_run(
             );
             continue;
         }
-        match inner.last_state() {
-            Some(state) if state.ends_run() => {
-                let code = i32::from(matches!(state, MachineState::Failed | MachineState::Absent));
-                inner.end_run(Some(generation), code);
+        if inner.end_if_over(generation) {
+            return;
+        }
+    }
+}
+
+/// The state to `wait` for next on `machine`: the end of the transition under way, else the
+/// opposite of where it rests.
+fn wait_target(machine: &MachineInfo) -> &'static str {
+    match machine.mapped() {
+        Some(MachineState::Stopping) if machine.state == "suspending" => "suspended",
+        Some(MachineState::Running | MachineState::Stopping) => "stopped",
+        Some(MachineState::Absent) => "destroyed",
+        _ => "started",
+    }
+}
+
+/// Long-polls every machine of run `generation` (the one, or each of the app's as the
+/// observe loop's list finds them), at most [`MAX_WAITS`] at once: a change made outside
+/// kinfra is seen when it happens, not at the next `interval`. Ends with the run.
+async fn watch_machines(inner: Arc<Inner>, generation: u64) {
+    let permits = Arc::new(Semaphore::new(MAX_WAITS));
+    let mut listed = inner.listed.subscribe();
+    let mut watchers: HashMap<String, AbortOnDrop> = HashMap::new();
+    loop {
+        let ids = listed.borrow_and_update().clone();
+        watchers.retain(|id, _| ids.contains(id));
+        for id in ids {
+            watchers.entry(id).or_insert_with_key(|id| {
+                AbortOnDrop(tokio::spawn(watch_machine(
+                    inner.clone(),
+                    id.clone(),
+                    generation,
+                    permits.clone(),
+                )))
+            });
+        }
+        if listed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Long-polls machine `id` again and again (never two polls of it within
+/// [`MIN_WAIT_GAP`]), recording each read and ending the run when it is over. A failed poll
+/// is a failed sync, and backs off (Retry-After honoured). A machine of an app that is gone
+/// (404) is left to the next list.
+async fn watch_machine(inner: Arc<Inner>, id: String, generation: u64, permits: Arc<Semaphore>) {
+    let backoff = ObserveConfig::every(inner.wait_timeout());
+    let mut failures = 0u32;
+    loop {
+        let began = Instant::now();
+        let polled = {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            inner.poll_machine(&id).await
+        };
+        let pause = match polled {
+            Ok(machine) => {
+                failures = 0;
+                let destroyed = machine.state == "destroyed";
+                inner.record_machine(machine);
+                if inner.end_if_over(generation) || destroyed {
+                    return;
+                }
+                MIN_WAIT_GAP.saturating_sub(began.elapsed())
+            }
+            Err(error)
+                if inner.settings.machine_id.is_none() && error.http.status() == Some(404) =>
+            {
                 return;
             }
-            _ => {}
-        }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                inner.sync.failed(inner.mask(&error.text));
+                match classify(&error.http) {
+                    Failure::RateLimited(Some(after)) => after,
+                    _ => backoff.failure_delay(failures),
+                }
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -2046,7 +2160,10 @@ impl Resource for FlyResource {
                 }
                 *output = Some(out_tx.clone());
             }
-            let generation = inner.live.begin(|_| (exit_tx, (out_tx, stop_tx)));
+            let generation = inner.live.begin(|generation| {
+                let waits = tokio::spawn(watch_machines(inner.clone(), generation));
+                (exit_tx, (out_tx, stop_tx, AbortOnDrop(waits)))
+            });
             tokio::spawn(watch_run(observed, inner.clone(), generation));
             inner.line(
                 LogStream::System,

@@ -233,6 +233,60 @@ async fn the_observe_loop_long_polls_wait_and_sees_outside_changes() {
 }
 
 #[tokio::test]
+async fn an_apps_machines_are_long_polled_each_so_an_outside_change_is_seen_before_the_interval() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("app-waits", &["started", "started", "started"], false);
+    let resource = provider()
+        .machine_resource(
+            &instance(&prism.url, TOKEN),
+            &decl(json!({ "app": app, "interval": "1h", "wait_timeout": "1s" })),
+        )
+        .expect("resource");
+    let run = within("start", resource.start()).await.expect("adopted");
+    assert!(run.adopted);
+    let lists = |fake: &FlyFake| {
+        fake.requests(&app)
+            .iter()
+            .filter(|r| r.starts_with(&format!("GET /v1/apps/{app}/machines ")))
+            .count()
+    };
+    let listed_at_start = lists(fake);
+    // Suspended outside kinfra: seen through that machine's own long-poll and read.
+    fake.set_state(&app, &ids[1], "suspended");
+    until("the suspended machine seen", || {
+        resource.sync().and_then(|s| s.provider_state).as_deref() == Some("started ×2, suspended")
+    })
+    .await;
+    assert_eq!(
+        resource.reported_state().map(|r| r.state),
+        Some(ServiceState::Running),
+        "two machines still run"
+    );
+    // Each machine had its own long-poll for the state it would reach next; no list since
+    // the start (the interval is an hour).
+    for id in &ids {
+        let waits = requests_matching(
+            fake,
+            &app,
+            &format!("/machines/{id}/wait?state=stopped&timeout=1"),
+        );
+        assert!(!waits.is_empty(), "{id}: {:#?}", fake.requests(&app));
+    }
+    assert_eq!(lists(fake), listed_at_start, "{:#?}", fake.requests(&app));
+    // All of them stop outside kinfra: the run ends, no list needed either.
+    fake.set_state(&app, &ids[0], "stopped");
+    fake.set_state(&app, &ids[2], "stopped");
+    let exit = within("the run's end", run.exit).await.expect("an exit");
+    assert_eq!(exit.code, Some(0));
+    assert_eq!(
+        resource.reported_state().map(|r| r.state),
+        Some(ServiceState::Stopped)
+    );
+    assert_eq!(lists(fake), listed_at_start);
+    prism.assert_clean(&app);
+}
+
+#[tokio::test]
 async fn machine_states_map_as_designed_and_unknown_ones_keep_the_last() {
     let (prism, fake) = fly();
     let (app, ids) = fake.app("map", &["started"], false);
@@ -1158,11 +1212,10 @@ async fn secrets_echoed_by_the_api_stay_out_of_errors_logs_and_sync() {
         .with_retry(single())
         .machine_resource(
             &instance(&prism.url, TOKEN),
-            &decl(
-                json!({ "app": app, "machine_id": id, "interval": "100ms", "wait_timeout": "1s" }),
-            ),
+            &decl(json!({ "app": app, "machine_id": id, "interval": "1h", "wait_timeout": "1s" })),
         )
         .expect("resource");
+    // The long-polls sync (a long interval: no list read hides the failed one).
     within("start", resource.start()).await.expect("adopted");
     let echo = |status: u16| {
         Reply::json(
