@@ -242,6 +242,10 @@ struct CfTunnel {
     name: String,
     #[serde(default)]
     deleted_at: Option<String>,
+    /// Configured from Cloudflare's dashboard (`config_src = "cloudflare"`): cloudflared then
+    /// follows the remote ingress, not the local file.
+    #[serde(default)]
+    remote_config: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,6 +586,9 @@ impl CloudflareTunnels {
         tunnel: CfTunnel,
         credentials_dir: &Path,
     ) -> Result<TunnelHandle, TunnelError> {
+        if tunnel.remote_config {
+            warn!(tunnel = %tunnel.name, id = %tunnel.id, "The adopted tunnel is configured from Cloudflare's dashboard: cloudflared follows that ingress, not kinfra's routes.");
+        }
         let path = credentials_path(credentials_dir, &tunnel.id);
         let local = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Credentials>(&bytes) {

@@ -118,12 +118,19 @@ async fn a_tunnel_made_elsewhere_is_adopted_and_a_deleted_one_is_not() {
     let api = client(&prism.url, &account, &zone, TOKEN);
     let dir = tempfile::tempdir().expect("tempdir");
     let outside = fake.add_tunnel(&account, "made-by-hand");
+    // A stale credentials file of another tunnel under its name is not used.
+    std::fs::write(
+        dir.path().join(format!("{outside}.json")),
+        r#"{"AccountTag":"x","TunnelID":"11111111-2222-4333-8444-555555555555","TunnelSecret":"c2VjcmV0"}"#,
+    )
+    .expect("write");
     let adopted = api
         .ensure_tunnel("made-by-hand", dir.path())
         .await
         .expect("adopt");
     assert_eq!(adopted.id, outside);
     assert!(!adopted.created && adopted.run_token.is_some());
+    assert!(adopted.credentials_file.is_none(), "{adopted:?}");
 
     // Deleted (its stale connection cleaned up first), the name is free again: a new tunnel.
     fake.connect(&account, &outside, "DFW", "2026.8.2");
