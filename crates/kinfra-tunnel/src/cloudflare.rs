@@ -280,6 +280,8 @@ struct CfConnection {
 struct CfRecord {
     id: String,
     #[serde(default)]
+    name: String,
+    #[serde(default)]
     content: String,
     #[serde(default)]
     proxied: bool,
@@ -660,6 +662,8 @@ impl CloudflareTunnels {
     /// One proxied CNAME `<hostname> → <tunnel_id>.cfargotunnel.com` per hostname: created
     /// when missing, fixed (PATCH) when it points elsewhere or is not proxied, left alone when
     /// right; a hostname with several CNAMEs (Cloudflare allows none) has its first one fixed.
+    /// A hostname outside the zone is an error (Cloudflare would have made a record of
+    /// `<hostname>.<zone>`; it is deleted again).
     pub async fn ensure_dns(
         &self,
         tunnel_id: &str,
@@ -717,6 +721,16 @@ impl CloudflareTunnels {
                             Some(body),
                         )
                         .await?;
+                    if !created.name.is_empty() && normalize_host(&created.name) != hostname {
+                        // Cloudflare appends the zone's name to a name outside it: the
+                        // hostname is not in this zone. The stray record goes again.
+                        self.delete_record(&hostname, &created.id).await?;
+                        return Err(TunnelError::Settings(format!(
+                            "hostname `{hostname}` is not in zone `{}` (Cloudflare named its \
+                             record `{}`); use a zone_id of the zone it belongs to",
+                            self.zone_id, created.name
+                        )));
+                    }
                     DnsChange {
                         hostname: hostname.clone(),
                         record_id: created.id,
@@ -754,16 +768,7 @@ impl CloudflareTunnels {
                     });
                     continue;
                 }
-                let _: Value = self
-                    .call(
-                        &format!("delete the DNS record of {hostname}"),
-                        &self.zone_what(),
-                        Method::DELETE,
-                        &self.zone_path(&format!("/{}", encode_segment(&record.id))),
-                        &[],
-                        Some(json!({})),
-                    )
-                    .await?;
+                self.delete_record(&hostname, &record.id).await?;
                 changes.push(DnsChange {
                     hostname: hostname.clone(),
                     record_id: record.id,
@@ -772,6 +777,20 @@ impl CloudflareTunnels {
             }
         }
         Ok(changes)
+    }
+
+    async fn delete_record(&self, hostname: &str, id: &str) -> Result<(), TunnelError> {
+        let _: Value = self
+            .call(
+                &format!("delete the DNS record of {hostname}"),
+                &self.zone_what(),
+                Method::DELETE,
+                &self.zone_path(&format!("/{}", encode_segment(id))),
+                &[],
+                Some(json!({})),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Deletes the tunnel (after cleaning up its stale connections; stop cloudflared first).
@@ -911,6 +930,28 @@ mod tests {
             text.contains("base_url") && !text.contains("cf-secret-token"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn debug_output_never_holds_the_token() {
+        let settings = CloudflareSettings {
+            account_id: "acc".into(),
+            zone_id: "zone".into(),
+            token: Secret::new("cf-secret-token-9q"),
+            base_url: Some("http://127.0.0.1:9".into()),
+            timeout: Some(Duration::from_secs(5)),
+        };
+        let client = CloudflareTunnels::new(settings.clone()).expect("valid");
+        let handle = TunnelHandle {
+            id: "id".into(),
+            name: "n".into(),
+            created: false,
+            credentials_file: None,
+            run_token: Some(Secret::new("cf-run-token-7x")),
+        };
+        let shown = format!("{settings:?} {client:?} {handle:?}");
+        assert!(!shown.contains("cf-secret-token-9q"), "{shown}");
+        assert!(!shown.contains("cf-run-token-7x"), "{shown}");
     }
 
     #[test]

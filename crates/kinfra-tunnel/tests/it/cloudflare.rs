@@ -455,6 +455,20 @@ async fn cloudflares_error_messages_are_shown() {
         "{text}"
     );
     assert!(text.contains("taken.example.com"), "{text}");
+
+    // A hostname outside the zone: named, and no stray `….example.com` record is left.
+    let e = api
+        .ensure_dns(&tunnel.id, &["app.example.org".into()])
+        .await
+        .expect_err("outside the zone");
+    let text = shown(&e, TOKEN);
+    assert!(
+        matches!(e, TunnelError::Settings(_))
+            && text.contains("`app.example.org` is not in zone")
+            && text.contains(&zone),
+        "{text}"
+    );
+    assert_eq!(fake.records(&zone).len(), 1, "{:?}", fake.records(&zone));
     prism.assert_clean(&account);
 }
 

@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
+/// The name of every zone of the fake: a record's name outside it gets it appended, as
+/// Cloudflare does (`app.example.org` → `app.example.org.example.com`).
+pub const ZONE_NAME: &str = "example.com";
 /// The token the fake accepts.
 pub const TOKEN: &str = "cf_test_token_k7Qz2vX9mB41pL0s";
 const TIME: &str = "2026-01-01T00:00:00Z";
@@ -569,6 +572,17 @@ impl CloudflareFake {
                             (text("type"), text("name"), text("content"))
                         else {
                             return error(400, 9000, "type, name and content are required");
+                        };
+                        let name = if name == "@" {
+                            ZONE_NAME.to_owned()
+                        } else if name.eq_ignore_ascii_case(ZONE_NAME)
+                            || name
+                                .to_ascii_lowercase()
+                                .ends_with(&format!(".{ZONE_NAME}"))
+                        {
+                            name
+                        } else {
+                            format!("{name}.{ZONE_NAME}")
                         };
                         let exclusive = ["A", "AAAA", "CNAME"];
                         if exclusive.contains(&kind.as_str())
