@@ -59,6 +59,8 @@ pub fn builtin() -> Vec<Arc<dyn Provider>> {
         kinfra_cloud::kubernetes::provider(),
         #[cfg(feature = "systemd")]
         kinfra_system::systemd::provider(),
+        #[cfg(all(feature = "systemd", target_os = "macos"))]
+        kinfra_system::launchd::provider(),
     ]
 }
 
