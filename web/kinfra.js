@@ -398,11 +398,45 @@ function applySnapshot(report) {
   list("routes-box", "routes", report.routes, (r) => `${r.host || "*"}${r.path} → ${r.service || r.upstream}`);
   list("certs-box", "certs", report.certificates, (c) =>
     `${c.domain} — ${c.state}${c.not_after ? `, expires ${c.not_after}` : ""}${c.last_error ? ` (${c.last_error})` : ""}`);
+  tunnelPanel(report.tunnel);
   const infra = [];
   if (report.bus) infra.push({ k: "bus", v: report.bus });
   if (report.store) infra.push({ k: "store", v: report.store });
   list("infra-box", "infra", infra, (i) => `${i.k}: ${describeInfra(i.v)}`);
   stats();
+}
+
+// The tunnel panel: its state, name and connections, each public URL (a link), the last
+// error. Hidden without [tunnel].
+function tunnelPanel(t) {
+  const box = $("tunnel-box"), ul = $("tunnel");
+  box.hidden = !t;
+  if (!t) return;
+  box.dataset.state = t.state;
+  $("tunnel-state").textContent = t.state;
+  ul.replaceChildren();
+  const line = (text) => { const li = document.createElement("li"); li.textContent = text; ul.appendChild(li); return li; };
+  const conns = t.ready_connections ?? t.connections;
+  line(`${t.name}${t.id ? ` (${t.id.slice(0, 8)})` : ""}${conns != null ? ` · ${conns} connections` : ""}`);
+  for (const url of t.urls || []) {
+    const li = document.createElement("li"), a = document.createElement("a");
+    a.href = url; a.textContent = url; a.target = "_blank"; a.rel = "noopener";
+    li.appendChild(a); ul.appendChild(li);
+  }
+  if (t.state !== "running" && t.message) line(t.message).className = "why";
+  else if (t.last_error) line(`last error: ${t.last_error}`).className = "why";
+}
+
+// The tunnel's block again when its service or the config changed (the stream carries the
+// service's own events, not the block).
+let tunnelFetch = null;
+function refreshTunnel(events) {
+  if (tunnelFetch || !events.some((e) => e.service === "tunnel" || e.type === "config_reloaded")) return;
+  tunnelFetch = fetch("/__status__", { credentials: "same-origin" })
+    .then((r) => r.ok ? r.json() : null)
+    .then((report) => { if (report) tunnelPanel(report.tunnel); })
+    .catch(() => {})
+    .finally(() => { tunnelFetch = null; });
 }
 
 // One line for a subsystem's status object: backend/engine, state, and its counters.
@@ -525,7 +559,7 @@ function connect() {
     for (const [name, s] of Object.entries(JSON.parse(e.data))) upsert(name, s);
     stats();
   });
-  es.addEventListener("events", (e) => timeline(JSON.parse(e.data)));
+  es.addEventListener("events", (e) => { const events = JSON.parse(e.data); timeline(events); refreshTunnel(events); });
   es.addEventListener("logs", (e) => appendLogs(JSON.parse(e.data)));
 }
 

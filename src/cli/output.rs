@@ -86,6 +86,36 @@ impl Prefixer {
     }
 }
 
+/// The tunnel's line under the status table: `tunnel NAME: STATE — URLs (N connections)`,
+/// or the error.
+fn tunnel_line(tunnel: &serde_json::Value) -> String {
+    let text = |key: &str| tunnel.get(key).and_then(|v| v.as_str()).unwrap_or("-");
+    let urls: Vec<&str> = tunnel
+        .get("urls")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|u| u.as_str()).collect())
+        .unwrap_or_default();
+    let mut line = format!("tunnel {}: {}", text("name"), text("state"));
+    if text("state") == "failed" {
+        line.push_str(&format!(" — {}\n", text("message")));
+        return line;
+    }
+    if !urls.is_empty() {
+        line.push_str(&format!(" — {}", urls.join(" ")));
+    }
+    let count = |key: &str| tunnel.get(key).and_then(|v| v.as_u64());
+    if let Some(n) = count("ready_connections").or_else(|| count("connections")) {
+        line.push_str(&format!(" ({n} connections)"));
+    }
+    if text("state") == "starting" {
+        line.push_str(&format!(" — {}", text("message")));
+    } else if let Some(error) = tunnel.get("last_error").and_then(|v| v.as_str()) {
+        line.push_str(&format!(" (last error: {error})"));
+    }
+    line.push('\n');
+    line
+}
+
 /// The status table for people.
 pub fn status_table(report: &StatusReport) -> String {
     let mut rows = vec![[
@@ -127,6 +157,9 @@ pub fn status_table(report: &StatusReport) -> String {
             "pending restart: {} (changed in the config; kinfra runs the old values until it restarts)\n",
             report.pending_restart.join(", ")
         ));
+    }
+    if let Some(tunnel) = &report.tunnel {
+        out.push_str(&tunnel_line(tunnel));
     }
     if !report.providers.is_empty() {
         let mut rows = vec![[

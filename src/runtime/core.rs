@@ -184,6 +184,8 @@ pub(super) struct RuntimeCore {
     pub(super) proxy_metrics: Option<kinfra_proxy::ProxyMetricsHandle>,
     /// Automatic HTTPS, when `[acme]` is set (taken at shutdown).
     pub(super) acme: std::sync::Mutex<Option<kinfra_acme::AcmeHandle>>,
+    /// The Cloudflare tunnel (`[tunnel]`), set up in the background after the proxy listens.
+    pub(super) tunnel: super::tunnel::TunnelSlot,
 }
 
 impl RuntimeCore {
@@ -280,6 +282,7 @@ impl RuntimeControl for RuntimeCore {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         report.providers = self.instances.report();
+        report.tunnel = self.tunnel.report(&report.services, &self.current_config());
         if self.proxy_enabled {
             report.routes = self
                 .current_config()

@@ -8,6 +8,7 @@ pub(crate) mod providers;
 mod reload;
 mod resources;
 mod start;
+mod tunnel;
 
 pub use dashboard::{TOKEN_FILE, dashboard_token};
 pub use reload::{ReloadError, ReloadReport};
@@ -464,6 +465,8 @@ impl Runtime {
             proxy.shutdown(Duration::from_secs(5)).await;
         }
         self.core.supervisor.shutdown(timeout).await;
+        // After cloudflared stopped: `on_down = "delete"` removes the tunnel's DNS records.
+        self.core.tunnel.down().await;
         // After the services: their last state changes still go out on the bus.
         self.core.bus.clone().shutdown(Duration::from_secs(3)).await;
         // The store takes the last events (RuntimeStopping, the services' exits) and

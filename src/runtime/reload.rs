@@ -236,7 +236,9 @@ impl RuntimeCore {
         // active by what their resources do now.
         self.instances.reconcile(&new, catalog.as_ref());
         self.instances.follow(&self.supervisor.status());
-        let mut summary = self.supervisor.apply(&effective_services(&new)).await?;
+        let mut services = effective_services(&new);
+        self.tunnel.keep_service(&old, &new, &mut services);
+        let mut summary = self.supervisor.apply(&services).await?;
         // Services that depend on a changed resource get its new connection.
         for name in &resources.changed {
             for (service, cfg) in &new.services {
@@ -276,9 +278,11 @@ impl RuntimeCore {
             Err(poisoned) => poisoned.into_inner().clone_from(&needs_restart),
         }
         match self.current.lock() {
-            Ok(mut c) => *c = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
+            Ok(mut c) => *c = new.clone(),
+            Err(poisoned) => *poisoned.into_inner() = new.clone(),
         }
+        // The tunnel's config follows the new routes (cloudflared restarted when it changed).
+        self.tunnel.reloaded(self, &old, &new).await;
         Ok(ReloadReport {
             services: summary,
             routes_changed,

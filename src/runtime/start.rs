@@ -141,6 +141,7 @@ pub(super) async fn start_subsystems(
             .is_some()
             .then(|| listeners.policy.clone()),
         acme: std::sync::Mutex::new(acme),
+        tunnel: Default::default(),
     });
     late.set(core.clone());
     // Ends by itself at `RuntimeStopping` or once the core is gone.
@@ -158,6 +159,8 @@ pub(super) async fn start_subsystems(
 
     let proxy_facts = proxy.as_ref().map(ProxyFacts::of);
     *core.proxy.lock().await = proxy;
+    // The proxy listens: the tunnel (when configured) is set up in the background.
+    super::tunnel::start(&core, &config, proxy_facts.as_ref().and_then(|p| p.http));
     let (dashboard, control) =
         match serve_views(&config, &core, listeners, history, proxy_facts.as_ref()) {
             Ok(views) => views,

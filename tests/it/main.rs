@@ -42,4 +42,6 @@ mod supabase;
 mod support;
 #[cfg(feature = "systemd")]
 mod systemd;
+mod tunnel;
 mod vercel;
+mod vps;

@@ -17,7 +17,7 @@
 
 use kinfra_core::Secret;
 use kinfra_provider::http::{HttpConfig, HttpError, Method};
-use kinfra_provider::provider::InstanceContext;
+use kinfra_provider::provider::{InstanceContext, ProviderError};
 use kinfra_provider::rest::{CallError, RestApi, RestClients, TokenNeed, encode_segment};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -384,9 +384,16 @@ impl CloudflareTunnels {
             base_url: settings.base_url,
             ..InstanceContext::default()
         };
-        let api = clients
-            .api(&ctx)
-            .map_err(|e| TunnelError::Settings(e.to_string()))?;
+        let api = clients.api(&ctx).map_err(|e| {
+            TunnelError::Settings(match e {
+                ProviderError::InvalidResource { problems, .. } => problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => other.to_string(),
+            })
+        })?;
         Ok(Self {
             api,
             account_id: settings.account_id.trim().to_owned(),
@@ -926,6 +933,7 @@ mod tests {
         })
         .expect_err("bad base");
         let text = format!("{error} {error:?}");
+        assert!(!text.contains("providers"), "{text}");
         assert!(
             text.contains("base_url") && !text.contains("cf-secret-token"),
             "{text}"

@@ -108,7 +108,13 @@ impl IngressConfig {
             },
         };
         for rule in &self.rules {
-            if let Err(p) = check_hostname(&rule.hostname) {
+            if rule.hostname.trim() == "*" {
+                problems.push(
+                    "hostname `*` would match every hostname (only the last, catch-all rule \
+                     may); name the public hostnames"
+                        .to_owned(),
+                );
+            } else if let Err(p) = check_hostname(&rule.hostname) {
                 problems.push(p);
             }
             if let Some(prefix) = &rule.path_prefix

@@ -223,6 +223,7 @@ fn render_refuses_what_cloudflared_would_and_names_it() {
         IngressRule::host("a.example.com:8443"),
         IngressRule::host("x.*.example.com"),
         IngressRule::path("b.example.com", "api"),
+        IngressRule::host("*"),
     ]);
     bad.origin = "http://127.0.0.1:18080/base".into();
     bad.tunnel_id = String::new();
@@ -234,6 +235,7 @@ fn render_refuses_what_cloudflared_would_and_names_it() {
         "cannot contain a port",
         "at most one wildcard",
         "`api` of b.example.com does not start with `/`",
+        "hostname `*` would match every hostname",
     ] {
         assert!(text.contains(expected), "`{expected}` missing: {text}");
     }
