@@ -63,6 +63,19 @@ fn units_are_started_followed_by_signal_failed_and_kept_at_down() {
         &mock.address,
         &journalctl.display().to_string(),
     ));
+    // `kinfra providers show systemd`: its commands, each with a dry-run.
+    let out = p.run(&["providers", "show", "systemd", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let ids: Vec<&str> = shown["commands"]
+        .as_array()
+        .expect("commands")
+        .iter()
+        .filter(|c| c["dry_run"] == true)
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["start", "stop", "restart", "reload"], "{shown}");
+
     let mut up = p.up(&[], &[]);
 
     // Start: StartUnit for each, waited for; the journal's lines reach the log.

@@ -255,6 +255,19 @@ impl MockSystemd {
             .await;
     }
 
+    /// Sets `unit`'s `LoadState` (`not-found`, `masked`, ...).
+    pub async fn set_load_state(&self, unit: &str, load: &str) {
+        let props: HashMap<&str, Value> = HashMap::from([("LoadState", Value::from(load))]);
+        let () = self
+            .call(
+                &unit_path(unit),
+                MOCK_INTERFACE,
+                "UpdateProperties",
+                &(UNIT, props),
+            )
+            .await;
+    }
+
     /// `unit`'s `ActiveState` as the mock has it.
     pub async fn active_state(&self, unit: &str) -> String {
         let value: OwnedValue = self

@@ -349,6 +349,19 @@ async fn an_unknown_unit_fails_naming_it() {
     let r = resource.reported_state().expect("reported");
     assert_eq!(r.state, ServiceState::Failed);
     assert!(r.message.contains("nosuch.service"), "{}", r.message);
+    // A unit object systemd holds for a name it found no file for: LoadState not-found.
+    setup.mock.add_unit("gone.service").await;
+    setup.mock.set_load_state("gone.service", "not-found").await;
+    let resource = setup.resource("gone.service", "/bin/false");
+    let error = resource.start().await.expect_err("not-found unit");
+    assert!(error.is_permanent(), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("systemd unit `gone.service` not found: LoadState not-found"),
+        "{error}"
+    );
+    assert_eq!(setup.mock.calls("StartUnit").await, 0);
 }
 
 /// A unit that fails ends the run as failed, with SubState and Result in the reason; the
