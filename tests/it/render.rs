@@ -57,6 +57,32 @@ fn wait_web(p: &Project, up: &Up, what: &str, cond: impl Fn(&Value) -> bool) -> 
     }
 }
 
+/// Answers the next `times` reads of service `id` with `reply` and waits (bounded) until
+/// last_sync shows an error containing `shown` while `web` stays running on its live deploy
+/// (no restart), then until a good sync clears it.
+fn fault_shows_in_last_sync(
+    p: &Project,
+    up: &Up,
+    fake: &render_fake::RenderFake,
+    id: &str,
+    (reply, times): (crate::fake_http::Reply, usize),
+    shown: &str,
+) {
+    fake.inject(id, &format!("GET /services/{id}$"), reply, times);
+    let seen = wait_web(p, up, shown, |w| {
+        w["last_sync"]["ok"] == false
+            && w["last_sync"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(shown))
+    });
+    assert_eq!(seen["state"], "running", "kept: {seen}");
+    assert_eq!(seen["provider_state"], "live", "kept: {seen}");
+    assert_eq!(seen["restarts"], 0, "not a crash: {seen}");
+    wait_web(p, up, "last_sync ok again", |w| {
+        w["last_sync"]["ok"] == true
+    });
+}
+
 /// Runs `kinfra resource web ARGS... --json`: the exit code and the result (or stderr).
 fn command(p: &Project, args: &[&str]) -> (Option<i32>, Value, String) {
     let mut all = vec!["resource", "web"];
@@ -417,40 +443,18 @@ fn faults_show_in_last_sync_and_keep_the_state_and_an_unknown_service_fails_nami
     let p = project(&prism.url, &id, "");
     let mut up = p.up(&[], &[]);
     wait_web(&p, &up, "web running", |w| w["state"] == "running");
-    // A burst of 500s: last_sync shows the error, the state stays running, then it clears.
-    fake.inject(
-        &id,
-        &format!("GET /services/{id}$"),
-        render_fake::error(500, "Internal Server Error"),
-        3,
-    );
-    let failing = wait_web(&p, &up, "the 500 in last_sync", |w| {
-        w["last_sync"]["ok"] == false
-            && w["last_sync"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("HTTP 500"))
-    });
-    assert_eq!(failing["state"], "running", "{failing}");
-    assert_eq!(failing["provider_state"], "live", "{failing}");
-    wait_web(&p, &up, "last_sync ok again", |w| {
-        w["last_sync"]["ok"] == true
-    });
-    // 429 with and without Retry-After: a rate limit is not a crash.
-    for reply in [
-        render_fake::error(429, "Rate limit exceeded").header("Retry-After", "1"),
-        render_fake::error(429, "Rate limit exceeded"),
+    // A burst of 500s, then 429 with and without Retry-After (a rate limit is not a crash):
+    // last_sync shows each, the state stays running, then it clears.
+    let limited = || render_fake::error(429, "Rate limit exceeded");
+    for (fault, shown) in [
+        (
+            (render_fake::error(500, "Internal Server Error"), 3),
+            "HTTP 500",
+        ),
+        ((limited().header("Retry-After", "1"), 1), "429"),
+        ((limited(), 1), "429"),
     ] {
-        fake.inject(&id, &format!("GET /services/{id}$"), reply, 1);
-        let limited = wait_web(&p, &up, "the 429 in last_sync", |w| {
-            w["last_sync"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("429"))
-        });
-        assert_eq!(limited["state"], "running", "{limited}");
-        assert_eq!(limited["restarts"], 0, "{limited}");
-        wait_web(&p, &up, "last_sync ok after the wait", |w| {
-            w["last_sync"]["ok"] == true
-        });
+        fault_shows_in_last_sync(&p, &up, fake, &id, fault, shown);
     }
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
@@ -483,18 +487,7 @@ fn a_slow_answer_and_malformed_json_show_in_last_sync_and_an_unreachable_api_fai
         w["state"] == "running" && w["last_sync"]["ok"] == true
     });
     let slow = render_fake::error(500, "too late").delayed(Duration::from_secs(3));
-    fake.inject(&id, &format!("GET /services/{id}$"), slow, 1);
-    let late = wait_web(&p, &up, "the timeout in last_sync", |w| {
-        w["last_sync"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("no answer within 1s"))
-    });
-    assert_eq!(late["state"], "running", "kept: {late}");
-    assert_eq!(late["provider_state"], "live", "kept: {late}");
-    assert_eq!(late["restarts"], 0, "{late}");
-    wait_web(&p, &up, "last_sync ok again", |w| {
-        w["last_sync"]["ok"] == true
-    });
+    fault_shows_in_last_sync(&p, &up, fake, &id, (slow, 1), "no answer within 1s");
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
     assert!(!up.lines().join("\n").contains(TOKEN));
@@ -505,22 +498,8 @@ fn a_slow_answer_and_malformed_json_show_in_last_sync_and_an_unreachable_api_fai
     let p = project(&prism.fake_url, &id, "");
     let mut up = p.up(&[], &[]);
     wait_web(&p, &up, "web running", |w| w["state"] == "running");
-    fake.inject(
-        &id,
-        &format!("GET /services/{id}$"),
-        crate::fake_http::Reply::json(200, r#"{"id": "srv-"#),
-        2,
-    );
-    let malformed = wait_web(&p, &up, "the malformed answer in last_sync", |w| {
-        w["last_sync"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("malformed JSON"))
-    });
-    assert_eq!(malformed["state"], "running", "kept: {malformed}");
-    assert_eq!(malformed["restarts"], 0, "{malformed}");
-    wait_web(&p, &up, "last_sync ok again", |w| {
-        w["last_sync"]["ok"] == true
-    });
+    let malformed = crate::fake_http::Reply::json(200, r#"{"id": "srv-"#);
+    fault_shows_in_last_sync(&p, &up, fake, &id, (malformed, 2), "malformed JSON");
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(LIMIT).success());
 

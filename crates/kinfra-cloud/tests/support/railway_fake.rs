@@ -32,6 +32,7 @@
 //! only at its own exchanges (deployment ids start with their service's id).
 
 use super::fake_http::{FakeHttp, Reply, Seen};
+use fault_script::{FaultScript, lock};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +42,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The scripted faults and small helpers the fakes share.
+#[path = "fault_script.rs"]
+mod fault_script;
 
 /// The account token the fake accepts as a bearer token.
 pub const ACCOUNT_TOKEN: &str = "rw-acct-7f3a9c1e55d2";
@@ -299,14 +304,6 @@ pub struct FakeDeployment {
     pub deploy_logs: Vec<LogLine>,
 }
 
-/// A fault: the next `times` requests of operation `operation` get `reply`.
-#[derive(Debug, Clone)]
-struct Fault {
-    operation: String,
-    reply: Reply,
-    times: usize,
-}
-
 /// One service instance.
 #[derive(Debug)]
 pub struct FakeService {
@@ -319,7 +316,7 @@ pub struct FakeService {
     pub next_outcome: Option<String>,
     /// `OperationName variables` of every request that reached the fake for this service.
     pub requests: Vec<String>,
-    faults: VecDeque<Fault>,
+    faults: FaultScript,
 }
 
 /// The fake's state.
@@ -332,10 +329,6 @@ pub struct RailwayFake {
     check: OnceLock<SchemaCheck>,
     /// `http://127.0.0.1:<port>`: the base URL providers are pointed at.
     url: OnceLock<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The fake, its schema check and its server, once per test binary.
@@ -436,7 +429,7 @@ impl RailwayFake {
             deployments: Vec::new(),
             next_outcome: None,
             requests: Vec::new(),
-            faults: VecDeque::new(),
+            faults: FaultScript::default(),
         };
         if let Some(status) = status {
             let id = format!("{service_id}-d0");
@@ -512,11 +505,7 @@ impl RailwayFake {
     /// The next `times` requests of `operation` for `service_id` get `reply`.
     pub fn inject(&self, service_id: &str, operation: &str, reply: Reply, times: usize) {
         if let Some(s) = lock(&self.services).get_mut(service_id) {
-            s.faults.push_back(Fault {
-                operation: operation.to_owned(),
-                reply,
-                times,
-            });
+            s.faults.push(operation, reply, times);
         }
     }
 
@@ -735,12 +724,7 @@ impl RailwayFake {
             let mut services = lock(&self.services);
             if let Some(s) = services.get_mut(id) {
                 s.requests.push(format!("{operation} {variables}"));
-                if let Some(i) = s.faults.iter().position(|f| f.operation == operation) {
-                    let reply = s.faults[i].reply.clone();
-                    s.faults[i].times -= 1;
-                    if s.faults[i].times == 0 {
-                        s.faults.remove(i);
-                    }
+                if let Some(reply) = s.faults.take(|name| name == operation) {
                     drop(services);
                     self.record(&operation, &variables, reply.status, None);
                     return reply;

@@ -13,11 +13,16 @@
 
 use super::fake_http::{Reply, Seen};
 use super::prism::{self, Prism};
+use fault_script::{FaultScript, empty, lock};
 use serde_json::{Value, json};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The scripted faults and small helpers the fakes share.
+#[path = "fault_script.rs"]
+mod fault_script;
 
 /// The token the fake accepts.
 pub const TOKEN: &str = "rnd_test_token_Q8p2vX41";
@@ -51,14 +56,6 @@ pub struct FakeLog {
     pub kind: String,
 }
 
-/// A fault: the next `times` requests whose `METHOD target` contains `pattern` get `reply`.
-#[derive(Debug, Clone)]
-struct Fault {
-    pattern: String,
-    reply: Reply,
-    times: usize,
-}
-
 /// One service of the fake.
 #[derive(Debug)]
 pub struct FakeService {
@@ -79,7 +76,7 @@ pub struct FakeService {
     pub restarts: u32,
     /// `METHOD target body` of every request that reached the fake for this service.
     pub requests: Vec<String>,
-    faults: VecDeque<Fault>,
+    faults: FaultScript,
 }
 
 impl FakeService {
@@ -139,25 +136,12 @@ pub struct RenderFake {
     next: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// An answer in the spec's `error` shape.
 pub fn error(status: u16, message: &str) -> Reply {
     Reply::json(
         status,
         &json!({ "id": format!("err-{status}"), "message": message }).to_string(),
     )
-}
-
-fn empty(status: u16) -> Reply {
-    Reply {
-        status,
-        headers: Vec::new(),
-        body: String::new(),
-        delay: Duration::ZERO,
-    }
 }
 
 fn ok(status: u16, body: Value) -> Reply {
@@ -230,7 +214,7 @@ impl RenderFake {
                 deploy_time: DEPLOY_TIME,
                 restarts: 0,
                 requests: Vec::new(),
-                faults: VecDeque::new(),
+                faults: FaultScript::default(),
             },
         );
         id
@@ -343,13 +327,7 @@ impl RenderFake {
     /// The next `times` requests of `id` whose `METHOD target` contains `pattern` get `reply`
     /// (`pattern` ending in `$`: whose `METHOD target` without its query is exactly the rest).
     pub fn inject(&self, id: &str, pattern: &str, reply: Reply, times: usize) {
-        self.with(id, |s| {
-            s.faults.push_back(Fault {
-                pattern: pattern.into(),
-                reply,
-                times,
-            })
-        });
+        self.with(id, |s| s.faults.push(pattern, reply, times));
     }
 
     /// `METHOD target body` of every request of `id` that reached the fake.
@@ -398,13 +376,7 @@ impl RenderFake {
             Some(exact) => bare == exact,
             None => line.contains(pattern),
         };
-        if let Some(i) = s.faults.iter().position(|f| matches(&f.pattern)) {
-            let fault = &mut s.faults[i];
-            let reply = fault.reply.clone();
-            fault.times -= 1;
-            if fault.times == 0 {
-                s.faults.remove(i);
-            }
+        if let Some(reply) = s.faults.take(matches) {
             return reply;
         }
         let body: Value = serde_json::from_str(&seen.body).unwrap_or(Value::Null);

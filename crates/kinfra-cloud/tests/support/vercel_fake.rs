@@ -18,6 +18,7 @@
 
 use super::fake_http::{Reply, Seen};
 use super::prism::{self, Prism};
+use fault_script::{FaultScript, empty, lock};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -26,20 +27,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The scripted faults and small helpers the fakes share.
+#[path = "fault_script.rs"]
+mod fault_script;
+
 /// The token the fake accepts.
 pub const TOKEN: &str = "vercel_test_token_Qm41x";
 /// How long each build step (QUEUED → BUILDING → READY) of a created deployment takes.
 pub const BUILD_STEP: Duration = Duration::from_millis(400);
 /// How long an empty log stream waits before its `delimiter` line (through Prism).
 const EMPTY_STREAM_WAIT: Duration = Duration::from_millis(150);
-
-/// A fault: the next `times` requests whose `METHOD target` contains `pattern` get `reply`.
-#[derive(Debug, Clone)]
-struct Fault {
-    pattern: String,
-    reply: Reply,
-    times: usize,
-}
 
 /// One build event.
 #[derive(Debug, Clone)]
@@ -83,7 +80,7 @@ pub struct FakeProject {
     pub requests: Vec<String>,
     /// Bodies that left the spec's request-body schema.
     pub body_errors: Vec<String>,
-    faults: VecDeque<Fault>,
+    faults: FaultScript,
 }
 
 /// The fake's state.
@@ -96,25 +93,11 @@ pub struct VercelFake {
     validator: Mutex<Option<BodyValidator>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn error(status: u16, code: &str, message: &str) -> Reply {
     Reply::json(
         status,
         &json!({ "error": { "code": code, "message": message } }).to_string(),
     )
-}
-
-/// A 200 (or `status`) without a body (what the spec declares for pause, unpause, promote).
-fn empty(status: u16) -> Reply {
-    Reply {
-        status,
-        headers: Vec::new(),
-        body: String::new(),
-        delay: Duration::ZERO,
-    }
 }
 
 fn ok(body: Value) -> Reply {
@@ -264,7 +247,7 @@ impl VercelFake {
             deployments: Vec::new(),
             requests: Vec::new(),
             body_errors: Vec::new(),
-            faults: VecDeque::new(),
+            faults: FaultScript::default(),
         };
         let mut deployment_id = String::new();
         if let Some(state) = state {
@@ -335,13 +318,7 @@ impl VercelFake {
     /// The next `times` requests of project `id` whose `METHOD target` contains `pattern`
     /// get `reply`.
     pub fn inject(&self, id: &str, pattern: &str, reply: Reply, times: usize) {
-        self.with(id, |p| {
-            p.faults.push_back(Fault {
-                pattern: pattern.into(),
-                reply,
-                times,
-            })
-        });
+        self.with(id, |p| p.faults.push(pattern, reply, times));
     }
 
     /// `METHOD target body` of every request of project `id` that reached the fake.
@@ -425,10 +402,7 @@ impl VercelFake {
             );
         }
         let key = format!("{} {}", seen.method, seen.target);
-        if let Some(fault) = p.faults.iter_mut().find(|f| key.contains(&f.pattern)) {
-            fault.times -= 1;
-            let reply = fault.reply.clone();
-            p.faults.retain(|f| f.times > 0);
+        if let Some(reply) = p.faults.take(|pattern| key.contains(pattern)) {
             return reply;
         }
         if let Some(Err(problem)) = body_check {
