@@ -44,4 +44,3 @@ mod support;
 mod systemd;
 mod tunnel;
 mod vercel;
-mod vps;
