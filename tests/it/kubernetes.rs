@@ -9,7 +9,8 @@
 //! stop` scales to 0, a Deployment scaled to 0 outside kinfra shows stopped (no restart),
 //! `runtime down` (on_down = keep) sends nothing, the resource's log holds the scale calls, a
 //! refused credential fails naming the context and a missing Deployment names namespace/name,
-//! the kubeconfig's token shows nowhere; `providers show kubernetes` lists both commands.
+//! the kubeconfig's token shows nowhere; a relative `kubeconfig` is read beside the config
+//! file whatever the working directory; `providers show kubernetes` lists both commands.
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/kubernetes_fake.rs"]
@@ -248,6 +249,59 @@ fn a_refused_credential_names_the_context_and_a_missing_deployment_names_it() {
     assert!(
         !shown.contains(BAD_TOKEN) && !shown.contains(TOKEN),
         "a token shows:\n{shown}"
+    );
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    fake.assert_clean(&ns);
+}
+
+#[test]
+fn a_relative_kubeconfig_is_read_beside_the_config_file_whatever_the_working_directory() {
+    let fake = kube();
+    let ns = fake.namespace("relative");
+    fake.deployment(&ns, "web", 0);
+    // kinfra runs in the project's parent directory, its config in `proj/`, the kubeconfig
+    // in `proj/kube/config`, named `kube/config`.
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("proj/kube")).expect("dirs");
+    p.write(
+        "proj/kube/config",
+        &kubernetes_fake::kubeconfig(&fake.url, &ns),
+    );
+    p.write(
+        "proj/kinfra.toml",
+        &format!(
+            "[project]\nname = \"k8s-relative\"\n\
+             [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+             [providers.k8s]\nprovider = \"kubernetes\"\nkubeconfig = \"kube/config\"\n\
+             [resources.web]\nprovider = \"k8s\"\nnamespace = \"{ns}\"\nname = \"web\"\n\
+             replicas = 2\ninterval = \"200ms\"\n"
+        ),
+    );
+    let mut up = p.up(&["-c", "proj/kinfra.toml"], &[]);
+    let status = || {
+        let out = p.run(&["runtime", "status", "--json", "-c", "proj/kinfra.toml"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).expect("status JSON")
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    while status()["services"]["web"]["state"] != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web never running: {:#}\n{}",
+            status(),
+            up.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fake.get(&ns, "web").map(|d| d.desired), Some(2));
+    // `kinfra plan` run from elsewhere reads the same file.
+    let plan = run_json(&p, &["plan", "--json", "-c", "proj/kinfra.toml"]);
+    assert!(
+        plan["resources"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|e| e["name"] == "web" && e["kind"] == "kubernetes")),
+        "{plan}"
     );
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());

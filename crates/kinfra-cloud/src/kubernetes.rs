@@ -3,7 +3,8 @@
 //! those who prefer it.
 //!
 //! An instance (`[providers.k8s] provider = "kubernetes"`) is one cluster identity: its
-//! `kubeconfig` (a path; without it, the in-cluster service account) and optional `context`
+//! `kubeconfig` (a path, a relative one beside the config file; without it, the in-cluster
+//! service account) and optional `context`
 //! (else the kubeconfig's current one), `timeout` (per request, default 30s), `rate_limit`;
 //! a `token` or `base_url` of the instance overrides the kubeconfig's. Every credential the
 //! kubeconfig holds (token, password, client key) is a secret: never in errors, logs, status
@@ -1029,6 +1030,12 @@ impl Provider for KubernetesProvider {
 
     fn commands(&self) -> &[CommandSpec] {
         &self.commands
+    }
+
+    /// A relative `kubeconfig` means the file beside the config file, whatever the working
+    /// directory kinfra runs in.
+    fn instance_path_keys(&self) -> &[&'static str] {
+        &["kubeconfig"]
     }
 
     fn validate_resource<'a>(
