@@ -515,7 +515,8 @@ impl CloudflareTunnels {
     /// configured tunnel with a fresh 32-byte secret) and writes its credentials file into
     /// `credentials_dir` (created 0700 if missing; the file 0600). An adopted tunnel whose
     /// credentials file is in `credentials_dir` runs with it; one without runs with its token
-    /// (`GET …/token`).
+    /// (`GET …/token`). A create refused because the name was taken meanwhile (409, another
+    /// kinfra starting at the same moment) adopts that tunnel.
     pub async fn ensure_tunnel(
         &self,
         name: &str,
@@ -525,21 +526,7 @@ impl CloudflareTunnels {
         if name.is_empty() {
             return Err(TunnelError::Settings("the tunnel name is empty".into()));
         }
-        let op = format!("find tunnel `{name}`");
-        let found: Vec<CfTunnel> = self
-            .call(
-                &op,
-                &self.account_what(),
-                Method::GET,
-                &self.account_path(""),
-                &[("name", name), ("is_deleted", "false")],
-                None,
-            )
-            .await?;
-        if let Some(tunnel) = found
-            .into_iter()
-            .find(|t| t.name == name && t.deleted_at.is_none())
-        {
+        if let Some(tunnel) = self.find_tunnel(name).await? {
             return self.adopt(tunnel, credentials_dir).await;
         }
         let mut secret = [0u8; 32];
@@ -550,7 +537,7 @@ impl CloudflareTunnels {
         use base64::Engine as _;
         let secret = Secret::new(base64::engine::general_purpose::STANDARD.encode(secret));
         let op = format!("create tunnel `{name}`");
-        let created: CfTunnel = self
+        let created: Result<CfTunnel, TunnelError> = self
             .call(
                 &op,
                 &self.account_what(),
@@ -563,7 +550,18 @@ impl CloudflareTunnels {
                     "tunnel_secret": secret.expose(),
                 })),
             )
-            .await?;
+            .await;
+        let created = match created {
+            Ok(created) => created,
+            // Made meanwhile (another kinfra starting at the same moment): adopt it.
+            Err(error @ TunnelError::Api { status: 409, .. }) => {
+                return match self.find_tunnel(name).await? {
+                    Some(tunnel) => self.adopt(tunnel, credentials_dir).await,
+                    None => Err(error),
+                };
+            }
+            Err(error) => return Err(error),
+        };
         let path = credentials_path(credentials_dir, &created.id);
         let file = json!({
             "AccountTag": self.account_id,
@@ -588,6 +586,23 @@ impl CloudflareTunnels {
             credentials_file: Some(path),
             run_token: None,
         })
+    }
+
+    /// The account's non-deleted tunnel called `name`, if any.
+    async fn find_tunnel(&self, name: &str) -> Result<Option<CfTunnel>, TunnelError> {
+        let found: Vec<CfTunnel> = self
+            .call(
+                &format!("find tunnel `{name}`"),
+                &self.account_what(),
+                Method::GET,
+                &self.account_path(""),
+                &[("name", name), ("is_deleted", "false")],
+                None,
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .find(|t| t.name == name && t.deleted_at.is_none()))
     }
 
     async fn adopt(

@@ -151,6 +151,36 @@ async fn a_tunnel_made_elsewhere_is_adopted_and_a_deleted_one_is_not() {
 }
 
 #[tokio::test]
+async fn a_tunnel_created_meanwhile_under_the_name_is_adopted() {
+    let (prism, fake) = cloudflare();
+    let (account, zone) = fake.account();
+    let api = client(&prism.url, &account, &zone, TOKEN);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Another kinfra creates it between this one's lookup and its create: the lookup saw
+    // none, the create gets Cloudflare's 409.
+    let other = fake.add_tunnel(&account, "raced");
+    fake.inject(
+        &format!("GET /accounts/{account}/cfd_tunnel?"),
+        Reply::json(
+            200,
+            r#"{"success":true,"errors":[],"messages":[],"result":[],"result_info":{"count":0}}"#,
+        ),
+        1,
+    );
+    let handle = api.ensure_tunnel("raced", dir.path()).await.expect("adopt");
+    assert_eq!(handle.id, other);
+    assert!(!handle.created);
+    assert_eq!(fake.tunnels(&account).len(), 1);
+    assert_eq!(
+        fake.requests(&format!("POST /accounts/{account}/cfd_tunnel "))
+            .len(),
+        1,
+        "no create was tried"
+    );
+    prism.assert_clean(&account);
+}
+
+#[tokio::test]
 async fn connections_show_their_colo_opening_time_and_version() {
     let (prism, fake) = cloudflare();
     let (account, zone) = fake.account();
