@@ -81,6 +81,10 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
+/// Lines said outside a run kept for the next run's output at most.
+const PENDING_LINES: usize = 32;
+/// The longest error text taken from the bus (a stand-in's traceback is cut).
+const ERROR_TEXT_MAX: usize = 300;
 /// The unit suffixes systemd knows.
 const UNIT_SUFFIXES: &[&str] = &[
     "service",
@@ -442,6 +446,7 @@ impl SystemdProvider {
                 view: Mutex::new(View::default()),
                 logs: LogRing::new(LOG_LINES),
                 output: Mutex::new(None),
+                pending: Mutex::new(Vec::new()),
                 live: RunSlot::default(),
                 sync: SyncRecord::default(),
             }),
@@ -636,7 +641,18 @@ fn error_name(error: &zbus::Error) -> Option<String> {
 /// `error` in words: the peer's message (and its error name), or zbus's text.
 fn error_text(error: &zbus::Error) -> String {
     match error {
-        zbus::Error::MethodError(name, Some(message), _) => format!("{message} ({name})"),
+        zbus::Error::MethodError(name, Some(message), _) => {
+            // One line: the last of a multi-line message (a peer's traceback ends with what
+            // went wrong), bounded.
+            let line = message
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .trim();
+            let line: String = line.chars().take(ERROR_TEXT_MAX).collect();
+            format!("{line} ({name})")
+        }
         zbus::Error::MethodError(name, None, _) => name.to_string(),
         other => other.to_string(),
     }
@@ -937,6 +953,8 @@ struct Inner {
     logs: LogRing,
     /// The live run's output (generation, sender): cleared when that run ends.
     output: Mutex<Option<(u64, mpsc::Sender<OutputLine>)>>,
+    /// Lines said while no run was live (a start's calls), for the next run's output.
+    pending: Mutex<Vec<OutputLine>>,
     live: RunSlot<Held>,
     sync: SyncRecord,
 }
@@ -948,8 +966,18 @@ impl Inner {
             text: text.into(),
         };
         self.logs.push(line.clone());
-        if let Some((_, out)) = lock(&self.output).as_ref() {
-            let _ = out.try_send(line);
+        match lock(&self.output).as_ref() {
+            Some((_, out)) => {
+                let _ = out.try_send(line);
+            }
+            None => {
+                // Said while no run is live (during a start): the next run's output opens
+                // with it.
+                let mut pending = lock(&self.pending);
+                if pending.len() < PENDING_LINES {
+                    pending.push(line);
+                }
+            }
         }
     }
 
@@ -1152,6 +1180,9 @@ impl Inner {
         let (exit_tx, exit_rx) = oneshot::channel();
         lock(&self.view).journal = None;
         let inner = self.clone();
+        for line in std::mem::take(&mut *lock(&self.pending)) {
+            let _ = out_tx.try_send(line);
+        }
         let generation = self.live.begin(|generation| {
             // The output is in place before the watcher can end the run.
             *lock(&inner.output) = Some((generation, out_tx.clone()));
@@ -1163,7 +1194,8 @@ impl Inner {
             )
         });
         let run = Run {
-            id: format!("{}#{generation}", self.spec.unit),
+            // Shown cut to 12 characters ("Started systemd #3"): the unit is in every line.
+            id: format!("#{generation}"),
             pid: None,
             adopted,
             output: out_rx,
@@ -1283,6 +1315,8 @@ impl Resource for SystemdResource {
                 view.failure = None;
                 view.stopped_by_kinfra = false;
             }
+            // Only what this start says opens its run's output.
+            lock(&inner.pending).clear();
             let opened = async {
                 let (client, path, facts) = inner.open().await?;
                 client.subscribe().await?;
