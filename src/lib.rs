@@ -18,6 +18,7 @@ mod ownership;
 mod procstat;
 pub mod providers;
 mod runtime;
+pub mod sd_notify;
 
 pub use kinfra_bus as bus;
 pub use kinfra_core::config::{

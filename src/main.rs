@@ -19,5 +19,9 @@ fn main() -> ExitCode {
         // SAFETY: no other thread has been started yet.
         unsafe { std::env::set_var("KINFRA_BIN", exe) };
     }
+    // systemd's NOTIFY_SOCKET/WATCHDOG_* are kinfra's alone: taken out of the environment
+    // before any thread exists, so the processes kinfra starts do not inherit them.
+    // SAFETY: no other thread has been started yet.
+    unsafe { kinfra::sd_notify::take_process_env() };
     cli::main()
 }

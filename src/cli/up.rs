@@ -134,13 +134,35 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
     ));
 
     let mut sighup = signal(SignalKind::hangup())?;
+    // systemd (Type=notify): READY=1 once the dashboard and the proxy answer, WATCHDOG=1 from
+    // this loop, RELOADING=1/READY=1 around a SIGHUP reload, STOPPING=1 below.
+    let notifier = kinfra::sd_notify::Notifier::from_process();
+    let mut watchdog = notifier.watchdog_ticker();
+    let serving = serving_status(&runtime);
+    let answering = kinfra::sd_notify::wait_answering(runtime.dashboard_addr());
+    tokio::pin!(answering);
+    let mut ready = !notifier.is_active();
     let reason = loop {
         tokio::select! {
+            () = &mut answering, if !ready => {
+                ready = true;
+                notifier.ready(&serving);
+            }
+            () = watchdog.tick() => notifier.watchdog(),
             _ = sigint.recv() => break "Ctrl-C".to_string(),
             _ = sigterm.recv() => break "SIGTERM".to_string(),
             reason = runtime.shutdown_requested() => break reason,
             _ = sighup.recv() => {
-                let text = match runtime.reload_from_file().await {
+                if ready {
+                    notifier.reloading("Reloading the config (SIGHUP)");
+                }
+                let reloaded = notifier
+                    .pinging_while(&mut watchdog, runtime.reload_from_file())
+                    .await;
+                if ready {
+                    notifier.ready(&serving);
+                }
+                let text = match reloaded {
                     Ok(report) => {
                         let summary = &report.services;
                         let mut text = format!(
@@ -170,6 +192,7 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
             "{reason}: stopping gracefully (Ctrl-C again to force) ..."
         ))
     );
+    notifier.stopping(&format!("Stopping ({reason})"));
     // A second Ctrl-C (or SIGTERM) forces: exit at once. Children die with us through their
     // parent-death signal; anything that escaped is found and stopped by the next `up`.
     tokio::spawn(async move {
@@ -192,6 +215,18 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The `STATUS=` text of `READY=1`: where the dashboard and the proxy answer.
+fn serving_status(runtime: &kinfra::Runtime) -> String {
+    let url = |addr: Option<std::net::SocketAddr>, path: &str| {
+        addr.map_or("disabled".to_owned(), |a| format!("http://{a}{path}"))
+    };
+    format!(
+        "Serving: dashboard {}, proxy {}",
+        url(runtime.dashboard_addr(), "/kinfra"),
+        url(runtime.proxy_addr(), "/")
+    )
 }
 
 /// Prints service logs and state changes until aborted.

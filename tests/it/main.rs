@@ -15,6 +15,10 @@ mod edge;
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-provider/tests/it/fake_http.rs"]
 mod fake_http;
+/// The scripted faults the Render, Vercel and Railway fakes share (beside `fake_http`).
+#[allow(dead_code)]
+#[path = "../../crates/kinfra-cloud/tests/support/fault_script.rs"]
+mod fault_script;
 mod fly;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
@@ -44,3 +48,4 @@ mod support;
 mod systemd;
 mod tunnel;
 mod vercel;
+mod vps;
