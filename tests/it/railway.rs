@@ -13,7 +13,7 @@
 pub(crate) mod railway_fake;
 
 // The fake HTTP server, included once in main.rs; the fake reaches it as `super::`.
-use crate::fake_http;
+use crate::{fake_http, fault_script};
 
 use crate::support::{Project, Up, http_get, stderr, stdout, wait_for};
 use railway_fake::{ACCOUNT_TOKEN, RailwayFake, railway};

@@ -15,7 +15,7 @@
 pub(crate) mod render_fake;
 
 // The harness, included once in main.rs; the fake reaches it as `super::`.
-use crate::{fake_http, prism};
+use crate::{fake_http, fault_script, prism};
 
 use crate::support::{Project, Up, stderr, stdout};
 use render_fake::{TOKEN, render};

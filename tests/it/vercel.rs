@@ -14,7 +14,7 @@
 pub(crate) mod vercel_fake;
 
 // The harness, included once in main.rs; the fake reaches it as `super::`.
-use crate::{fake_http, prism};
+use crate::{fake_http, fault_script, prism};
 
 use crate::support::{Project, Up, http_get, stderr, stdout, wait_for};
 use serde_json::Value;

@@ -5,6 +5,9 @@
 #[path = "../../../kinfra-provider/tests/it/fake_http.rs"]
 mod fake_http;
 #[allow(dead_code)]
+#[path = "../support/fault_script.rs"]
+mod fault_script;
+#[allow(dead_code)]
 #[path = "../support/neon_fake.rs"]
 mod neon_fake;
 #[allow(dead_code)]

@@ -2,11 +2,10 @@
 //! fake object (the next requests that match a pattern get a given reply, a set number of
 //! times), the poison-tolerant lock of their state, and a reply without a body.
 //!
-//! Each fake includes this file as its own child module
-//! (`#[path = "fault_script.rs"] mod fault_script;`), so it needs no registration in the test
-//! binaries that include the fakes; `Reply` is the one the including fake imports.
+//! Included once per test binary beside `fake_http` (the fakes reach it as
+//! `super::fault_script`, like `super::fake_http`).
 
-use super::Reply;
+use super::fake_http::Reply;
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;

@@ -32,7 +32,7 @@
 //! only at its own exchanges (deployment ids start with their service's id).
 
 use super::fake_http::{FakeHttp, Reply, Seen};
-use fault_script::{FaultScript, lock};
+use super::fault_script::{FaultScript, lock};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -42,10 +42,6 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// The scripted faults and small helpers the fakes share.
-#[path = "fault_script.rs"]
-mod fault_script;
 
 /// The account token the fake accepts as a bearer token.
 pub const ACCOUNT_TOKEN: &str = "rw-acct-7f3a9c1e55d2";

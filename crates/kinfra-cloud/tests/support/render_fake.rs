@@ -12,17 +12,13 @@
 //! matching a pattern get a scripted [`Reply`].
 
 use super::fake_http::{Reply, Seen};
+use super::fault_script::{FaultScript, empty, lock};
 use super::prism::{self, Prism};
-use fault_script::{FaultScript, empty, lock};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// The scripted faults and small helpers the fakes share.
-#[path = "fault_script.rs"]
-mod fault_script;
 
 /// The token the fake accepts.
 pub const TOKEN: &str = "rnd_test_token_Q8p2vX41";

@@ -17,8 +17,8 @@
 //! matching a pattern get a scripted [`Reply`].
 
 use super::fake_http::{Reply, Seen};
+use super::fault_script::{FaultScript, empty, lock};
 use super::prism::{self, Prism};
-use fault_script::{FaultScript, empty, lock};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -26,10 +26,6 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// The scripted faults and small helpers the fakes share.
-#[path = "fault_script.rs"]
-mod fault_script;
 
 /// The token the fake accepts.
 pub const TOKEN: &str = "vercel_test_token_Qm41x";
