@@ -207,6 +207,26 @@ impl MockSystemd {
         self.add_method("ReloadUnit", "ss", "o", &job("")).await;
     }
 
+    /// Makes every later `StartUnit` fail as systemd does when a unit's start fails: the unit
+    /// goes `failed/failed` with `Result` `exit-code` and the job ends `failed`.
+    pub async fn fail_starts(&self) {
+        self.add_method(
+            "StartUnit",
+            "ss",
+            "o",
+            &format!(
+                "job = self.next_job_id\nself.next_job_id += 1\n\
+                 path = '/org/freedesktop/systemd1/Job/%d' % job\n\
+                 unit = objects[self.units[args[0]]]\n\
+                 unit.UpdateProperties('{SERVICE}', {{'Result': 'exit-code'}})\n\
+                 unit.UpdateProperties('{UNIT}', {{'ActiveState': 'failed', 'SubState': 'failed'}})\n\
+                 self.EmitSignal('{MANAGER}', 'JobRemoved', 'uoss', [job, path, args[0], 'failed'])\n\
+                 ret = path"
+            ),
+        )
+        .await;
+    }
+
     /// Adds `unit` (inactive/dead) with `SubState` and a service `Result`.
     pub async fn add_unit(&self, unit: &str) {
         let () = self

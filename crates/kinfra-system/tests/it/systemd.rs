@@ -484,3 +484,23 @@ async fn a_user_unit_reads_its_user_journal() {
     resource.stop(Duration::from_secs(5)).await.expect("stop");
     assert_eq!(exit_code(run).await, Some(0));
 }
+
+/// A start whose job ends `failed` fails the start with the job's result and the unit's.
+#[tokio::test]
+async fn a_start_job_that_fails_fails_the_start_with_its_result() {
+    let setup = Setup::new().await;
+    setup.mock.add_unit("broken.service").await;
+    setup.mock.fail_starts().await;
+    let resource = setup.resource("broken.service", "/bin/false");
+    let error = resource.start().await.expect_err("the job failed");
+    let text = error.to_string();
+    assert!(
+        text.contains("StartUnit broken.service")
+            && text.contains("the job ended `failed`")
+            && text.contains("failed (failed/failed), result exit-code"),
+        "{text}"
+    );
+    let r = resource.reported_state().expect("reported");
+    assert_eq!(r.state, ServiceState::Failed);
+    assert_eq!(resource.provider_state().as_deref(), Some("failed/failed"));
+}
