@@ -7,7 +7,10 @@
 //! `suspenders`, `serviceDetails.maintenanceMode`) and its latest deploy
 //! (`GET /services/{id}/deploys?limit=1`), mapped as DESIGN's table says: a deploy `created`,
 //! `queued` or `…_in_progress` is starting, `live` running, `deactivated` or `canceled`
-//! stopped, `…_failed` failed; a service suspended by its user (or its parent service) is
+//! stopped, `…_failed` failed, each per deploy: a canceled or failed latest deploy while an
+//! earlier one is still live (`GET /services/{id}/deploys?status=live&limit=1`) leaves the
+//! service serving, so it is running ("deploy dep-b canceled; dep-a live"), stopped or failed
+//! only when nothing is live; a service suspended by its user (or its parent service) is
 //! stopped, one suspended by Render (`billing`, `admin`, `stuck_crashlooping`,
 //! `hipaa_enablement`) failed with the reason; maintenance mode is `maintenance`. Any other
 //! deploy status keeps the last state with a warning. The raw state (`live`,
