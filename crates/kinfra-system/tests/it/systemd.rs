@@ -251,6 +251,9 @@ impl Setup {
 /// A start calls StartUnit and waits for its job; a change made outside kinfra arrives by
 /// PropertiesChanged (the safety re-read is an hour away); the journal stand-in's lines reach
 /// the log, and its child is gone when the run ends.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd, a script for journalctl (it prints two JSON entries and waits).
 #[tokio::test]
 async fn start_follows_the_unit_by_signal_and_its_journal() {
     let setup = Setup::new().await;
@@ -304,6 +307,9 @@ async fn start_follows_the_unit_by_signal_and_its_journal() {
 }
 
 /// A unit up already is adopted (no StartUnit); stop calls StopUnit; release leaves it be.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd; `/bin/false` for journalctl.
 #[tokio::test]
 async fn an_active_unit_is_adopted_stopped_and_released() {
     let setup = Setup::new().await;
@@ -335,6 +341,9 @@ async fn an_active_unit_is_adopted_stopped_and_released() {
 }
 
 /// An unknown unit fails the start for good, naming the unit.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd.
 #[tokio::test]
 async fn an_unknown_unit_fails_naming_it() {
     let setup = Setup::new().await;
@@ -366,6 +375,9 @@ async fn an_unknown_unit_fails_naming_it() {
 
 /// A unit that fails ends the run as failed, with SubState and Result in the reason; the
 /// journal being unreadable is said in the message.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd (its UpdateProperties makes the unit fail); no journalctl at all.
 #[tokio::test]
 async fn a_failing_unit_fails_the_run_with_its_reason() {
     let setup = Setup::new().await;
@@ -395,6 +407,10 @@ async fn a_failing_unit_fails_the_run_with_its_reason() {
 }
 
 /// A journalctl that exits at once (no journal files, no permission) is said in status.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd, a script for journalctl that exits at once
+/// as the real one does without permission.
 #[tokio::test]
 async fn a_journal_that_cannot_be_read_is_said() {
     let setup = Setup::new().await;
@@ -423,6 +439,9 @@ async fn a_journal_that_cannot_be_read_is_said() {
 
 /// The bus going away fails the run with the cause; once it is back, a start takes the unit
 /// up again. Commands (restart, reload) run their jobs.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd; killing the daemon is the bus going away.
 #[tokio::test]
 async fn the_bus_going_away_fails_the_run_and_a_restart_recovers() {
     let mut setup = Setup::new().await;
@@ -460,6 +479,9 @@ async fn the_bus_going_away_fails_the_run_and_a_restart_recovers() {
 
 /// `user = true`: the same calls on the instance's bus (here the private one standing in for
 /// the session bus), and the journal read with `--user-unit`.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd, a script for journalctl.
 #[tokio::test]
 async fn a_user_unit_reads_its_user_journal() {
     let setup = Setup::new().await;
@@ -486,6 +508,9 @@ async fn a_user_unit_reads_its_user_journal() {
 }
 
 /// A start whose job ends `failed` fails the start with the job's result and the unit's.
+///
+/// Stand-ins: a private dbus-daemon for the bus, python-dbusmock's systemd template for
+/// systemd (its StartUnit overridden to fail the job).
 #[tokio::test]
 async fn a_start_job_that_fails_fails_the_start_with_its_result() {
     let setup = Setup::new().await;
