@@ -122,10 +122,14 @@ else
     cat >"$config" <<'EOF'
 # kinfra's config on this server (written once by deploy/install.sh; it is never
 # overwritten). Check a change with `kinfra config check -c /etc/kinfra/kinfra.toml`, apply it
-# with `systemctl reload kinfra`. The state dir is /var/lib/kinfra (set by the unit).
+# with `systemctl reload kinfra`; see the services with
+# `kinfra runtime status -c /etc/kinfra/kinfra.toml`.
 
 [project]
 name = "kinfra"
+# The unit's StateDirectory (it also sets KINFRA_PROJECT__STATE_DIR to it); here too, so
+# `kinfra runtime ... -c /etc/kinfra/kinfra.toml` finds the control socket.
+state_dir = "/var/lib/kinfra"
 
 # The dashboard on this machine only: reach it through an SSH tunnel, or set
 # KINFRA_DASHBOARD_TOKEN in the unit before listening beyond loopback.

@@ -348,7 +348,14 @@ fn install_sh_puts_the_binary_unit_and_config_where_the_unit_expects_them() {
     assert!(config.is_file(), "{config_at} is installed");
     let workdir = unit_value(&unit, "WorkingDirectory");
     assert!(root.path().join(workdir.trim_start_matches('/')).is_dir());
-    // The starting config is one kinfra accepts.
+    // The starting config is one kinfra accepts, with the unit's state dir (so the CLI's
+    // `-c /etc/kinfra/kinfra.toml` finds the control socket).
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        text.contains("state_dir = \"/var/lib/kinfra\"")
+            && unit.contains("Environment=KINFRA_PROJECT__STATE_DIR=/var/lib/kinfra\n"),
+        "{text}"
+    );
     let check = output_within(
         Command::new(crate::support::kinfra_bin())
             .args(["config", "check", "-c"])
