@@ -194,10 +194,12 @@ impl TunnelSlot {
     }
 
     /// After a reload was applied (the reload lock is held): a changed `[tunnel]` is set up
-    /// again; otherwise the config is rendered from the new routes and, when its text
+    /// again, and so is a failed one (a reload is how a user retries it); otherwise the config is rendered from the new routes and, when its text
     /// changed, written and cloudflared restarted once.
     pub(super) async fn reloaded(&self, core: &RuntimeCore, old: &Config, new: &Config) {
-        if old.tunnel != new.tunnel {
+        let failed = lock(&self.state).phase == Phase::Failed;
+        if old.tunnel != new.tunnel || failed {
+            // A changed `[tunnel]` is set up anew; a failed one is tried again.
             self.set_up(new.tunnel.clone(), &new.project.name);
             return;
         }
@@ -665,10 +667,11 @@ fn dns_action(action: DnsAction) -> &'static str {
 }
 
 /// While the core lives: cloudflared's `readyConnections` every [`READY_EVERY`] while the
-/// service runs, and the API's connections when it turns ready and every [`API_EVERY`].
+/// service runs, and the API's connections when a new cloudflared process is ready and every
+/// [`API_EVERY`].
 async fn watch(core: Weak<RuntimeCore>) {
     let mut last_api: Option<tokio::time::Instant> = None;
-    let mut was_ready = false;
+    let mut polled_pid: Option<u32> = None;
     loop {
         tokio::time::sleep(READY_EVERY).await;
         let Some(core) = core.upgrade() else {
@@ -689,20 +692,22 @@ async fn watch(core: Weak<RuntimeCore>) {
                 running.handle.id.clone(),
             )
         };
-        let live = core
+        let pid = core
             .supervisor
             .status()
             .get(SERVICE)
-            .is_some_and(|s| s.state == ServiceState::Running);
-        let ready = if live {
-            read_ready(metrics).await
-        } else {
-            None
+            .filter(|s| s.state == ServiceState::Running)
+            .and_then(|s| s.pid);
+        let ready = match pid {
+            Some(_) => read_ready(metrics).await,
+            None => None,
         };
         lock(&slot.state).ready_connections = ready;
-        let turned_ready = ready.is_some() && !was_ready;
-        was_ready = ready.is_some();
-        if turned_ready || last_api.is_none_or(|at| at.elapsed() >= API_EVERY) {
+        let new_process = ready.is_some() && pid != polled_pid;
+        if new_process {
+            polled_pid = pid;
+        }
+        if new_process || last_api.is_none_or(|at| at.elapsed() >= API_EVERY) {
             last_api = Some(tokio::time::Instant::now());
             match client.connections(&id).await {
                 Ok(connections) => lock(&slot.state).api_connections = Some(connections),

@@ -328,9 +328,12 @@ fn a_tunnel_publishes_two_routes_follows_a_reload_and_is_adopted_at_the_next_up(
              [[routes]]\npath = \"/docs\"\nservice = \"docs\"\n[tunnel]",
         ),
     );
+    // The edge sees a connection (the stand-in does not connect anywhere): status shows it once
+    // the API is read again, which a new cloudflared process triggers.
+    fake.connect(&account, &id, "DFW", "2026.8.2");
     let out = p.run(&["runtime", "reload"]);
     assert!(out.status.success(), "reload: {}", stderr(&out));
-    let status = wait_tunnel(&p, &first, "running again with the new route", |t| {
+    wait_tunnel(&p, &first, "running again with the new route", |t| {
         t["state"] == "running"
             && t["urls"]
                 .as_array()
@@ -359,6 +362,9 @@ fn a_tunnel_publishes_two_routes_follows_a_reload_and_is_adopted_at_the_next_up(
             .is_some_and(|c| c.contains("^/docs")),
         "{started:?}"
     );
+    let status = wait_tunnel(&p, &first, "showing the API's connection", |t| {
+        t["connections"] == 1 && t["colos"] == serde_json::json!(["DFW"])
+    });
     assert_token_nowhere(&p, &first, &status, new_pid);
     // A reload that changes nothing the tunnel publishes leaves cloudflared alone.
     let out = p.run(&["runtime", "reload"]);
@@ -472,6 +478,33 @@ fn a_missing_cloudflared_or_a_refused_token_fails_the_tunnel_alone() {
     );
     down(&p, &mut first);
 
+    // Installed later: a reload (nothing changed) tries the failed tunnel again.
+    let p = Project::with_config(&config(
+        &prism.url,
+        &account,
+        &zone,
+        "./cloudflared-standin",
+        "",
+    ));
+    let mut later = up(&p);
+    let status = wait_tunnel(&p, &later, "failed", |t| t["state"] == "failed");
+    let message = status["tunnel"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cloudflared not found at")
+            && message.contains("cloudflared-standin")
+            && message.contains("install cloudflared: https://pkg.cloudflare.com"),
+        "{status:#}"
+    );
+    standin(&p);
+    let out = p.run(&["runtime", "reload"]);
+    assert!(out.status.success(), "reload: {}", stderr(&out));
+    wait_tunnel(&p, &later, "running after the reload", |t| {
+        t["state"] == "running"
+    });
+    down(&p, &mut later);
+    // That tunnel is the account's only one (the refused token below creates none).
+    assert_eq!(fake.tunnels(&account).len(), 1);
+
     // A refused token: the tunnel fails with Cloudflare's answer; the token shows nowhere.
     let p = Project::new();
     standin(&p);
@@ -489,7 +522,7 @@ fn a_missing_cloudflared_or_a_refused_token_fails_the_tunnel_alone() {
         crate::cli::running_pid(&p, "web").map(|_| ())
     });
     down(&p, &mut second);
-    assert!(fake.tunnels(&account).is_empty());
+    assert_eq!(fake.tunnels(&account).len(), 1);
     prism.assert_clean(&account);
 }
 
