@@ -41,6 +41,7 @@ use kinfra_provider::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError};
+use kinfra_provider::operation::elapsed_text;
 use kinfra_provider::provider::{
     InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
     config_duration_or, config_problems,
@@ -195,17 +196,6 @@ fn known_status(status: &str) -> bool {
             | "REMOVED"
             | "SKIPPED"
     ) || status.ends_with("ING")
-}
-
-/// `"1m 20s"`-style text of a duration, whole seconds.
-fn since_text(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (m, s) = (secs / 60, secs % 60);
-    match m {
-        0 => format!("{s}s"),
-        m if s == 0 => format!("{m}m"),
-        m => format!("{m}m {s}s"),
-    }
 }
 
 /// How the instance's token travels.
@@ -1132,7 +1122,7 @@ impl Inner {
             let failure = format!(
                 "the {how} of {} did not finish within {} (status {raw})",
                 self.what(),
-                since_text(self.spec.operation_timeout)
+                elapsed_text(self.spec.operation_timeout)
             );
             {
                 let mut view = lock(&self.view);
@@ -1330,7 +1320,7 @@ impl Resource for RailwayResource {
                                 LogStream::System,
                                 format!(
                                     "the deployment is not stopped after {}; leaving it to Railway",
-                                    since_text(grace)
+                                    elapsed_text(grace)
                                 ),
                             );
                             break;
@@ -1487,7 +1477,7 @@ impl Resource for RailwayResource {
                 ServiceState::Starting,
                 format!(
                     "{head}: {how} requested {} ago{suffix}",
-                    since_text(since.elapsed())
+                    elapsed_text(since.elapsed())
                 ),
             ),
             (DeploymentState::Starting, _) => {
@@ -1506,7 +1496,7 @@ impl Resource for RailwayResource {
                 ServiceState::Stopping,
                 format!(
                     "{head}: stop requested {} ago{suffix}",
-                    since_text(since.elapsed())
+                    elapsed_text(since.elapsed())
                 ),
             ),
             (DeploymentState::Stopping, _) => {

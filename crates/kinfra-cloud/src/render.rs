@@ -34,12 +34,12 @@ use kinfra_core::resource::{
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::LogStream;
 use kinfra_provider::command::{CommandSpec, ParamKind, ParamSpec, ValidatedParams};
-use kinfra_provider::http::{HttpConfig, HttpError, HttpResponse, Method};
+use kinfra_provider::http::{HttpConfig, HttpError, Method};
 use kinfra_provider::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError};
-use kinfra_provider::operation::{OperationStatus, OperationTracker};
+use kinfra_provider::operation::{OperationStatus, OperationTracker, elapsed_text};
 use kinfra_provider::provider::{
     InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
     config_duration_or, config_problems,
@@ -172,17 +172,6 @@ pub fn valid_service_id(text: &str) -> bool {
             && r.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     })
-}
-
-/// `"1m 20s"`-style text of a duration, whole seconds.
-fn since_text(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (m, s) = (secs / 60, secs % 60);
-    match m {
-        0 => format!("{s}s"),
-        m if s == 0 => format!("{m}m"),
-        m => format!("{m}m {s}s"),
-    }
 }
 
 /// A resource's own keys, parsed.
@@ -589,7 +578,7 @@ impl Provider for RenderProvider {
                 return Ok(CommandResult::planned(&[request.planned()], &secrets));
             }
             let response = api.send(&request).await.map_err(|e| failed(&e))?;
-            let data = answer_data(&response);
+            let data = response.data();
             let mut result = CommandResult::ok(data.clone());
             if command.id == "deploy" {
                 // 201: the deploy; 202: queued behind another (no body).
@@ -607,14 +596,6 @@ impl Provider for RenderProvider {
             Ok(result.mask(&secrets))
         })
     }
-}
-
-fn answer_data(response: &HttpResponse) -> Value {
-    if response.body.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&response.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()))
 }
 
 /// An operation the resource started and follows.
@@ -1041,7 +1022,7 @@ impl Inner {
             let failure = format!(
                 "the resume of {} did not finish within {} (state {})",
                 self.what(),
-                since_text(self.spec.operation_timeout),
+                elapsed_text(self.spec.operation_timeout),
                 lock(&self.view).provider_state.clone().unwrap_or_default()
             );
             self.fail(generation, failure);
@@ -1530,7 +1511,7 @@ impl Resource for RenderResource {
                 ServiceState::Starting,
                 format!(
                     "{words}: resume requested {} ago{suffix}",
-                    since_text(since.elapsed())
+                    elapsed_text(since.elapsed())
                 ),
             ),
             (ServiceStatus::Starting, _) => {
@@ -1540,7 +1521,7 @@ impl Resource for RenderResource {
                 ServiceState::Stopping,
                 format!(
                     "{words}: suspend requested {} ago{suffix}",
-                    since_text(since.elapsed())
+                    elapsed_text(since.elapsed())
                 ),
             ),
             (ServiceStatus::Running, _) => match (&view.deploy, &view.live) {

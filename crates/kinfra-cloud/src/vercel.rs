@@ -43,11 +43,12 @@ use kinfra_core::resource::{
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::{LastSync, LogStream};
 use kinfra_provider::command::{CommandSpec, ParamKind, ParamSpec, ValidatedParams};
-use kinfra_provider::http::{HttpConfig, HttpError, HttpRequest, HttpResponse, Method};
+use kinfra_provider::http::{HttpConfig, HttpError, HttpRequest, Method};
 use kinfra_provider::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
+use kinfra_provider::operation::elapsed_text;
 use kinfra_provider::provider::{
     InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
     config_duration_or, config_problems,
@@ -118,17 +119,6 @@ pub fn map_ready_state(state: &str) -> Option<DeploymentState> {
         }
         _ => return None,
     })
-}
-
-/// `"1m 20s"`-style text of a duration, whole seconds.
-fn since_text(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (m, s) = (secs / 60, secs % 60);
-    match m {
-        0 => format!("{s}s"),
-        m if s == 0 => format!("{m}m"),
-        m => format!("{m}m {s}s"),
-    }
 }
 
 /// A resource's own keys, parsed.
@@ -597,7 +587,7 @@ impl VercelProvider {
             return Ok(CommandResult::planned(&[api.planned(&request)], &secrets));
         }
         let response = api.rest.send(&request).await.map_err(call_failed)?;
-        let data = answer_data(&response);
+        let data = response.data();
         let mut result = match command.id.as_str() {
             "deploy" | "redeploy" | "cancel" => {
                 let mut result = CommandResult::ok(deployment_summary(&data));
@@ -673,14 +663,6 @@ fn deployment_summary(d: &Value) -> Value {
         "target": d.get("target"),
         "created": d.get("createdAt").or_else(|| d.get("created")),
     })
-}
-
-fn answer_data(response: &HttpResponse) -> Value {
-    if response.body.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&response.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()))
 }
 
 impl Provider for VercelProvider {
@@ -1159,7 +1141,7 @@ impl Inner {
                         "production deployment {} of {} did not get READY within {} ({})",
                         deployment.id,
                         self.what(),
-                        since_text(self.spec.build_timeout),
+                        elapsed_text(self.spec.build_timeout),
                         deployment.ready_state
                     );
                     self.fail(generation, failure);
@@ -1911,7 +1893,7 @@ impl Resource for VercelResource {
                     ServiceState::Starting,
                     format!(
                         "paused: unpause requested {} ago",
-                        since_text(since.elapsed())
+                        elapsed_text(since.elapsed())
                     ),
                 ),
                 Some(Operation::Pause { .. }) => report(ServiceState::Stopped, "paused".into()),

@@ -296,6 +296,17 @@ impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// The body as a command's result shows it: its JSON, the text itself when it is not
+    /// JSON, `null` when there is none.
+    pub fn data(&self) -> serde_json::Value {
+        if self.body.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
+        })
+    }
 }
 
 /// The shared client: one connection pool, the timeouts of [`HttpConfig`] on every call.
@@ -448,6 +459,22 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_data_is_json_else_text_else_null() {
+        let response = |body: &[u8]| HttpResponse {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: body.to_vec(),
+            url: String::new(),
+        };
+        assert_eq!(
+            response(br#"{"id":"x"}"#).data(),
+            serde_json::json!({"id": "x"})
+        );
+        assert_eq!(response(b"queued").data(), serde_json::json!("queued"));
+        assert_eq!(response(b"").data(), serde_json::Value::Null);
+    }
 
     #[test]
     fn redact_url_masks_query_values_and_user_info() {

@@ -11,6 +11,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 
+/// How long an operation has been under way, in whole seconds as a status message shows it
+/// (`"45s"`, `"2m"`, `"1m 20s"`).
+pub fn elapsed_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (m, s) = (secs / 60, secs % 60);
+    match m {
+        0 => format!("{s}s"),
+        m if s == 0 => format!("{m}m"),
+        m => format!("{m}m {s}s"),
+    }
+}
+
 /// What one poll of an operation says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OperationStatus {
@@ -177,6 +189,13 @@ pub fn json_text(value: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn elapsed_text_is_whole_minutes_and_seconds() {
+        assert_eq!(elapsed_text(Duration::from_millis(45_900)), "45s");
+        assert_eq!(elapsed_text(Duration::from_secs(120)), "2m");
+        assert_eq!(elapsed_text(Duration::from_secs(80)), "1m 20s");
+    }
 
     #[test]
     fn states_read_by_pointer_with_the_reason_of_a_failure() {
