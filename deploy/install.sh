@@ -27,7 +27,12 @@ root=""
 start=yes
 
 usage() {
-    sed -n '7,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '6,18p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+bad_usage() {
+    echo "install.sh: $*" >&2
+    usage >&2
     exit 2
 }
 
@@ -40,12 +45,12 @@ fail() {
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --binary) [ $# -ge 2 ] || usage; binary=$2; shift 2 ;;
-        --prefix) [ $# -ge 2 ] || usage; prefix=$2; shift 2 ;;
-        --root) [ $# -ge 2 ] || usage; root=$2; shift 2 ;;
+        --binary) [ $# -ge 2 ] || bad_usage "$1 needs a value"; binary=$2; shift 2 ;;
+        --prefix) [ $# -ge 2 ] || bad_usage "$1 needs a value"; prefix=$2; shift 2 ;;
+        --root) [ $# -ge 2 ] || bad_usage "$1 needs a value"; root=$2; shift 2 ;;
         --no-start) start=no; shift ;;
-        -h|--help) usage ;;
-        *) echo "install.sh: unknown argument: $1" >&2; usage ;;
+        -h|--help) usage; exit 0 ;;
+        *) bad_usage "unknown argument: $1" ;;
     esac
 done
 
@@ -155,7 +160,8 @@ fi
 
 echo "install.sh: installed $bindir/kinfra and $unitdir/kinfra.service"
 if [ "$start" = yes ]; then
-    if [ -d /run/systemd/system ]; then
+    # (KINFRA_SYSTEMD_RUN_DIR: for install.sh's own tests.)
+    if [ -d "${KINFRA_SYSTEMD_RUN_DIR:-/run/systemd/system}" ]; then
         systemctl daemon-reload
         systemctl enable --now kinfra.service
         echo "install.sh: kinfra is enabled and started (systemctl status kinfra)"

@@ -243,7 +243,18 @@ fn stub_binary(path: &Path) {
 }
 
 fn install(script: &Path, args: &[&str]) -> Output {
+    install_with_path(script, args, None)
+}
+
+/// install.sh with `dir` first on `PATH`, and standing in for `/run/systemd/system` (systemd
+/// runs).
+fn install_with_path(script: &Path, args: &[&str], dir: Option<&Path>) -> Output {
     let mut cmd = Command::new("sh");
+    if let Some(dir) = dir {
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", dir.display()))
+            .env("KINFRA_SYSTEMD_RUN_DIR", dir);
+    }
     cmd.arg(script)
         .args(args)
         .stdin(Stdio::null())
@@ -324,8 +335,23 @@ fn install_sh_puts_the_binary_unit_and_config_where_the_unit_expects_them() {
     stub_binary(&binary);
     let root = tempfile::tempdir().expect("tempdir");
     let root_arg = root.path().to_str().expect("utf-8 path");
-    let out = install(&script, &["--root", root_arg]);
+    // A systemctl that records its calls, on a "host" where systemd runs: a staging root gets
+    // no calls.
+    let fake_bin = tempfile::tempdir().expect("tempdir");
+    let calls = fake_bin.path().join("calls");
+    std::fs::write(
+        fake_bin.path().join("systemctl"),
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", calls.display()),
+    )
+    .expect("write fake systemctl");
+    std::fs::set_permissions(
+        fake_bin.path().join("systemctl"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let out = install_with_path(&script, &["--root", root_arg], Some(fake_bin.path()));
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(!calls.exists(), "systemctl was called for a staging root");
 
     let unit_path = root.path().join("etc/systemd/system/kinfra.service");
     let unit = std::fs::read_to_string(&unit_path).expect("the unit is installed");
@@ -400,6 +426,11 @@ fn install_sh_checks_the_binary_and_its_checksum() {
     let script = release.path().join("deploy/install.sh");
     let root = tempfile::tempdir().expect("tempdir");
     let root_arg = root.path().to_str().expect("utf-8 path");
+
+    // Bad usage: exit 2.
+    let out = install(&script, &["--frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--frobnicate"), "{}", stderr(&out));
 
     // No binary in dist/: exit 2 naming the path, nothing installed.
     let out = install(&script, &["--root", root_arg]);
