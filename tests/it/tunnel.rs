@@ -13,7 +13,8 @@
 //! Checked: up publishes two routes under one hostname (config rules, origin = the proxy,
 //! one proxied CNAME), status and `runtime status` show the tunnel and its URLs; a reload with
 //! a new route rewrites the config and restarts cloudflared once; a second up adopts the
-//! tunnel and its record (no duplicates); `on_down = "delete"` removes the record at down; a
+//! tunnel and its record (no duplicates); a tunnel made elsewhere runs with its token in
+//! cloudflared's environment; `on_down = "delete"` removes the record at down; a
 //! missing cloudflared and a refused token each fail the tunnel alone; the token shows
 //! nowhere (status, logs, output, cloudflared's arguments); the dashboard shows the tunnel's
 //! panel (Chromium); `config check` names the key.
@@ -390,6 +391,63 @@ fn a_tunnel_publishes_two_routes_follows_a_reload_and_is_adopted_at_the_next_up(
     down(&p, &mut second);
     prism.assert_clean(&account);
     prism.assert_clean(&zone);
+}
+
+/// A tunnel made elsewhere (no credentials file here) is adopted and run with its token,
+/// which cloudflared gets in its environment (`TUNNEL_TOKEN`), never in its arguments.
+#[test]
+fn an_adopted_tunnel_without_credentials_runs_with_its_token_in_the_environment() {
+    let (prism, fake) = cloudflare();
+    let (account, zone) = fake.account();
+    let id = fake.add_tunnel(&account, "kinfra-tun");
+    let run_token = format!("eyJhIjoi{account}IiwidCI6Ij{}", id.replace('-', ""));
+    let p = Project::new();
+    let record = standin(&p);
+    p.write(
+        "kinfra.toml",
+        &config(&prism.url, &account, &zone, "./cloudflared-standin", ""),
+    );
+    let mut up = up(&p);
+    let status = wait_tunnel(&p, &up, "running", |t| t["state"] == "running");
+    assert_eq!(status["tunnel"]["created"], false, "{status:#}");
+    assert_eq!(status["tunnel"]["id"], id.as_str(), "{status:#}");
+    assert_eq!(fake.tunnels(&account).len(), 1);
+    let pid = status["services"]["tunnel"]["pid"]
+        .as_u64()
+        .expect("cloudflared's pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("cloudflared's environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ
+            .split('\0')
+            .any(|v| v == format!("TUNNEL_TOKEN={run_token}")),
+        "no TUNNEL_TOKEN in cloudflared's environment"
+    );
+    let written = std::fs::read_to_string(
+        status["tunnel"]["config_file"]
+            .as_str()
+            .expect("config_file"),
+    )
+    .expect("config.yml");
+    assert!(!written.contains("credentials-file"), "{written}");
+    assert_eq!(starts(&record).len(), 1);
+    let logs = stdout(&p.run(&["runtime", "logs", "tunnel", "-n", "500"]));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cloudflared's cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    for (what, text) in [
+        ("status", status.to_string()),
+        ("runtime logs tunnel", logs),
+        ("kinfra's output", up.lines().join("\n")),
+        ("cloudflared's arguments", cmdline),
+        ("config.yml", written),
+    ] {
+        assert!(
+            !text.contains(&run_token) && !text.contains(TOKEN),
+            "a token shows in {what}: {text}"
+        );
+    }
+    down(&p, &mut up);
+    prism.assert_clean(&account);
 }
 
 #[test]
