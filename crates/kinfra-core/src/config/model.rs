@@ -38,6 +38,9 @@ pub struct Config {
     pub acme: Option<AcmeConfig>,
     /// A Cloudflare tunnel publishing the proxy's routes; absent means none.
     pub tunnel: Option<TunnelConfig>,
+    /// What `kinfra image build` puts in the image beside the binary and this config; absent
+    /// means nothing more.
+    pub image: Option<ImageConfig>,
     /// Directory that relative paths in this config are resolved against (the config file's
     /// directory, or the working directory). Not part of the file.
     #[serde(skip)]
@@ -1288,4 +1291,18 @@ impl TunnelConfig {
     pub fn cloudflared_program(&self) -> &str {
         self.cloudflared.as_deref().unwrap_or("cloudflared")
     }
+}
+
+/// `[image]`: what `kinfra image build` packs beside the static binary, a CA bundle and this
+/// config (which lands at `/app/<its file name>`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Files and directories (relative to the config file's directory, copied under `/app`
+    /// with the same relative path; a directory with everything in it).
+    pub include: Vec<PathBuf>,
+    /// Put a static busybox in as `/bin/sh` (with its applets in `/bin`): absent means only
+    /// when a command of the config is a shell string; `true` for scripts that need one
+    /// (`#!/bin/sh`), `false` never.
+    pub shell: Option<bool>,
 }

@@ -1995,3 +1995,43 @@ fn tunnel_section_loads_and_is_checked() {
         ],
     );
 }
+
+/// `[image]` loads (include paths kept relative, shell unset) and its include paths are
+/// checked: absolute, `..` and duplicates are refused with the key of each.
+#[test]
+fn image_section_loads_and_is_checked() {
+    let config = load(
+        Format::Toml,
+        "[image]\ninclude = [\"static/\", \"app.sh\"]\nshell = true\n",
+        &[],
+    )
+    .unwrap();
+    let Some(image) = &config.image else {
+        panic!("no [image]")
+    };
+    assert_eq!(
+        image.include,
+        [PathBuf::from("static/"), PathBuf::from("app.sh")]
+    );
+    assert_eq!(image.shell, Some(true));
+    assert_eq!(load(Format::Toml, "", &[]).unwrap().image, None);
+    check_case(
+        Format::Toml,
+        "[image]\ninclude = [\"/etc/passwd\", \"../secret\", \"a/\", \"a\", \"\"]\n",
+        &[
+            (Some(2), Some("image.include[0]"), "is absolute"),
+            (
+                Some(2),
+                Some("image.include[1]"),
+                "leaves the config file's directory",
+            ),
+            (Some(2), Some("image.include[3]"), "listed twice"),
+            (Some(2), Some("image.include[4]"), "empty"),
+        ],
+    );
+    check_case(
+        Format::Toml,
+        "[image]\ninclud = [\"x\"]\n",
+        &[(Some(2), Some("image.includ"), "unknown")],
+    );
+}

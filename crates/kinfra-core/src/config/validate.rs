@@ -61,6 +61,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.store();
     c.bus();
     c.tunnel();
+    c.image();
     c.issues
 }
 
@@ -1392,6 +1393,43 @@ fn tunnel_hostname_problem(host: &str) -> Option<String> {
         }
     }
     None
+}
+
+impl Checker<'_> {
+    /// `[image]`: each include a relative path inside the config's directory (no absolute
+    /// path, no `..`), listed once. Whether it exists is checked by `kinfra image build`.
+    fn image(&mut self) {
+        let Some(image) = &self.config.image else {
+            return;
+        };
+        let mut seen = HashSet::new();
+        for (i, path) in image.include.iter().enumerate() {
+            let key = join_index("image.include", i);
+            let text = path.to_string_lossy();
+            let problem = if text.trim().is_empty() {
+                Some("an include path is empty".to_owned())
+            } else if path.is_absolute() {
+                Some(format!(
+                    "`{text}` is absolute; include paths are relative to the config file's \
+                     directory (they land under /app)"
+                ))
+            } else if path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                Some(format!(
+                    "`{text}` leaves the config file's directory (`..`)"
+                ))
+            } else if !seen.insert(text.trim_end_matches('/').to_owned()) {
+                Some(format!("`{text}` is listed twice"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.issue(key, Anchor::Value, problem);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
