@@ -21,6 +21,7 @@ use super::core::RuntimeCore;
 use super::dashboard::interpolated_routes;
 use super::reload::effective_services;
 use kinfra_core::config::{Config, RouteConfig, ServiceConfig, TunnelConfig, TunnelOnDown};
+use kinfra_core::event::EventKind;
 use kinfra_core::secret::Secret;
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::ServiceStatus;
@@ -562,7 +563,15 @@ async fn run(core: Weak<RuntimeCore>, tunnel: TunnelConfig) {
         return;
     };
     if let Err(error) = set_up(&strong, &tunnel).await {
-        strong.tunnel.fail(error);
+        strong.tunnel.fail(error.clone());
+        // Said like a service's failure: in `runtime up`'s output, the stream the dashboard
+        // follows (its panel reads the block again), the bus and the store.
+        strong.events.emit(EventKind::StateChanged {
+            service: SERVICE.to_owned(),
+            from: ServiceState::Starting,
+            to: ServiceState::Failed,
+            message: format!("tunnel: {error}"),
+        });
         return;
     }
     drop(strong);

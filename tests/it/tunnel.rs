@@ -516,6 +516,10 @@ fn a_missing_cloudflared_or_a_refused_token_fails_the_tunnel_alone() {
         "",
     ));
     let mut first = up(&p);
+    first.wait_for_line(
+        LIMIT,
+        "tunnel: failed — tunnel: `cloudflared-not-installed-here` is not on PATH (install cloudflared: https://pkg.cloudflare.com",
+    );
     let status = wait_tunnel(&p, &first, "failed", |t| t["state"] == "failed");
     let message = status["tunnel"]["message"].as_str().unwrap_or_default();
     assert!(
