@@ -336,9 +336,10 @@ fn providers_show_fly_lists_every_command_with_its_parameters() {
 }
 
 /// `web` (running), `denied` (an instance whose token Fly refuses), `missing` (a machine id
-/// the app does not have), `gone` (an instance whose API is unreachable) and `raw` (straight
-/// against the fake, for answers Prism cannot pass).
-fn faults_config(tag: &str, prism: &prism::Prism, apps: &[(&str, &str); 3]) -> String {
+/// the app does not have), `gone` (an instance whose API is unreachable), `raw` (straight
+/// against the fake, for answers Prism cannot pass) and `slow` (an instance whose `timeout`
+/// is 1s).
+fn faults_config(tag: &str, prism: &prism::Prism, apps: &[(&str, &str); 4]) -> String {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
@@ -356,12 +357,15 @@ fn faults_config(tag: &str, prism: &prism::Prism, apps: &[(&str, &str); 3]) -> S
          base_url = \"{url}\"\n\
          [providers.flygone]\nprovider = \"fly\"\ntoken = \"{TOKEN}\"\nbase_url = \"http://{closed}\"\n\
          [providers.flyraw]\nprovider = \"fly\"\ntoken = \"{TOKEN}\"\nbase_url = \"{raw}\"\n\
-         {}{}{}{}{}",
+         [providers.flyslow]\nprovider = \"fly\"\ntoken = \"{TOKEN}\"\nbase_url = \"{url}\"\n\
+         timeout = \"1s\"\n\
+         {}{}{}{}{}{}",
         resource("web", "fly", apps[0].0, apps[0].1),
         resource("denied", "flybad", apps[1].0, apps[1].1),
         resource("missing", "fly", apps[1].0, "e82nosuchmachine"),
         resource("gone", "flygone", apps[1].0, apps[1].1),
         resource("raw", "flyraw", apps[2].0, apps[2].1),
+        resource("slow", "flyslow", apps[3].0, apps[3].1),
         url = prism.url,
         raw = prism.fake_url,
     )
@@ -373,6 +377,7 @@ fn faults_through_runtime_up_fail_naming_the_cause_or_show_in_last_sync() {
     let (web_app, web) = fake.app("faults-web", &["started"], false);
     let (other_app, other) = fake.app("faults-other", &["started"], false);
     let (raw_app, raw) = fake.app("faults-raw", &["started"], false);
+    let (slow_app, slow) = fake.app("faults-slow", &["started"], false);
     let tag = unique_tag("fly-faults");
     let p = Project::with_config(&faults_config(
         &tag,
@@ -381,6 +386,7 @@ fn faults_through_runtime_up_fail_naming_the_cause_or_show_in_last_sync() {
             (&web_app, &web[0]),
             (&other_app, &other[0]),
             (&raw_app, &raw[0]),
+            (&slow_app, &slow[0]),
         ],
     ));
     let mut up = p.up(&[], &[]);
@@ -410,6 +416,7 @@ fn faults_through_runtime_up_fail_naming_the_cause_or_show_in_last_sync() {
     // Passing faults of a running machine's observe: last_sync shows each, the state stays.
     wait_state(&p, &up, "web", "running");
     wait_state(&p, &up, "raw", "running");
+    wait_state(&p, &up, "slow", "running");
     let faults = [
         (
             "web",
@@ -435,9 +442,22 @@ fn faults_through_runtime_up_fail_naming_the_cause_or_show_in_last_sync() {
             fake_http::Reply::json(200, r#"{"id": "#),
             "malformed JSON",
         ),
+        // Slower than the instance's 1s `timeout` (a machine read: the wait long-poll itself
+        // is given its own timeout on top).
+        (
+            "slow",
+            slow_app.as_str(),
+            fake_http::Reply::json(503, r#"{"error":"too late"}"#).delayed(Duration::from_secs(3)),
+            "no answer within 1s",
+        ),
     ];
     for (name, app, reply, shown) in faults {
-        fake.inject(app, &format!("GET /v1/apps/{app}/machines/"), reply, 1);
+        let target = if name == "slow" {
+            format!("GET /v1/apps/{app}/machines/{}$", slow[0])
+        } else {
+            format!("GET /v1/apps/{app}/machines/")
+        };
+        fake.inject(app, &target, reply, 1);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let seen = loop {
             let s = crate::cli::status_json(&p)["services"][name].clone();
@@ -481,7 +501,7 @@ fn faults_through_runtime_up_fail_naming_the_cause_or_show_in_last_sync() {
     assert!(pids_tagged(&tag).is_empty());
     // Fly's spec declares none of these fault answers (Prism warns "unable to match the
     // returned status code"): only those, on the faults, are accepted.
-    for app in [&web_app, &other_app] {
+    for app in [&web_app, &other_app, &slow_app] {
         let bad: Vec<String> = prism
             .violations(app)
             .iter()

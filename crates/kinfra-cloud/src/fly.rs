@@ -34,7 +34,7 @@ use kinfra_core::resource::{
     SyncFacts,
 };
 use kinfra_core::state::{Health, ServiceState};
-use kinfra_core::status::{LastSync, LogStream};
+use kinfra_core::status::LogStream;
 use kinfra_provider::command::{CommandSpec, ParamKind, ParamSpec, ValidatedParams};
 use kinfra_provider::http::{HttpConfig, HttpError, HttpRequest, Method};
 use kinfra_provider::metadata::{
@@ -79,6 +79,9 @@ pub const MAX_WAITS: usize = 16;
 /// The least time between the starts of two long-polls of one machine (a wait that answers
 /// at once, a machine moving quickly, is not polled tightly).
 pub const MIN_WAIT_GAP: Duration = Duration::from_secs(1);
+/// The source of syncs that are reads of the machine or lists of the app (the others are
+/// each machine's long-polls, by its id).
+const READS: &str = "";
 /// Output lines kept for [`Resource::logs`].
 const LOG_LINES: usize = 500;
 /// Lines kept for the next run while none is live (the run's output holds 64 unread).
@@ -600,8 +603,8 @@ fn parse_env(text: &str) -> Result<Map<String, Value>, String> {
 #[derive(Clone, Debug)]
 struct Fly {
     api: RestApi,
-    /// The longest one `wait` call may block (below the HTTP request timeout).
-    wait_cap: Duration,
+    /// How long an answer may take once due: the instance's `timeout`, else the client's.
+    answer_within: Duration,
 }
 
 /// Why a wait did not report the state reached.
@@ -674,17 +677,21 @@ impl Fly {
         timeout: Duration,
         once: bool,
     ) -> Result<WaitOutcome, CallError> {
-        let secs = timeout.min(self.wait_cap).as_secs().max(1).to_string();
-        let mut query = vec![("state", state), ("timeout", secs.as_str())];
+        let secs = timeout.min(MAX_WAIT).as_secs().max(1);
+        let secs_text = secs.to_string();
+        let mut query = vec![("state", state), ("timeout", secs_text.as_str())];
         if let Some(v) = version {
             query.push(("version", v));
         }
-        let request = self.request(
-            Method::GET,
-            &Self::machine_path(app, id, "/wait"),
-            &query,
-            None,
-        )?;
+        // A long-poll is held by design: its answer is due after the wait, not at once.
+        let request = self
+            .request(
+                Method::GET,
+                &Self::machine_path(app, id, "/wait"),
+                &query,
+                None,
+            )?
+            .timeout(Duration::from_secs(secs) + self.answer_within);
         let answer = if once {
             self.api.send_once(&request).await
         } else {
@@ -718,7 +725,8 @@ pub struct FlyProvider {
     metadata: ProviderMetadata,
     commands: Vec<CommandSpec>,
     clients: RestClients,
-    wait_cap: Duration,
+    /// The client's per-request timeout (an instance's `timeout` replaces it).
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for FlyProvider {
@@ -738,28 +746,19 @@ impl Default for FlyProvider {
     }
 }
 
-/// The longest wait a request timeout leaves room for (2 s below it, at least 1 s, at most
-/// Fly's 60 s).
-fn wait_cap(config: &HttpConfig) -> Duration {
-    config
-        .request_timeout
-        .saturating_sub(Duration::from_secs(2))
-        .clamp(Duration::from_secs(1), MAX_WAIT)
-}
-
 impl FlyProvider {
     /// The provider with the default HTTP timeouts.
     pub fn new() -> Self {
         Self::with_http_config(HttpConfig::default())
     }
 
-    /// The provider with `config`'s HTTP timeouts (a `wait` never blocks longer than the
-    /// request timeout allows).
+    /// The provider with `config`'s HTTP timeouts (a `wait` long-poll may take its own
+    /// timeout plus the request timeout).
     pub fn with_http_config(config: HttpConfig) -> Self {
         Self {
             metadata: metadata(),
             commands: commands(),
-            wait_cap: wait_cap(&config),
+            request_timeout: config.request_timeout,
             clients: RestClients::new(
                 "the Fly Machines API",
                 Some(DEFAULT_BASE_URL),
@@ -776,9 +775,10 @@ impl FlyProvider {
     }
 
     fn fly(&self, ctx: &InstanceContext) -> Result<Fly, ProviderError> {
+        let api = self.clients.api(ctx)?;
         Ok(Fly {
-            api: self.clients.api(ctx)?,
-            wait_cap: self.wait_cap,
+            answer_within: api.timeout().unwrap_or(self.request_timeout),
+            api,
         })
     }
 
@@ -805,6 +805,7 @@ impl FlyProvider {
                 sync: SyncRecord::default(),
                 machines: Mutex::new(Vec::new()),
                 listed: watch::channel(Vec::new()).0,
+                failing: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -1385,12 +1386,7 @@ impl Provider for FlyProvider {
                 reason: inner.mask(&reason),
             };
             let machines = inner.read().await.map_err(|e| refused(e.to_string()))?;
-            let wait = inner
-                .wait_timeout()
-                .min(inner.fly.wait_cap)
-                .as_secs()
-                .max(1)
-                .to_string();
+            let wait = inner.wait_timeout().as_secs().max(1).to_string();
             let mut shown = Vec::new();
             for m in machines
                 .iter()
@@ -1517,6 +1513,9 @@ struct Inner {
     machines: Mutex<Vec<MachineInfo>>,
     /// Their ids, watched by the task that long-polls each.
     listed: watch::Sender<Vec<String>>,
+    /// The last error of each source of syncs whose last call failed ([`READS`] or a
+    /// machine's id, for its long-polls).
+    failing: Mutex<BTreeMap<String, String>>,
 }
 
 impl Inner {
@@ -1583,19 +1582,39 @@ impl Inner {
         };
         match answer {
             Ok(machines) => {
-                self.record(&machines);
+                self.record(READS, &machines);
                 Ok(machines)
             }
             Err(error) => {
-                self.sync.failed(self.mask(&error.text));
+                self.synced(READS, Some(self.mask(&error.text)), None);
                 Err(error)
+            }
+        }
+    }
+
+    /// Records how the last call of `source` went (the reads, or one machine's long-polls),
+    /// with the provider state it read: last_sync stays failed, with the error, while any
+    /// source's last call failed, and is ok again once each worked.
+    fn synced(&self, source: &str, failure: Option<String>, provider_state: Option<String>) {
+        let mut failing = lock(&self.failing);
+        match failure {
+            Some(error) => {
+                failing.insert(source.to_owned(), error.clone());
+                self.sync.failed(error);
+            }
+            None => {
+                failing.remove(source);
+                self.sync.ok(provider_state);
+                if let Some(error) = failing.values().next() {
+                    self.sync.failed(error.clone());
+                }
             }
         }
     }
 
     /// Records machines read: sync facts, mapped state, new events in the log. Unknown states
     /// keep the last one with a warning.
-    fn record(&self, machines: &[MachineInfo]) -> Option<MachineState> {
+    fn record(&self, source: &str, machines: &[MachineInfo]) -> Option<MachineState> {
         let single = self.settings.machine_id.is_some();
         let visible: Vec<MachineInfo> = machines
             .iter()
@@ -1603,7 +1622,7 @@ impl Inner {
             .cloned()
             .collect();
         let text = state_text(&visible, single);
-        self.sync.ok(Some(text.clone()));
+        self.synced(source, None, Some(text.clone()));
         self.log_events(&visible);
         let mapped = if single {
             visible.first().and_then(MachineInfo::mapped)
@@ -1736,6 +1755,7 @@ impl Inner {
 
     /// Records machine `machine` read on its own, among the others as last read.
     fn record_machine(&self, machine: MachineInfo) {
+        let source = machine.id.clone();
         let machines = {
             let mut machines = lock(&self.machines);
             match machines.iter_mut().find(|m| m.id == machine.id) {
@@ -1744,7 +1764,7 @@ impl Inner {
             }
             machines.clone()
         };
-        self.record(&machines);
+        self.record(&source, &machines);
     }
 
     /// Ends run `generation` when the state last read ends a run (stopped, sleeping, failed,
@@ -1802,7 +1822,11 @@ impl Inner {
         let deadline = Instant::now() + timeout;
         let mut version: Option<String> = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            // Long-polls of at most the wait timeout each: a machine that fails instead of
+            // reaching the target is read (and seen) after one of them.
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.wait_timeout());
             if !left.is_zero() {
                 let _ = self
                     .fly
@@ -1897,7 +1921,7 @@ impl Inner {
     /// Records a machine read during a start or stop (single machine: the whole view).
     fn record_one(&self, machine: &MachineInfo) {
         if self.settings.machine_id.is_some() {
-            self.record(std::slice::from_ref(machine));
+            self.record(&machine.id, std::slice::from_ref(machine));
         } else {
             self.log_events(std::slice::from_ref(machine));
         }
@@ -1990,30 +2014,20 @@ impl FlyResource {
     }
 }
 
-/// Follows a run's observe loop: records failed syncs and ends the run when the machine
-/// stopped, went to sleep, failed or was destroyed. Ends with the loop.
+/// Follows a run's observe loop (whose reads record their own sync): ends the run when the
+/// machine stopped, went to sleep, failed or was destroyed. Ends with the loop.
 async fn watch_run(
     mut observed: watch::Receiver<ObservedStatus>,
     inner: Arc<Inner>,
     generation: u64,
 ) {
     while observed.changed().await.is_ok() {
-        let status = observed.borrow_and_update().clone();
-        let Some(last) = status.last_sync else {
-            continue;
-        };
-        if !last.ok {
-            inner.sync.set(
-                LastSync {
-                    at: last.at.clone(),
-                    ok: false,
-                    error: last.error.as_deref().map(|e| inner.mask(e)),
-                },
-                None,
-            );
-            continue;
-        }
-        if inner.end_if_over(generation) {
+        let worked = observed
+            .borrow_and_update()
+            .last_sync
+            .as_ref()
+            .is_some_and(|l| l.ok);
+        if worked && inner.end_if_over(generation) {
             return;
         }
     }
@@ -2039,7 +2053,13 @@ async fn watch_machines(inner: Arc<Inner>, generation: u64) {
     let mut watchers: HashMap<String, AbortOnDrop> = HashMap::new();
     loop {
         let ids = listed.borrow_and_update().clone();
-        watchers.retain(|id, _| ids.contains(id));
+        watchers.retain(|id, _| {
+            let listed = ids.contains(id);
+            if !listed {
+                lock(&inner.failing).remove(id);
+            }
+            listed
+        });
         for id in ids {
             watchers.entry(id).or_insert_with_key(|id| {
                 AbortOnDrop(tokio::spawn(watch_machine(
@@ -2088,7 +2108,7 @@ async fn watch_machine(inner: Arc<Inner>, id: String, generation: u64, permits: 
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                inner.sync.failed(inner.mask(&error.text));
+                inner.synced(&id, Some(inner.mask(&error.text)), None);
                 match classify(&error.http) {
                     Failure::RateLimited(Some(after)) => after,
                     _ => backoff.failure_delay(failures),
@@ -2112,6 +2132,7 @@ impl Resource for FlyResource {
         Box::pin(async move {
             let inner = &self.inner;
             *lock(&inner.failure) = None;
+            lock(&inner.failing).clear();
             let machines = inner.read().await?;
             let mapped = inner.last_state();
             let adopted = mapped == Some(MachineState::Running)

@@ -693,6 +693,31 @@ async fn a_slow_api_times_out_naming_the_call() {
 }
 
 #[tokio::test]
+async fn a_wait_long_poll_longer_than_the_instance_timeout_is_not_a_timeout() {
+    let (prism, fake) = fly();
+    let (app, ids) = fake.app("long-poll", &["started"], false);
+    let mut slow_ok = instance(&prism.url, TOKEN);
+    slow_ok.config.insert("timeout".into(), json!("1s"));
+    let resource = provider()
+        .machine_resource(
+            &slow_ok,
+            &decl(
+                json!({ "app": app, "machine_id": ids[0], "interval": "1h", "wait_timeout": "2s" }),
+            ),
+        )
+        .expect("resource");
+    let _run = within("start", resource.start()).await.expect("adopted");
+    // Two long-polls of 2s each, answered after the 1s `timeout`: no failed sync.
+    until("a second long-poll", || {
+        requests_matching(fake, &app, "/wait?state=stopped&timeout=2").len() >= 2
+    })
+    .await;
+    let sync = resource.sync().and_then(|s| s.last_sync).expect("a sync");
+    assert!(sync.ok, "{sync:?}");
+    prism.assert_clean(&app);
+}
+
+#[tokio::test]
 async fn validate_resource_names_every_key() {
     let (prism, _) = fly();
     let provider = provider();
