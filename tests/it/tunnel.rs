@@ -456,6 +456,13 @@ fn on_down_delete_removes_the_dns_record_at_down() {
     let (account, zone) = fake.account();
     let p = Project::new();
     standin(&p);
+    // The token from a file this time (the user's own, 0600).
+    let token_file = p.write("cf.token", &format!("{TOKEN}\n"));
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod the token file");
     p.write(
         "kinfra.toml",
         &config(
@@ -464,9 +471,10 @@ fn on_down_delete_removes_the_dns_record_at_down() {
             &zone,
             "./cloudflared-standin",
             "on_down = \"delete\"\n",
-        ),
+        )
+        .replace("token = \"${CF_TOKEN}\"", "token_file = \"cf.token\""),
     );
-    let mut up = up(&p);
+    let mut up = p.up(&[], &[]);
     wait_tunnel(&p, &up, "running", |t| t["state"] == "running");
     assert_eq!(fake.records_named(&zone, "app.example.com").len(), 1);
     // The dashboard shows the tunnel's panel (its state and URLs) and cloudflared's card.
