@@ -9,8 +9,11 @@
 //! stop` scales to 0, a Deployment scaled to 0 outside kinfra shows stopped (no restart),
 //! `runtime down` (on_down = keep) sends nothing, the resource's log holds the scale calls, a
 //! refused credential fails naming the context and a missing Deployment names namespace/name,
-//! the kubeconfig's token shows nowhere; a relative `kubeconfig` is read beside the config
-//! file whatever the working directory; `providers show kubernetes` lists both commands.
+//! an unreachable API fails the start naming the context, 429 with and without Retry-After, a
+//! 5xx, an answer slower than the instance's `timeout` and malformed JSON show in last_sync
+//! with the state kept, the kubeconfig's token shows nowhere; a relative `kubeconfig` is read
+//! beside the config file whatever the working directory; `providers show kubernetes` lists
+//! both commands.
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/kubernetes_fake.rs"]
@@ -250,6 +253,95 @@ fn a_refused_credential_names_the_context_and_a_missing_deployment_names_it() {
         !shown.contains(BAD_TOKEN) && !shown.contains(TOKEN),
         "a token shows:\n{shown}"
     );
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    fake.assert_clean(&ns);
+}
+
+#[test]
+fn passing_faults_show_in_last_sync_with_the_state_kept_and_an_unreachable_api_fails_the_start() {
+    let fake = kube();
+    let ns = fake.namespace("rootpassing");
+    fake.deployment(&ns, "web", 1);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let nowhere = kubeconfig_file(&format!("http://{closed}"), &format!("{ns}-gone"));
+    // `k8s` has `timeout = "5s"`: `k8s-quick` answers within 1s or not at all.
+    let p = project(
+        &ns,
+        &format!(
+            "[providers.k8s-quick]\nprovider = \"kubernetes\"\nkubeconfig = \"{}\"\n\
+             timeout = \"1s\"\n\
+             [providers.k8s-gone]\nprovider = \"kubernetes\"\nkubeconfig = \"{}\"\n\
+             timeout = \"1s\"\n\
+             [resources.web]\nprovider = \"k8s-quick\"\nnamespace = \"{ns}\"\nname = \"web\"\n\
+             interval = \"200ms\"\n\
+             [resources.gone]\nprovider = \"k8s-gone\"\nnamespace = \"{ns}\"\nname = \"web\"\n\
+             interval = \"200ms\"\n",
+            kubeconfig_file(&fake.url, &ns).display(),
+            nowhere.display(),
+        ),
+    );
+    let mut up = p.up(&[], &[]);
+    // Unreachable: the start fails naming the context, never a crash loop.
+    let gone = wait_service(&p, &up, "gone", "failed", |s| s["state"] == "failed");
+    assert!(
+        gone["status_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("context `fake`")),
+        "{gone}"
+    );
+    wait_service(&p, &up, "web", "healthy", |s| s["health"] == "healthy");
+    let read = format!("GET /apis/apps/v1/namespaces/{ns}/deployments/web");
+    let faults = [
+        (
+            kubernetes_fake::status(429, "TooManyRequests", "slow down").header("Retry-After", "1"),
+            "429",
+        ),
+        (
+            kubernetes_fake::status(429, "TooManyRequests", "slow down"),
+            "429",
+        ),
+        (
+            kubernetes_fake::status(500, "InternalError", "etcdserver: leader changed"),
+            "500",
+        ),
+        (
+            fake_http::Reply::json(200, "{}").delayed(Duration::from_secs(3)),
+            "no answer within 1s",
+        ),
+        (
+            fake_http::Reply::json(200, "{\"kind\": \"Deployment\", "),
+            "malformed JSON",
+        ),
+    ];
+    for (reply, shown) in faults {
+        fake.inject(&ns, &read, reply, 1);
+        let seen = wait_service(&p, &up, "web", &format!("{shown} in last_sync"), |s| {
+            s["last_sync"]["ok"] == false
+                && s["last_sync"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(shown))
+        });
+        assert_eq!(seen["state"], "running", "kept: {seen}");
+        assert_eq!(seen["restarts"], 0, "not a crash: {seen}");
+        assert!(
+            seen["provider_state"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("ready 1/1")),
+            "kept: {seen}"
+        );
+        wait_service(&p, &up, "web", "synced again", |s| {
+            s["last_sync"]["ok"] == true
+        });
+    }
+    let shown = format!(
+        "{}\n{}",
+        stdout(&p.run(&["runtime", "status", "--json"])),
+        up.lines().join("\n")
+    );
+    assert!(!shown.contains(TOKEN), "the token shows:\n{shown}");
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
     fake.assert_clean(&ns);
