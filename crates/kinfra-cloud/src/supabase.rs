@@ -29,12 +29,12 @@ use kinfra_core::resource::{
 use kinfra_core::state::{Health, ServiceState};
 use kinfra_core::status::{LastSync, LogStream};
 use kinfra_provider::command::{CommandSpec, ParamKind, ParamSpec, ValidatedParams};
-use kinfra_provider::http::{HttpConfig, HttpError, HttpRequest, HttpResponse, Method};
+use kinfra_provider::http::{HttpConfig, HttpError, HttpRequest, Method};
 use kinfra_provider::metadata::{
     AuthMethod, Capability, Category, ConfigKeySpec, ConfigKind, ProviderMetadata, ResourceTypeSpec,
 };
 use kinfra_provider::observe::{self, ObserveConfig, ObserveError, ObservedStatus};
-use kinfra_provider::operation::{OperationStatus, OperationTracker};
+use kinfra_provider::operation::{OperationStatus, OperationTracker, elapsed_text};
 use kinfra_provider::provider::{
     InstanceContext, KINFRA_KEYS, Provider, ProviderError, ResourceDecl, ResourceProblem,
     config_duration_or, config_problems,
@@ -131,19 +131,6 @@ pub fn valid_ref(text: &str) -> bool {
 }
 
 /// `"1m 20s"`-style text of a duration, whole seconds.
-fn since_text(d: Duration) -> String {
-    humantime_secs(d.as_secs())
-}
-
-fn humantime_secs(secs: u64) -> String {
-    let (m, s) = (secs / 60, secs % 60);
-    match m {
-        0 => format!("{s}s"),
-        m if s == 0 => format!("{m}m"),
-        m => format!("{m}m {s}s"),
-    }
-}
-
 /// A resource's own keys, parsed.
 #[derive(Debug, Clone)]
 struct ProjectSpec {
@@ -477,17 +464,9 @@ impl Provider for SupabaseProvider {
                 .send(&request)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            Ok(CommandResult::ok(answer_data(&response)).mask(&secrets))
+            Ok(CommandResult::ok(response.data()).mask(&secrets))
         })
     }
-}
-
-fn answer_data(response: &HttpResponse) -> Value {
-    if response.body.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&response.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()))
 }
 
 /// An operation the resource started and follows.
@@ -884,7 +863,7 @@ impl Inner {
             let failure = format!(
                 "the restore of project `{}` did not finish within {} (status {})",
                 self.spec.project_ref,
-                since_text(self.spec.operation_timeout),
+                elapsed_text(self.spec.operation_timeout),
                 answer.status
             );
             {
@@ -1167,7 +1146,7 @@ impl Resource for SupabaseResource {
                         LogStream::System,
                         format!(
                             "the pause goes on after {}; it is followed in the background",
-                            since_text(grace)
+                            elapsed_text(grace)
                         ),
                     );
                 }
@@ -1338,12 +1317,12 @@ impl Resource for SupabaseResource {
                 if sent {
                     format!(
                         "{status}: restore requested {} ago{suffix}",
-                        since_text(since.elapsed())
+                        elapsed_text(since.elapsed())
                     )
                 } else {
                     format!(
                         "{status}: restoring once the pause under way ends ({} so far){suffix}",
-                        since_text(since.elapsed())
+                        elapsed_text(since.elapsed())
                     )
                 },
             ),
@@ -1365,7 +1344,7 @@ impl Resource for SupabaseResource {
                 ServiceState::Stopping,
                 format!(
                     "{status}: pause requested {} ago{suffix}",
-                    since_text(since.elapsed())
+                    elapsed_text(since.elapsed())
                 ),
             ),
             (ProjectState::Stopping, _) => report(
@@ -1427,12 +1406,5 @@ mod tests {
         assert!(!valid_ref("abcdefghijklmnopqrs"));
         assert!(!valid_ref("abcdefghijklmnopqrs1"));
         assert!(!valid_ref("ABCDEFGHIJKLMNOPQRST"));
-    }
-
-    #[test]
-    fn durations_read_in_minutes_and_seconds() {
-        assert_eq!(since_text(Duration::from_secs(5)), "5s");
-        assert_eq!(since_text(Duration::from_secs(120)), "2m");
-        assert_eq!(since_text(Duration::from_secs(95)), "1m 35s");
     }
 }

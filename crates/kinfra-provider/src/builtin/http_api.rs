@@ -1487,7 +1487,7 @@ impl Provider for HttpApiProvider {
                 .send(&request)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            let mut result = CommandResult::ok(answer_data(&response));
+            let mut result = CommandResult::ok(response.data());
             let settled = target
                 .settle(
                     spec.operation.as_ref(),
@@ -1522,14 +1522,6 @@ impl Provider for HttpApiProvider {
             Ok(result.mask(&secrets))
         })
     }
-}
-
-fn answer_data(response: &HttpResponse) -> Value {
-    if response.body.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&response.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()))
 }
 
 /// A live run: its exit (set once) and the observe loop's status.
