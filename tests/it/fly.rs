@@ -207,17 +207,7 @@ fn fly_commands_run_with_and_without_dry_run_through_the_cli() {
     let out = p.run(&["resource", "web", "restart"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(count(fake, &app, "/restart"), 1);
-    // scale up clones without --yes; its dry-run says which machine it clones.
-    let out = p.run(&[
-        "resource",
-        "web",
-        "scale",
-        "--param",
-        "count=3",
-        "--dry-run",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains(&format!("POST {}/v1/apps/{app}/machines", prism.url)));
+    // scale up clones without --yes; its dry-run says which machine it clones, how often.
     let out = p.run(&[
         "resource",
         "web",
@@ -227,9 +217,19 @@ fn fly_commands_run_with_and_without_dry_run_through_the_cli() {
         "--dry-run",
         "--json",
     ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let planned: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(planned["data"]["clone_from"], id.as_str(), "{planned}");
     assert_eq!(planned["data"]["clones"], 2, "{planned}");
+    let clones = planned["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| {
+            r["method"] == "POST" && r["url"] == format!("{}/v1/apps/{app}/machines", prism.url)
+        })
+        .count();
+    assert_eq!(clones, 2, "{planned}");
     assert_eq!(fake.with(&app, |a| a.machines.len()), 1, "a dry-run cloned");
     let out = p.run(&["resource", "web", "scale", "--param", "count=3"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -70,6 +70,23 @@ fn wait_service(
     }
 }
 
+/// Checks that neither token shows in status or the runtime's output, stops the runtime and
+/// checks that no exchange of `namespace` left what the API server accepts.
+fn down_showing_no_token(p: &Project, mut up: Up, namespace: &str) {
+    let shown = format!(
+        "{}\n{}",
+        stdout(&p.run(&["runtime", "status", "--json"])),
+        up.lines().join("\n")
+    );
+    assert!(
+        !shown.contains(BAD_TOKEN) && !shown.contains(TOKEN),
+        "a token shows:\n{shown}"
+    );
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    kube().assert_clean(namespace);
+}
+
 fn run_json(p: &Project, args: &[&str]) -> Value {
     let out = p.run(args);
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
@@ -227,7 +244,7 @@ fn a_refused_credential_names_the_context_and_a_missing_deployment_names_it() {
              interval = \"200ms\"\n"
         ),
     );
-    let mut up = p.up(&[], &[]);
+    let up = p.up(&[], &[]);
     let denied = wait_service(&p, &up, "denied", "failed", |s| s["state"] == "failed");
     let message = denied["status_message"]
         .as_str()
@@ -244,18 +261,7 @@ fn a_refused_credential_names_the_context_and_a_missing_deployment_names_it() {
             .is_some_and(|m| m.contains(&format!("Deployment `{ns}/nowhere` not found"))),
         "{gone}"
     );
-    let shown = format!(
-        "{}\n{}",
-        stdout(&p.run(&["runtime", "status", "--json"])),
-        up.lines().join("\n")
-    );
-    assert!(
-        !shown.contains(BAD_TOKEN) && !shown.contains(TOKEN),
-        "a token shows:\n{shown}"
-    );
-    up.signal(libc::SIGTERM);
-    assert!(up.wait_exit(Duration::from_secs(30)).success());
-    fake.assert_clean(&ns);
+    down_showing_no_token(&p, up, &ns);
 }
 
 #[test]
@@ -283,7 +289,7 @@ fn passing_faults_show_in_last_sync_with_the_state_kept_and_an_unreachable_api_f
             nowhere.display(),
         ),
     );
-    let mut up = p.up(&[], &[]);
+    let up = p.up(&[], &[]);
     // Unreachable: the start fails naming the context, never a crash loop.
     let gone = wait_service(&p, &up, "gone", "failed", |s| s["state"] == "failed");
     assert!(
@@ -336,15 +342,7 @@ fn passing_faults_show_in_last_sync_with_the_state_kept_and_an_unreachable_api_f
             s["last_sync"]["ok"] == true
         });
     }
-    let shown = format!(
-        "{}\n{}",
-        stdout(&p.run(&["runtime", "status", "--json"])),
-        up.lines().join("\n")
-    );
-    assert!(!shown.contains(TOKEN), "the token shows:\n{shown}");
-    up.signal(libc::SIGTERM);
-    assert!(up.wait_exit(Duration::from_secs(30)).success());
-    fake.assert_clean(&ns);
+    down_showing_no_token(&p, up, &ns);
 }
 
 #[test]
