@@ -101,10 +101,6 @@ const SIZES: &[(&str, &str, i64, i64)] = &[
     ("performance-16x", "performance", 16, 32768),
 ];
 
-fn problem(key: &str, message: impl Into<String>) -> ResourceProblem {
-    ResourceProblem::at(key, message)
-}
-
 // ---------------------------------------------------------------------------------------
 // Metadata and commands
 
@@ -271,9 +267,9 @@ impl Settings {
         let mut problems = Vec::new();
         let app = str_key(config, "app").unwrap_or_default().to_owned();
         if !config.contains_key("app") {
-            problems.push(problem("app", "missing (required)"));
+            problems.push(ResourceProblem::at("app", "missing (required)"));
         } else if !valid_name(&app) {
-            problems.push(problem(
+            problems.push(ResourceProblem::at(
                 "app",
                 format!("`{app}` is not a Fly app name (a-z, 0-9 and -)"),
             ));
@@ -281,7 +277,7 @@ impl Settings {
         let machine_id = match str_key(config, "machine_id") {
             Some(id) if valid_name(id) => Some(id.to_owned()),
             Some(id) => {
-                problems.push(problem(
+                problems.push(ResourceProblem::at(
                     "machine_id",
                     format!("`{id}` is not a Fly machine id (a-z, 0-9 and -)"),
                 ));
@@ -293,7 +289,7 @@ impl Settings {
             None | Some("stop") => StopMode::Stop,
             Some("suspend") => StopMode::Suspend,
             Some(other) => {
-                problems.push(problem(
+                problems.push(ResourceProblem::at(
                     "stop_mode",
                     format!("`{other}`: expected `stop` or `suspend`"),
                 ));
@@ -304,7 +300,7 @@ impl Settings {
             if d >= Duration::from_secs(1) && d <= MAX_WAIT {
                 Some(d)
             } else {
-                problems.push(problem(
+                problems.push(ResourceProblem::at(
                     "wait_timeout",
                     "must be between 1s and 60s (Fly's limit)",
                 ));
