@@ -3,6 +3,7 @@
 mod client;
 mod config_cmd;
 mod demo;
+mod image;
 mod load;
 mod output;
 mod plan;
@@ -61,6 +62,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// OCI images of the project, built without Docker (`kinfra image build`).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -406,6 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Plan { config, json } => plan::run(&config, json).await,
+        Command::Image(cmd) => image::run(cmd).await,
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

@@ -20,6 +20,7 @@ mod fake_http;
 #[path = "../../crates/kinfra-cloud/tests/support/fault_script.rs"]
 mod fault_script;
 mod fly;
+mod image;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
 mod library;

@@ -2,8 +2,6 @@
 //! have no program interpreter (`PT_INTERP`: the dynamic loader a dynamically linked binary
 //! names), and its machine gives the image's architecture.
 
-use std::path::Path;
-
 /// What the ELF headers of a binary say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElfFacts {
@@ -77,15 +75,14 @@ pub fn read(bytes: &[u8]) -> Result<ElfFacts, String> {
     })
 }
 
-/// Checks that `bytes` (read from `path`) is a static executable; the error is the reason
-/// for the user.
-pub fn require_static(path: &Path, bytes: &[u8]) -> Result<ElfFacts, String> {
+/// Checks that `bytes` is a static executable; the error is the reason for the user.
+pub fn require_static(bytes: &[u8]) -> Result<ElfFacts, String> {
     let facts = read(bytes)?;
     if let Some(interp) = &facts.interpreter {
         return Err(format!(
-            "{} is dynamically linked (program interpreter {interp}); an image without a libc \
-             needs the static binary: build it with `./x dist` (dist/kinfra-x86_64-unknown-linux-musl)",
-            path.display()
+            "dynamically linked (program interpreter {interp}); an image without a libc needs \
+             a static binary: build kinfra's with `./x dist` \
+             (dist/kinfra-x86_64-unknown-linux-musl)"
         ));
     }
     Ok(facts)
@@ -103,16 +100,16 @@ mod tests {
         let facts = read(&bytes).expect("elf");
         let interp = facts.interpreter.expect("an interpreter");
         assert!(interp.contains("ld-"), "{interp}");
-        let error = require_static(&exe, &bytes).expect_err("dynamic");
+        let error = require_static(&bytes).expect_err("dynamic");
         assert!(error.contains("dynamically linked"), "{error}");
     }
 
     /// Debian's busybox-static has no interpreter.
     #[test]
     fn a_static_binary_has_none() {
-        let path = Path::new("/bin/busybox");
+        let path = std::path::Path::new("/bin/busybox");
         let bytes = std::fs::read(path).expect("/bin/busybox (Debian package busybox-static)");
-        let facts = require_static(path, &bytes).expect("busybox-static is static");
+        let facts = require_static(&bytes).expect("busybox-static is static");
         assert_eq!(facts.interpreter, None);
         assert_eq!(facts.architecture, "amd64");
     }

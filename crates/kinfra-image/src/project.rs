@@ -116,12 +116,14 @@ pub fn image_spec(inputs: &BuildInputs<'_>) -> Result<ImageSpec, ImageError> {
             source,
         })
     };
-    let binary = read("the kinfra binary", inputs.binary)?;
-    let facts =
-        elf::require_static(inputs.binary, &binary).map_err(|reason| ImageError::Binary {
-            path: inputs.binary.to_path_buf(),
-            reason,
-        })?;
+    let binary = read(
+        "the kinfra binary (build the static one with `./x dist`, or give --binary)",
+        inputs.binary,
+    )?;
+    let facts = elf::require_static(&binary).map_err(|reason| ImageError::Binary {
+        path: inputs.binary.to_path_buf(),
+        reason,
+    })?;
     let mut runtime = Archive::new();
     let input = ImageError::Input;
     runtime
@@ -276,7 +278,7 @@ fn add_busybox(archive: &mut Archive, busybox: &Path) -> Result<(), ImageError> 
         path: busybox.to_path_buf(),
         source,
     })?;
-    elf::require_static(busybox, &bytes).map_err(|reason| ImageError::Binary {
+    elf::require_static(&bytes).map_err(|reason| ImageError::Binary {
         path: busybox.to_path_buf(),
         reason: format!("{reason} ({hint})"),
     })?;
