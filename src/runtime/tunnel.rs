@@ -648,8 +648,9 @@ async fn set_up(core: &Arc<RuntimeCore>, tunnel: &TunnelConfig) -> Result<(), St
     }
     let mut services = effective_services(&config);
     services.insert(SERVICE.to_owned(), service);
+    // Not a reload of the user's config: no `config reloaded` event for it.
     core.supervisor
-        .apply(&services)
+        .apply_unannounced(&services)
         .await
         .map_err(|e| format!("cannot add the service `{SERVICE}`: {e}"))?;
     Ok(())

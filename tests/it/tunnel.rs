@@ -262,6 +262,12 @@ fn a_tunnel_publishes_two_routes_follows_a_reload_and_is_adopted_at_the_next_up(
     assert_eq!(service["state"], "running", "{service:#}");
     assert_eq!(service["health"], "healthy", "{service:#}");
     let pid = service["pid"].as_u64().expect("cloudflared's pid");
+    // The service joining the set kinfra runs is not a reload of the user's config.
+    let lines = first.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("config reloaded")),
+        "{lines:#?}"
+    );
 
     // The config: both routes under the one hostname, every rule to the proxy, the catch-all
     // last; cloudflared's documented rules hold.

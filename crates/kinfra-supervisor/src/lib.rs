@@ -735,6 +735,17 @@ impl Supervisor {
         }
     }
 
+    /// Applies a new set of services like [`Supervisor::apply`], without the
+    /// `ConfigReloaded`/`ConfigRejected` events: for a service the runtime adds itself at run
+    /// time (the tunnel's `cloudflared`), which is not a reload of the user's config; the
+    /// caller reports a failure its own way.
+    pub async fn apply_unannounced(
+        &self,
+        services: &BTreeMap<String, ServiceConfig>,
+    ) -> Result<ReloadSummary, SupervisorError> {
+        self.apply_inner(services, true).await
+    }
+
     fn validate(
         services: &BTreeMap<String, ServiceConfig>,
     ) -> Result<Vec<String>, SupervisorError> {
