@@ -444,7 +444,17 @@ fn free_port() -> u16 {
 }
 
 impl Registry {
+    /// With htpasswd auth (user `ann`).
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With the given `auth:` section (YAML).
+    fn start_with_auth(auth: &str) -> Self {
+        Self::start_with(Some(auth))
+    }
+
+    fn start_with(auth: Option<&str>) -> Self {
         assert!(
             Path::new("/usr/bin/docker-registry").is_file(),
             "no /usr/bin/docker-registry: install docker-registry (`./x test` does)"
@@ -461,12 +471,16 @@ impl Registry {
         std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).expect("htpasswd file");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
+        let auth = auth.map(str::to_owned).unwrap_or_else(|| {
+            format!(
+                "auth:\n  htpasswd:\n    realm: kinfra-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            )
+        });
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\n\
-             http:\n  addr: {addr}\n  secret: kinfra-test-secret\n\
-             auth:\n  htpasswd:\n    realm: kinfra-test\n    path: {htpasswd}\n",
+             http:\n  addr: {addr}\n  secret: kinfra-test-secret\n{auth}",
             root = dir.path().join("storage").display(),
-            htpasswd = dir.path().join("htpasswd").display(),
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("registry config");
@@ -499,17 +513,26 @@ impl Registry {
         path: &str,
         auth: Option<(&str, &str)>,
     ) -> std::io::Result<(u16, String, String)> {
-        let mut stream = TcpStream::connect(&self.addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let authorization = auth
             .map(|(u, p)| {
-                use base64_text as b;
                 format!(
                     "Authorization: Basic {}\r\n",
-                    b::encode(&format!("{u}:{p}"))
+                    base64_text::encode(&format!("{u}:{p}"))
                 )
             })
             .unwrap_or_default();
+        self.get_with(path, &authorization)
+    }
+
+    /// GET `path` with a bearer token: (status, headers, body).
+    fn get_bearer(&self, path: &str, token: &str) -> std::io::Result<(u16, String, String)> {
+        self.get_with(path, &format!("Authorization: Bearer {token}\r\n"))
+    }
+
+    /// GET `path` with the `authorization` header line (or none): (status, headers, body).
+    fn get_with(&self, path: &str, authorization: &str) -> std::io::Result<(u16, String, String)> {
+        let mut stream = TcpStream::connect(&self.addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\
@@ -542,27 +565,8 @@ impl Registry {
 
 /// Base64 for a basic-auth header (the tests' only use; no crate for it).
 mod base64_text {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
     pub fn encode(text: &str) -> String {
-        let bytes = text.as_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        super::base64_bytes(text.as_bytes())
     }
 }
 
@@ -820,4 +824,302 @@ fn image_pulled_and_run_by_docker_serves_the_dashboard_and_a_service() {
     assert!(!body.is_empty(), "{}", logs());
     let log = logs();
     assert!(log.contains("shell says hi"), "{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bearer-token auth: the registry in `auth: token:` mode, a token server the test serves.
+
+/// Base64url without padding (JWT).
+fn base64url(bytes: &[u8]) -> String {
+    let text = base64_bytes(bytes);
+    text.trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
+fn base64_bytes(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// An ECDSA DER signature (SEQUENCE of r and s) as JWS's fixed 64 bytes r || s.
+fn der_to_raw(der: &[u8]) -> Vec<u8> {
+    let mut at = 2; // SEQUENCE tag and (short) length
+    let mut raw = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(der[at], 0x02, "INTEGER in {der:?}");
+        let len = usize::from(der[at + 1]);
+        let mut int = &der[at + 2..at + 2 + len];
+        while int.len() > 32 && int[0] == 0 {
+            int = &int[1..];
+        }
+        raw.extend(std::iter::repeat_n(0u8, 32 - int.len()));
+        raw.extend_from_slice(int);
+        at += 2 + len;
+    }
+    raw
+}
+
+/// The token issuer: a P-256 key and its self-signed certificate (openssl), the registry's
+/// `rootcertbundle`.
+struct Issuer {
+    key: PathBuf,
+    cert_der: Vec<u8>,
+}
+
+const ISSUER: &str = "kinfra-test-issuer";
+const SERVICE: &str = "kinfra-test-registry";
+
+impl Issuer {
+    fn new(dir: &Path) -> Self {
+        let key = dir.join("token.key");
+        let cert = dir.join("token.crt");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl (Debian package openssl) runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+            out.stdout
+        };
+        let key_s = key.to_str().expect("utf-8 path");
+        let cert_s = cert.to_str().expect("utf-8 path");
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key_s,
+        ]);
+        openssl(&[
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            key_s,
+            "-out",
+            cert_s,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kinfra-test-token-issuer",
+        ]);
+        let cert_der = openssl(&["x509", "-in", cert_s, "-outform", "DER"]);
+        Self { key, cert_der }
+    }
+
+    /// A registry token for `access` (`[(repository, [actions])]`), ES256-signed with the
+    /// certificate in `x5c`.
+    fn token(&self, subject: &str, access: &[(String, Vec<String>)]) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let header = serde_json::json!({
+            "typ": "JWT",
+            "alg": "ES256",
+            "x5c": [base64_bytes(&self.cert_der)],
+        });
+        let access: Vec<Value> = access
+            .iter()
+            .map(|(name, actions)| {
+                serde_json::json!({"type": "repository", "name": name, "actions": actions})
+            })
+            .collect();
+        let claims = serde_json::json!({
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + 600,
+            "nbf": now - 60,
+            "iat": now - 60,
+            "jti": format!("{}-{now}", std::process::id()),
+            "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            base64url(header.to_string().as_bytes()),
+            base64url(claims.to_string().as_bytes())
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("openssl dgst");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write signing input");
+        let out = child.wait_with_output().expect("openssl dgst output");
+        assert!(out.status.success(), "openssl dgst failed");
+        format!("{input}.{}", base64url(&der_to_raw(&out.stdout)))
+    }
+}
+
+/// The token endpoint: answers `GET /token?scope=repository:NAME:ACTIONS&service=...` with a
+/// token when the basic credentials are `ann`/`right-password`, 401 otherwise. Serves until
+/// the test ends (the thread is detached; its listener dies with the test process).
+fn serve_tokens(issuer: std::sync::Arc<Issuer>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&raw).into_owned();
+            let target = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let expected = format!(
+                "authorization: basic {}",
+                base64_text::encode(&format!("{USER}:{PASSWORD}"))
+            )
+            .to_ascii_lowercase();
+            let authorized = request
+                .lines()
+                .any(|l| l.trim().to_ascii_lowercase() == expected);
+            let scope = target
+                .split_once('?')
+                .map(|(_, q)| q)
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("scope="))
+                .map(|s| {
+                    s.replace("%3A", ":")
+                        .replace("%3a", ":")
+                        .replace("%2C", ",")
+                        .replace("%2c", ",")
+                        .replace("%2F", "/")
+                        .replace("%2f", "/")
+                })
+                .unwrap_or_default();
+            let access: Vec<(String, Vec<String>)> = scope
+                .strip_prefix("repository:")
+                .and_then(|rest| rest.rsplit_once(':'))
+                .map(|(name, actions)| {
+                    vec![(
+                        name.to_owned(),
+                        actions.split(',').map(str::to_owned).collect(),
+                    )]
+                })
+                .unwrap_or_default();
+            let (status, body) = if authorized {
+                let token = issuer.token(USER, &access);
+                (
+                    "200 OK",
+                    serde_json::json!({"token": token, "access_token": token, "expires_in": 600})
+                        .to_string(),
+                )
+            } else {
+                (
+                    "401 Unauthorized",
+                    r#"{"errors":[{"code":"UNAUTHORIZED","message":"wrong user or password"}]}"#
+                        .to_owned(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// The registry in token mode trusts the issuer's certificate; oci-client follows its
+/// `WWW-Authenticate: Bearer realm=...` challenge to the token server with the basic
+/// credentials: the right password pushes (the tag names the built digest, read with a token
+/// of our own), a wrong one fails with the token server's refusal and leaves no tag.
+#[test]
+fn image_push_with_bearer_token_auth() {
+    let dir = tempfile::Builder::new()
+        .prefix("kinfra-token-")
+        .tempdir()
+        .expect("tempdir");
+    let issuer = std::sync::Arc::new(Issuer::new(dir.path()));
+    let token_addr = serve_tokens(issuer.clone());
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://{token_addr}/token\n    service: {SERVICE}\n    \
+         issuer: {ISSUER}\n    rootcertbundle: {}\n",
+        dir.path().join("token.crt").display()
+    );
+    let registry = Registry::start_with_auth(&auth);
+    let p = project();
+    let bin = static_busybox();
+    let reference = format!("{}/team/imaged:bearer", registry.addr);
+    let push = |password: &str| {
+        build(
+            &p,
+            &[
+                "--binary",
+                bin,
+                "--push",
+                &reference,
+                "--insecure",
+                "--username",
+                USER,
+            ],
+            &[("KINFRA_REGISTRY_PASSWORD", password)],
+        )
+    };
+    let read_token = issuer.token("reader", &[("team/imaged".into(), vec!["pull".into()])]);
+    let manifest = || {
+        registry
+            .get_bearer("/v2/team/imaged/manifests/bearer", &read_token)
+            .expect("GET manifest")
+    };
+
+    let out = push("wrong-password");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused the credentials of user ann: the token server said:")
+            && err.contains("wrong user or password"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-password"), "{err}");
+    assert_eq!(manifest().0, 404, "a refused push leaves no tag");
+
+    let out = push(PASSWORD);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    build_ok(&p, &["--binary", bin, "--output", "layout"], &[]);
+    let (digest, _, _) = check_layout(&p.path().join("layout"), "latest");
+    assert!(stdout(&out).contains(&digest), "{}", stdout(&out));
+    let (status, head, _) = manifest();
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("docker-content-digest: {digest}")),
+        "{head}"
+    );
 }
