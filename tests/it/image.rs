@@ -1123,3 +1123,85 @@ fn image_push_with_bearer_token_auth() {
         "{head}"
     );
 }
+
+/// A TCP relay in front of the registry that cuts every connection once `limit` bytes went
+/// from the client to the registry in all, and refuses later ones: a push interrupted in the
+/// middle of a layer's upload.
+fn cutting_relay(upstream: String, limit: usize) -> String {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let sent = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            if sent.load(Ordering::SeqCst) >= limit {
+                drop(client);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_read, mut s_write) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            let (mut s_read, mut c_write) = (server, client);
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let n = match c_read.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if sent.fetch_add(n, Ordering::SeqCst) + n >= limit {
+                        break;
+                    }
+                    if s_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_read.shutdown(std::net::Shutdown::Both);
+                let _ = s_write.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+                let _ = c_write.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// A push cut off in the middle of a layer's upload fails (exit 1, saying the push failed)
+/// and leaves no tag: the manifest is only sent once every blob is in.
+#[test]
+fn image_push_interrupted_leaves_no_tag() {
+    let registry = Registry::start();
+    let relay = cutting_relay(registry.addr.clone(), 256 * 1024);
+    let p = project();
+    let reference = format!("{relay}/team/imaged:cut");
+    let out = build(
+        &p,
+        &[
+            "--binary",
+            static_busybox(),
+            "--push",
+            &reference,
+            "--insecure",
+            "--username",
+            USER,
+        ],
+        &[("KINFRA_REGISTRY_PASSWORD", PASSWORD)],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}{err}", stdout(&out));
+    assert!(
+        err.contains(&format!("push to {reference} failed")) && err.contains("no tag was set"),
+        "{err}"
+    );
+    let (status, head) = registry.manifest_status("team/imaged", "cut");
+    assert_eq!(status, 404, "an interrupted push leaves no tag: {head}");
+}

@@ -103,7 +103,13 @@ pub async fn push(
         client
             .push_blob(&target, blob.data.clone(), &blob.digest)
             .await
-            .map_err(map)?;
+            .map_err(|error| match map(error) {
+                ImageError::Push { reference, detail } => ImageError::Push {
+                    reference,
+                    detail: format!("uploading blob {} (no tag was set): {detail}", blob.digest),
+                },
+                other => other,
+            })?;
         debug!(digest = %blob.digest, size = blob.data.len(), "Blob pushed.");
     }
     let content_type = crate::image::MANIFEST_MEDIA_TYPE
@@ -147,9 +153,24 @@ fn classify(error: OciDistributionError, reference: &ImageRef, user: &str) -> Im
         },
         other => ImageError::Push {
             reference: reference.to_string(),
-            detail: format!("{other}"),
+            detail: with_causes(&other),
         },
     }
+}
+
+/// The error and its sources, `a: b: c` (reqwest's own text leaves out why it failed).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn first_line(text: &str) -> &str {
