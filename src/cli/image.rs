@@ -89,6 +89,13 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .map(ImageRef::parse)
         .transpose()
         .map_err(input)?;
+    if args.push.is_none() && !kinfra_image::reference::is_valid_tag(&args.tag) {
+        return Err(InputError(format!(
+            "--tag `{}`: a tag is letters, digits, `_`, `.` and `-` (not first), 128 at most",
+            args.tag
+        ))
+        .into());
+    }
     let (config, source) = load::load(&args.config)?;
     let ConfigSource::File(config_file) = source else {
         return Err(InputError(

@@ -390,6 +390,10 @@ fn image_build_bad_input_exits_2_and_writes_nothing() {
             vec!["--binary", bin, "--output", "static"],
             "is not an OCI image layout",
         ),
+        (
+            vec!["--binary", bin, "--output", "out", "--tag", "v1/x"],
+            "--tag `v1/x`",
+        ),
     ];
     for (args, needle) in cases {
         let out = build(&p, &args, &[]);
@@ -628,6 +632,32 @@ fn image_push_to_a_registry_with_basic_auth() {
     );
     let again = stdout(&push(Some(PASSWORD)));
     assert!(again.contains(&digest), "{again}");
+
+    // Without --username, docker's config.json entry for the registry is used.
+    let docker_config = p.path().join("docker-config");
+    std::fs::create_dir_all(&docker_config).expect("mkdir");
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            registry.addr,
+            base64_text::encode(&format!("{USER}:{PASSWORD}"))
+        ),
+    )
+    .expect("config.json");
+    let other = format!("{}/team/imaged:from-docker-config", registry.addr);
+    let out = build(
+        &p,
+        &["--binary", bin, "--push", &other, "--insecure"],
+        &[("DOCKER_CONFIG", docker_config.to_str().expect("utf-8 path"))],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        registry
+            .manifest_status("team/imaged", "from-docker-config")
+            .0,
+        200
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -47,13 +47,7 @@ impl ImageRef {
         let Some((repository, tag)) = rest.rsplit_once(':') else {
             return Err(bad("no tag"));
         };
-        if tag.is_empty()
-            || tag.len() > 128
-            || tag.starts_with(['.', '-'])
-            || !tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
+        if !is_valid_tag(tag) {
             return Err(bad("the tag is empty or holds characters a tag cannot"));
         }
         let component_ok = |c: &str| {
@@ -92,6 +86,16 @@ impl ImageRef {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
     }
+}
+
+/// True for a tag the distribution spec allows: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn is_valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 #[cfg(test)]
