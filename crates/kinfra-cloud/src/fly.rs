@@ -342,18 +342,18 @@ impl Settings {
 
 /// A machine as the API describes it (the fields kinfra reads).
 #[derive(Debug, Clone, Deserialize)]
-struct MachineInfo {
-    id: String,
+pub(crate) struct MachineInfo {
+    pub(crate) id: String,
     #[serde(default)]
-    state: String,
+    pub(crate) state: String,
     #[serde(default)]
-    region: Option<String>,
+    pub(crate) region: Option<String>,
     #[serde(default)]
     version: Option<String>,
     #[serde(default)]
     instance_id: Option<String>,
     #[serde(default)]
-    config: Value,
+    pub(crate) config: Value,
     #[serde(default)]
     created_at: Option<String>,
     #[serde(default)]
@@ -376,7 +376,7 @@ struct MachineEvent {
 
 impl MachineInfo {
     /// The version to pass as `current_version` (`instance_id` in older answers).
-    fn version(&self) -> Option<&str> {
+    pub(crate) fn version(&self) -> Option<&str> {
         self.version
             .as_deref()
             .or(self.instance_id.as_deref())
@@ -422,9 +422,9 @@ struct WaitAnswer {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-struct LeaseAnswer {
+pub(crate) struct LeaseAnswer {
     #[serde(default)]
-    nonce: Option<String>,
+    pub(crate) nonce: Option<String>,
 }
 
 /// What a machine's state means for kinfra (DESIGN's table).
@@ -597,24 +597,24 @@ fn parse_env(text: &str) -> Result<Map<String, Value>, String> {
 
 /// The Machines API of one instance.
 #[derive(Clone, Debug)]
-struct Fly {
-    api: RestApi,
+pub(crate) struct Fly {
+    pub(crate) api: RestApi,
     /// How long an answer may take once due: the instance's `timeout`, else the client's.
     answer_within: Duration,
 }
 
 /// Why a wait did not report the state reached.
-enum WaitOutcome {
+pub(crate) enum WaitOutcome {
     Reached,
     NotYet,
 }
 
 impl Fly {
-    fn machines_path(app: &str) -> String {
+    pub(crate) fn machines_path(app: &str) -> String {
         format!("/v1/apps/{}/machines", encode_segment(app))
     }
 
-    fn machine_path(app: &str, id: &str, action: &str) -> String {
+    pub(crate) fn machine_path(app: &str, id: &str, action: &str) -> String {
         format!(
             "/v1/apps/{}/machines/{}{action}",
             encode_segment(app),
@@ -624,7 +624,7 @@ impl Fly {
 
     /// A GET of `path` read as `T`: retried within the call policy, or sent once (`once`:
     /// a poll of the observe loop, which has its own backoff and honours Retry-After).
-    async fn get<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, &str)],
@@ -639,7 +639,7 @@ impl Fly {
         answer.json().map_err(|e| self.api.call_error(e))
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         method: Method,
         path: &str,
@@ -650,21 +650,21 @@ impl Fly {
     }
 
     /// Sends `request` and expects a 2xx answer whose body does not matter.
-    async fn send_unit(&self, request: &HttpRequest) -> Result<(), CallError> {
+    pub(crate) async fn send_unit(&self, request: &HttpRequest) -> Result<(), CallError> {
         self.api.send(request).await.map(|_| ())
     }
 
-    async fn machine(&self, app: &str, id: &str, once: bool) -> Result<MachineInfo, CallError> {
+    pub(crate) async fn machine(&self, app: &str, id: &str, once: bool) -> Result<MachineInfo, CallError> {
         self.get(&Self::machine_path(app, id, ""), &[], once).await
     }
 
-    async fn list(&self, app: &str, once: bool) -> Result<Vec<MachineInfo>, CallError> {
+    pub(crate) async fn list(&self, app: &str, once: bool) -> Result<Vec<MachineInfo>, CallError> {
         self.get(&Self::machines_path(app), &[], once).await
     }
 
     /// Long-polls `wait` for `state`, up to `timeout` (capped, whole seconds, at least 1).
     /// A 408 (Fly's answer when the timeout passed) or `ok: false` is not reached yet.
-    async fn wait(
+    pub(crate) async fn wait(
         &self,
         app: &str,
         id: &str,
@@ -770,7 +770,7 @@ impl FlyProvider {
         self
     }
 
-    fn fly(&self, ctx: &InstanceContext) -> Result<Fly, ProviderError> {
+    pub(crate) fn fly(&self, ctx: &InstanceContext) -> Result<Fly, ProviderError> {
         let api = self.clients.api(ctx)?;
         Ok(Fly {
             answer_within: api.timeout().unwrap_or(self.request_timeout),
@@ -809,7 +809,7 @@ impl FlyProvider {
 
 /// A request as a dry-run shows it, at a path only known in words once sent
 /// (`/machines/<each machine of app x>`).
-fn planned_text(
+pub(crate) fn planned_text(
     fly: &Fly,
     method: Method,
     path_text: &str,
@@ -825,7 +825,7 @@ fn planned_text(
     Ok(planned)
 }
 
-fn planned(
+pub(crate) fn planned(
     fly: &Fly,
     method: Method,
     path: &str,
@@ -841,7 +841,7 @@ fn planned(
 }
 
 /// The reason in a Fly error answer (`{"error": "..."}`), else the error's text.
-fn fly_reason(error: &CallError) -> String {
+pub(crate) fn fly_reason(error: &CallError) -> String {
     if let HttpError::Status { body_excerpt, .. } = &error.http
         && let Ok(v) = serde_json::from_str::<Value>(body_excerpt)
         && let Some(reason) = v.get("error").and_then(Value::as_str)

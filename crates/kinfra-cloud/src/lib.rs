@@ -7,6 +7,7 @@
 //! or answer that leaves the spec (see `tests/support/prism.rs`).
 
 pub mod fly;
+pub mod fly_deploy;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod neon;

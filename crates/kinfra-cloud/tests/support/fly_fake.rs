@@ -12,6 +12,12 @@
 //! (the live API answers 408, which the spec does not declare; the provider takes both, and
 //! a test sends the 408), and actions answer 200 with an empty JSON object.
 //!
+//! Apps can also be made through the API (`POST /v1/apps` with an `org_slug` of [`ORGS`];
+//! `GET /v1/apps/{app}` answers 404 for an app that does not exist, an answer the spec does
+//! not declare), and each app has volumes (`GET`/`POST /v1/apps/{app}/volumes`; a machine
+//! created with a mount attaches its volume). Every request the fake sees is also in one
+//! log of the whole fake ([`FlyFake::log`]), apps that do not exist included.
+//!
 //! Tests share one fake and one Prism per binary: each test creates its own app (a unique
 //! name) and only looks at exchanges of that app. Faults are injected per app: the next
 //! requests matching a pattern get a scripted [`Reply`].
@@ -29,6 +35,8 @@ pub const TOKEN: &str = "fly-test-token-FlyV1-9c2e7d";
 /// How long a transition (starting, stopping, ...) takes unless an app says otherwise.
 pub const TRANSITION: Duration = Duration::from_millis(300);
 const TIME: &str = "2026-01-01T00:00:00Z";
+/// The organizations `POST /v1/apps` accepts (any other: 422).
+pub const ORGS: &[&str] = &["personal", "kinfra-test"];
 
 /// One machine.
 #[derive(Debug, Clone)]
@@ -66,6 +74,10 @@ pub struct FakeApp {
     pub transition: Option<Duration>,
     /// The next start ends in `failed` instead of `started`.
     pub fail_next_start: bool,
+    /// The app's volumes, in the spec's `Volume` shape.
+    pub volumes: Vec<Value>,
+    /// The organization the app was created in (through the API), if any.
+    pub org: Option<String>,
     faults: VecDeque<Fault>,
 }
 
@@ -74,6 +86,8 @@ pub struct FakeApp {
 pub struct FlyFake {
     apps: Mutex<HashMap<String, FakeApp>>,
     next: AtomicU64,
+    /// `METHOD target` of every request the fake saw.
+    log: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -196,6 +210,25 @@ impl FlyFake {
         });
     }
 
+    /// A fresh app name (`app-<tag>-<n>`) for an app that does not exist yet.
+    pub fn new_app_name(&self, tag: &str) -> String {
+        format!("app-{tag}-{}", self.n())
+    }
+
+    /// True when app `name` exists.
+    pub fn has_app(&self, name: &str) -> bool {
+        lock(&self.apps).contains_key(name)
+    }
+
+    /// `METHOD target` of every request the fake saw whose target contains `needle`.
+    pub fn log(&self, needle: &str) -> Vec<String> {
+        lock(&self.log)
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     /// `METHOD target [nonce] body` of every request of `app` that reached the fake.
     pub fn requests(&self, app: &str) -> Vec<String> {
         self.with(app, |a| a.requests.clone())
@@ -211,6 +244,10 @@ impl FlyFake {
         let expected = format!("Bearer {TOKEN}");
         if seen.header("authorization") != Some(expected.as_str()) {
             return error(401, "unauthorized");
+        }
+        lock(&self.log).push(format!("{} {}", seen.method, seen.target));
+        if parts.as_slice() == ["v1", "apps"] && seen.method == "POST" {
+            return self.create_app(seen);
         }
         let ["v1", "apps", app_name, rest @ ..] = parts.as_slice() else {
             return error(404, "not found");
@@ -247,6 +284,39 @@ impl FlyFake {
         let body: Value = serde_json::from_str(&seen.body).unwrap_or(Value::Null);
         let t = app.transition.unwrap_or(TRANSITION);
         match (seen.method.as_str(), rest) {
+            ("GET", []) => ok(
+                200,
+                json!({
+                    "id": format!("id-{}", app.name),
+                    "name": app.name,
+                    "organization": {
+                        "slug": app.org.as_deref().unwrap_or("personal"),
+                        "name": app.org.as_deref().unwrap_or("personal"),
+                    },
+                    "status": "deployed",
+                    "machine_count": app.machines.iter().filter(|m| m.state != "destroyed").count(),
+                    "volume_count": app.volumes.len(),
+                }),
+            ),
+            ("GET", ["volumes"]) => ok(200, Value::Array(app.volumes.clone())),
+            ("POST", ["volumes"]) => {
+                let n = self.n();
+                let volume = json!({
+                    "id": format!("vol_{n:014x}"),
+                    "name": body.get("name").and_then(Value::as_str).unwrap_or("data"),
+                    "region": body.get("region").and_then(Value::as_str).unwrap_or("ams"),
+                    "size_gb": body.get("size_gb").and_then(Value::as_u64).unwrap_or(1),
+                    "state": "created",
+                    "encrypted": true,
+                    "fstype": "ext4",
+                    "host_status": "ok",
+                    "type": "local",
+                    "zone": "a1b2",
+                    "created_at": TIME,
+                });
+                app.volumes.push(volume.clone());
+                ok(200, volume)
+            }
             ("GET", ["machines"]) => {
                 let all = query.get("include_deleted").is_some_and(|v| v == "true");
                 let list: Vec<Value> = app
@@ -274,6 +344,17 @@ impl FlyFake {
                     m.steps.push_back((now + t, "started".into()));
                 }
                 event(&mut m, "launch", "created", "user");
+                let mounted: Vec<String> = m.config["mounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|mount| mount["volume"].as_str().map(str::to_owned))
+                    .collect();
+                for volume in &mut app.volumes {
+                    if mounted.iter().any(|id| volume["id"] == id.as_str()) {
+                        volume["attached_machine_id"] = json!(m.id);
+                    }
+                }
                 let answer = machine_json(&m);
                 app.machines.push(m);
                 ok(200, answer)
@@ -293,6 +374,38 @@ impl FlyFake {
             }
             _ => error(404, &format!("the fake has no route {line}")),
         }
+    }
+
+    /// `POST /v1/apps`: a new app named `name` in organization `org_slug` (one of [`ORGS`]).
+    fn create_app(&self, seen: &Seen) -> Reply {
+        let body: Value = serde_json::from_str(&seen.body).unwrap_or(Value::Null);
+        let Some(name) = body.get("name").and_then(Value::as_str) else {
+            return error(400, "name is required");
+        };
+        let Some(org) = body.get("org_slug").and_then(Value::as_str) else {
+            return error(400, "org_slug is required");
+        };
+        if !ORGS.contains(&org) {
+            return error(422, &format!("organization {org} not found"));
+        }
+        let mut apps = lock(&self.apps);
+        if apps.contains_key(name) {
+            return ok(
+                422,
+                json!({ "error": format!("app name {name} is taken"), "status": "name_taken" }),
+            );
+        }
+        let app = FakeApp {
+            name: name.to_owned(),
+            org: Some(org.to_owned()),
+            requests: vec![format!("{} {} [] {}", seen.method, seen.target, seen.body)],
+            ..FakeApp::default()
+        };
+        apps.insert(name.to_owned(), app);
+        ok(
+            201,
+            json!({ "id": format!("id-{name}"), "created_at": 1_767_225_600_000i64 }),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
