@@ -3,6 +3,7 @@
 mod client;
 mod config_cmd;
 mod demo;
+mod deploy;
 mod image;
 mod load;
 mod output;
@@ -65,6 +66,9 @@ enum Command {
     /// OCI images of the project, built without Docker (`kinfra image build`).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Deploy the project (`kinfra deploy fly`: Fly.io Machines).
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -411,6 +415,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plan { config, json } => plan::run(&config, json).await,
         Command::Image(cmd) => image::run(cmd).await,
+        Command::Deploy(cmd) => deploy::run(cmd).await,
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod cloud_mix;
 mod config_check;
 mod dashboard;
+mod deploy_fly;
 mod docker;
 mod edge;
 /// The cloud providers' spec-checking harness (Prism in front of the provider SDK's fake HTTP
