@@ -398,3 +398,58 @@ fn deploy_fly_toml_is_valid_and_agrees_with_kinfras_defaults() {
     );
     assert_eq!(doc["mounts"]["source"].as_str(), Some("kinfra_state"));
 }
+
+#[test]
+fn the_token_and_url_can_come_from_a_fly_provider_instance_of_the_config() {
+    let (prism, fake) = fly();
+    let (app, _) = fake.app("deploy-config", &["started"], false);
+    let p = Project::with_config(&format!(
+        "{CONFIG}[providers.flyio]\nprovider = \"fly\"\ntoken = \"{TOKEN}\"\nbase_url = \"{}\"\n",
+        prism.url
+    ));
+    let image = format!("registry.fly.io/{app}:v1");
+    let out = p.run_env(
+        &[
+            "deploy",
+            "fly",
+            "--app",
+            &app,
+            "--image",
+            &image,
+            "--dry-run",
+        ],
+        &[
+            ("FLY_API_TOKEN", ""),
+            ("KINFRA_PROXY__HTTP", "127.0.0.1:9100"),
+        ],
+    );
+    assert!(out.status.success(), "{}", shown(&out));
+    assert!(!shown(&out).contains(TOKEN), "the token is shown");
+    assert!(
+        fake.log(&app).iter().any(|l| l.starts_with("GET ")),
+        "nothing was read with the config's token"
+    );
+    // A wrong token from the environment wins over the config's, and is refused (exit 2).
+    let out = p.run_env(
+        &[
+            "deploy",
+            "fly",
+            "--app",
+            &app,
+            "--image",
+            &image,
+            "--dry-run",
+        ],
+        &[
+            ("FLY_API_TOKEN", "wrong-token-0x5e"),
+            ("KINFRA_PROXY__HTTP", "127.0.0.1:9100"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert!(
+        stderr(&out).contains("refused the token (401)"),
+        "{}",
+        shown(&out)
+    );
+    assert!(!shown(&out).contains("wrong-token-0x5e"), "{}", shown(&out));
+}
