@@ -1235,3 +1235,31 @@ fn image_push_interrupted_leaves_no_tag() {
     let (status, head) = registry.manifest_status("team/imaged", "cut");
     assert_eq!(status, 404, "an interrupted push leaves no tag: {head}");
 }
+
+/// `include = ["."]` takes the whole project directory but not the state dir (a runtime that
+/// ran there leaves its store, sockets and tokens in it).
+#[test]
+fn image_include_of_the_project_dir_leaves_the_state_dir_out() {
+    let p = Project::with_config(
+        "[services.a]\ncommand = [\"/kinfra\"]\n\n[image]\ninclude = [\".\"]\n",
+    );
+    p.write("index.html", "hi\n");
+    std::fs::create_dir_all(p.path().join(".kinfra")).expect("mkdir");
+    p.write(".kinfra/dashboard.token", "secret-token\n");
+    build_ok(
+        &p,
+        &["--binary", static_busybox(), "--output", "../layout-of-dot"],
+        &[],
+    );
+    let layout = p.path().join("../layout-of-dot");
+    let (_, _, listings) = check_layout(&layout, "latest");
+    let _ = std::fs::remove_dir_all(&layout);
+    let app = &listings[1];
+    assert!(app.contains("app/index.html"), "{app}");
+    assert!(!app.contains("dashboard.token"), "{app}");
+    assert!(
+        !listings[0].contains("bin/sh"),
+        "no shell string, no shell: {}",
+        listings[0]
+    );
+}

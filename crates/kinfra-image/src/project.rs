@@ -163,7 +163,13 @@ pub fn image_spec(inputs: &BuildInputs<'_>) -> Result<ImageSpec, ImageError> {
     let config_bytes = read("the config file", inputs.config_file)?;
     app.insert(&format!("app/{config_name}"), file(config_bytes, 0o644))
         .map_err(input)?;
-    let base = config_dir(inputs.config_file);
+    // The directory the config's own relative paths (the state dir) resolve against, so an
+    // include of `.` can leave the state dir out.
+    let base = if config.base_dir.as_os_str().is_empty() {
+        config_dir(inputs.config_file)
+    } else {
+        config.base_dir.clone()
+    };
     let state_dir = config.state_dir();
     for include in config.image.iter().flat_map(|i| i.include.iter()) {
         add_include(&mut app, &base, include, &state_dir)?;
