@@ -11,6 +11,9 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Where there is no /bin/sh (a scratch image), this binary is the supervisor's guardian:
+    // started as one, it serves and exits here, before anything else.
+    kinfra_supervisor::guardian::serve_if_requested();
     // The embedded default config runs demo programs built into this binary through
     // `${KINFRA_BIN}`. Set it before any thread exists (set_var is only sound then).
     if std::env::var_os("KINFRA_BIN").is_none()

@@ -9,6 +9,7 @@ mod cloud_mix;
 mod config_check;
 mod dashboard;
 mod deploy_fly;
+mod dist;
 mod docker;
 mod edge;
 /// The cloud providers' spec-checking harness (Prism in front of the provider SDK's fake HTTP

@@ -27,6 +27,9 @@ use tracing::{debug, info, warn};
 /// How often the process tree of a running child is walked to record its descendants.
 const TREE_SCAN_EVERY: Duration = Duration::from_secs(3);
 
+/// Why a shell-string command cannot start where there is no `/bin/sh`.
+const SHELL_MISSING: &str = "command is a shell string but /bin/sh does not exist; use an array command or include a static sh";
+
 /// What every actor shares: options, state files, the registry of snapshots.
 pub(crate) struct Shared {
     pub project: String,
@@ -667,6 +670,11 @@ impl Actor {
             .collect::<Result<_, _>>()?;
         match &self.cfg.command {
             CommandSpec::Shell(s) => {
+                // A shell-less image (a scratch container with the static binary) has no
+                // /bin/sh: say so instead of "Command not found: /bin/sh".
+                if std::fs::metadata("/bin/sh").is_err() {
+                    return Err(SHELL_MISSING.into());
+                }
                 let mut script = self.interpolate(port, s)?;
                 for a in &args {
                     script.push(' ');
