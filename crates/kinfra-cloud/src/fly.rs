@@ -654,7 +654,12 @@ impl Fly {
         self.api.send(request).await.map(|_| ())
     }
 
-    pub(crate) async fn machine(&self, app: &str, id: &str, once: bool) -> Result<MachineInfo, CallError> {
+    pub(crate) async fn machine(
+        &self,
+        app: &str,
+        id: &str,
+        once: bool,
+    ) -> Result<MachineInfo, CallError> {
         self.get(&Self::machine_path(app, id, ""), &[], once).await
     }
 
