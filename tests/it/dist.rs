@@ -7,9 +7,7 @@
 //! binary itself, without a shell) kills a SIGKILLed kinfra's services; `deploy/Dockerfile`
 //! builds offline from `dist/` and serves the embedded default config.
 
-use crate::support::{alive, http_get, output_within, stderr, stdout, wait_for};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::support::{alive, http_get_as, output_within, stderr, stdout, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -173,32 +171,6 @@ fn empty_image(what: &str) -> Image {
     image
 }
 
-/// A GET with optional bearer token; (status, body).
-fn get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let Some(token) = token else {
-        return http_get(addr, path);
-    };
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// The status JSON from the host, once `done` holds for it.
 fn status_when(
     addr: &str,
@@ -206,7 +178,7 @@ fn status_when(
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     wait_for(Duration::from_secs(60), what, || {
-        let (code, body) = get(addr, "/__status__", Some(TOKEN)).ok()?;
+        let (code, body) = http_get_as(addr, "/__status__", Some(TOKEN)).ok()?;
         let status: serde_json::Value = serde_json::from_str(&body).ok()?;
         (code == 200 && done(&status)).then_some(status)
     })
@@ -273,7 +245,7 @@ fn dist_binary_runs_runtime_up_in_an_empty_container() {
     });
     assert_eq!(status["project"], "dist");
     // A client outside the container is not local: no token, no status.
-    let (code, _) = get(&addr, "/__status__", None).expect("GET without a token");
+    let (code, _) = http_get_as(&addr, "/__status__", None).expect("GET without a token");
     assert_eq!(code, 401, "status without the token");
 
     // The shell string fails with the reason, in the status's log lines and kinfra's output.

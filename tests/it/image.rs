@@ -10,7 +10,7 @@
 //! binary (any static ELF goes in the same way); the run test needs the real static kinfra from
 //! `./x dist` and fails naming it when it is missing.
 
-use crate::support::{Project, kinfra_bin, output_within, stderr, stdout, wait_for};
+use crate::support::{Project, http_get_as, kinfra_bin, output_within, stderr, stdout, wait_for};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -724,29 +724,6 @@ impl Drop for Cleanup {
     }
 }
 
-/// A GET with a bearer token; (status, body).
-fn get_with_token(addr: &str, path: &str, token: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// The image with the real static kinfra, pushed to the htpasswd registry; `docker login` and
 /// `docker pull` from it (127.0.0.0/8 registries are plain-HTTP by default), `docker run`
 /// with the ports published on 127.0.0.1 and the dashboard token from the environment: the
@@ -831,7 +808,7 @@ fn image_pulled_and_run_by_docker_serves_the_dashboard_and_a_service() {
         Duration::from_secs(60),
         "hello healthy and shell running",
         || {
-            let (code, body) = get_with_token(&dashboard, "/__status__", TOKEN).ok()?;
+            let (code, body) = http_get_as(&dashboard, "/__status__", Some(TOKEN)).ok()?;
             if code != 200 {
                 return None;
             }
