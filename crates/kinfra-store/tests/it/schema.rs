@@ -76,9 +76,19 @@ async fn write_v1(dir: &std::path::Path) {
             .and_then(|r| r.check())
             .unwrap_or_else(|e| panic!("v1 setup: {e}"));
     }
-    // Dropping the last handle closes the engine in the background; Store::open waits
-    // (bounded) for its lock.
+    // Dropping the last handle closes the engine in a background task. Store::open waits
+    // only 5 s for the engine's lock (enough for a runtime restarting in one process); on a
+    // loaded machine this hand-made handle's close can take longer, so wait for the lock here.
     drop(db);
+    let lock = dir.join("db").join("LOCK");
+    assert!(
+        wait_for(Duration::from_secs(60), || kinfra_core::lockfile::is_free(
+            &lock
+        ))
+        .await,
+        "the v1 datastore still holds {} after 60 s",
+        lock.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
