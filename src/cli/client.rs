@@ -200,7 +200,7 @@ pub async fn logs(
     }
 }
 
-/// `kinfra runtime restart|stop|start SERVICE`
+/// `kinfra runtime restart|stop|start|wake|sleep SERVICE`
 pub async fn action(arg: &ConfigArg, action: Action, service: &str) -> anyhow::Result<ExitCode> {
     let state_dir = load::state_dir(arg)?;
     let mut conn = connect(&state_dir).await?;
@@ -218,6 +218,8 @@ pub async fn action(arg: &ConfigArg, action: Action, service: &str) -> anyhow::R
                 Action::Start => "started",
                 Action::MaintenanceOn => "in maintenance",
                 Action::MaintenanceOff => "out of maintenance",
+                Action::Wake => "awake",
+                Action::Sleep => "asleep",
             };
             let who = if service == kinfra_core::view::ALL_SERVICES {
                 "everything"

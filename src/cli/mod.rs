@@ -168,6 +168,22 @@ enum RuntimeCommand {
         /// Service name.
         service: String,
     },
+    /// Wake a sleeping service or resource (`scale_to_zero`), its sleeping dependencies
+    /// first; returns once it is ready, or fails after its `wake_timeout`.
+    Wake {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Service or resource name.
+        service: String,
+    },
+    /// Put a service or resource with `scale_to_zero` to sleep now; the next request (or
+    /// `kinfra runtime wake`) wakes it.
+    Sleep {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Service or resource name.
+        service: String,
+    },
     /// Switch maintenance mode: the proxy answers with a maintenance page (processes keep
     /// running). Without SERVICE, for everything.
     Maintenance {
@@ -368,6 +384,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Runtime(RuntimeCommand::Start { config, service }) => {
             client::action(&config, kinfra::Action::Start, &service).await
+        }
+        Command::Runtime(RuntimeCommand::Wake { config, service }) => {
+            client::action(&config, kinfra::Action::Wake, &service).await
+        }
+        Command::Runtime(RuntimeCommand::Sleep { config, service }) => {
+            client::action(&config, kinfra::Action::Sleep, &service).await
         }
         Command::Runtime(RuntimeCommand::Maintenance {
             config,

@@ -272,6 +272,7 @@ async fn start_proxy_and_acme(at: EdgeInputs<'_>, edge: &mut Edge) -> Result<(),
             dashboard_addr,
             state_dir: state_dir.to_path_buf(),
             tls_hosts: dashboard_hosts(config),
+            activity: None,
         },
         late.clone(),
     )

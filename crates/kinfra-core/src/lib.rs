@@ -4,6 +4,7 @@
 //! This crate depends on nothing heavy (no pingora, surrealdb, axum, bollard, async-nats), so
 //! every other crate can use it without pulling those in.
 
+pub mod activity;
 pub mod child;
 pub mod config;
 pub mod control;

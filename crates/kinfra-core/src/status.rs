@@ -81,6 +81,37 @@ pub struct ServiceStatus {
     /// (provider resources only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_state: Option<String>,
+    /// Scale to zero, for targets that have it: idle time and when it will sleep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepStatus>,
+}
+
+/// Where a `scale_to_zero` target stands with respect to sleep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepStatus {
+    /// The configured idle time before sleep, in seconds.
+    pub idle_after_s: u64,
+    /// The configured wake timeout, in seconds.
+    pub wake_timeout_s: u64,
+    /// `request` or `manual`: what wakes it.
+    pub wake: String,
+    /// Requests and connections open through the proxy now.
+    pub open: u32,
+    /// Seconds without activity so far (0 while something is open or it sleeps).
+    pub idle_s: u64,
+    /// When it will be put to sleep if nothing happens (RFC 3339, UTC); `None` while it
+    /// sleeps, is not running, or something keeps it awake.
+    #[serde(default)]
+    pub sleeps_at: Option<String>,
+    /// The same as seconds from now.
+    #[serde(default)]
+    pub sleeps_in_s: Option<u64>,
+    /// Why it stays awake when it would otherwise sleep (`2 open connections`, `dependent
+    /// web is awake`).
+    #[serde(default)]
+    pub kept_awake_by: Option<String>,
+    /// Wakes since kinfra started.
+    pub wakes: u64,
 }
 
 /// The outcome of a resource's last sync with its provider, so a failing poll is never
@@ -246,6 +277,7 @@ mod tests {
             memory_bytes: None,
             last_sync: None,
             provider_state: None,
+            sleep: None,
         };
         let services = BTreeMap::from([
             ("a".to_string(), mk(ServiceState::Running)),

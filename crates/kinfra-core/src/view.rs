@@ -28,6 +28,12 @@ pub enum Action {
     /// End maintenance of a service (or, with `*`, the global maintenance).
     #[serde(rename = "maintenance-off")]
     MaintenanceOff,
+    /// Wake a sleeping target (`scale_to_zero`), its sleeping dependencies first; done once it
+    /// is ready (running and healthy) or its `wake_timeout` passed. A target that is awake
+    /// counts the wake as activity (its idle time starts again).
+    Wake,
+    /// Put a target with `scale_to_zero` to sleep now, as if it had been idle.
+    Sleep,
 }
 
 /// The service name that means "everything" for maintenance actions.
@@ -42,6 +48,8 @@ impl Action {
             Self::Start => "start",
             Self::MaintenanceOn => "maintenance-on",
             Self::MaintenanceOff => "maintenance-off",
+            Self::Wake => "wake",
+            Self::Sleep => "sleep",
         }
     }
 }
@@ -56,6 +64,8 @@ impl std::str::FromStr for Action {
             "start" => Ok(Self::Start),
             "maintenance-on" => Ok(Self::MaintenanceOn),
             "maintenance-off" => Ok(Self::MaintenanceOff),
+            "wake" => Ok(Self::Wake),
+            "sleep" => Ok(Self::Sleep),
             other => Err(ActionError::UnknownAction(other.to_owned())),
         }
     }
@@ -69,7 +79,7 @@ pub enum ActionError {
     UnknownService(String),
     /// No action has this name.
     #[error(
-        "unknown action `{0}` (expected restart, stop, start, maintenance-on or maintenance-off)"
+        "unknown action `{0}` (expected restart, stop, start, wake, sleep, maintenance-on or maintenance-off)"
     )]
     UnknownAction(String),
     /// The action makes no sense in the current state.

@@ -179,6 +179,7 @@ mod tests {
             memory_bytes: None,
             last_sync: None,
             provider_state: None,
+            sleep: None,
         };
         let report = StatusReport::new("p", BTreeMap::from([("we\"ird".to_string(), s)]));
         let text = render(&report, 11, "");
@@ -223,6 +224,7 @@ mod tests {
                 error: (!ok).then(|| "HTTP 500".into()),
             }),
             provider_state: Some("ACTIVE".into()),
+            sleep: None,
         };
         let report = StatusReport::new(
             "p",

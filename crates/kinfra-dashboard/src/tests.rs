@@ -51,6 +51,7 @@ impl RuntimeControl for Fake {
             memory_bytes: Some(4 << 20),
             last_sync: None,
             provider_state: None,
+            sleep: None,
         };
         StatusReport::new("demo", BTreeMap::from([("api".to_string(), api)]))
     }

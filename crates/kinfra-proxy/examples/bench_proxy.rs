@@ -64,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         dashboard_addr: None,
         state_dir: std::env::temp_dir().join("kinfra-bench-proxy"),
         tls_hosts: Vec::new(),
+        activity: None,
     };
     let control: Arc<dyn RuntimeControl> = Arc::new(NoServices(EventSender::new(16)));
     let proxy = ProxyServer::start(options, control).await?;

@@ -57,6 +57,10 @@ pub struct ProxyOptions {
     /// Host names that get a certificate (self-signed when none is present), besides
     /// `localhost` and the hosts of the routes.
     pub tls_hosts: Vec<String>,
+    /// The targets that sleep when idle (`scale_to_zero`): the proxy records their requests
+    /// and open connections here and wakes them through `RuntimeControl::act(Wake)`.
+    /// `None`: nothing sleeps.
+    pub activity: Option<Arc<kinfra_core::activity::ActivityBoard>>,
 }
 
 /// The running proxy. Stop it with [`ProxyServer::shutdown`]; dropping it stops pingora

@@ -292,6 +292,7 @@ mod tests {
             memory_bytes: None,
             last_sync: None,
             provider_state: None,
+            sleep: None,
         }
     }
 

@@ -447,6 +447,7 @@ impl Supervisor {
                         memory_bytes: None,
                         last_sync: None,
                         provider_state: None,
+                        sleep: None,
                     },
                 )
             })
@@ -472,6 +473,7 @@ impl Supervisor {
                         memory_bytes: None,
                         last_sync: sync.last_sync,
                         provider_state: sync.provider_state,
+                        sleep: None,
                     },
                 )
             }))
@@ -565,6 +567,9 @@ impl Supervisor {
             }
             Action::MaintenanceOn | Action::MaintenanceOff => Err(not_available(
                 "maintenance is the runtime's business, not the supervisor's".into(),
+            )),
+            Action::Wake | Action::Sleep => Err(not_available(
+                "sleep and wake are not built into the supervisor yet".into(),
             )),
         }
     }

@@ -430,6 +430,7 @@ pub async fn proxy(state_dir: &Path) -> ProxyServer {
         dashboard_addr: None,
         state_dir: state_dir.to_owned(),
         tls_hosts: Vec::new(),
+        activity: None,
     };
     let control: Arc<dyn RuntimeControl> = Arc::new(NoServices {
         events: EventSender::new(16),

@@ -256,6 +256,7 @@ impl RuntimeControl for FakeControl {
                         memory_bytes: None,
                         last_sync: None,
                         provider_state: None,
+                        sleep: None,
                     },
                 )
             })

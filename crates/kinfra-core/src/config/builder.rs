@@ -263,6 +263,7 @@ impl ResourceConfig {
             provider: None,
             interval: None,
             confirm_delete: false,
+            scale_to_zero: None,
             extra: BTreeMap::new(),
         }
     }

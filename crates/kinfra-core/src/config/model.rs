@@ -470,6 +470,58 @@ pub struct ServiceConfig {
     /// Do not start this service with the runtime; it can be started by hand.
     #[serde(default)]
     pub disabled: bool,
+    /// Put it to sleep when idle; the next request wakes it.
+    #[serde(default)]
+    pub scale_to_zero: Option<ScaleToZero>,
+}
+
+/// `scale_to_zero = { idle_after = "10m", wake_timeout = "60s" }` on a service or resource:
+/// after `idle_after` without activity (requests through the proxy to its routes, open
+/// long-lived connections, awake dependents, `kinfra runtime wake`) it is stopped (a process
+/// or container) or paused (a cloud resource) and shown `sleeping`; the next request wakes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleToZero {
+    /// Time without activity before it is put to sleep. Also the grace period of a target
+    /// started any other way (at boot, by hand) before it can be put to sleep.
+    pub idle_after: Dur,
+    /// Longest wait for a woken target to be ready (running and healthy); a request held
+    /// longer is answered 503 with `Retry-After`.
+    #[serde(default = "default_wake_timeout")]
+    pub wake_timeout: Dur,
+    /// What wakes it: `request` (the default: a request through the proxy) or `manual`
+    /// (`kinfra runtime wake`, or a dependent waking; for targets no route reaches).
+    #[serde(default)]
+    pub wake: WakeMode,
+}
+
+/// The default [`ScaleToZero::wake_timeout`].
+pub const DEFAULT_WAKE_TIMEOUT: Dur = Dur::from_secs(60);
+
+fn default_wake_timeout() -> Dur {
+    DEFAULT_WAKE_TIMEOUT
+}
+
+impl ScaleToZero {
+    /// A policy sleeping after `idle_after`, woken by requests within the default timeout.
+    pub fn after(idle_after: std::time::Duration) -> Self {
+        Self {
+            idle_after: Dur(idle_after),
+            wake_timeout: DEFAULT_WAKE_TIMEOUT,
+            wake: WakeMode::Request,
+        }
+    }
+}
+
+/// What wakes a sleeping target ([`ScaleToZero::wake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeMode {
+    /// A request through the proxy to one of its routes (and everything `manual` takes).
+    #[default]
+    Request,
+    /// Only `kinfra runtime wake NAME` (or the dashboard's wake) and a dependent waking.
+    Manual,
 }
 
 fn default_stop_grace() -> Dur {
@@ -497,6 +549,7 @@ impl ServiceConfig {
             log: LogConfig::default(),
             maintenance: false,
             disabled: false,
+            scale_to_zero: None,
         }
     }
 }
@@ -564,6 +617,8 @@ pub struct ResourceConfig {
     /// Confirms `on_down = "delete"`: a provider resource is deleted by `runtime down` only
     /// with this set.
     pub confirm_delete: bool,
+    /// Put it to sleep when idle (a container is stopped, a cloud resource paused).
+    pub scale_to_zero: Option<ScaleToZero>,
     /// A provider resource's own keys, unjudged here: the provider checks them at
     /// `runtime up` and `plan`. Always empty for a container.
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -590,6 +645,7 @@ const RESOURCE_FIELDS: &[&str] = &[
     "provider",
     "interval",
     "confirm_delete",
+    "scale_to_zero",
 ];
 
 /// Keys only a container resource takes; an error on a provider resource.
@@ -711,6 +767,7 @@ impl<'de> Deserialize<'de> for ResourceConfig {
                         "provider" => r.provider = Some(map.next_value()?),
                         "interval" => r.interval = map.next_value()?,
                         "confirm_delete" => r.confirm_delete = map.next_value()?,
+                        "scale_to_zero" => r.scale_to_zero = map.next_value()?,
                         "health" if r.provider.is_some() => {
                             match map.next_value_seed(ProviderHealthSeed)? {
                                 ProviderHealth::Probe(probe) => r.health = Some(probe),
@@ -815,6 +872,9 @@ impl Serialize for ResourceConfig {
         m.serialize_entry("restart", &self.restart)?;
         m.serialize_entry("stop_grace", &self.stop_grace)?;
         m.serialize_entry("on_down", &self.on_down)?;
+        if let Some(policy) = &self.scale_to_zero {
+            m.serialize_entry("scale_to_zero", policy)?;
+        }
         for (key, value) in &self.extra {
             m.serialize_entry(key, value)?;
         }

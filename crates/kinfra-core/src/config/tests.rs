@@ -2035,3 +2035,68 @@ fn image_section_loads_and_is_checked() {
         &[(Some(2), Some("image.includ"), "unknown")],
     );
 }
+
+#[test]
+fn scale_to_zero_needs_a_route_or_manual_wake_and_outlasts_its_probes() {
+    // No route reaches `api`: an error at the policy, naming the way out.
+    check_case(
+        Format::Toml,
+        "[services.api]\ncommand = \"serve\"\nport = 8080\n\
+         scale_to_zero = { idle_after = \"10m\" }\n",
+        &[(
+            Some(4),
+            Some("services.api.scale_to_zero"),
+            "no route reaches it",
+        )],
+    );
+    // Shorter than the readiness probe's interval; a zero wake timeout.
+    check_case(
+        Format::Toml,
+        "[services.api]\ncommand = \"serve\"\nport = 8080\n\
+         health = { http = \"/\", interval = \"30s\" }\n\
+         scale_to_zero = { idle_after = \"10s\", wake_timeout = \"0s\" }\n\
+         [[routes]]\npath = \"/\"\nservice = \"api\"\n",
+        &[
+            (
+                Some(5),
+                Some("services.api.scale_to_zero.wake_timeout"),
+                "`wake_timeout` must be longer than 0s",
+            ),
+            (
+                Some(5),
+                Some("services.api.scale_to_zero.idle_after"),
+                "shorter than the `health` probe's interval (30s)",
+            ),
+        ],
+    );
+    // An unknown key in the policy names itself.
+    let errs = errors(
+        Format::Toml,
+        "[services.api]\ncommand = \"serve\"\nscale_to_zero = { idle_after = \"1m\", idle = 3 }\n",
+    );
+    assert!(errs.iter().any(|e| e.message.contains("idle")), "{errs:?}");
+    // Routed services, manual wake and resources (container and provider) load.
+    let text = "[services.api]\ncommand = \"serve\"\nport = 8080\n\
+                scale_to_zero = { idle_after = \"10m\", wake_timeout = \"30s\" }\n\
+                [resources.cache]\ntemplate = \"redis\"\n\
+                scale_to_zero = { idle_after = \"5m\", wake = \"manual\" }\n\
+                [providers.neon]\ntoken = \"t\"\n\
+                [resources.db]\nprovider = \"neon\"\nproject_id = \"p\"\n\
+                scale_to_zero = { idle_after = \"10m\", wake = \"manual\" }\n\
+                [[routes]]\npath = \"/\"\nservice = \"api\"\n";
+    let config = load(Format::Toml, text, &[]).unwrap();
+    let api = config.services["api"].scale_to_zero.unwrap();
+    assert_eq!(api.idle_after.0, std::time::Duration::from_secs(600));
+    assert_eq!(api.wake_timeout.0, std::time::Duration::from_secs(30));
+    assert_eq!(api.wake, WakeMode::Request);
+    assert_eq!(
+        config.resources["cache"].scale_to_zero.map(|p| p.wake),
+        Some(WakeMode::Manual)
+    );
+    let db = &config.resources["db"];
+    assert_eq!(
+        db.scale_to_zero.map(|p| p.wake_timeout),
+        Some(DEFAULT_WAKE_TIMEOUT)
+    );
+    assert!(!db.extra.contains_key("scale_to_zero"), "{:?}", db.extra);
+}

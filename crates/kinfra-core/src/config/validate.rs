@@ -11,6 +11,7 @@ use super::source::{Anchor, join_index, join_key};
 use super::types::{CommandSpec, PortSpec};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::time::Duration;
 use url::Url;
 
 /// One problem, at a key path.
@@ -56,6 +57,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.resources();
     c.cycles();
     c.routes();
+    c.scale_to_zero();
     c.ports();
     c.acme();
     c.store();
@@ -858,6 +860,87 @@ impl Checker<'_> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// `scale_to_zero` on services and resources: positive durations; a target woken by
+    /// requests needs a route to it; `idle_after` at least the interval of its probes (a
+    /// shorter one would put it to sleep between two probes).
+    fn scale_to_zero(&mut self) {
+        let services = self.config.services.iter().map(|(name, s)| {
+            let probes: Vec<(&str, Duration)> = [("health", &s.health), ("liveness", &s.liveness)]
+                .into_iter()
+                .filter_map(|(key, p)| p.as_ref().map(|p| (key, p.interval.0)))
+                .collect();
+            ("services", name, s.scale_to_zero, probes)
+        });
+        let resources = self.config.resources.iter().map(|(name, r)| {
+            let probes: Vec<(&str, Duration)> = r
+                .health
+                .as_ref()
+                .map(|p| ("health", p.interval.0))
+                .into_iter()
+                .collect();
+            ("resources", name, r.scale_to_zero, probes)
+        });
+        let targets: Vec<_> = services
+            .chain(resources)
+            .filter_map(|(table, name, policy, probes)| {
+                policy.map(|policy| {
+                    (
+                        join_key(&join_key(table, name), "scale_to_zero"),
+                        name,
+                        policy,
+                        probes,
+                    )
+                })
+            })
+            .collect();
+        for (base, name, policy, probes) in targets {
+            if policy.idle_after.0.is_zero() {
+                self.issue(
+                    join_key(&base, "idle_after"),
+                    Anchor::Value,
+                    "`idle_after` must be longer than 0s",
+                );
+            }
+            if policy.wake_timeout.0.is_zero() {
+                self.issue(
+                    join_key(&base, "wake_timeout"),
+                    Anchor::Value,
+                    "`wake_timeout` must be longer than 0s",
+                );
+            }
+            for (probe, interval) in probes {
+                if policy.idle_after.0 < interval {
+                    self.issue(
+                        join_key(&base, "idle_after"),
+                        Anchor::Value,
+                        format!(
+                            "`idle_after` ({}) is shorter than the `{probe}` probe's interval ({}): \
+                             `{name}` would be put to sleep between two probes",
+                            policy.idle_after,
+                            super::types::Dur(interval)
+                        ),
+                    );
+                }
+            }
+            let routed = self
+                .config
+                .routes
+                .iter()
+                .any(|r| r.service.as_deref() == Some(name.as_str()));
+            if policy.wake == super::model::WakeMode::Request && !routed {
+                self.issue(
+                    base,
+                    Anchor::Key,
+                    format!(
+                        "`{name}` has `scale_to_zero` but no route reaches it, so no request can \
+                         wake it: add a [[routes]] entry with service = \"{name}\", or set \
+                         wake = \"manual\" (woken by `kinfra runtime wake` and its dependents)"
+                    ),
+                );
             }
         }
     }

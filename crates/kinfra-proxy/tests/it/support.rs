@@ -73,6 +73,7 @@ impl FakeControl {
                     memory_bytes: None,
                     last_sync: None,
                     provider_state: None,
+                    sleep: None,
                 });
             let from = entry.state;
             entry.state = state;
@@ -152,6 +153,7 @@ pub fn options(routes: Vec<RouteConfig>, state_dir: &Path) -> ProxyOptions {
         dashboard_addr: None,
         state_dir: state_dir.to_owned(),
         tls_hosts: Vec::new(),
+        activity: None,
     }
 }
 
