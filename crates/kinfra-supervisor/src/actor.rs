@@ -134,6 +134,22 @@ pub(crate) enum Command {
     Reconfigure(Box<ServiceConfig>, oneshot::Sender<()>),
     /// Stop within at most this grace, then end the actor.
     Shutdown(Duration, oneshot::Sender<()>),
+    /// Put it to sleep (scale to zero): stopped like a manual stop, shown `sleeping` with
+    /// this message, without a user stop recorded and out of reach of the restart policy.
+    /// Replies when the process is gone; `Err` when it is not running (nor about to).
+    Sleep(String, oneshot::Sender<Result<(), String>>),
+    /// Wake it from sleep: `pending`, then started when its dependencies hold. Replies once
+    /// accepted (not when ready); `Ok` at once when it is awake, `Err` when it is stopped,
+    /// failed or disabled.
+    Wake(oneshot::Sender<Result<(), String>>),
+}
+
+/// What a sleeping target shows unless the caller says otherwise.
+pub(crate) const ASLEEP: &str = "Asleep after being idle";
+
+/// Why a wake is refused, from the state the target is in.
+pub(crate) fn wake_refused(state: ServiceState) -> String {
+    format!("{state}; start it with `kinfra runtime start`")
 }
 
 struct Child {
@@ -472,6 +488,11 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Command::Halt(reply) => {
+                if self.asleep() {
+                    // Nothing runs; it stays asleep through the config change.
+                    let _ = reply.send(());
+                    return;
+                }
                 let grace = self.cfg.stop_grace.0;
                 self.stop_child(grace).await;
                 self.mode = Mode::Idle;
@@ -479,6 +500,7 @@ impl Actor {
                 let _ = reply.send(());
             }
             Command::Reconfigure(cfg, reply) => {
+                let was_asleep = self.asleep();
                 let grace = self.cfg.stop_grace.0;
                 self.stop_child(grace).await;
                 self.cfg = Arc::new(*cfg);
@@ -495,6 +517,13 @@ impl Actor {
                 if self.cfg.disabled || kept_stopped {
                     self.mode = Mode::Idle;
                     self.apply_mode_entry();
+                } else if was_asleep && self.cfg.scale_to_zero.is_some() {
+                    // Still scales to zero: it stays asleep and is woken with the new config.
+                    self.mode = Mode::Idle;
+                    self.set_state(
+                        ServiceState::Sleeping,
+                        "Asleep (config changed; the next wake starts the new one)".into(),
+                    );
                 } else {
                     self.mode = Mode::WaitDeps;
                     self.set_state(ServiceState::Pending, "Waiting to start".into());
@@ -504,8 +533,63 @@ impl Actor {
                     self.check_deps().await;
                 }
             }
+            Command::Sleep(message, reply) => {
+                let r = self.sleep(message).await;
+                let _ = reply.send(r);
+            }
+            Command::Wake(reply) => {
+                let r = self.wake();
+                let woken = r.is_ok();
+                let _ = reply.send(r);
+                if woken && self.mode == Mode::WaitDeps {
+                    self.check_deps().await;
+                }
+            }
             Command::Shutdown(..) => {}
         }
+    }
+
+    // ----- sleep and wake -----
+
+    /// Asleep: nothing runs, and only a wake (or a manual start) brings it back.
+    fn asleep(&self) -> bool {
+        self.mode == Mode::Idle && self.state() == ServiceState::Sleeping
+    }
+
+    /// Stops a running (starting, waiting, restarting) service as asleep: like a manual
+    /// stop, without the user stop and without the restart policy (the process's exit is
+    /// not looked at as a crash: no restart counted, no crash-loop failure).
+    async fn sleep(&mut self, message: String) -> Result<(), String> {
+        if self.asleep() {
+            return Ok(());
+        }
+        if self.mode == Mode::Idle && self.child.is_none() {
+            return Err("not running".into());
+        }
+        let grace = self.cfg.stop_grace.0;
+        self.stop_child(grace).await;
+        self.mode = Mode::Idle;
+        self.restarts.reset_delays();
+        info!(service = %self.name, "Asleep.");
+        self.sink.system(message.clone());
+        self.set_state(ServiceState::Sleeping, message);
+        Ok(())
+    }
+
+    /// Takes a sleeping service back to waiting for its dependencies (the caller checks
+    /// them next). Awake ones are left as they are.
+    fn wake(&mut self) -> Result<(), String> {
+        if self.asleep() {
+            self.mode = Mode::WaitDeps;
+            info!(service = %self.name, "Waking up.");
+            self.sink.system("Waking up".to_owned());
+            self.set_state(ServiceState::Pending, "Waking up".into());
+            return Ok(());
+        }
+        if self.mode != Mode::Idle || self.child.is_some() {
+            return Ok(());
+        }
+        Err(wake_refused(self.state()))
     }
 
     // ----- dependencies -----
@@ -539,7 +623,7 @@ impl Actor {
                     DependCondition::CompletedSuccessfully => "to complete successfully",
                 };
                 let note = match s.state {
-                    ServiceState::Failed | ServiceState::Stopped => {
+                    ServiceState::Failed | ServiceState::Stopped | ServiceState::Sleeping => {
                         format!(" ({} is {})", dep, s.state)
                     }
                     _ => String::new(),
@@ -1046,10 +1130,14 @@ impl Actor {
 
     async fn on_files_changed(&mut self, paths: Vec<PathBuf>) {
         // A crashed or finished service runs again after an edit (the edit may be the fix);
-        // one stopped on purpose, in maintenance or waiting for dependencies does not.
+        // one stopped on purpose, asleep, in maintenance or waiting for dependencies does
+        // not (a sleeping one starts the edited files when it is woken).
         if matches!(
             self.state(),
-            ServiceState::Stopped | ServiceState::Maintenance | ServiceState::Pending
+            ServiceState::Stopped
+                | ServiceState::Maintenance
+                | ServiceState::Pending
+                | ServiceState::Sleeping
         ) {
             return;
         }

@@ -16,6 +16,13 @@
 //! `KINFRA_SERVICE` and `KINFRA_SUPERVISOR_TAG` (which marks every process a service started,
 //! including those that leave its process group, so a stop finds them all).
 //!
+//! Scale to zero: [`Supervisor::sleep`] (or `act(Action::Sleep, ..)`) stops a service or
+//! resource as `sleeping` (a resource through its adapter's stop: a provider's pause), which
+//! is neither a user stop nor a crash, so no restart policy brings it back;
+//! `act(Action::Wake, ..)` takes it to `pending`, and it starts once its `depends_on`
+//! conditions hold (a sleeping dependency is not running: it needs its own wake first).
+//! Deciding when to sleep and what to wake is the runtime's.
+//!
 //! When kinfra is SIGKILLed, the parent-death signal kills its direct children, and the
 //! [`guardian`] helper kills their process groups and every tagged process; what survives
 //! even that is killed by the next start ([`pids::kill_leftovers`]).
@@ -525,24 +532,19 @@ impl Supervisor {
         self.inner.shared.log_tx.subscribe()
     }
 
-    /// Restarts, stops or starts one service. Resolves when done: for `stop`, when its
-    /// processes are gone; for `start` and `restart`, when the new process is spawned.
+    /// Restarts, stops, starts, puts to sleep or wakes one service or resource. Resolves
+    /// when done: for `stop` and `sleep`, when its processes are gone; for `start` and
+    /// `restart`, when the new process is spawned; for `wake`, once accepted (it is
+    /// `pending` then and starts when its dependencies hold: a sleeping dependency is not
+    /// running, so it waits for that one's own wake; readiness shows in its state and
+    /// events). `sleep` of a target that is not running and `wake` of one stopped by the
+    /// user, failed or disabled answer `NotAvailable`; `sleep` of a sleeping one and `wake`
+    /// of an awake one are `Ok`.
     pub async fn act(&self, action: Action, service: &str) -> Result<(), ActionError> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ActionError::ShuttingDown);
         }
-        let cmds = {
-            let services = read(&self.inner.services);
-            services
-                .get(service)
-                .map(|h| h.cmds.clone())
-                .or_else(|| {
-                    read(&self.inner.resources)
-                        .get(service)
-                        .map(|h| h.cmds.clone())
-                })
-                .ok_or_else(|| ActionError::UnknownService(service.to_owned()))?
-        };
+        let cmds = self.commands_of(service)?;
         let not_available = |reason: String| ActionError::NotAvailable {
             action: action.as_str().to_owned(),
             service: service.to_owned(),
@@ -568,10 +570,63 @@ impl Supervisor {
             Action::MaintenanceOn | Action::MaintenanceOff => Err(not_available(
                 "maintenance is the runtime's business, not the supervisor's".into(),
             )),
-            Action::Wake | Action::Sleep => Err(not_available(
-                "sleep and wake are not built into the supervisor yet".into(),
-            )),
+            Action::Sleep => {
+                let (tx, rx) = oneshot::channel();
+                cmds.send(Command::Sleep(actor::ASLEEP.to_owned(), tx))
+                    .await
+                    .map_err(|_| gone())?;
+                rx.await.map_err(|_| gone())?.map_err(not_available)
+            }
+            Action::Wake => {
+                let (tx, rx) = oneshot::channel();
+                cmds.send(Command::Wake(tx)).await.map_err(|_| gone())?;
+                rx.await.map_err(|_| gone())?.map_err(not_available)
+            }
         }
+    }
+
+    /// Puts a service or resource to sleep like `act(Action::Sleep, ..)`, shown `sleeping`
+    /// with `message` (why it sleeps: "Asleep after 10m without requests"). Resolves when
+    /// its processes are gone (a resource: when its adapter's stop returned);
+    /// `NotAvailable` when it is not running (stopped, failed, completed, disabled).
+    pub async fn sleep(
+        &self,
+        service: &str,
+        message: impl Into<String>,
+    ) -> Result<(), ActionError> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(ActionError::ShuttingDown);
+        }
+        let cmds = self.commands_of(service)?;
+        let gone = || ActionError::NotAvailable {
+            action: Action::Sleep.as_str().to_owned(),
+            service: service.to_owned(),
+            reason: "the service is being removed".into(),
+        };
+        let (tx, rx) = oneshot::channel();
+        cmds.send(Command::Sleep(message.into(), tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|reason| ActionError::NotAvailable {
+                action: Action::Sleep.as_str().to_owned(),
+                service: service.to_owned(),
+                reason,
+            })
+    }
+
+    /// The command channel of a service or resource.
+    fn commands_of(&self, service: &str) -> Result<mpsc::Sender<Command>, ActionError> {
+        read(&self.inner.services)
+            .get(service)
+            .map(|h| h.cmds.clone())
+            .or_else(|| {
+                read(&self.inner.resources)
+                    .get(service)
+                    .map(|h| h.cmds.clone())
+            })
+            .ok_or_else(|| ActionError::UnknownService(service.to_owned()))
     }
 
     /// Reports the state of something managed elsewhere (see

@@ -4,7 +4,7 @@
 //! dependency conditions as a service. The process actor in [`crate::actor`] is left as it is;
 //! this one only knows the trait.
 
-use crate::actor::{Command, Shared, Snapshot};
+use crate::actor::{Command, Shared, Snapshot, wake_refused};
 use crate::lifecycle::{AfterExit, Mode, Restarts};
 use crate::logs::LogSink;
 use crate::probe::{self, ProbeEvent, ProbeKind};
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How often the adapter's own health check is read while the resource starts.
 const HEALTH_POLL_STARTING: Duration = Duration::from_millis(250);
@@ -28,6 +28,9 @@ const HEALTH_POLL_STARTING: Duration = Duration::from_millis(250);
 const HEALTH_POLL_RUNNING: Duration = Duration::from_secs(2);
 /// Extra time, beyond the grace, that a stop waits for the run's exit to be reported.
 const EXIT_REPORT_WAIT: Duration = Duration::from_secs(5);
+/// After kinfra put a resource to sleep, observes in a row that may still say "running"
+/// (a provider showing its pause late) before that is believed: an outside wake.
+const SETTLE_OBSERVES: u32 = 3;
 
 /// How the supervisor drives one resource: the adapter and the policies around it.
 #[derive(Clone)]
@@ -145,8 +148,11 @@ pub(crate) struct ResourceActor {
     deferred: VecDeque<Command>,
     /// Idle because the provider reported it stopped or sleeping outside kinfra: observed
     /// every [`ResourceSpec::observe_interval`] to take it up again when it runs. Any command
-    /// ends this (the user decides from then on).
+    /// ends this (the user decides from then on); kinfra's own sleep starts it again.
     watching: bool,
+    /// Put to sleep by kinfra and not yet observed down: "running" observes in a row so far,
+    /// which are the pause showing late, not an outside wake, up to [`SETTLE_OBSERVES`].
+    settling: Option<u32>,
 }
 
 impl ResourceActor {
@@ -179,6 +185,7 @@ impl ResourceActor {
             own_health: Health::Unknown,
             deferred: VecDeque::new(),
             watching: false,
+            settling: None,
         }
     }
 
@@ -346,7 +353,12 @@ impl ResourceActor {
                 DependCondition::CompletedSuccessfully => s.state == ServiceState::Completed,
             };
             if !ok {
-                waiting.push(dep.clone());
+                match s.state {
+                    ServiceState::Failed | ServiceState::Stopped | ServiceState::Sleeping => {
+                        waiting.push(format!("{dep} ({})", s.state));
+                    }
+                    _ => waiting.push(dep.clone()),
+                }
             }
         }
         if waiting.is_empty() {
@@ -376,9 +388,9 @@ impl ResourceActor {
             format!("Starting {}", self.spec.resource.kind()),
         );
         // A start may wait minutes (a cloud operation): commands keep arriving meanwhile. A
-        // stop, halt, restart or shutdown interrupts it (the start future is dropped, which
-        // cancels what it was waiting for, and the command then stops the resource); any
-        // other command waits its turn.
+        // stop, halt, restart, sleep or shutdown interrupts it (the start future is dropped,
+        // which cancels what it was waiting for, and the command then stops the resource); a
+        // wake is answered at once (starting is awake); any other command waits its turn.
         let resource = self.spec.resource.clone();
         let start = resource.start();
         tokio::pin!(start);
@@ -390,10 +402,15 @@ impl ResourceActor {
                         cmd @ (Command::Stop(_)
                         | Command::Halt(_)
                         | Command::Restart(_)
-                        | Command::Shutdown(..)),
+                        | Command::Shutdown(..)
+                        | Command::Sleep(..)),
                     ) => {
                         self.deferred.push_front(cmd);
                         break None;
+                    }
+                    // Starting is awake: a wake has nothing to wait for here.
+                    Some(Command::Wake(reply)) => {
+                        let _ = reply.send(Ok(()));
                     }
                     Some(cmd) => self.deferred.push_back(cmd),
                     None => break Some(start.as_mut().await),
@@ -424,6 +441,7 @@ impl ResourceActor {
 
     fn on_started(&mut self, run: Run) {
         self.generation += 1;
+        self.settling = None;
         self.probe_ok = None;
         self.own_health = Health::Unknown;
         let Run {
@@ -560,11 +578,24 @@ impl ResourceActor {
         }
     }
 
-    /// One observe of a resource stopped or sleeping outside kinfra: when it runs again, it
-    /// is taken up (started, which adopts what runs) as if it had never stopped.
+    /// One observe of a resource stopped or sleeping outside kinfra, or asleep by kinfra's
+    /// doing: when it runs again, it is taken up (started, which adopts what runs) as if it
+    /// had never stopped. Right after kinfra's own sleep, "running" is believed only once it
+    /// was seen down, or after [`SETTLE_OBSERVES`] in a row (the pause did not take, or
+    /// something woke it before the first look): a provider showing the pause late must not
+    /// have kinfra undo its own sleep.
     async fn observe_idle(&mut self) {
         match self.spec.resource.status().await {
             Ok(Observed::Running) => {
+                if let Some(seen) = self.settling {
+                    let seen = seen.saturating_add(1);
+                    if seen < SETTLE_OBSERVES {
+                        debug!(resource = %self.name, seen, "Still shown running after the sleep.");
+                        self.settling = Some(seen);
+                        return;
+                    }
+                }
+                self.settling = None;
                 info!(resource = %self.name, "Running again outside kinfra; taking it up.");
                 self.sink
                     .system("Running again (started or woken outside kinfra); taking it up.");
@@ -572,7 +603,7 @@ impl ResourceActor {
                 self.mode = Mode::Active;
                 self.launch().await;
             }
-            Ok(_) => {}
+            Ok(_) => self.settling = None,
             Err(error) => {
                 warn!(resource = %self.name, %error, "Observe of a stopped resource failed.");
             }
@@ -676,14 +707,25 @@ impl ResourceActor {
         }
     }
 
-    /// Stops the run (if any) within `grace` and waits for its exit report.
+    /// Stops the run (if any) within `grace` and waits for its exit report; `stopped` then.
     async fn stop_live(&mut self, grace: Duration) {
         self.end_run(grace, false).await;
+        self.set_state(ServiceState::Stopped, "Stopped");
+    }
+
+    /// Asleep: nothing runs, and only a wake (a manual start, an outside wake the observe
+    /// sees) brings it back.
+    fn asleep(&self) -> bool {
+        self.mode == Mode::Idle && self.live.is_none() && self.state() == ServiceState::Sleeping
     }
 
     /// Ends the run: stops the resource, or with `keep` lets go of it and leaves the thing
-    /// as it is ([`Resource::release`], `on_down = "keep"` at shutdown).
+    /// as it is ([`Resource::release`], `on_down = "keep"` at shutdown). The caller sets the
+    /// state that follows. A sleeping resource is down already: nothing to do.
     async fn end_run(&mut self, grace: Duration, keep: bool) {
+        if self.asleep() {
+            return;
+        }
         self.set_state(ServiceState::Stopping, "Stopping");
         let ended = if keep {
             self.spec.resource.release(grace).await
@@ -718,7 +760,53 @@ impl ResourceActor {
                 s.health = Health::Unknown;
             });
         }
-        self.set_state(ServiceState::Stopped, "Stopped");
+    }
+
+    /// Puts a running (starting, waiting, restarting) resource to sleep through its
+    /// adapter's stop (a provider's pause; a container stopped and kept): `sleeping`, out of
+    /// reach of the restart policy, observed (when it has an observe interval) so an outside
+    /// wake is taken up.
+    async fn sleep(&mut self, message: String) -> Result<(), String> {
+        let watch = self.spec.observe_interval.is_some();
+        if self.asleep() {
+            // The run loop ended the watch for this command; asleep, it goes on.
+            self.watching = watch;
+            return Ok(());
+        }
+        // Idle with a start interrupted by this very command: the start may have begun.
+        let interrupted = self.state() == ServiceState::Stopping;
+        if self.mode == Mode::Idle && self.live.is_none() && !interrupted {
+            return Err("not running".into());
+        }
+        if self.live.is_some() || interrupted {
+            self.end_run(self.spec.stop_grace, false).await;
+        }
+        self.mode = Mode::Idle;
+        self.restarts.reset_delays();
+        self.watching = watch;
+        self.settling = Some(0);
+        info!(resource = %self.name, "Asleep.");
+        self.sink.system(message.clone());
+        self.set_state(ServiceState::Sleeping, message);
+        Ok(())
+    }
+
+    /// Takes a sleeping resource back to waiting for its dependencies, then the usual start
+    /// (which adopts or resumes it). Awake ones are left as they are.
+    fn wake(&mut self) -> Result<(), String> {
+        if self.asleep() {
+            self.mode = Mode::WaitDeps;
+            self.watching = false;
+            self.settling = None;
+            info!(resource = %self.name, "Waking up.");
+            self.sink.system("Waking up");
+            self.set_state(ServiceState::Pending, "Waking up");
+            return Ok(());
+        }
+        if self.mode != Mode::Idle || self.live.is_some() {
+            return Ok(());
+        }
+        Err(wake_refused(self.state()))
     }
 
     /// Handles one command; true when the actor ends.
@@ -756,8 +844,17 @@ impl ResourceActor {
                 // Resources are reconfigured by replacing their adapter, not through here.
                 let _ = reply.send(());
             }
+            Command::Sleep(message, reply) => {
+                let r = self.sleep(message).await;
+                let _ = reply.send(r);
+            }
+            Command::Wake(reply) => {
+                let r = self.wake();
+                let _ = reply.send(r);
+            }
             Command::Shutdown(grace, reply) => {
                 self.end_run(grace, self.spec.on_down == OnDown::Keep).await;
+                self.set_state(ServiceState::Stopped, "Stopped");
                 let removal = match self.spec.on_down {
                     OnDown::Stop => None,
                     OnDown::Remove => Some(false),

@@ -8,5 +8,6 @@ mod probes;
 mod reload;
 mod resources;
 mod restart;
+mod sleep;
 mod stop;
 mod support;
