@@ -43,6 +43,8 @@ function availability(state, action) {
     case "stop": return ["running", "starting", "backoff", "pending", "maintenance"].includes(state) ? "" : `already ${state}`;
     case "start": return ["stopped", "failed", "completed", "sleeping"].includes(state) ? "" : `already ${state}`;
     case "maintenance": return "";
+    case "wake": return state === "sleeping" ? "" : (state === "running" ? "already awake" : `not while ${state}`);
+    case "sleep": return state === "running" ? "" : (state === "sleeping" ? "already asleep" : `not while ${state}`);
   }
   return "";
 }
@@ -55,6 +57,7 @@ function makeCard(name) {
     name: f(".name"), state: f(".state"), message: f(".message"), kind: f(".kind"), health: f(".health"),
     port: f(".port"), pid: f(".pid"), uptime: f(".uptime"), restarts: f(".restarts"),
     cpu: f(".cpu"), mem: f(".mem"), prov: f(".prov"), pstate: f(".provider-state"), syncErr: f(".sync-error"),
+    sleepy: f(".sleepy"), sleep: f(".sleep"),
     logs: f(".logs"), why: f(".why"), res: root.querySelectorAll(".res"),
     buttons: root.querySelectorAll("button.act"), loglink: f(".loglink"),
     cmds: f(".cmds"), cmdList: f(".cmd-list"),
@@ -122,10 +125,24 @@ function upsert(name, s) {
   f.syncErr.hidden = !syncFailed;
   f.syncErr.textContent = syncFailed ? `sync failed: ${s.last_sync.error || "unknown error"}` : "";
   f.cmds.hidden = !isProviderResource(s);
+  f.sleepy.hidden = s.sleep == null;
+  f.sleep.textContent = sleepText(s, 0);
+  for (const b of f.buttons) if (b.dataset.action === "wake" || b.dataset.action === "sleep") b.hidden = s.sleep == null;
   S.logs.set(name, (s.logs || []).slice(-LOG_LINES).map((line) => ({ key: logKey(line), line })));
   renderLogs(name);
   updateButtons(name);
   applyFilter(name);
+}
+
+// Where a scale_to_zero target stands, `elapsed` seconds after its status was read:
+// "sleeps in 4m 10s", "asleep", "awake: 2 open connections".
+function sleepText(s, elapsed) {
+  const z = s.sleep;
+  if (!z) return "";
+  if (s.state === "sleeping") return z.wakes ? `asleep · ${z.wakes} wakes` : "asleep";
+  if (z.sleeps_in_s != null) return `sleeps in ${fmtUptime(Math.max(0, z.sleeps_in_s - elapsed))}`;
+  if (z.kept_awake_by) return `awake: ${z.kept_awake_by}`;
+  return z.wake === "manual" ? "wakes by hand" : "wakes on request";
 }
 
 // A provider resource (not a process or a container) has typed commands.
@@ -563,8 +580,31 @@ function connect() {
   es.addEventListener("logs", (e) => appendLogs(JSON.parse(e.data)));
 }
 
+// The sleep countdowns reach zero: read status again (activity since may have moved them;
+// a target that fell asleep comes with its state change anyway). At most every 2 s.
+let sleepFetch = null, sleepFetchedAt = 0;
+function refreshSleep() {
+  if (sleepFetch || Date.now() - sleepFetchedAt < 2000) return;
+  sleepFetchedAt = Date.now();
+  sleepFetch = fetch("/__status__", { credentials: "same-origin" })
+    .then((r) => r.ok ? r.json() : null)
+    .then((report) => { if (report) for (const [name, s] of Object.entries(report.services)) if (S.cards.has(name)) upsert(name, s); })
+    .catch(() => {})
+    .finally(() => { sleepFetch = null; });
+}
+
 function tick() {
   const now = Date.now();
+  let due = false;
+  for (const [name, s] of S.services) {
+    if (s.sleep && s.state === "running") {
+      const card = S.cards.get(name);
+      const elapsed = Math.floor((now - (S.received.get(name) || now)) / 1000);
+      if (card) card.fields.sleep.textContent = sleepText(s, elapsed);
+      if (s.sleep.sleeps_in_s != null && s.sleep.sleeps_in_s - elapsed <= 0) due = true;
+    }
+  }
+  if (due) refreshSleep();
   for (const [name, s] of S.services) {
     if (s.uptime_s == null || s.state !== "running") continue;
     const card = S.cards.get(name);

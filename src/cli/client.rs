@@ -204,13 +204,24 @@ pub async fn logs(
 pub async fn action(arg: &ConfigArg, action: Action, service: &str) -> anyhow::Result<ExitCode> {
     let state_dir = load::state_dir(arg)?;
     let mut conn = connect(&state_dir).await?;
+    // Stopping waits for the service's grace period; allow for it. A wake waits up to the
+    // target's `wake_timeout`.
+    let mut wait = Duration::from_secs(120);
+    if action == Action::Wake {
+        conn.send(&ControlRequest::Status).await?;
+        if let Some(ControlResponse::Status { report }) =
+            conn.next_within(Duration::from_secs(30)).await?
+            && let Some(sleep) = report.services.get(service).and_then(|s| s.sleep.as_ref())
+        {
+            wait = wait.max(Duration::from_secs(sleep.wake_timeout_s.saturating_add(30)));
+        }
+    }
     conn.send(&ControlRequest::Action {
         action,
         service: service.to_owned(),
     })
     .await?;
-    // Stopping waits for the service's grace period; allow for it.
-    match conn.next_within(Duration::from_secs(120)).await? {
+    match conn.next_within(wait).await? {
         Some(ControlResponse::Ok { .. }) => {
             let done = match action {
                 Action::Restart => "restarted",

@@ -118,7 +118,9 @@ fn tunnel_line(tunnel: &serde_json::Value) -> String {
 
 /// The status table for people.
 pub fn status_table(report: &StatusReport) -> String {
-    let mut rows = vec![[
+    // A SLEEP column only when something has `scale_to_zero`.
+    let sleeps = report.services.values().any(|s| s.sleep.is_some());
+    let mut header = vec![
         "NAME".to_string(),
         "KIND".into(),
         "STATE".into(),
@@ -127,11 +129,15 @@ pub fn status_table(report: &StatusReport) -> String {
         "PORT".into(),
         "UPTIME".into(),
         "RESTARTS".into(),
-        "MESSAGE".into(),
-    ]];
+    ];
+    if sleeps {
+        header.push("SLEEP".into());
+    }
+    header.push("MESSAGE".into());
+    let mut rows = vec![header];
     for (name, s) in &report.services {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        rows.push([
+        let mut row = vec![
             name.clone(),
             s.kind.clone(),
             s.state.to_string(),
@@ -140,8 +146,12 @@ pub fn status_table(report: &StatusReport) -> String {
             opt(s.port.map(|p| p.to_string())),
             opt(s.uptime.clone()),
             s.restarts.to_string(),
-            s.status_message.clone(),
-        ]);
+        ];
+        if sleeps {
+            row.push(sleep_cell(s));
+        }
+        row.push(s.status_message.clone());
+        rows.push(row);
     }
     let header = format!(
         "project {} — {} services: {} running, {} starting, {} errors\n",
@@ -183,6 +193,36 @@ pub fn status_table(report: &StatusReport) -> String {
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// Where a `scale_to_zero` target stands: `sleeps in 4m 10s`, `asleep`, `awake: 2 open
+/// connections`, or `-` for the rest.
+fn sleep_cell(s: &kinfra_core::status::ServiceStatus) -> String {
+    let Some(sleep) = &s.sleep else {
+        return "-".into();
+    };
+    if s.state == kinfra_core::state::ServiceState::Sleeping {
+        return "asleep".into();
+    }
+    if let Some(left) = sleep.sleeps_in_s {
+        return format!("sleeps in {}", human_secs(left));
+    }
+    if let Some(why) = &sleep.kept_awake_by {
+        return format!("awake: {why}");
+    }
+    "-".into()
+}
+
+/// `4m 10s`, `1h 5m`, `12s`.
+fn human_secs(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
 }
 
 /// Lines of left-aligned columns two spaces apart; the last column is not padded.

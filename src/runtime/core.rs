@@ -186,6 +186,8 @@ pub(super) struct RuntimeCore {
     pub(super) acme: std::sync::Mutex<Option<kinfra_acme::AcmeHandle>>,
     /// The Cloudflare tunnel (`[tunnel]`), set up in the background after the proxy listens.
     pub(super) tunnel: super::tunnel::TunnelSlot,
+    /// Scale to zero: puts idle targets to sleep, wakes them (`Action::Wake`/`Sleep`).
+    pub(super) scale: Arc<super::scale::ScaleToZero>,
 }
 
 impl RuntimeCore {
@@ -247,6 +249,7 @@ impl RuntimeCore {
 impl RuntimeControl for RuntimeCore {
     fn status(&self) -> StatusReport {
         let mut services = self.supervisor.status();
+        self.scale.annotate(&mut services);
         let maintenance = self.maintenance_state();
         for (name, s) in services.iter_mut() {
             if let Some((cpu, mem)) = s.pid.and_then(|pid| self.sampler.get(pid)) {
@@ -395,6 +398,8 @@ impl RuntimeControl for RuntimeCore {
                 Action::MaintenanceOn | Action::MaintenanceOff => {
                     self.set_maintenance(&service, action == Action::MaintenanceOn)
                 }
+                Action::Wake => self.scale.wake(&service).await,
+                Action::Sleep => self.scale.sleep(&service).await,
                 _ => self.supervisor.act(action, &service).await,
             }
         })

@@ -1,4 +1,5 @@
-//! The runtime's own Prometheus series: the bus, the store, the proxy and certificates.
+//! The runtime's own Prometheus series: the bus, the store, the proxy, certificates and
+//! scale to zero.
 
 use super::core::RuntimeCore;
 
@@ -116,4 +117,5 @@ pub(super) fn runtime_metrics(core: &RuntimeCore) -> String {
             .map(kinfra_proxy::ProxyMetricsHandle::render)
             .unwrap_or_default()
         + &certificate_metrics(&core.certificates())
+        + &core.scale.metrics()
 }

@@ -7,6 +7,7 @@ mod metrics;
 pub(crate) mod providers;
 mod reload;
 mod resources;
+mod scale;
 mod start;
 mod tunnel;
 

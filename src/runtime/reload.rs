@@ -238,7 +238,15 @@ impl RuntimeCore {
         self.instances.follow(&self.supervisor.status());
         let mut services = effective_services(&new);
         self.tunnel.keep_service(&old, &new, &mut services);
-        let mut summary = self.supervisor.apply(&services).await?;
+        // The targets before the services start, so the controller sees them turn running.
+        self.scale.set_targets(&new, None);
+        let mut summary = match self.supervisor.apply(&services).await {
+            Ok(summary) => summary,
+            Err(error) => {
+                self.scale.set_targets(&old, None);
+                return Err(error.into());
+            }
+        };
         // Services that depend on a changed resource get its new connection.
         for name in &resources.changed {
             for (service, cfg) in &new.services {

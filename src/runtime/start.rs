@@ -12,6 +12,7 @@ use super::providers::{
 };
 use super::reload::effective_services;
 use super::resources::container_resources;
+use super::scale::ScaleToZero;
 use super::{AbortOnDrop, ProxyFacts, Runtime, RuntimeOptions, StartError, shutdown_timeout};
 use crate::control::{BoundControl, ControlServer};
 use crate::lock::StateLock;
@@ -87,6 +88,8 @@ pub(super) async fn start_subsystems(
     // Subsystems that start before the core see it through this late-bound control: events
     // from the first one, everything else once the core is set.
     let late = Arc::new(LateControl::new(events.clone(), &config.project.name));
+    // Scale to zero: the proxy records activity on this board from its first request.
+    let activity = ScaleToZero::board_for(&config);
     let edge = start_edge(EdgeInputs {
         config: &config,
         state_dir: &state_dir,
@@ -94,8 +97,11 @@ pub(super) async fn start_subsystems(
         store: store.as_ref(),
         dashboard_addr,
         late: &late,
+        activity: &activity,
     })
     .await?;
+    // Before any service starts, so the controller sees every target turn running.
+    let scale_events = events.subscribe();
     let (supervisor, command_targets, instances) = match start_supervisor(
         &config,
         &state_dir,
@@ -113,6 +119,11 @@ pub(super) async fn start_subsystems(
         }
     };
     let Edge { bus, proxy, acme } = edge;
+    let scale = Arc::new(ScaleToZero::new(
+        activity,
+        supervisor.clone(),
+        events.clone(),
+    ));
 
     let (shutdown_requested, _) = watch::channel(None);
     let core = Arc::new(RuntimeCore {
@@ -142,8 +153,10 @@ pub(super) async fn start_subsystems(
             .then(|| listeners.policy.clone()),
         acme: std::sync::Mutex::new(acme),
         tunnel: Default::default(),
+        scale,
     });
     late.set(core.clone());
+    core.scale.set_targets(&config, Some(scale_events));
     // Ends by itself at `RuntimeStopping` or once the core is gone.
     drop(tokio::spawn(follow_instances(
         Arc::downgrade(&core),
@@ -211,6 +224,8 @@ struct EdgeInputs<'a> {
     store: Option<&'a Store>,
     dashboard_addr: Option<std::net::SocketAddr>,
     late: &'a Arc<LateControl>,
+    /// Scale to zero's activity board (the proxy records requests on it).
+    activity: &'a Arc<kinfra_core::activity::ActivityBoard>,
 }
 
 /// The bus, then the proxy and ACME. The bus starts before the first service so every event
@@ -261,6 +276,7 @@ async fn start_proxy_and_acme(at: EdgeInputs<'_>, edge: &mut Edge) -> Result<(),
         store,
         dashboard_addr,
         late,
+        activity,
     } = at;
     if !config.proxy.enabled {
         return Ok(());
@@ -272,7 +288,7 @@ async fn start_proxy_and_acme(at: EdgeInputs<'_>, edge: &mut Edge) -> Result<(),
             dashboard_addr,
             state_dir: state_dir.to_path_buf(),
             tls_hosts: dashboard_hosts(config),
-            activity: None,
+            activity: Some(activity.clone()),
         },
         late.clone(),
     )
