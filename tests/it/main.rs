@@ -41,6 +41,7 @@ mod railway;
 mod readme;
 mod reload;
 mod render;
+mod scale_to_zero;
 mod scale_to_zero_resources;
 mod scenarios;
 mod security;
