@@ -4,13 +4,15 @@
 use crate::access::{AccessEntry, AccessLog};
 use crate::acme::{CHALLENGE_PREFIX, ChallengeStore};
 use crate::metrics::{NO_ROUTE, ProxyMetrics};
-use crate::pages::{Page, Templates, wants_json};
+use crate::pages::{Page, PageKind, Templates, wants_json};
 use crate::routes::normalize_host;
 use crate::state::{Decision, RouteState};
 use crate::upstream::{Backend, Pool};
+use crate::wake::{WakeOutcome, Wakes};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, header};
+use kinfra_core::activity::{ActivityGuard, TargetActivity};
 use pingora::ErrorType;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -96,7 +98,7 @@ impl Drop for InFlightGuard {
 /// Everything the hooks share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub routes: RouteState,
+    pub routes: Arc<RouteState>,
     pub templates: Templates,
     pub settings: Settings,
     pub inflight: Arc<InFlight>,
@@ -105,6 +107,8 @@ pub(crate) struct Shared {
     pub probe_token: String,
     /// Requests and latency by route and status class.
     pub metrics: ProxyMetrics,
+    /// Wakes of sleeping targets started by requests.
+    pub wakes: Arc<Wakes>,
 }
 
 /// The pingora application.
@@ -130,6 +134,9 @@ pub(crate) struct Ctx {
     /// Status of a response the proxy wrote itself.
     own_status: Option<u16>,
     probe: bool,
+    /// Open on a target that sleeps when idle, until the request (or the upgraded connection)
+    /// ends.
+    activity: Option<ActivityGuard>,
 }
 
 fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
@@ -339,6 +346,95 @@ impl Edge {
         Ok(())
     }
 
+    /// A request for a target that sleeps (or is on its way to sleep, or waking): a browser
+    /// gets `page` (loading, refreshing itself) while the wake goes on in the background;
+    /// any other request waits, unanswered and with its body unread, until the wake succeeded
+    /// and the snapshot serves the target (then it is routed again), the wake failed or timed
+    /// out (a 503 page), or the client went away (an error, nothing written).
+    #[allow(clippy::too_many_arguments)]
+    async fn wake(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        host: Option<&str>,
+        path: &str,
+        service: Arc<str>,
+        page: Arc<Page>,
+        activity: Arc<TargetActivity>,
+    ) -> Result<Decision> {
+        let shared = &*self.shared;
+        ctx.activity = Some(activity.begin());
+        if let Some(page) = shared
+            .wakes
+            .recent_failure(&service)
+            .and_then(|failed| failed.page(&service))
+        {
+            return Ok(Decision::Page(Arc::new(page)));
+        }
+        let timeout = activity.wake_timeout();
+        let mut flight = shared.wakes.join(&service, timeout);
+        if is_browser(session.req_header()) {
+            return Ok(Decision::Page(page));
+        }
+        shared.wakes.metrics.held(&service);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut routes = shared.routes.subscribe();
+        let mut resolved = false;
+        let gone = client_gone(session, ctx.upgrade);
+        tokio::pin!(gone);
+        loop {
+            routes.borrow_and_update();
+            let outcome = flight.borrow_and_update().clone();
+            if let Some(page) = outcome.as_ref().and_then(|o| o.page(&service)) {
+                return Ok(Decision::Page(Arc::new(page)));
+            }
+            resolved = resolved || outcome.is_some();
+            let decision = shared.routes.load().decide(host, path);
+            let settled = match &decision {
+                // Served (and woken), or routed elsewhere by a reload.
+                Decision::Proxy { service: to, .. } => resolved || to.as_deref() != Some(&*service),
+                // Maintenance wins; a page for another target (the route changed) too. Any
+                // other page (a crash while starting, say) waits for the wake's own outcome.
+                Decision::Page(page) => {
+                    resolved
+                        || page.kind == PageKind::Maintenance
+                        || page.service.as_deref() != Some(&*service)
+                }
+                Decision::Wake { service: to, .. } => *to != service,
+            };
+            if settled {
+                return Ok(decision);
+            }
+            tokio::select! {
+                changed = flight.changed(), if !resolved => {
+                    if changed.is_err() {
+                        let abandoned = WakeOutcome::Failed("The wake was abandoned.".into());
+                        return Ok(Decision::Page(Arc::new(
+                            abandoned.page(&service).unwrap_or_else(|| (*page).clone()),
+                        )));
+                    }
+                }
+                _ = routes.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let late = WakeOutcome::TimedOut(format!(
+                        "It was not ready within {timeout:?}."
+                    ));
+                    return Ok(Decision::Page(Arc::new(
+                        late.page(&service).unwrap_or_else(|| (*page).clone()),
+                    )));
+                }
+                () = &mut gone => {
+                    let mut e = Error::explain(
+                        ErrorType::ConnectionClosed,
+                        "the client went away while its request waited for a wake",
+                    );
+                    e.as_down();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     fn page_for_error(&self, ctx: &Ctx, code: u16, e: &Error) -> Page {
         match code {
             413 => Page::plain(
@@ -369,6 +465,33 @@ impl Edge {
             ),
         }
     }
+}
+
+/// A browser navigating: `GET`/`HEAD` accepting HTML. It gets the loading page, which
+/// refreshes itself, instead of waiting without a word.
+fn is_browser(req: &RequestHeader) -> bool {
+    (req.method == http::Method::GET || req.method == http::Method::HEAD)
+        && req.headers.get_all(header::ACCEPT).iter().any(|v| {
+            v.as_bytes()
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+        })
+}
+
+/// Resolves when the client of a waiting request has gone away: an HTTP/2 stream reset, or
+/// an HTTP/1 connection closed while no body is expected. A request with a body (whose body
+/// must stay unread) or an upgrade is not watched; its wait ends with the wake timeout.
+async fn client_gone(session: &mut Session, upgrade: bool) {
+    if let Some(reset) = session.watch_h2_stream_close() {
+        let _ = reset.await;
+        return;
+    }
+    if upgrade || !session.is_body_empty() {
+        return std::future::pending().await;
+    }
+    // Pends while the connection is open (bytes of a pipelined request are kept for later);
+    // fails when the client closed it.
+    let _ = session.read_body_or_idle(true).await;
 }
 
 /// A short reason for people, without internals.
@@ -450,6 +573,7 @@ impl ProxyHttp for Edge {
             upgrade: false,
             own_status: None,
             probe: false,
+            activity: None,
         }
     }
 
@@ -523,9 +647,30 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
 
-        let snapshot = shared.routes.load();
-        match snapshot.decide(host.as_deref(), path) {
-            Decision::Page(page) => {
+        let decision = shared.routes.load().decide(host.as_deref(), path);
+        let decision = match decision {
+            Decision::Wake {
+                service,
+                page,
+                activity,
+            } => {
+                let host = host.map(Cow::into_owned);
+                let path = path.to_owned();
+                self.wake(
+                    session,
+                    ctx,
+                    host.as_deref(),
+                    &path,
+                    service,
+                    page,
+                    activity,
+                )
+                .await?
+            }
+            other => other,
+        };
+        match decision {
+            Decision::Page(page) | Decision::Wake { page, .. } => {
                 // Counted (and logged) under the service the page stands in for.
                 ctx.service = page.service.as_deref().map(Arc::from);
                 self.respond_page(session, &page, ctx).await?;
@@ -536,7 +681,13 @@ impl ProxyHttp for Edge {
                 service,
                 new_path,
                 dashboard,
+                activity,
             } => {
+                if let Some(activity) = activity
+                    && ctx.activity.is_none()
+                {
+                    ctx.activity = Some(activity.begin());
+                }
                 ctx.pool = Some(pool);
                 ctx.service = service;
                 ctx.dashboard = dashboard;
@@ -735,6 +886,8 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // The request (or the upgraded connection) is over for its target.
+        ctx.activity = None;
         if ctx.probe {
             return;
         }

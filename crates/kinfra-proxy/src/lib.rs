@@ -32,6 +32,7 @@ mod server;
 mod state;
 pub mod tls;
 mod upstream;
+mod wake;
 
 pub use access::ACCESS_TARGET;
 pub use acme::ChallengeStore;

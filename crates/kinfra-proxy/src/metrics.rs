@@ -4,7 +4,7 @@
 //! write lock once. Routes are the services the config names plus `dashboard` and `none`, so
 //! the label set stays as small as the config.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -139,6 +139,72 @@ impl ProxyMetrics {
     }
 }
 
+/// Requests held while their target woke up, and the wakes requests started, by service.
+/// Only the slow path of a sleeping target touches these.
+#[derive(Debug)]
+pub(crate) struct WakeMetrics {
+    /// Rendered at all (there are targets that sleep when idle).
+    tracking: bool,
+    held: parking_lot::Mutex<BTreeMap<Arc<str>, u64>>,
+    wakes: parking_lot::Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
+}
+
+impl WakeMetrics {
+    /// Counters, rendered when `tracking`.
+    pub(crate) fn new(tracking: bool) -> Self {
+        Self {
+            tracking,
+            held: parking_lot::Mutex::new(BTreeMap::new()),
+            wakes: parking_lot::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Counts one request held for a wake of `service`.
+    pub(crate) fn held(&self, service: &Arc<str>) {
+        *self.held.lock().entry(service.clone()).or_default() += 1;
+    }
+
+    /// Counts one wake of `service` that ended with `outcome` (`ok`, `failed`, `timeout`).
+    pub(crate) fn wake(&self, service: &Arc<str>, outcome: &'static str) {
+        *self
+            .wakes
+            .lock()
+            .entry((service.clone(), outcome))
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text: `kinfra_proxy_held_requests_total{service}` and
+    /// `kinfra_proxy_wakes_total{service,outcome}`; empty when nothing sleeps.
+    pub(crate) fn render(&self) -> String {
+        if !self.tracking {
+            return String::new();
+        }
+        let mut out = String::from(
+            "# HELP kinfra_proxy_held_requests_total Requests held until their sleeping target \
+             woke up, by service.\n# TYPE kinfra_proxy_held_requests_total counter\n",
+        );
+        for (service, n) in self.held.lock().iter() {
+            let service = kinfra_core::metrics::label_value(service);
+            let _ = writeln!(
+                out,
+                "kinfra_proxy_held_requests_total{{service=\"{service}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP kinfra_proxy_wakes_total Wakes of sleeping targets started by requests, by \
+             service and outcome (ok, failed, timeout).\n# TYPE kinfra_proxy_wakes_total counter\n",
+        );
+        for ((service, outcome), n) in self.wakes.lock().iter() {
+            let service = kinfra_core::metrics::label_value(service);
+            let _ = writeln!(
+                out,
+                "kinfra_proxy_wakes_total{{service=\"{service}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
 /// `route="…",code="…"`, with the route escaped as Prometheus label values require.
 fn labels(route: &str, code: &str) -> String {
     let escaped = kinfra_core::metrics::label_value(route);
@@ -181,6 +247,24 @@ mod tests {
         assert!(text.contains(
             "kinfra_proxy_request_duration_seconds_sum{route=\"api\",code=\"2xx\"} 0.0303"
         ));
+    }
+
+    #[test]
+    fn wake_counters_by_service_and_outcome() {
+        assert_eq!(WakeMetrics::new(false).render(), "");
+        let m = WakeMetrics::new(true);
+        let api: Arc<str> = Arc::from("api");
+        m.held(&api);
+        m.held(&api);
+        m.wake(&api, "ok");
+        m.wake(&Arc::from("d\"b"), "timeout");
+        let text = m.render();
+        assert!(text.contains("kinfra_proxy_held_requests_total{service=\"api\"} 2\n"));
+        assert!(text.contains("kinfra_proxy_wakes_total{service=\"api\",outcome=\"ok\"} 1\n"));
+        assert!(
+            text.contains("kinfra_proxy_wakes_total{service=\"d\\\"b\",outcome=\"timeout\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@ const LOADING: &str = include_str!("../../../embedded/pages/loading.html");
 const ERROR: &str = include_str!("../../../embedded/pages/error.html");
 const MAINTENANCE: &str = include_str!("../../../embedded/pages/maintenance.html");
 
+/// Seconds a client waits after a failed wake before asking again (`Retry-After`, refresh).
+pub(crate) const WAKE_RETRY_AFTER: u32 = 5;
+
 /// Longest detail line shown on a page.
 const MAX_DETAIL: usize = 300;
 
@@ -197,6 +200,29 @@ impl Page {
             message: "Please try again in a few seconds.".to_owned(),
             detail: friendly_detail(reason),
             retry_after: 5,
+        }
+    }
+
+    /// The page for a target a request woke that did not come up: `timed_out` when it was
+    /// not ready within its wake timeout, else the wake failed for `reason`.
+    pub(crate) fn wake_failed(service: &str, timed_out: bool, reason: &str) -> Page {
+        let (code, title) = if timed_out {
+            ("wake_timeout", format!("{service} did not wake up in time"))
+        } else {
+            ("wake_failed", format!("{service} could not be woken up"))
+        };
+        Page {
+            kind: PageKind::Error,
+            status: 503,
+            code,
+            service: Some(service.to_owned()),
+            state: Some(ServiceState::Sleeping.as_str().to_owned()),
+            title,
+            message: "It was asleep and did not come up for this request. Please try again in a \
+                      few seconds."
+                .to_owned(),
+            detail: friendly_detail(reason),
+            retry_after: WAKE_RETRY_AFTER,
         }
     }
 

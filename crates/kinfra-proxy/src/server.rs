@@ -15,6 +15,7 @@ use crate::pages::Templates;
 use crate::routes::RouteTable;
 use crate::state::RouteState;
 use crate::tls::{CertSource, CertStore, load_or_create};
+use crate::wake::Wakes;
 use async_trait::async_trait;
 use kinfra_core::EventKind;
 use kinfra_core::config::{ProxyConfig, RouteConfig};
@@ -111,16 +112,20 @@ impl std::fmt::Debug for ProxyMetricsHandle {
 impl ProxyMetricsHandle {
     /// Requests and latency by route and status class, in the Prometheus text format
     /// (`kinfra_proxy_requests_total`, `kinfra_proxy_request_duration_seconds`), plus the
-    /// requests in flight and, with an HTTPS listener, the clients' failed TLS handshakes by
+    /// requests in flight, with targets that sleep when idle the requests held for a wake
+    /// (`kinfra_proxy_held_requests_total{service}`) and the wakes requests started
+    /// (`kinfra_proxy_wakes_total{service,outcome}`), and, with an HTTPS listener, the
+    /// clients' failed TLS handshakes by
     /// reason (`kinfra_proxy_tls_handshake_failures_total`, counted for the whole process
     /// by [`crate::TlsHandshakeLog`]).
     pub fn render(&self) -> String {
         let mut out = format!(
             "{}# HELP kinfra_proxy_requests_in_flight Requests being handled now.\n\
              # TYPE kinfra_proxy_requests_in_flight gauge\n\
-             kinfra_proxy_requests_in_flight {}\n",
+             kinfra_proxy_requests_in_flight {}\n{}",
             self.shared.metrics.render(),
-            self.shared.inflight.count()
+            self.shared.inflight.count(),
+            self.shared.wakes.metrics.render(),
         );
         if self.tls {
             out.push_str(&crate::handshake::render());
@@ -389,9 +394,17 @@ impl ProxyServer {
             options.dashboard_addr,
             config.maintenance,
             FAIL_TIMEOUT,
+            options.activity.clone(),
         );
         let events = control.subscribe_events();
         route_state.apply_status(&control.status());
+        let route_state = Arc::new(route_state);
+        let wakes = Arc::new(Wakes::new(
+            control.clone(),
+            tokio::runtime::Handle::current(),
+            route_state.clone(),
+            options.activity.is_some(),
+        ));
 
         let (access_log, access_rx) = AccessLog::new();
         let challenges = Arc::new(ChallengeStore::new());
@@ -413,6 +426,7 @@ impl ProxyServer {
             challenges: challenges.clone(),
             probe_token: probe_token()?,
             metrics: ProxyMetrics::default(),
+            wakes,
         });
 
         let threads = config.threads.unwrap_or_else(|| {
@@ -632,6 +646,15 @@ impl ProxyServer {
         self.shared.routes.set_routes(table);
         tracing::info!(routes = count, "Proxy routes replaced.");
         Ok(())
+    }
+
+    /// Takes in a change of the activity board's targets or policies
+    /// ([`kinfra_core::activity::ActivityBoard::set_targets`], at a reload): the routing
+    /// snapshot is rebuilt now, so requests to a newly tracked target record activity and
+    /// wake it, and a target no longer tracked is routed as before. Without this call the
+    /// change is taken in at the next rebuild (the next state change of any service).
+    pub fn activity_changed(&self) {
+        self.shared.routes.rebuild();
     }
 
     /// Rebuilds the route table from the runtime's status now (it also follows events by

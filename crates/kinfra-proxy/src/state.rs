@@ -5,6 +5,7 @@ use crate::pages::Page;
 use crate::routes::{RouteTable, Target, strip_path_prefix};
 use crate::upstream::Pool;
 use arc_swap::{ArcSwap, Guard};
+use kinfra_core::activity::{ActivityBoard, TargetActivity};
 use kinfra_core::status::StatusReport;
 use kinfra_core::{Health, ServiceState};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,10 +16,13 @@ use std::time::Duration;
 /// What one service can do with a request right now.
 #[derive(Debug, Clone)]
 pub(crate) enum ServiceEntry {
-    /// Forward to these backends.
-    Up(Arc<Pool>),
+    /// Forward to these backends; the activity of a target that sleeps when idle.
+    Up(Arc<Pool>, Option<Arc<TargetActivity>>),
     /// Answer with this page.
     Page(Arc<Page>),
+    /// A target that wakes on request and is asleep (or on its way to sleep, or waking):
+    /// browsers get this (loading) page while it wakes, other requests wait for it.
+    Wake(Arc<Page>, Arc<TargetActivity>),
 }
 
 /// One immutable view of everything a request needs to be routed.
@@ -45,9 +49,20 @@ pub(crate) enum Decision {
         new_path: Option<String>,
         /// This is the dashboard.
         dashboard: bool,
+        /// The activity of a target that sleeps when idle (`None` for the others).
+        activity: Option<Arc<TargetActivity>>,
     },
     /// Answer with a page.
     Page(Arc<Page>),
+    /// Wake the service first: the request waits (or a browser gets `page`) until it is up.
+    Wake {
+        /// The service to wake.
+        service: Arc<str>,
+        /// The loading page for browsers.
+        page: Arc<Page>,
+        /// Its activity (wake timeout, open requests).
+        activity: Arc<TargetActivity>,
+    },
 }
 
 impl Snapshot {
@@ -61,6 +76,7 @@ impl Snapshot {
                 service: None,
                 new_path: None,
                 dashboard: true,
+                activity: None,
             };
         }
         if let Some(page) = &self.maintenance {
@@ -78,15 +94,22 @@ impl Snapshot {
                 service: None,
                 new_path,
                 dashboard: false,
+                activity: None,
             },
             Target::Service(name) => match self.services.get(&**name) {
-                Some(ServiceEntry::Up(pool)) => Decision::Proxy {
+                Some(ServiceEntry::Up(pool, activity)) => Decision::Proxy {
                     pool: pool.clone(),
                     service: Some(name.clone()),
                     new_path,
                     dashboard: false,
+                    activity: activity.clone(),
                 },
                 Some(ServiceEntry::Page(page)) => Decision::Page(page.clone()),
+                Some(ServiceEntry::Wake(page, activity)) => Decision::Wake {
+                    service: name.clone(),
+                    page: page.clone(),
+                    activity: activity.clone(),
+                },
                 None => Decision::Page(Arc::new(Page::plain(
                     503,
                     "unknown_service",
@@ -121,6 +144,20 @@ struct Inputs {
     pools: HashMap<String, Arc<Pool>>,
     fail_timeout: Duration,
     upstream_host: std::net::IpAddr,
+    /// The targets that sleep when idle, read at each build.
+    activity: Option<Arc<ActivityBoard>>,
+}
+
+/// True for the states a target that wakes on request is woken from: asleep, on its way to
+/// sleep, or already starting (after a wake began).
+fn wakes_from(state: ServiceState) -> bool {
+    matches!(
+        state,
+        ServiceState::Sleeping
+            | ServiceState::Stopping
+            | ServiceState::Pending
+            | ServiceState::Starting
+    )
 }
 
 impl Inputs {
@@ -128,8 +165,24 @@ impl Inputs {
         let mut services = HashMap::with_capacity(self.seen.len());
         let mut pools = HashMap::with_capacity(self.pools.len());
         for (name, seen) in &self.seen {
+            let activity = self.activity.as_ref().and_then(|board| board.get(name));
             let entry = if self.maintenance_services.contains(name) {
                 ServiceEntry::Page(Arc::new(Page::maintenance(Some(name))))
+            } else if let Some(activity) = activity
+                .as_ref()
+                .filter(|a| a.wakes_on_request() && wakes_from(seen.state))
+                // On its way to sleep it comes back for requests: the sleeping page.
+                && let Some(page) = Page::for_service(
+                    name,
+                    match seen.state {
+                        ServiceState::Stopping => ServiceState::Sleeping,
+                        state => state,
+                    },
+                    seen.health,
+                    &seen.message,
+                )
+            {
+                ServiceEntry::Wake(Arc::new(page), activity.clone())
             } else if let Some(page) =
                 Page::for_service(name, seen.state, seen.health, &seen.message)
             {
@@ -141,7 +194,7 @@ impl Inputs {
                     _ => Arc::new(Pool::single(addr, self.fail_timeout)),
                 };
                 pools.insert(name.clone(), pool.clone());
-                ServiceEntry::Up(pool)
+                ServiceEntry::Up(pool, activity)
             } else {
                 ServiceEntry::Page(Arc::new(Page::plain(
                     503,
@@ -174,6 +227,8 @@ impl Inputs {
 pub(crate) struct RouteState {
     current: ArcSwap<Snapshot>,
     inputs: parking_lot::Mutex<Inputs>,
+    /// Bumped after each new snapshot, for requests waiting for a target to be served.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl RouteState {
@@ -183,6 +238,7 @@ impl RouteState {
         dashboard: Option<SocketAddr>,
         maintenance_config: bool,
         fail_timeout: Duration,
+        activity: Option<Arc<ActivityBoard>>,
     ) -> Self {
         let mut inputs = Inputs {
             routes: Arc::new(routes),
@@ -195,17 +251,38 @@ impl RouteState {
             pools: HashMap::new(),
             fail_timeout,
             upstream_host: std::net::IpAddr::from([127, 0, 0, 1]),
+            activity,
         };
         let first = inputs.build();
         Self {
             current: ArcSwap::from_pointee(first),
             inputs: parking_lot::Mutex::new(inputs),
+            changed: tokio::sync::watch::Sender::new(0),
         }
     }
 
     /// The current snapshot (lock-free).
     pub(crate) fn load(&self) -> Guard<Arc<Snapshot>> {
         self.current.load()
+    }
+
+    /// Follows snapshot changes: `changed()` resolves after the next swap.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Swaps in a snapshot built from `inputs` (held locked by the caller) and tells the
+    /// waiting requests.
+    fn swap(&self, inputs: &mut Inputs) {
+        self.current.store(Arc::new(inputs.build()));
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Rebuilds the snapshot from what is known (after the activity board's targets
+    /// changed).
+    pub(crate) fn rebuild(&self) {
+        let mut inputs = self.inputs.lock();
+        self.swap(&mut inputs);
     }
 
     /// Takes in a status report; rebuilds only when something that matters for routing changed.
@@ -231,7 +308,7 @@ impl RouteState {
             return false;
         }
         inputs.seen = seen;
-        self.current.store(Arc::new(inputs.build()));
+        self.swap(&mut inputs);
         true
     }
 
@@ -240,7 +317,7 @@ impl RouteState {
     pub(crate) fn set_routes(&self, routes: RouteTable) {
         let mut inputs = self.inputs.lock();
         inputs.routes = Arc::new(routes);
-        self.current.store(Arc::new(inputs.build()));
+        self.swap(&mut inputs);
     }
 
     /// Turns maintenance on or off for one service, or for everything (`None`).
@@ -255,7 +332,7 @@ impl RouteState {
                 inputs.maintenance_services.remove(s);
             }
         }
-        self.current.store(Arc::new(inputs.build()));
+        self.swap(&mut inputs);
     }
 
     /// `(global, services)` maintenance flags set through [`RouteState::set_maintenance`].
@@ -314,6 +391,7 @@ mod tests {
             Some("127.0.0.1:9".parse().unwrap()),
             false,
             Duration::from_secs(1),
+            None,
         )
     }
 
@@ -324,7 +402,7 @@ mod tests {
     fn page_kind(d: Decision) -> Option<(PageKind, u16)> {
         match d {
             Decision::Page(p) => Some((p.kind, p.status)),
-            Decision::Proxy { .. } => None,
+            Decision::Proxy { .. } | Decision::Wake { .. } => None,
         }
     }
 
@@ -360,6 +438,7 @@ mod tests {
             new_path,
             service,
             dashboard,
+            ..
         } = st.load().decide(None, "/api/x")
         else {
             panic!("expected proxy");
@@ -402,6 +481,100 @@ mod tests {
         assert_eq!(
             page_kind(st.load().decide(None, "/")),
             Some((PageKind::Error, 404))
+        );
+    }
+
+    #[test]
+    fn tracked_targets_wake_and_carry_their_activity() {
+        let board = Arc::new(ActivityBoard::new());
+        let policy = |wakes_on_request| kinfra_core::activity::TargetPolicy {
+            wakes_on_request,
+            wake_timeout: Duration::from_secs(3),
+        };
+        let routes = RouteTable::build(
+            &[RouteConfig {
+                host: None,
+                path: "/api".into(),
+                strip_prefix: false,
+                service: Some("api".into()),
+                upstream: None,
+            }],
+            &[],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let st = RouteState::new(
+            routes,
+            None,
+            false,
+            Duration::from_secs(1),
+            Some(board.clone()),
+        );
+        let mut changes = st.subscribe();
+        let sleeping = report(status(ServiceState::Sleeping, Health::Unknown, Some(5)));
+        st.apply_status(&sleeping);
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        // Not on the board: today's sleeping page.
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api")),
+            Some((PageKind::Loading, 503))
+        );
+        board.set_targets([("api".to_owned(), policy(true))]);
+        st.rebuild();
+        assert!(changes.has_changed().unwrap());
+        for state in [
+            ServiceState::Sleeping,
+            ServiceState::Stopping,
+            ServiceState::Pending,
+            ServiceState::Starting,
+        ] {
+            st.apply_status(&report(status(state, Health::Unknown, Some(5))));
+            let Decision::Wake {
+                service,
+                page,
+                activity,
+            } = st.load().decide(None, "/api")
+            else {
+                panic!("{state:?}: expected a wake");
+            };
+            assert_eq!(&*service, "api");
+            assert_eq!(page.kind, PageKind::Loading, "{state:?}");
+            assert_eq!(activity.wake_timeout(), Duration::from_secs(3));
+        }
+        // Stopped or failed by the user: today's pages, no wake.
+        for state in [ServiceState::Stopped, ServiceState::Failed] {
+            st.apply_status(&report(status(state, Health::Unknown, Some(5))));
+            assert_eq!(
+                page_kind(st.load().decide(None, "/api")),
+                Some((PageKind::Error, 503)),
+                "{state:?}"
+            );
+        }
+        // Maintenance wins over waking.
+        st.apply_status(&sleeping);
+        st.set_maintenance(Some("api"), true);
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api")),
+            Some((PageKind::Maintenance, 503))
+        );
+        st.set_maintenance(Some("api"), false);
+        // Running: proxied, with the target's activity.
+        st.apply_status(&report(status(
+            ServiceState::Running,
+            Health::Healthy,
+            Some(5),
+        )));
+        let Decision::Proxy { activity, .. } = st.load().decide(None, "/api") else {
+            panic!("expected proxy");
+        };
+        assert!(Arc::ptr_eq(&activity.unwrap(), &board.get("api").unwrap()));
+        // wake = "manual": a sleeping target is not woken by requests.
+        board.set_targets([("api".to_owned(), policy(false))]);
+        st.apply_status(&sleeping);
+        assert_eq!(
+            page_kind(st.load().decide(None, "/api")),
+            Some((PageKind::Loading, 503))
         );
     }
 

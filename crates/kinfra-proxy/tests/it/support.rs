@@ -30,10 +30,18 @@ use tokio::task::JoinSet;
 /// The longest any condition is waited for.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// What the fake runtime does for `act(Wake, name)`.
+pub type WakeHook =
+    Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), ActionError>> + Send + Sync>;
+
 /// A stand-in for the runtime: the test decides what `status()` says and emits the events.
 pub struct FakeControl {
     services: Mutex<BTreeMap<String, ServiceStatus>>,
     events: EventSender,
+    /// Every `act` call, in order.
+    acts: Mutex<Vec<(Action, String)>>,
+    /// Answers `act(Wake, _)`; `Ok(())` at once without one.
+    wake: Mutex<Option<WakeHook>>,
 }
 
 impl FakeControl {
@@ -41,7 +49,19 @@ impl FakeControl {
         Arc::new(Self {
             services: Mutex::new(BTreeMap::new()),
             events: EventSender::new(256),
+            acts: Mutex::new(Vec::new()),
+            wake: Mutex::new(None),
         })
+    }
+
+    /// Sets what `act(Wake, name)` does.
+    pub fn on_wake(&self, hook: WakeHook) {
+        *self.wake.lock().unwrap() = Some(hook);
+    }
+
+    /// The `act` calls so far.
+    pub fn acts(&self) -> Vec<(Action, String)> {
+        self.acts.lock().unwrap().clone()
     }
 
     /// Sets a service's state and emits `StateChanged`, as the supervisor would.
@@ -114,8 +134,13 @@ impl RuntimeControl for FakeControl {
     fn subscribe_logs(&self) -> tokio::sync::broadcast::Receiver<ServiceLogLine> {
         tokio::sync::broadcast::channel(1).1
     }
-    fn act(&self, _: Action, _: &str) -> BoxFuture<'_, Result<(), ActionError>> {
-        Box::pin(async { Ok(()) })
+    fn act(&self, action: Action, name: &str) -> BoxFuture<'_, Result<(), ActionError>> {
+        self.acts.lock().unwrap().push((action, name.to_owned()));
+        let hook = self.wake.lock().unwrap().clone();
+        match (action, hook) {
+            (Action::Wake, Some(hook)) => hook(name.to_owned()),
+            _ => Box::pin(async { Ok(()) }),
+        }
     }
     fn request_shutdown(&self, _: &str) {}
 }
@@ -305,6 +330,7 @@ async fn handle(name: String, req: Request<Incoming>) -> Result<Response<Full<By
         "version": version,
         "headers": headers,
         "body_len": body.len(),
+        "body": String::from_utf8_lossy(&body),
     });
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
     resp.headers_mut()

@@ -1,0 +1,460 @@
+//! Scale to zero at the proxy: requests to a sleeping target wake it (browsers get the loading
+//! page, everyone else is held and then proxied), concurrent requests share one wake, a failed
+//! or timed-out wake answers 503, and open connections count as activity.
+
+use crate::support::*;
+use bytes::Bytes;
+use http_body_util::Full;
+use kinfra_core::activity::{ActivityBoard, TargetPolicy};
+use kinfra_core::view::{Action, ActionError};
+use kinfra_core::{Health, ServiceState};
+use kinfra_proxy::ProxyServer;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A WebSocket frame "Hello", masked (RFC 6455, 5.7).
+const FRAME: &[u8] = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
+
+/// A free loopback address (bound, then released) for a backend that starts later.
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn policy(wakes_on_request: bool, wake_timeout: Duration) -> TargetPolicy {
+    TargetPolicy {
+        wakes_on_request,
+        wake_timeout,
+    }
+}
+
+/// A proxy with one route `/` to service `api`, tracked on a board, asleep.
+struct Sleeper {
+    control: Arc<FakeControl>,
+    board: Arc<ActivityBoard>,
+    proxy: ProxyServer,
+    /// Where `api` listens once awake.
+    backend_addr: SocketAddr,
+    /// The woken backend, kept alive by the test.
+    backend: Arc<Mutex<Option<Backend>>>,
+    /// Opens the gate of a real wake (see [`Sleeper::real_wake`]).
+    gate: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sleeper {
+    async fn start(tracked: &[(&str, TargetPolicy)]) -> Sleeper {
+        let control = FakeControl::new();
+        let backend_addr = free_addr();
+        control.set(
+            "api",
+            ServiceState::Sleeping,
+            Health::Unknown,
+            Some(backend_addr.port()),
+            "Asleep after 10m without requests",
+        );
+        let board = Arc::new(ActivityBoard::new());
+        board.set_targets(tracked.iter().map(|(n, p)| ((*n).to_owned(), *p)));
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(vec![service_route(None, "/", "api", false)], dir.path());
+        opts.activity = Some(board.clone());
+        let proxy = start(opts, &control).await;
+        let (gate, _) = watch::channel(false);
+        Sleeper {
+            control,
+            board,
+            proxy,
+            backend_addr,
+            backend: Arc::new(Mutex::new(None)),
+            gate,
+            _dir: dir,
+        }
+    }
+
+    /// `act(Wake)` waits for the gate, reports `starting`, starts a real backend on the
+    /// target's port, reports `running` and resolves `Ok`, as the runtime would.
+    fn real_wake(&self) {
+        let control: Weak<FakeControl> = Arc::downgrade(&self.control);
+        let slot = self.backend.clone();
+        let addr = self.backend_addr;
+        let gate = self.gate.clone();
+        self.control.on_wake(Arc::new(move |name| {
+            let (control, slot, gate) = (control.clone(), slot.clone(), gate.clone());
+            Box::pin(async move {
+                let mut open = gate.subscribe();
+                let _ = open.wait_for(|open| *open).await;
+                let Some(control) = control.upgrade() else {
+                    return Err(ActionError::ShuttingDown);
+                };
+                control.set(
+                    &name,
+                    ServiceState::Starting,
+                    Health::Unknown,
+                    Some(addr.port()),
+                    "Waking up",
+                );
+                let backend = Backend::start_on(&name, addr).await;
+                *slot.lock().unwrap() = Some(backend);
+                control.running(&name, addr.port());
+                Ok(())
+            })
+        }));
+    }
+
+    fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proxy.http_addr().unwrap()
+    }
+
+    fn wakes(&self) -> usize {
+        self.control
+            .acts()
+            .iter()
+            .filter(|(a, n)| *a == Action::Wake && n == "api")
+            .count()
+    }
+
+    /// Waits until `n` requests to `api` have been held (counted in `/metrics`).
+    async fn wait_held(&self, n: usize) {
+        let line = format!("kinfra_proxy_held_requests_total{{service=\"api\"}} {n}\n");
+        wait_for(&format!("{n} held requests"), || {
+            let found = self.proxy.metrics().render().contains(&line);
+            async move { found.then_some(()) }
+        })
+        .await;
+    }
+}
+
+fn post_json(body: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method("POST")
+        .uri("/orders?x=1")
+        .header("host", "localhost")
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_gets_the_loading_page_at_once_and_the_real_answer_after_the_wake() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    s.real_wake();
+    let first = get_with(s.addr(), "/page", &[HTML]).await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert_eq!(first.header("x-kinfra-page"), Some("service_sleeping"));
+    assert!(first.header("retry-after").is_some());
+    assert!(
+        first.body.contains("http-equiv=\"refresh\""),
+        "{}",
+        first.body
+    );
+    // The wake was started in the background, once.
+    wait_for("the wake to be asked for", || async {
+        (s.wakes() == 1).then_some(())
+    })
+    .await;
+    s.open_gate();
+    let answer = wait_for("the woken backend to answer", || async {
+        let r = get_with(s.addr(), "/page", &[HTML]).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(backend_of(&answer), "api");
+    assert_eq!(s.wakes(), 1);
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_post_is_held_and_answered_by_the_woken_service_with_its_body() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    s.real_wake();
+    let body = r#"{"order":42,"items":["a","b"],"note":"héllo"}"#;
+    let addr = s.addr();
+    let held = tokio::spawn(async move { send(addr, post_json(body)).await });
+    s.wait_held(1).await;
+    assert!(!held.is_finished(), "a held request is not answered yet");
+    s.open_gate();
+    let resp = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
+    let resp = resp.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let echo = resp.json();
+    assert_eq!(echo["backend"], "api");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/orders?x=1");
+    assert_eq!(echo["body"], body);
+    assert_eq!(s.wakes(), 1);
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_share_one_wake() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    s.real_wake();
+    let addr = s.addr();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        tasks.spawn(async move {
+            let path = format!("/n/{i}");
+            let req = request(&path, "localhost", &[("accept", "application/json")]);
+            send(addr, req).await
+        });
+    }
+    s.wait_held(50).await;
+    assert_eq!(s.wakes(), 1, "one wake for every held request");
+    s.open_gate();
+    let mut answered = 0;
+    while let Some(done) = tokio::time::timeout(WAIT, tasks.join_next()).await.unwrap() {
+        let resp = done.unwrap().unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_eq!(backend_of(&resp), "api");
+        answered += 1;
+    }
+    assert_eq!(answered, 50);
+    assert_eq!(s.wakes(), 1);
+    let metrics = s.proxy.metrics().render();
+    assert!(
+        metrics.contains("kinfra_proxy_wakes_total{service=\"api\",outcome=\"ok\"} 1\n"),
+        "{metrics}"
+    );
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wake_answers_503_with_the_reason_never_200() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    s.control.on_wake(Arc::new(|name| {
+        Box::pin(async move {
+            Err(ActionError::NotAvailable {
+                action: "wake".into(),
+                service: name,
+                reason: "exited with code 3 before it was ready".into(),
+            })
+        })
+    }));
+    let resp = send(s.addr(), post_json("{}")).await.unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.body);
+    assert!(resp.header("retry-after").is_some());
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let json = resp.json();
+    assert_eq!(json["error"], "wake_failed");
+    assert_eq!(json["service"], "api");
+    assert!(
+        json["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exited with code 3"),
+        "{json}"
+    );
+    // A browser right after the failure sees the error, not the loading page forever.
+    let page = get_with(s.addr(), "/", &[HTML]).await;
+    assert_eq!(page.status, 503);
+    assert_eq!(page.header("x-kinfra-page"), Some("wake_failed"));
+    assert!(page.body.contains("exited with code 3"), "{}", page.body);
+    assert!(page.header("retry-after").is_some());
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_that_never_completes_answers_503_after_the_wake_timeout() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(1)))]).await;
+    s.control
+        .on_wake(Arc::new(|_| Box::pin(std::future::pending())));
+    let req = request("/slow", "localhost", &[("accept", "application/json")]);
+    let resp = tokio::time::timeout(WAIT, send(s.addr(), req))
+        .await
+        .expect("answered within the wake timeout (and well before WAIT)")
+        .unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.body);
+    assert!(resp.header("retry-after").is_some());
+    let json = resp.json();
+    assert_eq!(json["error"], "wake_timeout");
+    assert_eq!(json["service"], "api");
+    assert_eq!(s.wakes(), 1);
+    // The wake itself gives up at the same timeout (counted when it does).
+    wait_for("the timed-out wake to be counted", || {
+        let found = s
+            .proxy
+            .metrics()
+            .render()
+            .contains("kinfra_proxy_wakes_total{service=\"api\",outcome=\"timeout\"} 1\n");
+        async move { found.then_some(()) }
+    })
+    .await;
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_while_held_drops_its_wait() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(60)))]).await;
+    s.control
+        .on_wake(Arc::new(|_| Box::pin(std::future::pending())));
+    let mut client = TcpStream::connect(s.addr()).await.unwrap();
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n")
+        .await
+        .unwrap();
+    s.wait_held(1).await;
+    assert_eq!(s.proxy.in_flight(), 1);
+    drop(client);
+    wait_for("the held request to be dropped", || async {
+        (s.proxy.in_flight() == 0).then_some(())
+    })
+    .await;
+    let api = s.board.get("api").unwrap();
+    assert_eq!(api.in_flight(), 0);
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_wins_over_waking() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    s.real_wake();
+    s.proxy.set_maintenance(Some("api"), true);
+    let resp = get_with(s.addr(), "/", &[("accept", "application/json")]).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["error"], "maintenance");
+    assert!(s.control.acts().is_empty());
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_not_on_the_board_keeps_todays_sleeping_page() {
+    // Only `db` is tracked; `api` sleeps (a cloud resource paused by its provider, say).
+    let s = Sleeper::start(&[("db", policy(true, Duration::from_secs(10)))]).await;
+    s.real_wake();
+    s.open_gate();
+    let resp = get_with(s.addr(), "/", &[("accept", "application/json")]).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["error"], "service_sleeping");
+    let html = get_with(s.addr(), "/", &[HTML]).await;
+    assert_eq!(html.header("x-kinfra-page"), Some("service_sleeping"));
+    assert!(s.control.acts().is_empty(), "no wake asked for");
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_set_at_run_time_are_taken_in_by_activity_changed() {
+    let s = Sleeper::start(&[]).await;
+    s.real_wake();
+    s.open_gate();
+    let json = [("accept", "application/json")];
+    let resp = get_with(s.addr(), "/", &json).await;
+    assert_eq!(resp.json()["error"], "service_sleeping");
+    assert!(s.control.acts().is_empty());
+    // A reload makes `api` sleep when idle.
+    s.board
+        .set_targets([("api".to_owned(), policy(true, Duration::from_secs(10)))]);
+    s.proxy.activity_changed();
+    let resp = get_with(s.addr(), "/after", &json).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(backend_of(&resp), "api");
+    assert_eq!(s.wakes(), 1);
+    // And back: no longer tracked, requests record nothing.
+    let api = s.board.get("api").unwrap();
+    // (A request counts until pingora's last hook, which may run after the client got its
+    // answer.)
+    wait_for("the earlier requests to end", || async {
+        (s.proxy.in_flight() == 0 && api.in_flight() == 0).then_some(())
+    })
+    .await;
+    s.board.set_targets([]);
+    s.proxy.activity_changed();
+    let slow = {
+        let addr = s.addr();
+        tokio::spawn(async move { get(addr, "/slow?ms=1000").await })
+    };
+    wait_for("the slow request to be in flight", || async {
+        (s.proxy.in_flight() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(api.in_flight(), 0);
+    assert_eq!(slow.await.unwrap().status, 200);
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_wake_target_is_not_woken_by_requests() {
+    let s = Sleeper::start(&[("api", policy(false, Duration::from_secs(10)))]).await;
+    s.real_wake();
+    let resp = get_with(s.addr(), "/", &[("accept", "application/json")]).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["error"], "service_sleeping");
+    assert!(s.control.acts().is_empty());
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_counts_as_activity_until_it_closes() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await;
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            if s.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let control = FakeControl::new();
+    control.running("api", upstream.port());
+    let board = Arc::new(ActivityBoard::new());
+    board.set_targets([("api".to_owned(), policy(true, Duration::from_secs(10)))]);
+    let api = board.get("api").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(vec![service_route(None, "/", "api", false)], dir.path());
+    opts.activity = Some(board.clone());
+    let proxy = start(opts, &control).await;
+
+    let mut ws = TcpStream::connect(proxy.http_addr().unwrap())
+        .await
+        .unwrap();
+    ws.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = tokio::time::timeout(WAIT, read_head(&mut ws))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for _ in 0..3 {
+        ws.write_all(FRAME).await.unwrap();
+        let mut back = vec![0u8; FRAME.len()];
+        tokio::time::timeout(WAIT, ws.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, FRAME);
+        assert_eq!(api.in_flight(), 1, "the open WebSocket counts");
+        assert_eq!(api.idle_for(), Duration::ZERO);
+    }
+    drop(ws);
+    wait_for("the closed WebSocket to end its activity", || async {
+        (api.in_flight() == 0).then_some(())
+    })
+    .await;
+    proxy.shutdown(Duration::from_secs(2)).await;
+}
