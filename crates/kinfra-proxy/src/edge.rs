@@ -8,7 +8,7 @@ use crate::pages::{Page, PageKind, Templates, wants_json};
 use crate::routes::normalize_host;
 use crate::state::{Decision, RouteState};
 use crate::upstream::{Backend, Pool};
-use crate::wake::{WakeOutcome, Wakes};
+use crate::wake::{Flight, WakeOutcome, Wakes};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, header};
@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// The header of the proxy's own readiness probe (answered only with the right token).
 pub(crate) const PROBE_HEADER: &str = "x-kinfra-proxy-probe";
@@ -361,30 +361,34 @@ impl Edge {
         service: Arc<str>,
         page: Arc<Page>,
         activity: Arc<TargetActivity>,
+        asleep: bool,
     ) -> Result<Decision> {
         let shared = &*self.shared;
         ctx.activity = Some(activity.begin());
-        if let Some(page) = shared
-            .wakes
-            .recent_failure(&service)
-            .and_then(|failed| failed.page(&service))
+        if asleep
+            && let Some(page) = shared
+                .wakes
+                .recent_failure(&service)
+                .and_then(|failed| failed.page(&service))
         {
             return Ok(Decision::Page(Arc::new(page)));
         }
         let timeout = activity.wake_timeout();
-        let mut flight = shared.wakes.join(&service, timeout);
+        // A target already starting is only waited for (or the wake in flight joined).
+        let mut flight = shared.wakes.join(&service, timeout, asleep);
         if is_browser(session.req_header()) {
             return Ok(Decision::Page(page));
         }
         shared.wakes.metrics.held(&service);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut routes = shared.routes.subscribe();
-        let mut resolved = false;
+        // Nothing to wait for but the target itself, when there is no wake.
+        let mut resolved = flight.is_none();
         let gone = client_gone(session, ctx.upgrade);
         tokio::pin!(gone);
         loop {
             routes.borrow_and_update();
-            let outcome = flight.borrow_and_update().clone();
+            let outcome = flight.as_mut().and_then(|f| f.borrow_and_update().clone());
             if let Some(page) = outcome.as_ref().and_then(|o| o.page(&service)) {
                 return Ok(Decision::Page(Arc::new(page)));
             }
@@ -406,7 +410,7 @@ impl Edge {
                 return Ok(decision);
             }
             tokio::select! {
-                changed = flight.changed(), if !resolved => {
+                changed = flight_changed(&mut flight), if !resolved => {
                     if changed.is_err() {
                         let abandoned = WakeOutcome::Failed("The wake was abandoned.".into());
                         return Ok(Decision::Page(Arc::new(
@@ -476,6 +480,15 @@ fn is_browser(req: &RequestHeader) -> bool {
                 .windows(9)
                 .any(|w| w.eq_ignore_ascii_case(b"text/html"))
         })
+}
+
+/// Resolves when the outcome of the wake (if any) is announced; `Err` when the wake was
+/// dropped without one.
+async fn flight_changed(flight: &mut Option<Flight>) -> Result<(), watch::error::RecvError> {
+    match flight {
+        Some(flight) => flight.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the client of a waiting request has gone away: an HTTP/2 stream reset, or
@@ -653,6 +666,7 @@ impl ProxyHttp for Edge {
                 service,
                 page,
                 activity,
+                asleep,
             } => {
                 let host = host.map(Cow::into_owned);
                 let path = path.to_owned();
@@ -664,6 +678,7 @@ impl ProxyHttp for Edge {
                     service,
                     page,
                     activity,
+                    asleep,
                 )
                 .await?
             }

@@ -9,6 +9,11 @@
 //!   JSON for clients that ask. Templates in `embedded/pages/`, overridable by
 //!   `proxy.pages_dir`.
 //! - Reserved paths (`/kinfra`, `/__status__`, ...) always go to the dashboard.
+//! - Scale to zero (`ProxyOptions::activity`): requests and upgraded connections to a target
+//!   that sleeps when idle count as its activity while they are open; a request to a sleeping
+//!   one wakes it through `RuntimeControl::act(Wake)` (one wake per target at a time):
+//!   browsers get the loading page, other requests are held with their body unread until it
+//!   is served, then proxied; a wake that fails or times out answers 503 with `Retry-After`.
 //! - TLS through rustls with certificates chosen by SNI from a [`CertStore`] that can be
 //!   changed at run time; self-signed certificates where none is present; HTTP/2 via ALPN.
 //!   Clients' failed handshakes are counted by reason and summed up at warn every 10 s

@@ -21,8 +21,9 @@ pub(crate) enum ServiceEntry {
     /// Answer with this page.
     Page(Arc<Page>),
     /// A target that wakes on request and is asleep (or on its way to sleep, or waking):
-    /// browsers get this (loading) page while it wakes, other requests wait for it.
-    Wake(Arc<Page>, Arc<TargetActivity>),
+    /// browsers get this (loading) page while it wakes, other requests wait for it. `true`
+    /// when it needs a wake (asleep or going to sleep), `false` when it is already starting.
+    Wake(Arc<Page>, Arc<TargetActivity>, bool),
 }
 
 /// One immutable view of everything a request needs to be routed.
@@ -62,6 +63,9 @@ pub(crate) enum Decision {
         page: Arc<Page>,
         /// Its activity (wake timeout, open requests).
         activity: Arc<TargetActivity>,
+        /// It is asleep or going to sleep, so it has to be woken; otherwise it is already
+        /// starting and requests only wait for it.
+        asleep: bool,
     },
 }
 
@@ -105,10 +109,11 @@ impl Snapshot {
                     activity: activity.clone(),
                 },
                 Some(ServiceEntry::Page(page)) => Decision::Page(page.clone()),
-                Some(ServiceEntry::Wake(page, activity)) => Decision::Wake {
+                Some(ServiceEntry::Wake(page, activity, asleep)) => Decision::Wake {
                     service: name.clone(),
                     page: page.clone(),
                     activity: activity.clone(),
+                    asleep: *asleep,
                 },
                 None => Decision::Page(Arc::new(Page::plain(
                     503,
@@ -182,7 +187,8 @@ impl Inputs {
                     &seen.message,
                 )
             {
-                ServiceEntry::Wake(Arc::new(page), activity.clone())
+                let asleep = matches!(seen.state, ServiceState::Sleeping | ServiceState::Stopping);
+                ServiceEntry::Wake(Arc::new(page), activity.clone(), asleep)
             } else if let Some(page) =
                 Page::for_service(name, seen.state, seen.health, &seen.message)
             {
@@ -523,17 +529,18 @@ mod tests {
         board.set_targets([("api".to_owned(), policy(true))]);
         st.rebuild();
         assert!(changes.has_changed().unwrap());
-        for state in [
-            ServiceState::Sleeping,
-            ServiceState::Stopping,
-            ServiceState::Pending,
-            ServiceState::Starting,
+        for (state, needs_wake) in [
+            (ServiceState::Sleeping, true),
+            (ServiceState::Stopping, true),
+            (ServiceState::Pending, false),
+            (ServiceState::Starting, false),
         ] {
             st.apply_status(&report(status(state, Health::Unknown, Some(5))));
             let Decision::Wake {
                 service,
                 page,
                 activity,
+                asleep,
             } = st.load().decide(None, "/api")
             else {
                 panic!("{state:?}: expected a wake");
@@ -541,6 +548,7 @@ mod tests {
             assert_eq!(&*service, "api");
             assert_eq!(page.kind, PageKind::Loading, "{state:?}");
             assert_eq!(activity.wake_timeout(), Duration::from_secs(3));
+            assert_eq!(asleep, needs_wake, "{state:?}");
         }
         // Stopped or failed by the user: today's pages, no wake.
         for state in [ServiceState::Stopped, ServiceState::Failed] {

@@ -108,12 +108,20 @@ impl Wakes {
         None
     }
 
-    /// Joins the wake of `service` in flight, or starts one (`act(Wake)` bounded by
-    /// `timeout`).
-    pub(crate) fn join(self: &Arc<Self>, service: &Arc<str>, timeout: Duration) -> Flight {
+    /// Joins the wake of `service` in flight, or, when `start`, starts one (`act(Wake)`
+    /// bounded by `timeout`); `None` when there is none and `start` is false.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        service: &Arc<str>,
+        timeout: Duration,
+        start: bool,
+    ) -> Option<Flight> {
         let mut book = self.book.lock();
         if let Some(flight) = book.flights.get(service) {
-            return flight.clone();
+            return Some(flight.clone());
+        }
+        if !start {
+            return None;
         }
         let (tx, rx) = watch::channel(None);
         book.flights.insert(service.clone(), rx.clone());
@@ -159,6 +167,6 @@ impl Wakes {
             }
             tx.send_replace(Some(outcome));
         });
-        rx
+        Some(rx)
     }
 }

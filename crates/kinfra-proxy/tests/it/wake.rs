@@ -383,6 +383,69 @@ async fn targets_set_at_run_time_are_taken_in_by_activity_changed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_already_starting_is_waited_for_without_another_wake() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    // Woken by `kinfra runtime wake api`, say: starting, not ready yet.
+    let port = s.backend_addr.port();
+    s.control.set(
+        "api",
+        ServiceState::Starting,
+        Health::Unknown,
+        Some(port),
+        "Waking up",
+    );
+    let addr = s.addr();
+    let held = tokio::spawn(async move { send(addr, post_json("{\"a\":1}")).await });
+    s.wait_held(1).await;
+    let browser = get_with(s.addr(), "/", &[HTML]).await;
+    assert_eq!(browser.header("x-kinfra-page"), Some("service_starting"));
+    let backend = Backend::start_on("api", s.backend_addr).await;
+    s.control.running("api", port);
+    let resp = tokio::time::timeout(WAIT, held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.json()["body"], "{\"a\":1}");
+    assert!(s.control.acts().is_empty(), "no wake asked for");
+    drop(backend);
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_fails_while_starting_answers_its_page_to_held_requests() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    let port = s.backend_addr.port();
+    s.control.set(
+        "api",
+        ServiceState::Starting,
+        Health::Unknown,
+        Some(port),
+        "Waking up",
+    );
+    let addr = s.addr();
+    let held = tokio::spawn(async move { send(addr, post_json("{}")).await });
+    s.wait_held(1).await;
+    s.control.set(
+        "api",
+        ServiceState::Failed,
+        Health::Unknown,
+        Some(port),
+        "exited with code 3",
+    );
+    let resp = tokio::time::timeout(WAIT, held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.body);
+    assert!(resp.header("retry-after").is_some());
+    assert_eq!(resp.json()["state"], "failed");
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_wake_target_is_not_woken_by_requests() {
     let s = Sleeper::start(&[("api", policy(false, Duration::from_secs(10)))]).await;
     s.real_wake();
