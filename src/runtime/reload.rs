@@ -240,10 +240,12 @@ impl RuntimeCore {
         self.tunnel.keep_service(&old, &new, &mut services);
         // The targets before the services start, so the controller sees them turn running.
         self.scale.set_targets(&new, None);
+        self.activity_changed().await;
         let mut summary = match self.supervisor.apply(&services).await {
             Ok(summary) => summary,
             Err(error) => {
                 self.scale.set_targets(&old, None);
+                self.activity_changed().await;
                 return Err(error.into());
             }
         };
@@ -296,6 +298,14 @@ impl RuntimeCore {
             routes_changed,
             needs_restart,
         })
+    }
+
+    /// Tells the proxy that scale to zero's targets changed (its routing snapshot carries
+    /// them).
+    async fn activity_changed(&self) {
+        if let Some(proxy) = self.proxy.lock().await.as_ref() {
+            proxy.activity_changed();
+        }
     }
 
     /// Applies `[resources]` changes: removed and changed ones stop and leave the supervisor;

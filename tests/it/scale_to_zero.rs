@@ -502,6 +502,44 @@ fn a_wake_that_fails_answers_503_not_200() {
 }
 
 #[test]
+fn a_reload_that_adds_scale_to_zero_puts_the_service_to_sleep_and_requests_wake_it() {
+    let tag = unique_tag("s2z-reload");
+    let config = |policy: &str| {
+        format!(
+            "{}{}[[routes]]\npath = \"/\"\nservice = \"app\"\n",
+            head(&tag),
+            app_service("app", policy)
+        )
+    };
+    let p = Project::with_config(&config(""));
+    let k = start(&p);
+    let entry = k.wait_state("app", "running");
+    assert!(entry["sleep"].is_null(), "{entry:#}");
+    p.write(
+        "kinfra.toml",
+        &config("scale_to_zero = { idle_after = \"2s\" }"),
+    );
+    let out = p.run(&["runtime", "reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    k.wait_state("app", "sleeping");
+    let before = starts(&p, "app");
+    let (code, head, body) = get_json(&k.proxy, "/");
+    assert_eq!((code, body.as_str()), (200, "hello from app\n"), "{head}");
+    assert_eq!(starts(&p, "app"), before + 1);
+    // And a reload that takes it away again: it stays awake.
+    p.write("kinfra.toml", &config(""));
+    let out = p.run(&["runtime", "reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entry = k.wait(
+        "app",
+        "running without a sleep block",
+        Duration::from_secs(30),
+        |e| e["state"] == "running" && e["sleep"].is_null(),
+    );
+    assert!(entry["pid"].is_u64(), "{entry:#}");
+}
+
+#[test]
 fn config_check_refuses_scale_to_zero_that_no_route_reaches() {
     let p = Project::with_config(
         "[project]\nname = \"s2z\"\n\
