@@ -4,7 +4,9 @@
 //! start, an open WebSocket keeps it awake, a failed wake answers 503, `runtime wake`/`sleep`,
 //! a sleeping dependency wakes first, and `config check` refuses an unreachable target.
 
+use crate::support::webdriver::Browser;
 use crate::support::{Project, Up, http_get, pids_tagged, stderr, stdout, unique_tag, wait_for};
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -537,6 +539,69 @@ fn a_reload_that_adds_scale_to_zero_puts_the_service_to_sleep_and_requests_wake_
         |e| e["state"] == "running" && e["sleep"].is_null(),
     );
     assert!(entry["pid"].is_u64(), "{entry:#}");
+}
+
+#[test]
+fn the_dashboard_shows_a_sleeping_card_and_its_wake_button_wakes_it() {
+    let tag = unique_tag("s2z-dash");
+    let p = Project::with_config(&format!(
+        "{}{}[[routes]]\npath = \"/\"\nservice = \"app\"\n",
+        head(&tag),
+        app_service("app", "scale_to_zero = { idle_after = \"2s\" }"),
+    ));
+    let k = start(&p);
+    let out = p.run(&["dashboard", "url"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let login = stdout(&out).trim().to_owned();
+    let browser = Browser::start(1280, 900);
+    browser.goto(&login);
+    // Awake: the countdown (before it sleeps, or the wait below fails it).
+    let said = browser.wait_js(
+        Duration::from_secs(30),
+        "the app's card counting down to sleep, logged in",
+        "const c = document.querySelector('.card[data-name=\"app\"]'); \
+         if (!c || !document.querySelector('#session').textContent.includes('signed in')) return null; \
+         if (c.dataset.state === 'sleeping') return 'asleep too early'; \
+         const t = c.querySelector('.sleep').textContent; \
+         return (c.dataset.state === 'running' && t.startsWith('sleeps in')) ? t : null",
+    );
+    assert!(
+        said.as_str().is_some_and(|t| t.starts_with("sleeps in")),
+        "{said}"
+    );
+    // Asleep: the card looks it, says it, and offers Wake (not Sleep).
+    let seen = browser.wait_js(
+        Duration::from_secs(30),
+        "the app's card asleep",
+        "const c = document.querySelector('.card[data-name=\"app\"]'); \
+         if (c.dataset.state !== 'sleeping') return null; \
+         const wake = c.querySelector('button[data-action=\"wake\"]'); \
+         const sleep = c.querySelector('button[data-action=\"sleep\"]'); \
+         return { text: c.querySelector('.sleep').textContent, opacity: getComputedStyle(c).opacity, \
+                  wake: !wake.hidden && !wake.disabled, sleep: !sleep.hidden && !sleep.disabled }",
+    );
+    assert_eq!(seen["text"], "asleep", "{seen}");
+    assert!(
+        seen["opacity"]
+            .as_str()
+            .and_then(|o| o.parse::<f64>().ok())
+            .is_some_and(|o| o < 1.0),
+        "{seen}"
+    );
+    assert_eq!(
+        (&seen["wake"], &seen["sleep"]),
+        (&json!(true), &json!(false)),
+        "{seen}"
+    );
+    let before = starts(&p, "app");
+    browser.click(".card[data-name=\"app\"] button[data-action=\"wake\"]");
+    browser.wait_js(
+        Duration::from_secs(30),
+        "the app's card awake again",
+        "return document.querySelector('.card[data-name=\"app\"]').dataset.state === 'running'",
+    );
+    assert_eq!(starts(&p, "app"), before + 1);
+    assert_eq!(k.entry("app")["sleep"]["wakes"], 1);
 }
 
 #[test]
