@@ -394,6 +394,26 @@ impl Edge {
             }
             resolved = resolved || outcome.is_some();
             let decision = shared.routes.load().decide(host, path);
+            if flight.is_none()
+                && let Decision::Wake {
+                    service: to,
+                    asleep: true,
+                    ..
+                } = &decision
+                && *to == service
+            {
+                // It went (back) to sleep while this request waited for it to start.
+                if let Some(page) = shared
+                    .wakes
+                    .recent_failure(&service)
+                    .and_then(|failed| failed.page(&service))
+                {
+                    return Ok(Decision::Page(Arc::new(page)));
+                }
+                flight = shared.wakes.join(&service, timeout, true);
+                resolved = false;
+                continue;
+            }
             let settled = match &decision {
                 // Served (and woken), or routed elsewhere by a reload.
                 Decision::Proxy { service: to, .. } => resolved || to.as_deref() != Some(&*service),

@@ -394,6 +394,7 @@ async fn a_target_already_starting_is_waited_for_without_another_wake() {
         Some(port),
         "Waking up",
     );
+    s.proxy.refresh(&*s.control);
     let addr = s.addr();
     let held = tokio::spawn(async move { send(addr, post_json("{\"a\":1}")).await });
     s.wait_held(1).await;
@@ -414,6 +415,41 @@ async fn a_target_already_starting_is_waited_for_without_another_wake() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_goes_back_to_sleep_while_a_request_waits_is_woken() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    s.real_wake();
+    s.open_gate();
+    let port = s.backend_addr.port();
+    s.control.set(
+        "api",
+        ServiceState::Starting,
+        Health::Unknown,
+        Some(port),
+        "Starting",
+    );
+    s.proxy.refresh(&*s.control);
+    let addr = s.addr();
+    let held = tokio::spawn(async move { send(addr, post_json("{}")).await });
+    s.wait_held(1).await;
+    assert!(s.control.acts().is_empty());
+    s.control.set(
+        "api",
+        ServiceState::Sleeping,
+        Health::Unknown,
+        Some(port),
+        "Asleep",
+    );
+    let resp = tokio::time::timeout(WAIT, held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(s.wakes(), 1);
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_fails_while_starting_answers_its_page_to_held_requests() {
     let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
     let port = s.backend_addr.port();
@@ -424,6 +460,7 @@ async fn a_target_that_fails_while_starting_answers_its_page_to_held_requests() 
         Some(port),
         "Waking up",
     );
+    s.proxy.refresh(&*s.control);
     let addr = s.addr();
     let held = tokio::spawn(async move { send(addr, post_json("{}")).await });
     s.wait_held(1).await;
