@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -96,6 +97,7 @@ def request(port, path, timeout):
         s.sendall(req)
         first = s.recv(1)
         t1 = time.perf_counter()
+        request.first_byte_wall = time.time()
         chunks = [first]
         while True:
             b = s.recv(65536)
@@ -218,6 +220,52 @@ class Runtime:
                 self.proc.wait()
 
 
+class StateEvents:
+    """Follows the dashboard's event stream (GET /__events__): every state change with its
+    own timestamp (kinfra's wall clock, milliseconds), to split a wake into its parts."""
+
+    def __init__(self, port):
+        self.changes = []  # (timestamp, service, to)
+        self.lock = threading.Lock()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(f"GET /__events__ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        self.sock.settimeout(None)
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        f = self.sock.makefile("rb")
+        event, data = None, ""
+        try:
+            for raw in f:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data += line[6:]
+                elif line == "":
+                    if event == "events":
+                        for e in json.loads(data):
+                            if e.get("type") == "state_changed":
+                                ts = datetime.strptime(e["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                                ts = ts.replace(tzinfo=timezone.utc).timestamp()
+                                with self.lock:
+                                    self.changes.append((ts, e["service"], e["to"]))
+                    event, data = None, ""
+        except (OSError, ValueError):
+            pass
+
+    def first(self, service, to, after):
+        """The timestamp of the first change of service to state to at or after after."""
+        with self.lock:
+            return next((ts for ts, s, t in self.changes if s == service and t == to and ts >= after - 0.001), None)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
 def container_running(project):
     ids = docker("ps", "-aq", "--filter", f"label=dev.kinfra.project={project}") or ""
     states = [docker("inspect", "-f", "{{.State.Running}}", i) for i in ids.split()]
@@ -261,6 +309,7 @@ def main():
                 lambda s: all(s.get(n, {}).get("state") == "running" and s[n].get("health") == "healthy"
                               for n in everyone), limit=120)
         ports = {n: rt.status()[n]["port"] for n in everyone}
+        events = StateEvents(rt.dport)
         # Each route answers once before anything is measured (the proxy's view settles).
         for n in everyone:
             deadline = time.monotonic() + 30
@@ -282,6 +331,8 @@ def main():
         log(f"awake: {res['awake']}")
 
         wakes = {t: [] for t in targets}
+        to_ready = {t: [] for t in targets}
+        released = {t: [] for t in targets}
         failures = {t: [] for t in targets}
         cycles_done = 0
         for i in range(args.cycles):
@@ -298,18 +349,31 @@ def main():
                 # The proxy follows state changes through events, a moment after the status.
                 time.sleep(0.3)
                 try:
+                    sent = time.time()
                     secs, code, body = request(rt.pport, f"/{t}/data.json", 90)
+                    answered = request.first_byte_wall
                 except OSError as e:
                     failures[t].append(f"{type(e).__name__}: {e}")
                     continue
                 if code == 200 and body == BODY:
                     wakes[t].append(secs)
+                    # kinfra's own moment of "running" (ready: the probe passed), from its event.
+                    ready, deadline = None, time.monotonic() + 5
+                    while ready is None and time.monotonic() < deadline:
+                        ready = events.first(t, "running", sent)
+                        if ready is None:
+                            time.sleep(0.01)
+                    if ready is not None:
+                        to_ready[t].append(ready - sent)
+                        released[t].append(answered - ready)
                 else:
                     failures[t].append(f"status {code}: {body[:120]}")
                 rt.wait(f"{t} running", lambda s: s.get(t, {}).get("state") == "running")
             cycles_done = i + 1
-        res["wake"] = {t: dict(stats_ms(wakes[t]), failures=len(failures[t]), failure_samples=failures[t][:5])
+        res["wake"] = {t: dict(stats_ms(wakes[t]), failures=len(failures[t]), failure_samples=failures[t][:5],
+                               request_to_running=stats_ms(to_ready[t]), running_to_first_byte=stats_ms(released[t]))
                        for t in targets}
+        events.close()
         res["method"]["cycles_done"] = cycles_done
         log(f"wake: {res['wake']}")
     finally:
@@ -349,14 +413,20 @@ def render(res):
          f"sleep → wake cycles per target (`kinfra runtime sleep`, then one held GET as an API client; readiness "
          f"probe every {m['probe_interval']}; the same busybox httpd everywhere).",
          "",
-         "| sleeping target | wakes | median ms | p90 ms | min ms | max ms | failures |",
-         "|---|---:|---:|---:|---:|---:|---:|"]
+         "| sleeping target | wakes | median ms | p90 ms | min ms | max ms | failures | request → running, median ms | running → first byte, median / p90 ms |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = {"proc": "process (`[services]`)", "ctr": "container (`[resources]`, Docker)"}
     for t, w in res.get("wake", {}).items():
+        a, b = w.get("request_to_running", {}), w.get("running_to_first_byte", {})
         L.append(f"| {names.get(t, t)} | {w['n']} | {fmt(w['median_ms'])} | {fmt(w['p90_ms'])} | "
-                 f"{fmt(w['min_ms'])} | {fmt(w['max_ms'])} | {w['failures']} |")
+                 f"{fmt(w['min_ms'])} | {fmt(w['max_ms'])} | {w['failures']} | {fmt(a.get('median_ms'))} | "
+                 f"{fmt(b.get('median_ms'))} / {fmt(b.get('p90_ms'))} |")
     if m.get("container_skipped"):
-        L.append(f"| container | – | – | – | – | – | left out: {m['container_skipped']} |")
+        L.append(f"| container | – | – | – | – | – | left out: {m['container_skipped']} | – | – |")
+    L += ["", "\"Request → running\" ends at kinfra's own `state_changed` event to `running` (the readiness "
+          "probe passed; its millisecond timestamp against the harness's wall clock at the request); \"running → "
+          "first byte\" is then what the held request waits for the proxy to release it, plus the forward and the "
+          "server's answer."]
     L += ["", f"Awake, the same request ({m['awake_requests']} each, round robin): what a target with "
           "`scale_to_zero` pays per request while it is awake (activity recording), beside the same "
           "server without it and reached directly.", "",
