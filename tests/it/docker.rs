@@ -15,7 +15,7 @@ use std::time::Duration;
 // when it is not running; images made with `docker import`, since nothing can be pulled).
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-docker/tests/it/support.rs"]
-mod docker_support;
+pub(crate) mod docker_support;
 
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().expect("docker");

@@ -6,7 +6,7 @@
 
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/neon_fake.rs"]
-mod neon_fake;
+pub(crate) mod neon_fake;
 
 // The harness, included once in main.rs; the fake reaches it as `super::`.
 use crate::{fake_http, prism};

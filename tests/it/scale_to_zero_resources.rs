@@ -5,18 +5,11 @@
 //! after `idle_after`, shown `sleeping`, and resumed by `kinfra runtime wake`, every exchange
 //! valid against Neon's spec.
 
-#[allow(dead_code)]
-#[path = "../../crates/kinfra-cloud/tests/support/neon_fake.rs"]
-mod neon_fake;
-
-// The engine and test images of kinfra-docker's own tests (dockerd started when no engine
-// answers; images made with `docker import`, since nothing can be pulled).
-#[allow(dead_code)]
-#[path = "../../crates/kinfra-docker/tests/it/support.rs"]
-mod docker_support;
-
-// The harness, included once in main.rs; the fake reaches it as `super::`.
-use crate::{fake_http, prism};
+// The Neon fake behind Prism (neon.rs's) and the engine and test images of kinfra-docker's own
+// tests (docker.rs's: dockerd started when no engine answers; images made with `docker
+// import`, since nothing can be pulled).
+use crate::docker::docker_support;
+use crate::neon::neon_fake;
 
 use crate::support::{Project, Up, stderr, stdout, unique_tag};
 use serde_json::Value;
