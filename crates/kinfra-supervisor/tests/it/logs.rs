@@ -317,3 +317,103 @@ async fn a_stalled_log_file_does_not_hold_up_the_live_log() {
     drop(reader);
     s.shutdown(SECS(5)).await;
 }
+
+/// Reads every log file of `name` (rotated ones first) as [`LogLine`]s.
+fn read_log_lines(
+    dir: &std::path::Path,
+    name: &str,
+    keep: u32,
+) -> Vec<kinfra_core::status::LogLine> {
+    read_all_log_files(dir, name, keep)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a LogLine ({e}): {l}")))
+        .collect()
+}
+
+/// Lines are captured in batches (one per pipe read): a process that writes many lines and
+/// exits at once still has every line in its files, once and in order, across rotations, and
+/// its last line at the end of the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_of_a_process_exiting_at_once_is_in_the_files_and_the_ring() {
+    use kinfra_core::status::LogStream;
+    let p = Project::new();
+    const M: usize = 100_000;
+    let mut svc = sh(&format!("exec seq 1 {M}"));
+    svc.restart = RestartPolicy::No;
+    svc.log.max_size = ByteSize(256 * 1024);
+    svc.log.keep = 100;
+    svc.log.ring = 50;
+    let s = p.start(&services(vec![("count", svc)])).await;
+    expect_state(&s, "count", ServiceState::Completed, SECS(30)).await;
+    let dir = p.state_dir().join("logs");
+    let last = M.to_string();
+    assert!(
+        wait_for(SECS(30), || {
+            let lines = read_log_lines(&dir, "count", 100);
+            lines.iter().any(|l| l.message == last)
+                && lines
+                    .iter()
+                    .any(|l| l.message.starts_with("Exited with code 0"))
+        })
+        .await,
+        "the last line or the exit line never reached the files"
+    );
+    assert!(dir.join("count.log.1").exists(), "no rotation happened");
+    assert!(!dir.join("count.log.100").exists(), "lines rotated away");
+    let numbers: Vec<String> = read_log_lines(&dir, "count", 100)
+        .into_iter()
+        .filter(|l| l.stream == LogStream::Stdout)
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(numbers.len(), M, "lines lost or doubled");
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(*n, (i + 1).to_string(), "out of order at line {}", i + 1);
+    }
+    let ring = s
+        .logs(Some("count"), 1000)
+        .unwrap_or_else(|e| panic!("logs: {e}"));
+    assert!(ring.len() <= 50, "{} lines in the ring", ring.len());
+    let ring_last = ring
+        .iter()
+        .rev()
+        .find(|l| l.line.stream == LogStream::Stdout)
+        .map(|l| l.line.message.clone());
+    assert_eq!(ring_last.as_deref(), Some(last.as_str()));
+    s.shutdown(SECS(5)).await;
+}
+
+/// The file writer buffers, but a lone line of a process that stays alive reaches the file
+/// and the followers without waiting for more output or for the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_line_of_a_live_process_reaches_the_file_and_followers() {
+    let p = Project::new();
+    let s = p.start(&services(vec![])).await;
+    let mut follower = s.subscribe_logs();
+    s.apply(&services(vec![(
+        "lone",
+        sh("echo lone-line; exec sleep 30"),
+    )]))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let followed = tokio::time::timeout(SECS(10), async {
+        loop {
+            match follower.recv().await {
+                Ok(l) if l.service == "lone" && l.line.message == "lone-line" => return true,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(followed, Ok(true), "the follower never got the line");
+    let file = p.state_dir().join("logs/lone.log");
+    assert!(
+        wait_for(SECS(10), || std::fs::read_to_string(&file)
+            .is_ok_and(|t| t.contains("\"message\":\"lone-line\"")))
+        .await,
+        "the line never reached the file"
+    );
+    // Still running: the line was written while the process lived, not at its exit.
+    assert_eq!(state_of(&s, "lone"), ServiceState::Running);
+    s.shutdown(SECS(5)).await;
+}
