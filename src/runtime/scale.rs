@@ -266,7 +266,19 @@ impl ScaleToZero {
     /// Puts a target to sleep now (`kinfra runtime sleep`).
     pub(super) async fn sleep(&self, name: &str) -> Result<(), ActionError> {
         self.target(Action::Sleep, name)?;
-        self.supervisor.act(Action::Sleep, name).await
+        let activity = self.board.get(name);
+        if let Some(activity) = &activity {
+            // New requests wait for the wake after the sleep instead of reaching a backend
+            // that is going away.
+            activity.drain();
+        }
+        let result = self.supervisor.act(Action::Sleep, name).await;
+        if result.is_err()
+            && let Some(activity) = &activity
+        {
+            activity.undrain();
+        }
+        result
     }
 
     /// Wakes `name` and resolves once it is ready (see [`Action::Wake`]). Concurrent wakes of
@@ -316,13 +328,18 @@ impl ScaleToZero {
             let (state, message) = current
                 .clone()
                 .ok_or_else(|| ActionError::UnknownService(name.to_owned()))?;
+            let activity = self.board.get(name);
+            let draining = activity.as_ref().is_some_and(|a| a.is_draining());
             match state {
-                ServiceState::Running => {
-                    if let Some(activity) = self.board.get(name) {
+                // Running and not on its way to sleep: ready.
+                ServiceState::Running if !draining => {
+                    if let Some(activity) = &activity {
                         activity.touch();
                     }
                     return Ok(());
                 }
+                // Its sleep was decided: wait for it to end, then wake it.
+                ServiceState::Running => {}
                 ServiceState::Sleeping if !woken => {
                     for dep in &target.depends_on {
                         if !lock(&self.plan).targets.contains_key(dep) {
@@ -341,6 +358,9 @@ impl ScaleToZero {
                             }
                             Err(_) => return Err(timed_out()),
                         }
+                    }
+                    if let Some(activity) = &activity {
+                        activity.undrain();
                     }
                     self.supervisor.act(Action::Wake, name).await?;
                     woken = true;
@@ -515,6 +535,9 @@ impl ScaleToZero {
                 // Became running some way (boot, start, restart, reload, a wake): a full
                 // idle_after from now.
                 activity.touch();
+                if !lock(&self.sleeping).contains(name) {
+                    activity.undrain();
+                }
             }
             let v = verdict(
                 target,
@@ -534,9 +557,17 @@ impl ScaleToZero {
                         at(retry);
                         continue;
                     }
-                    if lock(&self.sleeping).insert(name.clone()) {
-                        self.put_to_sleep(name, target.policy.idle_after.0);
+                    if lock(&self.sleeping).contains(name) {
+                        continue;
                     }
+                    // Marked first, then nothing open checked: a request racing the decision
+                    // either calls the sleep off or is held by the proxy and wakes it after.
+                    if !activity.try_drain() {
+                        at(now + target.policy.idle_after.0);
+                        continue;
+                    }
+                    lock(&self.sleeping).insert(name.clone());
+                    self.put_to_sleep(name, target.policy.idle_after.0);
                 }
                 Verdict::NotRunning | Verdict::NeededBy(_) => {}
             }
@@ -555,6 +586,9 @@ impl ScaleToZero {
                     lock(&this.retry_at).remove(&name);
                 }
                 Err(error) => {
+                    if let Some(activity) = this.board.get(&name) {
+                        activity.undrain();
+                    }
                     tracing::warn!(service = %name, %error, "Cannot put an idle target to sleep; trying again later.");
                     lock(&this.retry_at).insert(name.clone(), Instant::now() + idle_after);
                 }
@@ -576,6 +610,9 @@ impl ScaleToZero {
                 && let Some(activity) = self.board.get(service)
             {
                 activity.touch();
+                if !lock(&self.sleeping).contains(service) {
+                    activity.undrain();
+                }
             }
             return true;
         }

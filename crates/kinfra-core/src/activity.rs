@@ -100,6 +100,10 @@ pub struct TargetActivity {
     last_ms: AtomicU64,
     wakes_on_request: AtomicBool,
     wake_timeout_ms: AtomicU64,
+    /// Set from the moment the runtime decided to put it to sleep until it is running again:
+    /// the proxy holds new requests (and wakes it after the sleep) instead of sending them to
+    /// a backend that is going away.
+    draining: AtomicBool,
 }
 
 impl TargetActivity {
@@ -110,6 +114,7 @@ impl TargetActivity {
             last_ms: AtomicU64::new(0),
             wakes_on_request: AtomicBool::new(policy.wakes_on_request),
             wake_timeout_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         };
         target.set_policy(policy);
         target.touch();
@@ -127,11 +132,41 @@ impl TargetActivity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A request or connection begins; it counts as open until the guard is dropped.
+    /// A request or connection begins; it counts as open until the guard is dropped. A
+    /// caller about to send it to the target checks [`TargetActivity::is_draining`] after
+    /// this (the order matters: see [`TargetActivity::try_drain`]).
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
         ActivityGuard(self.clone())
+    }
+
+    /// Marks the target as going to sleep when nothing is open, and says whether it did.
+    /// The flag is set before the open count is read, and the proxy counts a request before
+    /// it reads the flag, so of a request and a sleep racing at least one sees the other:
+    /// either the sleep is called off, or the request is held and wakes the target after it.
+    pub fn try_drain(&self) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            self.draining.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Marks the target as going to sleep whatever is open (a sleep asked for by hand).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The target is (about to be) running again, or its sleep was called off.
+    pub fn undrain(&self) {
+        self.draining.store(false, Ordering::SeqCst);
+    }
+
+    /// True from a decided sleep until the target runs again: do not send it requests.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Records activity now (a wake, a short exchange), without keeping anything open.
@@ -141,7 +176,7 @@ impl TargetActivity {
 
     /// Requests and connections open now.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// How long it has been idle: zero while something is open, else the time since the
@@ -172,7 +207,7 @@ pub struct ActivityGuard(Arc<TargetActivity>);
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -209,8 +244,15 @@ mod tests {
         let again = board.get("api").expect("still tracked");
         assert!(Arc::ptr_eq(&api, &again));
         assert!(!again.wakes_on_request());
+        // A sleep is called off while something is open, and holds once nothing is.
+        assert!(!api.try_drain());
+        assert!(!api.is_draining());
         drop(guard);
         assert_eq!(api.in_flight(), 0);
+        assert!(api.try_drain());
+        assert!(api.is_draining());
+        api.undrain();
+        assert!(!api.is_draining());
         assert_eq!(board.names(), ["api", "db"]);
         board.set_targets([]);
         assert!(board.get("api").is_none());

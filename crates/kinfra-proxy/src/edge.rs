@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, header};
 use kinfra_core::activity::{ActivityGuard, TargetActivity};
+use kinfra_core::{Health, ServiceState};
 use pingora::ErrorType;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -459,6 +460,63 @@ impl Edge {
         }
     }
 
+    /// Settles the decision for a target that sleeps when idle: wakes it (or waits for it)
+    /// when it is not servable, and counts the request as open before it reads the sleep
+    /// flag (see `TargetActivity::try_drain`): a target the runtime decided to put to sleep
+    /// gets no new request; this one waits for the wake after the sleep (or gets the
+    /// sleeping page, for a target requests do not wake).
+    async fn settle(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        host: Option<&str>,
+        path: &str,
+        mut decision: Decision,
+    ) -> Result<Decision> {
+        loop {
+            decision = match decision {
+                Decision::Wake {
+                    service,
+                    page,
+                    activity,
+                    asleep,
+                } => {
+                    self.wake(session, ctx, host, path, service, page, activity, asleep)
+                        .await?
+                }
+                other => other,
+            };
+            let Decision::Proxy {
+                service: Some(service),
+                activity: Some(activity),
+                ..
+            } = &decision
+            else {
+                return Ok(decision);
+            };
+            if ctx.activity.is_none() {
+                ctx.activity = Some(activity.begin());
+            }
+            if !activity.is_draining() {
+                return Ok(decision);
+            }
+            let page = Arc::new(
+                Page::for_service(service, ServiceState::Sleeping, Health::Unknown, "")
+                    .unwrap_or_else(|| Page::maintenance(Some(service))),
+            );
+            decision = if activity.wakes_on_request() {
+                Decision::Wake {
+                    service: service.clone(),
+                    page,
+                    activity: activity.clone(),
+                    asleep: true,
+                }
+            } else {
+                Decision::Page(page)
+            };
+        }
+    }
+
     fn page_for_error(&self, ctx: &Ctx, code: u16, e: &Error) -> Page {
         match code {
             413 => Page::plain(
@@ -680,27 +738,16 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
 
-        let decision = shared.routes.load().decide(host.as_deref(), path);
-        let decision = match decision {
-            Decision::Wake {
-                service,
-                page,
-                activity,
-                asleep,
-            } => {
+        let decision = match shared.routes.load().decide(host.as_deref(), path) {
+            // Only requests for targets that sleep pay for owned copies.
+            decision @ (Decision::Wake { .. }
+            | Decision::Proxy {
+                activity: Some(_), ..
+            }) => {
                 let host = host.map(Cow::into_owned);
                 let path = path.to_owned();
-                self.wake(
-                    session,
-                    ctx,
-                    host.as_deref(),
-                    &path,
-                    service,
-                    page,
-                    activity,
-                    asleep,
-                )
-                .await?
+                self.settle(session, ctx, host.as_deref(), &path, decision)
+                    .await?
             }
             other => other,
         };

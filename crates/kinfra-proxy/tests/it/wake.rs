@@ -558,3 +558,49 @@ async fn an_open_websocket_counts_as_activity_until_it_closes() {
     .await;
     proxy.shutdown(Duration::from_secs(2)).await;
 }
+
+/// The race Sablier's users hit: the runtime decides to put an idle target to sleep while a
+/// request arrives. With the target marked as draining (`TargetActivity::try_drain`), the
+/// request must not reach the backend that is about to go away: it is held and wakes the
+/// target after the sleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_racing_a_decided_sleep_is_held_and_wakes_the_target_after_it() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    let backend = Backend::start_on("api", s.backend_addr).await;
+    s.control.running("api", s.backend_addr.port());
+    s.proxy.activity_changed();
+    let activity = s.board.get("api").unwrap();
+    assert!(activity.try_drain(), "nothing is open, so the sleep holds");
+    // The runtime's wake: waits for the gate (the sleep and the start), then the target
+    // runs again, no longer draining.
+    let gate = s.gate.clone();
+    let woken = activity.clone();
+    s.control.on_wake(Arc::new(move |_| {
+        let (gate, woken) = (gate.clone(), woken.clone());
+        Box::pin(async move {
+            let _ = gate.subscribe().wait_for(|open| *open).await;
+            woken.undrain();
+            Ok(())
+        })
+    }));
+    let addr = s.addr();
+    let held = tokio::spawn(async move { send(addr, post_json(r#"{"n":1}"#)).await });
+    s.wait_held(1).await;
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a request reached a target the runtime is putting to sleep"
+    );
+    assert_eq!(s.wakes(), 1);
+    s.open_gate();
+    let resp = tokio::time::timeout(WAIT, held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.json()["body"], r#"{"n":1}"#);
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
