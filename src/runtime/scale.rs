@@ -35,6 +35,10 @@ struct Target {
     depends_on: Vec<String>,
     /// Services and resources whose `depends_on` names it.
     dependents: Vec<String>,
+    /// `running` means ready: it has a readiness probe, or it is a provider resource (the
+    /// provider says when it runs; its port is not on this machine). Otherwise a woken
+    /// target with a port is ready once the port accepts connections on 127.0.0.1.
+    probed: bool,
 }
 
 /// The targets of a config, by name.
@@ -45,25 +49,27 @@ struct Plan {
 
 impl Plan {
     fn of(config: &Config) -> Self {
-        let all: Vec<(&String, Option<Policy>, &DependsOn)> = config
+        let all: Vec<(&String, Option<Policy>, &DependsOn, bool)> = config
             .services
             .iter()
-            .map(|(name, s)| (name, s.scale_to_zero, &s.depends_on))
-            .chain(
-                config
-                    .resources
-                    .iter()
-                    .map(|(name, r)| (name, r.scale_to_zero, &r.depends_on)),
-            )
+            .map(|(name, s)| (name, s.scale_to_zero, &s.depends_on, s.health.is_some()))
+            .chain(config.resources.iter().map(|(name, r)| {
+                (
+                    name,
+                    r.scale_to_zero,
+                    &r.depends_on,
+                    r.health.is_some() || r.is_provider(),
+                )
+            }))
             .collect();
         let targets = all
             .iter()
-            .filter_map(|(name, policy, depends_on)| {
+            .filter_map(|(name, policy, depends_on, probed)| {
                 let policy = (*policy)?;
                 let dependents = all
                     .iter()
-                    .filter(|(_, _, d)| d.0.contains_key(*name))
-                    .map(|(n, _, _)| (*n).clone())
+                    .filter(|(_, _, d, _)| d.0.contains_key(*name))
+                    .map(|(n, _, _, _)| (*n).clone())
                     .collect();
                 Some((
                     (*name).clone(),
@@ -71,6 +77,7 @@ impl Plan {
                         policy,
                         depends_on: depends_on.0.keys().cloned().collect(),
                         dependents,
+                        probed: *probed,
                     },
                 ))
             })
@@ -331,8 +338,22 @@ impl ScaleToZero {
             let activity = self.board.get(name);
             let draining = activity.as_ref().is_some_and(|a| a.is_draining());
             match state {
-                // Running and not on its way to sleep: ready.
+                // Running and not on its way to sleep: ready (without a readiness probe,
+                // once its port accepts connections, so a held request never meets a
+                // refused connection).
                 ServiceState::Running if !draining => {
+                    if !target.probed
+                        && let Some(port) = self.port_of(name)
+                        && !port_accepts(port, deadline).await
+                    {
+                        return Err(not_available(
+                            name,
+                            format!(
+                                "it runs, but port {port} did not accept connections within \
+                                 {timeout}"
+                            ),
+                        ));
+                    }
                     if let Some(activity) = &activity {
                         activity.touch();
                     }
@@ -420,6 +441,10 @@ impl ScaleToZero {
                 }
             };
         }
+    }
+
+    fn port_of(&self, name: &str) -> Option<u16> {
+        self.supervisor.status().get(name).and_then(|s| s.port)
     }
 
     fn state_of(&self, name: &str) -> Option<(ServiceState, String)> {
@@ -619,6 +644,28 @@ impl ScaleToZero {
         plan.targets
             .values()
             .any(|t| t.dependents.iter().any(|d| d == service))
+    }
+}
+
+/// Waits until `127.0.0.1:port` accepts a connection (retrying with a short, growing pause:
+/// a port opening sends no event), or `deadline` passes.
+async fn port_accepts(port: u16, deadline: Instant) -> bool {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let attempt = tokio::time::timeout_at(
+            deadline,
+            tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(_)) => return true,
+            Err(_) => return false,
+            Ok(Err(_)) if Instant::now() + pause >= deadline => return false,
+            Ok(Err(_)) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// A small HTTP server: logs each start (`NAME PID`) to the file in argv[2], answers GET with
 /// `hello from NAME`, echoes a POST's body in JSON, and accepts a WebSocket on any path (the
 /// handshake by hand; the socket is then kept open until the client closes it). Refuses to
-/// start while `NAME.broken` exists.
+/// start while `NAME.broken` exists; listens only 1.5 s after starting while `NAME.slow` does.
 const APP: &str = r#"
 import base64, hashlib, http.server, json, os, sys
 port, log, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -23,6 +23,9 @@ if os.path.exists(name + ".broken"):
     sys.exit(3)
 with open(log, "a") as f:
     f.write(f"{name} {os.getpid()}\n")
+if os.path.exists(name + ".slow"):
+    import time
+    time.sleep(1.5)
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -625,4 +628,39 @@ fn config_check_refuses_scale_to_zero_that_no_route_reaches() {
     );
     let out = p.run(&["config", "check"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Without a readiness probe, `running` means only that the process was spawned: a held
+/// request must still wait until the woken service's port accepts connections, and get its
+/// answer, never a refused connection turned into a 502.
+#[test]
+fn a_woken_service_without_a_probe_is_ready_when_its_port_accepts() {
+    let tag = unique_tag("s2z-noprobe");
+    let p = Project::with_config(&format!(
+        "{}[services.app]\n\
+         command = [\"python3\", \"app.py\", \"${{PORT}}\", \"{STARTS}\", \"app\"]\n\
+         port = \"auto\"\nscale_to_zero = {{ idle_after = \"1h\", wake_timeout = \"20s\" }}\n\
+         [[routes]]\npath = \"/\"\nservice = \"app\"\n",
+        head(&tag),
+    ));
+    let k = start(&p);
+    k.wait_state("app", "running");
+    // Listening (so the first process has logged its start), then put to sleep.
+    wait_for(Duration::from_secs(20), "the first app answering", || {
+        (get_json(&k.proxy, "/").0 == 200).then_some(())
+    });
+    let out = p.run(&["runtime", "sleep", "app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    k.wait_state("app", "sleeping");
+    // From now on the app listens 1.5 s after it was spawned.
+    p.write("app.slow", "");
+    let (code, head, body) = get_json(&k.proxy, "/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert_eq!(body, "hello from app\n");
+    assert_eq!(
+        starts(&p, "app"),
+        2,
+        "{:?}",
+        std::fs::read_to_string(p.path().join(STARTS))
+    );
 }
