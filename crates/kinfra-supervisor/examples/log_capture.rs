@@ -11,7 +11,9 @@
 //! polling), and checks zero loss: every number 1..L of every writer is in its files (rotated
 //! files included) exactly once, in order, each file line parses as a `LogLine`, and the ring's
 //! last line is the writer's last. `--follow` keeps a live subscriber (like `runtime logs -f`
-//! or an open dashboard) reading the broadcast during the run. `--floor` drains the pipes and
+//! or an open dashboard) reading the broadcast during the run; `--idle-subscriber` holds a
+//! subscription it never reads (what `runtime up --quiet` did before it stopped subscribing).
+//! `--floor` drains the pipes and
 //! throws the bytes away instead (no capture): what the writers alone can do on this machine.
 
 use kinfra_core::config::{ByteSize, LogConfig};
@@ -36,6 +38,7 @@ struct Options {
     lines: u64,
     runs: usize,
     follow: bool,
+    idle_subscriber: bool,
     floor: bool,
     max_size: u64,
     ring: usize,
@@ -47,6 +50,7 @@ fn options() -> Options {
         lines: 250_000,
         runs: 3,
         follow: false,
+        idle_subscriber: false,
         floor: false,
         max_size: LogConfig::default().max_size.0,
         ring: LogConfig::default().ring,
@@ -66,11 +70,11 @@ fn options() -> Options {
             "--runs" => o.runs = number() as usize,
             "--max-size" => o.max_size = number(),
             "--ring" => o.ring = number() as usize,
-            "--follow" | "--floor" => {
-                if args[i] == "--follow" {
-                    o.follow = true;
-                } else {
-                    o.floor = true;
+            "--follow" | "--floor" | "--idle-subscriber" => {
+                match args[i].as_str() {
+                    "--follow" => o.follow = true,
+                    "--floor" => o.floor = true,
+                    _ => o.idle_subscriber = true,
                 }
                 i += 1;
                 continue;
@@ -174,6 +178,7 @@ async fn one_run(o: &Options, run: usize) -> f64 {
             }
         })
     });
+    let idle = o.idle_subscriber.then(|| tx.subscribe());
     let cfg = LogConfig {
         max_size: ByteSize(o.max_size),
         ring: o.ring,
@@ -256,6 +261,7 @@ async fn one_run(o: &Options, run: usize) -> f64 {
         .map(|n| log_files(dir.path(), n).len() - 1)
         .sum::<usize>();
     drop(sinks);
+    drop(idle);
     drop(tx);
     if let Some(f) = follower {
         let _ = f.await;
@@ -289,10 +295,11 @@ fn main() {
     }
     rates.sort_by(f64::total_cmp);
     println!(
-        "writers {}, lines/writer {}, follow {}, floor {}: median {:.0} lines/s (min {:.0}, max {:.0})",
+        "writers {}, lines/writer {}, follow {}, idle subscriber {}, floor {}: median {:.0} lines/s (min {:.0}, max {:.0})",
         o.writers,
         o.lines,
         o.follow,
+        o.idle_subscriber,
         o.floor,
         rates[rates.len() / 2],
         rates[0],
