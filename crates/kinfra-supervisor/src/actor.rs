@@ -24,8 +24,16 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-/// How often the process tree of a running child is walked to record its descendants.
+/// How often the process trees of the running children are walked to record their
+/// descendants: one walk of every tree on one timer ([`TreeWatch`]), not one timer each.
 const TREE_SCAN_EVERY: Duration = Duration::from_secs(3);
+
+/// How soon after a start the new tree is walked first, to catch what a service forks at
+/// startup.
+const TREE_FIRST_SCAN: Duration = Duration::from_millis(500);
+
+/// Trees due within this much of a walk are walked with it, so scans coalesce.
+const TREE_SCAN_SLACK: Duration = Duration::from_millis(250);
 
 /// Why a shell-string command cannot start where there is no `/bin/sh`.
 const SHELL_MISSING: &str = "command is a shell string but /bin/sh does not exist; use an array command or include a static sh";
@@ -55,6 +63,212 @@ pub(crate) struct Shared {
     pub resource_conns: RwLock<BTreeMap<String, kinfra_core::resource::Connection>>,
     /// Bumped on every snapshot change, so waiting actors re-check their dependencies.
     pub world: watch::Sender<u64>,
+    /// The process trees of the running children, walked together.
+    pub trees: TreeWatch,
+}
+
+/// The process trees of every running child of one supervisor, walked together by one task
+/// every [`TREE_SCAN_EVERY`] to record descendants (an escaped descendant that also cleared
+/// its environment is then still known at stop). The task runs only while a tree is
+/// registered, and walks each tree down from its root (`/proc/PID/task/*/children`), so an
+/// idle supervisor wakes once per interval whatever the number of services, and the cost of a
+/// walk grows with the services' processes, not with the machine's.
+#[derive(Default)]
+pub(crate) struct TreeWatch {
+    inner: Arc<TreeWatchInner>,
+}
+
+#[derive(Default)]
+struct TreeWatchInner {
+    state: std::sync::Mutex<TreeState>,
+    /// A tree was registered (it may be due before the task's next wake-up).
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TreeState {
+    trees: BTreeMap<u64, Tracked>,
+    next_id: u64,
+    /// The walking task runs.
+    walking: bool,
+}
+
+/// The descendants recorded for one tree, shared by the walking task and the child.
+type Found = Arc<std::sync::Mutex<Vec<ProcStat>>>;
+
+struct Tracked {
+    service: String,
+    root: i32,
+    due: tokio::time::Instant,
+    found: Found,
+}
+
+/// A child's place in the [`TreeWatch`]: the descendants recorded so far. Dropping it ends
+/// the walks of that tree.
+pub(crate) struct TreeHandle {
+    id: u64,
+    found: Found,
+    watch: std::sync::Weak<TreeWatchInner>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl TreeHandle {
+    /// The descendants recorded while the child ran (alive when last walked).
+    fn descendants(&self) -> Vec<ProcStat> {
+        locked(&self.found).clone()
+    }
+}
+
+impl Drop for TreeHandle {
+    fn drop(&mut self) {
+        if let Some(inner) = self.watch.upgrade() {
+            locked(&inner.state).trees.remove(&self.id);
+        }
+    }
+}
+
+impl TreeWatch {
+    /// Starts walking the tree of `root` (first after [`TREE_FIRST_SCAN`]); the walking task
+    /// is started when none runs. Must be called within the tokio runtime.
+    fn register(&self, shared: &Arc<Shared>, service: &str, root: i32) -> TreeHandle {
+        let found: Found = Arc::default();
+        let (id, start) = {
+            let mut state = locked(&self.inner.state);
+            state.next_id += 1;
+            let id = state.next_id;
+            state.trees.insert(
+                id,
+                Tracked {
+                    service: service.to_owned(),
+                    root,
+                    due: tokio::time::Instant::now() + TREE_FIRST_SCAN,
+                    found: found.clone(),
+                },
+            );
+            let start = !state.walking;
+            state.walking = true;
+            (id, start)
+        };
+        if start {
+            drop(tokio::spawn(walk_trees(
+                self.inner.clone(),
+                Arc::downgrade(shared),
+            )));
+        } else {
+            self.inner.changed.notify_one();
+        }
+        TreeHandle {
+            id,
+            found,
+            watch: Arc::downgrade(&self.inner),
+        }
+    }
+}
+
+/// Clears `walking` when the walking task ends, however it ends (also when its runtime
+/// shuts down), so the next registration starts a new one.
+struct WalkingFlag {
+    inner: Arc<TreeWatchInner>,
+    armed: bool,
+}
+
+impl Drop for WalkingFlag {
+    fn drop(&mut self) {
+        if self.armed {
+            locked(&self.inner.state).walking = false;
+        }
+    }
+}
+
+/// The one task that walks every registered tree when due; ends when none is left or the
+/// supervisor is gone.
+async fn walk_trees(inner: Arc<TreeWatchInner>, shared: std::sync::Weak<Shared>) {
+    let mut flag = WalkingFlag {
+        inner: inner.clone(),
+        armed: true,
+    };
+    loop {
+        let next = {
+            let mut state = locked(&inner.state);
+            match state.trees.values().map(|t| t.due).min() {
+                Some(next) => next,
+                None => {
+                    // Decided under the lock: a registration after this starts a new task.
+                    state.walking = false;
+                    flag.armed = false;
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = inner.changed.notified() => continue,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let due: Vec<(String, i32, Found)> = {
+            let mut state = locked(&inner.state);
+            state
+                .trees
+                .values_mut()
+                .filter(|t| t.due <= now + TREE_SCAN_SLACK)
+                .map(|t| {
+                    t.due = now + TREE_SCAN_EVERY;
+                    (t.service.clone(), t.root, t.found.clone())
+                })
+                .collect()
+        };
+        let mut snapshot = None;
+        for (service, root, found) in due {
+            let added = walk_tree(root, &found, &mut snapshot);
+            if !added.is_empty() {
+                shared.pids.add(&service, &added);
+            }
+        }
+    }
+}
+
+/// Walks the tree of `root` once: records descendants not seen before (returned, for the
+/// PID registry) and forgets recorded ones that are gone. Without children files, the
+/// process table is read once per round (`snapshot`) and shared by every tree.
+fn walk_tree(
+    root: i32,
+    found: &std::sync::Mutex<Vec<ProcStat>>,
+    snapshot: &mut Option<Arc<Vec<ProcStat>>>,
+) -> Vec<PidRecord> {
+    let now: Vec<ProcStat> = match procfs::descendant_pids(root) {
+        Some(pids) => pids.into_iter().filter_map(procfs::stat).collect(),
+        None => procfs::descendants(snapshot.get_or_insert_with(procfs::snapshot), root),
+    };
+    let mut recorded = locked(found);
+    let mut added = Vec::new();
+    for p in &now {
+        if !recorded
+            .iter()
+            .any(|d| d.pid == p.pid && d.start_time == p.start_time)
+        {
+            recorded.push(*p);
+            added.push(PidRecord {
+                pid: p.pid,
+                start_time: p.start_time,
+                pgid: p.pgid,
+            });
+        }
+    }
+    recorded.retain(|d| {
+        now.iter()
+            .any(|p| p.pid == d.pid && p.start_time == d.start_time)
+            || procfs::is_same_alive(d.pid, d.start_time)
+    });
+    added
 }
 
 impl Shared {
@@ -158,10 +372,8 @@ struct Child {
     started: Instant,
     exit: oneshot::Receiver<ExitInfo>,
     probes: Vec<JoinHandle<()>>,
-    /// Descendants seen while it ran.
-    descendants: Vec<ProcStat>,
-    /// When the process tree is walked next.
-    next_scan: tokio::time::Instant,
+    /// Descendants seen while it ran, recorded by the supervisor's [`TreeWatch`].
+    tree: TreeHandle,
     /// The stdout/stderr readers; they finish at EOF.
     readers: Vec<JoinHandle<()>>,
 }
@@ -230,14 +442,6 @@ async fn recv_watch(rx: &mut Option<mpsc::Receiver<Vec<PathBuf>>>) -> Option<Vec
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-async fn tree_tick(at: Option<tokio::time::Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at).await;
-    } else {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -328,7 +532,6 @@ impl Actor {
         }
         loop {
             let waiting = self.mode == Mode::WaitDeps;
-            let tree = self.child.as_ref().map(|c| c.next_scan);
             tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
                     Some(Command::Shutdown(grace, reply)) => {
@@ -356,7 +559,6 @@ impl Actor {
                 }
                 Some(ev) = self.probe_rx.recv() => self.on_probe(ev).await,
                 Some(paths) = recv_watch(&mut self.watch_rx) => self.on_files_changed(paths).await,
-                _ = tree_tick(tree) => self.scan_tree(),
             }
         }
         debug!(service = %self.name, "Actor ended.");
@@ -982,9 +1184,7 @@ impl Actor {
             started: Instant::now(),
             exit: exit_rx,
             probes,
-            descendants: Vec::new(),
-            // An early first walk catches what a service forks at startup.
-            next_scan: tokio::time::Instant::now() + Duration::from_millis(500),
+            tree: self.shared.trees.register(&self.shared, &self.name, pid),
             readers,
         });
         info!(service = %self.name, pid, command = %shown, "Process started.");
@@ -1160,36 +1360,6 @@ impl Actor {
 
     // ----- stopping -----
 
-    fn scan_tree(&mut self) {
-        let Some(child) = &mut self.child else {
-            return;
-        };
-        child.next_scan = tokio::time::Instant::now() + TREE_SCAN_EVERY;
-        let procs = procfs::snapshot();
-        let found = procfs::descendants(&procs, child.pid);
-        let mut added = Vec::new();
-        for p in found {
-            if !child
-                .descendants
-                .iter()
-                .any(|d| d.pid == p.pid && d.start_time == p.start_time)
-            {
-                child.descendants.push(p);
-                added.push(PidRecord {
-                    pid: p.pid,
-                    start_time: p.start_time,
-                    pgid: p.pgid,
-                });
-            }
-        }
-        child
-            .descendants
-            .retain(|d| procfs::is_same_alive(d.pid, d.start_time));
-        if !added.is_empty() {
-            self.shared.pids.add(&self.name, &added);
-        }
-    }
-
     /// Every live process that belongs to the child: its group, its descendants (now and
     /// recorded earlier), and whatever carries this service's tag.
     fn members(&self, child: &Child, with_tag: bool) -> Vec<ProcStat> {
@@ -1201,7 +1371,7 @@ impl Actor {
             .collect();
         for p in procfs::descendants(&procs, child.pid)
             .into_iter()
-            .chain(child.descendants.iter().copied())
+            .chain(child.tree.descendants())
         {
             if !p.is_zombie()
                 && procfs::is_same_alive(p.pid, p.start_time)
@@ -1230,7 +1400,7 @@ impl Actor {
     /// descendants recorded while it ran, so a restart starts clean.
     fn kill_leftovers_fast(&self, child: &Child) {
         spawn::signal_group(child.pid, libc::SIGKILL);
-        for d in &child.descendants {
+        for d in &child.tree.descendants() {
             spawn::signal_exact(d.pid, d.start_time, libc::SIGKILL);
         }
     }

@@ -403,6 +403,7 @@ impl Supervisor {
             port_map: RwLock::new(BTreeMap::new()),
             resource_conns: RwLock::new(conns),
             world,
+            trees: Default::default(),
         });
         let mut externals = BTreeMap::new();
         for name in external {

@@ -113,6 +113,49 @@ pub fn descendants(procs: &[ProcStat], root: i32) -> Vec<ProcStat> {
     out
 }
 
+/// Whether this kernel lists a task's children in `/proc/PID/task/TID/children`
+/// (`CONFIG_PROC_CHILDREN`), checked once.
+fn children_files() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let pid = std::process::id();
+        Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists()
+    })
+}
+
+/// The PIDs of `root`'s descendants (children, grandchildren, ...), walked down from `root`
+/// through `/proc/PID/task/*/children`: the cost grows with the tree, not with the whole
+/// process table. `None` when the kernel has no children files (use [`snapshot`] and
+/// [`descendants`] instead). A process forking or exiting during the walk may be missed.
+pub fn descendant_pids(root: i32) -> Option<Vec<i32>> {
+    if !children_files() {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.filter_map(|t| t.ok()) {
+            let Ok(text) = fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in text
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if child != root && out.len() < 100_000 && seen.insert(child) {
+                    out.push(child);
+                    stack.push(child);
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 /// True when the process's environment has `NAME=VALUE` with VALUE starting with `prefix`.
 pub fn environ_has(pid: i32, name: &str, prefix: &str) -> bool {
     let Ok(bytes) = fs::read(format!("/proc/{pid}/environ")) else {
@@ -232,6 +275,31 @@ mod tests {
         let mut d: Vec<i32> = descendants(&procs, 10).iter().map(|p| p.pid).collect();
         d.sort();
         assert_eq!(d, vec![11, 12, 14]);
+    }
+
+    #[test]
+    fn walks_descendants_through_children_files() {
+        // sh -> sh -> sleep: both below the outer shell are found, the outer one is not.
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sh -c 'sleep 30; true' & wait"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh");
+        let root = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let found = descendant_pids(root).expect("children files (CONFIG_PROC_CHILDREN)");
+            if found.len() >= 2 || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // SAFETY: killing the process group of a child this test started.
+        unsafe { libc::kill(-root, libc::SIGKILL) };
+        let _ = child.wait();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(!found.contains(&root));
     }
 
     #[test]

@@ -96,6 +96,52 @@ time.sleep(60)
     s.shutdown(SECS(5)).await;
 }
 
+/// A descendant that leaves the group, clears its environment (no tag) and then loses its
+/// parent (reparented outside the service's tree) is only known from the supervisor's tree
+/// walks while it was still below the service; the stop kills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_a_descendant_recorded_before_it_escaped() {
+    let p = Project::new();
+    // The subshell starts the escaper, lives 2 s (the first walk is due 0.5 s after the
+    // start), then exits: the escaper is reparented away from the service's tree.
+    let svc = sh(
+        "(setsid env -i /bin/sh -c 'echo $$$$ > gone.pid; exec sleep 60' & \
+         echo $$$$ > sub.pid; exec sleep 2) & exec sleep 60",
+    );
+    let s = p.start(&services(vec![("svc", svc)])).await;
+    let gone_file = p.path().join("gone.pid");
+    assert!(
+        wait_for(SECS(10), || read_pid(&gone_file).is_some()).await,
+        "gone.pid missing"
+    );
+    let gone = read_pid(&gone_file).unwrap_or(0);
+    let main_pid = status_of(&s, "svc").pid.unwrap_or(0) as i32;
+    // Wait until it left the tree: its parent is neither the service nor below it.
+    let left = wait_for(SECS(10), || {
+        kinfra_supervisor::procfs::stat(gone).is_some_and(|st| {
+            st.ppid != main_pid
+                && !kinfra_supervisor::procfs::descendant_pids(main_pid)
+                    .unwrap_or_default()
+                    .contains(&gone)
+        })
+    })
+    .await;
+    assert!(left, "the escaper never left the service's tree");
+    assert!(alive(gone));
+    assert_ne!(
+        kinfra_supervisor::procfs::stat(gone).map(|st| st.pgid),
+        Some(main_pid)
+    );
+    s.act(Action::Stop, "svc")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_for(SECS(3), || !alive(gone)).await,
+        "the escaped descendant survived the stop"
+    );
+    s.shutdown(SECS(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_stop_signal_is_sent_first() {
     let p = Project::new();
