@@ -1,60 +1,67 @@
-//! CPU and memory of each service's process tree, sampled from `/proc` every few seconds.
+//! CPU and memory of each service's process tree, sampled from `/proc` on demand: while
+//! someone reads status (the dashboard, `/metrics`, `runtime status`, the bus), at most every
+//! [`INTERVAL`]; nothing is read while nobody looks.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// How often the process table is read.
+/// How often the trees are sampled while status is being read.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Copy)]
-struct Proc {
-    ppid: u32,
-    /// utime + stime, in clock ticks.
-    ticks: u64,
-    rss_pages: u64,
-}
+/// How long after the last read of status sampling goes on.
+pub const READERS_KEEP: Duration = Duration::from_secs(5);
 
-/// The process table from `/proc/*/stat` ([`kinfra_core::procstat`]), by PID.
-fn read_all() -> HashMap<u32, Proc> {
-    kinfra_core::procstat::all()
-        .into_iter()
-        .filter_map(|s| {
-            let proc = Proc {
-                ppid: u32::try_from(s.ppid).ok()?,
-                ticks: s.utime + s.stime,
-                rss_pages: s.rss_pages,
-            };
-            Some((u32::try_from(s.pid).ok()?, proc))
-        })
-        .collect()
-}
+/// After a pause in sampling, a second sample this long after the first, so the CPU shown
+/// covers the last moment rather than the whole pause.
+const CATCH_UP: Duration = Duration::from_secs(1);
 
-/// The tree of `root`: it and all its descendants.
-fn tree(procs: &HashMap<u32, Proc>, children: &HashMap<u32, Vec<u32>>, root: u32) -> (u64, u64) {
-    let (mut ticks, mut pages) = (0, 0);
-    let mut stack = vec![root];
-    let mut seen = 0;
-    while let Some(pid) = stack.pop() {
-        seen += 1;
-        if seen > 100_000 {
-            break;
+/// utime + stime (clock ticks) and resident pages of one tree.
+fn tree(root: u32) -> Option<(u64, u64)> {
+    let root_pid = i32::try_from(root).ok()?;
+    let top = kinfra_core::procstat::stat(root_pid)?;
+    let (mut ticks, mut pages) = (top.utime + top.stime, top.rss_pages);
+    let members = match kinfra_supervisor::procfs::descendant_pids(root_pid) {
+        Some(pids) => pids
+            .into_iter()
+            .filter_map(kinfra_core::procstat::stat)
+            .collect(),
+        None => {
+            kinfra_supervisor::procfs::descendants(&kinfra_supervisor::procfs::snapshot(), root_pid)
         }
-        if let Some(p) = procs.get(&pid) {
-            ticks += p.ticks;
-            pages += p.rss_pages;
-        }
-        if let Some(kids) = children.get(&pid) {
-            stack.extend(kids);
-        }
+    };
+    for p in members {
+        ticks += p.utime + p.stime;
+        pages += p.rss_pages;
     }
-    (ticks, pages)
+    Some((ticks, pages))
 }
 
-/// Latest CPU% and memory by root PID.
-#[derive(Debug, Default, Clone)]
+/// Latest CPU% and memory by root PID, sampled while someone reads them.
+#[derive(Debug, Clone)]
 pub struct ProcessSampler {
-    inner: Arc<RwLock<Samples>>,
+    inner: Arc<Inner>,
+}
+
+impl Default for ProcessSampler {
+    fn default() -> Self {
+        Self::with_timing(INTERVAL, READERS_KEEP)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// How often to sample while status is read.
+    interval: Duration,
+    /// How long after the last read sampling goes on.
+    keep: Duration,
+    samples: RwLock<Samples>,
+    /// When status was last read.
+    read_at: Mutex<Option<Instant>>,
+    /// The sampling task is asleep until a read wakes it.
+    waiting: AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -63,24 +70,75 @@ struct Samples {
     latest: HashMap<u32, (f64, u64)>,
     /// root pid -> (ticks, when) at the previous sample
     previous: HashMap<u32, (u64, Instant)>,
+    /// When the last sample was taken.
+    taken: Option<Instant>,
 }
 
 impl ProcessSampler {
+    /// A sampler that samples every `interval` until `keep` after the last read.
+    pub fn with_timing(interval: Duration, keep: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                interval,
+                keep,
+                samples: RwLock::default(),
+                read_at: Mutex::default(),
+                waiting: AtomicBool::default(),
+                wake: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
     /// CPU% and memory of the tree rooted at `pid`, once it has been sampled.
     pub fn get(&self, pid: u32) -> Option<(f64, u64)> {
-        match self.inner.read() {
+        match self.inner.samples.read() {
             Ok(s) => s.latest.get(&pid).copied(),
             Err(p) => p.into_inner().latest.get(&pid).copied(),
         }
     }
 
-    /// Samples the trees of `roots` once.
-    pub fn sample(&self, roots: &[u32]) {
-        let procs = read_all();
-        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (pid, p) in &procs {
-            children.entry(p.ppid).or_default().push(*pid);
+    /// Someone reads status: sampling runs (or goes on) for [`READERS_KEEP`]. The first read
+    /// after a quiet time shows the last sample (if any) and wakes the sampler.
+    pub fn wanted(&self) {
+        *lock(&self.inner.read_at) = Some(Instant::now());
+        if self.inner.waiting.swap(false, Ordering::SeqCst) {
+            self.inner.wake.notify_one();
         }
+    }
+
+    /// True when status was read within [`READERS_KEEP`].
+    fn readers(&self) -> bool {
+        lock(&self.inner.read_at).is_some_and(|at| at.elapsed() < self.inner.keep)
+    }
+
+    /// When the last sample was taken.
+    fn taken(&self) -> Option<Instant> {
+        match self.inner.samples.read() {
+            Ok(s) => s.taken,
+            Err(p) => p.into_inner().taken,
+        }
+    }
+
+    /// Waits until status is read (at once when it was read within [`READERS_KEEP`]).
+    pub async fn until_wanted(&self) {
+        loop {
+            // Set before looking at the last read: a read after the look sees the flag and
+            // leaves a wake-up (stored by `Notify` when nobody waits yet).
+            self.inner.waiting.store(true, Ordering::SeqCst);
+            if self.readers() {
+                self.inner.waiting.store(false, Ordering::SeqCst);
+                return;
+            }
+            self.inner.wake.notified().await;
+        }
+    }
+
+    /// Samples the trees of `roots` once (walking each tree down from its root).
+    pub fn sample(&self, roots: &[u32]) {
+        let trees: Vec<(u32, (u64, u64))> = roots
+            .iter()
+            .filter_map(|&root| tree(root).map(|t| (root, t)))
+            .collect();
         // SAFETY: sysconf has no preconditions.
         let (hz, page) = unsafe {
             (
@@ -89,18 +147,14 @@ impl ProcessSampler {
             )
         };
         let now = Instant::now();
-        let mut guard = match self.inner.write() {
+        let mut guard = match self.inner.samples.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         let samples = &mut *guard;
         let mut latest = HashMap::new();
         let mut previous = HashMap::new();
-        for &root in roots {
-            if !procs.contains_key(&root) {
-                continue;
-            }
-            let (ticks, pages) = tree(&procs, &children, root);
+        for (root, (ticks, pages)) in trees {
             let cpu = match samples.previous.get(&root) {
                 Some((before, at)) if ticks >= *before => {
                     let secs = now.duration_since(*at).as_secs_f64().max(0.001);
@@ -113,12 +167,106 @@ impl ProcessSampler {
         }
         samples.latest = latest;
         samples.previous = previous;
+        samples.taken = Some(now);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Samples every [`INTERVAL`] while status is read (see [`ProcessSampler::wanted`]) and
+/// sleeps otherwise. `roots` gives the root PIDs of the running services; sampling runs off
+/// the async threads. Ends when the blocking pool is gone.
+pub async fn sample_on_demand(sampler: ProcessSampler, roots: impl Fn() -> Vec<u32>) {
+    loop {
+        sampler.until_wanted().await;
+        let interval = sampler.inner.interval;
+        let paused = sampler.taken().is_none_or(|at| at.elapsed() > interval * 2);
+        if !sample_once(&sampler, roots()).await {
+            return;
+        }
+        if paused {
+            tokio::time::sleep(CATCH_UP.min(interval)).await;
+            if !sample_once(&sampler, roots()).await {
+                return;
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+async fn sample_once(sampler: &ProcessSampler, roots: Vec<u32>) -> bool {
+    let sampler = sampler.clone();
+    tokio::task::spawn_blocking(move || sampler.sample(&roots))
+        .await
+        .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing is sampled while nobody reads; a read starts sampling, which stops again
+    /// once reads stop (counted calls, no timing asserted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn samples_only_while_status_is_read() {
+        use std::sync::atomic::AtomicUsize;
+        let interval = Duration::from_millis(50);
+        let keep = Duration::from_millis(200);
+        let sampler = ProcessSampler::with_timing(interval, keep);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let me = std::process::id();
+        let task = tokio::spawn(sample_on_demand(sampler.clone(), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            vec![me]
+        }));
+        tokio::time::sleep(interval * 10).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "sampled with no reader");
+        assert!(sampler.get(me).is_none());
+
+        sampler.wanted();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sampler.get(me).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, memory) = sampler.get(me).expect("a sample after the first read");
+        assert!(memory > 0);
+        assert!(calls.load(Ordering::SeqCst) >= 1);
+
+        // Reads stop: after the keep time, sampling stops.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let settled = loop {
+            let before = calls.load(Ordering::SeqCst);
+            tokio::time::sleep(keep + interval * 4).await;
+            let after = calls.load(Ordering::SeqCst);
+            if after == before || Instant::now() > deadline {
+                break after;
+            }
+        };
+        tokio::time::sleep(interval * 10).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            settled,
+            "still sampling with no reader"
+        );
+
+        // A new read starts it again.
+        sampler.wanted();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while calls.load(Ordering::SeqCst) == settled && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            calls.load(Ordering::SeqCst) > settled,
+            "a read did not wake the sampler"
+        );
+        task.abort();
+    }
 
     #[test]
     fn samples_a_busy_tree() {

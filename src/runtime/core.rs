@@ -24,21 +24,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, watch};
 
-/// Samples CPU and memory of the running services' process trees, off the async threads.
+/// Samples CPU and memory of the running services' process trees while status is read
+/// ([`crate::procstat::sample_on_demand`]); asleep otherwise.
 pub(super) async fn sample_processes(supervisor: Supervisor, sampler: ProcessSampler) {
-    let mut tick = tokio::time::interval(crate::procstat::INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let roots: Vec<u32> = supervisor.status().values().filter_map(|s| s.pid).collect();
-        let sampler = sampler.clone();
-        if tokio::task::spawn_blocking(move || sampler.sample(&roots))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
+    crate::procstat::sample_on_demand(sampler, move || {
+        supervisor.status().values().filter_map(|s| s.pid).collect()
+    })
+    .await;
 }
 
 /// The runtime's control as seen by subsystems that start before the runtime core exists
@@ -70,6 +62,13 @@ impl RuntimeControl for LateControl {
     fn status(&self) -> StatusReport {
         match self.core.get() {
             Some(core) => core.status(),
+            None => StatusReport::new(self.project.clone(), BTreeMap::new()),
+        }
+    }
+
+    fn status_unobserved(&self) -> StatusReport {
+        match self.core.get() {
+            Some(core) => core.status_unobserved(),
             None => StatusReport::new(self.project.clone(), BTreeMap::new()),
         }
     }
@@ -246,11 +245,16 @@ impl RuntimeCore {
     }
 }
 
-impl RuntimeControl for RuntimeCore {
-    fn status(&self) -> StatusReport {
+impl RuntimeCore {
+    /// The status report; `observed`: a read by someone looking, which keeps CPU and memory
+    /// sampled.
+    fn report(&self, observed: bool) -> StatusReport {
         let mut services = self.supervisor.status();
         self.scale.annotate(&mut services);
         let maintenance = self.maintenance_state();
+        if observed {
+            self.sampler.wanted();
+        }
         for (name, s) in services.iter_mut() {
             if let Some((cpu, mem)) = s.pid.and_then(|pid| self.sampler.get(pid)) {
                 s.cpu_percent = Some(cpu);
@@ -295,6 +299,16 @@ impl RuntimeControl for RuntimeCore {
                 .collect();
         }
         report
+    }
+}
+
+impl RuntimeControl for RuntimeCore {
+    fn status(&self) -> StatusReport {
+        self.report(true)
+    }
+
+    fn status_unobserved(&self) -> StatusReport {
+        self.report(false)
     }
 
     fn extra_metrics(&self) -> String {

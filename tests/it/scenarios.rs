@@ -1,6 +1,9 @@
-//! Whole-runtime scenarios: a five-service project, kinfra killed with SIGKILL, following logs.
+//! Whole-runtime scenarios: a five-service project, kinfra killed with SIGKILL, following logs,
+//! CPU and memory sampled once someone reads status.
 
-use crate::support::{Project, alive, kill, pids_tagged, stderr, stdout, unique_tag, wait_for};
+use crate::support::{
+    Project, alive, http_get, kill, pids_tagged, stderr, stdout, unique_tag, wait_for,
+};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -190,4 +193,44 @@ fn logs_follow_streams_new_lines() {
     );
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
+}
+
+/// CPU and memory are sampled on demand: a status read starts sampling, and `/__status__`
+/// then shows both for a running service (a busy one shows its CPU) within a bounded time
+/// of the first read. Nothing is asserted about timing: the bound only catches a sampler that
+/// never wakes.
+#[test]
+fn status_shows_cpu_and_memory_once_someone_reads_it() {
+    let tag = unique_tag("sampled");
+    let p = Project::with_config(&format!(
+        "[env]\nKINFRA_TEST_TAG = \"{tag}\"\n[dashboard]\nlisten = \"127.0.0.1:0\"\n\
+         [services.busy]\ncommand = \"while :; do :; done\"\n\
+         [services.idle]\ncommand = \"exec sleep 1000\"\n"
+    ));
+    let mut up = p.up(&[], &[]);
+    let addr = up.dashboard_addr();
+    let read = || -> serde_json::Value {
+        let (code, body) = http_get(&addr, "/__status__").expect("GET /__status__");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    };
+    let sampled = wait_for(Duration::from_secs(30), "CPU and memory in status", || {
+        let v = read();
+        let s = &v["services"];
+        let running = s["busy"]["state"] == "running" && s["idle"]["state"] == "running";
+        let memory = |n: &str| s[n]["memory_bytes"].as_u64().unwrap_or(0) > 0;
+        let busy_cpu = s["busy"]["cpu_percent"].as_f64().unwrap_or(0.0) > 1.0;
+        (running && memory("busy") && memory("idle") && busy_cpu).then_some(v)
+    });
+    assert!(sampled["services"]["idle"]["cpu_percent"].is_number());
+    // `runtime status` (the control socket) reads the same samples.
+    let out = p.run(&["runtime", "status", "--json"]);
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("status JSON");
+    assert!(v["services"]["busy"]["memory_bytes"].as_u64().unwrap_or(0) > 0);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    wait_for(Duration::from_secs(5), "nothing left", || {
+        pids_tagged(&tag).is_empty().then_some(())
+    });
 }

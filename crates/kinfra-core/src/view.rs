@@ -100,8 +100,15 @@ pub enum ActionError {
 /// Read and act on a running runtime. Implemented by the facade's `Runtime`; used by the
 /// dashboard, the control socket and the bus, so none of them depends on the others.
 pub trait RuntimeControl: Send + Sync + 'static {
-    /// A snapshot of every resource.
+    /// A snapshot of every resource. A read by someone looking (a view, a client): the
+    /// runtime samples CPU and memory while status is read.
     fn status(&self) -> StatusReport;
+    /// The same snapshot for the runtime's own machinery (the proxy's route table): it does
+    /// not count as someone looking, so it starts no CPU/memory sampling; the CPU and memory
+    /// in it may be old or absent.
+    fn status_unobserved(&self) -> StatusReport {
+        self.status()
+    }
     /// The last `lines` log lines of a service (all services, interleaved by time, for `None`).
     fn logs(&self, service: Option<&str>, lines: usize)
     -> Result<Vec<ServiceLogLine>, ActionError>;

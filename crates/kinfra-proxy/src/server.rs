@@ -38,8 +38,10 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 /// How long a backend that refused a connection is skipped.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the route table is refreshed from the runtime's status even without events.
-const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// How often the route table is refreshed from the runtime's status even without events: a
+/// slow safety net (rebuilds follow events; a lagged receiver rebuilds at once), which also
+/// takes in a status message that changed without a state change.
+const REFRESH_EVERY: Duration = Duration::from_secs(15);
 /// How long `start` waits for pingora to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -277,8 +279,9 @@ fn add_certificates(
     Ok(())
 }
 
-/// Keeps the route table in step with the runtime: rebuilt on relevant events, and every few
-/// seconds in case an event was missed.
+/// Keeps the route table in step with the runtime: rebuilt on relevant events, and every
+/// [`REFRESH_EVERY`] in case something changed without one. Reads status as the runtime's
+/// own machinery (`status_unobserved`), which starts no CPU/memory sampling.
 async fn watch_runtime(
     control: Arc<dyn RuntimeControl>,
     mut events: broadcast::Receiver<kinfra_core::Event>,
@@ -312,7 +315,7 @@ async fn watch_runtime(
         if refresh {
             // Take in whatever else is already queued, then rebuild once.
             while events.try_recv().is_ok() {}
-            if shared.routes.apply_status(&control.status()) {
+            if shared.routes.apply_status(&control.status_unobserved()) {
                 tracing::debug!("Proxy route table rebuilt.");
             }
         }
@@ -397,7 +400,7 @@ impl ProxyServer {
             options.activity.clone(),
         );
         let events = control.subscribe_events();
-        route_state.apply_status(&control.status());
+        route_state.apply_status(&control.status_unobserved());
         let route_state = Arc::new(route_state);
         let wakes = Arc::new(Wakes::new(
             control.clone(),
@@ -441,6 +444,11 @@ impl ProxyServer {
             upstream_keepalive_pool_size: 512,
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(0),
+            // pingora's "fast" timeouts run a clock thread that wakes every 10 ms for as
+            // long as the process lives, once any request used one: idle CPU with nobody
+            // connected. Timeouts of a second or more (all of kinfra's defaults, keep-alive
+            // included) use tokio's timer instead, which sleeps when nothing is due.
+            fast_timeout_to_tokio_threshold_seconds: Some(0),
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -660,7 +668,9 @@ impl ProxyServer {
     /// Rebuilds the route table from the runtime's status now (it also follows events by
     /// itself).
     pub fn refresh(&self, control: &dyn RuntimeControl) {
-        self.shared.routes.apply_status(&control.status());
+        self.shared
+            .routes
+            .apply_status(&control.status_unobserved());
     }
 
     /// Stops accepting, lets requests in flight finish within `grace`, then stops pingora and
