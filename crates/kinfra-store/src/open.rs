@@ -120,6 +120,16 @@ pub(crate) fn engine_lock_free(dir: &Path) -> bool {
     kinfra_core::lockfile::is_free(&dir.join("LOCK"))
 }
 
+/// How often the embedded engine writes this node's heartbeat. SurrealDB's default (3 s)
+/// commits a transaction, with an fsync, every 3 s of an idle runtime; one node alone needs
+/// it only to stay under the engine's fixed 30 s expiry of a silent node.
+const NODE_HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+
+/// The embedded engine's settings: its background tasks at an idle-friendly pace.
+fn engine_config() -> surrealdb::opt::Config {
+    surrealdb::opt::Config::new().node_membership_refresh_interval(NODE_HEARTBEAT_EVERY)
+}
+
 /// Opens the connection: the embedded engine for a path or `mem://`, a WebSocket for a
 /// server (signing in as root with `[store] user` / `password` when given).
 pub(crate) async fn connect(config: &StoreConfig, location: &Location) -> Result<Db, StoreError> {
@@ -140,7 +150,7 @@ pub(crate) async fn connect(config: &StoreConfig, location: &Location) -> Result
             loop {
                 let attempt = tokio::time::timeout(
                     timeout,
-                    surrealdb::engine::any::connect(endpoint.as_str()),
+                    surrealdb::engine::any::connect((endpoint.as_str(), engine_config())),
                 )
                 .await;
                 match attempt {
