@@ -125,6 +125,30 @@ pub(crate) fn engine_lock_free(dir: &Path) -> bool {
 /// it only to stay under the engine's fixed 30 s expiry of a silent node.
 const NODE_HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 
+/// Threads of the embedded engine's blocking pool. SurrealDB starts 16 on a host with fewer
+/// than 16 cores (idle threads with their stacks and allocator caches); 4 is the least it
+/// documents as working (`SURREAL_KVS_THREADPOOL_SIZE`), and a host with more cores gets one
+/// per core as SurrealDB would.
+fn engine_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
+}
+
+/// Builds the engine's global blocking pool before the engine does (the engine leaves an
+/// existing one alone), unless `SURREAL_KVS_THREADPOOL_SIZE` says otherwise. Once per process.
+fn build_engine_pool() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        if std::env::var_os("SURREAL_KVS_THREADPOOL_SIZE").is_some() {
+            return;
+        }
+        let _ = affinitypool::Builder::new()
+            .thread_name("surrealdb-threadpool")
+            .worker_threads(engine_threads())
+            .build()
+            .build_global();
+    });
+}
+
 /// The embedded engine's settings: its background tasks at an idle-friendly pace.
 fn engine_config() -> surrealdb::opt::Config {
     surrealdb::opt::Config::new().node_membership_refresh_interval(NODE_HEARTBEAT_EVERY)
@@ -134,6 +158,9 @@ fn engine_config() -> surrealdb::opt::Config {
 /// server (signing in as root with `[store] user` / `password` when given).
 pub(crate) async fn connect(config: &StoreConfig, location: &Location) -> Result<Db, StoreError> {
     let timeout: Duration = config.connect_timeout.0;
+    if !matches!(location, Location::Remote(_)) {
+        build_engine_pool();
+    }
     match location {
         Location::Memory => surrealdb::engine::any::connect("mem://")
             .await
