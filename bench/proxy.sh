@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Proxy benchmark: the same backend (nginx returning 1 KiB) reached directly and through
-# nginx, Caddy and the kinfra proxy, with the same load tools, in one run, on loopback.
+# nginx, Caddy, the pingora floor (examples/pingora_floor.rs) and the kinfra proxy alone
+# (examples/bench_proxy.rs), with the same load tools, in one run, on loopback. For kinfra's
+# own share (kinfra / pingora) without building the whole runtime; `bench/run` measures the
+# kinfra binary as shipped.
 #
-#   bench/proxy.sh                 # writes bench/proxy.md
+#   bench/proxy.sh                           # writes bench/results/proxy-sh.md
 #   DURATION=5 CONNS=32 bench/proxy.sh
+#   ONLY="pingora kinfra" ROUNDS=9 bench/proxy.sh             # the A/B of kinfra's share
+#   BEFORE_BIN=/tmp/bench_proxy.old ONLY="pingora kinfra" bench/proxy.sh
+#                                            # adds "kinfra_before", an older bench_proxy
 #
 # Needs: nginx (nginx-light), wrk, caddy (optional), cargo. Every server gets one worker
-# (nginx worker_processes 1, GOMAXPROCS=1, kinfra threads 1) so the comparison is per core;
-# the load tools run on the same machine. Everything started here is stopped on exit.
+# (nginx worker_processes 1, GOMAXPROCS=1, pingora and kinfra threads 1) so the comparison is
+# per core; the load tools run on the same machine. The order of the targets alternates from
+# round to round. Everything started here is stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-$ROOT/bench/proxy.md}
+OUT=${OUT:-$ROOT/bench/results/proxy-sh.md}
+ONLY=${ONLY:-}                    # space-separated target names (direct is always measured)
+BEFORE_BIN=${BEFORE_BIN:-}        # another bench_proxy binary, measured as "kinfra_before"
 DURATION=${DURATION:-5}           # seconds per wrk run
 ROUNDS=${ROUNDS:-3}               # rounds; each round runs every target once, medians are kept
 CONNS=${CONNS:-64}                # wrk connections
@@ -21,7 +30,8 @@ BASE_PORT=${BASE_PORT:-18480}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 BACKEND=$BASE_PORT; STATUS=$((BASE_PORT + 1)); NGINX=$((BASE_PORT + 2))
-CADDY=$((BASE_PORT + 3)); KINFRA=$((BASE_PORT + 4))
+CADDY=$((BASE_PORT + 3)); KINFRA=$((BASE_PORT + 4)); FLOOR=$((BASE_PORT + 5))
+BEFORE=$((BASE_PORT + 6))
 WORK=$(mktemp -d /tmp/kinfra-bench.XXXXXX)
 PIDS=()
 
@@ -36,6 +46,8 @@ need() { command -v "$1" >/dev/null || { echo "missing: $1 ($2)" >&2; exit 1; };
 need nginx "apt-get install -y nginx-light"
 need wrk "apt-get install -y wrk"
 HAVE_CADDY=1; command -v caddy >/dev/null || HAVE_CADDY=0
+wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+wanted caddy || HAVE_CADDY=0
 
 wait_port() {
   for _ in $(seq 1 200); do
@@ -45,11 +57,14 @@ wait_port() {
   echo "nothing listens on $1" >&2; exit 1
 }
 
-echo "building the kinfra proxy (release)..." >&2
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q -p kinfra-proxy \
-  --example bench_proxy --example bench_load)
+if [ -z "${NO_BUILD:-}" ]; then   # NO_BUILD=1: use the binaries already in $TARGET_DIR
+  echo "building the kinfra proxy (release)..." >&2
+  (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q -p kinfra-proxy \
+    --example bench_proxy --example bench_load --example pingora_floor)
+fi
 KINFRA_BIN=$TARGET_DIR/release/examples/bench_proxy
 LOAD_BIN=$TARGET_DIR/release/examples/bench_load
+FLOOR_BIN=$TARGET_DIR/release/examples/pingora_floor
 
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
 
@@ -117,9 +132,14 @@ EOF
 fi
 
 RUST_LOG=off "$KINFRA_BIN" "127.0.0.1:$KINFRA" "http://127.0.0.1:$BACKEND" 1 >"$WORK/kinfra.log" 2>&1 & PIDS+=($!)
+"$FLOOR_BIN" "127.0.0.1:$FLOOR" "127.0.0.1:$BACKEND" 1 >"$WORK/floor.log" 2>&1 & PIDS+=($!)
+if [ -n "$BEFORE_BIN" ]; then
+  RUST_LOG=off "$BEFORE_BIN" "127.0.0.1:$BEFORE" "http://127.0.0.1:$BACKEND" 1 >"$WORK/before.log" 2>&1 & PIDS+=($!)
+fi
 
-for p in $BACKEND $STATUS $NGINX $KINFRA; do wait_port "$p"; done
+for p in $BACKEND $STATUS $NGINX $KINFRA $FLOOR; do wait_port "$p"; done
 [ "$HAVE_CADDY" = 1 ] && wait_port "$CADDY"
+[ -n "$BEFORE_BIN" ] && wait_port "$BEFORE"
 
 counters() { # prints "accepts requests" of the backend (stub_status)
   local out
@@ -130,9 +150,15 @@ counters() { # prints "accepts requests" of the backend (stub_status)
   awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ *\r?$/ {print $1, $3}' <<<"$out"
 }
 
-TARGETS=("direct:$BACKEND" "nginx:$NGINX")
+TARGETS=("direct:$BACKEND")
+wanted nginx && TARGETS+=("nginx:$NGINX")
 [ "$HAVE_CADDY" = 1 ] && TARGETS+=("caddy:$CADDY")
-TARGETS+=("kinfra:$KINFRA")
+wanted pingora && TARGETS+=("pingora:$FLOOR")
+[ -n "$BEFORE_BIN" ] && TARGETS+=("kinfra_before:$BEFORE")
+wanted kinfra && TARGETS+=("kinfra:$KINFRA")
+order() { # the targets of round $1: as listed in odd rounds, reversed in even ones
+  if (( $1 % 2 )); then printf '%s\n' "${TARGETS[@]}"; else printf '%s\n' "${TARGETS[@]}" | tac; fi
+}
 
 # Warm up every path (connections, pools, caches).
 for t in "${TARGETS[@]}"; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:${t#*:}/" >/dev/null; done
@@ -146,7 +172,7 @@ to_us() { # wrk latency (850.00us, 1.24ms, 2.01s) -> microseconds
 declare -A RPS P50 P99 ACC REQ LAT50 LAT99 LAT999 ERRS
 # Rounds interleave the targets, so a burst of other load on the machine hits all of them.
 for round in $(seq 1 "$ROUNDS"); do
-  for t in "${TARGETS[@]}"; do
+  for t in $(order "$round"); do
     name=${t%%:*}; port=${t#*:}
     read -r a0 r0 < <(counters)
     res=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
@@ -158,7 +184,7 @@ for round in $(seq 1 "$ROUNDS"); do
     ACC[$name]=$(( ${ACC[$name]:-0} + a1 - a0 )); REQ[$name]=$(( ${REQ[$name]:-0} + r1 - r0 ))
     echo "round $round $name: $rps req/s" >&2
   done
-  for t in "${TARGETS[@]}"; do
+  for t in $(order "$round"); do
     name=${t%%:*}; port=${t#*:}
     line=$("$LOAD_BIN" "http://127.0.0.1:$port/" "$RATE" "$RATE_SECS" 16)
     LAT50[$name]+="$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line") "
@@ -203,8 +229,22 @@ done
     echo "| $n | $(median <<<"${LAT50[$n]}") | $p99 | $(median <<<"${LAT999[$n]}") | ${ERRS[$n]} | $added |"
   done
   echo
-  echo "Bars (DESIGN.md): kinfra requests/s ≥ nginx's; p99 added latency at 2,000 req/s ≤ 500 µs;"
-  echo "upstream connection reuse ≥ 99 %."
+  if wanted pingora && wanted kinfra; then
+    echo "## kinfra's own share"
+    echo
+    echo "| ratio | median of per-round ratios | ratio of medians | per round |"
+    echo "|---|---:|---:|---|"
+    for n in kinfra kinfra_before; do
+      [ -n "${RPS[$n]:-}" ] || continue
+      per=$(paste -d' ' <(tr ' ' '\n' <<<"${RPS[$n]% }") <(tr ' ' '\n' <<<"${RPS[pingora]% }") |
+        awk '$2 > 0 { printf "%.3f ", $1 / $2 }')
+      med=$(awk -v a="$(median <<<"${RPS[$n]}")" -v b="$(median <<<"${RPS[pingora]}")" 'BEGIN { printf "%.3f", a / b }')
+      echo "| $n/pingora | $(median <<<"$per") | $med | ${per% } |"
+    done
+    echo
+  fi
+  echo "Bars (DESIGN.md, issue 22): kinfra requests/s ≥ 0.95× the pingora floor's; p99 added latency"
+  echo "at 2,000 req/s ≤ 300 µs; upstream connection reuse ≥ 99 %."
   echo
   cat <<'NOTES'
 ## Notes

@@ -11,7 +11,7 @@ use crate::upstream::{Backend, Pool};
 use crate::wake::{Flight, WakeOutcome, Wakes};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderValue, header};
+use http::{HeaderName, HeaderValue, header};
 use kinfra_core::activity::{ActivityGuard, TargetActivity};
 use kinfra_core::{Health, ServiceState};
 use pingora::ErrorType;
@@ -21,7 +21,8 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, Result};
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -40,6 +41,49 @@ pub(crate) const CLIENT_HEADER: &str = "x-kinfra-client";
 
 /// Longest path kept in an access log line.
 const MAX_LOGGED_PATH: usize = 256;
+
+/// Header names the request path looks up, parsed once (a `&str` name is parsed on every
+/// lookup).
+static PROBE_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
+static CLIENT_NAME: HeaderName = HeaderName::from_static(CLIENT_HEADER);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Client addresses as header text, most recent first: requests on a keep-alive connection
+/// (and clients behind the same address) reuse the text instead of formatting the address
+/// for each request.
+const CLIENT_TEXTS: usize = 8;
+
+thread_local! {
+    static CLIENT_TEXT: RefCell<Vec<(IpAddr, HeaderValue)>> =
+        RefCell::new(Vec::with_capacity(CLIENT_TEXTS));
+}
+
+/// `ip` as header text (`X-Forwarded-For`, `X-Kinfra-Client`): `192.0.2.1`, `2001:db8::1`;
+/// an IPv4-mapped IPv6 address is named as the IPv4 address. Made once per address and
+/// thread while it stays among the last few seen; the value shares one buffer.
+fn client_text(ip: IpAddr) -> HeaderValue {
+    let ip = ip.to_canonical();
+    CLIENT_TEXT.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(i) = cache.iter().position(|(seen, _)| *seen == ip) {
+            if i > 0 {
+                cache[..=i].rotate_right(1);
+            }
+            return cache[0].1.clone();
+        }
+        // An address's text is always a valid header value.
+        let text = HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        if cache.len() == CLIENT_TEXTS {
+            cache.pop();
+        }
+        cache.insert(0, (ip, text.clone()));
+        text
+    })
+}
 
 /// Settings read on the request path.
 #[derive(Debug, Clone)]
@@ -151,7 +195,23 @@ fn request_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
         .filter(|h| !h.is_empty())
 }
 
-/// The `Host` as the client sent it (with port), for `X-Forwarded-Host`.
+/// `X-Forwarded-For`: the client's address appended to what came before it, or the address
+/// alone (the cached value itself, no copy) when nothing did.
+fn forwarded_for(prev: Option<&HeaderValue>, client: HeaderValue) -> HeaderValue {
+    match prev {
+        Some(prev) if !prev.as_bytes().trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + client.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or(client)
+        }
+        _ => client,
+    }
+}
+
+/// The `Host` as the client sent it (with port), for `X-Forwarded-Host` (the same buffer,
+/// not a copy).
 fn original_host(req: &RequestHeader) -> Option<HeaderValue> {
     match req.headers.get(header::HOST) {
         Some(host) => Some(host.clone()),
@@ -170,20 +230,29 @@ fn is_tls(digest: Option<&Digest>) -> bool {
 /// response; keeps `Connection`/`Upgrade` on a `101 Switching Protocols`.
 fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    let nominated: Vec<String> = resp
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
-        .collect();
-    for name in nominated {
-        resp.remove_header(&name);
+    // Names nominated by `Connection` other than its own tokens: rare, so parsed (and
+    // allocated) only when there are some.
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for value in resp.headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                nominated.push(name);
+            }
+        }
     }
-    resp.remove_header("keep-alive");
-    resp.remove_header("proxy-connection");
+    for name in &nominated {
+        resp.remove_header(name);
+    }
+    resp.remove_header(&KEEP_ALIVE);
+    resp.remove_header(&PROXY_CONNECTION);
     resp.remove_header(&header::PROXY_AUTHENTICATE);
     if !switching {
         resp.remove_header(&header::CONNECTION);
@@ -685,7 +754,7 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         let req = session.req_header();
-        if let Some(token) = req.headers.get(PROBE_HEADER)
+        if let Some(token) = req.headers.get(&PROBE_NAME)
             && token.as_bytes() == shared.probe_token.as_bytes()
         {
             ctx.probe = true;
@@ -883,30 +952,25 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // The client's address as text, made once per address (not per request).
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(|a| client_text(a.ip()));
         // Whatever a client says about itself in this header is not believed anywhere.
-        upstream.remove_header(CLIENT_HEADER);
+        upstream.remove_header(&CLIENT_NAME);
         if ctx.dashboard {
             // The dashboard decides who may read by the client's address as seen here; an
             // unknown one is sent as such (unparsable, so the dashboard counts it remote).
-            let named =
-                client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_canonical().to_string());
+            let named = client
+                .clone()
+                .unwrap_or_else(|| HeaderValue::from_static("unknown"));
             upstream.insert_header(CLIENT_HEADER, named)?;
         } else {
             strip_session_cookie(upstream)?;
         }
-        if let Some(ip) = client {
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-                _ => ip.to_string(),
-            };
+        if let Some(text) = client {
+            let xff = forwarded_for(upstream.headers.get(&X_FORWARDED_FOR), text);
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header(
@@ -916,7 +980,7 @@ impl ProxyHttp for Edge {
         match original_host(session.req_header()) {
             Some(host) => upstream.insert_header("x-forwarded-host", host)?,
             None => {
-                upstream.remove_header("x-forwarded-host");
+                upstream.remove_header(&X_FORWARDED_HOST);
             }
         }
         let via = append_via(
@@ -1032,6 +1096,56 @@ mod tests {
     }
 
     #[test]
+    fn client_text_is_right_for_every_address_it_is_asked_for() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:198.51.100.2".parse().unwrap();
+        // Twice each (the second from the cache), interleaved, and more addresses than the
+        // cache keeps, so entries are evicted and made again.
+        for round in 0..3 {
+            assert_eq!(client_text(v4), "192.0.2.7", "round {round}");
+            assert_eq!(client_text(v6), "2001:db8::1", "round {round}");
+            assert_eq!(client_text(mapped), "198.51.100.2", "round {round}");
+            assert_eq!(client_text(v4), "192.0.2.7", "round {round}");
+            for n in 0..(CLIENT_TEXTS as u8 + 2) {
+                let ip = IpAddr::from([10, 0, round, n]);
+                assert_eq!(client_text(ip), format!("10.0.{round}.{n}"));
+            }
+        }
+        // Another thread has its own cache and the same answers.
+        std::thread::spawn(move || assert_eq!(client_text(v6), "2001:db8::1"))
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn forwarding_headers_are_right_on_every_request() {
+        // The values reused across requests (the client's text, the static Via and
+        // X-Forwarded-Proto) must not carry anything from one request into the next.
+        let build = |xff: Option<&'static str>| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("host", "a.test:8080").unwrap();
+            if let Some(xff) = xff {
+                req.insert_header("x-forwarded-for", xff).unwrap();
+            }
+            req
+        };
+        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        for (prev, want) in [
+            (None, "203.0.113.5"),
+            (Some("198.51.100.1"), "198.51.100.1, 203.0.113.5"),
+            (Some("  "), "203.0.113.5"),
+            (None, "203.0.113.5"),
+        ] {
+            let mut req = build(prev);
+            let xff = forwarded_for(req.headers.get(&X_FORWARDED_FOR), client_text(ip));
+            req.insert_header("x-forwarded-for", xff).unwrap();
+            assert_eq!(req.headers["x-forwarded-for"], want);
+            assert_eq!(original_host(&req).unwrap(), "a.test:8080");
+        }
+    }
+
+    #[test]
     fn only_the_session_cookie_is_removed() {
         let strip = |values: &[&'static str]| {
             let values: Vec<HeaderValue> =
@@ -1102,7 +1216,7 @@ mod tests {
     #[test]
     fn response_hop_by_hop_is_removed() {
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("connection", "keep-alive, x-secret")
+        resp.insert_header("connection", "Keep-Alive, X-Secret, ,close")
             .unwrap();
         resp.insert_header("x-secret", "1").unwrap();
         resp.insert_header("keep-alive", "timeout=5").unwrap();

@@ -1,13 +1,14 @@
 //! Request counts and latency histograms by route and status class, rendered for `/metrics`.
 //!
-//! The request path takes a read lock and bumps atomics; a new (route, class) pair takes the
-//! write lock once. Routes are the services the config names plus `dashboard` and `none`, so
+//! The request path reads an immutable map of series (no lock) and bumps atomics; a new
+//! route replaces the map once, under a lock only writers take. Routes are the services the config names plus `dashboard` and `none`, so
 //! the label set stays as small as the config.
 
+use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 /// Upper bounds of the latency buckets, in microseconds (Prometheus `le`, in seconds).
 const BUCKETS_US: [u64; 14] = [
@@ -54,43 +55,42 @@ struct RouteSeries {
     by_class: [Series; 6],
 }
 
+/// Series by route.
+type RouteMap = HashMap<Arc<str>, Arc<RouteSeries>>;
+
 /// Counters of every request the proxy answered.
 #[derive(Debug, Default)]
 pub(crate) struct ProxyMetrics {
-    routes: RwLock<HashMap<Arc<str>, Arc<RouteSeries>>>,
+    /// Read by every request without a lock; replaced (copied) when a route is first seen.
+    routes: ArcSwap<RouteMap>,
+    /// Serializes the replacements, so no new route is lost.
+    adding: parking_lot::Mutex<()>,
 }
 
 impl ProxyMetrics {
     /// Counts one finished request.
     pub(crate) fn record(&self, route: &str, status: u16, micros: u64) {
-        let found = match self.routes.read() {
-            Ok(map) => map.get(route).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(route).cloned(),
-        };
-        let series = match found {
-            Some(s) => s,
-            None => {
-                let mut map = match self.routes.write() {
-                    Ok(map) => map,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                map.entry(Arc::from(route)).or_default().clone()
-            }
-        };
-        series.by_class[class(status)].observe(micros);
+        let class = class(status);
+        if let Some(series) = self.routes.load().get(route) {
+            series.by_class[class].observe(micros);
+            return;
+        }
+        let _adding = self.adding.lock();
+        let mut map = RouteMap::clone(&self.routes.load());
+        let series = map.entry(Arc::from(route)).or_default().clone();
+        self.routes.store(Arc::new(map));
+        series.by_class[class].observe(micros);
     }
 
     /// The Prometheus text: `kinfra_proxy_requests_total{route,code}` and the
     /// `kinfra_proxy_request_duration_seconds` histogram with the same labels.
     pub(crate) fn render(&self) -> String {
-        let mut routes: Vec<(Arc<str>, Arc<RouteSeries>)> = match self.routes.read() {
-            Ok(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
+        let mut routes: Vec<(Arc<str>, Arc<RouteSeries>)> = self
+            .routes
+            .load()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         routes.sort_by(|a, b| a.0.cmp(&b.0));
         // (labels, total, series) of every class that saw a request.
         let mut rows: Vec<(String, u64, &Series)> = Vec::new();
@@ -247,6 +247,39 @@ mod tests {
         assert!(text.contains(
             "kinfra_proxy_request_duration_seconds_sum{route=\"api\",code=\"2xx\"} 0.0303"
         ));
+    }
+
+    #[test]
+    fn routes_first_seen_at_the_same_time_lose_no_count() {
+        let m = Arc::new(ProxyMetrics::default());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        m.record(&format!("r{}", i % 20), 200, 10);
+                        m.record(&format!("t{t}"), 500, 10);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render();
+        for r in 0..20 {
+            assert!(
+                text.contains(&format!(
+                    "kinfra_proxy_requests_total{{route=\"r{r}\",code=\"2xx\"}} 40\n"
+                )),
+                "{text}"
+            );
+        }
+        for t in 0..4 {
+            assert!(text.contains(&format!(
+                "kinfra_proxy_requests_total{{route=\"t{t}\",code=\"5xx\"}} 200\n"
+            )));
+        }
     }
 
     #[test]

@@ -88,6 +88,11 @@ impl Pool {
             return None;
         }
         let start = if n == 1 {
+            let only = &self.backends[0];
+            // Never marked down (the usual case): no clock read.
+            if only.down_until.load(Ordering::Relaxed) == 0 && Some(only.addr) != exclude {
+                return Some(only.clone());
+            }
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed)
