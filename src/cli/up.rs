@@ -70,7 +70,13 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
     .await?;
     // Lines written before we subscribed are in the ring: print them first, then the live
     // stream without the lines both have.
-    let log_rx = runtime.logs();
+    // Quiet: no subscription at all (a receiver never read still costs the capture a broadcast
+    // line per log line); the printer never polls this unconnected receiver.
+    let log_rx = if quiet {
+        broadcast::channel(1).1
+    } else {
+        runtime.logs()
+    };
     let backlog = runtime.recent_logs(None, 1000).unwrap_or_default();
     let join = BacklogJoin::new(&backlog);
     if !quiet {
