@@ -131,11 +131,20 @@ EOF
     caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!)
 fi
 
+declare -A PID_OF   # single-process proxies whose CPU time is measured
 RUST_LOG=off "$KINFRA_BIN" "127.0.0.1:$KINFRA" "http://127.0.0.1:$BACKEND" 1 >"$WORK/kinfra.log" 2>&1 & PIDS+=($!)
+PID_OF[kinfra]=$!
 "$FLOOR_BIN" "127.0.0.1:$FLOOR" "127.0.0.1:$BACKEND" 1 >"$WORK/floor.log" 2>&1 & PIDS+=($!)
+PID_OF[pingora]=$!
 if [ -n "$BEFORE_BIN" ]; then
   RUST_LOG=off "$BEFORE_BIN" "127.0.0.1:$BEFORE" "http://127.0.0.1:$BACKEND" 1 >"$WORK/before.log" 2>&1 & PIDS+=($!)
+  PID_OF[kinfra_before]=$!
 fi
+cpu_ticks() { # utime + stime of a process, in clock ticks
+  [ -n "${PID_OF[$1]:-}" ] || { echo 0; return; }
+  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/${PID_OF[$1]}/stat"
+}
+HZ=$(getconf CLK_TCK)
 
 for p in $BACKEND $STATUS $NGINX $KINFRA $FLOOR; do wait_port "$p"; done
 [ "$HAVE_CADDY" = 1 ] && wait_port "$CADDY"
@@ -169,14 +178,19 @@ to_us() { # wrk latency (850.00us, 1.24ms, 2.01s) -> microseconds
   awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else { sub(/s$/, "", v); print v * 1000000 } }' <<<"$1"
 }
 
-declare -A RPS P50 P99 ACC REQ LAT50 LAT99 LAT999 ERRS
+declare -A RPS P50 P99 ACC REQ LAT50 LAT99 LAT999 ERRS CPU
 # Rounds interleave the targets, so a burst of other load on the machine hits all of them.
 for round in $(seq 1 "$ROUNDS"); do
   for t in $(order "$round"); do
     name=${t%%:*}; port=${t#*:}
     read -r a0 r0 < <(counters)
+    c0=$(cpu_ticks "$name")
     res=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+    c1=$(cpu_ticks "$name")
     read -r a1 r1 < <(counters)
+    if [ -n "${PID_OF[$name]:-}" ]; then
+      CPU[$name]+="$(awk -v c=$((c1 - c0)) -v hz="$HZ" -v r=$((r1 - r0)) 'BEGIN { if (r > 0) printf "%.2f", c / hz * 1e6 / r; else print 0 }') "
+    fi
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
     RPS[$name]+="$rps "
     P50[$name]+="$(to_us "$(awk '$1=="50%" {print $2}' <<<"$res")") "
@@ -207,14 +221,15 @@ done
   echo
   echo "## Throughput: wrk, $CONNS keep-alive connections, ${DURATION}s × $ROUNDS rounds (medians)"
   echo
-  echo "| path | requests/s | p50 µs | p99 µs | upstream connection reuse | requests/s per round |"
-  echo "|---|---:|---:|---:|---:|---|"
+  echo "| path | requests/s | p50 µs | p99 µs | upstream connection reuse | CPU µs / request | requests/s per round |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
   for t in "${TARGETS[@]}"; do
     n=${t%%:*}
     if [ "$n" = direct ]; then reuse="n/a"; else
       reuse=$(awk -v a="${ACC[$n]}" -v r="${REQ[$n]}" 'BEGIN { if (r > 0) printf "%.3f %%", 100 * (1 - a / r); else print "?" }')
     fi
-    echo "| $n | $(median <<<"${RPS[$n]}") | $(median <<<"${P50[$n]}") | $(median <<<"${P99[$n]}") | $reuse | ${RPS[$n]% } |"
+    cpu="-"; [ -n "${CPU[$n]:-}" ] && cpu=$(median <<<"${CPU[$n]}")
+    echo "| $n | $(median <<<"${RPS[$n]}") | $(median <<<"${P50[$n]}") | $(median <<<"${P99[$n]}") | $reuse | $cpu | ${RPS[$n]% } |"
   done
   echo
   echo "## Latency at a fixed $RATE requests/s (bench_load, 16 keep-alive connections, ${RATE_SECS}s × $ROUNDS rounds, medians)"
@@ -232,14 +247,15 @@ done
   if wanted pingora && wanted kinfra; then
     echo "## kinfra's own share"
     echo
-    echo "| ratio | median of per-round ratios | ratio of medians | per round |"
-    echo "|---|---:|---:|---|"
+    echo "| ratio | requests/s: median of per-round ratios | requests/s: ratio of medians | CPU per request: pingora's / this one's (median) | requests/s per round |"
+    echo "|---|---:|---:|---:|---|"
     for n in kinfra kinfra_before; do
       [ -n "${RPS[$n]:-}" ] || continue
       per=$(paste -d' ' <(tr ' ' '\n' <<<"${RPS[$n]% }") <(tr ' ' '\n' <<<"${RPS[pingora]% }") |
         awk '$2 > 0 { printf "%.3f ", $1 / $2 }')
       med=$(awk -v a="$(median <<<"${RPS[$n]}")" -v b="$(median <<<"${RPS[pingora]}")" 'BEGIN { printf "%.3f", a / b }')
-      echo "| $n/pingora | $(median <<<"$per") | $med | ${per% } |"
+      cpuratio=$(awk -v a="$(median <<<"${CPU[pingora]}")" -v b="$(median <<<"${CPU[$n]}")" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
+      echo "| $n/pingora | $(median <<<"$per") | $med | $cpuratio | ${per% } |"
     done
     echo
   fi

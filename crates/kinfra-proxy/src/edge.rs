@@ -251,11 +251,36 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     for name in &nominated {
         resp.remove_header(name);
     }
-    resp.remove_header(&KEEP_ALIVE);
-    resp.remove_header(&PROXY_CONNECTION);
-    resp.remove_header(&header::PROXY_AUTHENTICATE);
-    if !switching {
+    // One pass over the (few) names present finds the fixed hop-by-hop ones; a remove of
+    // a name that is not there costs as much as a lookup.
+    let (mut keep_alive, mut proxy_connection, mut proxy_authenticate) = (false, false, false);
+    let (mut connection, mut upgrade) = (false, false);
+    for name in resp.headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if *name == header::UPGRADE {
+            upgrade = true;
+        } else if *name == header::PROXY_AUTHENTICATE {
+            proxy_authenticate = true;
+        } else if *name == KEEP_ALIVE {
+            keep_alive = true;
+        } else if *name == PROXY_CONNECTION {
+            proxy_connection = true;
+        }
+    }
+    if keep_alive {
+        resp.remove_header(&KEEP_ALIVE);
+    }
+    if proxy_connection {
+        resp.remove_header(&PROXY_CONNECTION);
+    }
+    if proxy_authenticate {
+        resp.remove_header(&header::PROXY_AUTHENTICATE);
+    }
+    if connection && !switching {
         resp.remove_header(&header::CONNECTION);
+    }
+    if upgrade && !switching {
         resp.remove_header(&header::UPGRADE);
     }
 }
