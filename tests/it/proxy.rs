@@ -2,8 +2,6 @@
 //! the proxy answers with the right page when the service is stopped or in maintenance.
 
 use crate::support::{Project, http_get, pids_tagged, stderr, unique_tag, wait_for};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 /// A raw GET (`Connection: close`): status code, lower-cased head, body.
@@ -17,24 +15,13 @@ pub(crate) fn get_host(addr: &str, path: &str, host: &str) -> (u16, String, Stri
 }
 
 fn request(addr: &str, path: &str, host: &str, accept: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    crate::support::raw_exchange(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        ),
+        Duration::from_secs(10),
     )
-    .expect("write");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (code, head.to_ascii_lowercase(), body.to_string())
 }
 
 #[test]

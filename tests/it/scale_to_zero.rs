@@ -170,24 +170,14 @@ fn request(
     body: &str,
     limit: Duration,
 ) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the proxy");
-    s.set_read_timeout(Some(limit)).expect("read timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    crate::support::raw_exchange(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        limit,
     )
-    .expect("write the request");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (code, head.to_ascii_lowercase(), body.to_owned())
 }
 
 fn get_json(addr: &str, path: &str) -> (u16, String, String) {

@@ -13,8 +13,6 @@ use crate::neon::neon_fake;
 
 use crate::support::{Project, Up, stderr, stdout, unique_tag};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -78,23 +76,13 @@ fn proxy_addr(up: &Up) -> String {
 /// A GET as an API client (`Accept: application/json`, `Connection: close`), allowed to be
 /// held for up to `limit`: status code, lower-cased head, body.
 fn get_json(addr: &str, path: &str, limit: Duration) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the proxy");
-    s.set_read_timeout(Some(limit)).expect("read timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    crate::support::raw_exchange(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        ),
+        limit,
     )
-    .expect("write the request");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (code, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// `docker inspect` of one container: (running, started at).

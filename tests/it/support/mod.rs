@@ -282,6 +282,24 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_get_as(addr, path, None)
 }
 
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) to `addr` and reads the
+/// answer for up to `limit`: (status, lower-cased head, body). Status 0 when nothing came.
+pub fn raw_exchange(addr: &str, request: &str, limit: Duration) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the proxy");
+    s.set_read_timeout(Some(limit)).expect("read timeout");
+    s.write_all(request.as_bytes()).expect("write the request");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (code, head.to_ascii_lowercase(), body.to_owned())
+}
+
 /// A blocking HTTP/1.1 GET on 127.0.0.1 with `token` as a bearer token when given; returns
 /// (status, body).
 pub fn http_get_as(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
