@@ -207,100 +207,6 @@ async fn sample_once(sampler: &ProcessSampler, roots: Vec<u32>) -> bool {
         .is_ok()
 }
 
-/// One mapping of `/proc/self/smaps` and the figures [`release_startup_code`] looks at.
-#[derive(Debug, Default, PartialEq)]
-struct Mapping {
-    start: usize,
-    end: usize,
-    perms: String,
-    path: String,
-    rss_kib: u64,
-    anonymous_kib: u64,
-}
-
-/// The mappings of an smaps text.
-fn parse_smaps(text: &str) -> Vec<Mapping> {
-    let mut out: Vec<Mapping> = Vec::new();
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else {
-            continue;
-        };
-        if let Some((a, b)) = first.split_once('-')
-            && let (Ok(start), Ok(end)) =
-                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-        {
-            let perms = fields.next().unwrap_or_default().to_owned();
-            // offset, device, inode, then the path (which may hold spaces).
-            let path = fields.skip(3).collect::<Vec<_>>().join(" ");
-            out.push(Mapping {
-                start,
-                end,
-                perms,
-                path,
-                ..Mapping::default()
-            });
-            continue;
-        }
-        let kib = || fields.clone().next().and_then(|v| v.parse::<u64>().ok());
-        if let Some(m) = out.last_mut() {
-            match first {
-                "Rss:" => m.rss_kib = kib().unwrap_or(0),
-                "Anonymous:" => m.anonymous_kib = kib().unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-/// Unmaps the pages of this executable's code and read-only data that are resident, once
-/// the runtime has started: starting touches code all over a large binary (parsing, the
-/// store's engine, TLS, pingora), and the kernel maps it in 64 KiB windows, so an idle
-/// runtime would keep tens of MiB of startup-only code in its resident set. Only mappings of
-/// the executable that are not writable and hold no anonymous (copied-on-write) pages are
-/// released (`MADV_DONTNEED`): their pages are the file's page cache, so the next use maps
-/// them again (a minor fault) with the same contents, and until then they are ordinary cache
-/// the kernel may reclaim. (Smaps counts a freshly written binary's pages as dirty until they
-/// reach the disk; that is the page cache's state, not a private copy.) Returns the resident
-/// KiB released.
-pub fn release_startup_code() -> u64 {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return 0;
-    };
-    let Some(exe) = exe.to_str() else {
-        return 0;
-    };
-    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
-        return 0;
-    };
-    let mut released = 0;
-    for m in parse_smaps(&text) {
-        let clean_file_pages = m.path == exe
-            && m.perms.starts_with('r')
-            && m.perms.get(1..2) == Some("-")
-            && m.perms.ends_with('p')
-            && m.anonymous_kib == 0;
-        if !clean_file_pages || m.rss_kib == 0 || m.end <= m.start {
-            continue;
-        }
-        // SAFETY: the range is one whole mapping of this process's executable, read-only
-        // and without private pages; MADV_DONTNEED only drops its page-table entries, and
-        // the next access maps the same file pages again, so no memory changes contents.
-        let r = unsafe {
-            libc::madvise(
-                m.start as *mut libc::c_void,
-                m.end - m.start,
-                libc::MADV_DONTNEED,
-            )
-        };
-        if r == 0 {
-            released += m.rss_kib;
-        }
-    }
-    released
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,38 +267,6 @@ mod tests {
             "a read did not wake the sampler"
         );
         task.abort();
-    }
-
-    #[test]
-    fn parses_smaps_mappings() {
-        let text = "5594b1909000-5594b70b4000 r-xp 01234000 fd:00 1234 /usr/bin/kin fra\n\
-                    Size:              89772 kB\n\
-                    Rss:               47152 kB\n\
-                    Private_Dirty:         0 kB\n\
-                    Anonymous:             0 kB\n\
-                    7f00-8000 rw-p 00000000 00:00 0 \n\
-                    Rss:                   8 kB\n\
-                    Anonymous:             8 kB\n";
-        let maps = parse_smaps(text);
-        assert_eq!(maps.len(), 2);
-        assert_eq!(maps[0].start, 0x5594b1909000);
-        assert_eq!(maps[0].end, 0x5594b70b4000);
-        assert_eq!(maps[0].perms, "r-xp");
-        assert_eq!(maps[0].path, "/usr/bin/kin fra");
-        assert_eq!((maps[0].rss_kib, maps[0].anonymous_kib), (47152, 0));
-        assert_eq!(maps[1].path, "");
-        assert_eq!(maps[1].anonymous_kib, 8);
-    }
-
-    /// Releasing the executable's clean code pages leaves the process working: the code
-    /// runs again right after (mapped back from the page cache).
-    #[test]
-    fn released_code_still_runs() {
-        let _ = release_startup_code();
-        let sampler = ProcessSampler::default();
-        sampler.sample(&[std::process::id()]);
-        assert!(sampler.get(std::process::id()).is_some());
-        assert!(!parse_smaps("").iter().any(|m| m.rss_kib > 0));
     }
 
     #[test]

@@ -186,12 +186,6 @@ pub(super) async fn start_subsystems(
         project: config.project.name.clone(),
     });
     tracing::info!(project = %config.project.name, state_dir = %state_dir.display(), "Runtime started.");
-    // Starting touched code all over the binary that an idle runtime does not run again:
-    // unmap it (clean file pages, mapped back on next use) so it does not stay resident.
-    drop(tokio::task::spawn_blocking(|| {
-        let kib = crate::procstat::release_startup_code();
-        tracing::debug!(kib, "Startup code pages released.");
-    }));
     Ok(Runtime {
         core,
         config,
