@@ -55,7 +55,9 @@ struct Book {
 
 /// Starts wakes through the runtime and lets requests wait for them.
 pub(crate) struct Wakes {
-    control: Arc<dyn RuntimeControl>,
+    /// Weak: the runtime owns the proxy, so a strong reference here would be a cycle that
+    /// keeps the runtime (its supervisor and state-dir locks) alive after shutdown.
+    control: std::sync::Weak<dyn RuntimeControl>,
     /// The runtime the proxy was started from: wakes run there, not on pingora's threads.
     runtime: tokio::runtime::Handle,
     /// Refreshed from the runtime's status as soon as a wake succeeds.
@@ -88,7 +90,7 @@ impl Wakes {
         tracking: bool,
     ) -> Self {
         Self {
-            control,
+            control: Arc::downgrade(&control),
             runtime,
             routes,
             book: parking_lot::Mutex::new(Book::default()),
@@ -131,15 +133,23 @@ impl Wakes {
         let service = service.clone();
         self.runtime.spawn(async move {
             let started = Instant::now();
-            let act = wakes.control.act(Action::Wake, &service);
-            let outcome = match tokio::time::timeout(timeout, act).await {
-                Ok(Ok(())) => {
-                    // Serve it from now on, without waiting for the event to come around.
-                    wakes.routes.apply_status(&wakes.control.status());
-                    WakeOutcome::Ready
+            let outcome = match wakes.control.upgrade() {
+                None => WakeOutcome::Failed("The runtime is shutting down.".into()),
+                Some(control) => {
+                    let act = control.act(Action::Wake, &service);
+                    match tokio::time::timeout(timeout, act).await {
+                        Ok(Ok(())) => {
+                            // Serve it from now on, without waiting for the event to come
+                            // around.
+                            wakes.routes.apply_status(&control.status());
+                            WakeOutcome::Ready
+                        }
+                        Ok(Err(error)) => WakeOutcome::Failed(reason(error)),
+                        Err(_) => {
+                            WakeOutcome::TimedOut(format!("It was not ready within {timeout:?}."))
+                        }
+                    }
                 }
-                Ok(Err(error)) => WakeOutcome::Failed(reason(error)),
-                Err(_) => WakeOutcome::TimedOut(format!("It was not ready within {timeout:?}.")),
             };
             wakes.metrics.wake(&service, outcome.label());
             match &outcome {
