@@ -5,8 +5,9 @@
 //! (`{"timestamp":"…","level":"info","stream":"stdout","message":"…"}`), in
 //! `STATE_DIR/logs/NAME.log`; rotated files are `NAME.log.1` (newest) to `NAME.log.KEEP`.
 //!
-//! Flow and bounds: one reader task per pipe reads into a buffer of 64 KiB and splits what it
-//! read into lines of at most `max_line` bytes (longer lines are split). The lines of one read
+//! Flow and bounds: one reader task per pipe waits until the pipe is readable, reads into its
+//! thread's 64 KiB buffer (one per runtime thread, not per pipe: an idle service holds no read
+//! buffer) and splits what it read into lines of at most `max_line` bytes (longer lines are split). The lines of one read
 //! form a [`Batch`]: one timestamp (taken when the read returned), one text buffer, one entry
 //! per line; no allocation per line. A batch takes a slot in a bounded channel to the
 //! service's file writer thread, then, in one step, goes into the ring, to followers and into
@@ -18,8 +19,9 @@
 //! fills and the *child* blocks in `write`; kinfra's memory stays bounded (the channel's
 //! batches, the ring's lines) and its actors never wait on log output.
 //!
-//! Flush policy: the writer thread encodes each batch's lines as JSON into a 128 KiB buffer,
-//! which goes to the file when it is full and whenever the writer has nothing more queued, so
+//! Flush policy: the writer thread encodes each batch's lines as JSON into a buffer of up to
+//! 128 KiB (given back after a burst), which goes to the file when it is full and whenever the
+//! writer has nothing more queued, so
 //! a lone line is in the file as soon as the writer thread has run (no timer holds it back),
 //! and a flood costs one `write` per buffer. Rotation flushes first; EOF of a pipe, a stop and
 //! the end of the sink hand over every batch before the writer exits, which flushes. No fsync:
@@ -31,11 +33,10 @@ use kinfra_core::event::now_rfc3339;
 use kinfra_core::status::{LogLine, LogStream, ServiceLogLine};
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
 
@@ -504,19 +505,67 @@ fn utf8_cut(buf: &[u8]) -> usize {
     len
 }
 
+/// What one read of a pipe gave.
+enum Read {
+    /// The lines it finished (maybe none).
+    Lines(Batch),
+    /// Nothing to read after all (a spurious readiness).
+    NotReady,
+    /// End of file.
+    Eof,
+}
+
+thread_local! {
+    /// The pipe read buffer of this thread, shared by every pipe read on it: a read fills it,
+    /// its lines are copied into a batch, and it is free again before the task awaits. So an
+    /// idle service holds no read buffer, whatever the number of services.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads what `pipe` has into this thread's buffer and splits it into a batch of the lines it
+/// finished.
+fn read_once(
+    pipe: &tokio::net::unix::pipe::Receiver,
+    stream: LogStream,
+    splitter: &mut LineSplitter,
+) -> io::Result<Read> {
+    READ_BUF.with_borrow_mut(|buf| {
+        if buf.len() < READ_BUFFER {
+            buf.resize(READ_BUFFER, 0);
+        }
+        let n = match pipe.try_read(buf) {
+            Ok(0) => return Ok(Read::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::NotReady),
+            Err(e) => return Err(e),
+        };
+        // One batch, one timestamp, one channel slot for everything this read finished.
+        let mut batch = Batch::new(stream, n + splitter.pending.len());
+        batch
+            .lines
+            .reserve(memchr::memchr_iter(b'\n', &buf[..n]).count() + 1);
+        splitter.feed_with(&buf[..n], |line| batch.push(line));
+        Ok(Read::Lines(batch))
+    })
+}
+
 async fn read_lines(
     fd: OwnedFd,
     stream: LogStream,
     max_line: usize,
     sink: &LogSink,
 ) -> io::Result<()> {
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
     let mut splitter = LineSplitter::new(max_line);
-    let mut buf = vec![0u8; READ_BUFFER];
     loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
+        let read = match pipe.readable().await {
+            Ok(()) => read_once(&pipe, stream, &mut splitter),
+            Err(e) => Err(e),
+        };
+        let batch = match read {
+            Ok(Read::Lines(batch)) => batch,
+            Ok(Read::NotReady) => continue,
+            Ok(Read::Eof) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if let Some(last) = splitter.finish() {
@@ -525,12 +574,6 @@ async fn read_lines(
                 return Err(e);
             }
         };
-        // One batch, one timestamp, one channel slot for everything this read finished.
-        let mut batch = Batch::new(stream, n + splitter.pending.len());
-        batch
-            .lines
-            .reserve(memchr::memchr_iter(b'\n', &buf[..n]).count() + 1);
-        splitter.feed_with(&buf[..n], |line| batch.push(line));
         if !batch.is_empty() && !sink.record(batch).await {
             return Ok(());
         }
@@ -618,22 +661,35 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// An append-only log file rotated by size.
+///
+/// Lines are gathered in a buffer of up to [`WRITE_BUFFER`] bytes and written in one `write`;
+/// once flushed, a buffer that grew past [`IDLE_BUFFER`] is given back, so a quiet service
+/// holds almost nothing between bursts.
 pub struct LogFile {
     path: PathBuf,
-    out: Option<BufWriter<File>>,
+    file: Option<File>,
+    buf: Vec<u8>,
     size: u64,
     max_size: u64,
     keep: u32,
 }
 
+/// Bytes of write buffer a log file keeps between bursts.
+const IDLE_BUFFER: usize = 4 * 1024;
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
 impl LogFile {
     /// Opens (appending) or creates `path`.
     pub fn open(path: PathBuf, max_size: u64, keep: u32) -> io::Result<LogFile> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_append(&path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogFile {
             path,
-            out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            file: Some(file),
+            buf: Vec::new(),
             size,
             max_size: max_size.max(1024),
             keep,
@@ -653,28 +709,59 @@ impl LogFile {
         if self.size > 0 && self.size + bytes.len() as u64 > self.max_size {
             self.rotate()?;
         }
-        let out = match &mut self.out {
-            Some(o) => o,
-            None => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?;
-                self.out
-                    .insert(BufWriter::with_capacity(WRITE_BUFFER, file))
+        if self.buf.len() + bytes.len() > WRITE_BUFFER {
+            self.write_out()?;
+        }
+        if bytes.len() >= WRITE_BUFFER {
+            self.file()?.write_all(bytes)?;
+        } else {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(IDLE_BUFFER.max(bytes.len()));
             }
-        };
-        out.write_all(bytes)?;
+            self.buf.extend_from_slice(bytes);
+        }
         self.size += bytes.len() as u64;
         Ok(())
     }
 
-    /// Flushes buffered lines to the file.
-    pub fn flush(&mut self) -> io::Result<()> {
-        match &mut self.out {
-            Some(o) => o.flush(),
-            None => Ok(()),
+    /// The open file, reopened when an earlier rotation could not open it.
+    fn file(&mut self) -> io::Result<&mut File> {
+        match self.file {
+            Some(ref mut f) => Ok(f),
+            None => {
+                let f = open_append(&self.path)?;
+                Ok(self.file.insert(f))
+            }
         }
+    }
+
+    /// Writes the buffer to the file, keeping its capacity.
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.file().and_then(|f| f.write_all(&buf));
+        self.buf = buf;
+        // Lines that could not be written are dropped, as a full disk would: the writer
+        // goes on with the next ones.
+        self.buf.clear();
+        written
+    }
+
+    /// Flushes buffered lines to the file and gives back a buffer grown past a few KiB.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let written = self.write_out();
+        if self.buf.capacity() > IDLE_BUFFER {
+            self.buf = Vec::new();
+        }
+        written
+    }
+
+    /// Bytes of buffer held now (for tests).
+    #[cfg(test)]
+    fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     fn rotated(&self, n: u32) -> PathBuf {
@@ -684,9 +771,8 @@ impl LogFile {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        if let Some(mut out) = self.out.take() {
-            out.flush()?;
-        }
+        self.write_out()?;
+        self.file = None;
         if self.keep == 0 {
             let _ = fs::remove_file(&self.path);
         } else {
@@ -700,11 +786,7 @@ impl LogFile {
             fs::rename(&self.path, self.rotated(1))?;
         }
         self.size = 0;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.out = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
+        self.file = Some(open_append(&self.path)?);
         Ok(())
     }
 }
@@ -878,6 +960,31 @@ mod tests {
             assert_eq!(a.finish(), b.finish());
             assert!(fed.iter().all(|l| l.len() <= 16), "{fed:?}");
         }
+    }
+
+    /// A burst fills the write buffer; once flushed, the file holds every byte and the buffer
+    /// is given back, so an idle service keeps only a few KiB.
+    #[test]
+    fn the_write_buffer_is_given_back_after_a_burst() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("burst.log");
+        let mut f = LogFile::open(path.clone(), 64 << 20, 1)?;
+        let line = format!("{}\n", "x".repeat(999));
+        for _ in 0..300 {
+            f.append_encoded(line.as_bytes())?;
+        }
+        assert!(f.buffer_capacity() > IDLE_BUFFER, "the burst was buffered");
+        f.flush()?;
+        assert!(
+            f.buffer_capacity() <= IDLE_BUFFER,
+            "{}",
+            f.buffer_capacity()
+        );
+        assert_eq!(fs::read(&path)?.len(), 300 * 1000);
+        f.append_encoded(line.as_bytes())?;
+        f.flush()?;
+        assert_eq!(fs::read(&path)?.len(), 301 * 1000);
+        Ok(())
     }
 
     #[test]
