@@ -5,6 +5,7 @@ mod config_cmd;
 mod demo;
 mod deploy;
 mod image;
+mod import;
 mod load;
 mod output;
 mod plan;
@@ -69,6 +70,9 @@ enum Command {
     /// Deploy the project (`kinfra deploy fly`: Fly.io Machines).
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// A kinfra.toml from a Procfile (with its .env), a process-compose.yaml or a
+    /// compose.yaml; every key that does not map is reported with its file and line.
+    Import(import::ImportArgs),
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -438,6 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan { config, json } => plan::run(&config, json).await,
         Command::Image(cmd) => image::run(cmd).await,
         Command::Deploy(cmd) => deploy::run(cmd).await,
+        Command::Import(args) => import::run(args),
         Command::Demo(cmd) => demo::run(cmd).await,
     }
 }

@@ -23,6 +23,7 @@ mod fake_http;
 mod fault_script;
 mod fly;
 mod image;
+mod import;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
 mod library;

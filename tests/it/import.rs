@@ -1,0 +1,176 @@
+//! `kinfra import` through the built binary: each sample project (tests/fixtures/import)
+//! imports into a config that `kinfra config check` accepts, the report names what did not
+//! map at its line, bad input exits 2 at its line, `--dry-run` and `-o` behave, and an
+//! imported Procfile project runs and answers on its port.
+
+use crate::support::{Project, http_get, stderr, stdout, wait_for};
+use std::path::Path;
+use std::time::Duration;
+
+/// A project dir holding a copy of the fixture dir `name` (with its dotfiles).
+fn fixture_project(name: &str) -> Project {
+    let p = Project::new();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/import")
+        .join(name);
+    for entry in std::fs::read_dir(&src).expect("fixture dir") {
+        let entry = entry.expect("fixture entry");
+        std::fs::copy(entry.path(), p.path().join(entry.file_name())).expect("copy fixture");
+    }
+    p
+}
+
+#[test]
+fn every_sample_imports_into_a_config_that_passes_check() {
+    for (dir, file, counts) in [
+        ("rails", "Procfile", "5 services, 0 resources"),
+        ("node", "Procfile", "4 services, 0 resources"),
+        (
+            "process-compose",
+            "process-compose.yaml",
+            "6 services, 0 resources",
+        ),
+        ("compose", "compose.yaml", "0 services, 3 resources"),
+    ] {
+        let p = fixture_project(dir);
+        let out = p.run(&["import", file]);
+        assert!(out.status.success(), "{dir}: {}", stderr(&out));
+        assert!(stderr(&out).contains(counts), "{dir}: {}", stderr(&out));
+        let check = p.run(&["config", "check"]);
+        assert!(
+            check.status.success(),
+            "{dir}: config check failed:\n{}\n--- kinfra.toml:\n{}",
+            stderr(&check),
+            std::fs::read_to_string(p.path().join("kinfra.toml")).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn procfile_and_compose_merge_into_one_config() {
+    let p = fixture_project("rails");
+    for entry in ["compose.yaml", "db.env"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/import/compose")
+            .join(entry);
+        std::fs::copy(src, p.path().join(entry)).expect("copy");
+    }
+    let out = p.run(&["import", "Procfile", "compose.yaml", "-o", "merged.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let check = p.run(&["config", "check", "-c", "merged.toml"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("5 services, 3 resources"),
+        "{}",
+        stdout(&check)
+    );
+}
+
+#[test]
+fn the_report_names_build_and_other_unmapped_keys_with_their_lines() {
+    let p = fixture_project("compose");
+    let out = p.run(&["import", "compose.yaml", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stderr(&out);
+    assert!(
+        report.contains("compose.yaml:39: not imported: `services.app.build`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("compose.yaml:56: not imported: `services.worker.build`"),
+        "{report}"
+    );
+    assert!(report.contains("`services.worker.deploy`"), "{report}");
+    assert!(report.contains("`networks`"), "{report}");
+}
+
+#[test]
+fn dry_run_prints_the_config_and_writes_nothing() {
+    let p = fixture_project("rails");
+    let out = p.run(&["import", "Procfile", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let toml = stdout(&out);
+    assert!(toml.contains("[services.web]"), "{toml}");
+    assert!(toml.contains("port = \"auto\""), "{toml}");
+    assert!(toml.contains("# The app server"), "{toml}");
+    assert!(stderr(&out).contains("nothing written"), "{}", stderr(&out));
+    assert!(!p.path().join("kinfra.toml").exists());
+}
+
+#[test]
+fn an_existing_output_is_kept_unless_forced() {
+    let p = fixture_project("node");
+    p.write("kinfra.toml", "# mine\n");
+    let out = p.run(&["import", "Procfile"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("kinfra.toml")).expect("read"),
+        "# mine\n"
+    );
+    let out = p.run(&["import", "Procfile", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(p.path().join("kinfra.toml")).expect("read");
+    assert!(text.contains("[services.web]"), "{text}");
+}
+
+#[test]
+fn bad_input_exits_2_with_file_line_and_what_was_expected() {
+    let p = Project::new();
+    p.write(
+        "compose.yaml",
+        "services:\n  db:\n    image: postgres\n    ports: [\"5432:5432\"\n  cache:\n    image: redis\n",
+    );
+    let out = p.run(&["import", "compose.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("compose.yaml:5:"), "{err}");
+    assert!(err.contains("invalid YAML"), "{err}");
+    p.write("Procfile", "web: ./server\nthis line has no name\n");
+    let out = p.run(&["import", "Procfile"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Procfile:2: expected `name: command`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&["import", "missing/Procfile"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing/Procfile: cannot read the file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!p.path().join("kinfra.toml").exists());
+}
+
+#[test]
+fn an_imported_procfile_project_runs_and_answers_on_its_port() {
+    let p = Project::new();
+    p.write("index.html", "hello from an imported Procfile\n");
+    p.write(
+        "Procfile",
+        "# the web process reads $PORT, as foreman gives it\nweb: python3 -m http.server $PORT --bind 127.0.0.1\n",
+    );
+    p.write(".env", "GREETING=hi\n");
+    let out = p.run(&["import", "Procfile"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut up = p.up(&[], &[("KINFRA_DASHBOARD__LISTEN", "127.0.0.1:0")]);
+    let addr = up.dashboard_addr();
+    let port = wait_for(Duration::from_secs(30), "web running with a port", || {
+        let (_, body) = http_get(&addr, "/__status__").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let web = &v["services"]["web"];
+        (web["state"] == "running")
+            .then(|| web["port"].as_u64())
+            .flatten()
+    });
+    let (code, body) = wait_for(Duration::from_secs(20), "web answers", || {
+        http_get(&format!("127.0.0.1:{port}"), "/index.html").ok()
+    });
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from an imported Procfile"), "{body}");
+    up.signal(libc::SIGINT);
+    let status = up.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+}
