@@ -4,7 +4,8 @@
 Starts `BIN runtime up` with N services (`exec sleep 1000NN`, the same as bench/run's
 supervisor section) in a fresh directory, waits until `/__status__` reports all of them running,
 lets it settle (SETTLE seconds, default 2; CPU/memory sampling goes on 2 s after the last status
-read), then over WINDOW seconds measures, for every process of the runtime (kinfra, its managed
+read; `runtime up` pages its startup code out 15 s after start, kinfra::pages, so SETTLE=20 sees
+the steady state), then over WINDOW seconds measures, for every process of the runtime (kinfra, its managed
 nats-server, the guardian shell; not the services):
 
 - CPU: utime + stime ticks from /proc/PID/stat, and the precise figure from the threads'
@@ -12,7 +13,8 @@ nats-server, the guardian shell; not the services):
 - wake-ups per thread: the schedstat timeslice count before and after the window (a thread that
   sleeps and wakes counts one per wake-up);
 - RSS per process (/proc/PID/statm) and the main process's smaps_rollup; the full smaps is kept
-  in the run directory (smaps_main.txt) for a breakdown by mapping.
+  in the run directory (smaps_main.txt) for a breakdown by mapping;
+- the binary's pages in the page cache (`fincore`), mapped or not.
 
 Options: `--strace` (strace -f -tt of the window into strace.txt: every syscall with its
 thread), `--perf` (perf record -g of the window into perf.data), KEY=VALUE (environment of the
@@ -170,6 +172,14 @@ def main():
         open(f"{work}/smaps_main.txt", "w").write(open(f"/proc/{pid}/smaps").read())
         rollup = dict(line.split(":", 1) for line in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:])
         print("main process: " + ", ".join(f"{k} {rollup[k].strip()}" for k in ("Rss", "Anonymous", "Pss_File")))
+        # The binary's pages in the page cache (whoever maps them): shows whether pages that
+        # left the resident set left memory too (kinfra::pages) or only the page tables.
+        try:
+            res = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", binary],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            print(f"page cache: {int(res) / 2**20:.1f} MiB of {os.path.getsize(binary) / 2**20:.1f} MiB of {binary}")
+        except (OSError, ValueError, subprocess.CalledProcessError) as e:
+            print(f"page cache: fincore failed ({e})")
     finally:
         try:
             os.killpg(p.pid, signal.SIGTERM)

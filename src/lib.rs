@@ -15,6 +15,7 @@ pub mod embedded;
 mod lock;
 mod maintenance;
 mod ownership;
+pub mod pages;
 mod procstat;
 pub mod providers;
 mod runtime;

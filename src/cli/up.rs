@@ -68,6 +68,21 @@ pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Re
         },
     )
     .await?;
+    // Once settled, give the startup-only code back to the system (kinfra::pages); the task
+    // ends with the runtime's tokio runtime.
+    drop(tokio::spawn(async {
+        tokio::time::sleep(kinfra::pages::SETTLE).await;
+        match tokio::task::spawn_blocking(kinfra::pages::page_out_executable).await {
+            Ok(Ok(done)) => tracing::debug!(
+                mappings = done.mappings,
+                resident_before_kib = done.resident_before_kib,
+                resident_after_kib = done.resident_after_kib,
+                "Startup code paged out."
+            ),
+            Ok(Err(error)) => tracing::debug!(%error, "Paging out the startup code failed."),
+            Err(error) => tracing::debug!(%error, "Paging out the startup code failed."),
+        }
+    }));
     // Lines written before we subscribed are in the ring: print them first, then the live
     // stream without the lines both have.
     // Quiet: no subscription at all (a receiver never read still costs the capture a broadcast
