@@ -144,16 +144,20 @@ fn bad_input_exits_2_with_file_line_and_what_was_expected() {
     assert!(!p.path().join("kinfra.toml").exists());
 }
 
+/// The Procfile sits in `web/` and the config is written one level up: the service still
+/// runs in `web/` (foreman runs a Procfile's commands in its directory), which serves the
+/// page.
 #[test]
 fn an_imported_procfile_project_runs_and_answers_on_its_port() {
     let p = Project::new();
-    p.write("index.html", "hello from an imported Procfile\n");
+    std::fs::create_dir(p.path().join("web")).expect("mkdir web");
+    p.write("web/index.html", "hello from an imported Procfile\n");
     p.write(
-        "Procfile",
+        "web/Procfile",
         "# the web process reads $PORT, as foreman gives it\nweb: python3 -m http.server $PORT --bind 127.0.0.1\n",
     );
-    p.write(".env", "GREETING=hi\n");
-    let out = p.run(&["import", "Procfile"]);
+    p.write("web/.env", "GREETING=hi\n");
+    let out = p.run(&["import", "web/Procfile", "-o", "kinfra.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut up = p.up(&[], &[("KINFRA_DASHBOARD__LISTEN", "127.0.0.1:0")]);
     let addr = up.dashboard_addr();
@@ -168,7 +172,7 @@ fn an_imported_procfile_project_runs_and_answers_on_its_port() {
     let (code, body) = wait_for(Duration::from_secs(20), "web answers", || {
         http_get(&format!("127.0.0.1:{port}"), "/index.html").ok()
     });
-    assert_eq!(code, 200);
+    assert_eq!(code, 200, "{body}");
     assert!(body.contains("hello from an imported Procfile"), "{body}");
     up.signal(libc::SIGINT);
     let status = up.wait_exit(Duration::from_secs(30));

@@ -274,10 +274,28 @@ pub fn import_files(files: &[PathBuf], base_dir: &Path) -> Result<Imported, Impo
             dir: dir_of(path),
             notes: &mut notes,
         };
+        let first_table = doc.tables.len();
         match format {
             SourceFormat::Procfile => procfile::import(&text, &mut source, &mut doc)?,
             SourceFormat::ProcessCompose => process_compose::import(&text, &mut source, &mut doc)?,
             SourceFormat::Compose => compose::import(&text, &mut source, &mut doc)?,
+        }
+        if let Some(rebase) = relative_dir(base_dir, &dir_of(path)) {
+            rebase_working_dirs(&mut doc.tables[first_table..], &rebase);
+        }
+        if format != SourceFormat::Procfile && dir_of(path).join(".env").is_file() {
+            let dotenv = dir_of(path).join(".env").display().to_string();
+            notes.push(Note {
+                kind: NoteKind::NotImported,
+                file: dotenv.clone(),
+                line: 1,
+                key: ".env".into(),
+                message: format!(
+                    "{format} reads it to fill in `${{...}}` in {file}; kinfra fills them in from \
+                     its own environment when a service starts: export these variables, or add \
+                     them to [env]"
+                ),
+            });
         }
         doc.sources.push(
             path.file_name()
@@ -351,6 +369,53 @@ fn settle_dependencies(doc: &mut Document, notes: &mut Vec<Note>) {
             };
             if empty {
                 t.entries.retain(|(k, _)| k != "depends_on");
+            }
+        }
+    }
+}
+
+/// The path from `base` to `dir` (`sub`, `../app`), when they differ.
+fn relative_dir(base: &Path, dir: &Path) -> Option<PathBuf> {
+    let base = std::fs::canonicalize(base).ok()?;
+    let dir = std::fs::canonicalize(dir).ok()?;
+    if base == dir {
+        return None;
+    }
+    let common = base
+        .components()
+        .zip(dir.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out = PathBuf::new();
+    for _ in base.components().skip(common) {
+        out.push("..");
+    }
+    for c in dir.components().skip(common) {
+        out.push(c);
+    }
+    Some(out)
+}
+
+/// Services run in their source file's directory (foreman runs a Procfile's commands there;
+/// process-compose's relative `working_dir` starts there): when the config is written
+/// elsewhere, their working dirs say so.
+fn rebase_working_dirs(tables: &mut [emit::Table], rebase: &Path) {
+    for t in tables.iter_mut().filter(|t| t.section == "services") {
+        let dir = match t.get("working_dir").and_then(|v| v.as_str()) {
+            Some(w) if Path::new(w).is_absolute() => continue,
+            Some(w) => rebase.join(w),
+            None => rebase.to_path_buf(),
+        };
+        let value = toml::Value::String(dir.display().to_string());
+        match t.entries.iter().position(|(k, _)| k == "working_dir") {
+            Some(i) => t.entries[i].1 = value,
+            None => {
+                let at = t
+                    .entries
+                    .iter()
+                    .position(|(k, _)| k == "command")
+                    .map_or(0, |i| i + 1);
+                t.entries.insert(at, ("working_dir".into(), value));
             }
         }
     }
@@ -441,6 +506,26 @@ mod tests {
             "{}",
             out.toml
         );
+    }
+
+    #[test]
+    fn a_config_written_elsewhere_runs_services_in_their_source_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("app")).unwrap();
+        let procfile = dir.path().join("app/Procfile");
+        std::fs::write(&procfile, "web: ./server $PORT\n").unwrap();
+        let pc = dir.path().join("app/process-compose.yaml");
+        std::fs::write(
+            &pc,
+            "processes:\n  job:\n    command: x\n    working_dir: jobs\n",
+        )
+        .unwrap();
+        let out = import_files(&[procfile.clone(), pc], dir.path()).unwrap();
+        let wd = |n: &str| out.config.services[n].working_dir.clone();
+        assert_eq!(wd("web"), Some(PathBuf::from("app")));
+        assert_eq!(wd("job"), Some(PathBuf::from("app/jobs")));
+        let out = import_files(&[procfile], &dir.path().join("app")).unwrap();
+        assert_eq!(out.config.services["web"].working_dir, None);
     }
 
     #[test]

@@ -212,6 +212,7 @@ impl Converter {
         let mut env: Vec<(String, String)> = Vec::new();
         let mut command: Option<(String, usize)> = None;
         let mut deps: Vec<Dep> = Vec::new();
+        let mut env_line = p.line;
         for e in entries {
             let key = format!("{base}.{}", e.key);
             match e.key.as_str() {
@@ -224,7 +225,10 @@ impl Converter {
                     let s = self.text(source, e.line, &key, s);
                     t.set("working_dir", s);
                 }
-                "environment" => env = self.env_list(source, &e.value, &key)?,
+                "environment" => {
+                    env = self.env_list(source, &e.value, &key)?;
+                    env_line = e.line;
+                }
                 "depends_on" => {
                     deps = self.depends_on(source, &e.value, &key)?;
                     if !deps.is_empty() {
@@ -290,7 +294,7 @@ impl Converter {
                 Ok(port) if port > 0 => {
                     t.set("port", i64::from(port));
                     source.changed(
-                        p.line,
+                        env_line,
                         &format!("{base}.environment.PORT"),
                         format!("port = {port}: kinfra gives the service its port as $PORT"),
                     );
