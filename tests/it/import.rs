@@ -3,7 +3,10 @@
 //! map at its line, bad input exits 2 at its line, `--dry-run` and `-o` behave, and an
 //! imported Procfile project runs and answers on its port.
 
-use crate::support::{Project, http_get, stderr, stdout, wait_for};
+use crate::docker::docker_support;
+use crate::support::{Project, http_get, stderr, stdout, unique_tag, wait_for};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -176,5 +179,109 @@ fn an_imported_procfile_project_runs_and_answers_on_its_port() {
     assert!(body.contains("hello from an imported Procfile"), "{body}");
     up.signal(libc::SIGINT);
     let status = up.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+}
+
+/// Removes a project's containers and volumes (by kinfra's label), whatever the test did.
+struct DockerCleanup(String);
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let label = format!("label=dev.kinfra.project={}", self.0);
+        for id in docker(&["ps", "-aq", "--filter", &label]).lines() {
+            docker(&["rm", "-f", id]);
+        }
+        for v in docker(&["volume", "ls", "-q", "--filter", &label]).lines() {
+            docker(&["volume", "rm", v]);
+        }
+    }
+}
+
+/// A compose service on a real Docker engine (the Redis test image, made with `docker
+/// import`): imported, it runs as a container resource, its compose healthcheck (run through
+/// `docker exec` on kinfra's container name) makes it healthy, and it answers on the port
+/// kinfra published; the `build:`-only service beside it is reported, not run.
+#[test]
+fn an_imported_compose_service_runs_and_its_healthcheck_passes() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(docker_support::docker());
+    let name = unique_tag("import").replace('_', "-");
+    let _cleanup = DockerCleanup(name.clone());
+    let p = Project::new();
+    p.write(
+        "compose.yaml",
+        &format!(
+            r#"name: {name}
+services:
+  cache:
+    image: {image}
+    command: ["redis-server", "--protected-mode", "no", "--save", ""]
+    ports:
+      - "6379"
+    volumes:
+      - cachedata:/data
+    healthcheck:
+      test: ["CMD", "redis-cli", "ping"]
+      interval: 1s
+  web:
+    build: .
+    depends_on:
+      cache:
+        condition: service_healthy
+volumes:
+  cachedata:
+"#,
+            image = docker_support::REDIS
+        ),
+    );
+    let out = p.run(&["import", "compose.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("compose.yaml:14: not imported: `services.web.build`"),
+        "{}",
+        stderr(&out)
+    );
+    let mut up = p.up(&[], &[("KINFRA_DASHBOARD__LISTEN", "127.0.0.1:0")]);
+    let addr = up.dashboard_addr();
+    let port = wait_for(
+        Duration::from_secs(120),
+        "cache running and healthy",
+        || {
+            let (_, body) = http_get(&addr, "/__status__").ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let cache = &v["services"]["cache"];
+            (cache["kind"] == "docker"
+                && cache["state"] == "running"
+                && cache["health"] == "healthy")
+                .then(|| cache["port"].as_u64())
+                .flatten()
+        },
+    );
+    let pong = wait_for(
+        Duration::from_secs(20),
+        "PONG on the published port",
+        || {
+            let mut conn = TcpStream::connect(("127.0.0.1", u16::try_from(port).ok()?)).ok()?;
+            conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            conn.write_all(b"PING\r\n").ok()?;
+            let mut buf = [0u8; 64];
+            let n = conn.read(&mut buf).ok()?;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            text.starts_with("+PONG").then_some(text)
+        },
+    );
+    assert!(pong.starts_with("+PONG"), "{pong}");
+    up.signal(libc::SIGINT);
+    let status = up.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
 }
