@@ -976,4 +976,71 @@ mod tests {
         assert!(e.is_input_error());
         assert!(e.to_string().contains("compose.yaml:4"), "{e}");
     }
+
+    fn import_text(text: &str) -> crate::Imported {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("compose.yaml");
+        std::fs::write(&path, text).unwrap();
+        import_files(&[path], dir.path()).unwrap()
+    }
+
+    #[test]
+    fn long_syntax_pass_through_and_other_forms() {
+        let out = import_text(
+            "name: p\nservices:\n  api:\n    image: busybox\n    command: sh -c 'echo $$HOME'\n    environment:\n      - TOKEN\n      - MODE=${MODE-dev}\n    env_file:\n      - path: missing.env\n        required: false\n    ports:\n      - target: 80\n        published: \"8080\"\n      - \"9000:9000\"\n    volumes:\n      - type: volume\n        source: data\n        target: /data\n        read_only: true\n      - /anonymous\n    restart: on-failure:3\n    healthcheck:\n      test: wget -q -O- localhost:80\n  off:\n    image: busybox\n    healthcheck:\n      test: [\"NONE\"]\n",
+        );
+        let api = &out.config.resources["api"];
+        assert_eq!(
+            api.command,
+            Some(CommandSpec::Argv(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $$HOME".into()
+            ]))
+        );
+        assert_eq!(api.env["TOKEN"], "${TOKEN:-}");
+        assert_eq!(api.env["MODE"], "${MODE:-dev}");
+        assert_eq!(api.port, Some(PortSpec::Fixed(8080)));
+        assert_eq!(api.container_port, Some(80));
+        assert_eq!(api.volumes["data"], "/data");
+        assert_eq!(api.restart, RestartPolicy::OnFailure);
+        assert_eq!(
+            api.health.as_ref().unwrap().exec,
+            Some(CommandSpec::Argv(vec![
+                "docker".into(),
+                "exec".into(),
+                "kinfra-p-api".into(),
+                "sh".into(),
+                "-c".into(),
+                "wget -q -O- localhost:80".into(),
+            ]))
+        );
+        assert!(out.config.resources["off"].health.is_none());
+        let note = |line: usize, kind: NoteKind| {
+            out.notes.iter().any(|n| n.line == line && n.kind == kind)
+        };
+        assert!(note(7, NoteKind::Changed), "TOKEN pass-through");
+        assert!(note(10, NoteKind::Changed), "missing optional env_file");
+        assert!(note(15, NoteKind::NotImported), "second port");
+        assert!(note(17, NoteKind::Changed), "read-only volume");
+        assert!(note(21, NoteKind::NotImported), "anonymous volume");
+        assert!(note(22, NoteKind::Changed), "on-failure:3");
+    }
+
+    #[test]
+    fn a_required_env_file_that_is_missing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("compose.yaml");
+        std::fs::write(
+            &path,
+            "services:\n  a:\n    image: x\n    env_file: nope.env\n",
+        )
+        .unwrap();
+        let e = import_files(&[path], dir.path()).unwrap_err();
+        assert!(e.is_input_error());
+        assert!(
+            e.to_string().contains("nope.env: cannot read the file"),
+            "{e}"
+        );
+    }
 }

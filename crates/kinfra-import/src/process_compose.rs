@@ -238,11 +238,11 @@ impl Converter {
                 }
                 "availability" => self.availability(source, &mut t, &e.value, &key)?,
                 "readiness_probe" => {
-                    let probe = self.probe(source, &e.value, &key)?;
+                    let probe = self.probe(source, e.line, &e.value, &key)?;
                     t.set("health", probe);
                 }
                 "liveness_probe" => {
-                    let probe = self.probe(source, &e.value, &key)?;
+                    let probe = self.probe(source, e.line, &e.value, &key)?;
                     t.set("liveness", probe);
                 }
                 "shutdown" => self.shutdown(source, &mut t, &e.value, &key)?,
@@ -499,7 +499,13 @@ impl Converter {
         Ok(())
     }
 
-    fn probe(&self, source: &mut Source<'_>, node: &Node, key: &str) -> Result<Value, ImportError> {
+    fn probe(
+        &self,
+        source: &mut Source<'_>,
+        key_line: usize,
+        node: &Node,
+        key: &str,
+    ) -> Result<Value, ImportError> {
         let mut pairs: Vec<(String, Value)> = Vec::new();
         for e in map_of(source, node, &format!("`{key}`"))? {
             let k = format!("{key}.{}", e.key);
@@ -575,7 +581,7 @@ impl Converter {
         }
         if !pairs.iter().any(|(k, _)| k == "exec" || k == "http") {
             return Err(source.malformed(
-                node.line,
+                key_line,
                 format!("`{key}`: expected an `exec` or `http_get` probe"),
             ));
         }
@@ -756,5 +762,48 @@ mod tests {
                 .iter()
                 .any(|n| n.line == 5 && n.message.contains("not in the imported files"))
         );
+    }
+
+    #[test]
+    fn environment_maps_and_disabled_expansion() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("process-compose.yaml");
+        std::fs::write(
+            &path,
+            "disable_env_expansion: true\nprocesses:\n  a:\n    command: echo ${HOME} $$\n    environment:\n      X: \"1\"\n      Y:\n",
+        )
+        .unwrap();
+        let out = import_files(&[path], dir.path()).unwrap();
+        let a = &out.config.services["a"];
+        assert_eq!(
+            a.command,
+            kinfra_core::config::CommandSpec::Shell("echo $${HOME} $$$$".into())
+        );
+        assert_eq!(a.env["X"], "1");
+        assert_eq!(a.env["Y"], "");
+    }
+
+    #[test]
+    fn probes_and_signals_must_be_what_process_compose_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("process-compose.yaml");
+        for (text, expected) in [
+            (
+                "processes:\n  a:\n    command: x\n    readiness_probe:\n      period_seconds: 2\n",
+                ":4: `processes.a.readiness_probe`: expected an `exec` or `http_get` probe",
+            ),
+            (
+                "processes:\n  a:\n    command: x\n    shutdown:\n      signal: 99\n",
+                ":5: `processes.a.shutdown.signal`: expected a signal number",
+            ),
+            (
+                "processes:\n  a:\n    command: x\n    availability:\n      restart: sometimes\n",
+                ":5: `processes.a.availability.restart`: expected always",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = import_files(std::slice::from_ref(&path), dir.path()).unwrap_err();
+            assert!(e.to_string().contains(expected), "{e}");
+        }
     }
 }
