@@ -57,7 +57,7 @@ function makeCard(name) {
     name: f(".name"), state: f(".state"), message: f(".message"), kind: f(".kind"), health: f(".health"),
     port: f(".port"), pid: f(".pid"), uptime: f(".uptime"), restarts: f(".restarts"),
     cpu: f(".cpu"), mem: f(".mem"), prov: f(".prov"), pstate: f(".provider-state"), syncErr: f(".sync-error"),
-    sleepy: f(".sleepy"), sleep: f(".sleep"),
+    sleepy: f(".sleepy"), sleep: f(".sleep"), plots: f(".plots"),
     logs: f(".logs"), why: f(".why"), res: root.querySelectorAll(".res"),
     buttons: root.querySelectorAll("button.act"), loglink: f(".loglink"),
     cmds: f(".cmds"), cmdList: f(".cmd-list"),
@@ -132,6 +132,7 @@ function upsert(name, s) {
   renderLogs(name);
   updateButtons(name);
   applyFilter(name);
+  if (s.state !== card.root.dataset.plotted) { card.root.dataset.plotted = s.state; historySoon(); }
 }
 
 // Where a scale_to_zero target stands, `elapsed` seconds after its status was read:
@@ -593,6 +594,170 @@ function refreshSleep() {
     .finally(() => { sleepFetch = null; });
 }
 
+// ---- Plots: the last hour per service (CPU, memory, restarts) and per route (request rate,
+// error rate, latency p50/p99), from /__history__. The page asks every HISTORY_POLL ms while
+// it is visible (each read records the current 10 s step on the server; nothing is recorded
+// while nobody looks), and soon after a state change, so a restart shows at once.
+const HISTORY_POLL = 5000;
+const H = { step: 10, span: 3600, window: 3600, now: 0, since: 0, services: new Map(), routes: new Map(), loaded: false, timer: null, busy: false };
+const SVG = "http://www.w3.org/2000/svg";
+const PW = 120, PH = 34;
+
+function historySoon(delay = 700) {
+  if (!H.loaded || document.visibilityState !== "visible") return;
+  clearTimeout(H.timer);
+  H.timer = setTimeout(loadHistory, delay);
+}
+
+// Merges new points into `into` (name -> points): a point replaces the one of its step.
+function mergePoints(into, incoming) {
+  const cut = H.now - H.span;
+  for (const [name, points] of Object.entries(incoming)) {
+    const have = (into.get(name) || []).filter((p) => p.t >= cut);
+    const first = points.length ? Math.floor(points[0].t / H.step) : Infinity;
+    into.set(name, have.filter((p) => Math.floor(p.t / H.step) < first).concat(points));
+  }
+  for (const name of [...into.keys()]) if (!(name in incoming)) into.delete(name);
+}
+
+async function loadHistory() {
+  clearTimeout(H.timer);
+  if (H.busy) return;
+  H.busy = true;
+  try {
+    const r = await fetch(`/__history__?since=${H.since}`, { credentials: "same-origin" });
+    if (r.ok) {
+      const v = await r.json();
+      H.step = v.step_s; H.span = v.span_s; H.now = v.now; H.since = v.now;
+      mergePoints(H.services, v.services);
+      mergePoints(H.routes, v.routes);
+      H.loaded = true;
+      drawPlots();
+    }
+  } catch (_) { /* the next poll tries again */ }
+  H.busy = false;
+  if (document.visibilityState === "visible") H.timer = setTimeout(loadHistory, HISTORY_POLL);
+}
+
+function svgEl(tag, attrs) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+// One small chart: `lines` are arrays of {t, v} (v null where nothing was measured), drawn
+// over the last hour with a break where the page was not looking; `now` is its caption.
+function plot(container, kind, label, lines, now, step = false) {
+  let fig = container.querySelector(`.plot[data-kind="${kind}"]`);
+  if (!fig) {
+    fig = document.createElement("figure");
+    fig.className = "plot"; fig.dataset.kind = kind;
+    const cap = document.createElement("figcaption");
+    const name = document.createElement("span"); name.textContent = label;
+    cap.append(name, document.createElement("b"));
+    fig.append(cap, svgEl("svg", { viewBox: `0 0 ${PW} ${PH}`, preserveAspectRatio: "none", role: "img" }));
+    container.appendChild(fig);
+  }
+  const svg = fig.querySelector("svg");
+  const valid = lines.map((pts) => pts.filter((p) => p.v != null && isFinite(p.v)));
+  const count = valid.reduce((n, pts) => n + pts.length, 0);
+  fig.querySelector("b").textContent = now;
+  fig.dataset.points = count;
+  fig.dataset.last = JSON.stringify(valid.map((pts) => pts.length ? pts[pts.length - 1] : null));
+  svg.setAttribute("aria-label", `${label}, ${fmtWindow(H.window)}: ${now}`);
+  svg.replaceChildren(svgEl("title", {}));
+  svg.firstChild.textContent = `${label}, ${fmtWindow(H.window)}`;
+  if (count === 0) {
+    const t = svgEl("text", { x: 4, y: PH / 2 + 3, class: "nodata" });
+    t.textContent = H.loaded ? "no data yet" : "loading…";
+    svg.appendChild(t);
+    return;
+  }
+  const left = H.now - H.window;
+  const max = Math.max(...valid.flat().map((p) => p.v), 0) || 1;
+  const x = (t) => Math.max(0, Math.min(PW, (t - left) / H.span * PW));
+  const y = (v) => PH - 2 - (v / max) * (PH - 4);
+  valid.forEach((pts, i) => {
+    // Segments: a gap of more than 2.5 steps (nobody looked) breaks the line.
+    let d = "", prev = null, area = "";
+    const segs = [];
+    for (const p of pts) {
+      if (!prev || p.t - prev.t > H.step * 2.5) segs.push([]);
+      segs[segs.length - 1].push(p);
+      prev = p;
+    }
+    for (const seg of segs) {
+      if (seg.length === 1) {
+        svg.appendChild(svgEl("circle", { cx: x(seg[0].t).toFixed(1), cy: y(seg[0].v).toFixed(1), r: 1.6, class: `dot l${i}` }));
+        continue;
+      }
+      const path = seg.map((p, j) => {
+        const at = `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`;
+        // A count (restarts) steps up where it changed rather than sloping.
+        return j === 0 ? `M${at}` : step ? `H${x(p.t).toFixed(1)}V${y(p.v).toFixed(1)}` : `L${at}`;
+      }).join("");
+      d += path;
+      if (i === 0) area += `${path}L${x(seg[seg.length - 1].t).toFixed(1)},${PH}L${x(seg[0].t).toFixed(1)},${PH}Z`;
+    }
+    if (area) svg.appendChild(svgEl("path", { d: area, class: "area" }));
+    if (d) svg.appendChild(svgEl("path", { d, class: `line l${i}`, "vector-effect": "non-scaling-stroke" }));
+  });
+}
+
+const series = (points, f) => points.map((p) => ({ t: p.t, v: f(p) }));
+const lastOf = (points, f) => { for (let i = points.length - 1; i >= 0; i--) { const v = f(points[i]); if (v != null) return v; } return null; };
+const fmtMs = (v) => v == null ? "–" : v < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`;
+
+// The time the plots cover: the last hour, or less while the history is younger (at least
+// two minutes), so a fresh page does not squeeze its first points into the right edge.
+function plotWindow() {
+  let oldest = H.now;
+  for (const m of [H.services, H.routes]) for (const pts of m.values()) if (pts.length) oldest = Math.min(oldest, pts[0].t);
+  return Math.min(H.span, Math.max(120, H.now - oldest));
+}
+const fmtWindow = (secs) => secs >= 3600 ? "last hour" : `last ${Math.round(secs / 60)} min`;
+
+function drawPlots() {
+  H.window = plotWindow();
+  $("traffic-box").querySelector(".plot-span").textContent = fmtWindow(H.window);
+  for (const [name, card] of S.cards) {
+    const points = H.services.get(name) || [];
+    const s = S.services.get(name) || {};
+    const box = card.fields.plots;
+    const cpu = lastOf(points, (p) => p.cpu), mem = lastOf(points, (p) => p.mem);
+    plot(box, "cpu", "cpu", [series(points, (p) => p.cpu)], cpu != null ? `${cpu.toFixed(1)}%` : (s.state === "running" ? "–" : s.state || "–"));
+    plot(box, "memory", "memory", [series(points, (p) => p.mem)], mem != null ? fmtBytes(mem) : "–");
+    plot(box, "restarts", "restarts", [series(points, (p) => p.restarts)], points.length ? `${points[points.length - 1].restarts}` : `${s.restarts ?? "–"}`, true);
+  }
+  const box = $("traffic-box"), div = $("traffic");
+  const names = [...H.routes.keys()];
+  box.hidden = names.length === 0 && $("routes-box").hidden;
+  if (names.length === 0) {
+    if (!div.querySelector(".plot-empty")) div.replaceChildren();
+    if (!div.firstChild) { const p = document.createElement("p"); p.className = "plot-empty"; div.appendChild(p); }
+    div.firstChild.textContent = "No requests through the proxy yet.";
+    return;
+  }
+  div.querySelector(".plot-empty")?.remove();
+  for (const el of [...div.querySelectorAll(".route-plots")]) if (!H.routes.has(el.dataset.route)) el.remove();
+  for (const name of names) {
+    let sec = [...div.querySelectorAll(".route-plots")].find((el) => el.dataset.route === name);
+    if (!sec) {
+      sec = document.createElement("section"); sec.className = "route-plots"; sec.dataset.route = name;
+      const h = document.createElement("h3"); h.textContent = name;
+      const plots = document.createElement("div"); plots.className = "plots";
+      sec.append(h, plots); div.appendChild(sec);
+    }
+    const points = H.routes.get(name), plots = sec.querySelector(".plots");
+    const last = points[points.length - 1] || {};
+    plot(plots, "rate", "requests", [series(points, (p) => p.rate)], `${(last.rate ?? 0).toFixed(2)}/s`);
+    plot(plots, "errors", "errors", [series(points, (p) => p.error_rate == null ? null : p.error_rate * 100)],
+      last.error_rate != null ? `${(last.error_rate * 100).toFixed(1)}%` : "–");
+    plot(plots, "latency", "p50 / p99", [series(points, (p) => p.p50_ms), series(points, (p) => p.p99_ms)],
+      `${fmtMs(lastOf(points, (p) => p.p50_ms))} / ${fmtMs(lastOf(points, (p) => p.p99_ms))}`);
+  }
+}
+
 function tick() {
   const now = Date.now();
   let due = false;
@@ -625,4 +790,6 @@ document.addEventListener("DOMContentLoaded", () => {
   session();
   connect();
   setInterval(tick, 1000);
+  loadHistory();
+  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") loadHistory(); });
 });

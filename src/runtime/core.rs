@@ -315,6 +315,13 @@ impl RuntimeControl for RuntimeCore {
         runtime_metrics(self)
     }
 
+    fn route_totals(&self) -> Vec<kinfra_core::metrics::RouteTotals> {
+        self.proxy_metrics
+            .as_ref()
+            .map(kinfra_proxy::ProxyMetricsHandle::route_totals)
+            .unwrap_or_default()
+    }
+
     fn commands(&self, resource: &str) -> Result<Vec<serde_json::Value>, String> {
         let target = match self.command_targets.lock() {
             Ok(held) => held.get(resource).cloned(),

@@ -560,3 +560,117 @@ fn a_provider_resource_card_lists_its_commands_and_dry_runs_one() {
     assert!(up.wait_exit(Duration::from_secs(30)).success());
     assert!(pids_tagged(&tag).is_empty());
 }
+
+/// The value of a plot's newest point (`data-last`, line `line`), or null.
+fn plot_last(card: &str, kind: &str, line: usize) -> String {
+    format!(
+        "const f = document.querySelector('{card} .plot[data-kind=\"{kind}\"]'); \
+         const last = f ? JSON.parse(f.dataset.last || '[]')[{line}] : null; \
+         return last ? last.v : null"
+    )
+}
+
+#[test]
+fn plots_draw_the_last_hour_and_move_with_restarts_and_requests() {
+    let tag = unique_tag("plot");
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"plots\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nhttp = \"127.0.0.1:0\"\n\
+         [services.app]\ncommand = [\"python3\", \"-m\", \"http.server\", \"--bind\", \"127.0.0.1\", \"${{PORT}}\"]\n\
+         port = \"auto\"\nhealth = {{ http = \"/\", interval = \"300ms\" }}\n\
+         [[routes]]\npath = \"/\"\nservice = \"app\"\n"
+    ));
+    p.write("served.txt", "served\n");
+    let mut up = p.up(&[], &[]);
+    let proxy = {
+        let line = up.wait_for_line(Duration::from_secs(10), "proxy       http://");
+        line.split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .expect("proxy address in the banner")
+            .to_string()
+    };
+    let out = p.run(&["dashboard", "url"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let login = stdout(&out).trim().to_string();
+
+    let browser = Browser::start(1280, 900);
+    browser.goto(&login);
+    let app = ".card[data-name=\"app\"]";
+    // Each service's card draws CPU, memory and restarts as SVG with points in it.
+    browser.wait_js(
+        Duration::from_secs(30),
+        "the app card's plots with a point each",
+        &format!(
+            "const c = document.querySelector('{app}'); \
+             if (!c || c.dataset.state !== 'running') return null; \
+             const figs = [...c.querySelectorAll('.plot')]; \
+             const kinds = figs.map((f) => f.dataset.kind).join(','); \
+             const drawn = figs.every((f) => +f.dataset.points >= 1 \
+               && f.querySelector('svg path.line, svg circle.dot')); \
+             return kinds === 'cpu,memory,restarts' && drawn ? kinds : null"
+        ),
+    );
+    assert_eq!(
+        browser.js(&plot_last(app, "restarts", 0), json!([])),
+        json!(0)
+    );
+    let memory = browser.js(&plot_last(app, "memory", 0), json!([]));
+    assert!(memory.as_f64().unwrap_or(0.0) > 1_000_000.0, "{memory}");
+    // No request went through the proxy yet: the traffic box says so.
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the traffic box's empty state",
+        "const b = document.querySelector('#traffic-box'); \
+         return !b.hidden && b.textContent.includes('No requests through the proxy yet.') ? true : null",
+    );
+
+    // Requests through the route: the route's rate, error rate and latency plots appear
+    // and show them.
+    for _ in 0..20 {
+        let (code, _, body) = crate::proxy::get(&proxy, "/served.txt", "text/plain");
+        assert_eq!((code, body.as_str()), (200, "served\n"));
+    }
+    let route = "#traffic .route-plots[data-route=\"app\"]";
+    let rate = browser.wait_js(
+        Duration::from_secs(30),
+        "a request rate above zero on the app route",
+        &format!(
+            "const v = (() => {{ {} }})(); return v > 0 ? v : null",
+            plot_last(route, "rate", 0)
+        ),
+    );
+    assert!(rate.as_f64().unwrap_or(0.0) > 0.0);
+    assert_eq!(
+        browser.js(&plot_last(route, "errors", 0), json!([])),
+        json!(0)
+    );
+    let p50 = browser.js(&plot_last(route, "latency", 0), json!([]));
+    let p99 = browser.js(&plot_last(route, "latency", 1), json!([]));
+    assert!(
+        p50.as_f64().unwrap_or(-1.0) > 0.0 && p99.as_f64() >= p50.as_f64(),
+        "p50 {p50} p99 {p99}"
+    );
+
+    // A restart moves the restarts plot.
+    browser.wait_js(
+        Duration::from_secs(10),
+        "signed in",
+        "return document.querySelector('#session').textContent.includes('signed in') || null",
+    );
+    browser.click(&format!("{app} button[data-action=\"restart\"]"));
+    browser.wait_js(
+        Duration::from_secs(30),
+        "the restart on the restarts plot",
+        &format!(
+            "const v = (() => {{ {} }})(); return v === 1 ? v : null",
+            plot_last(app, "restarts", 0)
+        ),
+    );
+    artifact("dashboard-plots.png", &browser.screenshot());
+    drop(browser);
+
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+    assert!(pids_tagged(&tag).is_empty());
+}

@@ -1,5 +1,21 @@
 //! The one rule of the Prometheus text format every `/metrics` contributor shares: how a label
-//! value is escaped.
+//! value is escaped; and [`RouteTotals`], the proxy's per-route counters as data (for the
+//! dashboard's plots).
+
+/// The proxy's running totals for one route (labelled by service, as in `/metrics`) since
+/// kinfra started: what the dashboard's history turns into rates and percentiles.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RouteTotals {
+    /// The route's label (its service, or `dashboard` / `none`).
+    pub route: String,
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, 5xx answers and requests that got no answer.
+    pub errors: u64,
+    /// Latency histogram, not cumulative: `(upper bound in seconds, requests)` per bucket,
+    /// ascending; the last bound is `f64::INFINITY` (requests beyond every bucket).
+    pub latency_buckets: Vec<(f64, u64)>,
+}
 
 /// A label value escaped for the text format (backslash, double quote and newline).
 pub fn label_value(value: &str) -> String {

@@ -178,6 +178,12 @@ pub trait RuntimeControl: Send + Sync + 'static {
     fn extra_metrics(&self) -> String {
         String::new()
     }
+
+    /// The proxy's request totals by route since start (empty without a proxy): read by the
+    /// dashboard's history, which keeps rates and latency percentiles over time.
+    fn route_totals(&self) -> Vec<crate::metrics::RouteTotals> {
+        Vec::new()
+    }
 }
 
 /// Keeps only the message text of log lines; handy for tests and plain output.

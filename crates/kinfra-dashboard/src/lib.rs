@@ -8,6 +8,7 @@
 pub mod accept;
 pub mod auth;
 mod command;
+pub mod history;
 pub mod metrics;
 mod server;
 pub mod sse;
@@ -81,6 +82,8 @@ struct AppState {
     control: Arc<dyn RuntimeControl>,
     policy: Arc<AccessPolicy>,
     history: Arc<EventHistory>,
+    /// The plots' points, recorded while the page reads them.
+    plots: Arc<history::PlotHistory>,
     /// Becomes true when the server shuts down: open streams end.
     closing: watch::Receiver<bool>,
 }
@@ -113,6 +116,7 @@ fn router_closing(
         control,
         policy: Arc::new(options.policy),
         history: options.history,
+        plots: Arc::default(),
         closing,
     };
     let guarded = Router::new()
@@ -124,6 +128,7 @@ fn router_closing(
         .route("/kinfra/session", get(session))
         .route("/__status__", get(status))
         .route("/__events__", get(events))
+        .route("/__history__", get(plot_history))
         .route("/__action__/command/{resource}", post(command::command))
         .route("/__commands__/{resource}", get(command::commands))
         .route("/__action__/{action}/{service}", post(action))
@@ -301,6 +306,38 @@ async fn status(
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(state.control.status()),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct SinceQuery {
+    /// Unix seconds: only points read at or after this.
+    since: Option<f64>,
+}
+
+/// The plots' points (`GET /__history__?since=T`): a read records the current step (so the
+/// history grows while the page is open and asks, and nothing is sampled otherwise) and
+/// returns the points since `since`.
+async fn plot_history(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+    Query(query): Query<SinceQuery>,
+) -> Response {
+    if let Err(d) = state.policy.check_read(&headers, &client) {
+        return denied(&d);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    state
+        .plots
+        .record(now, &state.control.status(), &state.control.route_totals());
+    let since = query.since.filter(|s| s.is_finite()).unwrap_or(0.0);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(state.plots.view(now, since)),
     )
         .into_response()
 }

@@ -86,6 +86,14 @@ impl RuntimeControl for Fake {
         })
     }
     fn request_shutdown(&self, _reason: &str) {}
+    fn route_totals(&self) -> Vec<kinfra_core::metrics::RouteTotals> {
+        vec![kinfra_core::metrics::RouteTotals {
+            route: "api".into(),
+            requests: 7,
+            errors: 1,
+            latency_buckets: vec![(0.01, 7), (f64::INFINITY, 0)],
+        }]
+    }
 }
 
 struct Harness {
@@ -212,12 +220,50 @@ async fn unknown_host_is_refused_everywhere_but_healthz() {
 }
 
 #[tokio::test]
+async fn history_records_a_point_per_read_for_the_plots() {
+    let h = harness();
+    let (code, headers, body) = send(&h.app, req("GET", "/__history__", &[])).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["step_s"], 10);
+    assert_eq!(v["services"]["api"][0]["cpu"], 12.5);
+    assert_eq!(v["services"]["api"][0]["mem"], 4 << 20);
+    assert_eq!(v["services"]["api"][0]["restarts"], 1);
+    // A route seen for the first time counts from now: no requests yet.
+    assert_eq!(v["routes"]["api"][0]["requests"], 0);
+    assert!(v["routes"]["api"][0]["p50_ms"].is_null());
+    // Only newer points with `since`.
+    let now = v["now"].as_f64().unwrap_or_default();
+    let (_, _, body) = send(
+        &h.app,
+        req("GET", &format!("/__history__?since={now}"), &[]),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let points = v["services"]["api"].as_array().map_or(0, Vec::len);
+    // The read itself is a point (the first one's step updated, or the next step).
+    assert!((1..=2).contains(&points), "{body}");
+    let (_, _, body) = send(
+        &h.app,
+        req("GET", &format!("/__history__?since={}", now + 3600.0), &[]),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["services"]["api"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
 async fn remote_reads_need_the_token() {
     let h = harness();
     for uri in [
         "/__status__",
         "/metrics",
         "/__events__",
+        "/__history__",
         "/__logs__/api?format=json",
         "/__logs__/api/stream",
     ] {

@@ -82,6 +82,42 @@ impl ProxyMetrics {
         series.by_class[class].observe(micros);
     }
 
+    /// Every route's totals as data, sorted by route: requests, errors (5xx and no answer)
+    /// and the latency histogram over every status class.
+    pub(crate) fn totals(&self) -> Vec<kinfra_core::metrics::RouteTotals> {
+        let mut out: Vec<kinfra_core::metrics::RouteTotals> = self
+            .routes
+            .load()
+            .iter()
+            .map(|(route, series)| {
+                let mut buckets = [0u64; BUCKETS_US.len() + 1];
+                let (mut requests, mut errors) = (0u64, 0u64);
+                for (i, s) in series.by_class.iter().enumerate() {
+                    for (slot, b) in buckets.iter_mut().zip(s.buckets.iter()) {
+                        let n = b.load(Ordering::Relaxed);
+                        *slot += n;
+                        requests += n;
+                        if i >= 4 {
+                            errors += n;
+                        }
+                    }
+                }
+                let bounds = BUCKETS_US
+                    .iter()
+                    .map(|b| *b as f64 / 1e6)
+                    .chain(std::iter::once(f64::INFINITY));
+                kinfra_core::metrics::RouteTotals {
+                    route: route.to_string(),
+                    requests,
+                    errors,
+                    latency_buckets: bounds.zip(buckets).collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.route.cmp(&b.route));
+        out
+    }
+
     /// The Prometheus text: `kinfra_proxy_requests_total{route,code}` and the
     /// `kinfra_proxy_request_duration_seconds` histogram with the same labels.
     pub(crate) fn render(&self) -> String {
@@ -247,6 +283,25 @@ mod tests {
         assert!(text.contains(
             "kinfra_proxy_request_duration_seconds_sum{route=\"api\",code=\"2xx\"} 0.0303"
         ));
+        // The same counts as data: errors are the 5xx, buckets over every class.
+        let totals = m.totals();
+        assert_eq!(totals.len(), 2);
+        let api = &totals[0];
+        assert_eq!(
+            (api.route.as_str(), api.requests, api.errors),
+            ("api", 3, 1)
+        );
+        let le = |bound: f64| -> u64 {
+            api.latency_buckets
+                .iter()
+                .filter(|(b, _)| *b <= bound)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        assert_eq!(le(0.00025), 1, "the 5 µs 502");
+        assert_eq!(le(0.0005), 2);
+        assert_eq!(le(0.05), 3);
+        assert_eq!(totals[1].latency_buckets.last(), Some(&(f64::INFINITY, 1)));
     }
 
     #[test]

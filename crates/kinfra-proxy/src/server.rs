@@ -112,6 +112,11 @@ impl std::fmt::Debug for ProxyMetricsHandle {
 }
 
 impl ProxyMetricsHandle {
+    /// Requests, errors and the latency histogram of every route since start, as data.
+    pub fn route_totals(&self) -> Vec<kinfra_core::metrics::RouteTotals> {
+        self.shared.metrics.totals()
+    }
+
     /// Requests and latency by route and status class, in the Prometheus text format
     /// (`kinfra_proxy_requests_total`, `kinfra_proxy_request_duration_seconds`), plus the
     /// requests in flight, with targets that sleep when idle the requests held for a wake
