@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch for the `kinfra` command.
 
 mod client;
+mod completions;
 mod config_cmd;
 mod demo;
 mod deploy;
@@ -17,23 +18,45 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `kinfra --version`: the version, the git commit it was built from and the build date
+/// (build.rs; `unknown` commit outside a git checkout).
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KINFRA_GIT_COMMIT"),
+    ", built ",
+    env!("KINFRA_BUILD_DATE"),
+    ")"
+);
+
 /// kinfra: your services, a database, a message bus, an HTTPS proxy and a live dashboard,
 /// in one process.
 #[derive(Debug, Parser)]
 #[command(
     name = "kinfra",
-    version,
+    version = LONG_VERSION,
     about,
     long_about = "kinfra runs your local processes and containers under one supervisor, with an \
 embedded database, a NATS bus, a reverse proxy with automatic HTTPS and a live web dashboard, \
 all in one process.\n\nStart with `kinfra runtime up` in a directory with a kinfra.toml (without \
 one, a built-in demo runs). Check a config with `kinfra config check`.",
     after_help = "Exit codes: 0 success, 1 runtime failure, 2 usage or config error.\n\
-Logging: set KINFRA_LOG (e.g. KINFRA_LOG=debug) for kinfra's own log level."
+Logging: set KINFRA_LOG (e.g. KINFRA_LOG=debug) for kinfra's own log level, \
+--log-format json (or KINFRA_LOG_FORMAT=json) for one JSON object a line."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Format of kinfra's own log lines on stderr: text (readable) or json (one object a
+    /// line, for log shippers). Services' output is not affected.
+    #[arg(
+        long,
+        global = true,
+        env = "KINFRA_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: up::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +96,20 @@ enum Command {
     /// A kinfra.toml from a Procfile (with its .env), a process-compose.yaml or a
     /// compose.yaml; every key that does not map is reported with its file and line.
     Import(import::ImportArgs),
+    /// Print a shell completion script: `source <(kinfra completions bash)`, or save it where
+    /// your shell looks (zsh: a `_kinfra` file in `$fpath`; fish: ~/.config/fish/completions/).
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print kinfra's man page (roff): `kinfra man | man -l -`. With --dir, write one page per
+    /// command into DIR instead.
+    Man {
+        /// Write kinfra.1, kinfra-runtime.1, ... into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Small programs the built-in demo config runs (not needed for your own config).
     #[command(subcommand, hide = true)]
     Demo(demo::DemoCommand),
@@ -282,6 +319,9 @@ enum ConfigCommand {
         #[arg(long)]
         print: bool,
     },
+    /// Print the JSON Schema (draft 2020-12) of kinfra.toml, .yaml and .json, for editors
+    /// (taplo, the YAML language server). embedded/kinfra.schema.json holds the same.
+    Schema,
 }
 
 /// An error caused by the user's input (bad config, unknown service): exit code 2.
@@ -310,6 +350,11 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 /// Parses arguments, runs the command, and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    kinfra_core::status::set_build_info(kinfra_core::status::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("KINFRA_GIT_COMMIT").into(),
+        date: env!("KINFRA_BUILD_DATE").into(),
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kinfra")
@@ -361,7 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             color,
             quiet,
-        }) => up::run(&config, color, quiet).await,
+        }) => up::run(&config, color, quiet, cli.log_format).await,
         Command::Runtime(RuntimeCommand::Down { config }) => client::down(&config).await,
         Command::Runtime(RuntimeCommand::Status { config, json }) => {
             client::status(&config, json).await
@@ -410,6 +455,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check { config, print }) => {
             config_cmd::check(&config, print).await
         }
+        Command::Config(ConfigCommand::Schema) => completions::config_schema(),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man { dir } => completions::man(dir.as_deref()),
         Command::Dashboard(DashboardCommand::Url { config }) => {
             client::dashboard_url(&config).await
         }

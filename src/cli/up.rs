@@ -13,27 +13,52 @@ use tokio::sync::broadcast;
 
 /// kinfra's own diagnostics go to stderr. State changes are already printed as `kinfra |`
 /// lines, so the default level is `warn`; `KINFRA_LOG=info` (or `debug`) shows more.
-fn init_tracing(color: bool) {
+/// The format of kinfra's own log lines (`--log-format`, `KINFRA_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object a line: timestamp, level, fields (message among them), target.
+    Json,
+}
+
+fn init_tracing(color: bool, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KINFRA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     use tracing_subscriber::prelude::*;
     // `TlsHandshakeLog` takes pingora's ERROR line per failed client handshake out of the log
     // and counts it by reason for /metrics (a rate-limited summary is logged at warn).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(color && std::io::stderr().is_terminal())
-        .with_target(false)
-        .compact()
-        .finish()
-        .with(kinfra_proxy::TlsHandshakeLog)
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(color && std::io::stderr().is_terminal())
+            .with_target(false)
+            .compact()
+            .finish()
+            .with(kinfra_proxy::TlsHandshakeLog)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .json()
+            .finish()
+            .with(kinfra_proxy::TlsHandshakeLog)
+            .try_init(),
+    };
 }
 
 /// Runs the runtime in the foreground.
-pub async fn run(arg: &ConfigArg, color: ColorChoice, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    arg: &ConfigArg,
+    color: ColorChoice,
+    quiet: bool,
+    log_format: LogFormat,
+) -> anyhow::Result<ExitCode> {
     let color = color.enabled();
-    init_tracing(color);
+    init_tracing(color, log_format);
     let (config, source) = load::load(arg)?;
     let prefixer = Prefixer::new(color, config.services.keys().map(String::as_str));
     if source == ConfigSource::Embedded {

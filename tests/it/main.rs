@@ -7,6 +7,7 @@ mod bus;
 mod cli;
 mod cloud_mix;
 mod config_check;
+mod conveniences;
 mod dashboard;
 mod deploy_fly;
 mod dist;

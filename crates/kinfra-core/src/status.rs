@@ -175,6 +175,34 @@ pub struct StatusReport {
     /// URLs, connections and the last error (when configured). Never holds a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<serde_json::Value>,
+    /// The kinfra build that made the report (see [`set_build_info`]); absent when the
+    /// process did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Box<BuildInfo>>,
+}
+
+/// Which kinfra build runs: `kinfra --version`'s facts, in `runtime status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// The crate version (`0.1.0`).
+    pub version: String,
+    /// The git commit it was built from (short), or `unknown` (a source tarball).
+    pub commit: String,
+    /// The build date, `YYYY-MM-DD` (UTC).
+    pub date: String,
+}
+
+static BUILD_INFO: std::sync::OnceLock<BuildInfo> = std::sync::OnceLock::new();
+
+/// Records the running binary's build facts once, for every [`StatusReport`] made later.
+/// Later calls are ignored.
+pub fn set_build_info(info: BuildInfo) {
+    let _ = BUILD_INFO.set(info);
+}
+
+/// The build facts recorded by [`set_build_info`], if any.
+pub fn build_info() -> Option<&'static BuildInfo> {
+    BUILD_INFO.get()
 }
 
 /// One configured provider instance (`[providers.NAME]`) as the runtime lives it: its
@@ -229,6 +257,7 @@ impl StatusReport {
             pending_restart: Vec::new(),
             providers: BTreeMap::new(),
             tunnel: None,
+            build: build_info().cloned().map(Box::new),
         }
     }
 }

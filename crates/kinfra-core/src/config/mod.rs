@@ -26,6 +26,8 @@
 
 pub mod interpolate;
 pub mod model;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod types;
 
 mod builder;

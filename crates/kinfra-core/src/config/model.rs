@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 /// The whole configuration of one runtime.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Project name and state dir.
@@ -53,6 +54,7 @@ pub struct Config {
 
 /// `[project]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectConfig {
     /// Project name: shown in the dashboard, used in NATS subjects and container labels.
@@ -76,6 +78,7 @@ impl Default for ProjectConfig {
 
 /// `[dashboard]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct DashboardConfig {
     /// Serve the dashboard at all.
@@ -114,6 +117,7 @@ impl Default for DashboardConfig {
 
 /// `[proxy]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Run the proxy at all.
@@ -177,6 +181,7 @@ impl Default for ProxyConfig {
 
 /// When a service is restarted after its process exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Never: an exit is final (`completed` for code 0, `failed` otherwise).
@@ -192,6 +197,7 @@ pub enum RestartPolicy {
 
 /// What a dependent waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DependCondition {
     /// The dependency's process was spawned.
@@ -238,6 +244,7 @@ impl<'de> Deserialize<'de> for DependsOn {
 
 /// Exponential backoff between restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffConfig {
     /// Delay before the second restart in a row; the first restart is immediate when this
@@ -267,6 +274,7 @@ impl Default for BackoffConfig {
 
 /// The crash-loop guard: `max_failures` exits within `window` means `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct CrashLoopConfig {
     /// Failures that trip the guard (0 turns the guard off).
@@ -286,6 +294,7 @@ impl Default for CrashLoopConfig {
 
 /// `tcp = true` (the service's port) or `tcp = 5432`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum TcpTarget {
     /// `true`: the service's own port.
@@ -327,6 +336,7 @@ impl<'de> Deserialize<'de> for TcpTarget {
 
 /// A readiness (`health`) or liveness probe. Exactly one of `http`, `tcp`, `exec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeConfig {
     /// A path on the service's port (`/healthz`) or a full `http://` URL.
@@ -370,6 +380,7 @@ impl Default for ProbeConfig {
 
 /// `watch = { paths, ignore, debounce }`: restart on file changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     /// Files or directories to watch, relative to the service's working directory.
@@ -393,6 +404,7 @@ impl Default for WatchConfig {
 
 /// Log capture settings of one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Rotate the log file when it reaches this size.
@@ -418,6 +430,7 @@ impl Default for LogConfig {
 
 /// `[services.NAME]`: one supervised local process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// What to run.
@@ -480,6 +493,7 @@ pub struct ServiceConfig {
 /// long-lived connections, awake dependents, `kinfra runtime wake`) it is stopped (a process
 /// or container) or paused (a cloud resource) and shown `sleeping`; the next request wakes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScaleToZero {
     /// Time without activity before it is put to sleep. Also the grace period of a target
@@ -515,6 +529,7 @@ impl ScaleToZero {
 
 /// What wakes a sleeping target ([`ScaleToZero::wake`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WakeMode {
     /// A request through the proxy to one of its routes (and everything `manual` takes).
@@ -556,6 +571,7 @@ impl ServiceConfig {
 
 /// Which adapter template a resource uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Template {
     /// PostgreSQL container.
@@ -628,7 +644,7 @@ pub struct ResourceConfig {
 pub const DEFAULT_PROVIDER_INTERVAL: Dur = Dur::from_secs(30);
 
 /// Every key kinfra itself reads in `[resources.NAME]`.
-const RESOURCE_FIELDS: &[&str] = &[
+pub(crate) const RESOURCE_FIELDS: &[&str] = &[
     "template",
     "image",
     "command",
@@ -886,6 +902,7 @@ impl Serialize for ResourceConfig {
 /// `remove_volumes` says otherwise; `keep`, `pause` and `delete` are for provider resources
 /// only (validation refuses the other set on each kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnDown {
     /// Stop it; the next start adopts it.
@@ -1081,6 +1098,7 @@ impl RateLimit {
 
 /// `[[routes]]`: one proxy route.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Host to match (exact, or `*.example.com`); any host when absent.
@@ -1106,6 +1124,7 @@ fn default_route_path() -> String {
 
 /// `[bus]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// Connect to the bus at all.
@@ -1166,6 +1185,7 @@ impl Default for BusConfig {
 
 /// `[store]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Run the store at all.
@@ -1220,6 +1240,7 @@ impl Default for StoreConfig {
 
 /// Which ACME challenge to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ChallengeKind {
     /// HTTP-01, answered by the proxy's HTTP listener.
     #[default]
@@ -1232,6 +1253,7 @@ pub enum ChallengeKind {
 
 /// `[acme]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
     /// Contact email.
@@ -1291,6 +1313,7 @@ fn default_acme_orders_per_hour() -> u32 {
 
 /// What `runtime down` does with a tunnel's DNS records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TunnelOnDown {
     /// Leave the tunnel and its DNS records (the next start adopts them).
@@ -1306,6 +1329,7 @@ pub enum TunnelOnDown {
 /// service `tunnel`. `${VAR}` in `account_id`, `zone_id`, `token` and `base_url` is filled in
 /// from the environment when the runtime starts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct TunnelConfig {
     /// The tunnel provider; only `cloudflare`.
@@ -1356,6 +1380,7 @@ impl TunnelConfig {
 /// `[image]`: what `kinfra image build` packs beside the static binary, a CA bundle and this
 /// config (which lands at `/app/<its file name>`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ImageConfig {
     /// Files and directories (relative to the config file's directory, copied under `/app`
