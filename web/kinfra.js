@@ -622,7 +622,8 @@ function mergePoints(into, incoming) {
 
 async function loadHistory() {
   clearTimeout(H.timer);
-  if (H.busy) return;
+  // A hidden page asks nothing (visibilitychange asks again when it shows).
+  if (H.busy || document.visibilityState !== "visible") return;
   H.busy = true;
   try {
     const r = await fetch(`/__history__?since=${H.since}`, { credentials: "same-origin" });
