@@ -422,6 +422,7 @@ function applySnapshot(report) {
   if (report.store) infra.push({ k: "store", v: report.store });
   list("infra-box", "infra", infra, (i) => `${i.k}: ${describeInfra(i.v)}`);
   stats();
+  drawPlots();
 }
 
 // The tunnel panel: its state, name and connections, each public URL (a link), the last
@@ -599,7 +600,7 @@ function refreshSleep() {
 // it is visible (each read records the current 10 s step on the server; nothing is recorded
 // while nobody looks), and soon after a state change, so a restart shows at once.
 const HISTORY_POLL = 5000;
-const H = { step: 10, span: 3600, window: 3600, now: 0, since: 0, services: new Map(), routes: new Map(), loaded: false, timer: null, busy: false };
+const H = { error: null, step: 10, span: 3600, window: 3600, now: 0, since: 0, services: new Map(), routes: new Map(), loaded: false, timer: null, busy: false };
 const SVG = "http://www.w3.org/2000/svg";
 const PW = 120, PH = 34;
 
@@ -627,6 +628,8 @@ async function loadHistory() {
   H.busy = true;
   try {
     const r = await fetch(`/__history__?since=${H.since}`, { credentials: "same-origin" });
+    H.error = r.ok ? null : `history unavailable (HTTP ${r.status})`;
+    if (!r.ok) drawPlots();
     if (r.ok) {
       const v = await r.json();
       H.step = v.step_s; H.span = v.span_s; H.now = v.now; H.since = v.now;
@@ -635,7 +638,11 @@ async function loadHistory() {
       H.loaded = true;
       drawPlots();
     }
-  } catch (_) { /* the next poll tries again */ }
+  } catch (_) {
+    // The next poll tries again; until then say why nothing moves.
+    H.error = "history unavailable (no connection)";
+    drawPlots();
+  }
   H.busy = false;
   if (document.visibilityState === "visible") H.timer = setTimeout(loadHistory, HISTORY_POLL);
 }
@@ -670,7 +677,7 @@ function plot(container, kind, label, lines, now, step = false) {
   svg.firstChild.textContent = `${label}, ${fmtWindow(H.window)}`;
   if (count === 0) {
     const t = svgEl("text", { x: 4, y: PH / 2 + 3, class: "nodata" });
-    t.textContent = H.loaded ? "no data yet" : "loading…";
+    t.textContent = H.error || (H.loaded ? "no data yet" : "loading…");
     svg.appendChild(t);
     return;
   }
@@ -736,7 +743,7 @@ function drawPlots() {
   if (names.length === 0) {
     if (!div.querySelector(".plot-empty")) div.replaceChildren();
     if (!div.firstChild) { const p = document.createElement("p"); p.className = "plot-empty"; div.appendChild(p); }
-    div.firstChild.textContent = "No requests through the proxy yet.";
+    div.firstChild.textContent = H.error || (H.loaded ? "No requests through the proxy yet." : "Loading…");
     return;
   }
   div.querySelector(".plot-empty")?.remove();
