@@ -307,6 +307,39 @@ mod tests {
     }
 
     #[test]
+    fn provider_instance_keys_are_the_models() {
+        // Every field of the model, set: its serialized keys are the keys kinfra reads.
+        let instance = ProviderInstanceConfig {
+            provider: Some("neon".into()),
+            token: Some(Secret::new("t")),
+            token_file: Some("f".into()),
+            base_url: Some("http://x".into()),
+            rate_limit: Some("5/s".into()),
+            extra: BTreeMap::new(),
+        };
+        let serialized = serde_json::to_value(&instance).unwrap();
+        let mut model: Vec<&str> = serialized
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        model.sort_unstable();
+        let mut listed = PROVIDER_INSTANCE_FIELDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(model, listed);
+        let schema = config_schema();
+        let mut in_schema: Vec<&str> = schema["$defs"]["ProviderInstanceConfig"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        in_schema.sort_unstable();
+        assert_eq!(in_schema, listed);
+    }
+
+    #[test]
     fn the_schema_is_draft_2020_12() {
         let schema = config_schema();
         assert_eq!(
