@@ -683,7 +683,7 @@ function plot(container, kind, label, lines, now, step = false) {
   }
   const left = H.now - H.window;
   const max = Math.max(...valid.flat().map((p) => p.v), 0) || 1;
-  const x = (t) => Math.max(0, Math.min(PW, (t - left) / H.span * PW));
+  const x = (t) => Math.max(0, Math.min(PW, (t - left) / H.window * PW));
   const y = (v) => PH - 2 - (v / max) * (PH - 4);
   valid.forEach((pts, i) => {
     // Segments: a gap of more than 2.5 steps (nobody looked) breaks the line.

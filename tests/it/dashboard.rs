@@ -615,6 +615,15 @@ fn plots_draw_the_last_hour_and_move_with_restarts_and_requests() {
         browser.js(&plot_last(app, "restarts", 0), json!([])),
         json!(0)
     );
+    let first_points = browser
+        .js(
+            &format!(
+                "return +document.querySelector('{app} .plot[data-kind=\"restarts\"]').dataset.points"
+            ),
+            json!([]),
+        )
+        .as_u64()
+        .unwrap_or(0);
     let memory = browser.js(&plot_last(app, "memory", 0), json!([]));
     assert!(memory.as_f64().unwrap_or(0.0) > 1_000_000.0, "{memory}");
     // No request went through the proxy yet: the traffic box says so.
@@ -666,6 +675,29 @@ fn plots_draw_the_last_hour_and_move_with_restarts_and_requests() {
             "const v = (() => {{ {} }})(); return v === 1 ? v : null",
             plot_last(app, "restarts", 0)
         ),
+    );
+    // The page keeps asking while it is open: a new 10 s step adds a point.
+    browser.wait_js(
+        Duration::from_secs(40),
+        "a new point on the restarts plot",
+        &format!(
+            "const n = +document.querySelector('{app} .plot[data-kind=\"restarts\"]').dataset.points; \
+             return n > {first_points} ? n : null"
+        ),
+    );
+    // The newest point is drawn at the right edge (the viewBox is 120 wide), the older ones
+    // to its left.
+    let right = browser.js(
+        &format!(
+            "const b = document.querySelector('{app} .plot[data-kind=\"restarts\"] path.line').getBBox(); \
+             return [b.x, b.x + b.width]"
+        ),
+        json!([]),
+    );
+    let (from, to) = (right[0].as_f64(), right[1].as_f64());
+    assert!(
+        to.is_some_and(|to| to > 110.0) && from < to,
+        "restarts drawn from {from:?} to {to:?}"
     );
     artifact("dashboard-plots.png", &browser.screenshot());
     drop(browser);
