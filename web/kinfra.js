@@ -596,7 +596,7 @@ function refreshSleep() {
 }
 
 // ---- Plots: the last hour per service (CPU, memory, restarts) and per route (request rate,
-// error rate, latency p50/p99), from /__history__. The page asks every HISTORY_POLL ms while
+// error rate, latency p50/p99), from /kinfra/history. The page asks every HISTORY_POLL ms while
 // it is visible (each read records the current 10 s step on the server; nothing is recorded
 // while nobody looks), and soon after a state change, so a restart shows at once.
 const HISTORY_POLL = 5000;
@@ -627,7 +627,7 @@ async function loadHistory() {
   if (H.busy || document.visibilityState !== "visible") return;
   H.busy = true;
   try {
-    const r = await fetch(`/__history__?since=${H.since}`, { credentials: "same-origin" });
+    const r = await fetch(`/kinfra/history?since=${H.since}`, { credentials: "same-origin" });
     H.error = r.ok ? null : `history unavailable (HTTP ${r.status})`;
     if (!r.ok) drawPlots();
     if (r.ok) {

@@ -676,6 +676,11 @@ fn plots_draw_the_last_hour_and_move_with_restarts_and_requests() {
             plot_last(app, "restarts", 0)
         ),
     );
+    // The history is a dashboard path through the proxy too (reserved under /kinfra).
+    let (code, _, body) = crate::proxy::get(&proxy, "/kinfra/history", "application/json");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("history json");
+    assert!(v["routes"]["app"].is_array(), "{body}");
     // The page keeps asking while it is open: a new 10 s step adds a point.
     browser.wait_js(
         Duration::from_secs(40),

@@ -25,11 +25,10 @@ pub const CLIENT_HEADER: &str = "x-kinfra-client";
 
 /// The paths the session cookie is set for, one cookie each: every dashboard route that reads
 /// or acts with a session. Nothing else on the same origin (the proxied services) gets it.
-pub const COOKIE_PATHS: [&str; 7] = [
+pub const COOKIE_PATHS: [&str; 6] = [
     "/kinfra",
     "/__status__",
     "/__events__",
-    "/__history__",
     "/__action__",
     "/__logs__",
     "/metrics",

@@ -128,7 +128,7 @@ fn router_closing(
         .route("/kinfra/session", get(session))
         .route("/__status__", get(status))
         .route("/__events__", get(events))
-        .route("/__history__", get(plot_history))
+        .route("/kinfra/history", get(plot_history))
         .route("/__action__/command/{resource}", post(command::command))
         .route("/__commands__/{resource}", get(command::commands))
         .route("/__action__/{action}/{service}", post(action))
@@ -316,7 +316,8 @@ struct SinceQuery {
     since: Option<f64>,
 }
 
-/// The plots' points (`GET /__history__?since=T`): a read records the current step (so the
+/// The plots' points (`GET /kinfra/history?since=T`; under `/kinfra`, so the proxy's reserved
+/// paths and the session cookie already cover it): a read records the current step (so the
 /// history grows while the page is open and asks, and nothing is sampled otherwise) and
 /// returns the points since `since`.
 async fn plot_history(

@@ -222,7 +222,7 @@ async fn unknown_host_is_refused_everywhere_but_healthz() {
 #[tokio::test]
 async fn history_records_a_point_per_read_for_the_plots() {
     let h = harness();
-    let (code, headers, body) = send(&h.app, req("GET", "/__history__", &[])).await;
+    let (code, headers, body) = send(&h.app, req("GET", "/kinfra/history", &[])).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(
         headers.get("cache-control").map(|v| v.as_bytes()),
@@ -240,7 +240,7 @@ async fn history_records_a_point_per_read_for_the_plots() {
     let now = v["now"].as_f64().unwrap_or_default();
     let (_, _, body) = send(
         &h.app,
-        req("GET", &format!("/__history__?since={now}"), &[]),
+        req("GET", &format!("/kinfra/history?since={now}"), &[]),
     )
     .await;
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -249,7 +249,11 @@ async fn history_records_a_point_per_read_for_the_plots() {
     assert!((1..=2).contains(&points), "{body}");
     let (_, _, body) = send(
         &h.app,
-        req("GET", &format!("/__history__?since={}", now + 3600.0), &[]),
+        req(
+            "GET",
+            &format!("/kinfra/history?since={}", now + 3600.0),
+            &[],
+        ),
     )
     .await;
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -263,7 +267,7 @@ async fn remote_reads_need_the_token() {
         "/__status__",
         "/metrics",
         "/__events__",
-        "/__history__",
+        "/kinfra/history",
         "/__logs__/api?format=json",
         "/__logs__/api/stream",
     ] {
