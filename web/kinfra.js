@@ -752,7 +752,9 @@ function drawPlots() {
     let sec = [...div.querySelectorAll(".route-plots")].find((el) => el.dataset.route === name);
     if (!sec) {
       sec = document.createElement("section"); sec.className = "route-plots"; sec.dataset.route = name;
-      const h = document.createElement("h3"); h.textContent = name;
+      const h = document.createElement("h3");
+      // The proxy labels requests no route matched (its own 404 pages) `none`.
+      h.textContent = name === "none" ? "no route matched" : name;
       const plots = document.createElement("div"); plots.className = "plots";
       sec.append(h, plots); div.appendChild(sec);
     }
