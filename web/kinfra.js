@@ -676,11 +676,11 @@ function plot(container, kind, label, lines, now, step = false) {
   svg.replaceChildren(svgEl("title", {}));
   svg.firstChild.textContent = `${label}, ${fmtWindow(H.window)}`;
   if (count === 0) {
-    const t = svgEl("text", { x: 4, y: PH / 2 + 3, class: "nodata" });
-    t.textContent = H.error || (H.loaded ? "no data yet" : "loading…");
-    svg.appendChild(t);
+    // Said in HTML over the empty chart (SVG text would stretch with the chart's width).
+    fig.dataset.empty = H.error || (H.loaded ? "no data yet" : "loading…");
     return;
   }
+  delete fig.dataset.empty;
   const left = H.now - H.window;
   const max = Math.max(...valid.flat().map((p) => p.v), 0) || 1;
   const x = (t) => Math.max(0, Math.min(PW, (t - left) / H.window * PW));
