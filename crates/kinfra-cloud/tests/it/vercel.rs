@@ -413,11 +413,16 @@ async fn an_unknown_ready_state_keeps_the_last_state_with_a_warning() {
         },
     )
     .await;
-    assert!(has_line(
-        &lines,
-        LogStream::Stderr,
-        "warning: unknown readyState `BLOCKED`"
-    ));
+    // The warning goes to the run's log stream, which the collector reads on its own task:
+    // the status above can be seen first.
+    until("the warning line", || async {
+        has_line(
+            &lines,
+            LogStream::Stderr,
+            "warning: unknown readyState `BLOCKED`",
+        )
+    })
+    .await;
     assert_eq!(res.provider_status().as_deref(), Some("BLOCKED"));
     assert_eq!(res.health().await.expect("health"), Health::Unknown);
     // An unknown `…ING` one is starting.
