@@ -8,6 +8,7 @@ pub mod activity;
 pub mod child;
 pub mod config;
 pub mod control;
+pub mod docker_names;
 pub mod event;
 pub mod lockfile;
 pub mod metrics;

@@ -250,35 +250,7 @@ fn connection(
     }
 }
 
-/// Docker names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; anything else becomes `-`.
-fn sanitize(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    out.trim_start_matches(['_', '.', '-']).to_owned()
-}
-
-/// The container's name: `kinfra-PROJECT-NAME`.
-pub fn container_name(project: &str, name: &str) -> String {
-    format!("kinfra-{}-{}", sanitize(project), sanitize(name))
-}
-
-/// A named volume of a resource: `kinfra-PROJECT-NAME-VOLUME`.
-pub fn volume_name(project: &str, name: &str, volume: &str) -> String {
-    format!(
-        "kinfra-{}-{}-{}",
-        sanitize(project),
-        sanitize(name),
-        sanitize(volume)
-    )
-}
+pub use kinfra_core::docker_names::{container_name, volume_name};
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use crate::emit::{Dependency, Document, Table, strings, table};
 use crate::yaml::{self, Entry, Node, Value as Yaml};
 use crate::{ImportError, Source, envfile, kinfra_name, text};
 use kinfra_core::config::types::{format_duration, parse_duration};
+use kinfra_core::docker_names::{container_name, docker_name};
 use toml::Value;
 
 /// Converts a compose file into resources of `doc`.
@@ -298,7 +299,7 @@ impl Converter {
                     &key,
                     format!(
                         "kinfra names the container kinfra-{}-{name}",
-                        sanitize(&self.project)
+                        docker_name(&self.project)
                     ),
                 ),
                 "networks" | "network_mode" | "links" | "hostname" | "extra_hosts" => source
@@ -651,7 +652,7 @@ impl Converter {
         {
             return Ok(());
         }
-        let container = format!("kinfra-{}-{}", sanitize(&self.project), sanitize(resource));
+        let container = container_name(&self.project, resource);
         let mut pairs: Vec<(String, Value)> = Vec::new();
         for e in entries {
             let k = format!("{key}.{}", e.key);
@@ -851,21 +852,6 @@ fn pass_through(source: &mut Source<'_>, key: &str, line: usize, name: &str) -> 
         format!("taken from kinfra's environment: {name} = \"${{{name}:-}}\""),
     );
     format!("${{{name}:-}}")
-}
-
-/// kinfra-docker's name rule for containers and volumes.
-fn sanitize(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    out.trim_start_matches(['_', '.', '-']).to_owned()
 }
 
 #[cfg(test)]
