@@ -4,6 +4,7 @@
 //! channel. Consumers (store, bus, dashboard, CLI) subscribe; a slow consumer lags and is told
 //! so by the channel, it never stalls the producer.
 
+use crate::progress::Progress;
 use crate::state::{Health, ServiceState};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -180,6 +181,15 @@ pub enum EventKind {
         #[serde(default)]
         error: Option<String>,
     },
+    /// Long work on a resource moved on (an image pull, a cloud operation): sent at most
+    /// four times a second per resource, and once more with `progress: null` when the work
+    /// ended (it is then also gone from the resource's status).
+    Progress {
+        /// Resource name.
+        service: String,
+        /// Where the work stands; `None` once it ended.
+        progress: Option<Progress>,
+    },
 }
 
 impl EventKind {
@@ -193,7 +203,8 @@ impl EventKind {
             | Self::ProcessExited { service, .. }
             | Self::RestartScheduled { service, .. }
             | Self::CrashLoop { service, .. }
-            | Self::PortAssigned { service, .. } => service,
+            | Self::PortAssigned { service, .. }
+            | Self::Progress { service, .. } => service,
             Self::CommandExecuted { resource, .. } => resource,
             Self::CertIssued { .. } | Self::CertRenewalFailed { .. } => "acme",
             Self::MaintenanceChanged { service, .. } if service != "*" => service,
@@ -225,6 +236,7 @@ impl EventKind {
             Self::CertIssued { .. } => "cert_issued",
             Self::CertRenewalFailed { .. } => "cert_renewal_failed",
             Self::CommandExecuted { .. } => "command_executed",
+            Self::Progress { .. } => "progress",
         }
     }
 }

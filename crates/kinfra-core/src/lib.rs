@@ -14,6 +14,7 @@ pub mod lockfile;
 pub mod metrics;
 pub mod persist;
 pub mod procstat;
+pub mod progress;
 pub mod random;
 pub mod resource;
 pub mod secret;

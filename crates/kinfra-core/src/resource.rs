@@ -217,6 +217,15 @@ pub trait Resource: Send + Sync + 'static {
         None
     }
 
+    /// Long work under way on it that the adapter measures itself (an image pull's bytes), or
+    /// `None` (the default). The supervisor samples it a few times a second while the
+    /// resource starts, puts it in status and sends it as `progress` events; for provider
+    /// resources without their own, it shows the provider's phase and the time taken. Answers
+    /// at once (no I/O).
+    fn progress(&self) -> Option<crate::progress::Progress> {
+        None
+    }
+
     /// Lets go of the live run without changing the thing itself (`runtime down` of a provider
     /// resource whose `on_down` is `keep`): the run's exit resolves, the cloud resource stays
     /// as it is. The default stops it, for adapters whose thing cannot outlive kinfra's watch.

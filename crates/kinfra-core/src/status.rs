@@ -84,6 +84,9 @@ pub struct ServiceStatus {
     /// Scale to zero, for targets that have it: idle time and when it will sleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<SleepStatus>,
+    /// Long work under way on it (an image pull, a cloud operation); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::progress::Progress>,
 }
 
 /// Where a `scale_to_zero` target stands with respect to sleep.
@@ -307,6 +310,7 @@ mod tests {
             last_sync: None,
             provider_state: None,
             sleep: None,
+            progress: None,
         };
         let services = BTreeMap::from([
             ("a".to_string(), mk(ServiceState::Running)),

@@ -276,6 +276,7 @@ mod tests {
             last_sync: None,
             provider_state: None,
             sleep: None,
+            progress: None,
         };
         StatusReport::new("p", BTreeMap::from([("web".to_owned(), web)]))
     }

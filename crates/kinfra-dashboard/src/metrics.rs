@@ -180,6 +180,7 @@ mod tests {
             last_sync: None,
             provider_state: None,
             sleep: None,
+            progress: None,
         };
         let report = StatusReport::new("p", BTreeMap::from([("we\"ird".to_string(), s)]));
         let text = render(&report, 11, "");
@@ -225,6 +226,7 @@ mod tests {
             }),
             provider_state: Some("ACTIVE".into()),
             sleep: None,
+            progress: None,
         };
         let report = StatusReport::new(
             "p",

@@ -52,6 +52,7 @@ impl RuntimeControl for Fake {
             last_sync: None,
             provider_state: None,
             sleep: None,
+            progress: None,
         };
         StatusReport::new("demo", BTreeMap::from([("api".to_string(), api)]))
     }

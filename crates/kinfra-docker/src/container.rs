@@ -124,6 +124,9 @@ pub struct DockerResource {
     /// (before that, it is still starting).
     host_check_passed: AtomicBool,
     progress: Option<Progress>,
+    /// The image pull of the current start, while it runs and once it completed (until the
+    /// next start): what [`Resource::progress`] reports.
+    pull: Arc<Mutex<Option<kinfra_core::progress::Progress>>>,
 }
 
 impl std::fmt::Debug for DockerResource {
@@ -164,6 +167,7 @@ impl DockerResource {
             host_check: resolved.host_check,
             host_check_passed: AtomicBool::new(false),
             progress: None,
+            pull: Arc::default(),
         }
     }
 
@@ -259,7 +263,13 @@ impl DockerResource {
             }
             lock(&sink).push(line);
         };
-        let pulled = engine.ensure_image(&self.spec.image, &report).await;
+        let pull = self.pull.clone();
+        let on_update = move |p: &crate::pull::PullProgress| {
+            *lock(&pull) = Some(p.snapshot());
+        };
+        let pulled = engine
+            .ensure_image(&self.spec.image, &report, &on_update)
+            .await;
         early.extend(lock(&lines).drain(..).map(system));
         pulled?;
         engine.ensure_volumes(&self.spec).await?;
@@ -359,6 +369,7 @@ impl DockerResource {
     }
 
     async fn start_inner(&self) -> Result<Run, DockerError> {
+        *lock(&self.pull) = None;
         let engine = self.engine.get().await?;
         let mut early = Vec::new();
         let (id, found) = self.ensure(&engine, &mut early).await?;
@@ -505,6 +516,10 @@ impl Resource for DockerResource {
                 _ => Health::Unknown,
             })
         })
+    }
+
+    fn progress(&self) -> Option<kinfra_core::progress::Progress> {
+        lock(&self.pull).clone()
     }
 
     fn has_own_health(&self) -> bool {

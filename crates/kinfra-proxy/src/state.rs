@@ -376,6 +376,7 @@ mod tests {
             last_sync: None,
             provider_state: None,
             sleep: None,
+            progress: None,
         }
     }
 

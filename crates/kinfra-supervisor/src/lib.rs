@@ -456,6 +456,7 @@ impl Supervisor {
                         last_sync: None,
                         provider_state: None,
                         sleep: None,
+                        progress: None,
                     },
                 )
             })
@@ -482,6 +483,7 @@ impl Supervisor {
                         last_sync: sync.last_sync,
                         provider_state: sync.provider_state,
                         sleep: None,
+                        progress: resource::lock_progress(&h.progress).shown.clone(),
                     },
                 )
             }))
@@ -697,12 +699,14 @@ impl Supervisor {
                 snap_tx,
                 cmd_rx,
             );
+            let progress = actor.progress_cell();
             let task = tokio::spawn(actor.run());
             write(&self.inner.resources).insert(
                 name,
                 resource::ResourceHandle {
                     cmds: cmd_tx,
                     snap: snap_rx,
+                    progress,
                     sink,
                     spec,
                     task,

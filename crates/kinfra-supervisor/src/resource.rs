@@ -13,10 +13,11 @@ use kinfra_core::config::{
     ResourceConfig, RestartPolicy,
 };
 use kinfra_core::event::{EventKind, ExitInfo};
+use kinfra_core::progress::Progress;
 use kinfra_core::resource::{Observed, OutputLine, ReportedState, Resource, Run};
 use kinfra_core::state::{Health, ServiceState};
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -28,6 +29,12 @@ const HEALTH_POLL_STARTING: Duration = Duration::from_millis(250);
 const HEALTH_POLL_RUNNING: Duration = Duration::from_secs(2);
 /// Extra time, beyond the grace, that a stop waits for the run's exit to be reported.
 const EXIT_REPORT_WAIT: Duration = Duration::from_secs(5);
+/// How often a start in flight is sampled for progress (so at most four `progress` events a
+/// second per resource).
+const PROGRESS_TICK: Duration = Duration::from_millis(250);
+/// A cloud operation whose phase stays the same is sent again this often (its elapsed time
+/// moved on); the status shows the elapsed time at every tick.
+const PROGRESS_QUIET_RESEND: Duration = Duration::from_secs(5);
 /// After kinfra put a resource to sleep, observes in a row that may still say "running"
 /// (a provider showing its pause late) before that is believed: an outside wake.
 const SETTLE_OBSERVES: u32 = 3;
@@ -118,10 +125,47 @@ impl Drop for Live {
     }
 }
 
+/// Long work under way on a resource, as status shows it and as it was last sent.
+#[derive(Default)]
+pub(crate) struct ProgressCell {
+    /// What status shows (`None`: nothing under way).
+    pub shown: Option<Progress>,
+    /// When the current start began (the elapsed time of a cloud operation).
+    began: Option<Instant>,
+    /// The last `progress` event: when, and what it said.
+    sent: Option<(Instant, Option<Progress>)>,
+}
+
+/// Shared between a resource actor (which writes) and status (which reads).
+pub(crate) type SharedProgress = Arc<Mutex<ProgressCell>>;
+
+pub(crate) fn lock_progress(cell: &SharedProgress) -> std::sync::MutexGuard<'_, ProgressCell> {
+    cell.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// True when `a` and `b` say the same apart from the elapsed time.
+fn same_but_time(a: &Option<Progress>, b: &Option<Progress>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            Progress {
+                elapsed_s: 0,
+                ..a.clone()
+            } == Progress {
+                elapsed_s: 0,
+                ..b.clone()
+            }
+        }
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// What `Supervisor` keeps of a resource actor.
 pub(crate) struct ResourceHandle {
     pub cmds: mpsc::Sender<Command>,
     pub snap: watch::Receiver<Snapshot>,
+    pub progress: SharedProgress,
     pub sink: LogSink,
     pub spec: ResourceSpec,
     pub task: JoinHandle<()>,
@@ -138,6 +182,7 @@ pub(crate) struct ResourceActor {
     mode: Mode,
     live: Option<Live>,
     restarts: Restarts,
+    progress: SharedProgress,
     generation: u64,
     probe_tx: mpsc::Sender<ProbeEvent>,
     probe_rx: mpsc::Receiver<ProbeEvent>,
@@ -178,6 +223,7 @@ impl ResourceActor {
             mode: Mode::WaitDeps,
             live: None,
             restarts,
+            progress: SharedProgress::default(),
             generation: 0,
             probe_tx,
             probe_rx,
@@ -187,6 +233,74 @@ impl ResourceActor {
             watching: false,
             settling: None,
         }
+    }
+
+    /// The cell status reads this resource's progress from.
+    pub fn progress_cell(&self) -> SharedProgress {
+        self.progress.clone()
+    }
+
+    /// Samples the work under way while the resource starts (the adapter's own measure, or a
+    /// provider's phase and the time taken), puts it in status and sends a `progress` event
+    /// when it changed: at most once per call (calls come every [`PROGRESS_TICK`] at most), a
+    /// cloud operation whose phase stays the same every [`PROGRESS_QUIET_RESEND`], and one
+    /// last `progress: null` once the start is over.
+    fn refresh_progress(&self) {
+        let starting = self.state() == ServiceState::Starting;
+        let mut cell = lock_progress(&self.progress);
+        let now = if starting {
+            let began = *cell.began.get_or_insert_with(Instant::now);
+            self.spec
+                .resource
+                .progress()
+                .or_else(|| self.operation_progress(began))
+        } else {
+            cell.began = None;
+            None
+        };
+        cell.shown = now.clone();
+        let send = match &cell.sent {
+            None => now.is_some(),
+            Some((at, last)) => {
+                !same_but_time(last, &now)
+                    || (now.is_some() && at.elapsed() >= PROGRESS_QUIET_RESEND)
+            }
+        };
+        if !send {
+            return;
+        }
+        cell.sent = Some((Instant::now(), now.clone()));
+        drop(cell);
+        self.shared.events.emit(EventKind::Progress {
+            service: self.name.clone(),
+            progress: now,
+        });
+    }
+
+    /// A provider's long operation while it starts: its phase (the provider's own word for
+    /// the state, else what it reports) and the time since the start began. No percent: a
+    /// provider that has one reports it through [`Resource::progress`].
+    fn operation_progress(&self, began: Instant) -> Option<Progress> {
+        let reported = self.spec.resource.reported_state()?;
+        if reported.state != ServiceState::Starting {
+            return None;
+        }
+        let phase = self
+            .spec
+            .resource
+            .sync()
+            .and_then(|s| s.provider_state)
+            .unwrap_or(reported.message);
+        Some(Progress {
+            task: "operation".into(),
+            phase,
+            target: None,
+            current: None,
+            total: None,
+            unit: None,
+            percent: None,
+            elapsed_s: began.elapsed().as_secs(),
+        })
     }
 
     fn update(&self, f: impl FnOnce(&mut Snapshot)) {
@@ -232,6 +346,12 @@ impl ResourceActor {
                 to,
                 message,
             });
+            if from == ServiceState::Starting {
+                // The work of the start is over: status and a last event say so.
+                self.refresh_progress();
+            } else if to == ServiceState::Starting {
+                lock_progress(&self.progress).began = Some(Instant::now());
+            }
         }
     }
 
@@ -325,6 +445,7 @@ impl ResourceActor {
                         _ = tokio::time::sleep(poll) => {
                             self.poll_health().await;
                             self.apply_reported();
+                            self.refresh_progress();
                         }
                     }
                 }
@@ -387,6 +508,7 @@ impl ResourceActor {
             ServiceState::Starting,
             format!("Starting {}", self.spec.resource.kind()),
         );
+        lock_progress(&self.progress).began = Some(Instant::now());
         // A start may wait minutes (a cloud operation): commands keep arriving meanwhile. A
         // stop, halt, restart, sleep or shutdown interrupts it (the start future is dropped,
         // which cancels what it was waiting for, and the command then stops the resource); a
@@ -397,6 +519,7 @@ impl ResourceActor {
         let started = loop {
             tokio::select! {
                 result = &mut start => break Some(result),
+                () = tokio::time::sleep(PROGRESS_TICK) => self.refresh_progress(),
                 cmd = self.cmds.recv() => match cmd {
                     Some(
                         cmd @ (Command::Stop(_)
@@ -417,6 +540,8 @@ impl ResourceActor {
                 },
             }
         };
+        // What the start reached last (a pull's `complete`) is shown before it moves on.
+        self.refresh_progress();
         let Some(started) = started else {
             self.mode = Mode::Idle;
             self.sink.system("Start interrupted by a stop.");

@@ -257,6 +257,7 @@ impl RuntimeControl for FakeControl {
                         last_sync: None,
                         provider_state: None,
                         sleep: None,
+                        progress: None,
                     },
                 )
             })

@@ -94,6 +94,7 @@ impl FakeControl {
                     last_sync: None,
                     provider_state: None,
                     sleep: None,
+                    progress: None,
                 });
             let from = entry.state;
             entry.state = state;

@@ -4,6 +4,7 @@ mod basic;
 mod deps;
 mod logs;
 mod ports;
+mod progress;
 mod probes;
 mod reload;
 mod resources;
