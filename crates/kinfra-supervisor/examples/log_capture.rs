@@ -18,7 +18,7 @@
 
 use kinfra_core::config::{ByteSize, LogConfig};
 use kinfra_core::status::{LogLine, LogStream, ServiceLogLine};
-use kinfra_supervisor::logs::LogSink;
+use kinfra_supervisor::logs::{LogSink, LogWriter};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -186,10 +186,12 @@ async fn one_run(o: &Options, run: usize) -> f64 {
     };
     let max_line = cfg.max_line.0 as usize;
     let names: Vec<String> = (0..o.writers).map(|i| format!("w{i}")).collect();
+    let writer = LogWriter::new();
     let sinks: Vec<LogSink> = names
         .iter()
         .map(|n| {
-            LogSink::new(n, dir.path(), cfg, tx.clone()).unwrap_or_else(|e| panic!("sink {n}: {e}"))
+            LogSink::new(n, dir.path(), cfg, tx.clone(), &writer)
+                .unwrap_or_else(|e| panic!("sink {n}: {e}"))
         })
         .collect();
     let t0 = Instant::now();

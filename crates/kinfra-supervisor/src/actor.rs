@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub tag_prefix: String,
     pub log_dir: PathBuf,
     pub log_tx: broadcast::Sender<ServiceLogLine>,
+    /// The log file writer threads every service's and resource's log shares.
+    pub log_writer: crate::logs::LogWriter,
     /// Snapshots of every service, for dependency checks.
     pub snapshots: RwLock<BTreeMap<String, watch::Receiver<Snapshot>>>,
     /// The port each service gets (resolved when it is added or changed).

@@ -399,6 +399,7 @@ impl Supervisor {
             tag_prefix,
             log_dir,
             log_tx,
+            log_writer: logs::LogWriter::new(),
             snapshots: RwLock::new(BTreeMap::new()),
             port_map: RwLock::new(BTreeMap::new()),
             resource_conns: RwLock::new(conns),
@@ -678,8 +679,14 @@ impl Supervisor {
         }
         let mut starting = Vec::new();
         for (name, spec) in resources {
-            let sink = LogSink::new(&name, &shared.log_dir, spec.log, shared.log_tx.clone())
-                .map_err(state_err(&shared.log_dir))?;
+            let sink = LogSink::new(
+                &name,
+                &shared.log_dir,
+                spec.log,
+                shared.log_tx.clone(),
+                &shared.log_writer,
+            )
+            .map_err(state_err(&shared.log_dir))?;
             let conn = spec.resource.connection();
             let mut first = shared.initial_snapshot(&name);
             first.port = conn.port;
@@ -978,8 +985,14 @@ impl Supervisor {
         let mut starting = Vec::new();
         for name in &summary.added {
             let cfg = services[name].clone();
-            let sink = LogSink::new(name, &shared.log_dir, cfg.log, shared.log_tx.clone())
-                .map_err(state_err(&shared.log_dir))?;
+            let sink = LogSink::new(
+                name,
+                &shared.log_dir,
+                cfg.log,
+                shared.log_tx.clone(),
+                &shared.log_writer,
+            )
+            .map_err(state_err(&shared.log_dir))?;
             let (snap_tx, snap_rx) = tokio::sync::watch::channel(shared.initial_snapshot(name));
             let (cmd_tx, cmd_rx) = mpsc::channel(16);
             write(&shared.snapshots).insert(name.clone(), snap_rx.clone());

@@ -7,37 +7,44 @@
 //!
 //! Flow and bounds: one reader task per pipe waits until the pipe is readable, reads into its
 //! thread's 64 KiB buffer (one per runtime thread, not per pipe: an idle service holds no read
-//! buffer) and splits what it read into lines of at most `max_line` bytes (longer lines are split). The lines of one read
-//! form a [`Batch`]: one timestamp (taken when the read returned), one text buffer, one entry
-//! per line; no allocation per line. A batch takes a slot in a bounded channel to the
-//! service's file writer thread, then, in one step, goes into the ring, to followers and into
-//! that slot, so the ring and the file have the same order (except a line of kinfra's own met
-//! by a full channel: shown at once, written when there is room). The ring and the writer
-//! share the batch (`Arc`); [`LogLine`]s are built only for followers (when someone follows)
-//! and for [`LogSink::tail`]. The live log (ring, followers) never waits on the disk: a stalled
-//! write holds up only the file, until the channel is full. Then the reader waits, the pipe
-//! fills and the *child* blocks in `write`; kinfra's memory stays bounded (the channel's
-//! batches, the ring's lines) and its actors never wait on log output.
+//! buffer) and splits what it read into lines of at most `max_line` bytes (longer lines are
+//! split). The lines of one read form a [`Batch`]: one timestamp (taken when the read returned),
+//! one text buffer, one entry per line; no allocation per line. A batch takes one of the
+//! service's 16 slots on its file writer thread, then, in one step, goes into the ring, to
+//! followers and onto the writer's queue, so the ring and the file have the same order (except
+//! a line of kinfra's own met by full slots: shown at once, written when there is room). The
+//! ring and the writer share the batch (`Arc`); [`LogLine`]s are built only for followers (when
+//! someone follows) and for [`LogSink::tail`]. The live log (ring, followers) never waits on the
+//! disk: a stalled write holds up only the files, until a service's slots are taken. Then its
+//! reader waits, the pipe fills and the *child* blocks in `write`; kinfra's memory stays bounded
+//! (16 batches per service, the ring's lines) and its actors never wait on log output.
 //!
-//! Flush policy: the writer thread encodes each batch's lines as JSON into a buffer of up to
-//! 128 KiB (given back after a burst), which goes to the file when it is full and whenever the
-//! writer has nothing more queued, so
-//! a lone line is in the file as soon as the writer thread has run (no timer holds it back),
-//! and a flood costs one `write` per buffer. Rotation flushes first; EOF of a pipe, a stop and
-//! the end of the sink hand over every batch before the writer exits, which flushes. No fsync:
-//! a line is in the page cache (safe across a kinfra crash, not across a power loss), like
+//! Writer threads: a [`LogWriter`] is a fixed pool of at most two threads (one per core) shared
+//! by every service's file, not a thread per service: each sink is given the thread serving the
+//! fewest sinks, which keeps its file state (file, buffer, size for rotation) in a map and takes
+//! its queue's jobs (open, lines, close; tagged with the sink) all at once. A file that stalls
+//! holds up the other files of its thread too (the live logs never).
+//!
+//! Flush policy: a writer thread encodes each batch's lines as JSON straight into the file's
+//! buffer (a rotation falls between two lines), which goes to the file when it holds 128 KiB and
+//! whenever that file has nothing more queued, so a lone line is in the file as soon as the
+//! writer thread has run (no timer holds it back), and a flood costs one `write` per buffer; the
+//! buffer is given back after a burst. EOF of a pipe, a stop and the end of the sink hand over
+//! every batch; the sink's close comes after them on the same queue and flushes. No fsync: a
+//! line is in the page cache (safe across a kinfra crash, not across a power loss), like
 //! supervisord's log files.
 
 use kinfra_core::config::LogConfig;
 use kinfra_core::event::now_rfc3339;
 use kinfra_core::status::{LogLine, LogStream, ServiceLogLine};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast};
 use tracing::warn;
 
 /// Batches a reader may be ahead of the writer before it waits (each at most one pipe read,
@@ -265,51 +272,238 @@ impl Ring {
     }
 }
 
+/// The file writer threads of a runtime, shared by every service's log: a small fixed pool
+/// (at most two threads, one per core), each serving the files of the sinks assigned to it.
+/// Cheap to clone. The threads start with the first sink that needs them and end when the
+/// writer and every sink are gone, after writing every line handed to them.
+#[derive(Clone)]
+pub struct LogWriter {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    workers: Vec<Worker>,
+    /// The threads' name before their number (`kinfra-log-0`).
+    name: &'static str,
+}
+
+/// One writer thread: its queue, whether it runs, and how many sinks it serves.
+struct Worker {
+    queue: Arc<Queue>,
+    started: Mutex<bool>,
+    sinks: AtomicUsize,
+}
+
+impl Default for LogWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogWriter {
+    /// A pool of `min(2, cores)` writer threads (started on first use).
+    pub fn new() -> LogWriter {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        LogWriter::with_threads(cores.min(2))
+    }
+
+    /// A pool of `threads` writer threads (at least one, started on first use).
+    pub fn with_threads(threads: usize) -> LogWriter {
+        LogWriter::named(threads, "kinfra-log")
+    }
+
+    /// A pool of `threads` writer threads named `NAME-0`, `NAME-1`, … (at most 15 bytes in
+    /// all, or Linux cuts the name).
+    fn named(threads: usize, name: &'static str) -> LogWriter {
+        let workers = (0..threads.max(1))
+            .map(|_| Worker {
+                queue: Arc::new(Queue::default()),
+                started: Mutex::new(false),
+                sinks: AtomicUsize::new(0),
+            })
+            .collect();
+        LogWriter {
+            pool: Arc::new(Pool { workers, name }),
+        }
+    }
+
+    /// The writer thread serving the fewest sinks, started if it was not yet.
+    fn assign(&self) -> io::Result<usize> {
+        let (index, worker) = self
+            .pool
+            .workers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.sinks.load(Ordering::Relaxed))
+            .ok_or_else(|| io::Error::other("a log writer without threads"))?;
+        let mut started = lock(&worker.started);
+        if !*started {
+            let queue = worker.queue.clone();
+            std::thread::Builder::new()
+                .name(format!("{}-{index}", self.pool.name))
+                .spawn(move || run_writer(queue))?;
+            *started = true;
+        }
+        worker.sinks.fetch_add(1, Ordering::Relaxed);
+        Ok(index)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // No sink is left (each holds the pool): the threads write what is queued and end.
+        for w in &self.workers {
+            w.queue.close();
+        }
+    }
+}
+
+/// Work for a writer thread, in the order the sinks handed it over.
+enum Job {
+    /// A sink's file, from now on written by this thread.
+    Open {
+        id: u64,
+        service: Arc<str>,
+        file: Box<LogFile>,
+    },
+    /// Lines for a sink's file; `_slot` is the sink's channel slot, free again once written.
+    Lines {
+        id: u64,
+        batch: Arc<Batch>,
+        _slot: OwnedSemaphorePermit,
+    },
+    /// The sink is gone: flush its file and close it.
+    Close { id: u64 },
+}
+
+/// A writer thread's queue: every job of every sink it serves.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// No job comes any more (the pool is gone) or none is taken any more (the thread died).
+    closed: bool,
+    /// The thread died: jobs are refused.
+    dead: bool,
+}
+
+impl Queue {
+    /// Queues `job`; false (and the job dropped) when the writer thread is gone.
+    fn push(&self, job: Job) -> bool {
+        let mut state = lock(&self.state);
+        if state.dead {
+            return false;
+        }
+        let wake = state.jobs.is_empty();
+        state.jobs.push_back(job);
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ready.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sink ids, unique in the process (a map key on the writer thread).
+static NEXT_SINK: AtomicU64 = AtomicU64::new(0);
+
+/// A sink's link to its file on a writer thread; closes the file when the last clone of the
+/// sink (and the last line waiting for a slot) is gone, after every batch it handed over.
+struct SinkFile {
+    id: u64,
+    worker: usize,
+    slots: Arc<Semaphore>,
+    writer: LogWriter,
+}
+
+impl SinkFile {
+    fn queue(&self) -> &Queue {
+        &self.writer.pool.workers[self.worker].queue
+    }
+
+    /// Hands `batch` to the writer thread with the channel slot it took.
+    fn send(&self, batch: Arc<Batch>, slot: OwnedSemaphorePermit) -> bool {
+        self.queue().push(Job::Lines {
+            id: self.id,
+            batch,
+            _slot: slot,
+        })
+    }
+}
+
+impl Drop for SinkFile {
+    fn drop(&mut self) {
+        self.queue().push(Job::Close { id: self.id });
+        self.writer.pool.workers[self.worker]
+            .sinks
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The per-service log: ring, file and followers. Cheap to clone.
 #[derive(Clone)]
 pub struct LogSink {
     service: Arc<str>,
     ring: Arc<Mutex<Ring>>,
     followers: broadcast::Sender<ServiceLogLine>,
-    tx: mpsc::Sender<Arc<Batch>>,
+    file: Arc<SinkFile>,
 }
 
 impl LogSink {
-    /// Starts the writer thread for `service`, appending to `dir/NAME.log`.
+    /// Opens (appending) `dir/NAME.log` for `service`, written by one of `writer`'s threads.
     pub fn new(
         service: &str,
         dir: &Path,
         cfg: LogConfig,
         followers: broadcast::Sender<ServiceLogLine>,
+        writer: &LogWriter,
     ) -> io::Result<LogSink> {
         fs::create_dir_all(dir)?;
         let path = dir.join(format!("{service}.log"));
-        let file = LogFile::open(path, cfg.max_size.0, cfg.keep)?;
+        let log_file = LogFile::open(path, cfg.max_size.0, cfg.keep)?;
         let ring = Arc::new(Mutex::new(Ring::new(cfg.ring)));
-        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let writer = Writer {
-            service: service.to_owned(),
-            file,
+        let worker = writer.assign()?;
+        let file = SinkFile {
+            id: NEXT_SINK.fetch_add(1, Ordering::Relaxed),
+            worker,
+            slots: Arc::new(Semaphore::new(CHANNEL_BATCHES)),
+            writer: writer.clone(),
         };
-        std::thread::Builder::new()
-            .name(format!("kinfra-log-{service}"))
-            .spawn(move || writer.run(rx))?;
+        let service: Arc<str> = service.into();
+        if !file.queue().push(Job::Open {
+            id: file.id,
+            service: service.clone(),
+            file: Box::new(log_file),
+        }) {
+            return Err(io::Error::other("the log writer thread is gone"));
+        }
         Ok(LogSink {
-            service: service.into(),
+            service,
             ring,
             followers,
-            tx,
+            file: Arc::new(file),
         })
     }
 
     /// Puts `batch` in the ring and sends its lines to followers (when someone follows) and,
-    /// through `permit`, to the file writer, all under the ring's lock: ring and file get lines
-    /// in the same order.
-    fn publish(&self, batch: Arc<Batch>, permit: Option<mpsc::Permit<'_, Arc<Batch>>>) {
-        let mut ring = match self.ring.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+    /// with `slot`, to the file writer, all under the ring's lock: ring and file get lines in
+    /// the same order. False when the line could not go to the writer.
+    fn publish(&self, batch: Arc<Batch>, slot: Option<OwnedSemaphorePermit>) -> bool {
+        let mut ring = lock(&self.ring);
         ring.push(batch.clone());
         if self.followers.receiver_count() > 0 {
             for i in 0..batch.len() {
@@ -319,24 +513,19 @@ impl LogSink {
                 });
             }
         }
-        if let Some(permit) = permit {
-            permit.send(batch);
+        match slot {
+            Some(slot) => self.file.send(batch, slot),
+            None => false,
         }
     }
 
-    /// Records a batch, waiting for room in the file writer's channel first (never for the
-    /// disk). False when the writer is gone.
+    /// Records a batch, waiting for a free slot of the file writer first (never for the disk).
+    /// False when the writer is gone.
     async fn record(&self, batch: Batch) -> bool {
         let batch = Arc::new(batch);
-        match self.tx.reserve().await {
-            Ok(permit) => {
-                self.publish(batch, Some(permit));
-                true
-            }
-            Err(_) => {
-                self.publish(batch, None);
-                false
-            }
+        match self.file.slots.clone().acquire_owned().await {
+            Ok(slot) => self.publish(batch, Some(slot)),
+            Err(_) => self.publish(batch, None),
         }
     }
 
@@ -359,20 +548,26 @@ impl LogSink {
 
     fn push_nowait(&self, batch: Batch) {
         let batch = Arc::new(batch);
-        match self.tx.try_reserve() {
-            Ok(permit) => self.publish(batch, Some(permit)),
-            Err(mpsc::error::TrySendError::Full(())) => {
+        match self.file.slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                self.publish(batch, Some(slot));
+            }
+            Err(TryAcquireError::NoPermits) => {
                 // Shown now; written to the file when the writer has room, without making
-                // the caller wait.
+                // the caller wait. The task keeps the file open until then.
                 self.publish(batch.clone(), None);
-                let tx = self.tx.clone();
+                let file = self.file.clone();
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(async move {
-                        let _ = tx.send(batch).await;
+                        if let Ok(slot) = file.slots.clone().acquire_owned().await {
+                            file.send(batch, slot);
+                        }
                     });
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(())) => self.publish(batch, None),
+            Err(TryAcquireError::Closed) => {
+                self.publish(batch, None);
+            }
         }
     }
 
@@ -384,11 +579,7 @@ impl LogSink {
 
     /// The last `n` lines in the ring, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
-        let ring = match self.ring.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        ring.tail(n)
+        lock(&self.ring).tail(n)
     }
 
     /// Starts a task reading `fd` line by line into this log until EOF. The handle resolves
@@ -584,36 +775,112 @@ async fn read_lines(
     Ok(())
 }
 
-/// Writes the log file; the ring and followers are fed before a batch gets here.
-struct Writer {
-    service: String,
-    file: LogFile,
+/// A sink's file on its writer thread.
+struct OpenFile {
+    service: Arc<str>,
+    file: Box<LogFile>,
+    /// Lines are buffered, not yet written.
+    dirty: bool,
 }
 
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Arc<Batch>>) {
-        let mut encoder = Encoder::default();
-        while let Some(batch) = rx.blocking_recv() {
-            self.handle(&batch, &mut encoder);
-            // Drain what is queued before flushing, so a flood costs one write per buffer.
-            while let Ok(batch) = rx.try_recv() {
-                self.handle(&batch, &mut encoder);
-            }
-            if let Err(error) = self.file.flush() {
-                warn!(service = %self.service, %error, "Writing the log file failed.");
-            }
-        }
-        let _ = self.file.flush();
-    }
+/// Marks the queue dead if the writer thread unwinds, so no sink waits on it for ever: the
+/// queued jobs (and the channel slots they hold) are dropped, later ones refused.
+struct DeathGuard(Arc<Queue>);
 
-    fn handle(&mut self, batch: &Batch, encoder: &mut Encoder) {
-        encoder.start(batch);
-        for i in 0..batch.len() {
-            let line = encoder.line(batch, i);
-            if let Err(error) = self.file.append_encoded(line) {
-                warn!(service = %self.service, %error, "Writing the log file failed.");
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = lock(&self.0.state);
+            state.dead = true;
+            state.closed = true;
+            state.jobs.clear();
+        }
+    }
+}
+
+/// A writer thread: takes every queued job at once, encodes each batch into its file's buffer,
+/// then writes out the buffer of every file that has nothing more queued.
+fn run_writer(queue: Arc<Queue>) {
+    let _guard = DeathGuard(queue.clone());
+    let mut files: HashMap<u64, OpenFile> = HashMap::new();
+    let mut jobs = VecDeque::new();
+    let mut dirty: Vec<u64> = Vec::new();
+    let mut queued: Vec<u64> = Vec::new();
+    let mut encoder = Encoder::default();
+    loop {
+        {
+            let mut state = lock(&queue.state);
+            while state.jobs.is_empty() {
+                if state.closed {
+                    return;
+                }
+                state = queue
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            std::mem::swap(&mut jobs, &mut state.jobs);
+        }
+        for job in jobs.drain(..) {
+            match job {
+                Job::Open { id, service, file } => {
+                    files.insert(
+                        id,
+                        OpenFile {
+                            service,
+                            file,
+                            dirty: false,
+                        },
+                    );
+                }
+                Job::Lines { id, batch, .. } => {
+                    let Some(f) = files.get_mut(&id) else {
+                        continue;
+                    };
+                    if let Err(error) = f.file.append_batch(&batch, &mut encoder) {
+                        warn!(service = %f.service, %error, "Writing the log file failed.");
+                    }
+                    if !f.dirty {
+                        f.dirty = true;
+                        dirty.push(id);
+                    }
+                }
+                Job::Close { id } => {
+                    if let Some(mut f) = files.remove(&id)
+                        && let Err(error) = f.file.flush()
+                    {
+                        warn!(service = %f.service, %error, "Writing the log file failed.");
+                    }
+                }
             }
         }
+        if dirty.is_empty() {
+            continue;
+        }
+        // Write out every file with nothing more queued: a lone line goes to the file at once,
+        // a flood in buffers of WRITE_BUFFER.
+        queued.clear();
+        {
+            let state = lock(&queue.state);
+            queued.extend(state.jobs.iter().filter_map(|j| match j {
+                Job::Lines { id, .. } => Some(*id),
+                _ => None,
+            }));
+        }
+        queued.sort_unstable();
+        queued.dedup();
+        dirty.retain(|id| {
+            if queued.binary_search(id).is_ok() {
+                return true;
+            }
+            if let Some(f) = files.get_mut(id) {
+                f.dirty = false;
+                if let Err(error) = f.file.flush() {
+                    warn!(service = %f.service, %error, "Writing the log file failed.");
+                }
+            }
+            false
+        });
     }
 }
 
@@ -625,8 +892,6 @@ struct Encoder {
     head: Vec<u8>,
     /// `","stream":"…","message":`
     middle: Vec<u8>,
-    /// The line being encoded.
-    out: Vec<u8>,
 }
 
 impl Encoder {
@@ -641,23 +906,66 @@ impl Encoder {
         self.middle.extend_from_slice(b",\"message\":");
     }
 
-    fn line(&mut self, batch: &Batch, i: usize) -> &[u8] {
+    /// Appends line `i` of `batch` (after [`Encoder::start`] with it), with its newline.
+    fn line(&self, out: &mut Vec<u8>, batch: &Batch, i: usize) {
         let (message, level) = batch.line(i);
-        self.out.clear();
-        self.out.extend_from_slice(&self.head);
-        self.out.extend_from_slice(level.as_str().as_bytes());
-        self.out.extend_from_slice(&self.middle);
-        json_str(&mut self.out, message);
-        self.out.extend_from_slice(b"}\n");
-        &self.out
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(level.as_str().as_bytes());
+        out.extend_from_slice(&self.middle);
+        json_str(out, message);
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// Bytes of a line around its message (for sizing a buffer).
+    fn overhead(&self) -> usize {
+        self.head.len() + self.middle.len() + 10
     }
 }
 
-/// Appends `s` as a JSON string, escaped by `serde_json`.
+/// How `serde_json` escapes each byte of a string: 0 not at all, `u` as `\u00XX`, else a
+/// backslash and that byte.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b'u';
+        b += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// Appends `s` as a JSON string, escaped as `serde_json` escapes it (unit-tested against it).
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    use serde::Serializer;
-    // Writing into a Vec cannot fail.
-    let _ = (&mut serde_json::Serializer::new(out)).serialize_str(s);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = ESCAPE[b as usize];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if escape == b'u' {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.push(b'\\');
+            out.push(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// An append-only log file rotated by size.
@@ -706,22 +1014,71 @@ impl LogFile {
     /// Appends one encoded line (with its newline), rotating first when it would pass the
     /// size limit.
     fn append_encoded(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.size > 0 && self.size + bytes.len() as u64 > self.max_size {
-            self.rotate()?;
+        self.reserve(bytes.len());
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        self.appended(start)
+    }
+
+    /// Appends the lines of `batch` as JSON, encoded straight into the buffer.
+    fn append_batch(&mut self, batch: &Batch, encoder: &mut Encoder) -> io::Result<()> {
+        encoder.start(batch);
+        self.reserve(batch.text.len() + batch.len() * encoder.overhead());
+        let mut result = Ok(());
+        for i in 0..batch.len() {
+            let start = self.buf.len();
+            encoder.line(&mut self.buf, batch, i);
+            // An error drops what could not be written (as a full disk would); later lines
+            // still go on.
+            if let Err(e) = self.appended(start) {
+                result = Err(e);
+            }
         }
-        if self.buf.len() + bytes.len() > WRITE_BUFFER {
+        result
+    }
+
+    /// Room for about `bytes` more in the buffer: at least a few KiB, at most what fills it
+    /// to one full buffer and a bit (it is written once full).
+    fn reserve(&mut self, bytes: usize) {
+        let len = self.buf.len();
+        let want = bytes
+            .max(IDLE_BUFFER)
+            .min(WRITE_BUFFER + IDLE_BUFFER - len.min(WRITE_BUFFER));
+        if self.buf.capacity() - len < want {
+            self.buf.reserve_exact(want);
+        }
+    }
+
+    /// Accounts for the line just encoded at `start..` of the buffer: when it would take the
+    /// file past its size limit, what came before it is written and the file rotated first;
+    /// a full buffer is written.
+    fn appended(&mut self, start: usize) -> io::Result<()> {
+        let len = (self.buf.len() - start) as u64;
+        if self.size > 0 && self.size + len > self.max_size {
+            let rotated = self.write_prefix(start).and_then(|()| self.rotate());
+            if let Err(e) = rotated {
+                // The line is dropped with the rest (as a failed write drops its lines).
+                self.buf.clear();
+                return Err(e);
+            }
+        }
+        self.size += len;
+        if self.buf.len() >= WRITE_BUFFER {
             self.write_out()?;
         }
-        if bytes.len() >= WRITE_BUFFER {
-            self.file()?.write_all(bytes)?;
-        } else {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(IDLE_BUFFER.max(bytes.len()));
-            }
-            self.buf.extend_from_slice(bytes);
-        }
-        self.size += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Writes the first `n` bytes of the buffer and keeps the rest at its front.
+    fn write_prefix(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.file().and_then(|f| f.write_all(&buf[..n]));
+        self.buf = buf;
+        self.buf.drain(..n);
+        written
     }
 
     /// The open file, reopened when an earlier rotation could not open it.
@@ -770,8 +1127,9 @@ impl LogFile {
         PathBuf::from(s)
     }
 
+    /// Renames the files one up and opens a new one; the buffer must hold no line of the old
+    /// file.
     fn rotate(&mut self) -> io::Result<()> {
-        self.write_out()?;
         self.file = None;
         if self.keep == 0 {
             let _ = fs::remove_file(&self.path);
@@ -904,7 +1262,8 @@ mod tests {
             let line = batch.log_line(i);
             let mut want = serde_json::to_vec(&line).unwrap_or_default();
             want.push(b'\n');
-            let got = encoder.line(&batch, i).to_vec();
+            let mut got = Vec::new();
+            encoder.line(&mut got, &batch, i);
             assert_eq!(
                 String::from_utf8_lossy(&got),
                 String::from_utf8_lossy(&want)
@@ -1007,5 +1366,269 @@ mod tests {
         let last = fs::read_to_string(&path)?;
         assert!(last.contains("line 0099"));
         Ok(())
+    }
+
+    #[test]
+    fn strings_escape_as_serde_json_does() {
+        let mut cases: Vec<String> = (0u8..0x80).map(|b| format!("a{}b", b as char)).collect();
+        cases.extend(
+            [
+                "",
+                "\"\\",
+                "ünïcödé € 𝄞",
+                "\u{7f}\u{80}\u{2028}",
+                "x\ny\r\n",
+            ]
+            .map(str::to_owned),
+        );
+        for c in cases {
+            let mut got = Vec::new();
+            json_str(&mut got, &c);
+            let want = serde_json::to_string(&c).unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(&got), want, "{c:?}");
+        }
+    }
+
+    /// Encoded straight into the file's buffer, a batch crossing the size limit is split
+    /// between files at a line: every line once, in order, no file past the limit.
+    #[test]
+    fn a_batch_rotates_between_its_lines() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("b.log");
+        let mut f = LogFile::open(path.clone(), 1024, 100)?;
+        let mut encoder = Encoder::default();
+        let mut want = Vec::new();
+        for round in 0..3 {
+            let mut batch = Batch::new(LogStream::Stdout, 0);
+            for i in 0..70 {
+                batch.push(format!("round {round} line {i:03} \"quoted\"").as_bytes());
+            }
+            for i in 0..batch.len() {
+                want.extend(serde_json::to_vec(&batch.log_line(i)).unwrap_or_default());
+                want.push(b'\n');
+            }
+            f.append_batch(&batch, &mut encoder)?;
+        }
+        f.flush()?;
+        let files = rotated_files(dir.path(), "b", 100);
+        assert!(files.len() > 10, "{} files", files.len());
+        let mut got = Vec::new();
+        for p in &files {
+            let bytes = fs::read(p)?;
+            assert!(
+                bytes.len() <= 1024,
+                "{} is {} bytes",
+                p.display(),
+                bytes.len()
+            );
+            assert!(bytes.ends_with(b"\n"), "{} ends inside a line", p.display());
+            got.extend(bytes);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want)
+        );
+        Ok(())
+    }
+
+    /// The log files of `name` that exist, oldest first.
+    fn rotated_files(dir: &Path, name: &str, keep: u32) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = (1..=keep)
+            .rev()
+            .map(|n| dir.join(format!("{name}.log.{n}")))
+            .filter(|p| p.exists())
+            .collect();
+        out.push(dir.join(format!("{name}.log")));
+        out
+    }
+
+    /// The messages in the files of `name`, oldest first.
+    fn messages_in_files(dir: &Path, name: &str, keep: u32) -> Vec<String> {
+        rotated_files(dir, name, keep)
+            .iter()
+            .flat_map(|p| {
+                fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<LogLine>(l)
+                            .unwrap_or_else(|e| panic!("not a LogLine ({e}): {l}"))
+                            .message
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Threads of this process whose name starts with `prefix`.
+    fn threads_named(prefix: &str) -> usize {
+        fs::read_dir("/proc/self/task")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|t| {
+                        fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.starts_with(prefix))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits (at most `secs`) until `done` holds.
+    async fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while tokio::time::Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    /// Fifty services' logs on one pool of two writer threads: each captures a process that
+    /// prints M lines and exits; every file set has exactly its M lines, in order, across
+    /// rotations, and the pool never has more than two threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_sinks_share_the_writer_threads_and_lose_nothing() {
+        const SINKS: usize = 50;
+        const M: usize = 3000;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let (tx, _) = broadcast::channel(16);
+        let writer = LogWriter::named(2, "logtest-many");
+        let cfg = LogConfig {
+            max_size: kinfra_core::config::ByteSize(16 * 1024),
+            keep: 1000,
+            ..LogConfig::default()
+        };
+        let names: Vec<String> = (0..SINKS).map(|i| format!("s{i:02}")).collect();
+        let sinks: Vec<LogSink> = names
+            .iter()
+            .map(|n| {
+                LogSink::new(n, dir.path(), cfg, tx.clone(), &writer)
+                    .unwrap_or_else(|e| panic!("sink {n}: {e}"))
+            })
+            .collect();
+        assert!(
+            threads_named("logtest-many") <= 2,
+            "{} writer threads for {SINKS} sinks",
+            threads_named("logtest-many")
+        );
+        let mut children = Vec::new();
+        let mut readers = Vec::new();
+        for (name, sink) in names.iter().zip(&sinks) {
+            let mut child = std::process::Command::new("seq")
+                .args(["-f", &format!("{name} %.0f"), "1", &M.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("seq (coreutils): {e}"));
+            let out = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+            readers.push(sink.capture(OwnedFd::from(out), LogStream::Stdout, 4096));
+            children.push(child);
+        }
+        for r in readers {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), r).await;
+        }
+        for mut c in children {
+            let _ = c.wait();
+        }
+        assert!(threads_named("logtest-many") <= 2);
+        drop(sinks);
+        let want = |name: &str| -> Vec<String> { (1..=M).map(|i| format!("{name} {i}")).collect() };
+        let complete = eventually(30, || {
+            names
+                .iter()
+                .all(|n| messages_in_files(dir.path(), n, 1000).len() >= M)
+        })
+        .await;
+        assert!(complete, "some lines never reached the files");
+        for name in &names {
+            assert!(
+                dir.path().join(format!("{name}.log.1")).exists(),
+                "{name}: no rotation"
+            );
+            assert_eq!(
+                messages_in_files(dir.path(), name, 1000),
+                want(name),
+                "{name}"
+            );
+        }
+        // The sinks are gone and so is the writer handle: the threads end.
+        drop(writer);
+        assert!(
+            eventually(10, || threads_named("logtest-many") == 0).await,
+            "the writer threads outlived every sink"
+        );
+    }
+
+    /// A sink dropped while others write on the same writer thread: its lines are all in its
+    /// file, and the others go on (their lines, and then a lone line, reach their files).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sink_dropped_while_others_write_loses_nothing_and_stalls_nobody() {
+        const N: usize = 20_000;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let (tx, _) = broadcast::channel(16);
+        let writer = LogWriter::named(1, "logtest-drop");
+        let cfg = LogConfig {
+            max_size: kinfra_core::config::ByteSize(64 * 1024),
+            keep: 1000,
+            ..LogConfig::default()
+        };
+        let open = |name: &str| {
+            LogSink::new(name, dir.path(), cfg, tx.clone(), &writer)
+                .unwrap_or_else(|e| panic!("sink {name}: {e}"))
+        };
+        let (dropped, b, c) = (open("dropped"), open("b"), open("c"));
+        let flood = |sink: LogSink, name: &'static str| {
+            tokio::spawn(async move {
+                for i in 1..=N {
+                    sink.write(LogStream::Stdout, format!("{name} {i}")).await;
+                }
+                sink
+            })
+        };
+        let (fb, fc) = (flood(b, "b"), flood(c, "c"));
+        for i in 1..=N / 4 {
+            dropped
+                .write(LogStream::Stdout, format!("dropped {i}"))
+                .await;
+        }
+        drop(dropped);
+        let (b, c) = match tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            (fb.await, fc.await)
+        })
+        .await
+        {
+            Ok((Ok(b), Ok(c))) => (b, c),
+            other => panic!("the other sinks stalled: {:?}", other.is_ok()),
+        };
+        let lines = |name: &str, n: usize| -> Vec<String> {
+            (1..=n).map(|i| format!("{name} {i}")).collect()
+        };
+        assert!(
+            eventually(30, || messages_in_files(dir.path(), "dropped", 1000).len()
+                >= N / 4
+                && messages_in_files(dir.path(), "b", 1000).len() >= N
+                && messages_in_files(dir.path(), "c", 1000).len() >= N)
+            .await,
+            "lines never reached the files"
+        );
+        assert_eq!(
+            messages_in_files(dir.path(), "dropped", 1000),
+            lines("dropped", N / 4)
+        );
+        assert_eq!(messages_in_files(dir.path(), "b", 1000), lines("b", N));
+        assert_eq!(messages_in_files(dir.path(), "c", 1000), lines("c", N));
+        // b lives on: a lone line of it reaches its file without any more output.
+        b.system("still here");
+        assert!(
+            eventually(10, || messages_in_files(dir.path(), "b", 1000)
+                .last()
+                .is_some_and(|m| m == "still here"))
+            .await,
+            "a lone line after the drop never reached the file"
+        );
+        drop((b, c));
     }
 }
