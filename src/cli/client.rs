@@ -90,7 +90,7 @@ impl Connection {
     }
 
     /// The next response; `None` at the end of the stream.
-    async fn next(&mut self) -> anyhow::Result<Option<ControlResponse>> {
+    pub(super) async fn next(&mut self) -> anyhow::Result<Option<ControlResponse>> {
         match self.lines.next_line().await? {
             None => Ok(None),
             Some(line) => {

@@ -12,6 +12,7 @@ mod output;
 mod plan;
 mod providers;
 mod resource;
+mod tui;
 mod up;
 
 use clap::{Args, Parser, Subcommand};
@@ -225,6 +226,16 @@ enum RuntimeCommand {
         /// Service or resource name.
         service: String,
     },
+    /// A terminal UI on the running runtime: services and resources (state, health, CPU,
+    /// memory, restarts, port, PID) refreshed every second, the selected one's live log with
+    /// search (`/`, `n`), a list filter (`f`), restart/stop/start/maintenance keys (`r`, `s`,
+    /// `S`, `m`); `?` for help, `q` to quit. It talks only to the 0600 control socket (the
+    /// dashboard token's authority) and opens no listener; it exits with status 1 when the
+    /// runtime stops.
+    Tui {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Switch maintenance mode: the proxy answers with a maintenance page (processes keep
     /// running). Without SERVICE, for everything.
     Maintenance {
@@ -419,6 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             color,
         }) => client::logs(&config, service, lines, follow, color).await,
         Command::Runtime(RuntimeCommand::Reload { config }) => client::reload(&config).await,
+        Command::Runtime(RuntimeCommand::Tui { config }) => tui::run(&config).await,
         Command::Runtime(RuntimeCommand::History {
             config,
             service,

@@ -197,7 +197,7 @@ pub fn status_table(report: &StatusReport) -> String {
 
 /// Where a `scale_to_zero` target stands: `sleeps in 4m 10s`, `asleep`, `awake: 2 open
 /// connections`, or `-` for the rest.
-fn sleep_cell(s: &kinfra_core::status::ServiceStatus) -> String {
+pub(super) fn sleep_cell(s: &kinfra_core::status::ServiceStatus) -> String {
     let Some(sleep) = &s.sleep else {
         return "-".into();
     };

@@ -53,6 +53,7 @@ mod supabase;
 mod support;
 #[cfg(feature = "systemd")]
 mod systemd;
+mod tui;
 mod tunnel;
 mod vercel;
 mod vps;
