@@ -55,6 +55,7 @@ function makeCard(name) {
   const f = (sel) => root.querySelector(sel);
   const fields = {
     name: f(".name"), state: f(".state"), message: f(".message"), kind: f(".kind"), health: f(".health"),
+    progress: f(".progress"), progressBar: f(".progress-bar"), progressText: f(".progress-text"),
     port: f(".port"), pid: f(".pid"), uptime: f(".uptime"), restarts: f(".restarts"),
     cpu: f(".cpu"), mem: f(".mem"), prov: f(".prov"), pstate: f(".provider-state"), syncErr: f(".sync-error"),
     sleepy: f(".sleepy"), sleep: f(".sleep"), plots: f(".plots"),
@@ -105,6 +106,7 @@ function upsert(name, s) {
   card.root.dataset.state = s.state;
   f.state.textContent = s.state;
   f.message.textContent = s.status_message || "";
+  showProgress(f, s.progress);
   f.kind.textContent = s.kind;
   f.health.textContent = s.health;
   f.health.className = `health ${s.health}`;
@@ -133,6 +135,28 @@ function upsert(name, s) {
   updateButtons(name);
   applyFilter(name);
   if (s.state !== card.root.dataset.plotted) { card.root.dataset.plotted = s.state; historySoon(); }
+}
+
+// Long work under way (an image pull, a cloud operation): a bar with the percent when the
+// doer reports one (an indeterminate bar otherwise: a percent is never made up) and a line
+// like `pulling postgres:16 (downloading)  42% 61.2/145.3 MB  3s`.
+function showProgress(f, p) {
+  f.progress.hidden = p == null;
+  if (p == null) { f.progressBar.removeAttribute("value"); f.progressText.textContent = ""; return; }
+  if (p.percent != null) f.progressBar.value = Math.max(0, Math.min(100, p.percent));
+  else f.progressBar.removeAttribute("value");
+  f.progressText.textContent = progressText(p);
+}
+
+function progressText(p) {
+  const mb = (n) => (n / 1e6).toFixed(1);
+  let out = p.task === "pull" && p.target
+    ? (p.phase === "complete" ? `pulled ${p.target}` : `pulling ${p.target} (${p.phase})`)
+    : (p.target ? `${p.phase} ${p.target}` : p.phase);
+  if (p.percent != null) out += `  ${Math.round(p.percent)}%`;
+  if (p.current != null && p.unit === "bytes") out += p.total != null ? ` ${mb(p.current)}/${mb(p.total)} MB` : ` ${mb(p.current)} MB`;
+  else if (p.current != null && p.total != null) out += ` ${p.current}/${p.total}${p.unit ? ` ${p.unit}` : ""}`;
+  return `${out}  ${fmtUptime(p.elapsed_s || 0)}`;
 }
 
 // Where a scale_to_zero target stands, `elapsed` seconds after its status was read:
@@ -502,6 +526,8 @@ function timeline(events) {
   const ol = $("timeline");
   for (const e of events) {
     if (e.type === "config_reloaded") for (const name of e.removed) remove(name);
+    // Progress is shown on the card (the status that came with it), not as timeline rows.
+    if (e.type === "progress") continue;
     const li = document.createElement("li");
     const t = document.createElement("time");
     t.textContent = (e.timestamp || "").slice(11, 19);

@@ -5,9 +5,12 @@ use super::ConfigArg;
 use super::load::{self, ConfigSource};
 use super::output::{ColorChoice, Prefixer};
 use kinfra::{Event, EventKind, EventSender, RuntimeOptions, ServiceLogLine};
+use kinfra_core::progress::Progress;
 use kinfra_core::status::BacklogJoin;
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast;
 
@@ -283,6 +286,7 @@ async fn print_stream(
     mut join: BacklogJoin,
     quiet: bool,
 ) {
+    let mut progress = ProgressLines::new(std::io::stdout().is_terminal());
     loop {
         tokio::select! {
             line = logs.recv(), if !quiet => match line {
@@ -295,7 +299,11 @@ async fn print_stream(
             },
             event = events.recv() => match event {
                 Ok(event) => {
-                    if let Some(text) = describe(&event.kind) {
+                    if let EventKind::Progress { service, progress: now } = &event.kind {
+                        if let Some(text) = progress.line(service, now.as_ref(), Instant::now()) {
+                            println!("{}", prefixer.kinfra_line(&text));
+                        }
+                    } else if let Some(text) = describe(&event.kind) {
                         println!("{}", prefixer.kinfra_line(&text));
                     }
                 }
@@ -303,6 +311,55 @@ async fn print_stream(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// Which `progress` events become lines: a new phase always; otherwise at most one a second
+/// on a terminal, and when stdout is not one (a log file, a pipe) every 10 percent or 5 s,
+/// so a pull is followed without flooding a file.
+struct ProgressLines {
+    terminal: bool,
+    /// Per resource: when the last line was printed, its phase and percent.
+    last: HashMap<String, (Instant, String, Option<f64>)>,
+}
+
+impl ProgressLines {
+    fn new(terminal: bool) -> Self {
+        Self {
+            terminal,
+            last: HashMap::new(),
+        }
+    }
+
+    /// The line to print for `service`'s progress `now` at `at`, if one is due.
+    fn line(&mut self, service: &str, now: Option<&Progress>, at: Instant) -> Option<String> {
+        let Some(p) = now else {
+            self.last.remove(service);
+            return None;
+        };
+        let due = match self.last.get(service) {
+            None => true,
+            Some((when, phase, percent)) => {
+                let since = at.saturating_duration_since(*when);
+                *phase != p.phase
+                    || if self.terminal {
+                        since >= Duration::from_secs(1)
+                    } else {
+                        since >= Duration::from_secs(5)
+                            || match (percent, p.percent) {
+                                (Some(a), Some(b)) => (b / 10.0).floor() > (a / 10.0).floor(),
+                                (None, Some(_)) => true,
+                                _ => false,
+                            }
+                    }
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.last
+            .insert(service.to_owned(), (at, p.phase.clone(), p.percent));
+        Some(format!("{service}: {}", p.text()))
     }
 }
 
@@ -342,5 +399,58 @@ fn describe(kind: &EventKind) -> Option<String> {
             if *on { "on" } else { "off" }
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pull(phase: &str, percent: Option<f64>) -> Progress {
+        Progress {
+            task: "pull".into(),
+            phase: phase.into(),
+            target: Some("postgres:16".into()),
+            current: Some(10),
+            total: Some(100),
+            unit: Some("bytes".into()),
+            percent,
+            elapsed_s: 1,
+        }
+    }
+
+    /// Feeds 4 updates a second for 20 s (percent rising 1 point each) and counts the lines.
+    fn lines_for(terminal: bool) -> Vec<String> {
+        let mut lines = ProgressLines::new(terminal);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..80u32 {
+            let p = pull("downloading", Some(f64::from(i)));
+            let at = t0 + Duration::from_millis(250 * u64::from(i));
+            out.extend(lines.line("db", Some(&p), at));
+        }
+        let done = pull("complete", Some(100.0));
+        out.extend(lines.line("db", Some(&done), t0 + Duration::from_secs(20)));
+        assert_eq!(lines.line("db", None, t0 + Duration::from_secs(21)), None);
+        out
+    }
+
+    #[test]
+    fn not_a_terminal_gets_a_line_every_ten_percent_or_five_seconds() {
+        let out = lines_for(false);
+        // The first, then 10, 20, ... 70 (each before 5 s passed), then complete.
+        assert_eq!(out.len(), 9, "{out:#?}");
+        assert!(out[0].starts_with("db: pulling postgres:16 (downloading)  0%"));
+        assert!(out[1].contains(" 10%"), "{out:#?}");
+        assert!(
+            out.last()
+                .is_some_and(|l| l.starts_with("db: pulled postgres:16"))
+        );
+    }
+
+    #[test]
+    fn a_terminal_gets_at_most_a_line_a_second() {
+        let out = lines_for(true);
+        assert_eq!(out.len(), 21, "{out:#?}");
     }
 }

@@ -35,6 +35,7 @@ mod plugin_faults;
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/prism.rs"]
 mod prism;
+mod progress;
 mod provider_resources;
 mod provider_secrets;
 mod providers;
