@@ -170,6 +170,8 @@ pub(super) fn command_for(mode: Mode, key: KeyEvent) -> Command {
             KeyCode::Char(c) if !ctrl => Command::Input(c),
             _ => Command::Ignore,
         },
+        // Alt-x is not x (and a quick Esc then x arrives as Alt-x): not a command.
+        Mode::Normal if key.modifiers.contains(KeyModifiers::ALT) => Command::Ignore,
         Mode::Normal => match key.code {
             KeyCode::Char('q') => Command::Quit,
             KeyCode::Up | KeyCode::Char('k') => Command::Up,
@@ -642,6 +644,11 @@ mod tests {
             command_for(Mode::Help, key(KeyCode::Char('r'))),
             C::CloseHelp
         );
+        let alt_r = KeyEvent {
+            modifiers: KeyModifiers::ALT,
+            ..key(KeyCode::Char('r'))
+        };
+        assert_eq!(command_for(n, alt_r), C::Ignore);
         let ctrl_c = KeyEvent {
             modifiers: KeyModifiers::CONTROL,
             ..key(KeyCode::Char('c'))

@@ -104,23 +104,25 @@ fn service_table(f: &mut Frame, app: &App, rows: &[ServiceRow], area: Rect) {
     let mut header = vec![
         "NAME", "KIND", "STATE", "HEALTH", "CPU", "MEMORY", "RESTARTS", "PORT", "PID",
     ];
-    let mut widths = vec![
-        Constraint::Min(12),
-        Constraint::Length(9),
-        Constraint::Length(11),
-        Constraint::Length(9),
-        Constraint::Length(7),
-        Constraint::Length(10),
-        Constraint::Length(8),
-        Constraint::Length(6),
-        Constraint::Length(8),
-    ];
     if sleeps {
         header.push("SLEEP");
-        widths.push(Constraint::Length(18));
     }
+    // Each column as wide as its widest cell (header included); the message takes the rest.
+    let mut widths: Vec<Constraint> = header
+        .iter()
+        .enumerate()
+        .map(|(i, title)| {
+            let widest = rows
+                .iter()
+                .map(|r| column(r, i).chars().count())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0);
+            Constraint::Length(u16::try_from(widest.min(40)).unwrap_or(40))
+        })
+        .collect();
     header.push("MESSAGE");
-    widths.push(Constraint::Fill(2));
+    widths.push(Constraint::Fill(1));
     let body = rows.iter().map(|r| {
         let mut cells = vec![
             Cell::from(r.name.clone()),
@@ -155,6 +157,22 @@ fn service_table(f: &mut Frame, app: &App, rows: &[ServiceRow], area: Rect) {
         .highlight_symbol("> ");
     let mut state = TableState::default().with_selected(app.selected_index(rows));
     f.render_stateful_widget(table, area, &mut state);
+}
+
+/// The text of column `i` of a row (MESSAGE excluded), for sizing the columns.
+fn column(r: &ServiceRow, i: usize) -> &str {
+    match i {
+        0 => &r.name,
+        1 => &r.kind,
+        2 => r.state.as_str(),
+        3 => &r.health,
+        4 => &r.cpu,
+        5 => &r.memory,
+        6 => &r.restarts,
+        7 => &r.port,
+        8 => &r.pid,
+        _ => r.sleep.as_deref().unwrap_or(""),
+    }
 }
 
 fn log_pane(f: &mut Frame, app: &App, area: Rect) {

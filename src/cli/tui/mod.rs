@@ -66,15 +66,20 @@ pub async fn run(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
         .context("cannot listen for SIGTERM")?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
+    // Ctrl-C in raw mode is a key; a SIGINT from elsewhere still ends the TUI cleanly.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for SIGINT")?;
 
     let mut app = App::new();
     let mut logs = LogSubscription::default();
+    // A signal ends the TUI with the shell's code for it (128 + its number), screen restored.
     let outcome: anyhow::Result<ExitCode> = loop {
         screen.draw(&app)?;
         let first = tokio::select! {
             incoming = rx.recv() => incoming,
-            _ = terminate.recv() => break Ok(ExitCode::SUCCESS),
-            _ = hangup.recv() => break Ok(ExitCode::SUCCESS),
+            _ = terminate.recv() => break Ok(ExitCode::from(143)),
+            _ = hangup.recv() => break Ok(ExitCode::from(129)),
+            _ = interrupt.recv() => break Ok(ExitCode::from(130)),
         };
         let Some(first) = first else {
             break Err(anyhow::anyhow!("the TUI's event channel closed"));
