@@ -33,7 +33,7 @@ pub(super) struct ServiceRow {
     pub pid: String,
     /// Scale to zero (`sleeps in 4m 10s`, `asleep`), when the report has any sleeper.
     pub sleep: Option<String>,
-    /// The status message.
+    /// The progress of long work under way, else the status message.
     pub message: String,
 }
 
@@ -64,7 +64,12 @@ pub(super) fn rows(report: &StatusReport, filter: &str) -> Vec<ServiceRow> {
             port: s.port.map_or_else(|| "-".into(), |p| p.to_string()),
             pid: s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
             sleep: sleeps.then(|| crate::cli::output::sleep_cell(s)),
-            message: s.status_message.clone(),
+            // Long work under way (an image pull, a cloud operation) says more than the
+            // status message.
+            message: s
+                .progress
+                .as_ref()
+                .map_or_else(|| s.status_message.clone(), |p| p.text()),
         })
         .collect()
 }
@@ -571,6 +576,34 @@ mod tests {
         let sleepy_rows = rows(&r, "");
         assert_eq!(sleepy_rows[0].sleep.as_deref(), Some("-"));
         assert_eq!(sleepy_rows[1].sleep.as_deref(), Some("asleep"));
+    }
+
+    #[test]
+    fn progress_shows_in_the_message_column() {
+        let mut pulling = service(ServiceState::Starting, None);
+        pulling.progress = Some(kinfra_core::progress::Progress {
+            task: "pull".into(),
+            phase: "downloading".into(),
+            target: Some("postgres:16".into()),
+            current: Some(1_000_000),
+            total: Some(4_000_000),
+            unit: Some("bytes".into()),
+            percent: Some(25.0),
+            elapsed_s: 3,
+        });
+        let r = report(vec![
+            ("api", service(ServiceState::Running, Some(1))),
+            ("db", pulling),
+        ]);
+        let shown = rows(&r, "");
+        assert_eq!(shown[0].message, "Running");
+        assert!(
+            shown[1]
+                .message
+                .starts_with("pulling postgres:16 (downloading)  25%"),
+            "{}",
+            shown[1].message
+        );
     }
 
     #[test]
