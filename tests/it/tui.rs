@@ -240,6 +240,37 @@ fn tui_exits_non_zero_when_the_runtime_stops() {
 }
 
 #[test]
+fn tui_restores_the_terminal_on_sigterm() {
+    let tag = unique_tag("tuiterm");
+    let p = Project::with_config(&config(&tag));
+    let _up = p.up(&[], &[]);
+    let tmux = Tmux::start(&tag, &tui_command(&p));
+    tmux.wait_screen("the list", |s| row(s, "worker").is_some());
+    assert_eq!(tmux.alternate_on(), "1");
+    // The pane runs a shell; the TUI is its child.
+    let out = tmux.run(&["display-message", "-p", "-t", "tui", "#{pane_pid}"]);
+    let shell = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .unwrap_or_else(|e| panic!("children of the pane's shell {shell}: {e}"));
+    let tui: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no child of the pane's shell {shell}: {children:?}"));
+    crate::support::kill(tui, libc::SIGTERM);
+    let screen = tmux.wait_screen("the TUI's exit", |s| s.contains("tui exited with"));
+    assert!(screen.contains("tui exited with 143"), "{screen}");
+    assert_eq!(tmux.alternate_on(), "0", "the alternate screen was left");
+    // The cursor the TUI hid is shown again.
+    let out = tmux.run(&["display-message", "-p", "-t", "tui", "#{cursor_flag}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "the cursor is shown"
+    );
+}
+
+#[test]
 fn tui_without_a_runtime_names_the_missing_control_socket() {
     let p = Project::with_config(&config(&unique_tag("tuinone")));
     let out = p.run(&["runtime", "tui"]);
