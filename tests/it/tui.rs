@@ -6,16 +6,19 @@ use crate::support::{Project, kinfra_bin, stderr, unique_tag, wait_for};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// A tmux server of this test's own (`tmux -L NAME`), killed on drop.
+/// A tmux server of this test's own (`tmux -L NAME`), killed on drop (its socket file
+/// removed).
 struct Tmux {
     socket: String,
+    socket_path: Option<String>,
 }
 
 impl Tmux {
     /// Starts a detached 160x45 session running `command` (through the shell).
     fn start(tag: &str, command: &str) -> Self {
-        let tmux = Self {
+        let mut tmux = Self {
             socket: format!("kinfra-{tag}"),
+            socket_path: None,
         };
         let out = tmux.run(&[
             "new-session",
@@ -29,6 +32,9 @@ impl Tmux {
             command,
         ]);
         assert!(out.status.success(), "tmux new-session: {}", stderr(&out));
+        let out = tmux.run(&["display-message", "-p", "#{socket_path}"]);
+        tmux.socket_path = Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .filter(|path| !path.is_empty());
         tmux
     }
 
@@ -92,6 +98,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
