@@ -7,6 +7,7 @@ use crate::metrics::{NO_ROUTE, ProxyMetrics};
 use crate::pages::{Page, PageKind, Templates, wants_json};
 use crate::routes::normalize_host;
 use crate::state::{Decision, RouteState};
+use crate::upgrade;
 use crate::upstream::{Backend, Pool};
 use crate::wake::{Flight, WakeOutcome, Wakes};
 use async_trait::async_trait;
@@ -176,6 +177,8 @@ pub(crate) struct Ctx {
     connect_failures: u8,
     body_bytes: u64,
     upgrade: bool,
+    /// The upgrade request's body is held open until the `101` (see [`crate::upgrade`]).
+    upgrade_held: bool,
     /// Status of a response the proxy wrote itself.
     own_status: Option<u16>,
     probe: bool,
@@ -756,6 +759,7 @@ impl ProxyHttp for Edge {
             connect_failures: 0,
             body_bytes: 0,
             upgrade: false,
+            upgrade_held: false,
             own_status: None,
             probe: false,
             activity: None,
@@ -867,6 +871,9 @@ impl ProxyHttp for Edge {
                 ctx.pool = Some(pool);
                 ctx.service = service;
                 ctx.dashboard = dashboard;
+                if ctx.upgrade {
+                    ctx.upgrade_held = upgrade::hold_body_open(session);
+                }
                 if let Some(new_path) = new_path {
                     let req = session.req_header_mut();
                     let pq = match req.uri.query() {
@@ -1013,6 +1020,9 @@ impl ProxyHttp for Edge {
             session.req_header().version,
         );
         upstream.insert_header(header::VIA, via)?;
+        if ctx.upgrade_held {
+            upgrade::frame_upstream(upstream)?;
+        }
         Ok(())
     }
 
@@ -1020,8 +1030,11 @@ impl ProxyHttp for Edge {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.upgrade_held {
+            upgrade::answered(session, resp);
+        }
         strip_response_hop_by_hop(resp);
         let via = append_via(resp.headers.get(header::VIA), session.req_header().version);
         resp.insert_header(header::VIA, via)?;

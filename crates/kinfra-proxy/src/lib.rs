@@ -36,6 +36,7 @@ mod routes;
 mod server;
 mod state;
 pub mod tls;
+mod upgrade;
 mod upstream;
 mod wake;
 

@@ -82,6 +82,145 @@ async fn websocket_upgrade_passes_through() {
     proxy.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A backend that answers `101` the moment it accepts, before it has read the request: the
+/// proxy then reads the `101` before it has passed on the end of the handshake's (empty)
+/// request body, the ordering in which pingora 0.9 closed the tunnel right after the
+/// handshake (cloudflare/pingora#946). Every one of twenty WebSockets must stay open both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_stay_open_when_the_backend_answers_101_at_once() {
+    const SOCKETS: usize = 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (head_tx, mut head_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let head_tx = head_tx.clone();
+            tokio::spawn(async move {
+                s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let head = read_head(&mut s).await;
+                let _ = head_tx.send(head);
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let control = FakeControl::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        options(
+            vec![upstream_route(
+                "/ws",
+                &[format!("http://{upstream}")],
+                false,
+            )],
+            dir.path(),
+        ),
+        &control,
+    )
+    .await;
+    for i in 0..SOCKETS {
+        let mut s = TcpStream::connect(proxy.http_addr().unwrap())
+            .await
+            .unwrap();
+        s.write_all(
+            b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = tokio::time::timeout(WAIT, read_head(&mut s)).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "socket {i}: {head}");
+        let upstream_head = tokio::time::timeout(WAIT, head_rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_ascii_lowercase();
+        // What the backend sees is an ordinary upgrade request.
+        assert!(
+            upstream_head.contains("upgrade: websocket")
+                && !upstream_head.contains("transfer-encoding"),
+            "socket {i}: {upstream_head}"
+        );
+        for round in 0..3 {
+            s.write_all(FRAME).await.unwrap();
+            let mut back = vec![0u8; FRAME.len()];
+            let read = tokio::time::timeout(WAIT, s.read_exact(&mut back)).await;
+            assert!(
+                matches!(read, Ok(Ok(_))),
+                "socket {i}, round {round}: the tunnel closed after the handshake: {read:?}"
+            );
+            assert_eq!(back, FRAME);
+        }
+    }
+    proxy.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A backend that refuses the upgrade: the client gets its answer whole, and its connection
+/// is closed soon after (the handshake's body, held open until a `101`, is not waited for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_is_answered_and_its_connection_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await;
+        s.write_all(
+            b"HTTP/1.1 426 Upgrade Required\r\nContent-Type: text/plain\r\n\
+              Content-Length: 12\r\n\r\nnot for you\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf).await;
+    });
+    let control = FakeControl::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(
+        options(
+            vec![upstream_route(
+                "/ws",
+                &[format!("http://{upstream}")],
+                false,
+            )],
+            dir.path(),
+        ),
+        &control,
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.http_addr().unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Everything until the proxy closes the connection (bounded: a hang fails here).
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut all))
+        .await
+        .expect("the connection of a refused upgrade was kept open")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(all.starts_with("HTTP/1.1 426"), "{all}");
+    assert!(all.ends_with("not for you\n"), "{all}");
+    proxy.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_are_not_buffered() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -604,3 +604,70 @@ async fn a_request_racing_a_decided_sleep_is_held_and_wakes_the_target_after_it(
     assert_eq!(resp.json()["body"], r#"{"n":1}"#);
     s.proxy.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A WebSocket whose handshake woke the target: the upgraded connection counts as open for as
+/// long as it lasts (its request was held during the wake, then proxied), so the target is
+/// never idle under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_woke_the_target_counts_until_it_closes() {
+    let s = Sleeper::start(&[("api", policy(true, Duration::from_secs(10)))]).await;
+    let control: Weak<FakeControl> = Arc::downgrade(&s.control);
+    let addr = s.backend_addr;
+    s.control.on_wake(Arc::new(move |name| {
+        let control = control.clone();
+        Box::pin(async move {
+            let listener = TcpListener::bind(addr).await.unwrap();
+            tokio::spawn(async move {
+                let (mut up, _) = listener.accept().await.unwrap();
+                read_head(&mut up).await;
+                up.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                )
+                .await
+                .unwrap();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = up.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 || up.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let Some(control) = control.upgrade() else {
+                return Err(ActionError::ShuttingDown);
+            };
+            control.running(&name, addr.port());
+            Ok(())
+        })
+    }));
+    let api = s.board.get("api").unwrap();
+    let mut ws = TcpStream::connect(s.addr()).await.unwrap();
+    ws.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = tokio::time::timeout(WAIT, read_head(&mut ws))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(s.wakes(), 1);
+    for _ in 0..3 {
+        ws.write_all(FRAME).await.unwrap();
+        let mut back = vec![0u8; FRAME.len()];
+        tokio::time::timeout(WAIT, ws.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, FRAME);
+        assert_eq!(api.in_flight(), 1, "the open WebSocket counts");
+    }
+    drop(ws);
+    wait_for("the closed WebSocket to end its activity", || async {
+        (api.in_flight() == 0).then_some(())
+    })
+    .await;
+    s.proxy.shutdown(Duration::from_secs(2)).await;
+}
