@@ -146,11 +146,33 @@ async fn user_db_is_apart_and_history_and_restart_counts_survive_a_restart() {
         }
     })
     .await;
-    // Nothing of the first boot is still marked live: shutdown recorded every end.
-    let steady = rt.history(Some("steady"), 10).await.expect("history");
+    // Nothing of the first boot is still marked live: shutdown recorded every end. The second
+    // boot's run of steady is written as it starts, which may be after `start` returned.
+    let steady = wait_until(
+        Duration::from_secs(20),
+        "the second boot's run of steady",
+        || {
+            let rt = &rt;
+            async move {
+                let pid = rt.status().await.services.get("steady")?.pid?;
+                let runs = rt.history(Some("steady"), 10).await.ok()?;
+                runs.iter()
+                    .any(|r| r.is_live() && r.pid == pid)
+                    .then_some(runs)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         steady.iter().filter(|r| r.is_live()).count(),
         1,
+        "{steady:?}"
+    );
+    assert!(
+        steady
+            .iter()
+            .filter(|r| !r.is_live())
+            .all(|r| r.reason.as_deref() == Some("shutdown")),
         "{steady:?}"
     );
     let mut resp = rt
