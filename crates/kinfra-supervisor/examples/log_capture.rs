@@ -15,6 +15,9 @@
 //! subscription it never reads (what `runtime up --quiet` did before it stopped subscribing).
 //! `--floor` drains the pipes and
 //! throws the bytes away instead (no capture): what the writers alone can do on this machine.
+//! `--idle N` measures instead what N idle services cost: N sinks, each capturing a process
+//! that prints one line and sleeps; it prints the process's threads and RSS
+//! (`/proc/self/status`) before the sinks and once every line is in its file.
 
 use kinfra_core::config::{ByteSize, LogConfig};
 use kinfra_core::status::{LogLine, LogStream, ServiceLogLine};
@@ -42,6 +45,7 @@ struct Options {
     floor: bool,
     max_size: u64,
     ring: usize,
+    idle: usize,
 }
 
 fn options() -> Options {
@@ -54,6 +58,7 @@ fn options() -> Options {
         floor: false,
         max_size: LogConfig::default().max_size.0,
         ring: LogConfig::default().ring,
+        idle: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -70,6 +75,7 @@ fn options() -> Options {
             "--runs" => o.runs = number() as usize,
             "--max-size" => o.max_size = number(),
             "--ring" => o.ring = number() as usize,
+            "--idle" => o.idle = number() as usize,
             "--follow" | "--floor" | "--idle-subscriber" => {
                 match args[i].as_str() {
                     "--follow" => o.follow = true,
@@ -285,12 +291,73 @@ async fn one_run(o: &Options, run: usize) -> f64 {
     rate
 }
 
+/// `Threads` and `VmRSS` of this process.
+fn threads_and_rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| l.starts_with("Threads:") || l.starts_with("VmRSS:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `--idle N`: the cost of N idle services' logs.
+async fn idle_services(o: &Options) {
+    let dir = tempfile::Builder::new()
+        .prefix("kinfra-log-idle")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (tx, _) = broadcast::channel::<ServiceLogLine>(4096);
+    let cfg = LogConfig::default();
+    let max_line = cfg.max_line.0 as usize;
+    println!("before the sinks: {}", threads_and_rss());
+    let writer = LogWriter::new();
+    let names: Vec<String> = (0..o.idle).map(|i| format!("idle{i}")).collect();
+    let mut sinks = Vec::new();
+    let mut children = Vec::new();
+    for name in &names {
+        let sink = LogSink::new(name, dir.path(), cfg, tx.clone(), &writer)
+            .unwrap_or_else(|e| panic!("sink {name}: {e}"));
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("echo {name} started; exec sleep 3600")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("sh: {e}"));
+        let fd = OwnedFd::from(child.stdout.take().unwrap_or_else(|| panic!("no stdout")));
+        let _reader = sink.capture(fd, LogStream::Stdout, max_line);
+        sinks.push(sink);
+        children.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for name in &names {
+        let needle = format!("\"message\":\"{name} started\"");
+        while !tail_has(&dir.path().join(format!("{name}.log")), needle.as_bytes()) {
+            assert!(Instant::now() < deadline, "{name}: line never written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("{} idle services: {}", o.idle, threads_and_rss());
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(sinks);
+}
+
 fn main() {
     let o = options();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
+    if o.idle > 0 {
+        rt.block_on(idle_services(&o));
+        return;
+    }
     let mut rates = Vec::new();
     for run in 1..=o.runs {
         rates.push(rt.block_on(one_run(&o, run)));

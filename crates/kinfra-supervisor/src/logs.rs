@@ -847,7 +847,7 @@ fn run_writer(queue: Arc<Queue>) {
                 }
                 Job::Close { id } => {
                     if let Some(mut f) = files.remove(&id)
-                        && let Err(error) = f.file.flush()
+                        && let Err(error) = f.file.flush_to(&mut encoder.spare)
                     {
                         warn!(service = %f.service, %error, "Writing the log file failed.");
                     }
@@ -875,7 +875,7 @@ fn run_writer(queue: Arc<Queue>) {
             }
             if let Some(f) = files.get_mut(id) {
                 f.dirty = false;
-                if let Err(error) = f.file.flush() {
+                if let Err(error) = f.file.flush_to(&mut encoder.spare) {
                     warn!(service = %f.service, %error, "Writing the log file failed.");
                 }
             }
@@ -892,6 +892,9 @@ struct Encoder {
     head: Vec<u8>,
     /// `","stream":"…","message":`
     middle: Vec<u8>,
+    /// The writer thread's one spare full-size buffer: a file's buffer given back after a
+    /// burst, lent to the next file that gets a burst (no allocation and page faults per burst).
+    spare: Vec<u8>,
 }
 
 impl Encoder {
@@ -1023,7 +1026,14 @@ impl LogFile {
     /// Appends the lines of `batch` as JSON, encoded straight into the buffer.
     fn append_batch(&mut self, batch: &Batch, encoder: &mut Encoder) -> io::Result<()> {
         encoder.start(batch);
-        self.reserve(batch.text.len() + batch.len() * encoder.overhead());
+        let bytes = batch.text.len() + batch.len() * encoder.overhead();
+        if bytes > IDLE_BUFFER
+            && self.buf.is_empty()
+            && encoder.spare.capacity() > self.buf.capacity()
+        {
+            std::mem::swap(&mut self.buf, &mut encoder.spare);
+        }
+        self.reserve(bytes);
         let mut result = Ok(());
         for i in 0..batch.len() {
             let start = self.buf.len();
@@ -1108,9 +1118,18 @@ impl LogFile {
 
     /// Flushes buffered lines to the file and gives back a buffer grown past a few KiB.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.flush_to(&mut Vec::new())
+    }
+
+    /// Flushes buffered lines to the file; a buffer grown past a few KiB goes to `spare` when
+    /// it is larger than the one there (else it is freed).
+    fn flush_to(&mut self, spare: &mut Vec<u8>) -> io::Result<()> {
         let written = self.write_out();
         if self.buf.capacity() > IDLE_BUFFER {
-            self.buf = Vec::new();
+            let buf = std::mem::take(&mut self.buf);
+            if buf.capacity() > spare.capacity() {
+                *spare = buf;
+            }
         }
         written
     }
