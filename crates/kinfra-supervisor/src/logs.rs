@@ -135,8 +135,9 @@ pub struct Batch {
     timestamp: String,
     stream: LogStream,
     text: String,
-    /// Per line: where it ends in `text` and its level.
-    lines: Vec<(usize, Level)>,
+    /// Per line: where it starts and ends in `text` and its level (lines may be separated
+    /// by their newlines in `text`).
+    lines: Vec<(usize, usize, Level)>,
 }
 
 impl Batch {
@@ -155,19 +156,51 @@ impl Batch {
         let mut b = Batch::new(stream, message.len());
         b.text.push_str(message);
         let level = level.unwrap_or_else(|| guess(message));
-        b.lines.push((b.text.len(), level));
+        b.lines.push((0, b.text.len(), level));
         b
     }
 
     /// Adds a line (bytes; invalid UTF-8 is replaced), its level guessed.
     pub fn push(&mut self, line: &[u8]) {
+        let start = self.text.len();
         match std::str::from_utf8(line) {
             Ok(s) => self.text.push_str(s),
             Err(_) => self.text.push_str(&String::from_utf8_lossy(line)),
         }
-        let start = self.lines.last().map_or(0, |l| l.0);
         let level = guess(&self.text[start..]);
-        self.lines.push((self.text.len(), level));
+        self.lines.push((start, self.text.len(), level));
+    }
+
+    /// Adds the lines of `text` up to its last newline, each shorter than `max_line` bytes,
+    /// copying `text` once: what [`LineSplitter::feed_with`] would hand over for it with nothing
+    /// pending. `None` (and nothing added) when `text` has no newline or a line (or the rest
+    /// after the last newline) is `max_line` bytes or longer; else the bytes taken.
+    fn push_text(&mut self, text: &str, max_line: usize) -> Option<usize> {
+        let bytes = text.as_bytes();
+        let last = memchr::memrchr(b'\n', bytes)?;
+        if bytes.len() - (last + 1) >= max_line {
+            return None;
+        }
+        let (base, entries) = (self.text.len(), self.lines.len());
+        self.text.push_str(&text[..=last]);
+        let mut start = base;
+        for nl in memchr::memchr_iter(b'\n', &bytes[..=last]) {
+            let newline = base + nl;
+            if newline - start >= max_line {
+                self.text.truncate(base);
+                self.lines.truncate(entries);
+                return None;
+            }
+            let end = if newline > start && self.text.as_bytes()[newline - 1] == b'\r' {
+                newline - 1
+            } else {
+                newline
+            };
+            let level = guess(&self.text[start..end]);
+            self.lines.push((start, end, level));
+            start = newline + 1;
+        }
+        Some(last + 1)
     }
 
     /// Lines in the batch.
@@ -182,8 +215,7 @@ impl Batch {
 
     /// Line `i`: its text and level.
     fn line(&self, i: usize) -> (&str, Level) {
-        let start = if i == 0 { 0 } else { self.lines[i - 1].0 };
-        let (end, level) = self.lines[i];
+        let (start, end, level) = self.lines[i];
         (&self.text[start..end], level)
     }
 
@@ -730,14 +762,38 @@ fn read_once(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::NotReady),
             Err(e) => return Err(e),
         };
-        // One batch, one timestamp, one channel slot for everything this read finished.
-        let mut batch = Batch::new(stream, n + splitter.pending.len());
-        batch
-            .lines
-            .reserve(memchr::memchr_iter(b'\n', &buf[..n]).count() + 1);
-        splitter.feed_with(&buf[..n], |line| batch.push(line));
-        Ok(Read::Lines(batch))
+        Ok(Read::Lines(split_read(&buf[..n], stream, splitter)))
     })
+}
+
+/// The batch of the lines one read (`chunk`) finished: one batch, one timestamp, one channel
+/// slot for all of them. Once the line pending from the last read is finished, valid UTF-8 (the
+/// common case) is checked and copied at once, not line by line.
+fn split_read(chunk: &[u8], stream: LogStream, splitter: &mut LineSplitter) -> Batch {
+    let mut batch = Batch::new(stream, chunk.len() + splitter.pending.len());
+    batch
+        .lines
+        .reserve(memchr::memchr_iter(b'\n', chunk).count() + 1);
+    let mut chunk = chunk;
+    if !splitter.pending.is_empty() {
+        // The read most often starts inside the line the last one ended in: finish that line
+        // through the splitter, then take the rest whole.
+        let Some(nl) = memchr::memchr(b'\n', chunk) else {
+            splitter.feed_with(chunk, |line| batch.push(line));
+            return batch;
+        };
+        splitter.feed_with(&chunk[..=nl], |line| batch.push(line));
+        chunk = &chunk[nl + 1..];
+    }
+    if splitter.pending.is_empty()
+        && let Ok(text) = std::str::from_utf8(chunk)
+        && let Some(taken) = batch.push_text(text, splitter.max_line)
+    {
+        splitter.pending.extend_from_slice(&chunk[taken..]);
+        return batch;
+    }
+    splitter.feed_with(chunk, |line| batch.push(line));
+    batch
 }
 
 async fn read_lines(
@@ -1337,6 +1393,35 @@ mod tests {
             assert_eq!(fed, with, "chunks of {chunk}");
             assert_eq!(a.finish(), b.finish());
             assert!(fed.iter().all(|l| l.len() <= 16), "{fed:?}");
+        }
+    }
+
+    /// A read's lines, whether taken whole (valid UTF-8, nothing pending) or line by line,
+    /// are the lines the splitter hands over.
+    #[test]
+    fn a_read_splits_into_the_lines_the_splitter_hands_over() {
+        let inputs: [&[u8]; 4] = [
+            b"a\r\nbb\n\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xe2\x82\xacxyz\nERROR long line without newline that goes on and on\n\r\nend",
+            b"exactly sixteen.\nfifteen bytes..\nseventeen bytes..\n\n\nwarn x\r\r\n",
+            b"bad \xff utf-8\nok\nx\xe2\x82",
+            b"\xac split char\nno newline at all in this piece",
+        ];
+        for chunk in [1, 2, 3, 7, 16, 17, 64, 1000] {
+            let (mut a, mut b) = (LineSplitter::new(16), LineSplitter::new(16));
+            let (mut fed, mut read) = (Vec::new(), Vec::new());
+            for input in inputs {
+                for c in input.chunks(chunk) {
+                    fed.extend(a.feed(c));
+                    let batch = split_read(c, LogStream::Stdout, &mut b);
+                    for i in 0..batch.len() {
+                        let line = batch.log_line(i);
+                        assert_eq!(line.level, guess_level(&line.message));
+                        read.push(line.message);
+                    }
+                }
+            }
+            assert_eq!(fed, read, "chunks of {chunk}");
+            assert_eq!(a.finish(), b.finish());
         }
     }
 
