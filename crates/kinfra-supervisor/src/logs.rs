@@ -59,6 +59,7 @@ const WRITE_BUFFER: usize = 128 * 1024;
 
 /// A guessed level of a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Level {
     /// `error`: the line says error, fatal or panic.
     Error,
@@ -944,10 +945,9 @@ fn run_writer(queue: Arc<Queue>) {
 /// it, with the parts shared by the batch's lines (timestamp, stream) encoded once.
 #[derive(Default)]
 struct Encoder {
-    /// `{"timestamp":"…","level":"`
-    head: Vec<u8>,
-    /// `","stream":"…","message":`
-    middle: Vec<u8>,
+    /// Per level (in [`Level`]'s order): everything before the message's text,
+    /// `{"timestamp":"…","level":"…","stream":"…","message":"`.
+    prefix: [Vec<u8>; 4],
     /// The writer thread's one spare full-size buffer: a file's buffer given back after a
     /// burst, lent to the next file that gets a burst (no allocation and page faults per burst).
     spare: Vec<u8>,
@@ -955,29 +955,30 @@ struct Encoder {
 
 impl Encoder {
     fn start(&mut self, batch: &Batch) {
-        self.head.clear();
-        self.head.extend_from_slice(b"{\"timestamp\":");
-        json_str(&mut self.head, &batch.timestamp);
-        self.head.extend_from_slice(b",\"level\":\"");
-        self.middle.clear();
-        self.middle.extend_from_slice(b"\",\"stream\":");
-        json_str(&mut self.middle, batch.stream.as_str());
-        self.middle.extend_from_slice(b",\"message\":");
+        let levels = [Level::Error, Level::Warn, Level::Info, Level::Debug];
+        for (prefix, level) in self.prefix.iter_mut().zip(levels) {
+            prefix.clear();
+            prefix.extend_from_slice(b"{\"timestamp\":");
+            json_str(prefix, &batch.timestamp);
+            prefix.extend_from_slice(b",\"level\":");
+            json_str(prefix, level.as_str());
+            prefix.extend_from_slice(b",\"stream\":");
+            json_str(prefix, batch.stream.as_str());
+            prefix.extend_from_slice(b",\"message\":\"");
+        }
     }
 
     /// Appends line `i` of `batch` (after [`Encoder::start`] with it), with its newline.
     fn line(&self, out: &mut Vec<u8>, batch: &Batch, i: usize) {
         let (message, level) = batch.line(i);
-        out.extend_from_slice(&self.head);
-        out.extend_from_slice(level.as_str().as_bytes());
-        out.extend_from_slice(&self.middle);
-        json_str(out, message);
-        out.extend_from_slice(b"}\n");
+        out.extend_from_slice(&self.prefix[level as usize]);
+        json_str_contents(out, message);
+        out.extend_from_slice(b"\"}\n");
     }
 
     /// Bytes of a line around its message (for sizing a buffer).
     fn overhead(&self) -> usize {
-        self.head.len() + self.middle.len() + 10
+        self.prefix[0].len() + 8
     }
 }
 
@@ -1002,10 +1003,15 @@ static ESCAPE: [u8; 256] = {
 
 /// Appends `s` as a JSON string, escaped as `serde_json` escapes it (unit-tested against it).
 fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    json_str_contents(out, s);
+    out.push(b'"');
+}
+
+/// Appends `s` escaped for the inside of a JSON string.
+fn json_str_contents(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape = ESCAPE[b as usize];
@@ -1024,7 +1030,6 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// An append-only log file rotated by size.
