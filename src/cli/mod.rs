@@ -5,6 +5,7 @@ mod completions;
 mod config_cmd;
 mod demo;
 mod deploy;
+mod fleet;
 mod image;
 mod import;
 mod load;
@@ -88,6 +89,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every kinfra node sharing the bus: `kinfra fleet status [--json]`, and actions on
+    /// another node's services (`kinfra fleet restart NODE SERVICE`).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// OCI images of the project, built without Docker (`kinfra image build`).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -500,6 +505,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Plan { config, json } => plan::run(&config, json).await,
+        Command::Fleet(cmd) => fleet::run(cmd).await,
         Command::Image(cmd) => image::run(cmd).await,
         Command::Deploy(cmd) => deploy::run(cmd).await,
         Command::Import(args) => import::run(args),

@@ -131,6 +131,10 @@ impl RuntimeControl for LateControl {
         }
     }
 
+    fn subscribe_fleet_events(&self) -> Option<broadcast::Receiver<Arc<str>>> {
+        self.core.get().and_then(|core| core.subscribe_fleet_events())
+    }
+
     fn reload(&self) -> BoxFuture<'_, Result<ReloadOutcome, String>> {
         Box::pin(async move {
             match self.core.get() {
@@ -289,6 +293,11 @@ impl RuntimeCore {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         report.providers = self.instances.report();
+        report.node = self.bus.node().map(str::to_owned);
+        report.fleet = self
+            .bus
+            .fleet()
+            .and_then(|fleet| serde_json::to_value(fleet).ok());
         report.tunnel = self.tunnel.report(&report.services, &self.current_config());
         if self.proxy_enabled {
             report.routes = self
@@ -313,6 +322,10 @@ impl RuntimeControl for RuntimeCore {
 
     fn extra_metrics(&self) -> String {
         runtime_metrics(self)
+    }
+
+    fn subscribe_fleet_events(&self) -> Option<broadcast::Receiver<Arc<str>>> {
+        self.bus.subscribe_fleet_events()
     }
 
     fn route_totals(&self) -> Vec<kinfra_core::metrics::RouteTotals> {
@@ -414,6 +427,13 @@ impl RuntimeControl for RuntimeCore {
         Box::pin(async move {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return Err(ActionError::ShuttingDown);
+            }
+            if let Some((name, node)) = super::fleet::remote_target(&service) {
+                if Some(node) != self.bus.node() {
+                    return super::fleet::act_remote(&self.bus, action, name, node).await;
+                }
+                // Addressed to this node by name: the plain service.
+                return Box::pin(self.act(action, name)).await;
             }
             match action {
                 Action::MaintenanceOn | Action::MaintenanceOff => {

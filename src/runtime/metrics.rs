@@ -85,6 +85,34 @@ pub(super) fn certificate_metrics(certs: &[kinfra_acme::CertStatus]) -> String {
 }
 
 /// Everything the runtime adds to `/metrics` besides the dashboard's own series.
+/// `kinfra_node_info{node="..."} 1` (this node's name, for joining with other series) and
+/// the fleet's nodes by state as this node sees them.
+fn node_metrics(core: &RuntimeCore) -> String {
+    let Some(node) = core.bus.node() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "# HELP kinfra_node_info This kinfra node ([node] name, default the hostname).\n\
+         # TYPE kinfra_node_info gauge\n\
+         kinfra_node_info{{node=\"{}\"}} 1\n",
+        kinfra_core::metrics::label_value(node)
+    );
+    if let Some(fleet) = core.bus.fleet() {
+        out.push_str(
+            "# HELP kinfra_fleet_node_up 1 while a node of the fleet heartbeats, 0 once it is down.\n\
+             # TYPE kinfra_fleet_node_up gauge\n",
+        );
+        for n in &fleet.nodes {
+            out.push_str(&format!(
+                "kinfra_fleet_node_up{{node=\"{}\"}} {}\n",
+                kinfra_core::metrics::label_value(&n.node),
+                u8::from(n.state == "up")
+            ));
+        }
+    }
+    out
+}
+
 pub(super) fn runtime_metrics(core: &RuntimeCore) -> String {
     let b = core.bus.status();
     let (mode, state) = (b.backend.kind(), b.state.as_str());
@@ -106,7 +134,7 @@ pub(super) fn runtime_metrics(core: &RuntimeCore) -> String {
         b.published,
         b.dropped,
         b.reconnects
-    ) + &core
+    ) + &node_metrics(core) + &core
         .store
         .as_ref()
         .map(|s| store_metrics(&s.stats()))

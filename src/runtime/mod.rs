@@ -3,6 +3,7 @@
 mod commands;
 mod core;
 mod dashboard;
+mod fleet;
 mod metrics;
 pub(crate) mod providers;
 mod reload;
@@ -213,6 +214,7 @@ pub async fn start_with(config: Config, options: RuntimeOptions) -> Result<Runti
     // One TLS crypto provider for every subsystem, before any of them speaks TLS.
     kinfra_core::tls::install_crypto_provider();
     config.validate()?;
+    let config = fleet::for_this_node(config);
     let state_dir = config.state_dir();
     create_state_dir(&state_dir)?;
     let lock = StateLock::acquire(&state_dir)?;

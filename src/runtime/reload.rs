@@ -203,6 +203,7 @@ impl RuntimeCore {
             });
             return Err(errors.into());
         }
+        let new = super::fleet::for_this_node(new);
         let old = self.current_config();
         let needs_restart = restart_only_keys(&old, &new);
         let new = applied_config(&old, &new);

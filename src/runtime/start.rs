@@ -249,6 +249,8 @@ async fn start_edge(at: EdgeInputs<'_>) -> Result<Edge, StartError> {
             events: Some(events.clone()),
             secrets: secret_values(config),
             search_path: None,
+            node: Some(config.node.effective_name()),
+            heartbeat: config.node.heartbeat.0,
         },
         late.clone(),
     )

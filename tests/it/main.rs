@@ -22,6 +22,7 @@ mod fake_http;
 #[allow(dead_code)]
 #[path = "../../crates/kinfra-cloud/tests/support/fault_script.rs"]
 mod fault_script;
+mod fleet;
 mod fly;
 mod image;
 mod import;

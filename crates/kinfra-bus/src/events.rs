@@ -29,6 +29,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     pub(crate) subject: String,
+    /// The same event's node-scoped subject, published right after `subject` (when the bus
+    /// has a node name).
+    pub(crate) node_subject: Option<String>,
     pub(crate) payload: Bytes,
 }
 
@@ -116,14 +119,33 @@ impl Outbox {
     }
 }
 
-/// Serialises one event for the bus.
-pub(crate) fn encode(project: &str, event: &Event, redactor: &Redactor) -> Option<Outgoing> {
-    let subject = subject::events_subject(project, event.kind.resource(), event.kind.name());
+/// Serialises one event for the bus; with a `node`, the JSON gets a `node` field and the
+/// event also goes out on the node's subject.
+pub(crate) fn encode(
+    project: &str,
+    node: Option<&str>,
+    event: &Event,
+    redactor: &Redactor,
+) -> Option<Outgoing> {
+    let (resource, kind) = (event.kind.resource(), event.kind.name());
+    let subject = subject::events_subject(project, resource, kind);
+    let node_subject = node.map(|n| subject::node_events_subject(project, n, resource, kind));
     match serde_json::to_string(event) {
-        Ok(json) => Some(Outgoing {
-            subject,
-            payload: Bytes::from(redactor.apply(json)),
-        }),
+        Ok(json) => {
+            let json = match node {
+                // Serialised events are JSON objects: `{"seq":…}` becomes `{"node":"a","seq":…}`.
+                Some(node) if json.starts_with('{') => {
+                    let name = serde_json::Value::from(node);
+                    format!("{{\"node\":{name},{}", &json[1..])
+                }
+                _ => json,
+            };
+            Some(Outgoing {
+                subject,
+                node_subject,
+                payload: Bytes::from(redactor.apply(json)),
+            })
+        }
         Err(error) => {
             tracing::warn!(seq = event.seq, %error, "Cannot serialise an event for the bus.");
             None
@@ -137,6 +159,7 @@ pub(crate) async fn intake(
     mut rx: broadcast::Receiver<Event>,
     outbox: Arc<Outbox>,
     project: String,
+    node: Option<String>,
     redactor: Redactor,
     closing: CancellationToken,
 ) {
@@ -146,7 +169,7 @@ pub(crate) async fn intake(
             () = closing.cancelled() => break,
             received = rx.recv() => match received {
                 Ok(event) => {
-                    if let Some(item) = encode(&project, &event, &redactor) {
+                    if let Some(item) = encode(&project, node.as_deref(), &event, &redactor) {
                         outbox.push(item);
                     }
                 }
@@ -162,7 +185,7 @@ pub(crate) async fn intake(
     loop {
         match rx.try_recv() {
             Ok(event) => {
-                if let Some(item) = encode(&project, &event, &redactor) {
+                if let Some(item) = encode(&project, node.as_deref(), &event, &redactor) {
                     outbox.push(item);
                 }
             }
@@ -211,7 +234,7 @@ pub(crate) async fn sender(
         let mut failed = false;
         while let Some(item) = batch.next() {
             let sent = tokio::select! {
-                r = transport.publish(item.subject.clone(), None, item.payload.clone()) => r,
+                r = publish(&transport, &item) => r,
                 () = abort.cancelled() => return,
             };
             match sent {
@@ -247,12 +270,26 @@ pub(crate) async fn sender(
     }
 }
 
+/// Publishes one event on its subject, then on its node's subject.
+async fn publish(transport: &Transport, item: &Outgoing) -> Result<(), crate::BusError> {
+    transport
+        .publish(item.subject.clone(), None, item.payload.clone())
+        .await?;
+    if let Some(node_subject) = &item.node_subject {
+        transport
+            .publish(node_subject.clone(), None, item.payload.clone())
+            .await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn item(n: u32) -> Outgoing {
         Outgoing {
+            node_subject: None,
             subject: format!("s.{n}"),
             payload: Bytes::new(),
         }

@@ -11,12 +11,19 @@
 //! `kinfra.<project>.control.<action>` (`status`, `restart`, `stop`, `start`, `command`). The bus only
 //! knows [`RuntimeControl`]; it reads events from it and acts through it.
 //!
+//! With a node name ([`BusOptions::node`]) each event also goes out on
+//! `kinfra.<project>.<node>.events.<resource>.<kind>` with a `node` field, control is also
+//! served on `kinfra.<project>.<node>.control.<action>` (addressed to this node only), and the
+//! node takes part in the fleet: a heartbeat on `kinfra.<project>.<node>.heartbeat` and a
+//! table of every node heard ([`Bus::fleet`]).
+//!
 //! While the server is unreachable the runtime goes on: events wait in a bounded buffer (the
 //! oldest are dropped and counted when it is full), the client reconnects with backoff, and
 //! [`Bus::state`] and a `bus_state_changed` event say so.
 
 mod control;
 mod events;
+mod fleet;
 mod local;
 mod managed;
 mod nats;
@@ -28,6 +35,7 @@ mod transport;
 pub use async_nats;
 pub use bytes::Bytes;
 pub use control::{MAX_IN_FLIGHT, MAX_REQUEST_BYTES};
+pub use fleet::{FleetNode, FleetView, Heartbeat, ServiceSummary};
 pub use managed::{ManagedError, find_binary};
 pub use nats::display_url;
 pub use state::{BusBackend, BusState, BusStatus};
@@ -76,6 +84,11 @@ pub struct BusOptions {
     pub secrets: Vec<Secret>,
     /// The PATH-style list searched for `nats-server`; the process's `PATH` when absent.
     pub search_path: Option<OsString>,
+    /// This node's name (a subject token, `[node] name`); absent: no node subjects, no
+    /// heartbeat, no fleet view.
+    pub node: Option<String>,
+    /// How often the node's heartbeat goes out (`[node] heartbeat`).
+    pub heartbeat: Duration,
 }
 
 impl BusOptions {
@@ -94,7 +107,16 @@ impl BusOptions {
             events: None,
             secrets: Vec::new(),
             search_path: None,
+            node: None,
+            heartbeat: Duration::from_secs(5),
         }
+    }
+
+    /// Takes part in the fleet as `node` (made subject-safe), heartbeating every `heartbeat`.
+    pub fn with_node(mut self, node: impl Into<String>, heartbeat: Duration) -> Self {
+        self.node = Some(node.into());
+        self.heartbeat = heartbeat;
+        self
     }
 
     /// Emits `bus_state_changed` events on this sender.
@@ -173,6 +195,7 @@ impl std::fmt::Debug for Bus {
 
 struct Inner {
     project: String,
+    fleet: Option<Arc<fleet::Fleet>>,
     transport: Transport,
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
@@ -225,6 +248,7 @@ impl Bus {
     ) -> Result<Bus, BusError> {
         let events_rx = control.subscribe_events();
         let project = subject::token(&options.project);
+        let node = options.node.as_deref().map(subject::token);
         let config = &options.config;
         let mut secrets = options.secrets.clone();
         secrets.extend(config.password.iter().cloned());
@@ -300,6 +324,7 @@ impl Bus {
             events_rx,
             outbox.clone(),
             project.clone(),
+            node.clone(),
             redactor.clone(),
             closing.clone(),
         )));
@@ -324,25 +349,67 @@ impl Bus {
                 return Err(e);
             }
         };
+        let node_control_sub = match &node {
+            Some(node) => match transport
+                .subscribe(subject::node_control_subject(&project, node, ">"))
+                .await
+            {
+                Ok(sub) => Some((subject::node_control_subject(&project, node, ""), sub)),
+                Err(error) => {
+                    tracing::warn!(%error, node = %node, "Cannot serve control addressed to this node.");
+                    None
+                }
+            },
+            None => None,
+        };
         let ctx = control::ControlContext {
-            control,
+            control: control.clone(),
             transport: transport.clone(),
             prefix,
             redactor,
             shared: shared.clone(),
         };
+        if let Some((prefix, sub)) = node_control_sub {
+            let ctx = control::ControlContext {
+                prefix,
+                ..ctx.clone()
+            };
+            tasks.push(tokio::spawn(control::serve(ctx, sub, closing.clone())));
+        }
         tasks.push(tokio::spawn(control::serve(
             ctx,
             control_sub,
             closing.clone(),
         )));
+        let fleet = node.as_ref().map(|node| {
+            let fleet = Arc::new(fleet::Fleet::new(node.clone(), options.heartbeat));
+            tasks.push(tokio::spawn(fleet::listen(
+                fleet.clone(),
+                transport.clone(),
+                project.clone(),
+                closing.clone(),
+            )));
+            fleet
+        });
         if shared.state() == BusState::Connected {
             barrier(&transport).await;
+        }
+        // The first heartbeat only once the fleet subscriptions are in place.
+        if let Some(fleet) = &fleet {
+            tasks.push(tokio::spawn(fleet::beat(
+                fleet.clone(),
+                control.clone(),
+                transport.clone(),
+                shared.clone(),
+                project.clone(),
+                closing.clone(),
+            )));
         }
         let backend_kind = shared.backend_kind;
         let bus = Bus {
             inner: Arc::new(Inner {
                 project,
+                fleet,
                 transport,
                 shared,
                 outbox,
@@ -426,6 +493,46 @@ impl Bus {
     /// `kinfra.<project>.control.<action>`.
     pub fn control_subject(&self, action: &str) -> String {
         subject::control_subject(&self.inner.project, action)
+    }
+
+    /// This node's name in subjects, when the bus has one.
+    pub fn node(&self) -> Option<&str> {
+        self.inner.fleet.as_deref().map(fleet::Fleet::node)
+    }
+
+    /// `kinfra.<project>.<node>.control.<action>`: control addressed to one node.
+    pub fn node_control_subject(&self, node: &str, action: &str) -> String {
+        subject::node_control_subject(&self.inner.project, &subject::token(node), action)
+    }
+
+    /// Every node heard on the bus (this one included) with its state, last heartbeat and
+    /// services; `None` when the bus has no node name.
+    pub fn fleet(&self) -> Option<FleetView> {
+        self.inner.fleet.as_ref().map(|f| f.view())
+    }
+
+    /// Every node's events from now on, as JSON with their `node` (this node's included, as
+    /// they come back from the server); `None` when the bus has no node name.
+    pub fn subscribe_fleet_events(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
+        self.inner.fleet.as_ref().map(|f| f.subscribe_events())
+    }
+
+    /// Sends a control request to one node (`restart`, `stop`, `start`, `status`, …) and
+    /// returns its JSON reply. Whoever may connect to the bus may send it, as for
+    /// project-wide control: the server's authorization is the gate.
+    pub async fn request_node(
+        &self,
+        node: &str,
+        action: &str,
+        body: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, BusError> {
+        let subject = self.node_control_subject(node, action);
+        let reply = self
+            .request(subject, Bytes::from(body.to_string()), timeout)
+            .await?;
+        serde_json::from_slice(&reply)
+            .map_err(|e| BusError::Request(format!("the node's reply is not JSON: {e}")))
     }
 
     fn check_open(&self) -> Result<(), BusError> {

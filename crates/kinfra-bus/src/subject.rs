@@ -40,6 +40,36 @@ pub fn control_subject(project: &str, action: &str) -> String {
     format!("kinfra.{project}.control.{action}")
 }
 
+/// `kinfra.<project>.<node>.events.<resource>.<kind>`: the same event on its node's subject,
+/// published beside [`events_subject`]; `project` and `node` must already be tokens.
+pub fn node_events_subject(project: &str, node: &str, resource: &str, kind: &str) -> String {
+    format!(
+        "kinfra.{project}.{node}.events.{}.{}",
+        token(resource),
+        token(kind)
+    )
+}
+
+/// `kinfra.<project>.*.events.>`: every node's node-scoped events.
+pub fn node_events_wildcard(project: &str) -> String {
+    format!("kinfra.{project}.*.events.>")
+}
+
+/// `kinfra.<project>.<node>.control.<action>`: control addressed to one node.
+pub fn node_control_subject(project: &str, node: &str, action: &str) -> String {
+    format!("kinfra.{project}.{node}.control.{action}")
+}
+
+/// `kinfra.<project>.<node>.heartbeat`: a node's heartbeat.
+pub fn heartbeat_subject(project: &str, node: &str) -> String {
+    format!("kinfra.{project}.{node}.heartbeat")
+}
+
+/// `kinfra.<project>.*.heartbeat`: every node's heartbeat.
+pub fn heartbeat_wildcard(project: &str) -> String {
+    format!("kinfra.{project}.*.heartbeat")
+}
+
 fn check_common(subject: &str) -> Result<(), BusError> {
     let bad = |why: &str| {
         Err(BusError::InvalidSubject {
@@ -120,6 +150,26 @@ mod tests {
             control_subject("demo", "restart"),
             "kinfra.demo.control.restart"
         );
+        assert_eq!(
+            node_events_subject("demo", "a", "api", "state_changed"),
+            "kinfra.demo.a.events.api.state_changed"
+        );
+        assert_eq!(
+            node_control_subject("demo", "a", "restart"),
+            "kinfra.demo.a.control.restart"
+        );
+        assert!(matches(
+            &node_events_wildcard("demo"),
+            "kinfra.demo.a.events.api.state_changed"
+        ));
+        assert!(!matches(
+            &node_events_wildcard("demo"),
+            "kinfra.demo.events.api.state_changed"
+        ));
+        assert!(matches(
+            &heartbeat_wildcard("demo"),
+            "kinfra.demo.b.heartbeat"
+        ));
     }
 
     #[test]

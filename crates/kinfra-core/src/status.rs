@@ -182,6 +182,14 @@ pub struct StatusReport {
     /// process did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Box<BuildInfo>>,
+    /// This node's name (`[node] name`, default the hostname); absent from runtimes that do
+    /// not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The fleet: every node heard on the bus (this one included), with whether it is up,
+    /// when it was last heard and its services' states (when the bus runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<serde_json::Value>,
 }
 
 /// Which kinfra build runs: `kinfra --version`'s facts, in `runtime status --json`.
@@ -253,6 +261,8 @@ impl StatusReport {
             timestamp: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             stats,
             services,
+            node: None,
+            fleet: None,
             bus: None,
             store: None,
             routes: Vec::new(),

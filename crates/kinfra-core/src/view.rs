@@ -184,6 +184,13 @@ pub trait RuntimeControl: Send + Sync + 'static {
     fn route_totals(&self) -> Vec<crate::metrics::RouteTotals> {
         Vec::new()
     }
+
+    /// Every event of every node of the fleet from now on (this node's included), each the
+    /// event's JSON with its `node`, as it came over the bus; `None` when this runtime has
+    /// no fleet view.
+    fn subscribe_fleet_events(&self) -> Option<broadcast::Receiver<std::sync::Arc<str>>> {
+        None
+    }
 }
 
 /// Keeps only the message text of log lines; handy for tests and plain output.

@@ -8,6 +8,7 @@
 pub mod accept;
 pub mod auth;
 mod command;
+mod fleet;
 pub mod history;
 pub mod metrics;
 mod server;
@@ -128,6 +129,9 @@ fn router_closing(
         .route("/kinfra/session", get(session))
         .route("/__status__", get(status))
         .route("/__events__", get(events))
+        .route("/kinfra/fleet", get(fleet::fleet_page))
+        .route("/__fleet__", get(fleet::fleet_json))
+        .route("/__fleet__/events", get(fleet::fleet_events))
         .route("/kinfra/history", get(plot_history))
         .route("/__action__/command/{resource}", post(command::command))
         .route("/__commands__/{resource}", get(command::commands))

@@ -515,6 +515,8 @@ mod tests {
             providers: Default::default(),
             tunnel: None,
             build: None,
+            node: None,
+            fleet: None,
         }
     }
 

@@ -264,6 +264,7 @@ impl ResourceConfig {
             interval: None,
             confirm_delete: false,
             scale_to_zero: None,
+            nodes: None,
             extra: BTreeMap::new(),
         }
     }

@@ -33,6 +33,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The message bus.
     pub bus: BusConfig,
+    /// This node's identity in a fleet of kinfra runtimes sharing one bus.
+    pub node: NodeConfig,
     /// The embedded store.
     pub store: StoreConfig,
     /// Automatic HTTPS; absent means no ACME.
@@ -486,6 +488,9 @@ pub struct ServiceConfig {
     /// Put it to sleep when idle; the next request wakes it.
     #[serde(default)]
     pub scale_to_zero: Option<ScaleToZero>,
+    /// The nodes (`[node] name`) that run this service; absent means every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
 }
 
 /// `scale_to_zero = { idle_after = "10m", wake_timeout = "60s" }` on a service or resource:
@@ -565,6 +570,7 @@ impl ServiceConfig {
             maintenance: false,
             disabled: false,
             scale_to_zero: None,
+            nodes: None,
         }
     }
 }
@@ -635,6 +641,8 @@ pub struct ResourceConfig {
     pub confirm_delete: bool,
     /// Put it to sleep when idle (a container is stopped, a cloud resource paused).
     pub scale_to_zero: Option<ScaleToZero>,
+    /// The nodes (`[node] name`) that run this resource; absent means every node.
+    pub nodes: Option<Vec<String>>,
     /// A provider resource's own keys, unjudged here: the provider checks them at
     /// `runtime up` and `plan`. Always empty for a container.
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -662,6 +670,7 @@ pub(crate) const RESOURCE_FIELDS: &[&str] = &[
     "interval",
     "confirm_delete",
     "scale_to_zero",
+    "nodes",
 ];
 
 /// Keys only a container resource takes; an error on a provider resource.
@@ -784,6 +793,7 @@ impl<'de> Deserialize<'de> for ResourceConfig {
                         "interval" => r.interval = map.next_value()?,
                         "confirm_delete" => r.confirm_delete = map.next_value()?,
                         "scale_to_zero" => r.scale_to_zero = map.next_value()?,
+                        "nodes" => r.nodes = map.next_value()?,
                         "health" if r.provider.is_some() => {
                             match map.next_value_seed(ProviderHealthSeed)? {
                                 ProviderHealth::Probe(probe) => r.health = Some(probe),
@@ -890,6 +900,9 @@ impl Serialize for ResourceConfig {
         m.serialize_entry("on_down", &self.on_down)?;
         if let Some(policy) = &self.scale_to_zero {
             m.serialize_entry("scale_to_zero", policy)?;
+        }
+        if let Some(nodes) = &self.nodes {
+            m.serialize_entry("nodes", nodes)?;
         }
         for (key, value) in &self.extra {
             m.serialize_entry(key, value)?;
@@ -1181,6 +1194,95 @@ impl Default for BusConfig {
             reconnect_max_delay: Dur::from_secs(2),
         }
     }
+}
+
+/// `[node]`: who this runtime is among the kinfra runtimes sharing one bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's name: one NATS subject token (ASCII letters, digits, `_`, `-`); absent
+    /// means the machine's hostname (made subject-safe).
+    pub name: Option<String>,
+    /// How often this node publishes its heartbeat (with its services' states) on the bus;
+    /// a node not heard from for 3 of its intervals is shown `down`.
+    pub heartbeat: Dur,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            heartbeat: Dur::from_secs(5),
+        }
+    }
+}
+
+/// Node names that would make a node's subjects collide with the project's own
+/// (`kinfra.<project>.events.…`, `kinfra.<project>.control.…`).
+pub const RESERVED_NODE_NAMES: &[&str] = &["events", "control", "fleet"];
+
+/// Whether `name` is usable as a node name: a NATS subject token of ASCII letters, digits,
+/// `_` and `-`, at most 63 characters, and not one of [`RESERVED_NODE_NAMES`].
+pub fn node_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a node name must not be empty".into());
+    }
+    if name.len() > 63 {
+        return Some(format!("node name `{name}` is longer than 63 characters"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Some(format!(
+            "node name `{name}` contains `{bad}`: a node name is one NATS subject token (ASCII letters, digits, `_`, `-`)"
+        ));
+    }
+    if RESERVED_NODE_NAMES.contains(&name) {
+        return Some(format!(
+            "node name `{name}` is reserved (it would collide with kinfra's own subjects); choose another"
+        ));
+    }
+    None
+}
+
+/// The machine's hostname made into a node name (characters other than ASCII letters,
+/// digits, `_` and `-` become `_`); `node` when there is none.
+pub fn hostname_node_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let raw = raw.trim();
+    let name: String = raw
+        .chars()
+        .take(63)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || RESERVED_NODE_NAMES.contains(&name.as_str()) {
+        "node".into()
+    } else {
+        name
+    }
+}
+
+impl NodeConfig {
+    /// This node's name: `name`, else the hostname ([`hostname_node_name`]).
+    pub fn effective_name(&self) -> String {
+        self.name.clone().unwrap_or_else(hostname_node_name)
+    }
+}
+
+/// Whether a service or resource with `nodes` runs on `node` (absent `nodes`: everywhere).
+pub fn runs_on(nodes: Option<&[String]>, node: &str) -> bool {
+    nodes.is_none_or(|list| list.iter().any(|n| n == node))
 }
 
 /// `[store]`

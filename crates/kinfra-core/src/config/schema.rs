@@ -194,6 +194,7 @@ fn resource_key_schema(key: &str, generator: &mut SchemaGenerator) -> Option<Sch
         "stop_grace" | "interval" => generator.subschema_for::<Dur>(),
         "on_down" => generator.subschema_for::<OnDown>(),
         "scale_to_zero" => generator.subschema_for::<ScaleToZero>(),
+        "nodes" => generator.subschema_for::<Vec<String>>(),
         _ => return None,
     })
 }

@@ -62,6 +62,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.acme();
     c.store();
     c.bus();
+    c.node();
     c.tunnel();
     c.image();
     c.issues
@@ -1128,6 +1129,51 @@ impl Checker<'_> {
                 Anchor::Value,
                 "store.connect_timeout must be more than 0",
             );
+        }
+    }
+
+    /// `[node] name` and every `nodes = [...]` list: node names are subject tokens.
+    fn node(&mut self) {
+        if let Some(name) = &self.config.node.name
+            && let Some(problem) = super::model::node_name_problem(name)
+        {
+            self.issue("node.name".into(), Anchor::Value, problem);
+        }
+        if self.config.node.heartbeat.0.is_zero() {
+            self.issue(
+                "node.heartbeat".into(),
+                Anchor::Value,
+                "the heartbeat interval must be longer than zero",
+            );
+        }
+        let lists: Vec<(String, &Vec<String>)> = self
+            .config
+            .services
+            .iter()
+            .filter_map(|(name, s)| {
+                s.nodes
+                    .as_ref()
+                    .map(|n| (join_key(&join_key("services", name), "nodes"), n))
+            })
+            .chain(self.config.resources.iter().filter_map(|(name, r)| {
+                r.nodes
+                    .as_ref()
+                    .map(|n| (join_key(&join_key("resources", name), "nodes"), n))
+            }))
+            .collect();
+        for (key, nodes) in lists {
+            if nodes.is_empty() {
+                self.issue(
+                    key.clone(),
+                    Anchor::Value,
+                    "an empty `nodes` list runs it nowhere: list at least one node name, or leave `nodes` out to run it on every node",
+                );
+            }
+            for (i, node) in nodes.iter().enumerate() {
+                if let Some(problem) = super::model::node_name_problem(node) {
+                    self.issue(join_index(&key, i), Anchor::Value, problem);
+                }
+            }
         }
     }
 
