@@ -7,9 +7,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-/// A WebSocket frame "Hello", masked (RFC 6455, 5.7).
-const FRAME: &[u8] = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -19,45 +16,12 @@ async fn websocket_upgrade_passes_through() {
         let (mut s, _) = listener.accept().await.unwrap();
         let head = read_head(&mut s).await;
         let _ = head_tx.send(head);
-        s.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            s.write_all(&buf[..n]).await.unwrap();
-        }
+        s.write_all(WS_SWITCHING).await.unwrap();
+        echo_until_closed(&mut s).await;
     });
-    let control = FakeControl::new();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start(
-        options(
-            vec![upstream_route(
-                "/ws",
-                &[format!("http://{upstream}")],
-                false,
-            )],
-            dir.path(),
-        ),
-        &control,
-    )
-    .await;
-    let mut s = TcpStream::connect(proxy.http_addr().unwrap())
-        .await
-        .unwrap();
-    s.write_all(
-        b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = tokio::time::timeout(WAIT, read_head(&mut s)).await.unwrap();
+    let proxy = ws_proxy(upstream, dir.path()).await;
+    let (mut s, head) = ws_connect(proxy.http_addr().unwrap()).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("upgrade: websocket"),
@@ -69,15 +33,7 @@ async fn websocket_upgrade_passes_through() {
         "{upstream_head}"
     );
     assert!(upstream_head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="));
-    for _ in 0..3 {
-        s.write_all(FRAME).await.unwrap();
-        let mut back = vec![0u8; FRAME.len()];
-        tokio::time::timeout(WAIT, s.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, FRAME);
-    }
+    ws_echoes(&mut s, 3, "the WebSocket").await;
     drop(s);
     proxy.shutdown(Duration::from_secs(2)).await;
 }
@@ -93,55 +49,20 @@ async fn websockets_stay_open_when_the_backend_answers_101_at_once() {
     let upstream = listener.local_addr().unwrap();
     let (head_tx, mut head_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
+        while let Ok((mut s, _)) = listener.accept().await {
             let head_tx = head_tx.clone();
             tokio::spawn(async move {
-                s.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-                )
-                .await
-                .unwrap();
+                s.write_all(WS_SWITCHING).await.unwrap();
                 let head = read_head(&mut s).await;
                 let _ = head_tx.send(head);
-                let mut buf = [0u8; 1024];
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
+                echo_until_closed(&mut s).await;
             });
         }
     });
-    let control = FakeControl::new();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start(
-        options(
-            vec![upstream_route(
-                "/ws",
-                &[format!("http://{upstream}")],
-                false,
-            )],
-            dir.path(),
-        ),
-        &control,
-    )
-    .await;
+    let proxy = ws_proxy(upstream, dir.path()).await;
     for i in 0..SOCKETS {
-        let mut s = TcpStream::connect(proxy.http_addr().unwrap())
-            .await
-            .unwrap();
-        s.write_all(
-            b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let head = tokio::time::timeout(WAIT, read_head(&mut s)).await.unwrap();
+        let (mut s, head) = ws_connect(proxy.http_addr().unwrap()).await;
         assert!(head.starts_with("HTTP/1.1 101"), "socket {i}: {head}");
         let upstream_head = tokio::time::timeout(WAIT, head_rx.recv())
             .await
@@ -154,16 +75,7 @@ async fn websockets_stay_open_when_the_backend_answers_101_at_once() {
                 && !upstream_head.contains("transfer-encoding"),
             "socket {i}: {upstream_head}"
         );
-        for round in 0..3 {
-            s.write_all(FRAME).await.unwrap();
-            let mut back = vec![0u8; FRAME.len()];
-            let read = tokio::time::timeout(WAIT, s.read_exact(&mut back)).await;
-            assert!(
-                matches!(read, Ok(Ok(_))),
-                "socket {i}, round {round}: the tunnel closed after the handshake: {read:?}"
-            );
-            assert_eq!(back, FRAME);
-        }
+        ws_echoes(&mut s, 3, &format!("socket {i}")).await;
     }
     proxy.shutdown(Duration::from_secs(2)).await;
 }
@@ -186,29 +98,12 @@ async fn a_refused_upgrade_is_answered_and_its_connection_closed() {
         let mut buf = [0u8; 64];
         let _ = s.read(&mut buf).await;
     });
-    let control = FakeControl::new();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start(
-        options(
-            vec![upstream_route(
-                "/ws",
-                &[format!("http://{upstream}")],
-                false,
-            )],
-            dir.path(),
-        ),
-        &control,
-    )
-    .await;
+    let proxy = ws_proxy(upstream, dir.path()).await;
     let mut s = TcpStream::connect(proxy.http_addr().unwrap())
         .await
         .unwrap();
-    s.write_all(
-        b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(WS_HANDSHAKE).await.unwrap();
     // Everything until the proxy closes the connection (bounded: a hang fails here).
     let mut all = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut all))

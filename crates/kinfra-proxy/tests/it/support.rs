@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -351,6 +351,68 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
         buf.push(byte[0]);
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A WebSocket handshake (RFC 6455's sample key) for `/ws/chat`.
+pub const WS_HANDSHAKE: &[u8] =
+    b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A backend's `101` to [`WS_HANDSHAKE`].
+pub const WS_SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+/// A WebSocket frame "Hello", masked (RFC 6455, 5.7).
+pub const WS_FRAME: &[u8] = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
+
+/// A backend's side of an upgraded connection: echoes what comes until either side closes.
+pub async fn echo_until_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connects to `proxy`, sends [`WS_HANDSHAKE`] and returns the stream with the answer's head.
+pub async fn ws_connect(proxy: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(WS_HANDSHAKE).await.unwrap();
+    let head = tokio::time::timeout(WAIT, read_head(&mut s)).await.unwrap();
+    (s, head)
+}
+
+/// Sends [`WS_FRAME`] `rounds` times and expects each back; `what` names the socket in failures.
+pub async fn ws_echoes(s: &mut TcpStream, rounds: usize, what: &str) {
+    for round in 0..rounds {
+        s.write_all(WS_FRAME).await.unwrap();
+        let mut back = vec![0u8; WS_FRAME.len()];
+        let read = tokio::time::timeout(WAIT, s.read_exact(&mut back)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "{what}, round {round}: the tunnel closed: {read:?}"
+        );
+        assert_eq!(back, WS_FRAME, "{what}, round {round}");
+    }
+}
+
+/// A proxy with one upstream route `/ws` to `upstream`.
+pub async fn ws_proxy(upstream: SocketAddr, dir: &Path) -> ProxyServer {
+    let control = FakeControl::new();
+    start(
+        options(
+            vec![upstream_route(
+                "/ws",
+                &[format!("http://{upstream}")],
+                false,
+            )],
+            dir,
+        ),
+        &control,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

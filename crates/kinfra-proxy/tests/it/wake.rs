@@ -12,12 +12,9 @@ use kinfra_proxy::ProxyServer;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-
-/// A WebSocket frame "Hello", masked (RFC 6455, 5.7).
-const FRAME: &[u8] = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
 
 /// A free loopback address (bound, then released) for a backend that starts later.
 fn free_addr() -> SocketAddr {
@@ -500,22 +497,8 @@ async fn an_open_websocket_counts_as_activity_until_it_closes() {
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         read_head(&mut s).await;
-        s.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            if s.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
+        s.write_all(WS_SWITCHING).await.unwrap();
+        echo_until_closed(&mut s).await;
     });
     let control = FakeControl::new();
     control.running("api", upstream.port());
@@ -527,27 +510,10 @@ async fn an_open_websocket_counts_as_activity_until_it_closes() {
     opts.activity = Some(board.clone());
     let proxy = start(opts, &control).await;
 
-    let mut ws = TcpStream::connect(proxy.http_addr().unwrap())
-        .await
-        .unwrap();
-    ws.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = tokio::time::timeout(WAIT, read_head(&mut ws))
-        .await
-        .unwrap();
+    let (mut ws, head) = ws_connect(proxy.http_addr().unwrap()).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     for _ in 0..3 {
-        ws.write_all(FRAME).await.unwrap();
-        let mut back = vec![0u8; FRAME.len()];
-        tokio::time::timeout(WAIT, ws.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, FRAME);
+        ws_echoes(&mut ws, 1, "the WebSocket").await;
         assert_eq!(api.in_flight(), 1, "the open WebSocket counts");
         assert_eq!(api.idle_for(), Duration::ZERO);
     }
@@ -620,19 +586,8 @@ async fn a_websocket_that_woke_the_target_counts_until_it_closes() {
             tokio::spawn(async move {
                 let (mut up, _) = listener.accept().await.unwrap();
                 read_head(&mut up).await;
-                up.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                let mut buf = [0u8; 1024];
-                loop {
-                    let n = up.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 || up.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
+                up.write_all(WS_SWITCHING).await.unwrap();
+                echo_until_closed(&mut up).await;
             });
             let Some(control) = control.upgrade() else {
                 return Err(ActionError::ShuttingDown);
@@ -642,26 +597,11 @@ async fn a_websocket_that_woke_the_target_counts_until_it_closes() {
         })
     }));
     let api = s.board.get("api").unwrap();
-    let mut ws = TcpStream::connect(s.addr()).await.unwrap();
-    ws.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = tokio::time::timeout(WAIT, read_head(&mut ws))
-        .await
-        .unwrap();
+    let (mut ws, head) = ws_connect(s.addr()).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(s.wakes(), 1);
     for _ in 0..3 {
-        ws.write_all(FRAME).await.unwrap();
-        let mut back = vec![0u8; FRAME.len()];
-        tokio::time::timeout(WAIT, ws.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, FRAME);
+        ws_echoes(&mut ws, 1, "the WebSocket").await;
         assert_eq!(api.in_flight(), 1, "the open WebSocket counts");
     }
     drop(ws);
