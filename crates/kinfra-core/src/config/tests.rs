@@ -1418,7 +1418,7 @@ fn schema_error_messages_are_exact() {
         ),
         (
             "[services.api]\ncommand = \"x\"\nprot = 1\n",
-            "kinfra.toml:3:1: services.api.prot: unknown key `prot` in services.api; expected one of: command, args, env, cwd, working_dir, port, depends_on, restart, backoff, crash_loop, health, liveness, watch, stop_signal, stop_grace, log, maintenance, disabled, scale_to_zero",
+            "kinfra.toml:3:1: services.api.prot: unknown key `prot` in services.api; expected one of: command, args, env, cwd, working_dir, port, depends_on, restart, backoff, crash_loop, health, liveness, watch, stop_signal, stop_grace, log, maintenance, disabled, scale_to_zero, nodes",
         ),
         (
             "[services.api]\ncommand = \"x\"\nhealth = { tcp = 1, x = 1 }\n",
@@ -1426,7 +1426,7 @@ fn schema_error_messages_are_exact() {
         ),
         (
             "[services.api]\ncmd = \"x\"\n",
-            "kinfra.toml:1:11: services.api: missing required key `command`\nkinfra.toml:2:1: services.api.cmd: unknown key `cmd` in services.api; expected one of: command, args, env, cwd, working_dir, port, depends_on, restart, backoff, crash_loop, health, liveness, watch, stop_signal, stop_grace, log, maintenance, disabled, scale_to_zero (did you mean `cwd`?)",
+            "kinfra.toml:1:11: services.api: missing required key `command`\nkinfra.toml:2:1: services.api.cmd: unknown key `cmd` in services.api; expected one of: command, args, env, cwd, working_dir, port, depends_on, restart, backoff, crash_loop, health, liveness, watch, stop_signal, stop_grace, log, maintenance, disabled, scale_to_zero, nodes (did you mean `cwd`?)",
         ),
         (
             "[resources.db]\ntemplate = \"postgress\"\n",
