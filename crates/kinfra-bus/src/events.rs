@@ -296,6 +296,30 @@ mod tests {
     }
 
     #[test]
+    fn a_node_gets_its_field_and_its_subject() {
+        let tx = kinfra_core::event::EventSender::new(16);
+        let event = tx.emit(kinfra_core::event::EventKind::PortAssigned {
+            service: "api".into(),
+            port: 1,
+        });
+        let redactor = Redactor::new(&[]);
+        let plain = encode("demo", None, &event, &redactor).expect("encoded");
+        assert_eq!(plain.node_subject, None);
+        let with_node = encode("demo", Some("a"), &event, &redactor).expect("encoded");
+        assert_eq!(with_node.subject, plain.subject);
+        assert_eq!(
+            with_node.node_subject.as_deref(),
+            Some("kinfra.demo.a.events.api.port_assigned")
+        );
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&with_node.payload).expect("JSON with a node");
+        assert_eq!(v["node"], "a");
+        v.as_object_mut().expect("object").remove("node");
+        let old: serde_json::Value = serde_json::from_slice(&plain.payload).expect("JSON");
+        assert_eq!(v, old, "only the node field is added");
+    }
+
+    #[test]
     fn outbox_drops_oldest_and_counts() {
         let outbox = Outbox::new(3);
         for n in 0..5 {

@@ -79,6 +79,10 @@ pub struct RuntimeInfo {
 /// A response line from the runtime.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one response per request or log line, serialised at once: the status report's size costs nothing here"
+)]
 pub enum ControlResponse {
     /// The status report.
     Status {
