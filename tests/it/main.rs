@@ -51,6 +51,7 @@ mod scenarios;
 mod security;
 mod startup;
 mod store;
+mod store_server;
 mod supabase;
 mod support;
 #[cfg(feature = "systemd")]

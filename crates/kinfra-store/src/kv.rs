@@ -64,10 +64,9 @@ impl Store {
         secrets: &[&str],
     ) -> Result<(), StoreError> {
         let db = self.db()?;
-        db.query(sql)
-            .bind(vars)
+        let work = async move { db.query(sql).bind(vars).await?.check() };
+        self.answered(what, work)
             .await
-            .and_then(|r| r.check())
             .map_err(|e| StoreError::query(what, redact(&e.to_string(), secrets)))?;
         Ok(())
     }

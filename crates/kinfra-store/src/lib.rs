@@ -92,6 +92,8 @@ struct Inner {
     receivers: Mutex<Vec<JoinHandle<()>>>,
     stop_receivers: watch::Sender<bool>,
     lock: Mutex<Option<kinfra_core::lockfile::LockFile>>,
+    /// How long a query to a server may go unanswered; `None` embedded.
+    answer_timeout: Option<Duration>,
 }
 
 impl Drop for Inner {
@@ -222,6 +224,11 @@ impl Store {
             .await
             .map_err(use_err)?;
 
+        // A server's client waits for a lost connection to come back without failing the
+        // requests made meanwhile: every query to a server is bounded, so an outage shows as
+        // failures (retried) instead of a writer, or a reader, waiting forever.
+        let answer_timeout = matches!(location, Location::Remote(_))
+            .then(|| config.connect_timeout.0.max(Duration::from_secs(1)));
         let shared = Arc::new(Shared::new());
         let retention = Retention {
             events_max: config.event_retention,
@@ -242,6 +249,9 @@ impl Store {
             var_counter: 0,
             events_since_prune: 0,
             last_prune: tokio::time::Instant::now(),
+            answer_timeout,
+            liveness: answer_timeout.map(|_| writer::LIVENESS_EVERY),
+            unreachable: false,
         };
         // Retention at boot, before anything new is written.
         if let Ok((events, runs)) = writer.prune_now().await
@@ -284,8 +294,27 @@ impl Store {
                 receivers: Mutex::new(Vec::new()),
                 stop_receivers: watch::channel(false).0,
                 lock: Mutex::new(lock_file),
+                answer_timeout,
             }),
         })
+    }
+
+    /// Waits for `work` at most the answer timeout of a server (unbounded embedded).
+    pub(crate) async fn answered<T>(
+        &self,
+        what: &'static str,
+        work: impl std::future::Future<Output = Result<T, surrealdb::Error>>,
+    ) -> Result<T, StoreError> {
+        match self.inner.answer_timeout {
+            None => work.await.map_err(|e| StoreError::query(what, e)),
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(r) => r.map_err(|e| StoreError::query(what, e)),
+                Err(_) => Err(StoreError::query(
+                    what,
+                    format!("the server did not answer within {limit:?}"),
+                )),
+            },
+        }
     }
 
     /// kinfra's own session.

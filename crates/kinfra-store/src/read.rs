@@ -81,11 +81,9 @@ impl Store {
         vars: serde_json::Value,
     ) -> Result<T, StoreError> {
         let db = self.db()?;
-        let mut resp = db
-            .query(sql)
-            .bind(vars)
-            .await
-            .map_err(|e| StoreError::query(what, e))?;
+        let mut resp = self
+            .answered(what, db.query(sql).bind(vars).into_future())
+            .await?;
         json_of(&mut resp, 0, what)
     }
 

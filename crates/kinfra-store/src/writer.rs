@@ -38,6 +38,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Events written between retention runs.
 const PRUNE_AFTER_EVENTS: u64 = 1000;
+/// How often an idle writer checks that a SurrealDB server still answers, so that a server
+/// gone away shows in the counters (and `last_error`) before the next write.
+pub(crate) const LIVENESS_EVERY: Duration = Duration::from_secs(2);
 
 /// A change to write, or a request to the writer.
 pub(crate) enum Op {
@@ -281,6 +284,14 @@ pub(crate) struct Writer {
     pub var_counter: u64,
     pub events_since_prune: u64,
     pub last_prune: Instant,
+    /// How long a query may go unanswered before it counts as failed (and is retried): set
+    /// for a server, whose client waits for a lost connection to come back without failing
+    /// the requests made meanwhile. `None` for the embedded engine.
+    pub answer_timeout: Option<Duration>,
+    /// How often an idle writer checks the server; `None` for the embedded engine.
+    pub liveness: Option<Duration>,
+    /// The last liveness check failed (and is counted); cleared by the next answer.
+    pub unreachable: bool,
 }
 
 /// The message every statement of a failed transaction gets; the cause is elsewhere.
@@ -315,6 +326,24 @@ fn svc_set(map: &mut ServiceSets, service: &str, sets: Vec<(&'static str, Option
     }
 }
 
+/// What woke an idle writer.
+enum Idle {
+    /// Work queued, or the store is closing.
+    Work,
+    /// Retention is due.
+    Prune,
+    /// The server's liveness check is due.
+    Check,
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn exit_fields(exit: Option<ExitInfo>) -> (Option<i64>, Option<i64>) {
     match exit {
         Some(e) => (e.code.map(i64::from), e.signal.map(i64::from)),
@@ -333,13 +362,17 @@ impl Writer {
                     break;
                 }
                 let due = self.last_prune + PRUNE_EVERY;
-                let prune = tokio::select! {
-                    _ = self.shared.queue.notify.notified() => false,
-                    _ = closing.changed() => false,
-                    _ = tokio::time::sleep_until(due) => true,
+                let check = self.liveness.map(|every| Instant::now() + every);
+                let idle = tokio::select! {
+                    _ = self.shared.queue.notify.notified() => Idle::Work,
+                    _ = closing.changed() => Idle::Work,
+                    _ = tokio::time::sleep_until(due) => Idle::Prune,
+                    _ = sleep_until_some(check) => Idle::Check,
                 };
-                if prune {
-                    self.prune_logged().await;
+                match idle {
+                    Idle::Work => {}
+                    Idle::Prune => self.prune_logged().await,
+                    Idle::Check => self.check_liveness().await,
                 }
                 continue;
             }
@@ -587,6 +620,44 @@ impl Writer {
         piece
     }
 
+    /// Waits for `work` at most [`Writer::answer_timeout`].
+    async fn answered<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, surrealdb::Error>>,
+    ) -> Result<T, String> {
+        match self.answer_timeout {
+            None => work.await.map_err(|e| e.to_string()),
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("the server did not answer within {limit:?}")),
+            },
+        }
+    }
+
+    /// Checks that the server answers while nothing is written: a failure is counted and
+    /// kept as `last_error` (logged once per outage); the next answer clears it.
+    async fn check_liveness(&mut self) {
+        let db = self.db.clone();
+        match self.answered(async move { db.health().await }).await {
+            Ok(()) => {
+                if self.unreachable {
+                    self.unreachable = false;
+                    self.shared.counters.set_error(None);
+                    info!("The store's server answers again.");
+                }
+            }
+            Err(error) => {
+                let c = &self.shared.counters;
+                c.failures.fetch_add(1, Ordering::Relaxed);
+                c.set_error(Some(error.clone()));
+                if !self.unreachable {
+                    warn!(%error, "The store's server does not answer; kinfra keeps running and queues its writes.");
+                }
+                self.unreachable = true;
+            }
+        }
+    }
+
     /// Runs pieces in one transaction.
     async fn execute(&self, pieces: &[&Piece]) -> Result<(), String> {
         let mut sql = String::from("BEGIN TRANSACTION;\n");
@@ -603,19 +674,19 @@ impl Writer {
         }
         sql.push_str("COMMIT TRANSACTION;");
         let resp = self
-            .db
-            .query(sql)
-            .bind(Value::Object(vars))
-            .await
-            .map_err(|e| e.to_string())?;
+            .answered(self.db.query(sql).bind(Value::Object(vars)).into_future())
+            .await?;
         first_error(resp)
     }
 
     /// A trivial write: does the store take writes at all?
     async fn probe(&self) -> bool {
         match self
-            .db
-            .query("UPSERT meta:probe SET at = time::now() RETURN NONE")
+            .answered(
+                self.db
+                    .query("UPSERT meta:probe SET at = time::now() RETURN NONE")
+                    .into_future(),
+            )
             .await
         {
             Ok(resp) => resp.check().is_ok(),
@@ -623,11 +694,15 @@ impl Writer {
         }
     }
 
-    fn committed(&self, pieces: &[&Piece]) {
+    fn committed(&mut self, pieces: &[&Piece]) {
         let c = &self.shared.counters;
         c.written.fetch_add(pieces.len() as u64, Ordering::Relaxed);
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.set_error(None);
+        if self.unreachable {
+            self.unreachable = false;
+            info!("The store's server answers again.");
+        }
         if let Some(seq) = pieces.iter().filter_map(|p| p.seq).max() {
             self.shared.acked.send_if_modified(|a| {
                 let changed = seq > *a;
@@ -784,7 +859,7 @@ impl Writer {
             now_ms().saturating_sub(u64::try_from(r.events_max_age.as_millis()).unwrap_or(0));
         let last_run = self.next_run_n.saturating_sub(1);
         let run_cut = last_run.saturating_sub(r.runs_max);
-        let mut resp = self
+        let query = self
             .db
             .query(
                 "DELETE event WHERE n <= $event_cut OR ts_ms < $age_cut RETURN BEFORE;\n\
@@ -794,9 +869,8 @@ impl Writer {
                 "event_cut": event_cut,
                 "age_cut": age_cut,
                 "run_cut": run_cut,
-            }))
-            .await
-            .map_err(|e| e.to_string())?;
+            }));
+        let mut resp = self.answered(query.into_future()).await?;
         let mut count = |i: usize| -> Result<u64, String> {
             let v: Vec<surrealdb::types::Value> = resp.take(i).map_err(|e| e.to_string())?;
             Ok(v.len() as u64)

@@ -108,7 +108,7 @@ fn launch() -> Result<(), String> {
         .env_remove("KINFRA_SURREAL_USER")
         .env_remove("KINFRA_SURREAL_PASS");
     if std::env::var_os("SURREAL_LOG").is_none() {
-        command.env("SURREAL_LOG", "warn");
+        command.env("SURREAL_LOG", "error");
     }
     match (args.user, args.pass) {
         (Some(user), Some(pass)) => {
