@@ -76,6 +76,7 @@ pub(super) fn restart_only_keys(running: &Config, new: &Config) -> Vec<String> {
     );
     changed_keys("bus", &running.bus, &new.bus, &[], &mut out);
     changed_keys("store", &running.store, &new.store, &[], &mut out);
+    changed_keys("node", &running.node, &new.node, &[], &mut out);
     match (&running.acme, &new.acme) {
         (Some(old), Some(new)) => changed_keys("acme", old, new, &[], &mut out),
         (None, None) => {}
@@ -131,6 +132,7 @@ fn applied_config(running: &Config, new: &Config) -> Config {
     applied.bus = running.bus.clone();
     applied.store = running.store.clone();
     applied.acme = running.acme.clone();
+    applied.node = running.node.clone();
     applied
 }
 
@@ -203,10 +205,10 @@ impl RuntimeCore {
             });
             return Err(errors.into());
         }
-        let new = super::fleet::for_this_node(new);
         let old = self.current_config();
         let needs_restart = restart_only_keys(&old, &new);
-        let new = applied_config(&old, &new);
+        // What runs here is decided by the running node's name (`[node]` needs a restart).
+        let new = super::fleet::for_this_node(applied_config(&old, &new));
         // Routes first: an invalid set is refused before anything else changes, and a route
         // to a service that is only now added shows its loading page until it runs.
         let routes_changed = old.routes != new.routes;

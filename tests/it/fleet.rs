@@ -369,3 +369,46 @@ fn a_bad_node_name_is_named_in_config_check() {
     assert!(text.contains("services.web.nodes[1]"), "{text}");
     assert!(text.contains("reserved"), "{text}");
 }
+
+#[test]
+fn a_reload_follows_nodes_and_keeps_the_running_node_name() {
+    let config = |name: &str, nodes: &str| {
+        format!(
+            "[project]\nname = \"fleet-reload\"\n[node]\nname = \"{name}\"\n\
+             [dashboard]\nlisten = \"127.0.0.1:0\"\n[bus]\nenabled = false\n[store]\nenabled = false\n\
+             [services.web]\ncommand = \"exec sleep 1000\"\nnodes = {nodes}\n\
+             [services.api]\ncommand = \"exec sleep 1000\"\n"
+        )
+    };
+    let p = Project::with_config(&config("a", "[\"b\"]"));
+    let _up = p.up(&[], &[]);
+    let status = || -> serde_json::Value {
+        let out = p.run(&["runtime", "status", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_str(&stdout(&out)).expect("status JSON")
+    };
+    let s = status();
+    assert_eq!(s["node"], "a");
+    assert!(s["services"].get("web").is_none(), "{s}");
+    assert_eq!(s["services"]["api"]["state"], "running", "{s}");
+
+    // `web` now lists this node too: a reload starts it.
+    p.write("kinfra.toml", &config("a", "[\"a\", \"b\"]"));
+    let out = p.run(&["runtime", "reload"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        Duration::from_secs(15),
+        "web running after the reload",
+        || (status()["services"]["web"]["state"] == "running").then_some(()),
+    );
+
+    // A new node name waits for a restart: `web` stays, the name is pending.
+    p.write("kinfra.toml", &config("z", "[\"a\"]"));
+    let out = p.run(&["runtime", "reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let s = status();
+    assert_eq!(s["node"], "a", "{s}");
+    assert_eq!(s["services"]["web"]["state"], "running", "{s}");
+    let pending = s["pending_restart"].to_string();
+    assert!(pending.contains("node.name"), "{s}");
+}
