@@ -132,7 +132,9 @@ impl RuntimeControl for LateControl {
     }
 
     fn subscribe_fleet_events(&self) -> Option<broadcast::Receiver<Arc<str>>> {
-        self.core.get().and_then(|core| core.subscribe_fleet_events())
+        self.core
+            .get()
+            .and_then(|core| core.subscribe_fleet_events())
     }
 
     fn reload(&self) -> BoxFuture<'_, Result<ReloadOutcome, String>> {

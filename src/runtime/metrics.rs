@@ -134,11 +134,12 @@ pub(super) fn runtime_metrics(core: &RuntimeCore) -> String {
         b.published,
         b.dropped,
         b.reconnects
-    ) + &node_metrics(core) + &core
-        .store
-        .as_ref()
-        .map(|s| store_metrics(&s.stats()))
-        .unwrap_or_default()
+    ) + &node_metrics(core)
+        + &core
+            .store
+            .as_ref()
+            .map(|s| store_metrics(&s.stats()))
+            .unwrap_or_default()
         + &core
             .proxy_metrics
             .as_ref()
