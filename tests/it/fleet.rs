@@ -152,12 +152,12 @@ impl Node {
     }
 }
 
-/// A raw SSE reader of `GET /__fleet__/events`: lines go to a channel.
-fn fleet_stream(addr: &str) -> std::sync::mpsc::Receiver<String> {
+/// A raw SSE reader of `GET path`: lines go to a channel.
+fn sse_stream(addr: &str, path: &str) -> std::sync::mpsc::Receiver<String> {
     let mut stream = TcpStream::connect(addr).expect("connect to the dashboard");
     write!(
         stream,
-        "GET /__fleet__/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
     )
     .expect("send request");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -257,6 +257,20 @@ async fn three_nodes_on_a_nats_cluster() {
             "{page}"
         );
     }
+    // The node's name on the events of its own dashboard stream.
+    let local = sse_stream(&b.up.dashboard_addr(), "/__events__");
+    tokio::task::block_in_place(|| {
+        wait_event(
+            &local,
+            Duration::from_secs(10),
+            "b's recent events with its node name",
+            |v| {
+                v.as_array().is_some_and(|events| {
+                    !events.is_empty() && events.iter().all(|e| e["node"] == "b")
+                })
+            },
+        )
+    });
     // The node's name on its own metrics.
     let (_, metrics) = http_get(&b.up.dashboard_addr(), "/metrics").expect("metrics");
     assert!(
@@ -323,7 +337,7 @@ async fn three_nodes_on_a_nats_cluster() {
     });
 
     // Kill the NATS server c used (neither a's nor b's): events keep flowing from b to a.
-    let events = fleet_stream(&a.up.dashboard_addr());
+    let events = sse_stream(&a.up.dashboard_addr(), "/__fleet__/events");
     wait_for(Duration::from_secs(5), "the fleet stream's ready", || {
         events
             .recv_timeout(Duration::from_millis(100))

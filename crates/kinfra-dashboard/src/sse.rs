@@ -119,6 +119,23 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Option<SseEvent> {
     }
 }
 
+/// An event as the stream sends it: with this node's name (`[node] name`) when the runtime
+/// has one, as on the bus.
+#[derive(serde::Serialize)]
+struct NodeEvent<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+fn with_node<'a>(node: Option<&'a str>, events: &'a [Event]) -> Vec<NodeEvent<'a>> {
+    events
+        .iter()
+        .map(|event| NodeEvent { node, event })
+        .collect()
+}
+
 /// The status of the named services only.
 fn services_of(
     control: &dyn RuntimeControl,
@@ -141,12 +158,14 @@ pub fn stream(
     let mut live = control.subscribe_events();
     let mut logs = control.subscribe_logs();
     tokio::spawn(async move {
+        let node = control.status_unobserved().node;
+        let node = node.as_deref();
         let mut sent_up_to = match last_event_id.map(|id| (id, history.since(id))) {
             Some((id, Since::Events(missed))) => {
                 let mut last = id;
                 for chunk in missed.chunks(MAX_BATCH) {
                     last = chunk.last().map_or(last, |e| e.seq);
-                    if !send_batch(&tx, &*control, chunk, last).await {
+                    if !send_batch(&tx, &*control, node, chunk, last).await {
                         return;
                     }
                 }
@@ -161,7 +180,8 @@ pub fn stream(
                 if tx.send(Ok(snapshot.id(seq.to_string()))).await.is_err() {
                     return;
                 }
-                let Some(timeline) = json_event("events", &history.recent(50)) else {
+                let Some(timeline) = json_event("events", &with_node(node, &history.recent(50)))
+                else {
                     return;
                 };
                 if tx.send(Ok(timeline)).await.is_err() {
@@ -245,7 +265,7 @@ pub fn stream(
                 continue;
             }
             if let Some(last) = batch.last().map(|e| e.seq) {
-                if !send_batch(&tx, &*control, &batch, last).await {
+                if !send_batch(&tx, &*control, node, &batch, last).await {
                     return;
                 }
                 sent_up_to = last;
@@ -318,6 +338,7 @@ async fn fill_gap(history: &EventHistory, sent_up_to: u64, batch: &mut Vec<Event
 async fn send_batch(
     tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
     control: &dyn RuntimeControl,
+    node: Option<&str>,
     batch: &[Event],
     last: u64,
 ) -> bool {
@@ -332,7 +353,7 @@ async fn send_batch(
     {
         return false;
     }
-    match json_event("events", &batch) {
+    match json_event("events", &with_node(node, batch)) {
         Some(msg) => tx.send(Ok(msg.id(last.to_string()))).await.is_ok(),
         None => true,
     }
