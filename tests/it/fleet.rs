@@ -361,6 +361,26 @@ async fn three_nodes_on_a_nats_cluster() {
     tokio::task::block_in_place(|| {
         assert_eq!(b.sees("a").as_deref(), Some("up"));
     });
+
+    // A node that stops gracefully says so: a shows b down, as having left.
+    b.up.signal(libc::SIGTERM);
+    tokio::task::block_in_place(|| {
+        wait_for(Duration::from_secs(30), "a to see b leave", || {
+            let fleet = a.fleet();
+            let entry = fleet["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["node"] == "b")?
+                .clone();
+            (entry["state"] == "down").then_some(entry)
+        })
+    });
+    let fleet = tokio::task::block_in_place(|| a.fleet());
+    let b_entry = fleet["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["node"] == "b").cloned())
+        .unwrap_or_default();
+    assert_eq!(b_entry["left"], true, "{fleet}");
 }
 
 #[test]

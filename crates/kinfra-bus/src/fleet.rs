@@ -54,6 +54,9 @@ pub struct Heartbeat {
     /// Its services and resources, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSummary>,
+    /// The node's last heartbeat: it is shutting down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// One node of the fleet as this node sees it.
@@ -73,6 +76,9 @@ pub struct FleetNode {
     pub pid: u32,
     /// Its services and resources with their states, from its last heartbeat.
     pub services: BTreeMap<String, ServiceSummary>,
+    /// It said it was shutting down (and is `down` since).
+    #[serde(default)]
+    pub left: bool,
 }
 
 /// The fleet table: `status.fleet`, `kinfra fleet status`, the dashboard's fleet section.
@@ -140,7 +146,7 @@ impl Fleet {
             .map(|p| {
                 let interval = Duration::from_millis(p.beat.interval_ms.max(1));
                 let age = now.saturating_duration_since(p.seen);
-                let up = age <= interval * DOWN_AFTER_TENTHS / 10;
+                let up = !p.beat.leaving && age <= interval * DOWN_AFTER_TENTHS / 10;
                 FleetNode {
                     node: p.beat.node.clone(),
                     state: if up { "up" } else { "down" }.into(),
@@ -149,6 +155,7 @@ impl Fleet {
                     interval_ms: p.beat.interval_ms,
                     pid: p.beat.pid,
                     services: p.beat.services.clone(),
+                    left: p.beat.leaving,
                 }
             })
             .collect();
@@ -181,12 +188,14 @@ impl Fleet {
             interval_ms: u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX),
             pid: std::process::id(),
             services,
+            leaving: false,
         }
     }
 }
 
 /// Publishes this node's heartbeat every interval (only while the bus is up: a heartbeat
-/// queued through an outage would say a node is alive when it was not), until `stop`.
+/// queued through an outage would say a node is alive when it was not), until `stop`; then
+/// a last one saying the node is leaving, so the others show it down at once.
 pub(crate) async fn beat(
     fleet: Arc<Fleet>,
     control: Arc<dyn RuntimeControl>,
@@ -221,6 +230,15 @@ pub(crate) async fn beat(
                 }
             }
             Err(error) => tracing::warn!(%error, "Cannot serialise the heartbeat."),
+        }
+    }
+    if shared.state().is_up() {
+        let beat = Heartbeat {
+            leaving: true,
+            ..fleet.heartbeat(control.as_ref())
+        };
+        if let Ok(body) = serde_json::to_vec(&beat) {
+            let _ = transport.publish(subject, None, Bytes::from(body)).await;
         }
     }
 }
@@ -287,6 +305,7 @@ mod tests {
             interval_ms,
             pid: 1,
             services: BTreeMap::new(),
+            leaving: false,
         }
     }
 
@@ -312,5 +331,15 @@ mod tests {
             states(&fleet),
             vec![("a".into(), "up".into()), ("b".into(), "down".into())]
         );
+        // A node that says it leaves is down at once.
+        fleet.record(Heartbeat {
+            leaving: true,
+            ..beat("b", 40)
+        });
+        assert_eq!(
+            states(&fleet),
+            vec![("a".into(), "up".into()), ("b".into(), "down".into())]
+        );
+        assert!(fleet.view().nodes[1].left);
     }
 }
