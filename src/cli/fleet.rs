@@ -20,7 +20,8 @@ pub enum FleetCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// JSON: `{node, nodes: [{node, state, last_seen, last_seen_s, interval_ms, pid,
-        /// services: {NAME: {kind, state, health}}}]}`.
+        /// services: {NAME: {kind, state, health}}, left}]}` (`left`: it said it was
+        /// shutting down).
         #[arg(long)]
         json: bool,
     },
