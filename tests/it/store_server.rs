@@ -570,3 +570,54 @@ async fn two_runtimes_share_one_server_on_their_own_databases() {
     a.shutdown().await.expect("a shutdown");
     b.shutdown().await.expect("b shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_runtime_on_the_same_database_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = SurrealServer::start(&dir.path().join("surreal"));
+    let a_dir = dir.path().join("a");
+    let b_dir = dir.path().join("b");
+    let a = kinfra::start(library_config(
+        &a_dir,
+        &unique_tag("storesrv_own_a"),
+        &server,
+        "shared",
+    ))
+    .await
+    .expect("runtime a starts");
+    // Another state dir, same tables: refused while a runs, naming a and what to change.
+    let err = kinfra::start(library_config(
+        &b_dir,
+        &unique_tag("storesrv_own_b"),
+        &server,
+        "shared",
+    ))
+    .await
+    .expect_err("a second runtime on the same tables");
+    let text = format!("{err:#}");
+    assert!(text.contains("in use by another kinfra"), "{text}");
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    assert!(text.contains("[store] database"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    // a was not disturbed: its steady service runs and its store writes.
+    wait_until(Duration::from_secs(20), "a's steady running", || {
+        let a = &a;
+        async move {
+            let s = a.status().await;
+            (s.services.get("steady")?.state == ServiceState::Running).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(a.status().await.store.expect("store")["failures"], 0);
+    // Once a is shut down, its lease is given back: b starts at once.
+    a.shutdown().await.expect("a shutdown");
+    let b = kinfra::start(library_config(
+        &b_dir,
+        &unique_tag("storesrv_own_b"),
+        &server,
+        "shared",
+    ))
+    .await
+    .expect("runtime b starts after a stopped");
+    b.shutdown().await.expect("b shutdown");
+}

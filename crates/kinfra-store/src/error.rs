@@ -49,6 +49,20 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// Another kinfra writes kinfra's tables on this server (its lease is fresh).
+    #[error(
+        "kinfra's tables in namespace `{namespace}`, database `{database}` on {url} are in use by another kinfra ({holder}); give each runtime its own `[store] database`"
+    )]
+    InUse {
+        /// The URL (without credentials).
+        url: String,
+        /// Namespace of kinfra's tables.
+        namespace: String,
+        /// Database of kinfra's tables.
+        database: String,
+        /// Who holds them.
+        holder: String,
+    },
     /// The data was written by a newer kinfra with a schema this one does not know.
     #[error(
         "the store at {location} has schema version {found}, newer than this kinfra's {supported}; upgrade kinfra or point it elsewhere"

@@ -22,6 +22,7 @@ pub mod boot;
 mod error;
 pub mod kv;
 pub mod open;
+mod owner;
 mod read;
 pub mod records;
 pub mod schema;
@@ -188,6 +189,17 @@ impl Store {
             .map_err(use_err)?;
         let (from, to) = schema::upgrade(&db, &shown).await?;
         let boot = format!("{}-{}", now_ms(), std::process::id());
+        if let Location::Remote(url) = &location {
+            owner::claim(
+                &db,
+                &boot,
+                state_dir,
+                url,
+                &config.namespace,
+                &config.database,
+            )
+            .await?;
+        }
         let started = kinfra_core::event::now_rfc3339();
         let resp = db
             .query(
@@ -252,6 +264,7 @@ impl Store {
             answer_timeout,
             liveness: answer_timeout.map(|_| writer::LIVENESS_EVERY),
             unreachable: false,
+            lease_refreshed: tokio::time::Instant::now(),
         };
         // Retention at boot, before anything new is written.
         if let Ok((events, runs)) = writer.prune_now().await
@@ -479,6 +492,9 @@ impl Store {
             );
         }
         let stats = self.stats();
+        if let (Some(limit), Some(db)) = (self.inner.answer_timeout, read_handle(&self.inner.db)) {
+            owner::release(&db, &self.inner.boot, limit).await;
+        }
         drop(take_handle(&self.inner.db));
         drop(take_handle(&self.inner.user));
         if let Location::Disk(dir) = &self.inner.location {

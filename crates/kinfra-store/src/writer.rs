@@ -292,6 +292,8 @@ pub(crate) struct Writer {
     pub liveness: Option<Duration>,
     /// The last liveness check failed (and is counted); cleared by the next answer.
     pub unreachable: bool,
+    /// When this boot's lease on a server's tables (`meta:owner`) was last refreshed.
+    pub lease_refreshed: Instant,
 }
 
 /// The message every statement of a failed transaction gets; the cause is elsewhere.
@@ -634,12 +636,31 @@ impl Writer {
         }
     }
 
-    /// Checks that the server answers while nothing is written: a failure is counted and
-    /// kept as `last_error` (logged once per outage); the next answer clears it.
+    /// True when this boot's lease on a server's tables is due for a refresh.
+    fn lease_due(&self) -> bool {
+        self.liveness.is_some() && self.lease_refreshed.elapsed() >= crate::owner::REFRESH_EVERY
+    }
+
+    /// The variables of [`crate::owner::REFRESH_SQL`].
+    fn lease_vars(&self) -> [(String, Value); 2] {
+        [
+            ("owner_boot".into(), Value::from(self.boot.as_str())),
+            ("owner_seen".into(), Value::from(now_ms())),
+        ]
+    }
+
+    /// Checks that the server answers while nothing is written (by refreshing this boot's
+    /// lease): a failure is counted and kept as `last_error` (logged once per outage); the
+    /// next answer clears it.
     async fn check_liveness(&mut self) {
-        let db = self.db.clone();
-        match self.answered(async move { db.health().await }).await {
+        let query = self
+            .db
+            .query(crate::owner::REFRESH_SQL)
+            .bind(Value::Object(self.lease_vars().into_iter().collect()));
+        let work = async move { query.await?.check().map(|_| ()) };
+        match self.answered(work).await {
             Ok(()) => {
+                self.lease_refreshed = Instant::now();
                 if self.unreachable {
                     self.unreachable = false;
                     self.shared.counters.set_error(None);
@@ -672,6 +693,10 @@ impl Writer {
             sql.push_str(&p.sql);
             vars.extend(p.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
+        if self.lease_due() {
+            sql.push_str(crate::owner::REFRESH_SQL);
+            vars.extend(self.lease_vars());
+        }
         sql.push_str("COMMIT TRANSACTION;");
         let resp = self
             .answered(self.db.query(sql).bind(Value::Object(vars)).into_future())
@@ -699,6 +724,9 @@ impl Writer {
         c.written.fetch_add(pieces.len() as u64, Ordering::Relaxed);
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.set_error(None);
+        if self.lease_due() {
+            self.lease_refreshed = Instant::now();
+        }
         if self.unreachable {
             self.unreachable = false;
             info!("The store's server answers again.");
