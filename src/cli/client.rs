@@ -140,12 +140,12 @@ pub async fn status(arg: &ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
     conn.send(&ControlRequest::Status).await?;
     match conn.next_within(Duration::from_secs(10)).await? {
         Some(ControlResponse::Status { report }) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let text = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
             } else {
-                print!("{}", status_table(&report));
-            }
-            Ok(ExitCode::SUCCESS)
+                status_table(&report)
+            };
+            write_stdout(&text)
         }
         Some(ControlResponse::Error { error }) => anyhow::bail!("{error}"),
         other => anyhow::bail!("unexpected reply from the runtime: {other:?}"),
@@ -188,7 +188,10 @@ pub async fn logs(
                 let p = prefixer.get_or_insert_with(|| {
                     Prefixer::new(color, service.as_deref().or(Some(line.service.as_str())))
                 });
-                println!("{}", p.log_line(&line));
+                let text = p.log_line(&line) + "\n";
+                if let Some(done) = write_stdout_or_end(&text)? {
+                    return Ok(done);
+                }
             }
             Some(ControlResponse::Error { error }) if error.starts_with("unknown service") => {
                 return Err(InputError(error).into());
@@ -330,6 +333,24 @@ pub async fn dashboard_url(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
 }
 
 /// A resource's command executions as a table, newest first (parameter names only).
+/// Writes `text` to stdout; a reader that went away (`| head`) ends the command quietly, as
+/// Unix tools do, instead of a panic on the broken pipe.
+fn write_stdout(text: &str) -> anyhow::Result<ExitCode> {
+    Ok(write_stdout_or_end(text)?.unwrap_or(ExitCode::SUCCESS))
+}
+
+/// Writes `text` to stdout: `Some(exit)` when the reader went away and the command should
+/// end, `None` to go on.
+fn write_stdout_or_end(text: &str) -> anyhow::Result<Option<ExitCode>> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Some(ExitCode::SUCCESS)),
+        Err(e) => Err(e).context("cannot write to standard output"),
+    }
+}
+
 fn command_table(commands: &[kinfra_core::status::CommandRecord]) -> String {
     let mut rows = vec![vec![
         "COMMAND".to_string(),

@@ -83,6 +83,30 @@ fn up_status_logs_restart_down() {
         "{}",
         stdout(&out)
     );
+    // A reader that goes away (`| head`) ends `logs` and `status` quietly, not with a panic
+    // on the broken pipe: stdout is a pipe whose read end is closed before they write.
+    for args in [
+        &["runtime", "logs", "worker", "-n", "50"][..],
+        &["runtime", "status", "--json"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = crate::support::output_within(
+            std::process::Command::new(crate::support::kinfra_bin())
+                .args(args)
+                .current_dir(p.path())
+                .stdout(writer)
+                .stderr(std::process::Stdio::piped()),
+            Duration::from_secs(20),
+            "kinfra with a closed stdout",
+        );
+        assert!(
+            out.status.success() && !stderr(&out).contains("panicked"),
+            "{args:?} with a closed stdout: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+    }
     up.wait_for_line(Duration::from_secs(10), "worker says hello");
     assert!(
         up.lines()
