@@ -44,6 +44,10 @@ pub struct AcmeOptions {
     pub quick_retries: u32,
     /// The delay before such a retry.
     pub quick_retry_delay: Duration,
+    /// How often a domain's stored certificate is read again while it is valid or another
+    /// instance holds the order lock: a certificate another instance sharing the store stored
+    /// (its renewal) is served from then on, without a restart.
+    pub watch_interval: Duration,
 }
 
 impl Default for AcmeOptions {
@@ -57,6 +61,7 @@ impl Default for AcmeOptions {
             request_timeout: Duration::from_secs(30),
             quick_retries: 2,
             quick_retry_delay: Duration::from_secs(3),
+            watch_interval: Duration::from_secs(15),
         }
     }
 }
@@ -271,6 +276,8 @@ impl AcmeService {
             debug!(lock_ttl = ?options.lock_ttl, ?needed, "ACME lock TTL raised to outlive an order.");
             options.lock_ttl = needed;
         }
+        // A zero interval would read the store in a busy loop.
+        options.watch_interval = options.watch_interval.max(Duration::from_millis(100));
         // Checks the extra roots now, so a wrong path fails the start.
         http_client(&config.ca_roots, options.request_timeout)?;
         let mut domains: Vec<String> = config
@@ -455,7 +462,11 @@ impl ManagedDomain {
                     self.failures = 0;
                     self.next_attempt = None;
                     let until = renew_at.duration_since(now).unwrap_or_default();
-                    let wait = until.min(shared.config.check_interval.0);
+                    // Woken at the watch interval too, to serve a certificate another
+                    // instance stored in the meantime.
+                    let wait = until
+                        .min(shared.config.check_interval.0)
+                        .min(shared.options.watch_interval);
                     debug!(domain = %domain, renew_in = ?until, "Certificate valid.");
                     if let Wake::Shutdown = self.sleep(wait).await {
                         break;
@@ -492,7 +503,8 @@ impl ManagedDomain {
                     shared.update(&domain, |s| s.state = CertState::Waiting);
                     // The slot was not used.
                     shared.give_back_order_slot();
-                    if let Wake::Shutdown = self.sleep(shared.options.lock_wait).await {
+                    let wait = shared.options.lock_wait.min(shared.options.watch_interval);
+                    if let Wake::Shutdown = self.sleep(wait).await {
                         break;
                     }
                     continue;

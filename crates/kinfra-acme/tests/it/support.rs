@@ -474,6 +474,7 @@ pub fn acme_options(state_dir: &Path, owner: &str) -> AcmeOptions {
         request_timeout: Duration::from_secs(5),
         quick_retries: 1,
         quick_retry_delay: Duration::from_millis(200),
+        watch_interval: Duration::from_secs(15),
     }
 }
 
