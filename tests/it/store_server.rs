@@ -621,3 +621,51 @@ async fn a_second_runtime_on_the_same_database_is_refused_naming_the_holder() {
     .expect("runtime b starts after a stopped");
     b.shutdown().await.expect("b shutdown");
 }
+
+#[test]
+fn a_kinfra_killed_and_restarted_at_once_takes_its_lease_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = SurrealServer::start(&dir.path().join("surreal"));
+    let tag = unique_tag("storesrvlease");
+    let p = Project::with_config(&format!(
+        "[project]\nname = \"storesrvlease\"\n[env]\nKINFRA_TEST_TAG = \"{tag}\"\n\
+         [dashboard]\nenabled = false\n[bus]\nmanaged = false\n\
+         [services.steady]\ncommand = \"exec sleep 1000\"\n{}",
+        store_toml(&server, "runtime")
+    ));
+    let mut up = p.up(&[], &[]);
+    let steady_pid = wait_for(Duration::from_secs(20), "steady's pid", || {
+        status_json(&p)?["services"]["steady"]["pid"].as_u64()
+    });
+    // Its run is on the server before kinfra is killed.
+    wait_for(Duration::from_secs(20), "steady's run on record", || {
+        let out = p.run(&["runtime", "history", "steady", "--json"]);
+        let both: serde_json::Value = serde_json::from_str(&stdout(&out)).ok()?;
+        both["runs"]
+            .as_array()?
+            .iter()
+            .any(|r| r["pid"].as_u64() == Some(steady_pid))
+            .then_some(())
+    });
+    kill(up.pid(), libc::SIGKILL);
+    let _ = up.wait_exit(Duration::from_secs(10));
+    // Within the lease (15 s) of the killed one: the same host and state dir, its process
+    // gone, so the new one takes the tables over instead of being refused.
+    let mut up = p.up(&[], &[]);
+    let history = p.run(&["runtime", "history", "steady", "--json"]);
+    assert!(
+        history.status.success(),
+        "{}",
+        crate::support::stderr(&history)
+    );
+    let both: serde_json::Value = serde_json::from_str(&stdout(&history)).expect("history json");
+    let runs: Vec<kinfra::store::RunRecord> =
+        serde_json::from_value(both["runs"].clone()).expect("runs");
+    let old = runs
+        .iter()
+        .find(|r| u64::from(r.pid) == steady_pid)
+        .expect("the killed instance's run of steady");
+    assert!(!old.is_live(), "{old:?}");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(60)).success());
+}

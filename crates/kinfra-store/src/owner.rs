@@ -52,7 +52,12 @@ pub(crate) async fn claim(
     database: &str,
 ) -> Result<(), StoreError> {
     let host = host_name();
-    let state_dir = state_dir.display().to_string();
+    // Absolute, so two projects with the same relative state dir are told apart.
+    let state_dir = std::fs::canonicalize(state_dir)
+        .or_else(|_| std::path::absolute(state_dir))
+        .unwrap_or_else(|_| state_dir.to_path_buf())
+        .display()
+        .to_string();
     let remote = |message: String| StoreError::Remote {
         url: url.to_owned(),
         message,
