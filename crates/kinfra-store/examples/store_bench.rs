@@ -4,6 +4,10 @@
 //!
 //! `cargo run --release -p kinfra-store --example store_bench [-- DIR] [N]`
 //! DIR defaults to a temp dir (its filesystem is what is measured); N to 2000.
+//!
+//! With `STORE_BENCH_URL=ws://HOST:PORT` (and `STORE_BENCH_USER` / `STORE_BENCH_PASS` for its
+//! root user) a third row measures the same through a SurrealDB server (`bench/store_server.sh`
+//! starts `kinfra-surreal-server` with surrealkv on DIR's filesystem and runs this).
 
 use kinfra_core::config::StoreConfig;
 use kinfra_core::event::{EventKind, EventSender};
@@ -24,16 +28,12 @@ fn us(d: Duration) -> String {
 }
 
 async fn run(
-    sync: bool,
-    dir: &std::path::Path,
+    label: &str,
+    config: StoreConfig,
+    state_dir: &std::path::Path,
     n: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let state_dir = dir.join(if sync { "sync-on" } else { "sync-off" });
-    let config = StoreConfig {
-        sync,
-        ..StoreConfig::default()
-    };
-    let store = Store::open(&config, &state_dir).await?;
+    let store = Store::open(&config, state_dir).await?;
     let events = EventSender::new(65536);
     store.record_events(events.subscribe());
     let plain = std::env::var("BENCH_PLAIN").is_ok();
@@ -86,11 +86,7 @@ async fn run(
     let stats = store.stats();
     println!(
         "| {} | {} | {} | {} | {} | {} | {:.0} events/s | {} |",
-        if sync {
-            "on (fsync every commit)"
-        } else {
-            "off"
-        },
+        label,
         n,
         us(pct(&lat, 0.5)),
         us(pct(&lat, 0.99)),
@@ -114,10 +110,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2000);
     println!("store dir: {}", dir.display());
     println!(
-        "| sync | updates | p50 | p99 | p99.9 | max | burst throughput (median of 10 x 1000) | commits |"
+        "| store | updates | p50 | p99 | p99.9 | max | burst throughput (median of 10 x 1000) | commits |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    run(true, &dir, n).await?;
-    run(false, &dir, n).await?;
+    let embedded = |sync: bool| StoreConfig {
+        sync,
+        ..StoreConfig::default()
+    };
+    run(
+        "embedded, sync on (fsync every commit)",
+        embedded(true),
+        &dir.join("sync-on"),
+        n,
+    )
+    .await?;
+    run(
+        "embedded, sync off",
+        embedded(false),
+        &dir.join("sync-off"),
+        n,
+    )
+    .await?;
+    if let Ok(url) = std::env::var("STORE_BENCH_URL") {
+        let config = StoreConfig {
+            url: Some(url),
+            user: std::env::var("STORE_BENCH_USER").ok(),
+            password: std::env::var("STORE_BENCH_PASS")
+                .ok()
+                .map(kinfra_core::secret::Secret::new),
+            ..StoreConfig::default()
+        };
+        run(
+            "server over ws:// (surrealkv, fsync every commit, on loopback)",
+            config,
+            &dir.join("remote"),
+            n,
+        )
+        .await?;
+    }
     Ok(())
 }
