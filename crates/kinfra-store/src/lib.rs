@@ -16,7 +16,12 @@
 //!   the same engine. It is a separation, not a security boundary: code in the same process
 //!   can always switch namespaces.
 //! - **One owner:** a data directory is locked (`DIR.lock`, `flock`) for as long as the store
-//!   is open; a second opener gets [`StoreError::Locked`] naming the path.
+//!   is open; a second opener gets [`StoreError::Locked`] naming the path. On a server, a
+//!   lease on kinfra's namespace/database does the same ([`StoreError::InUse`]): runtimes
+//!   sharing a server each need their own `[store] database` (the user's database may be
+//!   shared).
+//! - **A server that goes away:** queries to it are bounded, failed writes are retried until
+//!   it returns (the client reconnects by itself), and the failure shows in [`Store::stats`].
 
 pub mod boot;
 mod error;
