@@ -15,7 +15,7 @@
 //!   requests while it reconnects, so a server gone away shows as failed, retried writes
 //!   (`failures`, `last_error`) and the queue grows; nothing is given up meanwhile, and the
 //!   queue drains once the client has reconnected. An idle writer refreshes its lease
-//!   ([`crate::owner`]) every 2 s, which doubles as the liveness check (a failure counts).
+//!   (`meta:owner`) every 2 s, which doubles as the liveness check (a failure counts).
 
 use crate::records::StoreStats;
 use crate::{Db, now_ms, rfc3339_ms};
