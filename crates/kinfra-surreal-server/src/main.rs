@@ -17,6 +17,10 @@
 //! turns its flags into that command's environment variables and re-executes itself as
 //! `kinfra-surreal-server start` (same PID, which is what a test kills).
 
+// The server's async call graph is deep (as in the surrealdb-server crate itself); a release
+// build needs more than the default 128 levels to lay it out.
+#![recursion_limit = "256"]
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
