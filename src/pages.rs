@@ -222,12 +222,13 @@ mod tests {
         let done = page_out_executable().expect("madvise(MADV_PAGEOUT)");
         let cached_after = cached_pages(&maps);
         // The whole (just linked) binary is cached, most of it never mapped by this process.
-        // Other tests of this binary run meanwhile and fault some code back in, so not every
-        // page stays out: at least a quarter of the pages that were resident must have left
-        // the cache (`MADV_DONTNEED` leaves them all cached).
+        // Other tests of this binary run meanwhile and fault code back in (in runs of the whole
+        // suite, 24–43 % of the resident pages stayed out), so the bar is what tells paging out
+        // from unmapping: a tenth of the pages that were resident must have left the cache
+        // (`MADV_DONTNEED` leaves every one cached: 0).
         let resident_pages = (before / 4) as usize;
         assert!(
-            cached_before.saturating_sub(cached_after) >= resident_pages / 4,
+            cached_before.saturating_sub(cached_after) >= resident_pages / 10,
             "pages of the executable in the page cache: {cached_before} → {cached_after}, \
              {resident_pages} were resident"
         );
