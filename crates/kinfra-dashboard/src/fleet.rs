@@ -5,12 +5,12 @@
 //! `/__status__`.
 
 use crate::sse::closed;
-use crate::{AppState, CSP, denied, json_error};
+use crate::{AppState, denied, json_error};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -100,19 +100,7 @@ pub(crate) async fn fleet_page(
         return Redirect::to("/kinfra/login").into_response();
     }
     let report = state.control.status();
-    let html = render(&report.project, report.fleet.as_ref());
-    (
-        StatusCode::OK,
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-            (header::REFERRER_POLICY, "same-origin"),
-        ],
-        Html(html),
-    )
-        .into_response()
+    crate::page(render(&report.project, report.fleet.as_ref()))
 }
 
 fn escape(text: &str) -> String {

@@ -174,7 +174,9 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-fn page(html: &'static str) -> Response {
+/// An HTML page with the dashboard's security headers (no caching, no framing, the CSP).
+pub(crate) fn page(html: impl Into<axum::body::Body>) -> Response {
+    let html: axum::body::Body = html.into();
     (
         StatusCode::OK,
         [
