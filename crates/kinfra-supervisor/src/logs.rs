@@ -54,6 +54,14 @@ const CHANNEL_BATCHES: usize = 16;
 /// Bytes read from a pipe at once.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// A read at least this big (yet not a full buffer) means the service writes faster than its
+/// reader wakes: the reader then waits [`FLOOD_PAUSE`] before the next read.
+const FLOOD_READ: usize = 4 * 1024;
+
+/// How long a flooded reader lets its pipe fill (the pipe holds 64 KiB; a writer faster than
+/// that per pause fills the read buffer, and full reads do not pause).
+const FLOOD_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Bytes of encoded lines the writer holds before a `write`.
 const WRITE_BUFFER: usize = 128 * 1024;
 
@@ -91,10 +99,7 @@ pub fn guess_level(message: &str) -> &'static str {
 /// Guesses a level from the first 80 characters of `message`, ASCII case-insensitively, in one
 /// pass and without allocating.
 fn guess(message: &str) -> Level {
-    let head = match message.char_indices().nth(80) {
-        Some((at, _)) => &message.as_bytes()[..at],
-        None => message.as_bytes(),
-    };
+    let head = first_chars(message, 80);
     let at = |i: usize, word: &[u8]| {
         head.get(i..i + word.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(word))
@@ -117,6 +122,22 @@ fn guess(message: &str) -> Level {
         Level::Debug
     } else {
         Level::Info
+    }
+}
+
+/// The bytes of the first `n` characters of `text`. Short or ASCII heads (nearly every log
+/// line) are found without walking the characters.
+fn first_chars(text: &str, n: usize) -> &[u8] {
+    let bytes = text.as_bytes();
+    if bytes.len() <= n {
+        return bytes;
+    }
+    if bytes[..n].is_ascii() {
+        return &bytes[..n];
+    }
+    match text.char_indices().nth(n) {
+        Some((at, _)) => &bytes[..at],
+        None => bytes,
     }
 }
 
@@ -731,8 +752,8 @@ fn utf8_cut(buf: &[u8]) -> usize {
 
 /// What one read of a pipe gave.
 enum Read {
-    /// The lines it finished (maybe none).
-    Lines(Batch),
+    /// The lines it finished (maybe none), and the bytes read.
+    Lines(Batch, usize),
     /// Nothing to read after all (a spurious readiness).
     NotReady,
     /// End of file.
@@ -763,7 +784,7 @@ fn read_once(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::NotReady),
             Err(e) => return Err(e),
         };
-        Ok(Read::Lines(split_read(&buf[..n], stream, splitter)))
+        Ok(Read::Lines(split_read(&buf[..n], stream, splitter), n))
     })
 }
 
@@ -772,9 +793,9 @@ fn read_once(
 /// common case) is checked and copied at once, not line by line.
 fn split_read(chunk: &[u8], stream: LogStream, splitter: &mut LineSplitter) -> Batch {
     let mut batch = Batch::new(stream, chunk.len() + splitter.pending.len());
-    batch
-        .lines
-        .reserve(memchr::memchr_iter(b'\n', chunk).count() + 1);
+    // Room for lines of 16 bytes on average; longer ones leave some unused, shorter ones grow
+    // it once or twice (cheaper than a counting pass over every read).
+    batch.lines.reserve(chunk.len() / 16 + 1);
     let mut chunk = chunk;
     if !splitter.pending.is_empty() {
         // The read most often starts inside the line the last one ended in: finish that line
@@ -810,8 +831,8 @@ async fn read_lines(
             Ok(()) => read_once(&pipe, stream, &mut splitter),
             Err(e) => Err(e),
         };
-        let batch = match read {
-            Ok(Read::Lines(batch)) => batch,
+        let (batch, bytes) = match read {
+            Ok(Read::Lines(batch, bytes)) => (batch, bytes),
             Ok(Read::NotReady) => continue,
             Ok(Read::Eof) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -824,6 +845,12 @@ async fn read_lines(
         };
         if !batch.is_empty() && !sink.record(batch).await {
             return Ok(());
+        }
+        if (FLOOD_READ..READ_BUFFER).contains(&bytes) {
+            // A flood that this reader keeps draining a few KiB at a time: let the pipe fill
+            // for a moment, so one wake-up, read and batch carries many times the lines. A full
+            // read goes on at once (more is waiting); small reads (lone lines) never wait.
+            tokio::time::sleep(FLOOD_PAUSE).await;
         }
     }
     if let Some(last) = splitter.finish() {
@@ -1314,6 +1341,10 @@ mod tests {
             [
                 format!("{}warn", "a".repeat(76)),
                 format!("{}warn", "a".repeat(77)),
+                // ASCII up to the limit, then non-ASCII (the fast path's edge).
+                format!("{}é error", "a".repeat(79)),
+                format!("{}éerror", "a".repeat(74)),
+                format!("{}error", "a".repeat(80)),
             ]
             .iter(),
         ) {
