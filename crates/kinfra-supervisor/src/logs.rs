@@ -54,14 +54,6 @@ const CHANNEL_BATCHES: usize = 16;
 /// Bytes read from a pipe at once.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// A read at least this big (yet not a full buffer) means the service writes faster than its
-/// reader wakes: the reader then waits [`FLOOD_PAUSE`] before the next read.
-const FLOOD_READ: usize = 4 * 1024;
-
-/// How long a flooded reader lets its pipe fill (the pipe holds 64 KiB; a writer faster than
-/// that per pause fills the read buffer, and full reads do not pause).
-const FLOOD_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// Bytes of encoded lines the writer holds before a `write`.
 const WRITE_BUFFER: usize = 128 * 1024;
 
@@ -752,8 +744,8 @@ fn utf8_cut(buf: &[u8]) -> usize {
 
 /// What one read of a pipe gave.
 enum Read {
-    /// The lines it finished (maybe none), and the bytes read.
-    Lines(Batch, usize),
+    /// The lines it finished (maybe none).
+    Lines(Batch),
     /// Nothing to read after all (a spurious readiness).
     NotReady,
     /// End of file.
@@ -784,7 +776,7 @@ fn read_once(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::NotReady),
             Err(e) => return Err(e),
         };
-        Ok(Read::Lines(split_read(&buf[..n], stream, splitter), n))
+        Ok(Read::Lines(split_read(&buf[..n], stream, splitter)))
     })
 }
 
@@ -831,8 +823,8 @@ async fn read_lines(
             Ok(()) => read_once(&pipe, stream, &mut splitter),
             Err(e) => Err(e),
         };
-        let (batch, bytes) = match read {
-            Ok(Read::Lines(batch, bytes)) => (batch, bytes),
+        let batch = match read {
+            Ok(Read::Lines(batch)) => batch,
             Ok(Read::NotReady) => continue,
             Ok(Read::Eof) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -845,12 +837,6 @@ async fn read_lines(
         };
         if !batch.is_empty() && !sink.record(batch).await {
             return Ok(());
-        }
-        if (FLOOD_READ..READ_BUFFER).contains(&bytes) {
-            // A flood that this reader keeps draining a few KiB at a time: let the pipe fill
-            // for a moment, so one wake-up, read and batch carries many times the lines. A full
-            // read goes on at once (more is waiting); small reads (lone lines) never wait.
-            tokio::time::sleep(FLOOD_PAUSE).await;
         }
     }
     if let Some(last) = splitter.finish() {
