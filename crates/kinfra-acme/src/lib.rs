@@ -13,11 +13,16 @@
 //!   transient ones (bad nonce, lost connection, server error) first a few times at once; a
 //!   rate guard limits orders per hour per account.
 //! - Instances sharing a store take a lock with an owner and an expiry before ordering; a
-//!   crashed holder's lock is taken over when it expires.
+//!   crashed holder's lock is taken over when it expires. The account, certificates and lock
+//!   are in the store's shared database, so the nodes of a fleet on one SurrealDB server
+//!   order once and all serve the certificate; an HTTP-01 answer is published there too, and
+//!   a node asked for a token it does not hold looks it up (TLS-ALPN-01 answers stay on the
+//!   ordering node: a fleet validates with HTTP-01).
 //! - `CertIssued` and `CertRenewalFailed` events; [`AcmeHandle::status`] for `/__status__`.
 //!   Keys never appear in logs, events, errors or `Debug` output.
 
 mod cert;
+mod challenge;
 mod client;
 mod error;
 mod export;

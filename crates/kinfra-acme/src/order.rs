@@ -1,4 +1,5 @@
-//! One ACME order for one domain: new order, the configured challenge put up on the proxy,
+//! One ACME order for one domain: new order, the configured challenge put up on the proxy
+//! (an HTTP-01 answer also published in the shared store, so any node of a fleet answers it),
 //! validation, finalization with a fresh key, the certificate. Challenges are taken down
 //! whatever the outcome.
 
@@ -9,9 +10,10 @@ use instant_acme::{
 };
 use kinfra_core::config::ChallengeKind;
 use kinfra_proxy::ChallengeStore;
+use kinfra_store::Store;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// A new certificate: the PEM chain and its private key (PEM, secret).
 pub(crate) struct Issued {
@@ -31,11 +33,25 @@ impl std::fmt::Debug for Issued {
     }
 }
 
-/// What was put up on the proxy for an order; taken down on drop.
+/// What was put up on the proxy and published in the store for an order; taken down on drop
+/// (the store's answers by a task of their own then; [`Posted::withdraw`] waits for them).
 struct Posted {
     challenges: Arc<ChallengeStore>,
+    store: Store,
     tokens: Vec<String>,
+    published: Vec<String>,
     alpn_domains: Vec<String>,
+}
+
+impl Posted {
+    /// Takes everything down, waiting until the store's answers are deleted.
+    async fn withdraw(mut self) {
+        for token in std::mem::take(&mut self.published) {
+            if let Err(error) = self.store.delete_acme_challenge(&token).await {
+                debug!(%error, "Withdrawing a published challenge answer failed; it expires.");
+            }
+        }
+    }
 }
 
 impl Drop for Posted {
@@ -46,15 +62,28 @@ impl Drop for Posted {
         for domain in &self.alpn_domains {
             self.challenges.remove_tls_alpn(domain);
         }
+        let published = std::mem::take(&mut self.published);
+        if !published.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            runtime.spawn(async move {
+                for token in published {
+                    let _ = store.delete_acme_challenge(&token).await;
+                }
+            });
+        }
     }
 }
 
 /// Runs one order for `domain` to the end (valid certificate, or an error).
+/// An HTTP-01 answer is published in `store` for `timeout` (the longest the order may take).
 pub(crate) async fn run_order(
     account: &Account,
     domain: &str,
     kind: ChallengeKind,
     challenges: &Arc<ChallengeStore>,
+    store: &Store,
     timeout: Duration,
 ) -> Result<Issued, AcmeError> {
     let identifiers = [Identifier::Dns(domain.to_owned())];
@@ -65,7 +94,9 @@ pub(crate) async fn run_order(
     debug!(domain, url = order.url(), "ACME order created.");
     let mut posted = Posted {
         challenges: challenges.clone(),
+        store: store.clone(),
         tokens: Vec::new(),
+        published: Vec::new(),
         alpn_domains: Vec::new(),
     };
     let (wanted, kind_name) = match kind {
@@ -96,6 +127,19 @@ pub(crate) async fn run_order(
                 ChallengeKind::Http01 => {
                     challenges.insert(&challenge.token, key_auth.as_str());
                     posted.tokens.push(challenge.token.clone());
+                    // Any node of the fleet may be the one the CA connects to. Without the
+                    // store only this node answers, which may still be enough.
+                    match store
+                        .save_acme_challenge(&challenge.token, key_auth.as_str(), timeout)
+                        .await
+                    {
+                        Ok(()) => posted.published.push(challenge.token.clone()),
+                        Err(error) => warn!(
+                            domain = %name,
+                            %error,
+                            "Publishing the challenge answer to the fleet failed; only this node answers it."
+                        ),
+                    }
                 }
                 ChallengeKind::TlsAlpn01 => {
                     let cert = tls_alpn_certificate(&name, key_auth.digest().as_ref())?;
@@ -131,7 +175,7 @@ pub(crate) async fn run_order(
         return Err(validation_error(&mut order, domain, None).await);
     }
     // Validation is over: nothing needs answering any more.
-    drop(posted);
+    posted.withdraw().await;
 
     let (csr, key_pem) = key_and_csr(domain)?;
     order

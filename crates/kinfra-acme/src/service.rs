@@ -295,6 +295,10 @@ impl AcmeService {
             options.request_timeout,
             store.clone(),
         );
+        // A token another node of the fleet published is answered here too.
+        challenges.set_lookup(Arc::new(crate::challenge::SharedAnswers::new(
+            store.clone(),
+        )));
         let guard = Mutex::new(RateGuard::new(config.orders_per_hour));
         let shared = Arc::new(Shared {
             config,
@@ -576,6 +580,7 @@ impl ManagedDomain {
                         &self.domain,
                         shared.config.challenge,
                         &shared.challenges,
+                        &shared.store,
                         shared.options.order_timeout,
                     ),
                 )
@@ -743,6 +748,7 @@ impl AcmeHandle {
     /// lock released); served certificates stay in the proxy.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        self.shared.challenges.clear_lookup();
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
@@ -754,6 +760,7 @@ impl Drop for AcmeHandle {
     /// waiting for them).
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        self.shared.challenges.clear_lookup();
     }
 }
 

@@ -2,11 +2,35 @@
 //! `/.well-known/acme-challenge/<token>` (also when HTTPS redirects are on), and TLS-ALPN-01
 //! certificates served by the TLS listener to clients that offer only `acme-tls/1`
 //! (RFC 8737; see `tls::AcmeAlpnResponder`).
+//!
+//! In a fleet the CA may connect to any node, not only the one that ordered: an HTTP-01
+//! token this node does not hold is looked up through a [`ChallengeLookup`] (the answers the
+//! nodes publish in their shared store). TLS-ALPN-01 answers stay node-local: looking them up
+//! would put a store round trip into the TLS listener's pre-handshake hook of every
+//! connection while an order runs, so a fleet validates with HTTP-01.
 
 use crate::tls::CertifiedKey;
 use arc_swap::ArcSwap;
+use kinfra_core::view::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Lookups in flight at once; a request beyond that is answered as a miss.
+const MAX_LOOKUPS: usize = 8;
+
+/// The longest a lookup may take; then the request is answered as a miss.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest token looked up (the CA's are 43 characters of base64url).
+const MAX_TOKEN: usize = 256;
+
+/// Where a node finds an HTTP-01 answer it does not hold itself: the ones other nodes of the
+/// fleet published (kinfra-acme implements it on the shared store).
+pub trait ChallengeLookup: Send + Sync + std::fmt::Debug {
+    /// The key authorization for `token`, if some node published it and it is still valid.
+    fn key_authorization<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>>;
+}
 
 /// The path prefix of HTTP-01 challenges.
 pub(crate) const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -18,6 +42,27 @@ pub struct ChallengeStore {
     map: ArcSwap<HashMap<String, Arc<str>>>,
     alpn: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     writer: parking_lot::Mutex<()>,
+    lookup: parking_lot::RwLock<Option<Arc<dyn ChallengeLookup>>>,
+    lookups: Lookups,
+}
+
+/// The bound on lookups in flight.
+#[derive(Debug)]
+struct Lookups(tokio::sync::Semaphore);
+
+impl Default for Lookups {
+    fn default() -> Self {
+        Self(tokio::sync::Semaphore::new(MAX_LOOKUPS))
+    }
+}
+
+/// A token as the CA sends it: base64url, not empty, not long.
+fn plausible_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl ChallengeStore {
@@ -51,6 +96,40 @@ impl ChallengeStore {
     /// True when no challenge is pending (the common case: one atomic load).
     pub(crate) fn is_empty(&self) -> bool {
         self.map.load().is_empty()
+    }
+
+    /// Looks tokens this node does not hold up in `lookup` from now on (the fleet's answers).
+    pub fn set_lookup(&self, lookup: Arc<dyn ChallengeLookup>) {
+        *self.lookup.write() = Some(lookup);
+    }
+
+    /// Stops looking tokens up elsewhere.
+    pub fn clear_lookup(&self) {
+        *self.lookup.write() = None;
+    }
+
+    /// True when a request for a challenge may have an answer: one is pending here, or tokens
+    /// are looked up elsewhere.
+    pub(crate) fn may_answer(&self) -> bool {
+        !self.is_empty() || self.lookup.read().is_some()
+    }
+
+    /// The answer for `token`: this node's, else the lookup's (bounded in time and in lookups
+    /// at once; a token that does not look like one is not looked up).
+    pub(crate) async fn answer(&self, token: &str) -> Option<Arc<str>> {
+        if let Some(answer) = self.get(token) {
+            return Some(answer);
+        }
+        let lookup = self.lookup.read().clone()?;
+        if !plausible_token(token) {
+            return None;
+        }
+        let _permit = self.lookups.0.try_acquire().ok()?;
+        let found = tokio::time::timeout(LOOKUP_TIMEOUT, lookup.key_authorization(token))
+            .await
+            .ok()
+            .flatten();
+        found.map(Arc::from)
     }
 
     /// Answers TLS-ALPN-01 handshakes (ALPN `acme-tls/1`) for `domain` with `cert`, the
@@ -106,5 +185,30 @@ mod tests {
         assert!(s.tls_alpn("a.test").is_some());
         assert!(s.remove_tls_alpn("a.test"));
         assert!(s.tls_alpn_is_empty());
+    }
+
+    #[derive(Debug)]
+    struct Elsewhere;
+
+    impl ChallengeLookup for Elsewhere {
+        fn key_authorization<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
+            Box::pin(async move { (token == "remote").then(|| "remote.key".to_owned()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_held_elsewhere_is_looked_up() {
+        let s = ChallengeStore::new();
+        assert!(!s.may_answer());
+        assert!(s.answer("remote").await.is_none(), "no lookup set");
+        s.set_lookup(Arc::new(Elsewhere));
+        assert!(s.may_answer());
+        assert_eq!(s.answer("remote").await.as_deref(), Some("remote.key"));
+        assert!(s.answer("other").await.is_none());
+        assert!(s.answer("../remote").await.is_none(), "not a token");
+        s.insert("local", "local.key");
+        assert_eq!(s.answer("local").await.as_deref(), Some("local.key"));
+        s.clear_lookup();
+        assert!(s.answer("remote").await.is_none());
     }
 }

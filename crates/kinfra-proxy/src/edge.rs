@@ -796,9 +796,9 @@ impl ProxyHttp for Edge {
         let host = request_host(req);
         let path = req.uri.path();
 
-        if !ctx.tls && path.starts_with(CHALLENGE_PREFIX) && !shared.challenges.is_empty() {
+        if !ctx.tls && path.starts_with(CHALLENGE_PREFIX) && shared.challenges.may_answer() {
             let token = &path[CHALLENGE_PREFIX.len()..];
-            if let Some(answer) = shared.challenges.get(token) {
+            if let Some(answer) = shared.challenges.answer(token).await {
                 let ct = [(header::CONTENT_TYPE, "text/plain".to_owned())];
                 self.respond_plain(session, 200, &ct, &answer, ctx).await?;
                 return Ok(true);

@@ -41,7 +41,7 @@ mod upstream;
 mod wake;
 
 pub use access::ACCESS_TARGET;
-pub use acme::ChallengeStore;
+pub use acme::{ChallengeLookup, ChallengeStore};
 pub use error::ProxyError;
 pub use handshake::{PINGORA_LISTENER_TARGET, TlsHandshakeLog};
 pub use server::{ProxyMetricsHandle, ProxyOptions, ProxyServer};

@@ -351,12 +351,21 @@ mod tests {
             "/__events__",
             "/__action__/restart/api",
             "/__logs__/api",
+            "/__fleet__",
+            "/__fleet__/events",
             "/metrics",
             "/healthz",
         ] {
             assert!(table.is_reserved(p), "{p}");
         }
-        for p in ["/", "/kinfrax", "/__action__", "/metricsx", "/api/metrics"] {
+        for p in [
+            "/",
+            "/kinfrax",
+            "/__action__",
+            "/metricsx",
+            "/api/metrics",
+            "/__fleet__x",
+        ] {
             assert!(!table.is_reserved(p), "{p}");
         }
     }

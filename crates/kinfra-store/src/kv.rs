@@ -1,6 +1,8 @@
 //! Settings (maintenance mode and the like) and ACME state: written at once (awaited), not
 //! through the event queue, because their callers need to know they are stored. ACME
-//! credentials and private keys are secrets: no error or log line carries them.
+//! credentials and private keys are secrets: no error or log line carries them. The ACME
+//! state is in the shared database (`[store] shared_database`), which every node pointing at
+//! the same store sees; settings are the node's own.
 
 use crate::error::StoreError;
 use crate::records::StoredCertificate;
@@ -63,7 +65,18 @@ impl Store {
         vars: serde_json::Value,
         secrets: &[&str],
     ) -> Result<(), StoreError> {
-        let db = self.db()?;
+        self.exec_in(self.db()?, what, sql, vars, secrets).await
+    }
+
+    /// [`Store::exec_secret`] on the session `db` (kinfra's own or the shared database).
+    pub(crate) async fn exec_in(
+        &self,
+        db: crate::Db,
+        what: &'static str,
+        sql: &str,
+        vars: serde_json::Value,
+        secrets: &[&str],
+    ) -> Result<(), StoreError> {
         let work = async move { db.query(sql).bind(vars).await?.check() };
         self.answered(what, work)
             .await
@@ -165,7 +178,8 @@ impl Store {
     /// The ACME account credentials (as serialized by the ACME client) for a directory URL.
     pub async fn acme_account(&self, directory: &str) -> Result<Option<Secret>, StoreError> {
         let v: Vec<String> = self
-            .select(
+            .select_in(
+                self.acme_db()?,
                 "acme account",
                 "SELECT VALUE credentials FROM acme_account WHERE directory = $d",
                 json!({"d": directory}),
@@ -180,7 +194,8 @@ impl Store {
         directory: &str,
         credentials: &Secret,
     ) -> Result<(), StoreError> {
-        self.exec_secret(
+        self.exec_in(
+            self.acme_db()?,
             "acme account",
             "UPSERT type::record('acme_account', $d) SET directory = $d, credentials = $c, \
              updated_ms = $ms RETURN NONE",
@@ -197,7 +212,8 @@ impl Store {
     ) -> Result<Option<StoredCertificate>, StoreError> {
         let (key, _) = domain_key(domains);
         let rows: Vec<CertRow> = self
-            .select(
+            .select_in(
+                self.acme_db()?,
                 "certificate",
                 "SELECT domains, cert_pem, key_pem, not_after_ms FROM \
                  type::record('acme_certificate', $k)",
@@ -210,7 +226,8 @@ impl Store {
     /// Every stored certificate (to load the TLS listener's certificate store at boot).
     pub async fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
         let rows: Vec<CertRow> = self
-            .select(
+            .select_in(
+                self.acme_db()?,
                 "certificates",
                 "SELECT domains, cert_pem, key_pem, not_after_ms FROM acme_certificate",
                 json!({}),
@@ -223,7 +240,8 @@ impl Store {
     pub async fn save_certificate(&self, cert: &StoredCertificate) -> Result<(), StoreError> {
         let (key, domains) = domain_key(&cert.domains);
         let not_after = cert.not_after_ms.map_or("NONE", |_| "$na");
-        self.exec_secret(
+        self.exec_in(
+            self.acme_db()?,
             "certificate",
             &format!(
                 "UPSERT type::record('acme_certificate', $k) SET domains = $d, cert_pem = $c, \
@@ -254,7 +272,8 @@ impl Store {
         let now = now_ms();
         let expires = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let owners: Vec<String> = self
-            .select(
+            .select_in(
+                self.acme_db()?,
                 "acme lock",
                 "UPSERT type::record('acme_lock', $n) SET name = $n, owner = $o, expires_ms = $e \
                  WHERE owner = NONE OR owner = $o OR expires_ms < $now RETURN VALUE owner",
@@ -272,7 +291,8 @@ impl Store {
             expires_ms: u64,
         }
         let rows: Vec<LockRow> = self
-            .select(
+            .select_in(
+                self.acme_db()?,
                 "acme lock",
                 "SELECT owner, expires_ms FROM type::record('acme_lock', $n)",
                 json!({"n": name}),
@@ -283,10 +303,12 @@ impl Store {
 
     /// Releases the lock `name` when `owner` holds it.
     pub async fn release_acme_lock(&self, name: &str, owner: &str) -> Result<(), StoreError> {
-        self.exec(
+        self.exec_in(
+            self.acme_db()?,
             "acme lock",
             "DELETE type::record('acme_lock', $n) WHERE owner = $o RETURN NONE",
             json!({"n": name, "o": owner}),
+            &[],
         )
         .await
     }
@@ -294,10 +316,12 @@ impl Store {
     /// Removes the certificate of a domain set.
     pub async fn delete_certificate(&self, domains: &[String]) -> Result<(), StoreError> {
         let (key, _) = domain_key(domains);
-        self.exec(
+        self.exec_in(
+            self.acme_db()?,
             "certificate",
             "DELETE type::record('acme_certificate', $k) RETURN NONE",
             json!({"k": key}),
+            &[],
         )
         .await
     }

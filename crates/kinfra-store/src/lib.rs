@@ -20,6 +20,9 @@
 //!   lease on kinfra's namespace/database does the same ([`StoreError::InUse`]): runtimes
 //!   sharing a server each need their own `[store] database` (the user's database may be
 //!   shared).
+//! - **What a fleet shares:** the ACME account, certificates, order lock and HTTP-01
+//!   challenge answers live in `[store] shared_database` (its own versioned schema), which
+//!   every node on the server sees; see [`shared`].
 //! - **A server that goes away:** queries to it are bounded, failed writes are retried until
 //!   it returns (the client reconnects by itself), and the failure shows in [`Store::stats`].
 
@@ -31,6 +34,7 @@ mod owner;
 mod read;
 pub mod records;
 pub mod schema;
+pub mod shared;
 pub mod writer;
 
 pub use error::StoreError;
@@ -91,6 +95,10 @@ struct Inner {
     db: RwLock<Option<Db>>,
     /// The user's session (another namespace/database).
     user: RwLock<Option<Db>>,
+    /// The session on the shared database (ACME material every node sees).
+    acme: RwLock<Option<Db>>,
+    /// The shared database's name.
+    shared_database: String,
     location: Location,
     boot: String,
     shared: Arc<Shared>,
@@ -232,6 +240,18 @@ impl Store {
                 },
             });
         }
+        // What the nodes share: its own schema, and the ACME rows an older kinfra kept in the
+        // node's database moved there.
+        let acme = db.clone();
+        acme.use_ns(config.namespace.as_str())
+            .use_db(config.shared_database.as_str())
+            .await
+            .map_err(use_err)?;
+        let shared_shown = format!("{shown} (database {})", config.shared_database);
+        schema::upgrade_shared(&acme, &shared_shown).await?;
+        if config.shared_database != config.database {
+            shared::move_acme_rows(&db, &acme).await?;
+        }
         let next_event_n = last_n(&db, "event").await? + 1;
         let next_run_n = last_n(&db, "run").await? + 1;
 
@@ -305,6 +325,8 @@ impl Store {
             inner: Arc::new(Inner {
                 db: RwLock::new(Some(db)),
                 user: RwLock::new(Some(user)),
+                acme: RwLock::new(Some(acme)),
+                shared_database: config.shared_database.clone(),
                 location,
                 boot,
                 shared,
@@ -338,6 +360,11 @@ impl Store {
     /// kinfra's own session.
     pub(crate) fn db(&self) -> Result<Db, StoreError> {
         read_handle(&self.inner.db).ok_or(StoreError::Closed)
+    }
+
+    /// The session on the shared database (`[store] shared_database`).
+    pub(crate) fn acme_db(&self) -> Result<Db, StoreError> {
+        read_handle(&self.inner.acme).ok_or(StoreError::Closed)
     }
 
     /// Where the data lives.
@@ -502,6 +529,7 @@ impl Store {
         }
         drop(take_handle(&self.inner.db));
         drop(take_handle(&self.inner.user));
+        drop(take_handle(&self.inner.acme));
         if let Location::Disk(dir) = &self.inner.location {
             // The engine closes once its last handle is gone; wait for its lock, so the next
             // opener (maybe in this process) finds the directory free.

@@ -80,7 +80,17 @@ impl Store {
         sql: &str,
         vars: serde_json::Value,
     ) -> Result<T, StoreError> {
-        let db = self.db()?;
+        self.select_in(self.db()?, what, sql, vars).await
+    }
+
+    /// [`Store::select`] on the session `db` (kinfra's own or the shared database).
+    pub(crate) async fn select_in<T: serde::de::DeserializeOwned>(
+        &self,
+        db: crate::Db,
+        what: &'static str,
+        sql: &str,
+        vars: serde_json::Value,
+    ) -> Result<T, StoreError> {
         let mut resp = self
             .answered(what, db.query(sql).bind(vars).into_future())
             .await?;

@@ -2,6 +2,14 @@
 //! transaction together with the new version number, so an upgrade either completes or leaves
 //! the previous version in place. The version lives in `meta:schema`.
 //!
+//! Two schemas: the node's (`[store] database`, below) and the shared one
+//! (`[store] shared_database`, [`SHARED_MIGRATIONS`], its version in `meta:shared_schema`),
+//! which every node pointing at the same store shares: `acme_account`, `acme_certificate`,
+//! `acme_lock` and `acme_challenge` (HTTP-01 token → key authorization while an order
+//! validates). Before the shared database existed the ACME tables lived in the node's; they are
+//! defined there still (an older kinfra may read them) and their rows are moved to the shared
+//! database at boot (`Store::open`).
+//!
 //! Tables (in kinfra's namespace/database; the user's code gets another one):
 //! - `service`: current state per service, restart count, last exit, user stop.
 //! - `run`: one row per process start: pid, `/proc` start time, start/end, exit, reason.
@@ -117,10 +125,84 @@ DEFINE FIELD IF NOT EXISTS expires_ms ON acme_lock TYPE int;
 /// Every version's statements; index 0 is version 1.
 pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
+/// The newest version of the shared schema this build knows.
+pub const SHARED_VERSION: u32 = 1;
+
+/// Shared version 1: ACME material every node of a fleet shares, and the HTTP-01 challenge
+/// answers of an order in flight (not secret; deleted after the order, ignored once expired).
+const SHARED_V1: &str = r#"
+DEFINE TABLE IF NOT EXISTS meta SCHEMALESS;
+
+DEFINE TABLE IF NOT EXISTS acme_account SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS directory ON acme_account TYPE string;
+DEFINE FIELD IF NOT EXISTS credentials ON acme_account TYPE string;
+DEFINE FIELD IF NOT EXISTS updated_ms ON acme_account TYPE int;
+
+DEFINE TABLE IF NOT EXISTS acme_certificate SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS domains ON acme_certificate TYPE array<string>;
+DEFINE FIELD IF NOT EXISTS cert_pem ON acme_certificate TYPE string;
+DEFINE FIELD IF NOT EXISTS key_pem ON acme_certificate TYPE string;
+DEFINE FIELD IF NOT EXISTS not_after_ms ON acme_certificate TYPE option<int>;
+DEFINE FIELD IF NOT EXISTS updated_ms ON acme_certificate TYPE int;
+
+DEFINE TABLE IF NOT EXISTS acme_lock SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS name ON acme_lock TYPE string;
+DEFINE FIELD IF NOT EXISTS owner ON acme_lock TYPE string;
+DEFINE FIELD IF NOT EXISTS expires_ms ON acme_lock TYPE int;
+
+DEFINE TABLE IF NOT EXISTS acme_challenge SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS token ON acme_challenge TYPE string;
+DEFINE FIELD IF NOT EXISTS key_authorization ON acme_challenge TYPE string;
+DEFINE FIELD IF NOT EXISTS expires_ms ON acme_challenge TYPE int;
+"#;
+
+/// Every shared version's statements; index 0 is version 1.
+pub const SHARED_MIGRATIONS: &[&str] = &[SHARED_V1];
+
+/// Which of the two schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Schema {
+    /// The node's own tables (`[store] database`).
+    Node,
+    /// What the nodes share (`[store] shared_database`).
+    Shared,
+}
+
+impl Schema {
+    fn record(self) -> &'static str {
+        match self {
+            Schema::Node => "meta:schema",
+            Schema::Shared => "meta:shared_schema",
+        }
+    }
+
+    fn migrations(self) -> &'static [&'static str] {
+        match self {
+            Schema::Node => MIGRATIONS,
+            Schema::Shared => SHARED_MIGRATIONS,
+        }
+    }
+
+    fn current(self) -> u32 {
+        match self {
+            Schema::Node => CURRENT_VERSION,
+            Schema::Shared => SHARED_VERSION,
+        }
+    }
+}
+
 /// The schema version recorded in the database; 0 when there is none.
 pub(crate) async fn version(db: &Db) -> Result<u32, StoreError> {
+    version_of(db, Schema::Node).await
+}
+
+/// The version of `schema` recorded in the database; 0 when there is none.
+pub(crate) async fn version_of(db: &Db, schema: Schema) -> Result<u32, StoreError> {
     let mut resp = db
-        .query("SELECT VALUE version FROM ONLY meta:schema")
+        .query(format!(
+            "SELECT VALUE version FROM ONLY {}",
+            schema.record()
+        ))
         .await
         .map_err(|e| StoreError::query("schema version", e))?;
     match json_of::<serde_json::Value>(&mut resp, 0, "schema version") {
@@ -134,20 +216,43 @@ pub(crate) async fn version(db: &Db) -> Result<u32, StoreError> {
 /// Applies every version after the recorded one, each in its own transaction. Refuses a
 /// database written by a newer schema.
 pub(crate) async fn upgrade(db: &Db, location: &str) -> Result<(u32, u32), StoreError> {
-    let found = version(db).await?;
-    if found > CURRENT_VERSION {
+    upgrade_schema(db, location, Schema::Node).await
+}
+
+/// [`upgrade`] for the shared database, which other nodes may be upgrading at the same moment:
+/// a failed version (a write conflict with another node's identical transaction) is tried
+/// again from the version then recorded, a few times.
+pub(crate) async fn upgrade_shared(db: &Db, location: &str) -> Result<(u32, u32), StoreError> {
+    let mut attempt: u32 = 0;
+    loop {
+        match upgrade_schema(db, location, Schema::Shared).await {
+            Err(StoreError::Migration { message, .. }) if attempt < 4 => {
+                attempt += 1;
+                tracing::debug!(attempt, %message, "Shared schema upgrade conflicted; trying again.");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn upgrade_schema(db: &Db, location: &str, schema: Schema) -> Result<(u32, u32), StoreError> {
+    let current = schema.current();
+    let found = version_of(db, schema).await?;
+    if found > current {
         return Err(StoreError::SchemaTooNew {
             location: location.to_owned(),
             found,
-            supported: CURRENT_VERSION,
+            supported: current,
         });
     }
-    for v in (found + 1)..=CURRENT_VERSION {
-        let Some(statements) = MIGRATIONS.get(v as usize - 1) else {
+    let record = schema.record();
+    for v in (found + 1)..=current {
+        let Some(statements) = schema.migrations().get(v as usize - 1) else {
             break;
         };
         let sql = format!(
-            "BEGIN TRANSACTION;\n{statements}\nUPSERT meta:schema SET version = {v};\nCOMMIT TRANSACTION;"
+            "BEGIN TRANSACTION;\n{statements}\nUPSERT {record} SET version = {v};\nCOMMIT TRANSACTION;"
         );
         let failed = |message: String| StoreError::Migration {
             location: location.to_owned(),
@@ -157,8 +262,8 @@ pub(crate) async fn upgrade(db: &Db, location: &str) -> Result<(u32, u32), Store
         let resp = db.query(sql).await.map_err(|e| failed(e.to_string()))?;
         resp.check().map_err(|e| failed(e.to_string()))?;
         if found > 0 {
-            info!(location, from = v - 1, to = v, "Store schema upgraded.");
+            info!(location, schema = ?schema, from = v - 1, to = v, "Store schema upgraded.");
         }
     }
-    Ok((found, CURRENT_VERSION))
+    Ok((found, current))
 }

@@ -149,12 +149,13 @@ pub struct ProxyConfig {
 }
 
 /// The paths the proxy sends to the dashboard by default.
-pub const DEFAULT_RESERVED_PATHS: [&str; 7] = [
+pub const DEFAULT_RESERVED_PATHS: [&str; 8] = [
     "/kinfra",
     "/__status__",
     "/__events__",
     "/__action__/",
     "/__logs__/",
+    "/__fleet__",
     "/metrics",
     "/healthz",
 ];
@@ -1306,6 +1307,12 @@ pub struct StoreConfig {
     pub namespace: String,
     /// Database of kinfra's own tables.
     pub database: String,
+    /// Database (in `namespace`) of what every node pointing at the same store shares: the
+    /// ACME account, certificates, order lock and HTTP-01 challenge answers. Nodes of a fleet
+    /// on one SurrealDB server each have their own `database` and the same `shared_database`,
+    /// so one orders a certificate and all serve it. Embedded, it is another database of the
+    /// same data directory.
+    pub shared_database: String,
     /// Namespace given to the user's code (`Runtime::db()`).
     pub user_namespace: String,
     /// Database given to the user's code (`Runtime::db()`).
@@ -1330,6 +1337,7 @@ impl Default for StoreConfig {
             password: None,
             namespace: "kinfra".into(),
             database: "runtime".into(),
+            shared_database: "shared".into(),
             user_namespace: "app".into(),
             user_database: "main".into(),
             event_retention: 10_000,

@@ -1088,6 +1088,20 @@ fn store_section_is_checked() {
         "[store]\nnamespace = \"a b\"\n",
         &[(Some(2), Some("store.namespace"), "contains ` `")],
     );
+    check_case(
+        Format::Toml,
+        "[store]\nuser_namespace = \"kinfra\"\nshared_database = \"main\"\n",
+        &[(
+            Some(3),
+            Some("store.shared_database"),
+            "must differ from the user's namespace/database",
+        )],
+    );
+    check_case(
+        Format::Toml,
+        "[store]\nshared_database = \"a.b\"\n",
+        &[(Some(2), Some("store.shared_database"), "contains `.`")],
+    );
     let ok = load(
         Format::Toml,
         "[store]\nurl = \"mem://\"\nevent_max_age = \"1d\"\nconnect_timeout = \"2s\"\n",

@@ -1094,6 +1094,7 @@ impl Checker<'_> {
         let names = [
             ("store.namespace", &st.namespace),
             ("store.database", &st.database),
+            ("store.shared_database", &st.shared_database),
             ("store.user_namespace", &st.user_namespace),
             ("store.user_database", &st.user_database),
         ];
@@ -1107,6 +1108,13 @@ impl Checker<'_> {
                 "store.user_database".into(),
                 Anchor::Value,
                 "the user's namespace/database must differ from kinfra's own",
+            );
+        }
+        if (&st.namespace, &st.shared_database) == (&st.user_namespace, &st.user_database) {
+            self.issue(
+                "store.shared_database".into(),
+                Anchor::Value,
+                "the shared database must differ from the user's namespace/database",
             );
         }
         if st.event_retention == 0 {

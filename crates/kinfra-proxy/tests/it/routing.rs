@@ -81,6 +81,8 @@ async fn reserved_paths_go_to_the_dashboard_even_in_maintenance() {
         "/__events__",
         "/__action__/restart/app",
         "/__logs__/app",
+        "/__fleet__",
+        "/__fleet__/events",
         "/metrics",
         "/healthz",
     ] {

@@ -5,6 +5,7 @@ mod boot;
 mod faults;
 mod retention;
 mod schema;
+mod shared;
 mod supervisor;
 mod support;
 mod user_db;
