@@ -481,7 +481,10 @@ impl ManagedDomain {
             if let Some(at) = self.next_attempt {
                 let now = Instant::now();
                 if at > now {
-                    if let Wake::Shutdown = self.sleep(at - now).await {
+                    // Backing off (or held by the rate guard) still looks at the store every
+                    // watch interval: another node may store the certificate meanwhile.
+                    let wait = (at - now).min(shared.options.watch_interval);
+                    if let Wake::Shutdown = self.sleep(wait).await {
                         break;
                     }
                     continue;
