@@ -3,10 +3,8 @@
 //! real handshake verified against Pebble's root), shows it in `/__status__` and `/metrics`,
 //! and a restart serves the stored certificate at once instead of ordering again.
 
-// Pebble, its DNS server and the TLS helpers are the ones kinfra-acme's own tests use (the
-// module allows its own dead code).
-#[path = "../../crates/kinfra-acme/tests/it/support.rs"]
-mod acme_support;
+// Pebble, its DNS server and the TLS helpers are the ones kinfra-acme's own tests use.
+use crate::support::pebble as acme_support;
 
 use acme_support::{Pebble, WAIT, free_port, handshake, wait_for};
 use kinfra::{Config, EventKind, EventSender, RuntimeOptions};

@@ -23,6 +23,7 @@ mod fake_http;
 #[path = "../../crates/kinfra-cloud/tests/support/fault_script.rs"]
 mod fault_script;
 mod fleet;
+mod fleet_acme;
 mod fly;
 mod image;
 mod import;

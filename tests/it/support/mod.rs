@@ -2,6 +2,11 @@
 
 #![allow(dead_code)]
 
+/// Debian's Pebble and pebble-challtestsrv, the TLS helpers and waits kinfra-acme's own tests
+/// use.
+#[path = "../../../crates/kinfra-acme/tests/it/support.rs"]
+pub mod pebble;
+pub mod surreal;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader, Read, Write};
