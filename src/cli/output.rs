@@ -153,8 +153,13 @@ pub fn status_table(report: &StatusReport) -> String {
         row.push(s.status_message.clone());
         rows.push(row);
     }
+    let node = report
+        .node
+        .as_deref()
+        .map(|n| format!(" on node {n}"))
+        .unwrap_or_default();
     let header = format!(
-        "project {} — {} services: {} running, {} starting, {} errors\n",
+        "project {}{node} — {} services: {} running, {} starting, {} errors\n",
         report.project,
         report.stats.total,
         report.stats.running,

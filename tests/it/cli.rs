@@ -388,3 +388,22 @@ fn maintenance_per_service_and_global_survives_a_restart() {
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(30)).success());
 }
+
+/// The first line of `runtime status` names the node (`[node] name`) beside the project.
+#[test]
+fn status_names_the_node() {
+    let p = Project::with_config(
+        "[project]\nname = \"it\"\n[node]\nname = \"edge-7\"\n\
+         [dashboard]\nlisten = \"127.0.0.1:0\"\n[proxy]\nenabled = false\n\
+         [bus]\nenabled = false\n[store]\nenabled = false\n\
+         [services.web]\ncommand = \"exec sleep 1000\"\n",
+    );
+    let mut up = p.up(&[], &[]);
+    let out = p.run(&["runtime", "status"]);
+    assert!(out.status.success(), "status failed: {}", stderr(&out));
+    let text = stdout(&out);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.starts_with("project it on node edge-7 — "), "{text}");
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).success());
+}

@@ -605,6 +605,12 @@ async fn pages_and_assets() {
     let (code, headers, body) = send(&h.app, req("GET", "/kinfra", &[])).await;
     assert_eq!(code, StatusCode::OK);
     assert!(body.contains("<title>kinfra</title>"));
+    assert!(
+        body.contains("href=\"/kinfra/fleet\""),
+        "the page links to the fleet page"
+    );
+    let (fleet_code, _, _) = send(&h.app, req("GET", "/kinfra/fleet", &[])).await;
+    assert_eq!(fleet_code, StatusCode::OK, "the fleet page answers");
     let csp = headers
         .get("content-security-policy")
         .and_then(|v| v.to_str().ok())
