@@ -83,7 +83,10 @@ impl Fleet<'_> {
             &[],
             &[
                 ("KINFRA_PROXY__HTTP", http.as_str()),
-                ("KINFRA_LOG", "info,kinfra_acme=debug"),
+                (
+                    "KINFRA_LOG",
+                    "info,kinfra_acme=debug,kinfra_proxy::acme=debug",
+                ),
             ],
         );
         Node {
@@ -125,7 +128,7 @@ impl Node {
         self.up
             .lines()
             .into_iter()
-            .filter(|l| l.contains("ertificate") || l.contains("ACME") || l.contains("challenge"))
+            .filter(|l| l.contains("ertificate") || l.contains("ACME") || l.contains("hallenge"))
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -238,8 +241,9 @@ async fn pebble_issues_one_certificate_for_the_fleet_and_all_three_nodes_serve_i
     assert_eq!(
         orders[0] + orders[2],
         1,
-        "one order for the fleet (a, b, c: {orders:?}); a and c said:\n{}\n{}",
+        "one order for the fleet (a, b, c: {orders:?}); a, b and c said:\n{}\n{}\n{}",
         a.acme_lines(),
+        b.acme_lines(),
         c.acme_lines()
     );
     assert_eq!(orders[1], 0, "b never reached the CA (a, b, c: {orders:?})");
@@ -270,8 +274,9 @@ async fn pebble_issues_one_certificate_for_the_fleet_and_all_three_nodes_serve_i
     assert_eq!(
         renewal,
         [orders[0] + 1, 0, orders[2]],
-        "the renewal is a's alone (a, b, c); a said:\n{}",
-        a.acme_lines()
+        "the renewal is a's alone (a, b, c); a and b said:\n{}\n{}",
+        a.acme_lines(),
+        b.acme_lines()
     );
     holder.shutdown(Duration::from_secs(5)).await;
 }

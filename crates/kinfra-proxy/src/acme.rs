@@ -19,8 +19,10 @@ use std::time::Duration;
 /// Lookups in flight at once; a request beyond that is answered as a miss.
 const MAX_LOOKUPS: usize = 8;
 
-/// The longest a lookup may take; then the request is answered as a miss.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a lookup may take; then the request is answered as a miss. Generous: a CA
+/// waits longer than this, and a busy store (a debug-built test server on a loaded machine
+/// took seconds) should not fail a validation it could still answer.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest token looked up (the CA's are 43 characters of base64url).
 const MAX_TOKEN: usize = 256;
@@ -124,12 +126,28 @@ impl ChallengeStore {
         if !plausible_token(token) {
             return None;
         }
-        let _permit = self.lookups.0.try_acquire().ok()?;
-        let found = tokio::time::timeout(LOOKUP_TIMEOUT, lookup.key_authorization(token))
-            .await
-            .ok()
-            .flatten();
-        found.map(Arc::from)
+        let Ok(_permit) = self.lookups.0.try_acquire() else {
+            tracing::debug!("Too many challenge lookups at once; answered as a miss.");
+            return None;
+        };
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.key_authorization(token)).await {
+            Ok(found) => {
+                tracing::debug!(
+                    found = found.is_some(),
+                    elapsed = ?started.elapsed(),
+                    "Challenge answer looked up."
+                );
+                found.map(Arc::from)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    limit = ?LOOKUP_TIMEOUT,
+                    "A challenge answer lookup did not finish in time; answered as a miss."
+                );
+                None
+            }
+        }
     }
 
     /// Answers TLS-ALPN-01 handshakes (ALPN `acme-tls/1`) for `domain` with `cert`, the
