@@ -4,8 +4,12 @@
 //! 127.0.0.2, 127.0.0.3). Fleet status on every node shows all three; a service with
 //! `nodes = ["a"]` runs on a only; an action on another node's service goes over the bus
 //! (and a client without the token is refused); a SIGKILLed node turns `down` on the
-//! others; with one NATS server killed, events still flow between the others.
+//! others; with one NATS server killed, events still flow between the others. The three also
+//! share one SurrealDB server (the `kinfra-surreal-server` test binary, SurrealDB's server as a
+//! library, standing in for a `surreal start` deployment), each in its own database; the
+//! certificate they share there is tests/it/fleet_acme.rs.
 
+use crate::support::surreal::{PASSWORD, SurrealServer};
 use crate::support::{Project, Up, http_get, kill, stdout, wait_for};
 use kinfra::bus::async_nats;
 use std::io::{BufRead, BufReader, Write};
@@ -109,13 +113,16 @@ struct Node {
 }
 
 impl Node {
-    fn start(name: &'static str, ip: &str, bus_url: &str) -> Node {
+    /// Node `name` on `ip`, on the bus at `bus_url` and the store at `store_url` (its own
+    /// database there: the store's lease is per database).
+    fn start(name: &'static str, ip: &str, bus_url: &str, store_url: &str) -> Node {
         let project = Project::with_config(&format!(
             "[project]\nname = \"fleet\"\n\
              [node]\nname = \"{name}\"\nheartbeat = \"{HEARTBEAT_MS}ms\"\n\
              [dashboard]\nlisten = \"{ip}:0\"\n\
              [bus]\nurl = \"{bus_url}\"\ntoken = \"{TOKEN}\"\n\
-             [store]\nenabled = false\n\
+             [store]\nurl = \"{store_url}\"\nuser = \"root\"\npassword = \"{PASSWORD}\"\n\
+             database = \"node_{name}\"\n\
              [services.web]\ncommand = \"exec sleep 1000\"\n\
              [services.db]\ncommand = \"exec sleep 1000\"\nnodes = [\"a\"]\n"
         ));
@@ -197,11 +204,12 @@ fn wait_event(
 async fn three_nodes_on_a_nats_cluster() {
     let cluster_dir = tempfile::tempdir().expect("tempdir");
     let mut servers = start_cluster(cluster_dir.path());
+    let store = SurrealServer::start(&cluster_dir.path().join("surreal"));
     let nodes: Vec<Node> = tokio::task::block_in_place(|| {
         vec![
-            Node::start("a", "127.0.0.1", &servers[0].url()),
-            Node::start("b", "127.0.0.2", &servers[1].url()),
-            Node::start("c", "127.0.0.3", &servers[2].url()),
+            Node::start("a", "127.0.0.1", &servers[0].url(), &store.url()),
+            Node::start("b", "127.0.0.2", &servers[1].url(), &store.url()),
+            Node::start("c", "127.0.0.3", &servers[2].url(), &store.url()),
         ]
     });
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -234,6 +242,11 @@ async fn three_nodes_on_a_nats_cluster() {
     let (sa, sb) = tokio::task::block_in_place(|| (a.status(), b.status()));
     assert_eq!(sa["node"], "a");
     assert_eq!(sb["node"], "b");
+    // All three keep their state on the one SurrealDB server, each in its own database.
+    for s in [&sa, &sb] {
+        assert_eq!(s["store"]["location"], store.url(), "{}", s["store"]);
+        assert_eq!(s["store"]["failures"], 0, "{}", s["store"]);
+    }
     assert_eq!(sa["services"]["db"]["state"], "running", "{sa}");
     assert!(sb["services"].get("db").is_none(), "{sb}");
     assert_eq!(sb["services"]["web"]["state"], "running", "{sb}");
