@@ -350,6 +350,7 @@ mod tests {
             "/__status__",
             "/__events__",
             "/__action__/restart/api",
+            "/__commands__/db",
             "/__logs__/api",
             "/__fleet__",
             "/__fleet__/events",

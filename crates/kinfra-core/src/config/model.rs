@@ -149,11 +149,12 @@ pub struct ProxyConfig {
 }
 
 /// The paths the proxy sends to the dashboard by default.
-pub const DEFAULT_RESERVED_PATHS: [&str; 8] = [
+pub const DEFAULT_RESERVED_PATHS: [&str; 9] = [
     "/kinfra",
     "/__status__",
     "/__events__",
     "/__action__/",
+    "/__commands__/",
     "/__logs__/",
     "/__fleet__",
     "/metrics",

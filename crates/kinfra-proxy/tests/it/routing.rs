@@ -83,6 +83,7 @@ async fn reserved_paths_go_to_the_dashboard_even_in_maintenance() {
         "/__logs__/app",
         "/__fleet__",
         "/__fleet__/events",
+        "/__commands__/db",
         "/metrics",
         "/healthz",
     ] {
