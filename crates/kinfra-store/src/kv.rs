@@ -316,11 +316,23 @@ impl Store {
     /// Removes the certificate of a domain set.
     pub async fn delete_certificate(&self, domains: &[String]) -> Result<(), StoreError> {
         let (key, _) = domain_key(domains);
+        self.delete_acme_record("certificate", "acme_certificate", &key)
+            .await
+    }
+
+    /// Deletes the record `key` of the ACME table `table` (in the shared database); `what`
+    /// names it in errors.
+    pub(crate) async fn delete_acme_record(
+        &self,
+        what: &'static str,
+        table: &'static str,
+        key: &str,
+    ) -> Result<(), StoreError> {
         self.exec_in(
             self.acme_db()?,
-            "certificate",
-            "DELETE type::record('acme_certificate', $k) RETURN NONE",
-            json!({"k": key}),
+            what,
+            "DELETE type::record($table, $k) RETURN NONE",
+            json!({"table": table, "k": key}),
             &[],
         )
         .await

@@ -182,14 +182,8 @@ impl Store {
 
     /// Withdraws the HTTP-01 answer for `token`.
     pub async fn delete_acme_challenge(&self, token: &str) -> Result<(), StoreError> {
-        self.exec_in(
-            self.acme_db()?,
-            "acme challenge",
-            "DELETE type::record('acme_challenge', $t) RETURN NONE",
-            json!({"t": token}),
-            &[],
-        )
-        .await
+        self.delete_acme_record("acme challenge", "acme_challenge", token)
+            .await
     }
 
     /// How many HTTP-01 answers are published (expired ones included), for tests.
