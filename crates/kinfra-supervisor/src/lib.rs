@@ -49,6 +49,8 @@ pub mod procfs;
 pub mod resource;
 pub mod spawn;
 pub mod stopped;
+#[cfg(test)]
+mod test_support;
 pub mod watch;
 
 use actor::{Actor, Command, Shared, Snapshot};

@@ -1245,6 +1245,7 @@ impl LogFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::eventually;
 
     #[test]
     fn splits_lines_and_keeps_partial() {
@@ -1598,18 +1599,6 @@ mod tests {
                     .count()
             })
             .unwrap_or(0)
-    }
-
-    /// Waits (at most `secs`) until `done` holds.
-    async fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
-        while tokio::time::Instant::now() < deadline {
-            if done() {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        done()
     }
 
     /// Fifty services' logs on one pool of two writer threads: each captures a process that

@@ -267,15 +267,11 @@ mod tests {
         // The leader can be reaped while another member of its group is still on its way out
         // of the kernel after the same SIGKILL (not yet a zombie): the group is gone soon, not
         // necessarily at this instant.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while group_alive(s.pid) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "group {} still alive 10 s after SIGKILL",
-                s.pid
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        assert!(
+            crate::test_support::eventually(10, || !group_alive(s.pid)).await,
+            "group {} still alive 10 s after SIGKILL",
+            s.pid
+        );
     }
 
     #[tokio::test]
